@@ -1,0 +1,45 @@
+import type { Kind } from '../config.js';
+import type { Reply } from '../protocol.js';
+
+/** Read access to a partition's state: tables of key -> value. */
+export interface ReadView {
+  get<T>(table: string, key: string): T | undefined;
+}
+
+/** Read and write access; writes go to a draft that the runtime commits with the batch. */
+export interface StateView extends ReadView {
+  set(table: string, key: string, value: unknown): void;
+  delete(table: string, key: string): void;
+}
+
+export interface ApplyContext {
+  /** This partition's number and the kind's partition count. */
+  partition: number;
+  partitions: number;
+  /** Stream sequence of the command: unique, and the same on every replay. */
+  seq: number;
+}
+
+/** A command for another partition, published through the outbox after the batch commits. */
+export interface Outgoing {
+  kind: Kind;
+  partition: number;
+  cmd: unknown;
+}
+
+export interface Effects {
+  reply?: Reply;
+  send?: Outgoing[];
+}
+
+/**
+ * An actor kind: pure logic over its partition's state. No I/O, no clock, no randomness: the
+ * same commands on the same state give the same effects, which is what makes replay after a crash exact.
+ */
+export interface Actor<Cmd = never, Query = never> {
+  kind: Kind;
+  /** Tables the state is kept in; each is one Redis hash per partition. */
+  tables: readonly string[];
+  apply(state: StateView, cmd: Cmd, ctx: ApplyContext): Effects;
+  query(state: ReadView, query: Query): Reply;
+}

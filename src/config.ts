@@ -1,0 +1,180 @@
+import { readFileSync, existsSync } from 'node:fs';
+import { dirname, join } from 'node:path';
+import { fileURLToPath } from 'node:url';
+
+/** Every setting, with its unit in the name where it has one. Defaults live in config/default.json. */
+export interface Config {
+  natsUrl: string;
+  redisUrl: string;
+  httpHost: string;
+  httpPort: number;
+  /** Partitions per actor kind; fixed for a deployment's life (keys hash onto them). */
+  partitions: number;
+  workerProcesses: number;
+  gatewayProcesses: number;
+  /** Which worker this process is (static placement: partition p belongs to worker p % workerProcesses). */
+  workerIndex: number;
+  /** Actor kinds this deployment runs (and this worker hosts). */
+  kinds: readonly Kind[];
+  /** Prepended to stream names and subjects, so tests and deployments can share one NATS server. */
+  streamPrefix: string;
+  /** Prepended to every Redis key. */
+  redisPrefix: string;
+  /** Most commands applied in one batch, i.e. one Redis commit. */
+  batchMax: number;
+  /** Most commands buffered per partition before the reader stops pulling from the stream. */
+  queueMax: number;
+  /** How long the gateway waits for a command's outcome before answering 503. */
+  requestDeadlineMs: number;
+  /** How long the gateway waits for a read before answering 503. */
+  readDeadlineMs: number;
+  /** Pause between retries of a publish or read that found no owner. */
+  retryBackoffMs: number;
+  /** JetStream duplicate window: a re-published Nats-Msg-Id within it is dropped. */
+  duplicateWindowMs: number;
+  /** Stream size limit; past it publishes are refused (backpressure), never old commands dropped. */
+  streamMaxBytes: number;
+  /** How often an owner purges the commands below its committed cursor from the stream. */
+  trimIntervalMs: number;
+  /** Local stack (npm start) only: */
+  dataDir: string;
+  natsPort: number;
+  redisPort: number;
+  startServers: boolean;
+  redisAppendfsync: 'always' | 'everysec' | 'no';
+  restartBackoffMs: number;
+  shutdownGraceMs: number;
+  logLevel: 'debug' | 'info' | 'warn' | 'error';
+}
+
+export const KINDS = ['stock', 'payment', 'order'] as const;
+export type Kind = (typeof KINDS)[number];
+
+export class ConfigError extends Error {
+  override name = 'ConfigError';
+}
+
+const here = dirname(fileURLToPath(import.meta.url));
+/** config/ at the package root, from both src/ (tsx) and dist/src/ (compiled). */
+function configDir(): string {
+  for (const up of ['..', '../..']) {
+    const dir = join(here, up, 'config');
+    if (existsSync(join(dir, 'default.json'))) return dir;
+  }
+  throw new ConfigError(`config/default.json not found above ${here}`);
+}
+
+function readJson(path: string): Record<string, unknown> {
+  try {
+    return JSON.parse(readFileSync(path, 'utf8')) as Record<string, unknown>;
+  } catch (err) {
+    throw new ConfigError(`cannot read ${path}: ${(err as Error).message}`);
+  }
+}
+
+/** natsUrl -> SHOP_NATS_URL */
+export function envName(key: string): string {
+  return 'SHOP_' + key.replace(/[A-Z]/g, (c) => '_' + c).toUpperCase();
+}
+
+type Check = (key: string, value: unknown) => unknown;
+
+const int = (min: number, max = Number.MAX_SAFE_INTEGER): Check => (key, value) => {
+  const n = typeof value === 'string' && /^-?\d+$/.test(value.trim()) ? Number(value) : value;
+  if (typeof n !== 'number' || !Number.isInteger(n) || n < min || n > max) {
+    throw new ConfigError(`setting ${key} (${envName(key)}) must be an integer in ${min}..${max}, got ${JSON.stringify(value)}`);
+  }
+  return n;
+};
+const str = (pattern?: RegExp): Check => (key, value) => {
+  if (typeof value !== 'string' || (pattern && !pattern.test(value))) {
+    throw new ConfigError(`setting ${key} (${envName(key)}) must be a string${pattern ? ` matching ${pattern}` : ''}, got ${JSON.stringify(value)}`);
+  }
+  return value;
+};
+const oneOf = (...allowed: string[]): Check => (key, value) => {
+  if (typeof value !== 'string' || !allowed.includes(value)) {
+    throw new ConfigError(`setting ${key} (${envName(key)}) must be one of ${allowed.join(', ')}, got ${JSON.stringify(value)}`);
+  }
+  return value;
+};
+const bool: Check = (key, value) => {
+  if (value === true || value === 'true' || value === '1') return true;
+  if (value === false || value === 'false' || value === '0') return false;
+  throw new ConfigError(`setting ${key} (${envName(key)}) must be true or false, got ${JSON.stringify(value)}`);
+};
+const kinds: Check = (key, value) => {
+  const list = Array.isArray(value) ? value : String(value).split(',').map((s) => s.trim()).filter(Boolean);
+  for (const k of list) {
+    if (!(KINDS as readonly string[]).includes(k)) {
+      throw new ConfigError(`setting ${key} (${envName(key)}) lists unknown kind ${JSON.stringify(k)}; known: ${KINDS.join(', ')}`);
+    }
+  }
+  if (list.length === 0) throw new ConfigError(`setting ${key} (${envName(key)}) must name at least one kind`);
+  return Object.freeze([...new Set(list)]);
+};
+
+const name = /^[A-Za-z0-9_-]*$/;
+const checks: Record<keyof Config, Check> = {
+  natsUrl: str(/^nats:\/\/.+/),
+  redisUrl: str(/^rediss?:\/\/.+/),
+  httpHost: str(/.+/),
+  httpPort: int(0, 65535),
+  partitions: int(1, 4096),
+  workerProcesses: int(1, 256),
+  gatewayProcesses: int(1, 256),
+  workerIndex: int(0, 255),
+  kinds,
+  streamPrefix: str(name),
+  redisPrefix: str(/^[^{}\s]*$/),
+  batchMax: int(1, 100_000),
+  queueMax: int(1, 1_000_000),
+  requestDeadlineMs: int(1, 3_600_000),
+  readDeadlineMs: int(1, 3_600_000),
+  retryBackoffMs: int(1, 60_000),
+  duplicateWindowMs: int(1000, 86_400_000),
+  streamMaxBytes: int(1024 * 1024),
+  trimIntervalMs: int(100, 3_600_000),
+  dataDir: str(/.+/),
+  natsPort: int(0, 65535),
+  redisPort: int(0, 65535),
+  startServers: bool,
+  redisAppendfsync: oneOf('always', 'everysec', 'no'),
+  restartBackoffMs: int(0, 600_000),
+  shutdownGraceMs: int(0, 600_000),
+  logLevel: oneOf('debug', 'info', 'warn', 'error'),
+};
+
+/**
+ * The only reader of the environment. Layers: config/default.json, then config/<SHOP_PROFILE>.json,
+ * then `overrides`, then SHOP_* variables. Validated and frozen; a bad setting throws a ConfigError naming it.
+ */
+export function loadConfig(env: NodeJS.ProcessEnv = process.env, overrides: Partial<Record<keyof Config, unknown>> = {}): Readonly<Config> {
+  const dir = configDir();
+  const raw: Record<string, unknown> = { ...readJson(join(dir, 'default.json')) };
+  const profile = env.SHOP_PROFILE;
+  if (profile) {
+    if (!name.test(profile)) throw new ConfigError(`SHOP_PROFILE must be a plain name, got ${JSON.stringify(profile)}`);
+    const path = join(dir, `${profile}.json`);
+    if (!existsSync(path)) throw new ConfigError(`SHOP_PROFILE=${profile} but ${path} does not exist`);
+    Object.assign(raw, readJson(path));
+  }
+  Object.assign(raw, overrides);
+  for (const key of Object.keys(checks)) {
+    const fromEnv = env[envName(key)];
+    if (fromEnv !== undefined) raw[key] = fromEnv;
+  }
+  for (const key of Object.keys(raw)) {
+    if (!(key in checks)) throw new ConfigError(`unknown setting ${key}; known settings: ${Object.keys(checks).join(', ')}`);
+  }
+  const config = {} as Record<string, unknown>;
+  for (const [key, check] of Object.entries(checks)) {
+    if (raw[key] === undefined) throw new ConfigError(`setting ${key} (${envName(key)}) is missing`);
+    config[key] = check(key, raw[key]);
+  }
+  const c = config as unknown as Config;
+  if (c.workerIndex >= c.workerProcesses) {
+    throw new ConfigError(`setting workerIndex (${envName('workerIndex')}) must be below workerProcesses (${c.workerProcesses}), got ${c.workerIndex}`);
+  }
+  return Object.freeze(c);
+}
