@@ -1,0 +1,357 @@
+import type { ConsumerMessages, JetStreamClient, JetStreamManager, JsMsg, NatsConnection, Subscription } from 'nats';
+import { setTimeout as delay } from 'node:timers/promises';
+import type { Actor, ApplyContext, Effects, ReadView, StateView } from '../actors/types.js';
+import { decode, encode } from '../codec.js';
+import type { Config, Kind } from '../config.js';
+import type { Log } from '../log.js';
+import { fail, names, type CommandEnvelope, type Names, type Reply, type ReplyEnvelope } from '../protocol.js';
+import type { Changes, Outbox, PartitionStore } from './store.js';
+
+/** Most committed batches whose outbox is still being published before the loop waits. */
+const OUTBOX_BATCHES_INFLIGHT_MAX = 64;
+
+export type RunnerState = 'idle' | 'starting' | 'running' | 'stopping' | 'stopped' | 'fenced';
+
+export interface RunnerDeps {
+  nc: NatsConnection;
+  js: JetStreamClient;
+  jsm: JetStreamManager;
+  store: PartitionStore;
+  config: Config;
+  log: Log;
+  actor: Actor<unknown, unknown>;
+  partition: number;
+  /** Called once when the partition is lost to a newer owner. */
+  onFenced?: (runner: PartitionRunner) => void;
+}
+
+/**
+ * Batch draft over the live state: writes of the batch land here and reach the live maps (which reads see)
+ * only after the batch has committed. Each command gets its own layer, so a command that throws leaves nothing.
+ */
+class Draft implements StateView {
+  readonly batch: Changes = new Map();
+  private command: Changes = new Map();
+
+  constructor(private readonly live: Map<string, Map<string, unknown>>) {}
+
+  get<T>(table: string, key: string): T | undefined {
+    for (const layer of [this.command, this.batch]) {
+      const t = layer.get(table);
+      if (t?.has(key)) return t.get(key) as T | undefined;
+    }
+    return this.live.get(table)?.get(key) as T | undefined;
+  }
+
+  set(table: string, key: string, value: unknown): void {
+    if (value === undefined) throw new Error('invariant: undefined value; use delete');
+    this.layer(this.command, table).set(key, value);
+  }
+
+  delete(table: string, key: string): void {
+    this.layer(this.command, table).set(key, undefined);
+  }
+
+  keepCommand(): void {
+    for (const [table, changes] of this.command) {
+      const target = this.layer(this.batch, table);
+      for (const [k, v] of changes) target.set(k, v);
+    }
+    this.command = new Map();
+  }
+
+  dropCommand(): void {
+    this.command = new Map();
+  }
+
+  publish(): void {
+    for (const [table, changes] of this.batch) {
+      const target = this.live.get(table)!;
+      for (const [k, v] of changes) {
+        if (v === undefined) target.delete(k);
+        else target.set(k, v);
+      }
+    }
+  }
+
+  private layer(layers: Changes, table: string): Map<string, unknown> {
+    let t = layers.get(table);
+    if (!t) {
+      if (!this.live.has(table)) throw new Error(`invariant: unknown table ${table}`);
+      layers.set(table, (t = new Map()));
+    }
+    return t;
+  }
+}
+
+/**
+ * The single writer of one partition: reads its commands in stream order from cursor + 1, applies them in
+ * batches with the actor's pure logic, commits each batch once (state + cursor + outbox, fenced by epoch),
+ * then sends replies and outgoing commands. Reads are answered from the committed state in memory.
+ */
+export class PartitionRunner {
+  readonly kind: Kind;
+  readonly partition: number;
+  state: RunnerState = 'idle';
+  epoch = 0;
+  cursor = 0;
+  private readonly names: Names;
+  private readonly log: Log;
+  private live = new Map<string, Map<string, unknown>>();
+  private queue: JsMsg[] = [];
+  private wake: (() => void) | null = null;
+  private space: (() => void) | null = null;
+  private messages: ConsumerMessages | null = null;
+  private reads: Subscription | null = null;
+  private loopDone: Promise<void> = Promise.resolve();
+  private outboxInflight = 0;
+  private outboxDrained: (() => void) | null = null;
+  /** Outbox fields fully published; deleted by the next commit. */
+  private cleared: string[] = [];
+  private trimTimer: NodeJS.Timeout | null = null;
+  private trimmedTo = 0;
+
+  constructor(private readonly deps: RunnerDeps) {
+    this.kind = deps.actor.kind;
+    this.partition = deps.partition;
+    this.names = names(deps.config.streamPrefix);
+    this.log = deps.log.child(`${this.kind}-${this.partition}`);
+  }
+
+  /** Reads see only committed state. */
+  private readonly committed: ReadView = { get: <T>(table: string, key: string) => this.live.get(table)?.get(key) as T | undefined };
+
+  get subject(): string {
+    return this.names.cmd(this.kind, this.partition);
+  }
+
+  /** Entries held in memory, per table (for status and tests). */
+  size(): Record<string, number> {
+    return Object.fromEntries([...this.live].map(([t, m]) => [t, m.size]));
+  }
+
+  private setState(next: RunnerState): void {
+    this.log.debug(`${this.state} -> ${next}`, { epoch: this.epoch, cursor: this.cursor });
+    this.state = next;
+  }
+
+  /** Takes ownership: raise the epoch (fencing older owners), load, re-send the outbox, then read from cursor + 1. */
+  async start(): Promise<void> {
+    const { store, actor, js, nc, config } = this.deps;
+    this.setState('starting');
+    this.epoch = await store.acquire();
+    const loaded = await store.load();
+    this.cursor = loaded.cursor;
+    this.trimmedTo = 0;
+    this.live = new Map(actor.tables.map((t) => [t, loaded.tables.get(t) ?? new Map()]));
+    for (const [field, outbox] of loaded.outbox) this.send(field, outbox);
+
+    this.reads = nc.subscribe(this.names.get(this.kind, this.partition), {
+      callback: (err, msg) => {
+        if (err) return this.log.error('read subscription failed', { err });
+        let reply: Reply;
+        try {
+          reply = actor.query(this.committed, decode(msg.data));
+        } catch (e) {
+          this.log.error('query failed', { err: e });
+          reply = fail('internal', 'query failed');
+        }
+        msg.respond(encode(reply));
+      },
+    });
+
+    const consumer = await js.consumers.get(this.names.stream(this.kind), {
+      filterSubjects: this.subject,
+      opt_start_seq: this.cursor + 1,
+    });
+    this.messages = await consumer.consume({ max_messages: Math.min(config.queueMax, config.batchMax * 2) });
+    void this.pump(this.messages);
+    this.loopDone = this.loop();
+    this.trimTimer = setInterval(() => void this.trim(), config.trimIntervalMs);
+    this.trimTimer.unref();
+    this.setState('running');
+    this.log.debug('owned', { epoch: this.epoch, cursor: this.cursor, ...this.size(), outbox: loaded.outbox.length });
+  }
+
+  /** Lets go: stop reading, finish the batch in hand, wait for its outbox. */
+  async stop(): Promise<void> {
+    if (this.state !== 'running' && this.state !== 'starting') return;
+    this.setState('stopping');
+    await this.release();
+    this.setState('stopped');
+  }
+
+  private async release(): Promise<void> {
+    if (this.trimTimer) clearInterval(this.trimTimer);
+    this.trimTimer = null;
+    this.reads?.unsubscribe();
+    this.reads = null;
+    this.messages?.stop();
+    this.messages = null;
+    this.wake?.();
+    this.space?.();
+    await this.loopDone;
+    while (this.outboxInflight > 0) await new Promise<void>((r) => (this.outboxDrained = r));
+    this.queue = [];
+  }
+
+  private get active(): boolean {
+    return this.state === 'running' || this.state === 'starting';
+  }
+
+  private async pump(messages: ConsumerMessages): Promise<void> {
+    try {
+      for await (const m of messages) {
+        this.queue.push(m);
+        this.wake?.();
+        // Backpressure: stop pulling from the stream while the queue is full.
+        while (this.queue.length >= this.deps.config.queueMax && this.active) {
+          await new Promise<void>((r) => (this.space = r));
+        }
+        if (!this.active) break;
+      }
+    } catch (err) {
+      if (this.active) this.log.error('reader failed', { err });
+    }
+  }
+
+  private async loop(): Promise<void> {
+    const { config } = this.deps;
+    while (this.active) {
+      if (this.queue.length === 0) {
+        await new Promise<void>((r) => (this.wake = r));
+        this.wake = null;
+        continue;
+      }
+      while (this.outboxInflight >= OUTBOX_BATCHES_INFLIGHT_MAX && this.active) {
+        await new Promise<void>((r) => (this.outboxDrained = r));
+      }
+      const batch = this.queue.length <= config.batchMax ? this.queue : this.queue.slice(0, config.batchMax);
+      this.queue = batch === this.queue ? [] : this.queue.slice(config.batchMax);
+      this.space?.();
+      try {
+        await this.apply(batch);
+      } catch (err) {
+        // A commit that failed for a transport reason: nothing of the batch is visible; let it be re-read.
+        this.log.error('batch failed; restarting the partition from its committed cursor', { err });
+        void this.restart();
+        return;
+      }
+    }
+  }
+
+  private ctx(seq: number): ApplyContext {
+    return { partition: this.partition, partitions: this.deps.config.partitions, seq };
+  }
+
+  private async apply(batch: JsMsg[]): Promise<void> {
+    const { actor, store } = this.deps;
+    const draft = new Draft(this.live);
+    const outbox: Outbox = { js: [], replies: [] };
+    let last = this.cursor;
+    for (const m of batch) {
+      last = m.seq;
+      if (m.seq <= this.cursor) continue; // already applied (a consumer reset can re-deliver)
+      let envelope: CommandEnvelope;
+      try {
+        envelope = decode<CommandEnvelope>(m.data);
+      } catch (err) {
+        this.log.error('undecodable command skipped', { seq: m.seq, err });
+        continue;
+      }
+      let effects: Effects;
+      try {
+        effects = actor.apply(draft, envelope.c, this.ctx(m.seq));
+        draft.keepCommand();
+      } catch (err) {
+        draft.dropCommand();
+        this.log.error('command failed; nothing of it applied', { seq: m.seq, err });
+        effects = { reply: fail('internal', `command at ${this.subject} seq ${m.seq} failed`) };
+      }
+      if (envelope.r !== undefined && envelope.q !== undefined && effects.reply) {
+        const reply: ReplyEnvelope = [envelope.q, effects.reply];
+        outbox.replies.push([envelope.r, encode(reply)]);
+      }
+      effects.send?.forEach((out, i) => {
+        const data = encode({ c: out.cmd } satisfies CommandEnvelope);
+        outbox.js.push([this.names.cmd(out.kind, out.partition), `${this.kind}.${this.partition}.${m.seq}.${i}`, data]);
+      });
+    }
+    if (last <= this.cursor) return;
+    const hasOutbox = outbox.js.length > 0 || outbox.replies.length > 0;
+    const field = hasOutbox ? String(last) : '';
+    const cleared = this.cleared;
+    this.cleared = [];
+    const committed = await store.commit(this.epoch, last, draft.batch, field, hasOutbox ? outbox : null, cleared);
+    if (!committed) return this.fenced();
+    draft.publish();
+    this.cursor = last;
+    if (hasOutbox) this.send(field, outbox);
+  }
+
+  /** Sends a committed batch's messages; retries JetStream publishes until they are stored (or we lose the partition). */
+  private send(field: string, outbox: Outbox): void {
+    const { nc, js, config } = this.deps;
+    for (const [subject, data] of outbox.replies) nc.publish(subject, data);
+    if (outbox.js.length === 0) {
+      this.cleared.push(field);
+      return;
+    }
+    this.outboxInflight++;
+    const publishOne = async ([subject, msgID, data]: [string, string, Uint8Array]) => {
+      for (;;) {
+        try {
+          await js.publish(subject, data, { msgID });
+          return;
+        } catch (err) {
+          if (!this.active && this.state !== 'stopping') return; // the next owner re-sends it
+          this.log.warn('outbox publish failed; retrying', { subject, err });
+          await delay(config.retryBackoffMs);
+        }
+      }
+    };
+    void Promise.all(outbox.js.map(publishOne)).then(() => {
+      this.cleared.push(field);
+      this.outboxInflight--;
+      this.outboxDrained?.();
+    });
+  }
+
+  private fenced(): void {
+    if (!this.active) return;
+    this.log.warn('fenced: a newer owner holds the partition; dropping it', { epoch: this.epoch });
+    this.setState('fenced');
+    this.queue = [];
+    this.live = new Map();
+    void this.release().then(() => this.deps.onFenced?.(this));
+  }
+
+  /** After a transport failure mid-batch: drop everything in memory and take the partition again from Redis. */
+  private async restart(): Promise<void> {
+    const state = this.state;
+    if (state !== 'running') return;
+    this.setState('stopping');
+    await this.release();
+    for (;;) {
+      try {
+        await this.start();
+        return;
+      } catch (err) {
+        this.log.error('restart failed; retrying', { err });
+        await delay(this.deps.config.retryBackoffMs * 10);
+      }
+    }
+  }
+
+  /** Purges this partition's commands that are below the committed cursor: the stream holds only what is unapplied. */
+  private async trim(): Promise<void> {
+    const upTo = this.cursor;
+    if (upTo <= this.trimmedTo || !this.active) return;
+    try {
+      await this.deps.jsm.streams.purge(this.names.stream(this.kind), { filter: this.subject, seq: upTo + 1 });
+      this.trimmedTo = upTo;
+    } catch (err) {
+      this.log.warn('trim failed', { err });
+    }
+  }
+}
