@@ -1,0 +1,148 @@
+import fc from 'fast-check';
+import t from 'tap';
+import { payment, type PaymentCmd } from '../src/actors/payment.js';
+import { stock, type StockCmd } from '../src/actors/stock.js';
+import type { ApplyContext } from '../src/actors/types.js';
+import { fnv1a, partitionOf } from '../src/partition.js';
+import { memoryState } from './helpers/memory-state.js';
+
+const ctx = (seq: number, partition = 0, partitions = 1): ApplyContext => ({ partition, partitions, seq });
+const MAX = Number.MAX_SAFE_INTEGER;
+
+t.test('fnv1a is the standard 32-bit FNV-1a and partitions are stable', async (t) => {
+  t.equal(fnv1a(''), 0x811c9dc5);
+  t.equal(fnv1a('a'), 0xe40c292c);
+  t.equal(fnv1a('foobar'), 0xbf9cf968);
+  t.equal(partitionOf('foobar', 32), 0xbf9cf968 % 32);
+});
+
+const ids = fc.constantFrom('a', 'b', 'c');
+const amount = fc.oneof(fc.integer({ min: 0, max: 20 }), fc.constant(MAX), fc.integer({ min: 0, max: MAX }));
+type StockKeyed = Exclude<StockCmd, { k: 'batchInit' }>;
+const stockCmd: fc.Arbitrary<StockKeyed> = fc.oneof(
+  fc.record({ k: fc.constant('create' as const), id: ids, price: fc.integer({ min: 0, max: 100 }) }),
+  fc.record({ k: fc.constant('add' as const), id: ids, amount }),
+  fc.record({ k: fc.constant('subtract' as const), id: ids, amount }),
+);
+/** Command sequences in which some commands are delivered again, anywhere later or earlier (a duplicated command id). */
+const withDuplicates = <C>(cmd: fc.Arbitrary<C>) =>
+  fc.tuple(fc.array(cmd, { minLength: 1, maxLength: 150 }), fc.array(fc.tuple(fc.nat(), fc.nat()), { maxLength: 50 })).map(([cmds, dups]) => {
+    const out = [...cmds];
+    for (const [from, to] of dups) out.splice(to % (out.length + 1), 0, cmds[from % cmds.length]!);
+    return out;
+  });
+
+t.test('stock: never negative, and stock equals the sum of the applied changes', async (t) => {
+  fc.assert(
+    fc.property(withDuplicates(stockCmd), (cmds) => {
+      const state = memoryState(stock.tables);
+      const model = new Map<string, number>();
+      cmds.forEach((cmd, seq) => {
+        const { reply } = stock.apply(state, cmd, ctx(seq + 1));
+        if (!reply) throw new Error('every stock command replies');
+        const before = model.get(cmd.id);
+        if (cmd.k === 'create') {
+          if (!reply.ok) throw new Error('create never fails');
+          model.set(cmd.id, 0);
+        } else if (before === undefined) {
+          if (reply.ok || reply.code !== 'not_found') throw new Error(`unknown item must be not_found, got ${JSON.stringify(reply)}`);
+        } else if (reply.ok) {
+          const next = cmd.k === 'add' ? before + cmd.amount : before - cmd.amount;
+          if (next < 0 || next > MAX) throw new Error(`accepted ${cmd.k} left stock at ${next}`);
+          if ((reply.v as { stock: number }).stock !== next) throw new Error('reply disagrees with the applied change');
+          model.set(cmd.id, next);
+        } else {
+          const wouldBe = cmd.k === 'add' ? before + cmd.amount : before - cmd.amount;
+          const expected = cmd.k === 'add' ? 'overflow' : 'insufficient_stock';
+          if (reply.code !== expected || (wouldBe >= 0 && wouldBe <= MAX)) throw new Error(`wrong refusal ${reply.code} for ${cmd.k}`);
+        }
+        const item = state.get<{ stock: number }>('items', cmd.id);
+        if (item && (item.stock < 0 || !Number.isSafeInteger(item.stock))) throw new Error('stock out of range');
+      });
+      for (const [id, expected] of model) {
+        if (state.get<{ stock: number }>('items', id)?.stock !== expected) throw new Error(`item ${id} drifted from its applied changes`);
+      }
+    }),
+    { numRuns: 300 },
+  );
+  t.pass('300 random command sequences with duplicates conserved stock');
+});
+
+type PaymentKeyed = Exclude<PaymentCmd, { k: 'batchInit' }>;
+const paymentCmd: fc.Arbitrary<PaymentKeyed> = fc.oneof(
+  fc.record({ k: fc.constant('create' as const), id: ids }),
+  fc.record({ k: fc.constant('addFunds' as const), id: ids, amount }),
+  fc.record({ k: fc.constant('pay' as const), id: ids, amount }),
+);
+
+t.test('payment: credit never negative, and credit equals the sum of the applied changes', async (t) => {
+  fc.assert(
+    fc.property(withDuplicates(paymentCmd), (cmds) => {
+      const state = memoryState(payment.tables);
+      const model = new Map<string, number>();
+      cmds.forEach((cmd, seq) => {
+        const { reply } = payment.apply(state, cmd, ctx(seq + 1));
+        if (!reply) throw new Error('every payment command replies');
+        if (cmd.k === 'create') return void model.set(cmd.id, 0);
+        const before = model.get(cmd.id);
+        if (!reply.ok) {
+          if (before === undefined && reply.code !== 'not_found') throw new Error('unknown user must be not_found');
+          return;
+        }
+        if (before === undefined) throw new Error('unknown user accepted');
+        const next = cmd.k === 'addFunds' ? before + cmd.amount : before - cmd.amount;
+        if (next < 0 || next > MAX) throw new Error(`accepted ${cmd.k} left credit at ${next}`);
+        model.set(cmd.id, next);
+      });
+      for (const [id, expected] of model) {
+        const credit = state.get<{ credit: number }>('users', id)?.credit;
+        if (credit !== expected) throw new Error(`user ${id}: credit ${credit}, applied changes say ${expected}`);
+      }
+    }),
+    { numRuns: 300 },
+  );
+  t.pass('300 random command sequences with duplicates conserved credit');
+});
+
+t.test('refusals change nothing', async (t) => {
+  const state = memoryState(stock.tables);
+  stock.apply(state, { k: 'create', id: 'x', price: 3 }, ctx(1));
+  stock.apply(state, { k: 'add', id: 'x', amount: 2 }, ctx(2));
+  t.match(stock.apply(state, { k: 'subtract', id: 'x', amount: 3 }, ctx(3)).reply, { ok: false, code: 'insufficient_stock' });
+  t.match(stock.apply(state, { k: 'add', id: 'x', amount: MAX }, ctx(4)).reply, { ok: false, code: 'overflow' });
+  t.match(stock.apply(state, { k: 'add', id: 'nope', amount: 1 }, ctx(5)).reply, { ok: false, code: 'not_found' });
+  t.same(stock.query(state, { k: 'find', id: 'x' }), { ok: true, v: { stock: 2, price: 3 } });
+  t.same(stock.query(state, { k: 'find', id: 'nope' }), { ok: false, code: 'not_found', detail: 'item nope' });
+});
+
+t.test('batch_init: every id 0..n-1 is created by exactly one partition, with the given values', async (t) => {
+  const partitions = 7;
+  const n = 1000;
+  const seen = new Map<string, number>();
+  for (let p = 0; p < partitions; p++) {
+    const state = memoryState(payment.tables);
+    payment.apply(state, { k: 'batchInit', n, credit: 42 }, ctx(1, p, partitions));
+    for (const [id, user] of state.tables.get('users')!) {
+      t.equal(partitionOf(id, partitions), p);
+      t.same(user, { credit: 42 });
+      seen.set(id, (seen.get(id) ?? 0) + 1);
+    }
+  }
+  t.equal(seen.size, n);
+  t.ok([...seen.values()].every((c) => c === 1), 'no id created twice');
+});
+
+t.test('replay: the same commands on the same state give the same effects', async (t) => {
+  fc.assert(
+    fc.property(fc.array(stockCmd, { maxLength: 100 }), (cmds) => {
+      const run = () => {
+        const state = memoryState(stock.tables);
+        const replies = cmds.map((c, i) => stock.apply(state, c, ctx(i + 1)));
+        return JSON.stringify([replies, [...state.tables.get('items')!]]);
+      };
+      return run() === run();
+    }),
+    { numRuns: 100 },
+  );
+  t.pass('replays are identical');
+});
