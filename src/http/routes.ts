@@ -1,0 +1,261 @@
+/**
+ * The HTTP API of API.md as plain async functions: a route table, a matcher that validates every
+ * path segment before anything reaches an actor, and the stock and payment handlers. Nothing here
+ * knows about uWebSockets.js (see uws.ts), so all of it is testable with a fake ShopClient.
+ */
+import { randomUUID } from 'node:crypto';
+import type { Config, Kind } from '../config.js';
+import { ShopError, errorResponse, type ErrorCode } from '../errors.js';
+import type { Log } from '../log.js';
+import { partitionOf } from '../partition.js';
+import type { Reply } from '../protocol.js';
+import type { ShopClient } from '../runtime/client.js';
+
+export type Method = 'GET' | 'POST';
+
+/** What a route answers; the adapter serialises `body` as JSON. */
+export interface HttpResult {
+  status: number;
+  body: unknown;
+  headers?: Readonly<Record<string, string>>;
+}
+
+/**
+ * Longest id the gateway forwards. Every id is made by this system (a UUID, or "0".."n-1" from
+ * batch_init), so a longer one cannot exist and is answered not_found without asking an actor.
+ */
+export const ID_MAX_CHARS = 128;
+/** Longest bad segment echoed back in an error message. */
+const ECHO_MAX_CHARS = 40;
+
+// ---------------------------------------------------------------------------------------------
+// Patterns. A segment is a literal, `:name` (an id: URL-decoded, non-empty string) or
+// `:name(int)` (an integer in 0..2^53-1). The handler's parameter type is derived from the pattern,
+// so `/stock/add/:item_id/:amount(int)` hands the handler `{ item_id: string; amount: number }`.
+
+type Segments<P extends string> = P extends `/${infer S}/${infer Rest}` ? S | Segments<`/${Rest}`> : P extends `/${infer S}` ? S : never;
+type IntName<S> = S extends `:${infer N}(int)` ? N : never;
+type IdName<S> = S extends `:${string}(int)` ? never : S extends `:${infer N}` ? N : never;
+export type Params<P extends string> = { readonly [N in IdName<Segments<P>>]: string } & { readonly [N in IntName<Segments<P>>]: number };
+
+type AnyParams = Readonly<Record<string, string | number>>;
+
+export interface Route {
+  method: Method;
+  pattern: string;
+  handler(params: AnyParams): Promise<HttpResult>;
+}
+
+export function route<P extends string>(method: Method, pattern: P, handler: (params: Params<P>) => Promise<HttpResult>): Route {
+  return { method, pattern, handler: handler as (params: AnyParams) => Promise<HttpResult> };
+}
+
+type Segment = { lit: string } | { id: string } | { int: string };
+
+interface Compiled {
+  route: Route;
+  segments: Segment[];
+}
+
+function compile(r: Route): Compiled {
+  if (!r.pattern.startsWith('/')) throw new Error(`route pattern must start with "/": ${r.pattern}`);
+  const segments = r.pattern
+    .slice(1)
+    .split('/')
+    .map((s): Segment => {
+      const int = /^:(\w+)\(int\)$/.exec(s);
+      if (int) return { int: int[1]! };
+      const id = /^:(\w+)$/.exec(s);
+      if (id) return { id: id[1]! };
+      if (!/^[\w-]+$/.test(s)) throw new Error(`route pattern ${r.pattern} has a bad segment ${JSON.stringify(s)}`);
+      return { lit: s };
+    });
+  return { route: r, segments };
+}
+
+/** Parses a number segment: base-10 digits only, value in 0..2^53-1; anything else is undefined. */
+export function parseCount(raw: string): number | undefined {
+  // Digits only rules out "-1", "+5", "1.5", "1e3", "0x10", " 7", "" and percent-encoding at once.
+  if (!/^[0-9]+$/.test(raw)) return undefined;
+  const n = Number(raw);
+  // Every digit string above 2^53-1 converts to at least 2^53, so this bound is exact.
+  return n <= Number.MAX_SAFE_INTEGER ? n : undefined;
+}
+
+/** Decodes an id segment; undefined if it is empty, too long or not valid percent-encoding. */
+export function parseId(raw: string): string | undefined {
+  let id: string;
+  try {
+    id = decodeURIComponent(raw);
+  } catch {
+    return undefined;
+  }
+  return id.length > 0 && id.length <= ID_MAX_CHARS ? id : undefined;
+}
+
+const echo = (raw: string) => JSON.stringify(raw.length > ECHO_MAX_CHARS ? raw.slice(0, ECHO_MAX_CHARS) + '…' : raw);
+
+function fail(code: ErrorCode, detail?: string, headers?: Record<string, string>): HttpResult {
+  const res: HttpResult = errorResponse(code, detail);
+  return headers ? { ...res, headers } : res;
+}
+
+export type Match = { route: Route; params: AnyParams } | { error: HttpResult };
+
+export interface Router {
+  match(method: string, path: string): Match;
+}
+
+/**
+ * Matching: a path matches a pattern with the same number of segments and equal literals.
+ * No match → 404 route_not_found; matches only under other methods → 405 method_not_allowed
+ * (with Allow). Then numbers are checked (400 bad_number), then ids (400 not_found: an empty,
+ * over-long or badly encoded id names nothing that can exist, and unknown ids are 400 per API.md).
+ */
+export function createRouter(routes: readonly Route[]): Router {
+  const table = routes.map(compile);
+  for (let i = 0; i < table.length; i++) {
+    for (let j = 0; j < i; j++) {
+      if (table[i]!.route.method === table[j]!.route.method && overlaps(table[i]!.segments, table[j]!.segments)) {
+        throw new Error(`routes ${table[j]!.route.method} ${table[j]!.route.pattern} and ${table[i]!.route.pattern} overlap`);
+      }
+    }
+  }
+
+  return {
+    match(method: string, path: string): Match {
+      const parts = path.startsWith('/') ? path.slice(1).split('/') : undefined;
+      if (!parts) return { error: fail('route_not_found') };
+      const shaped = table.filter((c) => c.segments.length === parts.length && c.segments.every((s, i) => !('lit' in s) || s.lit === parts[i]));
+      if (shaped.length === 0) return { error: fail('route_not_found', `${method} ${echo(path)}`) };
+      const found = shaped.find((c) => c.route.method === method);
+      if (!found) {
+        const allow = [...new Set(shaped.map((c) => c.route.method))].join(', ');
+        return { error: fail('method_not_allowed', `${method} ${echo(path)}; allowed: ${allow}`, { Allow: allow }) };
+      }
+
+      const params: Record<string, string | number> = {};
+      for (const [i, s] of found.segments.entries()) {
+        if (!('int' in s)) continue;
+        const n = parseCount(parts[i]!);
+        if (n === undefined) return { error: fail('bad_number', `${s.int} is ${echo(parts[i]!)}`) };
+        params[s.int] = n;
+      }
+      for (const [i, s] of found.segments.entries()) {
+        if (!('id' in s)) continue;
+        const id = parseId(parts[i]!);
+        if (id === undefined) return { error: fail('not_found', `${s.id} ${echo(parts[i]!)}`) };
+        params[s.id] = id;
+      }
+      return { route: found.route, params };
+    },
+  };
+}
+
+function overlaps(a: Segment[], b: Segment[]): boolean {
+  return a.length === b.length && a.every((s, i) => !('lit' in s) || !('lit' in b[i]!) || s.lit === (b[i] as { lit: string }).lit);
+}
+
+/** The whole request path: match, run, and turn every exception into a response (the adapter never sees one). */
+export function createDispatcher(router: Router, log: Log): (method: string, path: string) => Promise<HttpResult> {
+  return async (method, path) => {
+    const m = router.match(method, path);
+    if ('error' in m) return m.error;
+    try {
+      return await m.route.handler(m.params);
+    } catch (err) {
+      if (err instanceof ShopError) {
+        if (err.code === 'internal') log.error('request failed', { method, path, err });
+        return errorResponse(err.code, err.detail);
+      }
+      log.error('request failed with an unexpected error', { method, path, err: err instanceof Error ? (err.stack ?? err.message) : String(err) });
+      return errorResponse('internal');
+    }
+  };
+}
+
+// ---------------------------------------------------------------------------------------------
+// The API. Each handler validates nothing (the matcher did), picks the partition, asks the actor
+// and shapes its reply; a business failure in the reply becomes errorResponse(code, detail).
+
+export interface RouteDeps {
+  client: ShopClient;
+  config: Pick<Config, 'partitions'>;
+  /** Makes ids for create routes; crypto.randomUUID unless a test passes its own. */
+  newId?: () => string;
+}
+
+const ok = (body: unknown): HttpResult => ({ status: 200, body });
+
+function answer<V>(reply: Reply<V>, body: (v: V) => unknown): HttpResult {
+  return reply.ok ? ok(body(reply.v)) : errorResponse(reply.code, reply.detail);
+}
+
+function helpers({ client, config, newId = randomUUID }: RouteDeps) {
+  const part = (id: string) => partitionOf(id, config.partitions);
+  return {
+    newId,
+    command: <V>(kind: Kind, id: string, cmd: unknown) => client.command<V>(kind, part(id), cmd),
+    query: <V>(kind: Kind, id: string, q: unknown) => client.query<V>(kind, part(id), q),
+    /** Sends one command to every partition of a kind at once (each applies its share); the first failure wins. */
+    async everyPartition(kind: Kind, cmd: unknown): Promise<Reply> {
+      const replies = await Promise.all(Array.from({ length: config.partitions }, (_, p) => client.command(kind, p, cmd)));
+      return replies.find((r) => !r.ok) ?? { ok: true, v: {} };
+    },
+  };
+}
+
+export function stockRoutes(deps: RouteDeps): Route[] {
+  const { newId, command, query, everyPartition } = helpers(deps);
+  return [
+    route('POST', '/stock/item/create/:price(int)', async ({ price }) => {
+      const id = newId();
+      return answer(await command('stock', id, { k: 'create', id, price }), () => ({ item_id: id }));
+    }),
+    route('POST', '/stock/batch_init/:n(int)/:starting_stock(int)/:item_price(int)', async ({ n, starting_stock, item_price }) =>
+      answer(await everyPartition('stock', { k: 'batchInit', n, stock: starting_stock, price: item_price }), () => ({
+        msg: 'Batch init for stock successful',
+      })),
+    ),
+    route('GET', '/stock/find/:item_id', async ({ item_id }) =>
+      answer(await query<{ stock: number; price: number }>('stock', item_id, { k: 'find', id: item_id }), (v) => ({ stock: v.stock, price: v.price })),
+    ),
+    route('POST', '/stock/add/:item_id/:amount(int)', async ({ item_id, amount }) =>
+      answer(await command<{ stock: number }>('stock', item_id, { k: 'add', id: item_id, amount }), (v) => ({ item_id, stock: v.stock })),
+    ),
+    route('POST', '/stock/subtract/:item_id/:amount(int)', async ({ item_id, amount }) =>
+      answer(await command<{ stock: number }>('stock', item_id, { k: 'subtract', id: item_id, amount }), (v) => ({ item_id, stock: v.stock })),
+    ),
+  ];
+}
+
+export function paymentRoutes(deps: RouteDeps): Route[] {
+  const { newId, command, query, everyPartition } = helpers(deps);
+  return [
+    route('POST', '/payment/create_user', async () => {
+      const id = newId();
+      return answer(await command('payment', id, { k: 'create', id }), () => ({ user_id: id }));
+    }),
+    route('POST', '/payment/batch_init/:n(int)/:starting_money(int)', async ({ n, starting_money }) =>
+      answer(await everyPartition('payment', { k: 'batchInit', n, credit: starting_money }), () => ({ msg: 'Batch init for users successful' })),
+    ),
+    route('GET', '/payment/find_user/:user_id', async ({ user_id }) =>
+      answer(await query<{ credit: number }>('payment', user_id, { k: 'find', id: user_id }), (v) => ({ user_id, credit: v.credit })),
+    ),
+    route('POST', '/payment/add_funds/:user_id/:amount(int)', async ({ user_id, amount }) =>
+      answer(await command<{ credit: number }>('payment', user_id, { k: 'addFunds', id: user_id, amount }), (v) => ({
+        user_id,
+        credit: v.credit,
+        done: true,
+      })),
+    ),
+    route('POST', '/payment/pay/:user_id/:amount(int)', async ({ user_id, amount }) =>
+      answer(await command<{ credit: number }>('payment', user_id, { k: 'pay', id: user_id, amount }), (v) => ({ user_id, credit: v.credit })),
+    ),
+  ];
+}
+
+/** Every route of the public API (port 8000). Orders join here as `...orderRoutes(deps)`. */
+export function apiRoutes(deps: RouteDeps): Route[] {
+  return [...stockRoutes(deps), ...paymentRoutes(deps)];
+}
