@@ -45,6 +45,12 @@ export interface Config {
   restartBackoffMs: number;
   shutdownGraceMs: number;
   logLevel: 'debug' | 'info' | 'warn' | 'error';
+  /**
+   * Fault injection, for crash tests only. 'commit': the worker kills itself (SIGKILL) right after committing the
+   * first batch that owes messages, before sending any. 'send': right after the first batch's outgoing JetStream
+   * commands are stored, before the next commit. 'none' in every real deployment.
+   */
+  faultKillAfter: 'none' | 'commit' | 'send';
 }
 
 export const KINDS = ['stock', 'payment', 'order'] as const;
@@ -143,6 +149,7 @@ const checks: Record<keyof Config, Check> = {
   restartBackoffMs: int(0, 600_000),
   shutdownGraceMs: int(0, 600_000),
   logLevel: oneOf('debug', 'info', 'warn', 'error'),
+  faultKillAfter: oneOf('none', 'commit', 'send'),
 };
 
 /**

@@ -1,4 +1,5 @@
 import { fail, ok, type Reply } from '../protocol.js';
+import { forget, hold, LEDGER, partOf, release, type ForgetCmd, type HoldResult, type ReleaseCmd, type SagaRef } from './saga.js';
 import { ownShare } from '../partition.js';
 import type { Actor, ApplyContext, Effects, ReadView, StateView } from './types.js';
 
@@ -10,7 +11,11 @@ export type PaymentCmd =
   | { k: 'create'; id: string }
   | { k: 'batchInit'; n: number; credit: number }
   | { k: 'addFunds'; id: string; amount: number }
-  | { k: 'pay'; id: string; amount: number };
+  | { k: 'pay'; id: string; amount: number }
+  | PaymentSagaCmd;
+
+export type DebitCmd = SagaRef & { k: 'debit'; user: string; amount: number };
+export type PaymentSagaCmd = DebitCmd | ReleaseCmd | ForgetCmd;
 
 export type PaymentQuery = { k: 'find'; id: string };
 
@@ -21,9 +26,28 @@ function assertUser(user: User): User {
   return user;
 }
 
+interface Debit {
+  user: string;
+  amount: number;
+}
+
+function debit(state: StateView, id: string, amount: number): HoldResult<Debit> {
+  const user = state.get<User>(USERS, id);
+  if (!user) return { ok: false, code: 'not_found', detail: `user ${id}` };
+  if (user.credit < amount) return { ok: false, code: 'insufficient_credit', detail: `user ${id} has ${user.credit}, the order costs ${amount}` };
+  state.set(USERS, id, assertUser({ credit: user.credit - amount }));
+  return { ok: true, held: { user: id, amount } };
+}
+
+function refund(state: StateView, { user: id, amount }: Debit): void {
+  const user = state.get<User>(USERS, id);
+  if (!user) throw new Error(`invariant: debited user ${id} vanished`);
+  state.set(USERS, id, assertUser({ credit: user.credit + amount }));
+}
+
 export const payment: Actor<PaymentCmd, PaymentQuery> = {
   kind: 'payment',
-  tables: [USERS],
+  tables: [USERS, LEDGER],
 
   apply(state: StateView, cmd: PaymentCmd, ctx: ApplyContext): Effects {
     switch (cmd.k) {
@@ -49,6 +73,13 @@ export const payment: Actor<PaymentCmd, PaymentQuery> = {
         state.set(USERS, cmd.id, assertUser({ credit: next }));
         return { reply: ok({ credit: next }) };
       }
+      case 'debit':
+        return { send: [hold(state, cmd, partOf('payment', ctx.partition), () => debit(state, cmd.user, cmd.amount))] };
+      case 'release':
+        return { send: [release(state, cmd, partOf('payment', ctx.partition), (held: Debit) => refund(state, held))] };
+      case 'forget':
+        forget(state, cmd.saga);
+        return {};
     }
   },
 

@@ -1,5 +1,6 @@
 import { ownShare } from '../partition.js';
 import { fail, ok, type Reply } from '../protocol.js';
+import { forget, hold, LEDGER, partOf, release, type ForgetCmd, type HoldResult, type ReleaseCmd, type SagaRef } from './saga.js';
 import type { Actor, ApplyContext, Effects, ReadView, StateView } from './types.js';
 
 export interface Item {
@@ -11,7 +12,11 @@ export type StockCmd =
   | { k: 'create'; id: string; price: number }
   | { k: 'batchInit'; n: number; stock: number; price: number }
   | { k: 'add'; id: string; amount: number }
-  | { k: 'subtract'; id: string; amount: number };
+  | { k: 'subtract'; id: string; amount: number }
+  | StockSagaCmd;
+
+export type ReserveCmd = SagaRef & { k: 'reserve'; lines: [item: string, quantity: number][] };
+export type StockSagaCmd = ReserveCmd | ReleaseCmd | ForgetCmd;
 
 export type StockQuery = { k: 'find'; id: string };
 
@@ -22,9 +27,31 @@ function assertItem(item: Item): Item {
   return item;
 }
 
+/** All lines of one partition, or none: every line is checked before any stock is taken. */
+function reserve(state: StateView, lines: ReserveCmd['lines']): HoldResult<ReserveCmd['lines']> {
+  for (const [id, quantity] of lines) {
+    const item = state.get<Item>(ITEMS, id);
+    if (!item) return { ok: false, code: 'not_found', detail: `item ${id}` };
+    if (item.stock < quantity) return { ok: false, code: 'insufficient_stock', detail: `item ${id} has ${item.stock}, the order needs ${quantity}` };
+  }
+  for (const [id, quantity] of lines) {
+    const item = state.get<Item>(ITEMS, id)!;
+    state.set(ITEMS, id, assertItem({ ...item, stock: item.stock - quantity }));
+  }
+  return { ok: true, held: lines };
+}
+
+function giveBack(state: StateView, lines: ReserveCmd['lines']): void {
+  for (const [id, quantity] of lines) {
+    const item = state.get<Item>(ITEMS, id);
+    if (!item) throw new Error(`invariant: reserved item ${id} vanished`);
+    state.set(ITEMS, id, assertItem({ ...item, stock: item.stock + quantity }));
+  }
+}
+
 export const stock: Actor<StockCmd, StockQuery> = {
   kind: 'stock',
-  tables: [ITEMS],
+  tables: [ITEMS, LEDGER],
 
   apply(state: StateView, cmd: StockCmd, ctx: ApplyContext): Effects {
     switch (cmd.k) {
@@ -50,6 +77,13 @@ export const stock: Actor<StockCmd, StockQuery> = {
         state.set(ITEMS, cmd.id, assertItem({ ...item, stock: next }));
         return { reply: ok({ stock: next }) };
       }
+      case 'reserve':
+        return { send: [hold(state, cmd, partOf('stock', ctx.partition), () => reserve(state, cmd.lines))] };
+      case 'release':
+        return { send: [release(state, cmd, partOf('stock', ctx.partition), (lines: ReserveCmd['lines']) => giveBack(state, lines))] };
+      case 'forget':
+        forget(state, cmd.saga);
+        return {};
     }
   },
 

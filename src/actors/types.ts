@@ -18,7 +18,12 @@ export interface ApplyContext {
   partitions: number;
   /** Stream sequence of the command: unique, and the same on every replay. */
   seq: number;
+  /** Where a waiting gateway expects the outcome, when one waits; an actor may keep it to answer later. */
+  replyTo?: ReplyTo;
 }
+
+/** A waiting gateway's reply subject and request number. */
+export type ReplyTo = [subject: string, q: number];
 
 /** A command for another partition, published through the outbox after the batch commits. */
 export interface Outgoing {
@@ -28,7 +33,10 @@ export interface Outgoing {
 }
 
 export interface Effects {
+  /** The answer to this command's waiter (if one waits). */
   reply?: Reply;
+  /** Answers to waiters kept from earlier commands (a saga that has decided answers every checkout waiting on it). */
+  replies?: { to: ReplyTo; reply: Reply }[];
   send?: Outgoing[];
 }
 

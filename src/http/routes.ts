@@ -3,7 +3,7 @@
  * path segment before anything reaches an actor, and the stock and payment handlers. Nothing here
  * knows about uWebSockets.js (see uws.ts), so all of it is testable with a fake ShopClient.
  */
-import { randomUUID } from 'node:crypto';
+import { randomInt, randomUUID } from 'node:crypto';
 import type { Config, Kind } from '../config.js';
 import { ShopError, errorResponse, type ErrorCode } from '../errors.js';
 import type { Log } from '../log.js';
@@ -255,7 +255,55 @@ export function paymentRoutes(deps: RouteDeps): Route[] {
   ];
 }
 
-/** Every route of the public API (port 8000). Orders join here as `...orderRoutes(deps)`. */
+interface OrderView {
+  paid: boolean;
+  items: [string, number][];
+  user: string;
+  total: number;
+}
+
+export function orderRoutes(deps: RouteDeps): Route[] {
+  const { newId, command, query, everyPartition } = helpers(deps);
+  return [
+    route('POST', '/orders/create/:user_id', async ({ user_id }) => {
+      // Users are never deleted, so a user seen here still exists when the order is created.
+      const user = await query('payment', user_id, { k: 'find', id: user_id });
+      if (!user.ok) return answer(user, () => null);
+      const id = newId();
+      return answer(await command('order', id, { k: 'create', id, user: user_id }), () => ({ order_id: id }));
+    }),
+    route('POST', '/orders/batch_init/:n(int)/:n_items(int)/:n_users(int)/:item_price(int)', async ({ n, n_items, n_users, item_price }) => {
+      if (n > 0 && (n_items === 0 || n_users === 0)) return errorResponse('bad_number', 'n_items and n_users must be at least 1');
+      // One seed for all partitions: the "random" lines are drawn once, and replays draw them the same way.
+      const seed = randomInt(2 ** 31);
+      return answer(await everyPartition('order', { k: 'batchInit', n, nItems: n_items, nUsers: n_users, price: item_price, seed }), () => ({
+        msg: 'Batch init for orders successful',
+      }));
+    }),
+    route('GET', '/orders/find/:order_id', async ({ order_id }) =>
+      answer(await query<OrderView>('order', order_id, { k: 'find', id: order_id }), (v) => ({
+        order_id,
+        paid: v.paid,
+        items: v.items,
+        user_id: v.user,
+        total_cost: v.total,
+      })),
+    ),
+    route('POST', '/orders/addItem/:order_id/:item_id/:quantity(int)', async ({ order_id, item_id, quantity }) => {
+      if (quantity === 0) return errorResponse('bad_quantity', 'quantity is 0');
+      // The price at this moment, from the item's owner; the order actor itself never waits on another partition.
+      const item = await query<{ price: number }>('stock', item_id, { k: 'find', id: item_id });
+      if (!item.ok) return answer(item, () => null);
+      const reply = await command<{ total: number }>('order', order_id, { k: 'addItem', id: order_id, item: item_id, quantity, price: item.v.price });
+      return answer(reply, (v) => ({ order_id, total_cost: v.total }));
+    }),
+    route('POST', '/orders/checkout/:order_id', async ({ order_id }) =>
+      answer(await command('order', order_id, { k: 'checkout', id: order_id }), () => ({ order_id, paid: true })),
+    ),
+  ];
+}
+
+/** Every route of the public API (port 8000). */
 export function apiRoutes(deps: RouteDeps): Route[] {
-  return [...stockRoutes(deps), ...paymentRoutes(deps)];
+  return [...stockRoutes(deps), ...paymentRoutes(deps), ...orderRoutes(deps)];
 }

@@ -1,11 +1,16 @@
 import type { ConsumerMessages, JetStreamClient, JetStreamManager, JsMsg, NatsConnection, Subscription } from 'nats';
 import { setTimeout as delay } from 'node:timers/promises';
-import type { Actor, ApplyContext, Effects, ReadView, StateView } from '../actors/types.js';
+import type { Actor, ApplyContext, Effects, ReadView, ReplyTo, StateView } from '../actors/types.js';
 import { decode, encode } from '../codec.js';
 import type { Config, Kind } from '../config.js';
 import type { Log } from '../log.js';
 import { fail, names, type CommandEnvelope, type Names, type Reply, type ReplyEnvelope } from '../protocol.js';
 import type { Changes, Outbox, PartitionStore } from './store.js';
+
+function replyMessage([subject, q]: ReplyTo, reply: Reply): [string, Uint8Array] {
+  const envelope: ReplyEnvelope = [q, reply];
+  return [subject, encode(envelope)];
+}
 
 /** Most committed batches whose outbox is still being published before the loop waits. */
 const OUTBOX_BATCHES_INFLIGHT_MAX = 64;
@@ -240,8 +245,10 @@ export class PartitionRunner {
     }
   }
 
-  private ctx(seq: number): ApplyContext {
-    return { partition: this.partition, partitions: this.deps.config.partitions, seq };
+  private ctx(seq: number, replyTo: ReplyTo | undefined): ApplyContext {
+    const ctx: ApplyContext = { partition: this.partition, partitions: this.deps.config.partitions, seq };
+    if (replyTo) ctx.replyTo = replyTo;
+    return ctx;
   }
 
   private async apply(batch: JsMsg[]): Promise<void> {
@@ -259,19 +266,18 @@ export class PartitionRunner {
         this.log.error('undecodable command skipped', { seq: m.seq, err });
         continue;
       }
+      const replyTo: ReplyTo | undefined = envelope.r !== undefined && envelope.q !== undefined ? [envelope.r, envelope.q] : undefined;
       let effects: Effects;
       try {
-        effects = actor.apply(draft, envelope.c, this.ctx(m.seq));
+        effects = actor.apply(draft, envelope.c, this.ctx(m.seq, replyTo));
         draft.keepCommand();
       } catch (err) {
         draft.dropCommand();
         this.log.error('command failed; nothing of it applied', { seq: m.seq, err });
         effects = { reply: fail('internal', `command at ${this.subject} seq ${m.seq} failed`) };
       }
-      if (envelope.r !== undefined && envelope.q !== undefined && effects.reply) {
-        const reply: ReplyEnvelope = [envelope.q, effects.reply];
-        outbox.replies.push([envelope.r, encode(reply)]);
-      }
+      if (replyTo && effects.reply) outbox.replies.push(replyMessage(replyTo, effects.reply));
+      for (const { to, reply } of effects.replies ?? []) outbox.replies.push(replyMessage(to, reply));
       effects.send?.forEach((out, i) => {
         const data = encode({ c: out.cmd } satisfies CommandEnvelope);
         outbox.js.push([this.names.cmd(out.kind, out.partition), `${this.kind}.${this.partition}.${m.seq}.${i}`, data]);
@@ -284,6 +290,7 @@ export class PartitionRunner {
     this.cleared = [];
     const committed = await store.commit(this.epoch, last, draft.batch, field, hasOutbox ? outbox : null, cleared);
     if (!committed) return this.fenced();
+    if (this.deps.config.faultKillAfter === 'commit' && hasOutbox) process.kill(process.pid, 'SIGKILL');
     draft.publish();
     this.cursor = last;
     if (hasOutbox) this.send(field, outbox);
@@ -311,6 +318,7 @@ export class PartitionRunner {
       }
     };
     void Promise.all(outbox.js.map(publishOne)).then(() => {
+      if (config.faultKillAfter === 'send') process.kill(process.pid, 'SIGKILL');
       this.cleared.push(field);
       this.outboxInflight--;
       this.outboxDrained?.();

@@ -1,0 +1,189 @@
+import type { ErrorCode } from '../errors.js';
+import { fnv1a, ownShare, partitionOf } from '../partition.js';
+import { fail, ok, type Reply } from '../protocol.js';
+import { parsePart, partOf, type Part, type SagaAnswer, type SagaRef } from './saga.js';
+import type { DebitCmd } from './payment.js';
+import type { ReserveCmd } from './stock.js';
+import type { Actor, ApplyContext, Effects, Outgoing, ReadView, ReplyTo, StateView } from './types.js';
+
+/** Where one participant of a running checkout stands. */
+export type PartState = 'pending' | 'held' | 'rejected' | 'releasing' | 'released';
+
+/** A checkout in flight, kept in the order it pays for (one key: it commits with the order, atomically). */
+export interface Saga {
+  id: string;
+  parts: Record<Part, PartState>;
+  /** The first refusal: once set, the saga only compensates. */
+  failed?: { code: ErrorCode; detail?: string };
+  /** Gateways waiting for the outcome: every checkout of the order while this saga runs. */
+  waiters: ReplyTo[];
+}
+
+export interface Order {
+  user: string;
+  items: [item: string, quantity: number][];
+  total: number;
+  paid: boolean;
+  saga?: Saga;
+}
+
+export type OrderCmd =
+  | { k: 'create'; id: string; user: string }
+  | { k: 'batchInit'; n: number; nItems: number; nUsers: number; price: number; seed: number }
+  | { k: 'addItem'; id: string; item: string; quantity: number; price: number }
+  | { k: 'checkout'; id: string }
+  | SagaAnswer;
+
+export type OrderQuery = { k: 'find'; id: string };
+
+const ORDERS = 'orders';
+
+/** mulberry32: a tiny deterministic generator, so batch_init's "random" orders are the same on every replay. */
+function random(seed: number): () => number {
+  let a = seed >>> 0;
+  return () => {
+    a = (a + 0x6d2b79f5) >>> 0;
+    let t = a;
+    t = Math.imul(t ^ (t >>> 15), t | 1);
+    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
+    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
+  };
+}
+
+function withoutSaga(order: Order): Order {
+  const { saga: _done, ...rest } = order;
+  return rest;
+}
+
+/** Starts the checkout: one reserve per stock partition with all its lines, one debit to the user's payment partition. */
+function begin(order: Order, id: string, ctx: ApplyContext): { saga: Saga; send: Outgoing[] } {
+  const ref: SagaRef = { saga: `${id}#${ctx.seq}`, order: id, from: ctx.partition };
+  const perPartition = new Map<number, Map<string, number>>();
+  for (const [item, quantity] of order.items) {
+    const p = partitionOf(item, ctx.partitions);
+    let lines = perPartition.get(p);
+    if (!lines) perPartition.set(p, (lines = new Map()));
+    lines.set(item, (lines.get(item) ?? 0) + quantity);
+  }
+  const parts = {} as Record<Part, PartState>;
+  const send: Outgoing[] = [];
+  for (const [p, lines] of perPartition) {
+    parts[partOf('stock', p)] = 'pending';
+    const cmd: ReserveCmd = { k: 'reserve', ...ref, lines: [...lines] };
+    send.push({ kind: 'stock', partition: p, cmd });
+  }
+  const pay = partitionOf(order.user, ctx.partitions);
+  parts[partOf('payment', pay)] = 'pending';
+  const debit: DebitCmd = { k: 'debit', ...ref, user: order.user, amount: order.total };
+  send.push({ kind: 'payment', partition: pay, cmd: debit });
+  return { saga: { id: ref.saga, parts, waiters: ctx.replyTo ? [ctx.replyTo] : [] }, send };
+}
+
+function toPart(part: Part, ref: SagaRef, k: 'release' | 'forget'): Outgoing {
+  const { kind, partition } = parsePart(part);
+  return { kind, partition, cmd: k === 'release' ? { k, ...ref } : { k, saga: ref.saga } };
+}
+
+/** One participant's answer moves the saga; when every part has settled, the order's outcome is decided and committed. */
+function onAnswer(state: StateView, msg: SagaAnswer, ctx: ApplyContext): Effects {
+  const ref: SagaRef = { saga: msg.saga, order: msg.order, from: ctx.partition };
+  const order = state.get<Order>(ORDERS, msg.order);
+  const current = order?.saga;
+  if (!order || !current || current.id !== msg.saga) {
+    // Not the running saga (a copy re-sent long after it finished): give back whatever it took. The tombstone
+    // stays, so no copy of the hold still on its way can take anything either.
+    return msg.phase === 'hold' && msg.ok ? { send: [toPart(msg.part, ref, 'release')] } : {};
+  }
+  const saga: Saga = { ...current, parts: { ...current.parts } };
+  const send: Outgoing[] = [];
+  const was = saga.parts[msg.part];
+  if (msg.phase === 'hold' && was === 'pending') {
+    if (msg.ok && !saga.failed) saga.parts[msg.part] = 'held';
+    else if (msg.ok) {
+      saga.parts[msg.part] = 'releasing';
+      send.push(toPart(msg.part, ref, 'release'));
+    } else {
+      saga.parts[msg.part] = 'rejected';
+      if (!saga.failed) {
+        saga.failed = msg.detail === undefined ? { code: msg.code ?? 'internal' } : { code: msg.code ?? 'internal', detail: msg.detail };
+        for (const [part, st] of Object.entries(saga.parts) as [Part, PartState][]) {
+          if (st !== 'held') continue;
+          saga.parts[part] = 'releasing';
+          send.push(toPart(part, ref, 'release'));
+        }
+      }
+    }
+  } else if (msg.phase === 'release' && was === 'releasing') {
+    saga.parts[msg.part] = 'released';
+  } else {
+    return {}; // a repeated answer: already counted
+  }
+
+  const states = Object.values(saga.parts);
+  const succeeded = !saga.failed && states.every((s) => s === 'held');
+  const settled = saga.failed !== undefined && states.every((s) => s === 'rejected' || s === 'released');
+  if (!succeeded && !settled) {
+    state.set(ORDERS, msg.order, { ...order, saga });
+    return { send };
+  }
+  for (const part of Object.keys(saga.parts) as Part[]) send.push(toPart(part, ref, 'forget'));
+  const outcome: Reply = succeeded ? ok({ paid: true }) : fail(saga.failed!.code, saga.failed!.detail);
+  state.set(ORDERS, msg.order, { ...withoutSaga(order), paid: succeeded });
+  return { send, replies: saga.waiters.map((to) => ({ to, reply: outcome })) };
+}
+
+export const order: Actor<OrderCmd, OrderQuery> = {
+  kind: 'order',
+  tables: [ORDERS],
+
+  apply(state: StateView, cmd: OrderCmd, ctx: ApplyContext): Effects {
+    switch (cmd.k) {
+      case 'create':
+        state.set(ORDERS, cmd.id, { user: cmd.user, items: [], total: 0, paid: false } satisfies Order);
+        return { reply: ok({}) };
+      case 'batchInit': {
+        const total = 2 * cmd.price;
+        if (!Number.isSafeInteger(total)) return { reply: fail('overflow', '2 * item_price') };
+        for (const id of ownShare(cmd.n, ctx)) {
+          const next = random(cmd.seed ^ fnv1a(id));
+          const item = () => String(Math.floor(next() * cmd.nItems));
+          const items: Order['items'] = [[item(), 1], [item(), 1]];
+          const user = String(Math.floor(next() * cmd.nUsers));
+          state.set(ORDERS, id, { user, items, total, paid: false } satisfies Order);
+        }
+        return { reply: ok({}) };
+      }
+      case 'addItem': {
+        const order = state.get<Order>(ORDERS, cmd.id);
+        if (!order) return { reply: fail('not_found', `order ${cmd.id}`) };
+        if (order.paid) return { reply: fail('order_paid', `order ${cmd.id}`) };
+        if (order.saga) return { reply: fail('checkout_in_progress', `order ${cmd.id}`) };
+        const total = order.total + cmd.quantity * cmd.price;
+        if (!Number.isSafeInteger(total)) return { reply: fail('overflow', `order ${cmd.id} total`) };
+        state.set(ORDERS, cmd.id, { ...order, items: [...order.items, [cmd.item, cmd.quantity]], total } satisfies Order);
+        return { reply: ok({ total }) };
+      }
+      case 'checkout': {
+        const order = state.get<Order>(ORDERS, cmd.id);
+        if (!order) return { reply: fail('not_found', `order ${cmd.id}`) };
+        if (order.paid) return { reply: ok({ paid: true }) };
+        if (order.saga) {
+          // One transaction per order: a second checkout waits for the running one's outcome.
+          if (ctx.replyTo) state.set(ORDERS, cmd.id, { ...order, saga: { ...order.saga, waiters: [...order.saga.waiters, ctx.replyTo] } });
+          return {};
+        }
+        const { saga, send } = begin(order, cmd.id, ctx);
+        state.set(ORDERS, cmd.id, { ...order, saga } satisfies Order);
+        return { send };
+      }
+      case 'answer':
+        return onAnswer(state, cmd, ctx);
+    }
+  },
+
+  query(state: ReadView, query: OrderQuery): Reply {
+    const order = state.get<Order>(ORDERS, query.id);
+    if (!order) return fail('not_found', `order ${query.id}`);
+    return ok({ paid: order.paid, items: order.items, user: order.user, total: order.total });
+  },
+};
