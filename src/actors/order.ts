@@ -1,7 +1,7 @@
 import type { ErrorCode } from '../errors.js';
 import { fnv1a, ownShare, partitionOf } from '../partition.js';
 import { fail, ok, type Reply } from '../protocol.js';
-import { parsePart, partOf, type Part, type SagaAnswer, type SagaRef } from './saga.js';
+import { parsePart, partOf, type ForgetCmd, type Part, type ReleaseCmd, type SagaAnswer, type SagaRef } from './saga.js';
 import type { DebitCmd } from './payment.js';
 import type { ReserveCmd } from './stock.js';
 import type { Actor, ApplyContext, Effects, Outgoing, ReadView, ReplyTo, StateView } from './types.js';
@@ -10,9 +10,15 @@ import type { Actor, ApplyContext, Effects, Outgoing, ReadView, ReplyTo, StateVi
 export type PartState = 'pending' | 'held' | 'rejected' | 'releasing' | 'released';
 
 /** A checkout in flight, kept in the order it pays for (one key: it commits with the order, atomically). */
+export interface PartStatus {
+  st: PartState;
+  /** The participant's ledger entry for this saga, once it has answered. */
+  at?: number;
+}
+
 export interface Saga {
   id: string;
-  parts: Record<Part, PartState>;
+  parts: Record<Part, PartStatus>;
   /** The first refusal: once set, the saga only compensates. */
   failed?: { code: ErrorCode; detail?: string };
   /** Gateways waiting for the outcome: every checkout of the order while this saga runs. */
@@ -25,6 +31,9 @@ export interface Order {
   total: number;
   paid: boolean;
   saga?: Saga;
+  /** The saga that paid the order, with each participant's ledger sequence: tells a late copy of one of its
+   *  answers (ignored) from a copy of its hold applied anew after it ended (given back). */
+  paidBy?: { saga: string; ats: Record<Part, number> };
 }
 
 export type OrderCmd =
@@ -65,24 +74,26 @@ function begin(order: Order, id: string, ctx: ApplyContext): { saga: Saga; send:
     if (!lines) perPartition.set(p, (lines = new Map()));
     lines.set(item, (lines.get(item) ?? 0) + quantity);
   }
-  const parts = {} as Record<Part, PartState>;
+  const parts = {} as Record<Part, PartStatus>;
   const send: Outgoing[] = [];
   for (const [p, lines] of perPartition) {
-    parts[partOf('stock', p)] = 'pending';
+    parts[partOf('stock', p)] = { st: 'pending' };
     const cmd: ReserveCmd = { k: 'reserve', ...ref, lines: [...lines] };
     send.push({ kind: 'stock', partition: p, cmd });
   }
   const pay = partitionOf(order.user, ctx.partitions);
-  parts[partOf('payment', pay)] = 'pending';
+  parts[partOf('payment', pay)] = { st: 'pending' };
   const debit: DebitCmd = { k: 'debit', ...ref, user: order.user, amount: order.total };
   send.push({ kind: 'payment', partition: pay, cmd: debit });
   return { saga: { id: ref.saga, parts, waiters: ctx.replyTo ? [ctx.replyTo] : [] }, send };
 }
 
-function toPart(part: Part, ref: SagaRef, k: 'release' | 'forget'): Outgoing {
+function toPart(part: Part, cmd: unknown): Outgoing {
   const { kind, partition } = parsePart(part);
-  return { kind, partition, cmd: k === 'release' ? { k, ...ref } : { k, saga: ref.saga } };
+  return { kind, partition, cmd };
 }
+
+const releaseOf = (ref: SagaRef, at?: number): ReleaseCmd => (at === undefined ? { k: 'release', ...ref } : { k: 'release', ...ref, at });
 
 /** One participant's answer moves the saga; when every part has settled, the order's outcome is decided and committed. */
 function onAnswer(state: StateView, msg: SagaAnswer, ctx: ApplyContext): Effects {
@@ -90,45 +101,56 @@ function onAnswer(state: StateView, msg: SagaAnswer, ctx: ApplyContext): Effects
   const order = state.get<Order>(ORDERS, msg.order);
   const current = order?.saga;
   if (!order || !current || current.id !== msg.saga) {
-    // Not the running saga (a copy re-sent long after it finished): give back whatever it took. The tombstone
-    // stays, so no copy of the hold still on its way can take anything either.
-    return msg.phase === 'hold' && msg.ok ? { send: [toPart(msg.part, ref, 'release')] } : {};
+    // Not the running saga: a late copy of an answer, or the answer to a copy of a hold re-sent after the saga
+    // ended. A copy of an answer the paying saga counted is recognised by its `at` and ignored: that hold is the
+    // sale itself. Any other successful hold is given back, exactly that one (by its `at`); for a hold already
+    // given back or forgotten, the release finds nothing to undo.
+    const counted = order?.paidBy?.saga === msg.saga && order.paidBy.ats[msg.part] === msg.at;
+    return msg.phase === 'hold' && msg.ok && !counted ? { send: [toPart(msg.part, releaseOf(ref, msg.at))] } : {};
   }
   const saga: Saga = { ...current, parts: { ...current.parts } };
   const send: Outgoing[] = [];
   const was = saga.parts[msg.part];
-  if (msg.phase === 'hold' && was === 'pending') {
-    if (msg.ok && !saga.failed) saga.parts[msg.part] = 'held';
+  if (msg.phase === 'hold' && was?.st === 'pending') {
+    if (msg.ok && !saga.failed) saga.parts[msg.part] = { st: 'held', at: msg.at };
     else if (msg.ok) {
-      saga.parts[msg.part] = 'releasing';
-      send.push(toPart(msg.part, ref, 'release'));
+      saga.parts[msg.part] = { st: 'releasing', at: msg.at };
+      send.push(toPart(msg.part, releaseOf(ref)));
     } else {
-      saga.parts[msg.part] = 'rejected';
+      saga.parts[msg.part] = { st: 'rejected', at: msg.at };
       if (!saga.failed) {
         saga.failed = msg.detail === undefined ? { code: msg.code ?? 'internal' } : { code: msg.code ?? 'internal', detail: msg.detail };
-        for (const [part, st] of Object.entries(saga.parts) as [Part, PartState][]) {
-          if (st !== 'held') continue;
-          saga.parts[part] = 'releasing';
-          send.push(toPart(part, ref, 'release'));
+        for (const [part, status] of Object.entries(saga.parts) as [Part, PartStatus][]) {
+          if (status.st !== 'held') continue;
+          saga.parts[part] = { ...status, st: 'releasing' };
+          send.push(toPart(part, releaseOf(ref)));
         }
       }
     }
-  } else if (msg.phase === 'release' && was === 'releasing') {
-    saga.parts[msg.part] = 'released';
+  } else if (msg.phase === 'release' && was?.st === 'releasing') {
+    saga.parts[msg.part] = { ...was, st: 'released' };
   } else {
     return {}; // a repeated answer: already counted
   }
 
-  const states = Object.values(saga.parts);
-  const succeeded = !saga.failed && states.every((s) => s === 'held');
-  const settled = saga.failed !== undefined && states.every((s) => s === 'rejected' || s === 'released');
+  const states = Object.values(saga.parts).map((p) => p.st);
+  const succeeded = !saga.failed && states.every((st) => st === 'held');
+  const settled = saga.failed !== undefined && states.every((st) => st === 'rejected' || st === 'released');
   if (!succeeded && !settled) {
     state.set(ORDERS, msg.order, { ...order, saga });
     return { send };
   }
-  for (const part of Object.keys(saga.parts) as Part[]) send.push(toPart(part, ref, 'forget'));
+  for (const [part, { at }] of Object.entries(saga.parts) as [Part, PartStatus][]) {
+    send.push(toPart(part, { k: 'forget', saga: saga.id, at: at! } satisfies ForgetCmd));
+  }
   const outcome: Reply = succeeded ? ok({ paid: true }) : fail(saga.failed!.code, saga.failed!.detail);
-  state.set(ORDERS, msg.order, { ...withoutSaga(order), paid: succeeded });
+  const ended: Order = { ...withoutSaga(order), paid: succeeded };
+  if (succeeded) {
+    const ats = {} as Record<Part, number>;
+    for (const [part, { at }] of Object.entries(saga.parts) as [Part, PartStatus][]) ats[part] = at!;
+    ended.paidBy = { saga: saga.id, ats };
+  }
+  state.set(ORDERS, msg.order, ended);
   return { send, replies: saga.waiters.map((to) => ({ to, reply: outcome })) };
 }
 

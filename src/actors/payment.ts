@@ -74,11 +74,11 @@ export const payment: Actor<PaymentCmd, PaymentQuery> = {
         return { reply: ok({ credit: next }) };
       }
       case 'debit':
-        return { send: [hold(state, cmd, partOf('payment', ctx.partition), () => debit(state, cmd.user, cmd.amount))] };
+        return { send: [hold(state, cmd, partOf('payment', ctx.partition), ctx, () => debit(state, cmd.user, cmd.amount))] };
       case 'release':
-        return { send: [release(state, cmd, partOf('payment', ctx.partition), (held: Debit) => refund(state, held))] };
+        return { send: [release(state, cmd, partOf('payment', ctx.partition), ctx, (held: Debit) => refund(state, held))] };
       case 'forget':
-        forget(state, cmd.saga);
+        forget(state, cmd);
         return {};
     }
   },

@@ -1,13 +1,17 @@
 import type { Kind } from '../config.js';
 import type { ErrorCode } from '../errors.js';
-import type { Outgoing, StateView } from './types.js';
+import type { ApplyContext, Outgoing, StateView } from './types.js';
 
 /**
  * The checkout saga's messages and the participant side of it (stock and payment partitions).
  *
  * Coordinator (order partition) -> participant: hold (reserve/debit), release (compensate), forget (saga finished).
  * Participant -> coordinator: an answer for each hold and each release.
- * Every message may arrive twice, and a release may overtake its hold; the ledger makes both harmless.
+ *
+ * Any message may arrive twice (an outbox re-sent after the stream's duplicate window), in any order. What keeps
+ * stock and credit exact anyway: every ledger entry carries `at`, the participant's stream sequence of the hold
+ * that created it, and every answer names it. A forget names the `at` it finishes, and a release for a hold applied
+ * after its saga ended names the `at` it gives back, so neither can touch a different hold of the same saga.
  */
 
 /** A participant partition, as named in a saga: "stock:3", "payment:17". */
@@ -28,8 +32,10 @@ export interface SagaRef {
   from: number;
 }
 
-export type ReleaseCmd = SagaRef & { k: 'release' };
-export type ForgetCmd = { k: 'forget'; saga: string };
+/** Give back what the saga holds; with `at`, only the hold made at that sequence. */
+export type ReleaseCmd = SagaRef & { k: 'release'; at?: number };
+/** The saga has ended: drop its ledger entry, if it is still the one made at `at`. */
+export type ForgetCmd = { k: 'forget'; saga: string; at: number };
 
 export interface SagaAnswer {
   k: 'answer';
@@ -38,21 +44,33 @@ export interface SagaAnswer {
   part: Part;
   phase: 'hold' | 'release';
   ok: boolean;
+  /** Sequence of the ledger entry the answer is about. */
+  at: number;
   code?: ErrorCode;
   detail?: string;
 }
 
 /** A participant's record of one saga: what it holds, that it refused, or a tombstone after release. */
-export type LedgerEntry<H> = { s: 'held'; held: H } | { s: 'rejected'; code: ErrorCode; detail?: string } | { s: 'released' };
+export type LedgerEntry<H> =
+  | { s: 'held'; at: number; held: H }
+  | { s: 'rejected'; at: number; code: ErrorCode; detail?: string }
+  | { s: 'released'; at: number };
 
 export type HoldResult<H> = { ok: true; held: H } | { ok: false; code: ErrorCode; detail?: string };
 
 export const LEDGER = 'ledger';
 
-function answer(ref: SagaRef, part: Part, phase: SagaAnswer['phase'], result: { ok: boolean; code?: ErrorCode; detail?: string | undefined }): Outgoing {
-  const cmd: SagaAnswer = { k: 'answer', saga: ref.saga, order: ref.order, part, phase, ok: result.ok };
-  if (result.code !== undefined) cmd.code = result.code;
-  if (result.detail !== undefined) cmd.detail = result.detail;
+interface Outcome {
+  ok: boolean;
+  at: number;
+  code?: ErrorCode | undefined;
+  detail?: string | undefined;
+}
+
+function answer(ref: SagaRef, part: Part, phase: SagaAnswer['phase'], o: Outcome): Outgoing {
+  const cmd: SagaAnswer = { k: 'answer', saga: ref.saga, order: ref.order, part, phase, ok: o.ok, at: o.at };
+  if (o.code !== undefined) cmd.code = o.code;
+  if (o.detail !== undefined) cmd.detail = o.detail;
   return { kind: 'order', partition: ref.from, cmd };
 }
 
@@ -60,26 +78,38 @@ function answer(ref: SagaRef, part: Part, phase: SagaAnswer['phase'], result: { 
  * Applies a hold once: a repeated hold gets the recorded answer, a hold after its release (tombstone) is refused.
  * `attempt` must change nothing when it refuses.
  */
-export function hold<H>(state: StateView, ref: SagaRef, part: Part, attempt: () => HoldResult<H>): Outgoing {
+export function hold<H>(state: StateView, ref: SagaRef, part: Part, ctx: ApplyContext, attempt: () => HoldResult<H>): Outgoing {
   const entry = state.get<LedgerEntry<H>>(LEDGER, ref.saga);
-  if (entry?.s === 'held') return answer(ref, part, 'hold', { ok: true });
-  if (entry?.s === 'rejected') return answer(ref, part, 'hold', { ok: false, code: entry.code, detail: entry.detail });
-  if (entry?.s === 'released') return answer(ref, part, 'hold', { ok: false, code: 'checkout_aborted', detail: 'released before it was held' });
+  if (entry) {
+    const recorded = { at: entry.at };
+    if (entry.s === 'held') return answer(ref, part, 'hold', { ...recorded, ok: true });
+    if (entry.s === 'rejected') return answer(ref, part, 'hold', { ...recorded, ok: false, code: entry.code, detail: entry.detail });
+    return answer(ref, part, 'hold', { ...recorded, ok: false, code: 'checkout_aborted', detail: 'released before it was held' });
+  }
   const result = attempt();
-  const recorded: LedgerEntry<H> = result.ok ? { s: 'held', held: result.held } : result.detail === undefined ? { s: 'rejected', code: result.code } : { s: 'rejected', code: result.code, detail: result.detail };
-  state.set(LEDGER, ref.saga, recorded);
-  return answer(ref, part, 'hold', result);
+  const at = ctx.seq;
+  if (result.ok) {
+    state.set(LEDGER, ref.saga, { s: 'held', at, held: result.held } satisfies LedgerEntry<H>);
+    return answer(ref, part, 'hold', { ok: true, at });
+  }
+  const rejected: LedgerEntry<H> = { s: 'rejected', at, code: result.code };
+  if (result.detail !== undefined) rejected.detail = result.detail;
+  state.set(LEDGER, ref.saga, rejected);
+  return answer(ref, part, 'hold', { ok: false, at, code: result.code, detail: result.detail });
 }
 
 /** Gives back what the saga holds (once) and leaves a tombstone, so a hold arriving later is refused. */
-export function release<H>(state: StateView, ref: SagaRef, part: Part, undo: (held: H) => void): Outgoing {
-  const entry = state.get<LedgerEntry<H>>(LEDGER, ref.saga);
-  if (entry?.s === 'held') undo(entry.held);
-  if (entry?.s !== 'released') state.set(LEDGER, ref.saga, { s: 'released' } satisfies LedgerEntry<H>);
-  return answer(ref, part, 'release', { ok: true });
+export function release<H>(state: StateView, cmd: ReleaseCmd, part: Part, ctx: ApplyContext, undo: (held: H) => void): Outgoing {
+  const entry = state.get<LedgerEntry<H>>(LEDGER, cmd.saga);
+  const at = entry?.at ?? ctx.seq;
+  if (cmd.at === undefined || cmd.at === at) {
+    if (entry?.s === 'held') undo(entry.held);
+    if (entry?.s !== 'released') state.set(LEDGER, cmd.saga, { s: 'released', at } satisfies LedgerEntry<H>);
+  }
+  return answer(cmd, part, 'release', { ok: true, at });
 }
 
-/** The saga has finished: what it holds is final (or was given back); its entry is no longer needed. */
-export function forget(state: StateView, saga: string): void {
-  state.delete(LEDGER, saga);
+/** The saga has ended: what it holds is final (or was given back); its entry is no longer needed. */
+export function forget(state: StateView, cmd: ForgetCmd): void {
+  if (state.get<LedgerEntry<unknown>>(LEDGER, cmd.saga)?.at === cmd.at) state.delete(LEDGER, cmd.saga);
 }

@@ -78,11 +78,11 @@ export const stock: Actor<StockCmd, StockQuery> = {
         return { reply: ok({ stock: next }) };
       }
       case 'reserve':
-        return { send: [hold(state, cmd, partOf('stock', ctx.partition), () => reserve(state, cmd.lines))] };
+        return { send: [hold(state, cmd, partOf('stock', ctx.partition), ctx, () => reserve(state, cmd.lines))] };
       case 'release':
-        return { send: [release(state, cmd, partOf('stock', ctx.partition), (lines: ReserveCmd['lines']) => giveBack(state, lines))] };
+        return { send: [release(state, cmd, partOf('stock', ctx.partition), ctx, (lines: ReserveCmd['lines']) => giveBack(state, lines))] };
       case 'forget':
-        forget(state, cmd.saga);
+        forget(state, cmd);
         return {};
     }
   },
