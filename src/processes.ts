@@ -1,0 +1,407 @@
+/**
+ * Child processes of the local stack, shared by the supervisor (`npm start`) and the test helpers:
+ * finding nats-server and redis-server, their command lines, readiness probes that poll with a deadline,
+ * spawning with line-by-line output, stopping with a grace period, and a reaper that ends every child
+ * if this process dies in any way (even SIGKILL), so a crashed run leaves nothing behind.
+ */
+import { spawn, type ChildProcess } from 'node:child_process';
+import { accessSync, constants, existsSync, readFileSync } from 'node:fs';
+import { connect, createServer } from 'node:net';
+import { delimiter, join } from 'node:path';
+import { createInterface } from 'node:readline';
+
+/** How long a single readiness probe (one TCP round trip) may take. */
+export const PROBE_TIMEOUT_MS = 1000;
+/** Pause between readiness probes. */
+export const POLL_INTERVAL_MS = 50;
+/** How long the reaper waits after SIGTERM before it SIGKILLs what is left of an orphaned child. */
+const REAPER_GRACE_MS = 5000;
+/** Output lines kept per child for error messages. */
+const TAIL_LINES_MAX = 50;
+
+/** Where the Debian packages put the servers; /usr/sbin is often not on a non-root PATH. */
+const EXTRA_BIN_DIRS = ['/usr/sbin', '/usr/local/sbin', '/sbin'];
+
+export class MissingBinaryError extends Error {
+  override name = 'MissingBinaryError';
+}
+
+/** The absolute path of `name` on PATH or in /usr/sbin; throws with the command that installs it. */
+export function findBinary(name: string, path: string = process.env.PATH ?? ''): string {
+  if (name.includes('/')) return name;
+  for (const dir of [...path.split(delimiter).filter(Boolean), ...EXTRA_BIN_DIRS]) {
+    const candidate = join(dir, name);
+    try {
+      accessSync(candidate, constants.X_OK);
+      return candidate;
+    } catch {
+      // not here; keep looking
+    }
+  }
+  throw new MissingBinaryError(
+    `${name} not found on PATH or in ${EXTRA_BIN_DIRS.join(', ')}. ` +
+      'Run `bash scripts/ensure-deps.sh`, or install the Debian packages: sudo apt-get update && sudo apt-get install -y nats-server redis-server',
+  );
+}
+
+/** nats-server shuts down gracefully on both, but exits with code 1 after SIGTERM and 0 after SIGINT. */
+export const NATS_STOP_SIGNAL: NodeJS.Signals = 'SIGINT';
+
+/** nats-server arguments: JetStream on, loopback only. Flags override the same settings in `configFile`. */
+export function natsArgs(o: { port: number; storeDir: string; configFile?: string; pidFile?: string }): string[] {
+  return [
+    ...(o.configFile ? ['-c', o.configFile] : []),
+    '-js',
+    '-a', '127.0.0.1',
+    '-p', String(o.port),
+    '-sd', o.storeDir,
+    ...(o.pidFile ? ['-P', o.pidFile] : []),
+  ];
+}
+
+/**
+ * redis-server arguments: loopback only, AOF on (the state's durability), RDB snapshots off (the AOF is
+ * the one copy; snapshots would only fork and stall), log to stdout, never daemonize.
+ */
+export function redisArgs(o: { port: number; dir: string; appendfsync: 'always' | 'everysec' | 'no'; pidFile?: string }): string[] {
+  return [
+    '--port', String(o.port),
+    '--bind', '127.0.0.1',
+    '--protected-mode', 'yes',
+    '--dir', o.dir,
+    '--appendonly', 'yes',
+    '--appendfsync', o.appendfsync,
+    '--save', '',
+    '--daemonize', 'no',
+    '--supervised', 'no',
+    '--logfile', '',
+    ...(o.pidFile ? ['--pidfile', o.pidFile] : []),
+  ];
+}
+
+export interface WaitOptions {
+  /** Give up after this long. */
+  deadlineMs?: number;
+  /** Pause between polls. */
+  intervalMs?: number;
+  /** What is awaited, for the error message: "nats-server on port 4222 to accept clients". */
+  what: string;
+  /** Stops waiting at once, rejecting with the signal's reason (e.g. "the server exited"). */
+  signal?: AbortSignal;
+}
+
+/**
+ * Polls `fn` until it returns true. On deadline throws an error naming `what` (and the last error
+ * `fn` threw, if any). A throw from `fn` counts as "not yet".
+ */
+export async function waitFor(fn: () => Promise<boolean> | boolean, { deadlineMs = 10_000, intervalMs = POLL_INTERVAL_MS, what, signal }: WaitOptions): Promise<void> {
+  const deadline = Date.now() + deadlineMs;
+  let lastError: unknown;
+  for (;;) {
+    signal?.throwIfAborted();
+    try {
+      if (await fn()) return;
+      lastError = undefined;
+    } catch (err) {
+      lastError = err;
+    }
+    signal?.throwIfAborted();
+    if (Date.now() >= deadline) {
+      const why = lastError instanceof Error ? ` (last attempt: ${lastError.message})` : '';
+      throw new Error(`timed out after ${deadlineMs} ms waiting for ${what}${why}`);
+    }
+    await new Promise<void>((resolve) => {
+      const timer = setTimeout(done, Math.min(intervalMs, Math.max(0, deadline - Date.now())));
+      signal?.addEventListener('abort', done, { once: true });
+      function done() {
+        clearTimeout(timer);
+        signal?.removeEventListener('abort', done);
+        resolve();
+      }
+    });
+  }
+}
+
+/** A port that was free a moment ago: the OS picks it for a listener on port 0, which is then closed. */
+export function freePort(host = '127.0.0.1'): Promise<number> {
+  return new Promise((resolve, reject) => {
+    const server = createServer();
+    server.unref();
+    server.once('error', reject);
+    server.listen({ port: 0, host, exclusive: true }, () => {
+      const address = server.address();
+      const port = typeof address === 'object' && address ? address.port : 0;
+      server.close(() => (port ? resolve(port) : reject(new Error('could not learn the port the OS picked'))));
+    });
+  });
+}
+
+/** True when nothing listens on host:port (we could bind it), false when it is in use. */
+export function portIsFree(port: number, host = '127.0.0.1'): Promise<boolean> {
+  return new Promise((resolve, reject) => {
+    const server = createServer();
+    server.unref();
+    server.once('error', (err: NodeJS.ErrnoException) => (err.code === 'EADDRINUSE' ? resolve(false) : reject(err)));
+    server.listen({ port, host, exclusive: true }, () => server.close(() => resolve(true)));
+  });
+}
+
+/** Opens a TCP connection, optionally writes `send`, and resolves with the first line received. */
+function firstLine(port: number, host: string, send?: string): Promise<string> {
+  return new Promise((resolve, reject) => {
+    const socket = connect({ port, host });
+    let data = '';
+    const finish = (err: Error | null, line?: string) => {
+      socket.destroy();
+      if (err) reject(err);
+      else resolve(line ?? '');
+    };
+    socket.setTimeout(PROBE_TIMEOUT_MS, () => finish(new Error(`no answer from ${host}:${port} within ${PROBE_TIMEOUT_MS} ms`)));
+    socket.setEncoding('utf8');
+    socket.once('error', (err) => finish(err));
+    socket.once('connect', () => {
+      if (send) socket.write(send);
+    });
+    socket.on('data', (chunk: string) => {
+      data += chunk;
+      const end = data.indexOf('\r\n');
+      if (end >= 0) finish(null, data.slice(0, end));
+    });
+    socket.once('end', () => finish(new Error(`${host}:${port} closed the connection without a complete line`)));
+  });
+}
+
+/** True when a NATS server answers on the port with its INFO line, and (unless told otherwise) has JetStream on. */
+export async function natsAnswers(port: number, { host = '127.0.0.1', jetstream = true } = {}): Promise<boolean> {
+  const line = await firstLine(port, host);
+  if (!line.startsWith('INFO ')) return false;
+  const info = JSON.parse(line.slice(5)) as { jetstream?: boolean };
+  return !jetstream || info.jetstream === true;
+}
+
+/** True when Redis answers PING with PONG (not -LOADING while it replays its AOF). */
+export async function redisAnswers(port: number, host = '127.0.0.1'): Promise<boolean> {
+  return (await firstLine(port, host, 'PING\r\n')) === '+PONG';
+}
+
+/** True when something accepts a TCP connection on host:port (e.g. the gateway's HTTP listener). */
+export function tcpAccepts(port: number, host = '127.0.0.1'): Promise<boolean> {
+  return new Promise((resolve) => {
+    const socket = connect({ port, host });
+    const finish = (ok: boolean) => {
+      socket.destroy();
+      resolve(ok);
+    };
+    socket.setTimeout(PROBE_TIMEOUT_MS, () => finish(false));
+    socket.once('connect', () => finish(true));
+    socket.once('error', () => finish(false));
+  });
+}
+
+/** An AbortSignal that aborts when any of `signals` does, with that one's reason. */
+export function anySignal(...signals: AbortSignal[]): AbortSignal {
+  const controller = new AbortController();
+  for (const s of signals) {
+    if (s.aborted) {
+      controller.abort(s.reason);
+      break;
+    }
+    s.addEventListener('abort', () => controller.abort(s.reason), { once: true });
+  }
+  return controller.signal;
+}
+
+// ---- the reaper -------------------------------------------------------------------------------------
+
+/**
+ * A small detached process that reads "add"/"del" lines for pids (and temp dirs) on its stdin. When the
+ * stdin closes, i.e. this process is gone however it died, it SIGTERMs what is still registered,
+ * SIGKILLs it after a grace period and removes the registered dirs. Detached, so a Ctrl-C to the
+ * terminal's process group does not end it before it has done its work.
+ */
+const REAPER_SOURCE = `
+const { readFileSync, rmSync } = require('node:fs');
+const pids = new Set(), dirs = new Set();
+for (const s of ['SIGINT', 'SIGTERM', 'SIGHUP']) process.on(s, () => {});
+let buf = '';
+process.stdin.setEncoding('utf8');
+process.stdin.on('data', (d) => {
+  buf += d;
+  for (let i; (i = buf.indexOf('\\n')) >= 0; buf = buf.slice(i + 1)) {
+    const m = JSON.parse(buf.slice(0, i));
+    const set = m.pid ? pids : dirs, key = m.pid ?? m.dir;
+    if (m.op === 'add') set.add(key); else set.delete(key);
+  }
+});
+const alive = (pid) => {
+  try { process.kill(pid, 0); } catch { return false; }
+  try { return !/^\\d+ \\(.*\\) Z/s.test(readFileSync('/proc/' + pid + '/stat', 'utf8')); } catch { return true; }
+};
+const signal = (sig) => { for (const pid of pids) try { process.kill(pid, sig); } catch {} };
+const finish = () => {
+  signal('SIGKILL');
+  for (const dir of dirs) try { rmSync(dir, { recursive: true, force: true, maxRetries: 5 }); } catch {}
+  process.exit(0);
+};
+const reap = () => {
+  signal('SIGTERM');
+  const deadline = Date.now() + ${REAPER_GRACE_MS};
+  const poll = () => ([...pids].some(alive) && Date.now() < deadline ? setTimeout(poll, 50) : finish());
+  poll();
+};
+process.stdin.on('end', reap);
+process.stdin.on('error', reap);
+`;
+
+let reaper: ChildProcess | undefined;
+const live = new Set<ChildProcess>();
+
+function tellReaper(message: { op: 'add' | 'del'; pid?: number; dir?: string }): void {
+  if (!reaper) {
+    reaper = spawn(process.execPath, ['-e', REAPER_SOURCE], { stdio: ['pipe', 'ignore', 'ignore'], detached: true });
+    reaper.on('error', () => {
+      reaper = undefined;
+    });
+    reaper.stdin?.on('error', () => {});
+    // Neither the reaper nor its pipe may keep this process alive.
+    reaper.unref();
+    (reaper.stdin as unknown as { unref?: () => void } | null)?.unref?.();
+    // On an orderly exit (or process.exit after a crash) SIGTERM what is left at once; the reaper escalates.
+    process.once('exit', () => {
+      for (const child of live) child.kill('SIGTERM');
+    });
+  }
+  reaper.stdin?.write(JSON.stringify(message) + '\n');
+}
+
+/** Registers a temp dir that the reaper removes if this process dies without removing it. */
+export function reapDirOnExit(dir: string, register = true): void {
+  tellReaper({ op: register ? 'add' : 'del', dir });
+}
+
+// ---- spawning and stopping --------------------------------------------------------------------------
+
+export interface Exit {
+  code: number | null;
+  signal: NodeJS.Signals | null;
+  /** Set when the process could not be started at all (e.g. ENOENT). */
+  error?: Error;
+}
+
+export interface Child {
+  readonly name: string;
+  readonly process: ChildProcess;
+  readonly pid: number | undefined;
+  /** Resolves once the process has exited (or failed to start). Never rejects. */
+  readonly exited: Promise<Exit>;
+  /** The exit, once it has happened. */
+  exit(): Exit | undefined;
+  /** The last lines of its output, for error messages. */
+  tail(): string[];
+}
+
+export interface SpawnOptions {
+  args: string[];
+  /** Added to this process's environment. */
+  env?: Record<string, string>;
+  cwd?: string;
+  /** In its own process group, so a Ctrl-C to the terminal reaches only the supervisor, which stops children in order. */
+  detached?: boolean;
+  /** Called with every complete line of output. */
+  onLine?: (line: string, stream: 'stdout' | 'stderr') => void;
+}
+
+/** Spawns a child whose output is read line by line (never left to fill a pipe), registered with the reaper. */
+export function spawnChild(name: string, command: string, o: SpawnOptions): Child {
+  const proc = spawn(command, o.args, {
+    env: { ...process.env, ...o.env },
+    cwd: o.cwd,
+    stdio: ['ignore', 'pipe', 'pipe'],
+    detached: o.detached ?? false,
+  });
+  const lines: string[] = [];
+  let exit: Exit | undefined;
+  for (const stream of ['stdout', 'stderr'] as const) {
+    const source = proc[stream];
+    if (!source) continue;
+    createInterface({ input: source, crlfDelay: Infinity }).on('line', (line) => {
+      lines.push(line);
+      if (lines.length > TAIL_LINES_MAX) lines.shift();
+      o.onLine?.(line, stream);
+    });
+  }
+  const exited = new Promise<Exit>((resolve) => {
+    proc.on('error', (error) => {
+      // 'error' without a pid: it never ran. With a pid, a failed kill(); the 'exit' event still follows.
+      if (proc.pid === undefined) resolve((exit = { code: null, signal: null, error }));
+    });
+    proc.once('exit', (code, signal) => resolve((exit = { code, signal })));
+  }).then((e) => {
+    live.delete(proc);
+    if (proc.pid !== undefined) tellReaper({ op: 'del', pid: proc.pid });
+    return e;
+  });
+  if (proc.pid !== undefined) {
+    live.add(proc);
+    tellReaper({ op: 'add', pid: proc.pid });
+  }
+  return {
+    name,
+    process: proc,
+    pid: proc.pid,
+    exited,
+    exit: () => exit,
+    tail: () => [...lines],
+  };
+}
+
+/** Describes an exit for a log line: "code 1", "signal SIGKILL", "spawn error: ENOENT". */
+export function describeExit(e: Exit): string {
+  if (e.error) return `could not start: ${e.error.message}`;
+  return e.signal ? `signal ${e.signal}` : `code ${e.code}`;
+}
+
+/**
+ * `signal` (SIGTERM), then wait up to `graceMs` for the exit, then SIGKILL and wait for that exit too.
+ * Resolves with the exit and whether it had to be killed.
+ */
+export async function stopChild(child: Child, graceMs: number, signal: NodeJS.Signals = 'SIGTERM'): Promise<{ exit: Exit; killed: boolean }> {
+  if (child.exit()) return { exit: child.exit()!, killed: false };
+  child.process.kill(signal);
+  let timer: NodeJS.Timeout | undefined;
+  const graceful = await Promise.race([
+    child.exited.then(() => true),
+    new Promise<false>((resolve) => (timer = setTimeout(() => resolve(false), graceMs))),
+  ]);
+  clearTimeout(timer);
+  if (!graceful) child.process.kill('SIGKILL');
+  return { exit: await child.exited, killed: !graceful };
+}
+
+/** /proc/<pid>/stat: "pid (comm) state ..."; comm may contain spaces and parentheses. */
+const ZOMBIE = /^\d+ \(.*\) Z/s;
+
+/** A process with this pid runs. A zombie (exited, not yet reaped by its parent) counts as gone. */
+export function pidAlive(pid: number): boolean {
+  try {
+    process.kill(pid, 0);
+  } catch (err) {
+    return (err as NodeJS.ErrnoException).code === 'EPERM';
+  }
+  try {
+    return !ZOMBIE.test(readFileSync(`/proc/${pid}/stat`, 'utf8'));
+  } catch {
+    // Reaped between the two calls; or no /proc (not Linux), where kill(pid, 0) is all we know.
+    return !existsSync('/proc/self/stat');
+  }
+}
+
+/** Rejects (through the signal) as soon as `child` exits, with its last output lines. For readiness waits. */
+export function abortOnExit(child: Child, what: string): AbortController {
+  const controller = new AbortController();
+  void child.exited.then((e) => {
+    const tail = child.tail().slice(-15).map((l) => `  ${child.name}| ${l}`).join('\n');
+    controller.abort(new Error(`${what} exited (${describeExit(e)}) before it was ready${tail ? `; its last output:\n${tail}` : ''}`));
+  });
+  return controller;
+}

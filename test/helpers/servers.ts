@@ -1,0 +1,185 @@
+/**
+ * Real nats-server and redis-server processes for integration tests: free ports, fresh temp dirs,
+ * readiness by polling with a deadline, stopped in teardown (and by the reaper if the test process dies).
+ */
+import { randomBytes } from 'node:crypto';
+import { mkdtemp, rm } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import type { Test } from 'tap';
+import { loadConfig, type Config } from '../../src/config.js';
+import {
+  abortOnExit,
+  findBinary,
+  freePort,
+  NATS_STOP_SIGNAL,
+  natsAnswers,
+  natsArgs,
+  reapDirOnExit,
+  redisAnswers,
+  redisArgs,
+  spawnChild,
+  stopChild,
+  waitFor,
+  type Child,
+  type WaitOptions,
+} from '../../src/processes.js';
+
+export { freePort, pidAlive, waitFor, type WaitOptions } from '../../src/processes.js';
+
+/** How long a test server may take to answer after it was spawned. */
+const READY_DEADLINE_MS = 10_000;
+/** How long a test server may take to exit after SIGTERM before it is killed. */
+const STOP_GRACE_MS = 5_000;
+
+export interface TestServer {
+  /** nats://127.0.0.1:PORT or redis://127.0.0.1:PORT */
+  readonly url: string;
+  readonly port: number;
+  /** The temp dir holding the server's data; kept across restart(), removed by stop(). */
+  readonly storeDir: string;
+  /** The running process's pid, undefined while it is down. */
+  readonly pid: number | undefined;
+  /** SIGTERM (SIGKILL after a grace period), then removes the store dir. Idempotent. */
+  stop(): Promise<void>;
+  /** SIGKILL now, without waiting: a crash. Follow with restart() to bring it back. */
+  kill9(): void;
+  /** Stops the server (if it is running) and starts it again on the same port and store dir; resolves once it answers. */
+  restart(): Promise<void>;
+}
+
+interface ServerKind {
+  what: string;
+  stopSignal: NodeJS.Signals;
+  scheme: string;
+  binary: string;
+  args(port: number, storeDir: string): string[];
+  answers(port: number): Promise<boolean>;
+}
+
+async function startServer(kind: ServerKind, t?: Test): Promise<TestServer> {
+  const command = findBinary(kind.binary);
+  const port = await freePort();
+  const storeDir = await mkdtemp(join(tmpdir(), `shop-${kind.scheme}-`));
+  reapDirOnExit(storeDir);
+  let child: Child | undefined;
+  let stopped = false;
+
+  const launch = async () => {
+    const what = `${kind.what} on port ${port}`;
+    const c = spawnChild(kind.binary, command, { args: kind.args(port, storeDir) });
+    child = c;
+    const exited = abortOnExit(c, what);
+    try {
+      await waitFor(() => kind.answers(port), { deadlineMs: READY_DEADLINE_MS, what: `${what} to answer`, signal: exited.signal });
+    } catch (err) {
+      await stopChild(c, 0);
+      const tail = c.tail().slice(-15).join('\n');
+      if (err instanceof Error && !err.message.includes('last output') && tail) err.message += `; its last output:\n${tail}`;
+      throw err;
+    }
+  };
+
+  const halt = async () => {
+    if (child) await stopChild(child, STOP_GRACE_MS, kind.stopSignal);
+    child = undefined;
+  };
+
+  const server: TestServer = {
+    url: `${kind.scheme}://127.0.0.1:${port}`,
+    port,
+    storeDir,
+    get pid() {
+      return child && !child.exit() ? child.pid : undefined;
+    },
+    async stop() {
+      if (stopped) return;
+      stopped = true;
+      await halt();
+      await rm(storeDir, { recursive: true, force: true, maxRetries: 5 });
+      reapDirOnExit(storeDir, false);
+    },
+    kill9() {
+      child?.process.kill('SIGKILL');
+    },
+    async restart() {
+      if (stopped) throw new Error(`${kind.what} on port ${port} was stopped for good; start a new one`);
+      await halt();
+      await launch();
+    },
+  };
+
+  try {
+    await launch();
+  } catch (err) {
+    await server.stop();
+    throw err;
+  }
+  t?.teardown(() => server.stop());
+  return server;
+}
+
+const NATS: ServerKind = {
+  what: 'nats-server',
+  stopSignal: NATS_STOP_SIGNAL,
+  scheme: 'nats',
+  binary: 'nats-server',
+  args: (port, storeDir) => natsArgs({ port, storeDir }),
+  answers: (port) => natsAnswers(port),
+};
+
+const REDIS: ServerKind = {
+  what: 'redis-server',
+  stopSignal: 'SIGTERM',
+  scheme: 'redis',
+  binary: 'redis-server',
+  args: (port, dir) => redisArgs({ port, dir, appendfsync: 'everysec' }),
+  answers: (port) => redisAnswers(port),
+};
+
+/** A nats-server with JetStream on a free port and a fresh store dir; stopped in `t`'s teardown. */
+export function startNats(t?: Test): Promise<TestServer> {
+  return startServer(NATS, t);
+}
+
+/** A redis-server with AOF (everysec) on a free port and a fresh dir; restart() keeps the data. Stopped in `t`'s teardown. */
+export function startRedis(t?: Test): Promise<TestServer> {
+  return startServer(REDIS, t);
+}
+
+/** Both servers, started in parallel. */
+export async function startServers(t?: Test): Promise<{ nats: TestServer; redis: TestServer }> {
+  const [nats, redis] = await Promise.allSettled([startNats(t), startRedis(t)]);
+  if (nats.status === 'fulfilled' && redis.status === 'fulfilled') return { nats: nats.value, redis: redis.value };
+  // Without a `t`, nothing else would stop the one that did start.
+  if (!t) await Promise.all([nats, redis].map((r) => (r.status === 'fulfilled' ? r.value.stop() : undefined)));
+  throw nats.status === 'rejected' ? nats.reason : (redis as PromiseRejectedResult).reason;
+}
+
+/** A random name token, safe in stream names, subjects and Redis keys. */
+export function randomToken(): string {
+  return 't' + randomBytes(5).toString('hex');
+}
+
+/**
+ * A Config for the test profile pointing at these servers, with a random stream prefix and Redis key
+ * prefix so tests never see each other's data. httpPort 0 lets the OS pick; pass { httpPort: await freePort() }
+ * when a test must know the port in advance.
+ */
+export function testConfig(nats: { url: string; port: number }, redis: { url: string; port: number }, overrides: Partial<Record<keyof Config, unknown>> = {}): Readonly<Config> {
+  const token = randomToken();
+  return loadConfig(
+    { SHOP_PROFILE: 'test' },
+    {
+      natsUrl: nats.url,
+      redisUrl: redis.url,
+      natsPort: nats.port,
+      redisPort: redis.port,
+      startServers: false,
+      streamPrefix: token,
+      redisPrefix: `${token}:`,
+      httpPort: 0,
+      ...overrides,
+    },
+  );
+}
