@@ -9,6 +9,11 @@ import { names, type CommandEnvelope, type Reply, type ReplyEnvelope } from '../
 
 /** How often pending commands are checked against their deadline. */
 const DEADLINE_SWEEP_MS = 50;
+/**
+ * Longest wait for one read attempt before it is asked again (reads are idempotent). A request sent while the
+ * connection is re-establishing can be lost without a no-responders answer; a short attempt recovers from that.
+ */
+const READ_ATTEMPT_MS = 1000;
 
 /** The gateway's side of the runtime: sends a command or read to the owner of a partition and waits for the outcome. */
 export interface ShopClient {
@@ -99,17 +104,15 @@ export function createShopClient({ nc, config, log }: { nc: NatsConnection; conf
         const left = deadline - Date.now();
         if (left <= 0) throw new ShopError('unavailable', `no owner of ${subject} answered`);
         try {
-          const msg = await nc.request(subject, data, { timeout: left });
+          const msg = await nc.request(subject, data, { timeout: Math.min(left, READ_ATTEMPT_MS) });
           return decode<Reply<V>>(msg.data);
         } catch (err) {
           const code = (err as { code?: string }).code;
-          if (code === NatsErrorCode.NoResponders && left > config.retryBackoffMs) {
+          if (code === NatsErrorCode.NoResponders) {
             await delay(config.retryBackoffMs); // nobody owns the partition right now (start-up or a move)
             continue;
           }
-          if (code === NatsErrorCode.Timeout || code === NatsErrorCode.NoResponders) {
-            throw new ShopError('unavailable', `no owner of ${subject} answered`);
-          }
+          if (code === NatsErrorCode.Timeout) continue;
           throw err;
         }
       }
