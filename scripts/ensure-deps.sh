@@ -1,0 +1,51 @@
+#!/usr/bin/env bash
+# Run before `npm start` and `npm test` (prestart/pretest): makes sure nats-server and redis-server
+# (the Debian packages) are installed and node_modules matches package-lock.json.
+set -euo pipefail
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+
+# The Debian packages put nats-server in /usr/sbin, which is often not on a non-root PATH.
+have() {
+  command -v "$1" >/dev/null 2>&1 || [ -x "/usr/sbin/$1" ] || [ -x "/usr/local/sbin/$1" ]
+}
+
+# The packages start system services on 4222 and 6379, the local stack's ports. Stop and disable
+# them, best effort: without systemd (containers) `service` or the pid file is all there is.
+stop_system_services() {
+  local svc pidfile
+  for svc in redis-server nats-server; do
+    if command -v systemctl >/dev/null 2>&1 && [ -d /run/systemd/system ]; then
+      systemctl stop "$svc" >/dev/null 2>&1 || true
+      systemctl disable "$svc" >/dev/null 2>&1 || true
+    elif command -v service >/dev/null 2>&1; then
+      service "$svc" stop >/dev/null 2>&1 || true
+    fi
+  done
+  for pidfile in /run/redis/redis-server.pid /var/run/redis/redis-server.pid; do
+    if [ -f "$pidfile" ]; then kill "$(cat "$pidfile")" 2>/dev/null || true; fi
+  done
+}
+
+missing=()
+for bin in nats-server redis-server; do
+  have "$bin" || missing+=("$bin")
+done
+
+if [ "${#missing[@]}" -gt 0 ]; then
+  if [ "$(id -u)" -eq 0 ]; then
+    echo "ensure-deps: ${missing[*]} not found; installing the Debian packages nats-server and redis-server" >&2
+    export DEBIAN_FRONTEND=noninteractive
+    apt-get update
+    apt-get install -y nats-server redis-server
+    stop_system_services
+  else
+    echo "ensure-deps: ${missing[*]} not found (looked on PATH and in /usr/sbin). Install them with:" >&2
+    echo 'sudo apt-get update && sudo apt-get install -y nats-server redis-server'
+    exit 1
+  fi
+fi
+
+if [ ! -d node_modules ] || [ ! -f node_modules/.package-lock.json ] || [ package-lock.json -nt node_modules/.package-lock.json ]; then
+  echo "ensure-deps: node_modules is missing or older than package-lock.json; running npm ci" >&2
+  npm ci
+fi
