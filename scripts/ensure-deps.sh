@@ -9,11 +9,12 @@ have() {
   command -v "$1" >/dev/null 2>&1 || [ -x "/usr/sbin/$1" ] || [ -x "/usr/local/sbin/$1" ]
 }
 
-# The packages start system services on 4222 and 6379, the local stack's ports. Stop and disable
-# them, best effort: without systemd (containers) `service` or the pid file is all there is.
+# The packages start system services on 4222 and 6379, the local stack's ports. Stop and disable the
+# ones just installed (a service that was there before is the user's business), best effort: without
+# systemd (containers) `service` or the pid file is all there is.
 stop_system_services() {
   local svc pidfile
-  for svc in redis-server nats-server; do
+  for svc in "$@"; do
     if command -v systemctl >/dev/null 2>&1 && [ -d /run/systemd/system ]; then
       systemctl stop "$svc" >/dev/null 2>&1 || true
       systemctl disable "$svc" >/dev/null 2>&1 || true
@@ -21,9 +22,13 @@ stop_system_services() {
       service "$svc" stop >/dev/null 2>&1 || true
     fi
   done
-  for pidfile in /run/redis/redis-server.pid /var/run/redis/redis-server.pid; do
-    if [ -f "$pidfile" ]; then kill "$(cat "$pidfile")" 2>/dev/null || true; fi
-  done
+  case " $* " in
+    *' redis-server '*)
+      for pidfile in /run/redis/redis-server.pid /var/run/redis/redis-server.pid; do
+        if [ -f "$pidfile" ]; then kill "$(cat "$pidfile")" 2>/dev/null || true; fi
+      done
+      ;;
+  esac
 }
 
 missing=()
@@ -37,7 +42,7 @@ if [ "${#missing[@]}" -gt 0 ]; then
     export DEBIAN_FRONTEND=noninteractive
     apt-get update
     apt-get install -y nats-server redis-server
-    stop_system_services
+    stop_system_services "${missing[@]}"
   else
     echo "ensure-deps: ${missing[*]} not found (looked on PATH and in /usr/sbin). Install them with:" >&2
     echo 'sudo apt-get update && sudo apt-get install -y nats-server redis-server'
