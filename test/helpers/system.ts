@@ -1,0 +1,61 @@
+import { Redis } from 'ioredis';
+import { connect } from 'nats';
+import type { Test } from 'tap';
+import type { Config } from '../../src/config.js';
+import { createGateway } from '../../src/http/gateway.js';
+import { createLog } from '../../src/log.js';
+import { startWorker } from '../../src/runtime/worker.js';
+import { startServers, testConfig, type TestServer } from './servers.js';
+
+export interface System {
+  nats: TestServer;
+  redis: TestServer;
+  config: Readonly<Config>;
+  url: string;
+  /** fetch against the gateway; returns status and parsed JSON body (null when the body is not JSON). */
+  call(method: 'GET' | 'POST', path: string): Promise<{ status: number; body: any; contentType: string | null }>;
+}
+
+/**
+ * Real nats-server and redis-server, `workers` in-process workers (static placement) and one gateway on a free port.
+ * Everything is stopped in teardown.
+ */
+export async function startSystem(t: Test, { workers = 2, overrides = {} }: { workers?: number; overrides?: Partial<Record<keyof Config, unknown>> } = {}): Promise<System> {
+  const { nats, redis } = await startServers(t);
+  const config = testConfig(nats, redis, { workerProcesses: workers, ...overrides });
+  const log = createLog('test', config.logLevel);
+  for (let i = 0; i < workers; i++) {
+    const nc = await connect({ servers: config.natsUrl });
+    const r = new Redis(config.redisUrl, { maxRetriesPerRequest: null });
+    const worker = await startWorker({ nc, redis: r, config: { ...config, workerIndex: i }, log });
+    t.teardown(async () => {
+      await worker.close();
+      await nc.close();
+      r.disconnect();
+    });
+  }
+  const gnc = await connect({ servers: config.natsUrl });
+  const gateway = await createGateway({ nc: gnc, config, log });
+  t.teardown(async () => {
+    await gateway.close();
+    await gnc.close();
+  });
+  const url = `http://127.0.0.1:${gateway.port}`;
+  return {
+    nats,
+    redis,
+    config,
+    url,
+    async call(method, path) {
+      const res = await fetch(url + path, { method });
+      const text = await res.text();
+      let body: unknown = null;
+      try {
+        body = JSON.parse(text);
+      } catch {
+        body = null;
+      }
+      return { status: res.status, body, contentType: res.headers.get('content-type') };
+    },
+  };
+}

@@ -1,0 +1,160 @@
+import { Redis } from 'ioredis';
+import { connect, type NatsConnection } from 'nats';
+import t, { type Test } from 'tap';
+import { encode } from '../src/codec.js';
+import type { Config } from '../src/config.js';
+import { createLog } from '../src/log.js';
+import { partitionOf } from '../src/partition.js';
+import { names, type Reply } from '../src/protocol.js';
+import { createShopClient, type ShopClient } from '../src/runtime/client.js';
+import { createPartitionStore } from '../src/runtime/store.js';
+import { startWorker } from '../src/runtime/worker.js';
+import { startServers, testConfig, waitFor } from './helpers/servers.js';
+import { spawnRole } from './helpers/stack.js';
+
+const log = createLog('test', 'warn');
+
+async function connections(t: Test, config: Config) {
+  const nc = await connect({ servers: config.natsUrl });
+  const redis = new Redis(config.redisUrl);
+  t.teardown(async () => {
+    await nc.close();
+    redis.disconnect();
+  });
+  return { nc, redis };
+}
+
+function clientFor(t: Test, nc: NatsConnection, config: Config): ShopClient {
+  const client = createShopClient({ nc, config, log });
+  t.teardown(() => client.close());
+  return client;
+}
+
+const stockOf = (reply: Reply) => (reply.ok ? (reply.v as { stock: number }).stock : reply.code);
+
+t.test('fencing: a second owner of a partition makes the first one drop it, and nothing is applied twice', async (t) => {
+  const { nats, redis } = await startServers(t);
+  const config = testConfig(nats, redis, { partitions: 1, workerProcesses: 1 });
+  const a = await connections(t, config);
+  const b = await connections(t, config);
+  const c = await connections(t, config);
+  const client = clientFor(t, c.nc, config);
+
+  const first = await startWorker({ ...a, config, log });
+  t.teardown(() => first.close());
+  t.same(await client.command('stock', 0, { k: 'create', id: 'x', price: 3 }), { ok: true, v: {} });
+  t.equal(stockOf(await client.command('stock', 0, { k: 'add', id: 'x', amount: 10 })), 10);
+
+  const second = await startWorker({ ...b, config, log });
+  t.teardown(() => second.close());
+  const [old] = first.runners;
+  const [fresh] = second.runners;
+  t.equal(fresh!.epoch, old!.epoch + 1, 'the new owner raised the epoch');
+
+  // Both owners read this command from the stream; only the one with the current epoch may commit it.
+  t.equal(stockOf(await client.command('stock', 0, { k: 'add', id: 'x', amount: 5 })), 15);
+  await waitFor(() => old!.state === 'fenced', { deadlineMs: 10_000, what: 'the stale owner to drop the partition' });
+
+  const replies = await Promise.all(Array.from({ length: 20 }, () => client.command('stock', 0, { k: 'add', id: 'x', amount: 1 })));
+  t.ok(replies.every((r) => r.ok), 'the new owner serves every command');
+  t.same(await client.query('stock', 0, { k: 'find', id: 'x' }), { ok: true, v: { stock: 35, price: 3 } });
+
+  const store = createPartitionStore(a.redis, config.redisPrefix, 'stock', 0, ['items']);
+  const loaded = await store.load();
+  t.same(loaded.tables.get('items')!.get('x'), { stock: 35, price: 3 }, 'Redis holds each change exactly once');
+  t.equal(await store.epoch(), fresh!.epoch);
+});
+
+t.test('a command re-published with the same id within the duplicate window is applied once', async (t) => {
+  const { nats, redis } = await startServers(t);
+  const config = testConfig(nats, redis, { partitions: 1, workerProcesses: 1 });
+  const { nc, redis: r } = await connections(t, config);
+  const worker = await startWorker({ nc, redis: r, config, log });
+  t.teardown(() => worker.close());
+  const client = clientFor(t, nc, config);
+  await client.command('stock', 0, { k: 'create', id: 'd', price: 1 });
+  const js = nc.jetstream();
+  const subject = names(config.streamPrefix).cmd('stock', 0);
+  for (let i = 0; i < 3; i++) {
+    const ack = await js.publish(subject, encode({ c: { k: 'add', id: 'd', amount: 4 } }), { msgID: 'same-command' });
+    t.equal(ack.duplicate, i > 0, `publish ${i + 1} ${i > 0 ? 'is' : 'is not'} a duplicate`);
+  }
+  // A later command through the same partition is applied after the earlier ones, so its reply shows their sum.
+  t.equal(stockOf(await client.command('stock', 0, { k: 'add', id: 'd', amount: 0 })), 4);
+});
+
+t.test('kill -9 after the commit and before the replies: after restart the effect exists exactly once and the waiting client gets it', async (t) => {
+  const { nats, redis } = await startServers(t);
+  const config = testConfig(nats, redis, { partitions: 2, workerProcesses: 1 });
+  const { nc, redis: r } = await connections(t, config);
+  const client = clientFor(t, nc, config);
+
+  const healthy = spawnRole('worker', config);
+  t.teardown(() => healthy.kill('SIGKILL'));
+  t.same(await client.command('stock', 1, { k: 'create', id: 'k', price: 2 }), { ok: true, v: {} });
+  t.equal(stockOf(await client.command('stock', 1, { k: 'add', id: 'k', amount: 100 })), 100);
+  t.equal(await healthy.kill('SIGTERM'), '0', 'the healthy worker stops cleanly');
+
+  const store = createPartitionStore(r, config.redisPrefix, 'stock', 1, ['items']);
+  const before = (await store.load()).cursor;
+  const faulty = spawnRole('worker', config, { SHOP_FAULT_KILL_AFTER: 'commit' });
+  t.teardown(() => faulty.kill('SIGKILL'));
+  const pending = client.command('stock', 1, { k: 'subtract', id: 'k', amount: 7 });
+  t.equal(await faulty.exited, 'SIGKILL', 'the worker died right after its commit');
+  const committed = await store.load();
+  t.equal(committed.cursor, before + 1, 'the command was committed');
+  t.same(committed.tables.get('items')!.get('k'), { stock: 93, price: 2 });
+  t.equal(committed.outbox.length, 1, 'its reply waits in the outbox');
+
+  const restarted = spawnRole('worker', config);
+  t.teardown(() => restarted.kill('SIGKILL'));
+  t.equal(stockOf(await pending), 93, 'the waiting client got the committed outcome from the new owner');
+  t.same(await client.query('stock', 1, { k: 'find', id: 'k' }), { ok: true, v: { stock: 93, price: 2 } }, 'applied exactly once');
+  // Published outbox entries are deleted by the partition's next commit.
+  t.equal(stockOf(await client.command('stock', 1, { k: 'add', id: 'k', amount: 0 })), 93);
+  const fields = (await store.load()).outbox.map(([field]) => field);
+  t.notOk(fields.includes(String(before + 1)), 'the re-sent outbox entry was cleared');
+  t.equal(await restarted.kill('SIGTERM'), '0');
+});
+
+t.test('a restart of the whole stack (every process killed with SIGKILL) keeps every acknowledged write', async (t) => {
+  const { nats, redis } = await startServers(t);
+  const config = testConfig(nats, redis, { partitions: 4, workerProcesses: 2 });
+  const workers = [0, 1].map((i) => spawnRole('worker', { ...config, workerIndex: i }));
+  t.teardown(() => Promise.all(workers.map((w) => w.kill('SIGKILL'))));
+  const c1 = await connect({ servers: config.natsUrl, maxReconnectAttempts: -1, reconnectTimeWait: 50 });
+  t.teardown(() => c1.close());
+  const client = clientFor(t, c1, config);
+
+  await Promise.all([0, 1, 2, 3].map((p) => client.command('payment', p, { k: 'batchInit', n: 200, credit: 1000 })));
+  const writes = Array.from({ length: 400 }, (_, i) => {
+    const id = String(i % 200);
+    const amount = 1 + (i % 5);
+    const cmd = i % 2 ? { k: 'pay', id, amount } : { k: 'addFunds', id, amount };
+    return client.command('payment', partitionOf(id, config.partitions), cmd);
+  });
+  const replies = await Promise.all(writes);
+  t.ok(replies.every((r) => r.ok), 'all 400 writes acknowledged');
+
+  // Expected final credit per user: 1000 + adds - pays, all of which were acknowledged.
+  const expected = new Map<string, number>();
+  for (let i = 0; i < 400; i++) {
+    const id = String(i % 200);
+    const amount = 1 + (i % 5);
+    expected.set(id, (expected.get(id) ?? 1000) + (i % 2 ? -amount : amount));
+  }
+
+  await Promise.all(workers.map((w) => w.kill('SIGKILL')));
+  redis.kill9();
+  nats.kill9();
+  await Promise.all([redis.restart(), nats.restart()]);
+  const again = [0, 1].map((i) => spawnRole('worker', { ...config, workerIndex: i }));
+  t.teardown(() => Promise.all(again.map((w) => w.kill('SIGKILL'))));
+
+  let mismatches = 0;
+  for (const [id, credit] of expected) {
+    const reply = await client.query<{ credit: number }>('payment', partitionOf(id, config.partitions), { k: 'find', id });
+    if (!reply.ok || reply.v.credit !== credit) mismatches++;
+  }
+  t.equal(mismatches, 0, 'every user has exactly the credit its acknowledged writes give');
+});
