@@ -67,7 +67,8 @@ t.test('startServers starts both, and testConfig points at them with random pref
   t.not(a.streamPrefix, b.streamPrefix, 'each config gets its own stream prefix');
   t.equal(a.redisPrefix, `${a.streamPrefix}:`);
   t.equal(b.partitions, 4, 'overrides apply');
-  t.ok(Object.isFrozen(a));
+  t.ok(Object.isFrozen(a), 'frozen like every config');
+  t.ok(a.streamMaxBytes <= 64 * 1024 * 1024, 'small streams, so many configs fit on one test server');
 });
 
 t.test('waitFor names what it waited for when the deadline passes', async (t) => {

@@ -31,6 +31,12 @@ export { freePort, pidAlive, waitFor, type WaitOptions } from '../../src/process
 const READY_DEADLINE_MS = 10_000;
 /** How long a test server may take to exit after SIGTERM before it is killed. */
 const STOP_GRACE_MS = 5_000;
+/**
+ * Stream size limit in tests. JetStream reserves each stream's max_bytes against the server's store
+ * limit (75% of the free disk by default), so with the 4 GiB default a test server holds only a few
+ * configs' streams before it refuses new ones with "insufficient storage resources available".
+ */
+const TEST_STREAM_MAX_BYTES = 64 * 1024 * 1024;
 
 export interface TestServer {
   /** nats://127.0.0.1:PORT or redis://127.0.0.1:PORT */
@@ -163,8 +169,9 @@ export function randomToken(): string {
 
 /**
  * A Config for the test profile pointing at these servers, with a random stream prefix and Redis key
- * prefix so tests never see each other's data. httpPort 0 lets the OS pick; pass { httpPort: await freePort() }
- * when a test must know the port in advance.
+ * prefix so tests never see each other's data, and small streams (TEST_STREAM_MAX_BYTES) so many configs fit
+ * on one server. httpPort 0 lets the OS pick; pass { httpPort: await freePort() } when a test must know the
+ * port in advance.
  */
 export function testConfig(nats: { url: string; port: number }, redis: { url: string; port: number }, overrides: Partial<Record<keyof Config, unknown>> = {}): Readonly<Config> {
   const token = randomToken();
@@ -179,6 +186,7 @@ export function testConfig(nats: { url: string; port: number }, redis: { url: st
       streamPrefix: token,
       redisPrefix: `${token}:`,
       httpPort: 0,
+      streamMaxBytes: TEST_STREAM_MAX_BYTES,
       ...overrides,
     },
   );
