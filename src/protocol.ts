@@ -11,8 +11,8 @@ export interface Names {
   cmd(kind: Kind, partition: number): string;
   /** Core NATS subject on which the owner answers reads. */
   get(kind: Kind, partition: number): string;
-  /** Core NATS subject where one gateway process receives command outcomes. */
-  reply(gatewayId: string): string;
+  /** Reply subjects of one process (gateway or worker): `<inbox>.<token>`, one wildcard subscription for all. */
+  inbox(processId: string): string;
 }
 
 export function names(prefix: string): Names {
@@ -22,7 +22,7 @@ export function names(prefix: string): Names {
     stream: (kind) => `${s}${kind.toUpperCase()}`,
     cmd: (kind, partition) => `${p}${kind}.cmd.${partition}`,
     get: (kind, partition) => `${p}${kind}.get.${partition}`,
-    reply: (gatewayId) => `${p}gw.reply.${gatewayId}`,
+    inbox: (processId) => `${p}_reply.${processId}`,
   };
 }
 
@@ -33,14 +33,9 @@ export const ok = <V>(v: V): Reply<V> => ({ ok: true, v });
 export const fail = (code: ErrorCode, detail?: string): Reply<never> =>
   detail === undefined ? { ok: false, code } : { ok: false, code, detail };
 
-/** What travels on a command subject. `r`/`q` are set by a gateway waiting for the outcome. */
+/** What travels on a command subject. `r` is set by a gateway waiting for the outcome: the owner publishes the Reply there. */
 export interface CommandEnvelope<C = unknown> {
   c: C;
   /** reply subject */
   r?: string;
-  /** request number, echoed in the reply */
-  q?: number;
 }
-
-/** What an owner sends back on the reply subject: [request number, outcome]. */
-export type ReplyEnvelope = [q: number, reply: Reply];

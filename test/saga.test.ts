@@ -52,7 +52,8 @@ class World {
     return (effects.send ?? []).map((o) => ({ kind: o.kind, partition: o.partition, cmd: o.cmd }));
   }
 
-  private answer([, q]: ReplyTo, reply: Reply) {
+  private answer(to: ReplyTo, reply: Reply) {
+    const q = Number(to.split('.')[1]);
     this.replies.set(q, [...(this.replies.get(q) ?? []), reply]);
   }
 }
@@ -93,7 +94,7 @@ t.test('checkout saga under reordering and duplicates: conserved, all-or-nothing
 
       const network: Msg[] = checkouts.map((c, q) => {
         const id = `o${c % orders.length}`;
-        return { kind: 'order', partition: partitionOf(id, PARTITIONS), cmd: { k: 'checkout', id }, replyTo: ['client', q] };
+        return { kind: 'order', partition: partitionOf(id, PARTITIONS), cmd: { k: 'checkout', id }, replyTo: `client.${q}` };
       });
       let dups = 0;
       for (let step = 0; network.length > 0; step++) {

@@ -22,8 +22,8 @@ export interface ApplyContext {
   replyTo?: ReplyTo;
 }
 
-/** A waiting gateway's reply subject and request number. */
-export type ReplyTo = [subject: string, q: number];
+/** A waiting gateway's reply subject. */
+export type ReplyTo = string;
 
 /** A command for another partition, published through the outbox after the batch commits. */
 export interface Outgoing {

@@ -1,19 +1,20 @@
-import { ErrorCode as NatsErrorCode, type JetStreamClient, type NatsConnection, type Subscription } from 'nats';
+import type { NatsConnection } from 'nats';
 import { randomBytes } from 'node:crypto';
 import { setTimeout as delay } from 'node:timers/promises';
 import { decode, encode } from '../codec.js';
 import type { Config, Kind } from '../config.js';
 import { ShopError } from '../errors.js';
 import type { Log } from '../log.js';
-import { names, type CommandEnvelope, type Reply, type ReplyEnvelope } from '../protocol.js';
+import { names, type CommandEnvelope, type Reply } from '../protocol.js';
+import { isNoResponders, Mux, MUX_TIMEOUT, pubAck } from './mux.js';
 
-/** How often pending commands are checked against their deadline. */
-const DEADLINE_SWEEP_MS = 50;
 /**
  * Longest wait for one read attempt before it is asked again (reads are idempotent). A request sent while the
  * connection is re-establishing can be lost without a no-responders answer; a short attempt recovers from that.
  */
 const READ_ATTEMPT_MS = 1000;
+/** Longest wait for the stream's acknowledgement of a command before it is published again (the same Nats-Msg-Id is stored once). */
+const ACK_WAIT_MS = 2000;
 
 /** The gateway's side of the runtime: sends a command or read to the owner of a partition and waits for the outcome. */
 export interface ShopClient {
@@ -27,73 +28,46 @@ export interface ShopClient {
   close(): Promise<void>;
 }
 
-interface Waiter {
-  deadline: number;
-  resolve(reply: Reply): void;
-  reject(err: Error): void;
-}
-
 export function createShopClient({ nc, config, log }: { nc: NatsConnection; config: Config; log: Log }): ShopClient {
   const id = randomBytes(6).toString('hex');
   const n = names(config.streamPrefix);
-  const replySubject = n.reply(id);
-  const js: JetStreamClient = nc.jetstream();
-  // Insertion order is deadline order (every command gets the same deadline), so the sweep stops at the first live one.
-  const pending = new Map<number, Waiter>();
-  let seq = 0;
+  const mux = new Mux(nc, n.inbox(id));
 
-  const sub: Subscription = nc.subscribe(replySubject, {
-    callback: (err, msg) => {
-      if (err) return log.error('reply subscription failed', { err });
-      const [q, reply] = decode<ReplyEnvelope>(msg.data);
-      const waiter = pending.get(q);
-      // A reply for a request that is gone (deadline passed, or a re-sent outbox after takeover) is dropped.
-      if (!waiter) return;
-      pending.delete(q);
-      waiter.resolve(reply);
-    },
-  });
-
-  const sweep = setInterval(() => {
-    const now = Date.now();
-    for (const [q, waiter] of pending) {
-      if (waiter.deadline > now) break;
-      pending.delete(q);
-      waiter.reject(new ShopError('unavailable', 'no outcome before the deadline'));
-    }
-  }, DEADLINE_SWEEP_MS);
-  sweep.unref();
-
-  async function publish(q: number, subject: string, data: Uint8Array, deadline: number): Promise<void> {
-    const msgID = `${id}.${q}`;
+  /** Publishes a command until the stream has stored it; gives up (failing the outcome) only when the stream refuses it to the end. */
+  async function store(subject: string, data: Uint8Array, outcome: string, deadline: number): Promise<void> {
+    const msgId = `${id}.${outcome}`;
     for (;;) {
+      const left = deadline - Date.now();
+      if (left <= 0) return; // the outcome's own wait expires
+      let refusal: string;
       try {
-        // The same Nats-Msg-Id on every attempt: the stream's duplicate window keeps one copy.
-        await js.publish(subject, data, { msgID, timeout: Math.max(1, Math.min(deadline - Date.now(), config.readDeadlineMs)) });
-        return;
+        const ack = pubAck(await mux.request(subject, data, Math.min(left, ACK_WAIT_MS), msgId));
+        if (!ack.error) return;
+        refusal = ack.error.description;
       } catch (err) {
-        if (!pending.has(q)) return; // answered or expired meanwhile
-        if (Date.now() + config.retryBackoffMs >= deadline) {
-          const waiter = pending.get(q);
-          pending.delete(q);
-          waiter?.reject(new ShopError('unavailable', `publish to ${subject} failed: ${(err as Error).message}`));
-          return;
-        }
-        log.debug('publish retry', { subject, err });
-        await delay(config.retryBackoffMs);
+        if (err !== MUX_TIMEOUT) throw err;
+        continue; // acknowledgement lost or late: publish again
       }
+      log.warn('the stream refused a command; retrying', { subject, refusal });
+      if (deadline - Date.now() <= config.retryBackoffMs) throw new ShopError('unavailable', `the stream refused ${subject}: ${refusal}`);
+      await delay(config.retryBackoffMs);
     }
   }
 
   return {
     id,
     command<V>(kind: Kind, partition: number, cmd: unknown): Promise<Reply<V>> {
-      const q = ++seq;
+      const token = mux.token('c');
       const deadline = Date.now() + config.requestDeadlineMs;
-      const envelope: CommandEnvelope = { c: cmd, r: replySubject, q };
-      const result = new Promise<Reply>((resolve, reject) => pending.set(q, { deadline, resolve, reject }));
-      void publish(q, n.cmd(kind, partition), encode(envelope), deadline);
-      return result as Promise<Reply<V>>;
+      const outcome = mux.wait(token, deadline);
+      const envelope: CommandEnvelope = { c: cmd, r: mux.subject(token) };
+      store(n.cmd(kind, partition), encode(envelope), token, deadline).catch((err: Error) => mux.cancel(token, err));
+      return outcome.then(
+        (msg) => decode<Reply<V>>(msg.data),
+        (err) => {
+          throw err === MUX_TIMEOUT ? new ShopError('unavailable', 'no outcome before the deadline') : err;
+        },
+      );
     },
 
     async query<V>(kind: Kind, partition: number, query: unknown): Promise<Reply<V>> {
@@ -103,30 +77,22 @@ export function createShopClient({ nc, config, log }: { nc: NatsConnection; conf
       for (;;) {
         const left = deadline - Date.now();
         if (left <= 0) throw new ShopError('unavailable', `no owner of ${subject} answered`);
+        let msg;
         try {
-          const msg = await nc.request(subject, data, { timeout: Math.min(left, READ_ATTEMPT_MS) });
-          return decode<Reply<V>>(msg.data);
+          msg = await mux.request(subject, data, Math.min(left, READ_ATTEMPT_MS));
         } catch (err) {
-          const code = (err as { code?: string }).code;
-          if (code === NatsErrorCode.NoResponders) {
-            await delay(config.retryBackoffMs); // nobody owns the partition right now (start-up or a move)
-            continue;
-          }
-          if (code === NatsErrorCode.Timeout) continue;
+          if (err === MUX_TIMEOUT) continue;
           throw err;
         }
+        if (!isNoResponders(msg)) return decode<Reply<V>>(msg.data);
+        await delay(config.retryBackoffMs); // nobody owns the partition right now (start-up or a move)
       }
     },
 
-    inFlight: () => pending.size,
+    inFlight: () => mux.pending(),
 
     async close(): Promise<void> {
-      clearInterval(sweep);
-      sub.unsubscribe();
-      for (const [q, waiter] of pending) {
-        pending.delete(q);
-        waiter.reject(new ShopError('unavailable', 'gateway shutting down'));
-      }
+      mux.close(new ShopError('unavailable', 'gateway shutting down'));
     },
   };
 }

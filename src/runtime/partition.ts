@@ -4,13 +4,14 @@ import type { Actor, ApplyContext, Effects, ReadView, ReplyTo, StateView } from 
 import { decode, encode } from '../codec.js';
 import type { Config, Kind } from '../config.js';
 import type { Log } from '../log.js';
-import { fail, names, type CommandEnvelope, type Names, type Reply, type ReplyEnvelope } from '../protocol.js';
+import { fail, names, type CommandEnvelope, type Names, type Reply } from '../protocol.js';
+import { Mux, MUX_TIMEOUT, pubAck } from './mux.js';
 import type { Changes, Outbox, PartitionStore } from './store.js';
 
-function replyMessage([subject, q]: ReplyTo, reply: Reply): [string, Uint8Array] {
-  const envelope: ReplyEnvelope = [q, reply];
-  return [subject, encode(envelope)];
-}
+const replyMessage = (to: ReplyTo, reply: Reply): [string, Uint8Array] => [to, encode(reply)];
+
+/** Longest wait for the stream's acknowledgement of an outbox message before it is published again (same Nats-Msg-Id). */
+const ACK_WAIT_MS = 2000;
 
 /** Most committed batches whose outbox is still being published before the loop waits. */
 const OUTBOX_BATCHES_INFLIGHT_MAX = 64;
@@ -20,6 +21,8 @@ export type RunnerState = 'idle' | 'starting' | 'running' | 'stopping' | 'stoppe
 export interface RunnerDeps {
   nc: NatsConnection;
   js: JetStreamClient;
+  /** Request/reply and coalesced publishing for this process (outbox messages, replies). */
+  mux: Mux;
   jsm: JetStreamManager;
   store: PartitionStore;
   config: Config;
@@ -266,7 +269,7 @@ export class PartitionRunner {
         this.log.error('undecodable command skipped', { seq: m.seq, err });
         continue;
       }
-      const replyTo: ReplyTo | undefined = envelope.r !== undefined && envelope.q !== undefined ? [envelope.r, envelope.q] : undefined;
+      const replyTo = envelope.r;
       let effects: Effects;
       try {
         effects = actor.apply(draft, envelope.c, this.ctx(m.seq, replyTo));
@@ -298,23 +301,27 @@ export class PartitionRunner {
 
   /** Sends a committed batch's messages; retries JetStream publishes until they are stored (or we lose the partition). */
   private send(field: string, outbox: Outbox): void {
-    const { nc, js, config } = this.deps;
-    for (const [subject, data] of outbox.replies) nc.publish(subject, data);
+    const { mux, config } = this.deps;
+    for (const [subject, data] of outbox.replies) mux.publish(subject, data);
     if (outbox.js.length === 0) {
       this.cleared.push(field);
       return;
     }
     this.outboxInflight++;
-    const publishOne = async ([subject, msgID, data]: [string, string, Uint8Array]) => {
+    const publishOne = async ([subject, msgId, data]: [string, string, Uint8Array]) => {
       for (;;) {
+        let refusal: string;
         try {
-          await js.publish(subject, data, { msgID });
-          return;
+          const ack = pubAck(await mux.request(subject, data, ACK_WAIT_MS, msgId));
+          if (!ack.error) return;
+          refusal = ack.error.description;
         } catch (err) {
-          if (!this.active && this.state !== 'stopping') return; // the next owner re-sends it
-          this.log.warn('outbox publish failed; retrying', { subject, err });
-          await delay(config.retryBackoffMs);
+          if (err !== MUX_TIMEOUT) throw err;
+          refusal = 'no acknowledgement in time';
         }
+        if (!this.active && this.state !== 'stopping') return; // the next owner re-sends it
+        this.log.warn('outbox publish not stored; retrying with the same message id', { subject, refusal });
+        await delay(config.retryBackoffMs);
       }
     };
     void Promise.all(outbox.js.map(publishOne)).then(() => {

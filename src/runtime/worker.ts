@@ -3,6 +3,9 @@ import type { NatsConnection } from 'nats';
 import { actorOf } from '../actors/index.js';
 import type { Config, Kind } from '../config.js';
 import type { Log } from '../log.js';
+import { randomBytes } from 'node:crypto';
+import { names } from '../protocol.js';
+import { Mux } from './mux.js';
 import { PartitionRunner } from './partition.js';
 import { createPartitionStore } from './store.js';
 import { ensureStreams } from './streams.js';
@@ -40,12 +43,14 @@ export async function startWorker({
   const jsm = await nc.jetstreamManager();
   await ensureStreams(jsm, config);
   const js = nc.jetstream();
+  const mux = new Mux(nc, names(config.streamPrefix).inbox(`w${randomBytes(6).toString('hex')}`));
   const runners = partitions.map(({ kind, partition }) => {
     const actor = actorOf(kind);
     return new PartitionRunner({
       nc,
       js,
       jsm,
+      mux,
       config,
       log,
       actor,
@@ -60,6 +65,7 @@ export async function startWorker({
     runners,
     async close() {
       await Promise.all(runners.map((r) => r.stop()));
+      mux.close(new Error('worker closed'));
     },
   };
 }

@@ -1,0 +1,142 @@
+import { headers as natsHeaders, type Msg, type NatsConnection, type Subscription } from 'nats';
+
+/** How often waiters are checked against their deadlines. */
+const SWEEP_INTERVAL_MS = 25;
+
+/** Rejection of a wait that reached its deadline. One shared instance: a timeout is an outcome here, not a bug, so it carries no stack. */
+export const MUX_TIMEOUT: Error = Object.freeze(Object.assign(new Error('no answer before the deadline'), { stack: undefined }));
+
+interface Waiter {
+  deadline: number;
+  resolve(msg: Msg): void;
+  reject(err: Error): void;
+}
+
+/**
+ * Request/reply for many calls over one subscription: call n gets the reply subject `<inbox>.<n>`, and one
+ * wildcard subscription hands each answer to its waiter. Deadlines are checked by one sweep, not a timer per
+ * call. Publishes are queued and sent together at the end of the event-loop turn, so every request that arrived
+ * in one turn leaves in one socket write instead of one write each.
+ */
+export class Mux {
+  private readonly waiters = new Map<string, Waiter>();
+  private readonly queue: [subject: string, data: Uint8Array, reply: string | undefined, msgId: string | undefined][] = [];
+  private readonly sub: Subscription;
+  private readonly sweep: NodeJS.Timeout;
+  private flushScheduled = false;
+  private seq = 0;
+
+  constructor(
+    private readonly nc: NatsConnection,
+    readonly inbox: string,
+  ) {
+    const skip = inbox.length + 1;
+    this.sub = nc.subscribe(`${inbox}.>`, {
+      callback: (err, msg) => {
+        if (err) return;
+        const token = msg.subject.slice(skip);
+        const waiter = this.waiters.get(token);
+        if (!waiter) return; // late: its deadline passed, or a copy re-sent after a takeover
+        this.waiters.delete(token);
+        waiter.resolve(msg);
+      },
+    });
+    this.sweep = setInterval(() => this.expire(Date.now()), SWEEP_INTERVAL_MS);
+    this.sweep.unref();
+  }
+
+  /** A new token, unique for this mux; its reply subject is `subject(token)`. */
+  token(prefix = ''): string {
+    return prefix + (++this.seq).toString(36);
+  }
+
+  subject(token: string): string {
+    return `${this.inbox}.${token}`;
+  }
+
+  /** Resolves with the first message sent to `subject(token)`; rejects with MUX_TIMEOUT at `deadline` (epoch ms). */
+  wait(token: string, deadline: number): Promise<Msg> {
+    return new Promise((resolve, reject) => this.waiters.set(token, { deadline, resolve, reject }));
+  }
+
+  /** Ends a wait early (its answer no longer matters). */
+  cancel(token: string, err: Error): void {
+    const waiter = this.waiters.get(token);
+    if (!waiter) return;
+    this.waiters.delete(token);
+    waiter.reject(err);
+  }
+
+  /** Queues a publish for the end of this event-loop turn. `msgId` sets Nats-Msg-Id (JetStream de-duplication). */
+  publish(subject: string, data: Uint8Array, reply?: string, msgId?: string): void {
+    this.queue.push([subject, data, reply, msgId]);
+    if (this.flushScheduled) return;
+    this.flushScheduled = true;
+    setImmediate(() => this.flush());
+  }
+
+  /** Publishes with a reply subject of its own and waits up to `timeoutMs` for the first answer. */
+  request(subject: string, data: Uint8Array, timeoutMs: number, msgId?: string): Promise<Msg> {
+    const token = this.token();
+    const answer = this.wait(token, Date.now() + timeoutMs);
+    this.publish(subject, data, this.subject(token), msgId);
+    return answer;
+  }
+
+  pending(): number {
+    return this.waiters.size;
+  }
+
+  close(err: Error): void {
+    clearInterval(this.sweep);
+    this.flush();
+    this.sub.unsubscribe();
+    for (const token of [...this.waiters.keys()]) this.cancel(token, err);
+  }
+
+  private flush(): void {
+    this.flushScheduled = false;
+    if (this.nc.isClosed()) {
+      this.queue.length = 0;
+      return;
+    }
+    for (const [subject, data, reply, msgId] of this.queue) {
+      if (msgId === undefined) {
+        this.nc.publish(subject, data, reply === undefined ? undefined : { reply });
+        continue;
+      }
+      const h = natsHeaders();
+      h.set('Nats-Msg-Id', msgId);
+      this.nc.publish(subject, data, reply === undefined ? { headers: h } : { reply, headers: h });
+    }
+    this.queue.length = 0;
+  }
+
+  private expire(now: number): void {
+    for (const [token, waiter] of this.waiters) {
+      if (waiter.deadline > now) continue;
+      this.waiters.delete(token);
+      waiter.reject(MUX_TIMEOUT);
+    }
+  }
+}
+
+/** A core NATS "no responders" status: nobody subscribes to the subject (an unowned partition, or no stream). */
+export function isNoResponders(msg: Msg): boolean {
+  return msg.data.length === 0 && msg.headers?.code === 503;
+}
+
+export interface PubAck {
+  stream?: string;
+  seq?: number;
+  duplicate?: boolean;
+  error?: { code: number; err_code?: number; description: string };
+}
+
+const utf8 = new TextDecoder();
+
+/** Reads a JetStream publish acknowledgement (JSON), or the no-responders status when no stream takes the subject. */
+export function pubAck(msg: Msg): PubAck {
+  if (isNoResponders(msg)) return { error: { code: 503, description: 'no stream takes this subject' } };
+  return JSON.parse(utf8.decode(msg.data)) as PubAck;
+}
