@@ -32,8 +32,10 @@ export interface Config {
   retryBackoffMs: number;
   /** JetStream duplicate window: a re-published Nats-Msg-Id within it is dropped. */
   duplicateWindowMs: number;
-  /** Stream size limit; past it publishes are refused (backpressure), never old commands dropped. */
+  /** Stream size limit: bounds the backlog of unapplied commands (applied ones are trimmed); past it publishes are refused, never old commands dropped. JetStream reserves it from the server's storage. */
   streamMaxBytes: number;
+  /** Copies of every stream: 1 on one machine, 3 on a 3-node NATS cluster. */
+  streamReplicas: number;
   /** How often an owner purges the commands below its committed cursor from the stream. */
   trimIntervalMs: number;
   /** Local stack (npm start) only: */
@@ -140,6 +142,7 @@ const checks: Record<keyof Config, Check> = {
   retryBackoffMs: int(1, 60_000),
   duplicateWindowMs: int(1000, 86_400_000),
   streamMaxBytes: int(1024 * 1024),
+  streamReplicas: int(1, 5),
   trimIntervalMs: int(100, 3_600_000),
   dataDir: str(/.+/),
   natsPort: int(0, 65535),

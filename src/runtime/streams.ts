@@ -13,7 +13,7 @@ export function streamConfig(config: Config, kind: Kind): Partial<StreamConfig> 
     discard: DiscardPolicy.New,
     max_bytes: config.streamMaxBytes,
     duplicate_window: nanos(config.duplicateWindowMs),
-    num_replicas: 1,
+    num_replicas: config.streamReplicas,
   };
 }
 
