@@ -7,7 +7,7 @@ import { createLog } from '../src/log.js';
 import { partitionOf } from '../src/partition.js';
 import { names, type Reply } from '../src/protocol.js';
 import { createShopClient, type ShopClient } from '../src/runtime/client.js';
-import { createPartitionStore } from '../src/runtime/store.js';
+import { createPartitionStore, StaleEpochError } from '../src/runtime/store.js';
 import { startWorker } from '../src/runtime/worker.js';
 import { startServers, testConfig, waitFor } from './helpers/servers.js';
 import { spawnRole } from './helpers/stack.js';
@@ -157,4 +157,17 @@ t.test('a restart of the whole stack (every process killed with SIGKILL) keeps e
     if (!reply.ok || reply.v.credit !== credit) mismatches++;
   }
   t.equal(mismatches, 0, 'every user has exactly the credit its acknowledged writes give');
+});
+
+t.test('acquiring at a placement epoch: an older epoch is refused, a newer one fences the holder', async (t) => {
+  const { nats, redis } = await startServers(t);
+  const config = testConfig(nats, redis, { partitions: 1, workerProcesses: 1 });
+  const { redis: r } = await connections(t, config);
+  const store = createPartitionStore(r, config.redisPrefix, 'stock', 0, ['items']);
+  t.equal(await store.acquire(5), 5);
+  t.equal(await store.acquire(5), 5, 'the same epoch again (a restart of the same assignment) is allowed');
+  await t.rejects(store.acquire(4), StaleEpochError, 'an older epoch is refused');
+  t.equal(await store.epoch(), 5, 'and changes nothing');
+  t.equal(await store.acquire(), 6, 'without an epoch the stored one is raised');
+  t.equal(await store.commit(5, 1, new Map(), '', null, []), false, 'the holder of epoch 5 is fenced');
 });

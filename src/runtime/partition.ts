@@ -6,7 +6,7 @@ import type { Config, Kind } from '../config.js';
 import type { Log } from '../log.js';
 import { fail, names, type CommandEnvelope, type Names, type Reply } from '../protocol.js';
 import { Mux, MUX_TIMEOUT, pubAck } from './mux.js';
-import type { Changes, Outbox, PartitionStore } from './store.js';
+import { StaleEpochError, type Changes, type Outbox, type PartitionStore } from './store.js';
 
 const replyMessage = (to: ReplyTo, reply: Reply): [string, Uint8Array] => [to, encode(reply)];
 
@@ -101,6 +101,8 @@ export class PartitionRunner {
   readonly kind: Kind;
   readonly partition: number;
   state: RunnerState = 'idle';
+  /** Commands in the stream not yet delivered to this runner, as of the last batch (the consumer's pending count). */
+  private streamPending = 0;
   epoch = 0;
   cursor = 0;
   private readonly names: Names;
@@ -133,6 +135,11 @@ export class PartitionRunner {
     return this.names.cmd(this.kind, this.partition);
   }
 
+  /** Commands waiting for this partition: buffered here, or still in the stream. */
+  lag(): number {
+    return this.queue.length + this.streamPending;
+  }
+
   /** Entries held in memory, per table (for status and tests). */
   size(): Record<string, number> {
     return Object.fromEntries([...this.live].map(([t, m]) => [t, m.size]));
@@ -143,11 +150,19 @@ export class PartitionRunner {
     this.state = next;
   }
 
-  /** Takes ownership: raise the epoch (fencing older owners), load, re-send the outbox, then read from cursor + 1. */
-  async start(): Promise<void> {
+  /**
+   * Takes ownership: raise the epoch (fencing older owners), load, re-send the outbox, then read from cursor + 1.
+   * With an epoch (from the placement) it throws StaleEpochError if the partition is held at a newer one.
+   */
+  async start(epoch?: number): Promise<void> {
     const { store, actor, js, nc, config } = this.deps;
     this.setState('starting');
-    this.epoch = await store.acquire();
+    try {
+      this.epoch = await store.acquire(epoch);
+    } catch (err) {
+      this.setState('stopped');
+      throw err;
+    }
     const loaded = await store.load();
     this.cursor = loaded.cursor;
     this.trimmedTo = 0;
@@ -258,6 +273,7 @@ export class PartitionRunner {
     const { actor, store } = this.deps;
     const draft = new Draft(this.live);
     const outbox: Outbox = { js: [], replies: [] };
+    this.streamPending = batch[batch.length - 1]!.info.pending;
     let last = this.cursor;
     for (const m of batch) {
       last = m.seq;
@@ -349,9 +365,10 @@ export class PartitionRunner {
     await this.release();
     for (;;) {
       try {
-        await this.start();
+        await this.start(this.epoch);
         return;
       } catch (err) {
+        if (err instanceof StaleEpochError) return this.log.warn('not restarting: a newer owner holds the partition', { epoch: this.epoch });
         this.log.error('restart failed; retrying', { err });
         await delay(this.deps.config.retryBackoffMs * 10);
       }

@@ -33,6 +33,30 @@ end
 return 1
 `;
 
+/**
+ * Takes a partition at a given epoch (from the placement): refused, returning the stored epoch negated, when a
+ * newer epoch is already stored; otherwise stores it. Without an epoch the stored one is raised by one.
+ */
+const ACQUIRE_LUA = `
+local stored = tonumber(redis.call('HGET', KEYS[1], 'epoch') or '0')
+if ARGV[1] == '' then return redis.call('HINCRBY', KEYS[1], 'epoch', 1) end
+local wanted = tonumber(ARGV[1])
+if stored > wanted then return -stored end
+redis.call('HSET', KEYS[1], 'epoch', ARGV[1])
+return wanted
+`;
+
+/** The partition is held at a newer epoch than the one asked for: this process must not own it. */
+export class StaleEpochError extends Error {
+  override name = 'StaleEpochError';
+  constructor(
+    readonly wanted: number,
+    readonly stored: number,
+  ) {
+    super(`epoch ${wanted} is stale: the partition is held at epoch ${stored}`);
+  }
+}
+
 /** Messages a committed batch still owes: JetStream commands to other partitions and replies to gateways. */
 export interface Outbox {
   /** [subject, Nats-Msg-Id, data] */
@@ -53,8 +77,11 @@ export interface Loaded {
 
 export interface PartitionStore {
   readonly keys: { meta: string; outbox: string; table(name: string): string };
-  /** Takes the partition: raises the epoch, which fences every older owner. Returns the new epoch. */
-  acquire(): Promise<number>;
+  /**
+   * Takes the partition, fencing every older owner: at `epoch` (from the placement; throws StaleEpochError when
+   * a newer one is stored), or without one by raising the stored epoch by one. Returns the epoch now held.
+   */
+  acquire(epoch?: number): Promise<number>;
   load(): Promise<Loaded>;
   /** false: fenced (a newer epoch exists), nothing was written. */
   commit(epoch: number, cursor: number, changes: Changes, outboxField: string, outbox: Outbox | null, clearFields: string[]): Promise<boolean>;
@@ -74,13 +101,19 @@ export function createPartitionStore(redis: Redis, prefix: string, kind: Kind, p
   const tag = partitionKeyTag(prefix, kind, partition);
   const keys = { meta: `${tag}:meta`, outbox: `${tag}:outbox`, table: (name: string) => `${tag}:t:${name}` };
   const tableKeys = tables.map(keys.table);
-  if (!('shopCommit' in redis)) redis.defineCommand('shopCommit', { lua: COMMIT_LUA });
+  if (!('shopCommit' in redis)) {
+    redis.defineCommand('shopCommit', { lua: COMMIT_LUA });
+    redis.defineCommand('shopAcquire', { lua: ACQUIRE_LUA });
+  }
   const commitFn = (redis as unknown as { shopCommit: CommitFn }).shopCommit.bind(redis);
+  const acquireFn = (redis as unknown as { shopAcquire: CommitFn }).shopAcquire.bind(redis);
 
   return {
     keys,
-    async acquire() {
-      return await redis.hincrby(keys.meta, 'epoch', 1);
+    async acquire(epoch) {
+      const held = await acquireFn(1, [keys.meta, epoch === undefined ? '' : String(epoch)]);
+      if (held < 0) throw new StaleEpochError(epoch!, -held);
+      return held;
     },
 
     async load() {
