@@ -5,6 +5,7 @@ import { decode, encode } from '../codec.js';
 import type { Config, Kind } from '../config.js';
 import type { Log } from '../log.js';
 import { fail, names, type CommandEnvelope, type Names, type Reply } from '../protocol.js';
+import type { RunnerMetrics } from './metrics.js';
 import { Mux, MUX_TIMEOUT, pubAck } from './mux.js';
 import { StaleEpochError, type Changes, type Outbox, type PartitionStore } from './store.js';
 
@@ -29,6 +30,7 @@ export interface RunnerDeps {
   log: Log;
   actor: Actor<unknown, unknown>;
   partition: number;
+  metrics?: RunnerMetrics;
   /** Called once when the partition is lost to a newer owner. */
   onFenced?: (runner: PartitionRunner) => void;
 }
@@ -297,6 +299,8 @@ export class PartitionRunner {
       }
       if (replyTo && effects.reply) outbox.replies.push(replyMessage(replyTo, effects.reply));
       for (const { to, reply } of effects.replies ?? []) outbox.replies.push(replyMessage(to, reply));
+      const decided = effects.replies?.[0]?.reply; // deferred answers are the outcome of a saga
+      if (decided) this.deps.metrics?.sagaOutcome(decided.ok, decided.ok ? undefined : decided.code);
       effects.send?.forEach((out, i) => {
         const data = encode({ c: out.cmd } satisfies CommandEnvelope);
         outbox.js.push([this.names.cmd(out.kind, out.partition), `${this.kind}.${this.partition}.${m.seq}.${i}`, data]);
@@ -307,8 +311,10 @@ export class PartitionRunner {
     const field = hasOutbox ? String(last) : '';
     const cleared = this.cleared;
     this.cleared = [];
+    const started = performance.now();
     const committed = await store.commit(this.epoch, last, draft.batch, field, hasOutbox ? outbox : null, cleared);
     if (!committed) return this.fenced();
+    this.deps.metrics?.batch(this.kind, this.partition, batch.length, performance.now() - started);
     if (this.deps.config.faultKillAfter === 'commit' && hasOutbox) process.kill(process.pid, 'SIGKILL');
     draft.publish();
     this.cursor = last;

@@ -1,0 +1,9 @@
+import type { Kind } from '../config.js';
+
+/** What a partition runner reports; the worker's admin endpoint exposes it (Prometheus text). */
+export interface RunnerMetrics {
+  /** One committed batch: how many commands it applied and how long its Redis commit took. */
+  batch(kind: Kind, partition: number, commands: number, commitMs: number): void;
+  /** A decided checkout (an answer to the waiters of a saga): paid, or refused with a code. */
+  sagaOutcome(ok: boolean, code?: string): void;
+}
