@@ -1,4 +1,5 @@
 import type { Kind } from './config.js';
+import { encode } from './codec.js';
 import type { ErrorCode } from './errors.js';
 
 /**
@@ -13,6 +14,14 @@ export interface Names {
   get(kind: Kind, partition: number): string;
   /** Reply subjects of one process (gateway or worker): `<inbox>.<token>`, one wildcard subscription for all. */
   inbox(processId: string): string;
+  /** KV bucket of live workers: worker id -> heartbeat (dynamic placement). */
+  workersBucket: string;
+  /** KV bucket of the placement: `<kind>.<partition>` -> { worker, epoch }. */
+  placementBucket: string;
+  /** KV bucket of the controller: `leader`, `pin.<kind>.<partition>`, `drain.<worker>`. */
+  controlBucket: string;
+  /** Core NATS subject on which the leading controller answers shopctl's move, drain and rebalance. */
+  admin: string;
 }
 
 export function names(prefix: string): Names {
@@ -23,6 +32,10 @@ export function names(prefix: string): Names {
     cmd: (kind, partition) => `${p}${kind}.cmd.${partition}`,
     get: (kind, partition) => `${p}${kind}.get.${partition}`,
     inbox: (processId) => `${p}_reply.${processId}`,
+    workersBucket: `${s}SHOP_WORKERS`,
+    placementBucket: `${s}SHOP_PLACEMENT`,
+    controlBucket: `${s}SHOP_CONTROL`,
+    admin: `${p}_shop.admin`,
   };
 }
 
@@ -33,9 +46,31 @@ export const ok = <V>(v: V): Reply<V> => ({ ok: true, v });
 export const fail = (code: ErrorCode, detail?: string): Reply<never> =>
   detail === undefined ? { ok: false, code } : { ok: false, code, detail };
 
-/** What travels on a command subject. `r` is set by a gateway waiting for the outcome: the owner publishes the Reply there. */
+/** One command. `r` is set by a gateway waiting for the outcome: the owner publishes the Reply there. */
 export interface CommandEnvelope<C = unknown> {
   c: C;
   /** reply subject */
   r?: string;
+}
+
+/**
+ * Most commands in one stream message. Commands to one partition that leave a process together travel as one
+ * message (a bundle: an array of envelopes), applied in order within one batch. A command's number within its
+ * partition, unique and the same on every replay, is `stream sequence * BUNDLE_MAX + index in the bundle`.
+ */
+export const BUNDLE_MAX = 1024;
+
+/** What a command subject carries: one envelope, or a bundle of them. */
+export type StreamMessage = CommandEnvelope | CommandEnvelope[];
+
+/** Encodes envelopes for one subject as few messages as possible, none over BUNDLE_MAX commands. */
+export function bundles(envelopes: CommandEnvelope[]): Uint8Array[] {
+  if (envelopes.length === 1) return [encode(envelopes[0])];
+  const out: Uint8Array[] = [];
+  for (let i = 0; i < envelopes.length; i += BUNDLE_MAX) out.push(encode(envelopes.slice(i, i + BUNDLE_MAX)));
+  return out;
+}
+
+export function unbundle(msg: StreamMessage): CommandEnvelope[] {
+  return Array.isArray(msg) ? msg : [msg];
 }

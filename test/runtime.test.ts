@@ -171,3 +171,20 @@ t.test('acquiring at a placement epoch: an older epoch is refused, a newer one f
   t.equal(await store.acquire(), 6, 'without an epoch the stored one is raised');
   t.equal(await store.commit(5, 1, new Map(), '', null, []), false, 'the holder of epoch 5 is fenced');
 });
+
+t.test('a command that throws is taken back whole; the rest of its batch commits', async (t) => {
+  const { nats, redis } = await startServers(t);
+  const config = testConfig(nats, redis, { partitions: 1, workerProcesses: 1 });
+  const { nc, redis: r } = await connections(t, config);
+  const worker = await startWorker({ nc, redis: r, config, log });
+  t.teardown(() => worker.close());
+  const client = clientFor(t, nc, config);
+  await client.command('stock', 0, { k: 'create', id: 'u', price: 1 });
+  // A reserve naming the same item twice with an impossible total passes the per-line checks, then the second
+  // subtraction breaks the non-negative invariant and throws: its first subtraction must be undone too.
+  const subject = names(config.streamPrefix).cmd('stock', 0);
+  await client.command('stock', 0, { k: 'add', id: 'u', amount: 3 });
+  const js = nc.jetstream();
+  await js.publish(subject, encode([{ c: { k: 'reserve', saga: 's', order: 'o', from: 0, lines: [['u', 2], ['u', 2]] } }, { c: { k: 'add', id: 'u', amount: 10 } }]));
+  t.equal(stockOf(await client.command('stock', 0, { k: 'add', id: 'u', amount: 0 })), 13, 'the throwing command left nothing, the next one in its bundle applied');
+});

@@ -16,7 +16,7 @@ export interface ApplyContext {
   /** This partition's number and the kind's partition count. */
   partition: number;
   partitions: number;
-  /** Stream sequence of the command: unique, and the same on every replay. */
+  /** The command's number within its partition: unique, increasing, and the same on every replay. */
   seq: number;
   /** Where a waiting gateway expects the outcome, when one waits; an actor may keep it to answer later. */
   replyTo?: ReplyTo;

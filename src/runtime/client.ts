@@ -5,7 +5,7 @@ import { decode, encode } from '../codec.js';
 import type { Config, Kind } from '../config.js';
 import { ShopError } from '../errors.js';
 import type { Log } from '../log.js';
-import { names, type CommandEnvelope, type Reply } from '../protocol.js';
+import { BUNDLE_MAX, names, type CommandEnvelope, type Reply } from '../protocol.js';
 import { isNoResponders, Mux, MUX_TIMEOUT, pubAck } from './mux.js';
 
 /**
@@ -28,14 +28,22 @@ export interface ShopClient {
   close(): Promise<void>;
 }
 
+interface Bundle {
+  subject: string;
+  envelopes: CommandEnvelope[];
+  /** The waiting commands' reply tokens, failed together if the stream refuses the bundle to the end. */
+  tokens: string[];
+  /** The first command's deadline: the earliest of the bundle. */
+  deadline: number;
+}
+
 export function createShopClient({ nc, config, log }: { nc: NatsConnection; config: Config; log: Log }): ShopClient {
   const id = randomBytes(6).toString('hex');
   const n = names(config.streamPrefix);
   const mux = new Mux(nc, n.inbox(id));
 
-  /** Publishes a command until the stream has stored it; gives up (failing the outcome) only when the stream refuses it to the end. */
-  async function store(subject: string, data: Uint8Array, outcome: string, deadline: number): Promise<void> {
-    const msgId = `${id}.${outcome}`;
+  /** Publishes a message until the stream has stored it; gives up only when the stream refuses it until the deadline. */
+  async function store(subject: string, data: Uint8Array, msgId: string, deadline: number): Promise<void> {
     for (;;) {
       const left = deadline - Date.now();
       if (left <= 0) return; // the outcome's own wait expires
@@ -54,14 +62,47 @@ export function createShopClient({ nc, config, log }: { nc: NatsConnection; conf
     }
   }
 
+  /**
+   * Commands to one partition within one event-loop turn leave as one stream message (a bundle): one publish,
+   * one acknowledgement and one delivery instead of one each. Each command keeps its own reply subject.
+   */
+  const open = new Map<string, Bundle>();
+  let flushScheduled = false;
+
+  function sendBundle(bundle: Bundle): void {
+    const data = encode(bundle.envelopes.length === 1 ? bundle.envelopes[0] : bundle.envelopes);
+    store(bundle.subject, data, `${id}.${mux.token()}`, bundle.deadline).catch((err: Error) => {
+      for (const token of bundle.tokens) mux.cancel(token, err);
+    });
+  }
+
+  function flushBundles(): void {
+    flushScheduled = false;
+    for (const bundle of open.values()) sendBundle(bundle);
+    open.clear();
+  }
+
   return {
     id,
     command<V>(kind: Kind, partition: number, cmd: unknown): Promise<Reply<V>> {
-      const token = mux.token('c');
+      const token = mux.token();
       const deadline = Date.now() + config.requestDeadlineMs;
       const outcome = mux.wait(token, deadline);
-      const envelope: CommandEnvelope = { c: cmd, r: mux.subject(token) };
-      store(n.cmd(kind, partition), encode(envelope), token, deadline).catch((err: Error) => mux.cancel(token, err));
+      const subject = n.cmd(kind, partition);
+      let bundle = open.get(subject);
+      if (!bundle) {
+        open.set(subject, (bundle = { subject, envelopes: [], tokens: [], deadline }));
+        if (!flushScheduled) {
+          flushScheduled = true;
+          setImmediate(flushBundles);
+        }
+      }
+      bundle.envelopes.push({ c: cmd, r: mux.subject(token) });
+      bundle.tokens.push(token);
+      if (bundle.envelopes.length >= BUNDLE_MAX) {
+        open.delete(subject);
+        sendBundle(bundle);
+      }
       return outcome.then(
         (msg) => decode<Reply<V>>(msg.data),
         (err) => {

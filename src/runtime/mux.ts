@@ -46,8 +46,8 @@ export class Mux {
   }
 
   /** A new token, unique for this mux; its reply subject is `subject(token)`. */
-  token(prefix = ''): string {
-    return prefix + (++this.seq).toString(36);
+  token(): string {
+    return (++this.seq).toString(36);
   }
 
   subject(token: string): string {

@@ -4,7 +4,7 @@ import type { Actor, ApplyContext, Effects, ReadView, ReplyTo, StateView } from 
 import { decode, encode } from '../codec.js';
 import type { Config, Kind } from '../config.js';
 import type { Log } from '../log.js';
-import { fail, names, type CommandEnvelope, type Names, type Reply } from '../protocol.js';
+import { BUNDLE_MAX, bundles, fail, names, unbundle, type CommandEnvelope, type Names, type Reply, type StreamMessage } from '../protocol.js';
 import type { RunnerMetrics } from './metrics.js';
 import { Mux, MUX_TIMEOUT, pubAck } from './mux.js';
 import { StaleEpochError, type Changes, type Outbox, type PartitionStore } from './store.js';
@@ -37,41 +37,42 @@ export interface RunnerDeps {
 
 /**
  * Batch draft over the live state: writes of the batch land here and reach the live maps (which reads see)
- * only after the batch has committed. Each command gets its own layer, so a command that throws leaves nothing.
+ * only after the batch has committed. Each command's writes are logged so that a command that throws is taken
+ * back whole.
  */
 class Draft implements StateView {
   readonly batch: Changes = new Map();
-  private command: Changes = new Map();
+  /** This command's writes: the table, the key, and what the draft held for it before (to take them back). */
+  private readonly undo: [table: Map<string, unknown>, key: string, had: boolean, before: unknown][] = [];
 
   constructor(private readonly live: Map<string, Map<string, unknown>>) {}
 
   get<T>(table: string, key: string): T | undefined {
-    for (const layer of [this.command, this.batch]) {
-      const t = layer.get(table);
-      if (t?.has(key)) return t.get(key) as T | undefined;
-    }
+    const t = this.batch.get(table);
+    if (t !== undefined && t.has(key)) return t.get(key) as T | undefined;
     return this.live.get(table)?.get(key) as T | undefined;
   }
 
   set(table: string, key: string, value: unknown): void {
     if (value === undefined) throw new Error('invariant: undefined value; use delete');
-    this.layer(this.command, table).set(key, value);
+    this.write(table, key, value);
   }
 
   delete(table: string, key: string): void {
-    this.layer(this.command, table).set(key, undefined);
+    this.write(table, key, undefined);
   }
 
   keepCommand(): void {
-    for (const [table, changes] of this.command) {
-      const target = this.layer(this.batch, table);
-      for (const [k, v] of changes) target.set(k, v);
-    }
-    this.command = new Map();
+    this.undo.length = 0;
   }
 
   dropCommand(): void {
-    this.command = new Map();
+    for (let i = this.undo.length - 1; i >= 0; i--) {
+      const [t, key, had, before] = this.undo[i]!;
+      if (had) t.set(key, before);
+      else t.delete(key);
+    }
+    this.undo.length = 0;
   }
 
   publish(): void {
@@ -84,13 +85,14 @@ class Draft implements StateView {
     }
   }
 
-  private layer(layers: Changes, table: string): Map<string, unknown> {
-    let t = layers.get(table);
+  private write(table: string, key: string, value: unknown): void {
+    let t = this.batch.get(table);
     if (!t) {
       if (!this.live.has(table)) throw new Error(`invariant: unknown table ${table}`);
-      layers.set(table, (t = new Map()));
+      this.batch.set(table, (t = new Map()));
     }
-    return t;
+    this.undo.push([t, key, t.has(key), t.get(key)]);
+    t.set(key, value);
   }
 }
 
@@ -271,40 +273,53 @@ export class PartitionRunner {
     return ctx;
   }
 
+  /** Applies one command to the draft; a command that throws leaves nothing and answers `internal`. */
+  private applyOne(draft: Draft, envelope: CommandEnvelope, seq: number): Effects {
+    try {
+      const effects = this.deps.actor.apply(draft, envelope.c, this.ctx(seq, envelope.r));
+      draft.keepCommand();
+      return effects;
+    } catch (err) {
+      draft.dropCommand();
+      this.log.error('command failed; nothing of it applied', { seq, err });
+      return { reply: fail('internal', `command ${seq} at ${this.subject} failed`) };
+    }
+  }
+
   private async apply(batch: JsMsg[]): Promise<void> {
-    const { actor, store } = this.deps;
+    const { store } = this.deps;
     const draft = new Draft(this.live);
     const outbox: Outbox = { js: [], replies: [] };
     this.streamPending = batch[batch.length - 1]!.info.pending;
+    const sends = new Map<string, CommandEnvelope[]>();
     let last = this.cursor;
     for (const m of batch) {
       last = m.seq;
       if (m.seq <= this.cursor) continue; // already applied (a consumer reset can re-deliver)
-      let envelope: CommandEnvelope;
+      let envelopes: CommandEnvelope[];
       try {
-        envelope = decode<CommandEnvelope>(m.data);
+        envelopes = unbundle(decode<StreamMessage>(m.data));
       } catch (err) {
         this.log.error('undecodable command skipped', { seq: m.seq, err });
         continue;
       }
-      const replyTo = envelope.r;
-      let effects: Effects;
-      try {
-        effects = actor.apply(draft, envelope.c, this.ctx(m.seq, replyTo));
-        draft.keepCommand();
-      } catch (err) {
-        draft.dropCommand();
-        this.log.error('command failed; nothing of it applied', { seq: m.seq, err });
-        effects = { reply: fail('internal', `command at ${this.subject} seq ${m.seq} failed`) };
-      }
-      if (replyTo && effects.reply) outbox.replies.push(replyMessage(replyTo, effects.reply));
-      for (const { to, reply } of effects.replies ?? []) outbox.replies.push(replyMessage(to, reply));
-      const decided = effects.replies?.[0]?.reply; // deferred answers are the outcome of a saga
-      if (decided) this.deps.metrics?.sagaOutcome(decided.ok, decided.ok ? undefined : decided.code);
-      effects.send?.forEach((out, i) => {
-        const data = encode({ c: out.cmd } satisfies CommandEnvelope);
-        outbox.js.push([this.names.cmd(out.kind, out.partition), `${this.kind}.${this.partition}.${m.seq}.${i}`, data]);
+      envelopes.forEach((envelope, i) => {
+        const effects = this.applyOne(draft, envelope, m.seq * BUNDLE_MAX + i);
+        if (envelope.r && effects.reply) outbox.replies.push(replyMessage(envelope.r, effects.reply));
+        for (const { to, reply } of effects.replies ?? []) outbox.replies.push(replyMessage(to, reply));
+        const decided = effects.replies?.[0]?.reply; // deferred answers are the outcome of a saga
+        if (decided) this.deps.metrics?.sagaOutcome(decided.ok, decided.ok ? undefined : decided.code);
+        for (const out of effects.send ?? []) {
+          const subject = this.names.cmd(out.kind, out.partition);
+          let list = sends.get(subject);
+          if (!list) sends.set(subject, (list = []));
+          list.push({ c: out.cmd });
+        }
       });
+    }
+    // One message per target partition for the whole batch; ids derive from the batch, stored with the outbox.
+    for (const [subject, envelopes] of sends) {
+      for (const data of bundles(envelopes)) outbox.js.push([subject, `${this.kind}.${this.partition}.${last}.${outbox.js.length}`, data]);
     }
     if (last <= this.cursor) return;
     const hasOutbox = outbox.js.length > 0 || outbox.replies.length > 0;
