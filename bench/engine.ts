@@ -1,0 +1,282 @@
+/**
+ * The load loop. Two models:
+ *  - closed: `concurrency` workers, each sending its next request when the previous one is answered, either
+ *    back to back (latency from the actual send) or paced (a virtual user sending once every `paceMs`;
+ *    latency from the time it meant to send, so a slow system does not hide its own slowness);
+ *  - open: requests due at a fixed `rate`, latency from each one's intended send time (no coordinated
+ *    omission); when `maxOutstanding` are in flight, a due request is dropped and counted instead.
+ * Requests go through undici's dispatcher with one reusable handler object per request slot, so a request
+ * allocates little more than its path: no promise, no body stream, no parsed header object.
+ */
+import type { Dispatcher } from 'undici';
+import type { Op, Scenario } from './scenarios.js';
+import { ERROR, EXPECTED, NO_RESPONSE, OK, type Stats, type TimelinePoint } from './stats.js';
+
+export type LoadModel =
+  | { kind: 'closed'; concurrency: number; paceMs: number }
+  | { kind: 'open'; rate: number; maxOutstanding: number };
+
+export type StopReason = 'exhausted' | 'duration' | 'requests' | 'interrupted';
+
+export interface LoadOptions {
+  dispatcher: Dispatcher;
+  scenario: Scenario;
+  stats: Stats;
+  model: LoadModel;
+  durationMs?: number | undefined;
+  requests?: number | undefined;
+  /** Per request: for the response headers, and between body chunks. */
+  timeoutMs: number;
+  /** Called as each one-second window of the timeline closes. */
+  onSecond?: (point: TimelinePoint) => void;
+}
+
+export interface LoadResult {
+  /** Wall-clock start, ms since the epoch. */
+  startedAt: number;
+  elapsedMs: number;
+  issued: number;
+  stoppedBy: StopReason;
+}
+
+export interface LoadRun {
+  /** Stop issuing requests; the ones in flight are still awaited and counted. */
+  stop(reason?: StopReason): void;
+  readonly issued: number;
+  readonly inFlight: number;
+  readonly done: Promise<LoadResult>;
+}
+
+/** The timeline's window length. */
+const WINDOW_MS = 1000;
+
+/** One request slot: the undici handler (its legacy callback interface, which undici 7 runs on natively). */
+class Exchange implements Dispatcher.DispatchHandler {
+  op: Op | undefined = undefined;
+  /** performance.now() of the send, or of the intended send (open loop, paced workers). */
+  startMs = 0;
+  /** Paced workers: when this one meant to send. */
+  scheduledMs = 0;
+  status = 0;
+  keepBody = false;
+  chunks: Buffer[] = [];
+  timer: NodeJS.Timeout | undefined = undefined;
+  readonly opts: Dispatcher.DispatchOptions;
+
+  constructor(private readonly load: Load, timeoutMs: number) {
+    this.opts = { path: '/', method: 'GET', headersTimeout: timeoutMs, bodyTimeout: timeoutMs };
+  }
+  onConnect(): void {}
+  onHeaders(statusCode: number): boolean {
+    this.status = statusCode;
+    return true;
+  }
+  onData(chunk: Buffer): boolean {
+    if (this.keepBody || this.status >= 300) this.chunks.push(chunk);
+    return true;
+  }
+  onComplete(): void {
+    this.load.complete(this, undefined);
+  }
+  onError(err: Error): void {
+    this.load.complete(this, err);
+  }
+}
+
+function parseBody(chunks: Buffer[]): unknown {
+  const text = chunks.length === 1 ? chunks[0]!.toString('utf8') : Buffer.concat(chunks).toString('utf8');
+  try {
+    return JSON.parse(text);
+  } catch {
+    return undefined;
+  }
+}
+
+class Load implements LoadRun {
+  issued = 0;
+  inFlight = 0;
+  readonly done: Promise<LoadResult>;
+  private stopping = false;
+  private finished = false;
+  private stoppedBy: StopReason = 'exhausted';
+  private readonly free: Exchange[] = [];
+  private readonly exchanges: Exchange[] = [];
+  private readonly t0 = performance.now();
+  private readonly startedAt = Date.now();
+  private windowStart = this.t0;
+  private readonly windowTimer: NodeJS.Timeout;
+  private durationTimer: NodeJS.Timeout | undefined;
+  private pumpTimer: NodeJS.Timeout | undefined;
+  /** Open loop: requests due so far (sent or dropped). */
+  private due = 0;
+  private resolve!: (r: LoadResult) => void;
+
+  constructor(private readonly o: LoadOptions) {
+    this.done = new Promise((resolve) => (this.resolve = resolve));
+    this.windowTimer = setInterval(() => this.closeWindow(), WINDOW_MS);
+    if (o.durationMs !== undefined) this.durationTimer = setTimeout(() => this.stop('duration'), o.durationMs);
+    const m = o.model;
+    if (m.kind === 'closed') {
+      for (let w = 0; w < m.concurrency && !this.stopping; w++) {
+        const ex = this.newExchange();
+        if (m.paceMs > 0) {
+          // Spread the virtual users' first requests over one pace, as if they had arrived at random.
+          ex.scheduledMs = this.t0 + (w * m.paceMs) / m.concurrency;
+          ex.timer = setTimeout(this.fire, ex.scheduledMs - this.t0, ex);
+        } else {
+          const op = this.nextOp();
+          if (op) this.send(ex, op, performance.now());
+        }
+      }
+    } else {
+      this.pump();
+    }
+    this.finishIfIdle();
+  }
+
+  private newExchange(): Exchange {
+    const ex = new Exchange(this, this.o.timeoutMs);
+    this.exchanges.push(ex);
+    return ex;
+  }
+
+  stop(reason: StopReason = 'interrupted'): void {
+    if (this.stopping) return;
+    this.stopping = true;
+    this.stoppedBy = reason;
+    clearTimeout(this.durationTimer);
+    clearTimeout(this.pumpTimer);
+    for (const ex of this.exchanges) {
+      clearTimeout(ex.timer);
+      ex.timer = undefined;
+    }
+    this.finishIfIdle();
+  }
+
+  private nextOp(): Op | undefined {
+    if (this.stopping) return undefined;
+    if (this.o.requests !== undefined && this.issued >= this.o.requests) {
+      this.stop('requests');
+      return undefined;
+    }
+    const op = this.o.scenario.next();
+    if (!op) {
+      this.stop('exhausted');
+      return undefined;
+    }
+    this.issued++;
+    return op;
+  }
+
+  private send(ex: Exchange, op: Op, startMs: number): void {
+    ex.op = op;
+    ex.status = 0;
+    ex.chunks.length = 0;
+    ex.keepBody = this.o.scenario.wantsBody(op);
+    ex.startMs = startMs;
+    ex.opts.path = op.path;
+    ex.opts.method = op.method;
+    this.inFlight++;
+    this.o.dispatcher.dispatch(ex.opts, ex);
+  }
+
+  /** A paced worker's timer: send the next request, with latency counted from when it was due. */
+  private readonly fire = (ex: Exchange): void => {
+    ex.timer = undefined;
+    const op = this.nextOp();
+    if (op) this.send(ex, op, ex.scheduledMs);
+    else this.finishIfIdle();
+  };
+
+  complete(ex: Exchange, err: Error | undefined): void {
+    const now = performance.now();
+    this.inFlight--;
+    const op = ex.op!;
+    const s = this.o.scenario;
+    let status = NO_RESPONSE;
+    let code: string | undefined;
+    let body: unknown;
+    if (err) {
+      code = (err as NodeJS.ErrnoException).code ?? err.name;
+    } else {
+      status = ex.status;
+      if (ex.chunks.length > 0) body = parseBody(ex.chunks);
+      if (status >= 300) {
+        const e = (body as { error?: unknown } | undefined)?.error;
+        code = typeof e === 'string' ? e : `http_${status}`;
+      }
+    }
+    const outcome = status >= 200 && status < 300 ? OK : status !== NO_RESPONSE && s.isExpected(op, status, code) ? EXPECTED : ERROR;
+    this.o.stats.record(op.kind, status, code, Math.round((now - ex.startMs) * 1000), outcome);
+    s.onResult(op, status, ex.keepBody && status >= 200 && status < 300 ? body : undefined);
+    ex.op = undefined;
+    ex.chunks.length = 0;
+    this.after(ex, now);
+  }
+
+  private after(ex: Exchange, now: number): void {
+    const m = this.o.model;
+    if (m.kind === 'open' || this.stopping) {
+      this.free.push(ex);
+      this.finishIfIdle();
+      return;
+    }
+    if (m.paceMs === 0) {
+      const op = this.nextOp();
+      if (op) this.send(ex, op, now);
+      else this.finishIfIdle();
+      return;
+    }
+    ex.scheduledMs += m.paceMs;
+    if (ex.scheduledMs <= now) this.fire(ex);
+    else ex.timer = setTimeout(this.fire, ex.scheduledMs - now, ex);
+  }
+
+  /** Open loop: send what is due by now, then sleep until the next one is. */
+  private readonly pump = (): void => {
+    this.pumpTimer = undefined;
+    const m = this.o.model;
+    if (m.kind !== 'open' || this.stopping) return;
+    const intervalMs = 1000 / m.rate;
+    const now = performance.now();
+    const dueByNow = Math.floor((now - this.t0) / intervalMs) + 1;
+    while (this.due < dueByNow && !this.stopping) {
+      const intendedMs = this.t0 + this.due * intervalMs;
+      this.due++;
+      if (this.inFlight >= m.maxOutstanding) {
+        this.o.stats.drop();
+        continue;
+      }
+      const op = this.nextOp();
+      if (!op) break;
+      this.send(this.free.pop() ?? this.newExchange(), op, intendedMs);
+    }
+    if (!this.stopping) {
+      const nextMs = this.t0 + this.due * intervalMs;
+      this.pumpTimer = setTimeout(this.pump, Math.max(0, nextMs - performance.now()));
+    }
+  };
+
+  private closeWindow(): void {
+    const now = performance.now();
+    const point = this.o.stats.closeWindow((now - this.t0) / 1000, (now - this.windowStart) / 1000);
+    this.windowStart = now;
+    this.o.onSecond?.(point);
+  }
+
+  private finishIfIdle(): void {
+    if (!this.stopping || this.inFlight > 0 || this.finished) return;
+    this.finished = true;
+    // Paced workers between requests hold timers, cleared by stop(); nothing else is outstanding.
+    clearInterval(this.windowTimer);
+    const now = performance.now();
+    // The last, partial window (skipped when the previous one closed a moment ago).
+    if (now - this.windowStart >= 50) this.closeWindow();
+    this.resolve({ startedAt: this.startedAt, elapsedMs: now - this.t0, issued: this.issued, stoppedBy: this.stoppedBy });
+  }
+}
+
+/** Starts the load at once; `done` resolves when it has stopped and every request in flight has ended. */
+export function startLoad(o: LoadOptions): LoadRun {
+  return new Load(o);
+}

@@ -1,0 +1,255 @@
+/**
+ * The command line of `npm run bench -- <scenario> [options]`, parsed by commander into one typed,
+ * validated, frozen BenchOptions. Pure: no network, no files; `parseOptions` throws a UsageError (or, for
+ * --help, a HelpShown) instead of exiting, so tests can call it.
+ */
+import { Command, CommanderError, InvalidArgumentError, Option } from 'commander';
+
+export const SCENARIOS = ['checkout-fresh', 'wdm-stress', 'reads', 'contention', 'mixed'] as const;
+export type ScenarioName = (typeof SCENARIOS)[number];
+
+export const DEFAULT_URL = 'http://127.0.0.1:8000';
+export const DEFAULT_CONNECTIONS = 256;
+/** Checkout waits up to the system's request deadline (30 s by default) for the saga; leave room above it. */
+export const DEFAULT_TIMEOUT_MS = 60_000;
+export const DEFAULT_MAX_OUTSTANDING = 10_000;
+export const DEFAULT_AUDIT_CONCURRENCY = 64;
+/** Stock and credit that no run can use up: checkout-fresh, wdm-stress, reads and mixed never fail for lack of them. */
+export const LARGE_AMOUNT = 1_000_000_000;
+
+export interface BenchOptions {
+  scenario: ScenarioName;
+  url: string;
+  /** Start the local stack on free ports with a fresh data directory, and stop it after the run. */
+  start: boolean;
+  /** Closed loop: requests in flight at once (and the Pool's connections in every model). */
+  connections: number;
+  /** Stop issuing requests after this long; undefined: a finite scenario runs until it is exhausted. */
+  durationMs: number | undefined;
+  /** Stop after issuing this many requests. */
+  requests: number | undefined;
+  /** Open loop at this many requests per second; undefined: closed loop. */
+  rate: number | undefined;
+  /** Open loop: the most requests in flight; a request due past it is dropped and counted. */
+  maxOutstanding: number;
+  orders: number;
+  items: number;
+  users: number;
+  /** contention: the hot items and the stock of each. */
+  hotItems: number;
+  stock: number;
+  /** wdm-stress: virtual users, each checking out a random order once a second (back to back if unthrottled). */
+  vus: number;
+  unthrottled: boolean;
+  /** batch_init before the load; without it the data already there is used (and nothing is audited). */
+  init: boolean;
+  audit: boolean;
+  auditConcurrency: number;
+  timeoutMs: number;
+  seed: number;
+  /** Parent of the report directories. */
+  outDir: string;
+  progress: boolean;
+}
+
+/** A bad command line: the message says which option and what is allowed. */
+export class UsageError extends Error {
+  override name = 'UsageError';
+}
+
+/** --help or --version was asked for; `text` is what to print (exit 0). */
+export class HelpShown extends Error {
+  override name = 'HelpShown';
+  constructor(readonly text: string) {
+    super('help shown');
+  }
+}
+
+interface Defaults {
+  orders: number;
+  items: number;
+  users: number;
+  /** undefined: until every order is checked out. */
+  durationMs: number | undefined;
+}
+
+/** Per scenario: how much data batch_init creates and how long the load runs when the command line does not say. */
+export const SCENARIO_DEFAULTS: Readonly<Record<ScenarioName, Readonly<Defaults>>> = {
+  'checkout-fresh': { orders: 100_000, items: 100_000, users: 100_000, durationMs: undefined },
+  'wdm-stress': { orders: 100_000, items: 100_000, users: 100_000, durationMs: 60_000 },
+  reads: { orders: 100_000, items: 100_000, users: 100_000, durationMs: 30_000 },
+  contention: { orders: 10_000, items: 5, users: 10_000, durationMs: undefined },
+  mixed: { orders: 10_000, items: 10_000, users: 10_000, durationMs: 30_000 },
+};
+
+const SCENARIO_HELP: Record<ScenarioName, string> = {
+  'checkout-fresh': 'batch_init N users, items (large credit and stock, price 1) and orders; check out orders 0..N-1 once each',
+  'wdm-stress': 'the course stress test: batch_init N of each (default 100000); virtual users check out random orders once a second',
+  reads: 'GET /stock/find, /payment/find_user, /orders/find of random batch_init\'ed ids',
+  contention: 'a few hot items with little stock, many orders on them, concurrent checkouts (400 insufficient_stock is expected)',
+  mixed: 'creates (item, user, order), addItem, add stock/funds, checkouts and finds in a web-shop-like mix',
+};
+
+function count(min: number, max = Number.MAX_SAFE_INTEGER) {
+  return (raw: string): number => {
+    const n = /^\d+$/.test(raw.replace(/_/g, '')) ? Number(raw.replace(/_/g, '')) : NaN;
+    if (!Number.isSafeInteger(n) || n < min || n > max) throw new InvalidArgumentError(`expected an integer in ${min}..${max}, got ${JSON.stringify(raw)}`);
+    return n;
+  };
+}
+
+/** "30", "30s", "500ms", "2m", "1h" -> milliseconds; a bare number is seconds. */
+export function parseDuration(raw: string): number {
+  const m = /^(\d+(?:\.\d+)?)(ms|s|m|h)?$/.exec(raw.trim());
+  if (!m) throw new InvalidArgumentError(`expected a duration like 30, 30s, 500ms, 2m or 1h, got ${JSON.stringify(raw)}`);
+  const unitMs = { ms: 1, s: 1000, m: 60_000, h: 3_600_000 }[(m[2] ?? 's') as 'ms' | 's' | 'm' | 'h'];
+  const ms = Math.round(Number(m[1]) * unitMs);
+  if (ms <= 0) throw new InvalidArgumentError(`a duration must be above 0, got ${JSON.stringify(raw)}`);
+  return ms;
+}
+
+/** "2000", "2000/s", "2k", "2k/s" -> requests per second. */
+export function parseRate(raw: string): number {
+  const m = /^(\d+(?:\.\d+)?)(k)?(?:\/s)?$/.exec(raw.trim());
+  const rate = m ? Number(m[1]) * (m[2] ? 1000 : 1) : NaN;
+  if (!(rate > 0) || rate > 10_000_000) throw new InvalidArgumentError(`expected a rate like 2000, 2000/s or 2k/s, got ${JSON.stringify(raw)}`);
+  return rate;
+}
+
+function parseUrl(raw: string): string {
+  let url: URL;
+  try {
+    url = new URL(raw);
+  } catch {
+    throw new InvalidArgumentError(`expected a URL like ${DEFAULT_URL}, got ${JSON.stringify(raw)}`);
+  }
+  if (url.protocol !== 'http:') throw new InvalidArgumentError(`only http:// is supported, got ${JSON.stringify(raw)}`);
+  if (url.pathname !== '/' || url.search) throw new InvalidArgumentError(`give the origin only (${url.origin}), got ${JSON.stringify(raw)}`);
+  return url.origin;
+}
+
+/** The commander program; `run.ts` prints its help, `parseOptions` parses with it. */
+export function createProgram(): Command {
+  const program = new Command('npm run bench --')
+    .description('Load generator for the webshop API: closed or open loop, HDR latency percentiles, a report directory, a conservation audit.')
+    .usage('<scenario> [options]')
+    .argument('<scenario>', `one of: ${SCENARIOS.join(', ')}`)
+    .addOption(new Option('--url <url>', 'the API to load (must answer the API of /work/shared/API.md)').default(DEFAULT_URL).argParser(parseUrl))
+    .option('--start', 'start the local stack (nats, redis, workers, gateway) on free ports with a fresh data directory; stop it in order after the run', false)
+    .addOption(new Option('-c, --connections <n>', 'closed loop: requests in flight at once; in every model the connections of the pool').default(DEFAULT_CONNECTIONS).argParser(count(1, 100_000)))
+    .addOption(new Option('-d, --duration <time>', 'stop after this long: 30, 30s, 500ms, 2m (default: reads, mixed 30s; wdm-stress 60s; checkout-fresh, contention: until every order is checked out)').argParser(parseDuration))
+    .addOption(new Option('-n, --requests <n>', 'stop after issuing this many requests').argParser(count(1)))
+    .addOption(new Option('-r, --rate <r/s>', 'open loop at this rate (2000, 2000/s, 2k/s); latency counts from the intended send time').argParser(parseRate))
+    .addOption(new Option('--max-outstanding <n>', 'open loop: most requests in flight; a request due past it is dropped and counted').default(DEFAULT_MAX_OUTSTANDING).argParser(count(1)))
+    .addOption(new Option('--orders <n>', 'orders to batch_init (default: checkout-fresh, wdm-stress, reads 100000; contention, mixed 10000)').argParser(count(1)))
+    .addOption(new Option('--items <n>', 'items to batch_init (default: like --orders; contention: --hot-items)').argParser(count(1)))
+    .addOption(new Option('--users <n>', 'users to batch_init (default: like --orders)').argParser(count(1)))
+    .addOption(new Option('--hot-items <n>', 'contention: the hot items every order draws from').default(5).argParser(count(1)))
+    .addOption(new Option('--stock <n>', 'contention: starting stock of each hot item').default(100).argParser(count(0)))
+    .addOption(new Option('--vus <n>', 'wdm-stress: virtual users').default(1000).argParser(count(1, 1_000_000)))
+    .option('--unthrottled', 'wdm-stress: virtual users send back to back instead of once a second', false)
+    .option('--no-init', 'skip batch_init and use the data already there (no audit then)')
+    .option('--no-audit', 'skip the conservation audit after the run')
+    .addOption(new Option('--audit-concurrency <n>', 'reads in flight during the audit').default(DEFAULT_AUDIT_CONCURRENCY).argParser(count(1, 10_000)))
+    .addOption(new Option('--timeout <ms>', 'per-request timeout in ms (a checkout may wait for the system\'s 30 s deadline)').default(DEFAULT_TIMEOUT_MS).argParser(count(1)))
+    .addOption(new Option('--seed <n>', 'seed of the random ids, for a repeatable run (default: random)').argParser(count(0, 2 ** 32 - 1)))
+    .option('--out <dir>', 'parent directory of the report directory <timestamp>-<scenario>/', 'bench/out')
+    .option('--no-progress', 'no progress on stderr (a bar on a terminal, else a status line every 10 s)')
+    .addHelpText(
+      'after',
+      '\nScenarios:\n' +
+        SCENARIOS.map((s) => `  ${s.padEnd(15)} ${SCENARIO_HELP[s]}`).join('\n') +
+        '\n\nExamples:\n' +
+        '  npm run bench -- checkout-fresh --orders 20000 --connections 256\n' +
+        '  npm run bench -- reads --duration 10 --rate 5k/s\n' +
+        '  npm run bench -- contention --start\n' +
+        '  npm run bench -- wdm-stress --vus 2000 --duration 2m\n' +
+        '\nExit status: 0 done (audit PASS or skipped), 1 audit FAIL, 2 bad usage or the run could not start.\n',
+    )
+    .exitOverride()
+    .configureOutput({ writeOut: () => {}, writeErr: () => {} })
+    .allowExcessArguments(false);
+  return program;
+}
+
+interface Raw {
+  url: string;
+  start: boolean;
+  connections: number;
+  duration?: number;
+  requests?: number;
+  rate?: number;
+  maxOutstanding: number;
+  orders?: number;
+  items?: number;
+  users?: number;
+  hotItems: number;
+  stock: number;
+  vus: number;
+  unthrottled: boolean;
+  init: boolean;
+  audit: boolean;
+  auditConcurrency: number;
+  timeout: number;
+  seed?: number;
+  out: string;
+  progress: boolean;
+}
+
+/**
+ * `argv`: the arguments after the script (process.argv.slice(2)). `randomSeed` picks the seed when --seed is
+ * absent (injected so the function stays pure).
+ */
+export function parseOptions(argv: readonly string[], randomSeed: () => number = () => Math.floor(Math.random() * 2 ** 32)): Readonly<BenchOptions> {
+  const program = createProgram();
+  let helpText = '';
+  program.configureOutput({ writeOut: (s) => (helpText += s), writeErr: () => {} });
+  try {
+    program.parse([...argv], { from: 'user' });
+  } catch (err) {
+    if (err instanceof CommanderError) {
+      if (err.code === 'commander.helpDisplayed' || err.code === 'commander.help' || err.code === 'commander.version') throw new HelpShown(helpText);
+      throw new UsageError(err.message.replace(/^error: /, ''));
+    }
+    throw err;
+  }
+  const scenario = program.args[0] as string;
+  if (!(SCENARIOS as readonly string[]).includes(scenario)) {
+    throw new UsageError(`unknown scenario ${JSON.stringify(scenario)}; choose one of ${SCENARIOS.join(', ')}`);
+  }
+  const name = scenario as ScenarioName;
+  const raw = program.opts<Raw>();
+  const defaults = SCENARIO_DEFAULTS[name];
+  const urlGiven = program.getOptionValueSource('url') === 'cli';
+  if (raw.start && urlGiven) throw new UsageError('--start runs the stack on free ports and loads it; drop --url (or drop --start to load a running system)');
+  if (name === 'contention' && raw.items !== undefined) throw new UsageError('contention takes --hot-items, not --items');
+  const orders = raw.orders ?? defaults.orders;
+  const options: BenchOptions = {
+    scenario: name,
+    url: raw.url,
+    start: raw.start,
+    connections: raw.connections,
+    durationMs: raw.duration ?? defaults.durationMs,
+    requests: raw.requests,
+    rate: raw.rate,
+    maxOutstanding: raw.maxOutstanding,
+    orders,
+    items: name === 'contention' ? raw.hotItems : raw.items ?? (raw.orders !== undefined ? orders : defaults.items),
+    users: raw.users ?? (raw.orders !== undefined ? orders : defaults.users),
+    hotItems: raw.hotItems,
+    stock: raw.stock,
+    vus: raw.vus,
+    unthrottled: raw.unthrottled,
+    init: raw.init,
+    audit: raw.audit && raw.init,
+    auditConcurrency: raw.auditConcurrency,
+    timeoutMs: raw.timeout,
+    seed: raw.seed ?? randomSeed(),
+    outDir: raw.out,
+    progress: raw.progress,
+  };
+  if (!raw.init && (name === 'checkout-fresh' || name === 'contention')) {
+    throw new UsageError(`${name} needs fresh orders: it cannot run with --no-init`);
+  }
+  return Object.freeze(options);
+}
