@@ -1,0 +1,122 @@
+/**
+ * The HTTP side besides the load loop: the connection pool, batch_init before the run, and reading
+ * orders, items and users back for the audit with bounded concurrency.
+ */
+import { Pool, type Dispatcher } from 'undici';
+import type { AuditInput, OrderView } from './audit.js';
+import type { AuditPlan, SetupStep } from './scenarios.js';
+
+/** batch_init of 100,000 records is one request that may take a while on a loaded machine. */
+export const SETUP_TIMEOUT_MS = 600_000;
+/** Audit reads that get no answer, or a 5xx, are tried this many times in all. */
+const READ_ATTEMPTS = 3;
+const READ_RETRY_PAUSE_MS = 200;
+
+/** Keep-alive connections, one request at a time on each (pipelining 1), as a browser or locust would. */
+export function createPool(url: string, connections: number, timeoutMs: number): Pool {
+  return new Pool(url, {
+    connections,
+    pipelining: 1,
+    keepAliveTimeout: 60_000,
+    keepAliveMaxTimeout: 600_000,
+    headersTimeout: timeoutMs,
+    bodyTimeout: timeoutMs,
+  });
+}
+
+export interface Reply {
+  status: number;
+  /** Parsed JSON, or the raw text when it is not JSON. */
+  body: unknown;
+}
+
+export async function call(d: Dispatcher, method: 'GET' | 'POST', path: string, timeoutMs: number): Promise<Reply> {
+  const res = await d.request({ method, path, headersTimeout: timeoutMs, bodyTimeout: timeoutMs });
+  const text = await res.body.text();
+  let body: unknown = text;
+  try {
+    body = JSON.parse(text);
+  } catch {
+    // not JSON: keep the text for the message
+  }
+  return { status: res.statusCode, body };
+}
+
+/** Runs the batch_inits in order; throws naming the step that failed. Returns each step's duration. */
+export async function runSetup(d: Dispatcher, steps: readonly SetupStep[], log: (line: string) => void): Promise<{ what: string; ms: number }[]> {
+  const timings: { what: string; ms: number }[] = [];
+  for (const step of steps) {
+    const t = performance.now();
+    let reply: Reply;
+    try {
+      reply = await call(d, 'POST', step.path, SETUP_TIMEOUT_MS);
+    } catch (err) {
+      throw new Error(`setup: POST ${step.path} failed: ${(err as Error).message}. Is the system running (npm start), or use --start?`);
+    }
+    if (reply.status < 200 || reply.status >= 300) {
+      throw new Error(`setup: POST ${step.path} answered ${reply.status} ${JSON.stringify(reply.body)}`);
+    }
+    const ms = Math.round(performance.now() - t);
+    timings.push({ what: step.what, ms });
+    log(`setup: ${step.what}: ${ms} ms`);
+  }
+  return timings;
+}
+
+/** fn(0..count-1) with at most `concurrency` calls in flight; results by index. */
+export async function mapLimit<T>(count: number, concurrency: number, fn: (i: number) => Promise<T>): Promise<T[]> {
+  const results = new Array<T>(count);
+  let next = 0;
+  const worker = async () => {
+    while (next < count) {
+      const i = next++;
+      results[i] = await fn(i);
+    }
+  };
+  await Promise.all(Array.from({ length: Math.min(concurrency, count) }, worker));
+  return results;
+}
+
+/** A record read back, or undefined when the API does not know it (400) or never answered. */
+async function read(d: Dispatcher, path: string, timeoutMs: number): Promise<unknown> {
+  for (let attempt = 1; ; attempt++) {
+    try {
+      const reply = await call(d, 'GET', path, timeoutMs);
+      if (reply.status === 200) return reply.body;
+      if (reply.status < 500 || attempt >= READ_ATTEMPTS) return undefined;
+    } catch {
+      if (attempt >= READ_ATTEMPTS) return undefined;
+    }
+    await new Promise((r) => setTimeout(r, READ_RETRY_PAUSE_MS));
+  }
+}
+
+function isOrder(body: unknown): body is OrderView {
+  const o = body as Partial<OrderView> | undefined;
+  return typeof o?.paid === 'boolean' && Array.isArray(o.items) && typeof o.user_id === 'string' && typeof o.total_cost === 'number';
+}
+
+/** Reads orders, items and users "0".."n-1" of the plan back; `progress` hears each read. */
+export async function readAuditInput(d: Dispatcher, plan: AuditPlan, concurrency: number, timeoutMs: number, progress: () => void = () => {}): Promise<AuditInput> {
+  const orders = await mapLimit(plan.orders, concurrency, async (i) => {
+    const body = await read(d, `/orders/find/${i}`, timeoutMs);
+    progress();
+    return isOrder(body) ? body : undefined;
+  });
+  const missing: string[] = [];
+  const stock = new Map<string, number>();
+  await mapLimit(plan.items, concurrency, async (i) => {
+    const body = (await read(d, `/stock/find/${i}`, timeoutMs)) as { stock?: unknown } | undefined;
+    progress();
+    if (typeof body?.stock === 'number') stock.set(String(i), body.stock);
+    else missing.push(`item ${i}`);
+  });
+  const credit = new Map<string, number>();
+  await mapLimit(plan.users, concurrency, async (i) => {
+    const body = (await read(d, `/payment/find_user/${i}`, timeoutMs)) as { credit?: unknown } | undefined;
+    progress();
+    if (typeof body?.credit === 'number') credit.set(String(i), body.credit);
+    else missing.push(`user ${i}`);
+  });
+  return { orders, stock, credit, missing, initialStock: plan.initialStock, initialCredit: plan.initialCredit, outcomes: plan.outcomes };
+}

@@ -1,0 +1,67 @@
+/**
+ * `--start`: the local stack of `npm start` (nats-server, redis-server, workers, gateways, under the project's
+ * supervisor), on free ports with a fresh temporary data directory, its output in a log file. Ready when the
+ * API answers a read with a decision (400 not_found), not merely when the port accepts connections.
+ */
+import { createWriteStream } from 'node:fs';
+import { mkdtemp, rm } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { Pool } from 'undici';
+import { loadConfig } from '../src/config.js';
+import { createLog } from '../src/log.js';
+import { freePort, reapDirOnExit, waitFor } from '../src/processes.js';
+import { createSupervisor } from '../src/supervisor.js';
+import { call } from './http.js';
+
+/** How long the workers may take to own their partitions after the gateway listens. */
+const API_READY_DEADLINE_MS = 60_000;
+
+export interface Stack {
+  url: string;
+  dataDir: string;
+  /** The ordered stop (gateways, workers, redis, nats), then the data directory is removed. */
+  stop(): Promise<void>;
+  /** SIGKILL to everything at once (a second Ctrl-C). */
+  kill(): void;
+}
+
+export async function startStack(logFile: string, note: (line: string) => void): Promise<Stack> {
+  const dataDir = await mkdtemp(join(tmpdir(), 'shop-bench-'));
+  reapDirOnExit(dataDir);
+  const [natsPort, redisPort, httpPort] = [await freePort(), await freePort(), await freePort()];
+  const config = loadConfig(process.env, { dataDir, natsPort, redisPort, httpPort, httpHost: '127.0.0.1' });
+  const logStream = createWriteStream(logFile, { flags: 'a' });
+  const log = createLog('supervisor', config.logLevel, (line) => logStream.write(line));
+  const supervisor = createSupervisor(config, log, { output: (name, line) => logStream.write(`${name}| ${line}\n`) });
+  const url = `http://127.0.0.1:${config.httpPort}`;
+
+  let stopped: Promise<void> | undefined;
+  const stop = () =>
+    (stopped ??= (async () => {
+      await supervisor.stop();
+      await new Promise<void>((resolve) => logStream.end(resolve));
+      await rm(dataDir, { recursive: true, force: true, maxRetries: 5 });
+      reapDirOnExit(dataDir, false);
+    })());
+
+  note(`start: the local stack on ${url} (nats :${config.natsPort}, redis :${config.redisPort}, data ${dataDir}; output in ${logFile})`);
+  const t = performance.now();
+  try {
+    await supervisor.start();
+    const probe = new Pool(url, { connections: 1 });
+    try {
+      await waitFor(async () => (await call(probe, 'GET', '/stock/find/bench-ready-probe', 5_000)).status === 400, {
+        deadlineMs: API_READY_DEADLINE_MS,
+        what: `the API on ${url} to answer GET /stock/find with 400 not_found (see ${logFile})`,
+      });
+    } finally {
+      await probe.close();
+    }
+  } catch (err) {
+    await stop();
+    throw err;
+  }
+  note(`start: ready in ${Math.round(performance.now() - t)} ms`);
+  return { url, dataDir, stop, kill: () => supervisor.kill() };
+}
