@@ -1,7 +1,7 @@
 import fc from 'fast-check';
 import t from 'tap';
 import { ACTORS } from '../src/actors/index.js';
-import type { Order } from '../src/actors/order.js';
+import { SAGA_WAITERS_MAX, type Order } from '../src/actors/order.js';
 import type { LedgerEntry } from '../src/actors/saga.js';
 import type { ReplyTo, StateView } from '../src/actors/types.js';
 import type { Kind } from '../src/config.js';
@@ -172,4 +172,15 @@ t.test('a repeated hold gets the recorded answer and takes nothing more', async 
   t.match(first!.cmd, { ok: true });
   t.same(second!.cmd, first!.cmd, 'the recorded answer');
   t.equal(world.state('payment', p).get<{ credit: number }>('users', '1')!.credit, 6);
+});
+
+t.test('checkouts waiting on one running saga are bounded', async (t) => {
+  const world = new World();
+  const p = partitionOf('o', PARTITIONS);
+  world.deliver({ kind: 'payment', partition: partitionOf('u', PARTITIONS), cmd: { k: 'create', id: 'u' } });
+  world.deliver({ kind: 'order', partition: p, cmd: { k: 'create', id: 'o', user: 'u' } });
+  for (let q = 0; q < SAGA_WAITERS_MAX; q++) world.deliver({ kind: 'order', partition: p, cmd: { k: 'checkout', id: 'o' }, replyTo: `client.${q}` });
+  t.equal(world.replies.size, 0, 'all of them wait for the saga');
+  world.deliver({ kind: 'order', partition: p, cmd: { k: 'checkout', id: 'o' }, replyTo: `client.${SAGA_WAITERS_MAX}` });
+  t.match(world.replies.get(SAGA_WAITERS_MAX), [{ ok: false, code: 'unavailable' }], 'one more is told to retry');
 });

@@ -46,6 +46,8 @@ export type OrderCmd =
 export type OrderQuery = { k: 'find'; id: string };
 
 const ORDERS = 'orders';
+/** Most checkouts of one order waiting for its running saga; more are answered 503 (retry) instead of queued. */
+export const SAGA_WAITERS_MAX = 256;
 
 /** mulberry32: a tiny deterministic generator, so batch_init's "random" orders are the same on every replay. */
 function random(seed: number): () => number {
@@ -191,7 +193,9 @@ export const order: Actor<OrderCmd, OrderQuery> = {
         if (order.paid) return { reply: ok({ paid: true }) };
         if (order.saga) {
           // One transaction per order: a second checkout waits for the running one's outcome.
-          if (ctx.replyTo) state.set(ORDERS, cmd.id, { ...order, saga: { ...order.saga, waiters: [...order.saga.waiters, ctx.replyTo] } });
+          if (!ctx.replyTo) return {};
+          if (order.saga.waiters.length >= SAGA_WAITERS_MAX) return { reply: fail('unavailable', `${SAGA_WAITERS_MAX} checkouts of order ${cmd.id} already wait`) };
+          state.set(ORDERS, cmd.id, { ...order, saga: { ...order.saga, waiters: [...order.saga.waiters, ctx.replyTo] } });
           return {};
         }
         const { saga, send } = begin(order, cmd.id, ctx);
