@@ -14,6 +14,12 @@ const replyMessage = (to: ReplyTo, reply: Reply): [string, Uint8Array] => [to, e
 /** Longest wait for the stream's acknowledgement of an outbox message before it is published again (same Nats-Msg-Id). */
 const ACK_WAIT_MS = 2000;
 
+/**
+ * Sent outbox entries are deleted by the partition's next commit; when none comes within this time they are
+ * deleted on their own, so an idle partition does not re-send its last batch's messages after a restart.
+ */
+const OUTBOX_CLEAR_IDLE_MS = 250;
+
 /** Most committed batches whose outbox is still being published before the loop waits. */
 const OUTBOX_BATCHES_INFLIGHT_MAX = 64;
 
@@ -120,8 +126,9 @@ export class PartitionRunner {
   private loopDone: Promise<void> = Promise.resolve();
   private outboxInflight = 0;
   private outboxDrained: (() => void) | null = null;
-  /** Outbox fields fully published; deleted by the next commit. */
+  /** Outbox fields fully published; deleted by the next commit, or after OUTBOX_CLEAR_IDLE_MS without one. */
   private cleared: string[] = [];
+  private clearTimer: NodeJS.Timeout | null = null;
   private trimTimer: NodeJS.Timeout | null = null;
   private trimmedTo = 0;
 
@@ -340,10 +347,7 @@ export class PartitionRunner {
   private send(field: string, outbox: Outbox): void {
     const { mux, config } = this.deps;
     for (const [subject, data] of outbox.replies) mux.publish(subject, data);
-    if (outbox.js.length === 0) {
-      this.cleared.push(field);
-      return;
-    }
+    if (outbox.js.length === 0) return this.sent(field);
     this.outboxInflight++;
     const publishOne = async ([subject, msgId, data]: [string, string, Uint8Array]) => {
       for (;;) {
@@ -363,10 +367,28 @@ export class PartitionRunner {
     };
     void Promise.all(outbox.js.map(publishOne)).then(() => {
       if (config.faultKillAfter === 'send') process.kill(process.pid, 'SIGKILL');
-      this.cleared.push(field);
+      this.sent(field);
       this.outboxInflight--;
       this.outboxDrained?.();
     });
+  }
+
+  /** An outbox entry is fully sent: it goes with the next commit, or on its own if the partition stays idle. */
+  private sent(field: string): void {
+    this.cleared.push(field);
+    if (this.clearTimer) return;
+    this.clearTimer = setTimeout(() => {
+      this.clearTimer = null;
+      if (this.cleared.length === 0 || !this.active) return;
+      const fields = this.cleared;
+      this.cleared = [];
+      // Without the epoch check: deleting a sent entry is harmless even for an owner that has just been fenced.
+      this.deps.store.clearOutbox(fields).catch((err) => {
+        this.log.warn('outbox clear failed; the next commit takes the entries along', { err });
+        this.cleared.push(...fields);
+      });
+    }, OUTBOX_CLEAR_IDLE_MS);
+    this.clearTimer.unref();
   }
 
   private fenced(): void {

@@ -85,6 +85,8 @@ export interface PartitionStore {
   load(): Promise<Loaded>;
   /** false: fenced (a newer epoch exists), nothing was written. */
   commit(epoch: number, cursor: number, changes: Changes, outboxField: string, outbox: Outbox | null, clearFields: string[]): Promise<boolean>;
+  /** Deletes sent outbox entries (when no next commit comes soon to take them along). */
+  clearOutbox(fields: string[]): Promise<void>;
   /** The epoch stored now (for status and tests). */
   epoch(): Promise<number>;
 }
@@ -153,6 +155,10 @@ export function createPartitionStore(redis: Redis, prefix: string, kind: Kind, p
       }
       const result = await commitFn(2 + tableKeys.length, args);
       return result === 1;
+    },
+
+    async clearOutbox(fields) {
+      if (fields.length > 0) await redis.hdel(keys.outbox, ...fields);
     },
 
     async epoch() {
