@@ -166,7 +166,7 @@ export class PartitionRunner {
    * With an epoch (from the placement) it throws StaleEpochError if the partition is held at a newer one.
    */
   async start(epoch?: number): Promise<void> {
-    const { store, actor, js, nc, config } = this.deps;
+    const { store } = this.deps;
     this.setState('starting');
     try {
       this.epoch = await store.acquire(epoch);
@@ -174,6 +174,19 @@ export class PartitionRunner {
       this.setState('stopped');
       throw err;
     }
+    try {
+      await this.open();
+    } catch (err) {
+      // Half taken (Redis or NATS failed while loading): let go of what was set up, abandoning any re-sent
+      // outbox (the next owner re-sends it); the caller decides what next.
+      this.setState('stopped');
+      await this.release();
+      throw err;
+    }
+  }
+
+  private async open(): Promise<void> {
+    const { store, actor, js, nc, config } = this.deps;
     const loaded = await store.load();
     this.cursor = loaded.cursor;
     this.trimmedTo = 0;
