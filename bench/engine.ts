@@ -23,7 +23,13 @@ export interface LoadOptions {
   scenario: Scenario;
   stats: Stats;
   model: LoadModel;
+  /** Measured time, after the warm-up. */
   durationMs?: number | undefined;
+  /**
+   * Load that is sent but not measured first: requests sent before it ends still reach the scenario (the audit
+   * follows them), but not the statistics, and the timeline and the duration start after it.
+   */
+  warmupMs?: number | undefined;
   requests?: number | undefined;
   /** Per request: for the response headers, and between body chunks. */
   timeoutMs: number;
@@ -32,8 +38,9 @@ export interface LoadOptions {
 }
 
 export interface LoadResult {
-  /** Wall-clock start, ms since the epoch. */
+  /** Wall-clock start of the measurement (after the warm-up), ms since the epoch. */
   startedAt: number;
+  /** From the end of the warm-up until the last request in flight ended. */
   elapsedMs: number;
   issued: number;
   stoppedBy: StopReason;
@@ -102,9 +109,12 @@ class Load implements LoadRun {
   private readonly free: Exchange[] = [];
   private readonly exchanges: Exchange[] = [];
   private readonly t0 = performance.now();
-  private readonly startedAt = Date.now();
-  private windowStart = this.t0;
-  private readonly windowTimer: NodeJS.Timeout;
+  /** The end of the warm-up: what completes from requests sent before it is not recorded. */
+  private readonly measureFrom: number;
+  private startedAt = Date.now();
+  private windowStart: number;
+  private windowTimer: NodeJS.Timeout | undefined;
+  private warmupTimer: NodeJS.Timeout | undefined;
   private durationTimer: NodeJS.Timeout | undefined;
   private pumpTimer: NodeJS.Timeout | undefined;
   /** Open loop: requests due so far (sent or dropped). */
@@ -113,8 +123,16 @@ class Load implements LoadRun {
 
   constructor(private readonly o: LoadOptions) {
     this.done = new Promise((resolve) => (this.resolve = resolve));
-    this.windowTimer = setInterval(() => this.closeWindow(), WINDOW_MS);
-    if (o.durationMs !== undefined) this.durationTimer = setTimeout(() => this.stop('duration'), o.durationMs);
+    const warmupMs = o.warmupMs ?? 0;
+    this.measureFrom = this.windowStart = this.t0 + warmupMs;
+    const measure = () => {
+      this.startedAt = Date.now();
+      this.windowStart = performance.now();
+      this.windowTimer = setInterval(() => this.closeWindow(), WINDOW_MS);
+    };
+    if (warmupMs > 0) this.warmupTimer = setTimeout(measure, warmupMs);
+    else measure();
+    if (o.durationMs !== undefined) this.durationTimer = setTimeout(() => this.stop('duration'), warmupMs + o.durationMs);
     const m = o.model;
     if (m.kind === 'closed') {
       for (let w = 0; w < m.concurrency && !this.stopping; w++) {
@@ -146,6 +164,7 @@ class Load implements LoadRun {
     this.stoppedBy = reason;
     clearTimeout(this.durationTimer);
     clearTimeout(this.pumpTimer);
+    clearTimeout(this.warmupTimer);
     for (const ex of this.exchanges) {
       clearTimeout(ex.timer);
       ex.timer = undefined;
@@ -206,8 +225,10 @@ class Load implements LoadRun {
         code = typeof e === 'string' ? e : `http_${status}`;
       }
     }
-    const outcome = status >= 200 && status < 300 ? OK : status !== NO_RESPONSE && s.isExpected(op, status, code) ? EXPECTED : ERROR;
-    this.o.stats.record(op.kind, status, code, Math.round((now - ex.startMs) * 1000), outcome);
+    if (ex.startMs >= this.measureFrom) {
+      const outcome = status >= 200 && status < 300 ? OK : status !== NO_RESPONSE && s.isExpected(op, status, code) ? EXPECTED : ERROR;
+      this.o.stats.record(op.kind, status, code, Math.round((now - ex.startMs) * 1000), outcome);
+    }
     s.onResult(op, status, ex.keepBody && status >= 200 && status < 300 ? body : undefined);
     ex.op = undefined;
     ex.chunks.length = 0;
@@ -244,7 +265,7 @@ class Load implements LoadRun {
       const intendedMs = this.t0 + this.due * intervalMs;
       this.due++;
       if (this.inFlight >= m.maxOutstanding) {
-        this.o.stats.drop();
+        if (intendedMs >= this.measureFrom) this.o.stats.drop();
         continue;
       }
       const op = this.nextOp();
@@ -259,7 +280,7 @@ class Load implements LoadRun {
 
   private closeWindow(): void {
     const now = performance.now();
-    const point = this.o.stats.closeWindow((now - this.t0) / 1000, (now - this.windowStart) / 1000);
+    const point = this.o.stats.closeWindow((now - this.measureFrom) / 1000, (now - this.windowStart) / 1000);
     this.windowStart = now;
     this.o.onSecond?.(point);
   }
@@ -269,10 +290,11 @@ class Load implements LoadRun {
     this.finished = true;
     // Paced workers between requests hold timers, cleared by stop(); nothing else is outstanding.
     clearInterval(this.windowTimer);
+    clearTimeout(this.warmupTimer);
     const now = performance.now();
-    // The last, partial window (skipped when the previous one closed a moment ago).
-    if (now - this.windowStart >= 50) this.closeWindow();
-    this.resolve({ startedAt: this.startedAt, elapsedMs: now - this.t0, issued: this.issued, stoppedBy: this.stoppedBy });
+    // The last, partial window (skipped when the previous one closed a moment ago, or the warm-up never ended).
+    if (now - this.windowStart >= 50 && now > this.measureFrom) this.closeWindow();
+    this.resolve({ startedAt: this.startedAt, elapsedMs: Math.max(0, now - this.measureFrom), issued: this.issued, stoppedBy: this.stoppedBy });
   }
 }
 

@@ -63,6 +63,16 @@ export async function runSetup(d: Dispatcher, steps: readonly SetupStep[], log: 
   return timings;
 }
 
+/**
+ * Opens the pool's connections before the load (one request per connection, all at once), so the first second
+ * of the run measures the system rather than TCP handshakes. Any answer will do: it asks for an id that does not exist.
+ */
+export async function warmConnections(d: Dispatcher, connections: number, timeoutMs: number): Promise<number> {
+  const t = performance.now();
+  await mapLimit(connections, connections, () => call(d, 'GET', '/stock/find/bench-warm-up', timeoutMs).catch(() => undefined));
+  return Math.round(performance.now() - t);
+}
+
 /** fn(0..count-1) with at most `concurrency` calls in flight; results by index. */
 export async function mapLimit<T>(count: number, concurrency: number, fn: (i: number) => Promise<T>): Promise<T[]> {
   const results = new Array<T>(count);

@@ -26,6 +26,8 @@ export interface BenchOptions {
   connections: number;
   /** Stop issuing requests after this long; undefined: a finite scenario runs until it is exhausted. */
   durationMs: number | undefined;
+  /** Load sent before the measurement starts (not in the statistics; the duration counts after it). */
+  warmupMs: number;
   /** Stop after issuing this many requests. */
   requests: number | undefined;
   /** Open loop at this many requests per second; undefined: closed loop. */
@@ -108,6 +110,10 @@ export function parseDuration(raw: string): number {
   return ms;
 }
 
+function parseDurationOrZero(raw: string): number {
+  return /^0+(ms|s|m|h)?$/.test(raw.trim()) ? 0 : parseDuration(raw);
+}
+
 /** "2000", "2000/s", "2k", "2k/s" -> requests per second. */
 export function parseRate(raw: string): number {
   const m = /^(\d+(?:\.\d+)?)(k)?(?:\/s)?$/.exec(raw.trim());
@@ -138,6 +144,7 @@ export function createProgram(): Command {
     .option('--start', 'start the local stack (nats, redis, workers, gateway) on free ports with a fresh data directory; stop it in order after the run', false)
     .addOption(new Option('-c, --connections <n>', 'closed loop: requests in flight at once; in every model the connections of the pool').default(DEFAULT_CONNECTIONS).argParser(count(1, 100_000)))
     .addOption(new Option('-d, --duration <time>', 'stop after this long: 30, 30s, 500ms, 2m (default: reads, mixed 30s; wdm-stress 60s; checkout-fresh, contention: until every order is checked out)').argParser(parseDuration))
+    .addOption(new Option('-w, --warmup <time>', 'send load this long before measuring (JIT, caches, connections); not in the figures, the audit still counts it').default(0, '0').argParser(parseDurationOrZero))
     .addOption(new Option('-n, --requests <n>', 'stop after issuing this many requests').argParser(count(1)))
     .addOption(new Option('-r, --rate <r/s>', 'open loop at this rate (2000, 2000/s, 2k/s); latency counts from the intended send time').argParser(parseRate))
     .addOption(new Option('--max-outstanding <n>', 'open loop: most requests in flight; a request due past it is dropped and counted').default(DEFAULT_MAX_OUTSTANDING).argParser(count(1)))
@@ -177,6 +184,7 @@ interface Raw {
   start: boolean;
   connections: number;
   duration?: number;
+  warmup: number;
   requests?: number;
   rate?: number;
   maxOutstanding: number;
@@ -230,6 +238,7 @@ export function parseOptions(argv: readonly string[], randomSeed: () => number =
     start: raw.start,
     connections: raw.connections,
     durationMs: raw.duration ?? defaults.durationMs,
+    warmupMs: raw.warmup,
     requests: raw.requests,
     rate: raw.rate,
     maxOutstanding: raw.maxOutstanding,

@@ -68,7 +68,8 @@ export async function writeReport(dir: string, report: Report): Promise<void> {
 export function renderTimelineChart(report: Report): string {
   const tl = report.load.timeline;
   return renderChart({
-    title: `${report.scenario}: throughput and p99 latency (${report.model})`,
+    title: `${report.scenario}: throughput and p99 latency`,
+    subtitle: `${report.model}; ${report.startedAt}`,
     xLabel: 'seconds since the load started',
     series: [
       { name: 'completed', unit: 'req/s', color: '#1f77b4', axis: 'left', points: tl.map((p) => [p.t, p.rps] as const) },
@@ -93,7 +94,8 @@ export function renderMarkdown(r: Report): string {
   lines.push(`- Command: \`${r.command}\``);
   lines.push(`- Machine: ${m.cores} cores, ${m.cpuModel}, ${m.memoryGiB} GiB memory, Node ${m.node}, ${m.kernel}`);
   lines.push(`- Target: ${r.target.url}${r.target.startedByBench ? ' (a local stack started by the bench, fresh data directory)' : ' (a running system)'}`);
-  lines.push(`- Load: ${r.model}; ran ${num(l.elapsedS)} s, stopped: ${l.stoppedBy}; seed ${r.options.seed}`);
+  const warmup = r.options.warmupMs ? ` after a ${num(r.options.warmupMs / 1000)} s warm-up (not measured)` : '';
+  lines.push(`- Load: ${r.model}; measured ${num(l.elapsedS)} s${warmup}, stopped: ${l.stoppedBy}; seed ${r.options.seed}`);
   lines.push('');
   if (r.setup.length > 0) {
     lines.push('## Setup', '', table(['batch_init', 'ms'], r.setup.map((s) => [s.what, s.ms])), '');

@@ -9,7 +9,7 @@ import { mkdir } from 'node:fs/promises';
 import { join, relative, resolve } from 'node:path';
 import { auditConservation, verdict } from './audit.js';
 import { startLoad, type LoadModel, type LoadRun } from './engine.js';
-import { createPool, readAuditInput, runSetup } from './http.js';
+import { createPool, readAuditInput, runSetup, warmConnections } from './http.js';
 import { HelpShown, parseOptions, UsageError, type BenchOptions } from './options.js';
 import { createProgress, type Progress } from './progress.js';
 import { machine, reportDirName, writeReport, type Report } from './report.js';
@@ -59,7 +59,7 @@ function progressMode(o: BenchOptions): 'bar' | 'lines' | 'off' {
 function progressScale(o: BenchOptions, scenario: Scenario): { total: number; unit: string; value: (run: LoadRun, elapsedMs: number) => number } {
   const count = Math.min(scenario.total ?? Infinity, o.requests ?? Infinity);
   if (Number.isFinite(count)) return { total: count, unit: 'requests', value: (run) => run.issued - run.inFlight };
-  const seconds = Math.round((o.durationMs ?? 0) / 1000);
+  const seconds = Math.round(((o.durationMs ?? 0) + o.warmupMs) / 1000);
   return { total: seconds, unit: 's', value: (_run, elapsedMs) => Math.min(seconds, Math.floor(elapsedMs / 1000)) };
 }
 
@@ -116,10 +116,11 @@ async function main(argv: string[]): Promise<number> {
   const pool = createPool(url, poolConnections, o.timeoutMs);
   try {
     const setup = await runSetup(pool, scenario.setup, note);
+    note(`setup: ${poolConnections} connections opened in ${await warmConnections(pool, poolConnections, o.timeoutMs)} ms`);
     const stats = new Stats(scenario.kinds);
     const scale = progressScale(o, scenario);
     let lastFigures = { rps: 0, p99Ms: 0, errors: 0 };
-    note(`load: ${o.scenario}, ${modelText}${o.durationMs !== undefined ? `, for ${o.durationMs / 1000} s` : ''}${o.requests !== undefined ? `, at most ${o.requests} requests` : ''}`);
+    note(`load: ${o.scenario}, ${modelText}${o.warmupMs ? `, ${o.warmupMs / 1000} s warm-up` : ''}${o.durationMs !== undefined ? `, for ${o.durationMs / 1000} s` : ''}${o.requests !== undefined ? `, at most ${o.requests} requests` : ''}`);
     const t0 = performance.now();
     run = startLoad({
       dispatcher: pool,
@@ -127,6 +128,7 @@ async function main(argv: string[]): Promise<number> {
       stats,
       model,
       durationMs: o.durationMs,
+      warmupMs: o.warmupMs,
       requests: o.requests,
       timeoutMs: o.timeoutMs,
       onSecond: (p) => (lastFigures = { rps: p.rps, p99Ms: p.p99Ms, errors: stats.errors }),

@@ -166,6 +166,7 @@ function balanced(svg: string): boolean {
 t.test('svg: a chart with both axes, its series and legend', async (t) => {
   const svg = renderChart({
     title: 'reads <fast> & "cheap"',
+    subtitle: 'closed loop, 256 connections',
     xLabel: 'seconds',
     series: [
       { name: 'completed', unit: 'req/s', color: '#1f77b4', axis: 'left', points: [[1, 1000], [2, 31_000], [3, 30_500]] },
@@ -182,12 +183,13 @@ t.test('svg: a chart with both axes, its series and legend', async (t) => {
   t.match(svg, />p99 latency \(ms, right axis\)</);
   t.match(svg, />40k</, 'left axis reaches a round value above 31,000');
   t.match(svg, /reads &lt;fast&gt; &amp; &quot;cheap&quot;/, 'text is escaped');
+  t.match(svg, />closed loop, 256 connections</, 'the subtitle');
   t.notMatch(svg, /NaN|undefined|Infinity/);
   // Every point lies inside the plot area.
   for (const m of svg.matchAll(/points="([^"]+)"/g)) {
     for (const pair of m[1]!.split(' ')) {
       const [x, y] = pair.split(',').map(Number) as [number, number];
-      t.ok(x >= 76 && x <= 824 && y >= 48 && y <= 368, `point ${pair} inside the plot`);
+      t.ok(x >= 76 && x <= 824 && y >= 68 && y <= 368, `point ${pair} inside the plot`);
     }
   }
 });
@@ -382,4 +384,17 @@ t.test('load: paced virtual users send once per pace each', async (t) => {
   const result = await startLoad({ dispatcher: fake.dispatcher, scenario, stats, model: { kind: 'closed', concurrency: 10, paceMs: 100 }, durationMs: 520, timeoutMs: 1000 }).done;
   t.equal(result.stoppedBy, 'duration');
   t.ok(stats.completed >= 45 && stats.completed <= 65, `${stats.completed} requests from 10 users at 10/s each for 0.52 s`);
+});
+
+t.test('load: the warm-up is sent but not measured, and the duration counts after it', async (t) => {
+  const scenario = createScenario(options(['checkout-fresh', '--orders', '100000']));
+  const stats = new Stats(scenario.kinds);
+  const fake = fakeDispatcher(() => [200, '{}'], 10);
+  const result = await startLoad({ dispatcher: fake.dispatcher, scenario, stats, model: { kind: 'closed', concurrency: 4, paceMs: 0 }, warmupMs: 300, durationMs: 300, timeoutMs: 1000 }).done;
+  t.ok(result.elapsedMs >= 300 && result.elapsedMs < 600, `measured ${result.elapsedMs} ms after the warm-up`);
+  t.ok(fake.paths.length >= 2 * stats.completed - 20, `${fake.paths.length} sent, ${stats.completed} measured: about half was warm-up`);
+  t.ok(stats.completed > 50, 'the measured part is recorded');
+  const answered = [...scenario.audit!.outcomes.flags].filter((f) => f & ANSWERED_2XX).length;
+  t.equal(answered, fake.paths.length, 'the audit follows warm-up checkouts too');
+  t.ok(stats.timeline.length >= 1 && stats.timeline[0]!.t <= 1.05, 'the timeline starts after the warm-up');
 });
