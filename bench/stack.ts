@@ -30,7 +30,18 @@ export async function startStack(logFile: string, note: (line: string) => void):
   const dataDir = await mkdtemp(join(tmpdir(), 'shop-bench-'));
   reapDirOnExit(dataDir);
   const [natsPort, redisPort, httpPort] = [await freePort(), await freePort(), await freePort()];
-  const config = loadConfig(process.env, { dataDir, natsPort, redisPort, httpPort, httpHost: '127.0.0.1' });
+  // Through the environment rather than loadConfig's overrides: settings a version of the stack does not know
+  // (SHOP_ADMIN_PORT) are ignored there, not refused. Admin port 0: every process its own free port, so a stack
+  // started by `npm start` can keep running next to this one.
+  const config = loadConfig({
+    ...process.env,
+    SHOP_DATA_DIR: dataDir,
+    SHOP_NATS_PORT: String(natsPort),
+    SHOP_REDIS_PORT: String(redisPort),
+    SHOP_HTTP_PORT: String(httpPort),
+    SHOP_HTTP_HOST: '127.0.0.1',
+    SHOP_ADMIN_PORT: '0',
+  });
   const logStream = createWriteStream(logFile, { flags: 'a' });
   const log = createLog('supervisor', config.logLevel, (line) => logStream.write(line));
   const supervisor = createSupervisor(config, log, { output: (name, line) => logStream.write(`${name}| ${line}\n`) });

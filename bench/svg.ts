@@ -17,13 +17,15 @@ export interface Series {
 
 export interface ChartSpec {
   title: string;
+  /** A smaller second line under the title. */
+  subtitle?: string;
   xLabel: string;
   series: readonly Series[];
   width?: number;
   height?: number;
 }
 
-const MARGIN = { top: 48, right: 76, bottom: 52, left: 76 };
+const MARGIN = { top: 68, right: 76, bottom: 52, left: 76 };
 const TICKS = 5;
 const FONT = 'font-family="system-ui, -apple-system, Segoe UI, Helvetica, Arial, sans-serif"';
 
@@ -80,6 +82,7 @@ export function renderChart(spec: ChartSpec): string {
   out.push(`<svg xmlns="http://www.w3.org/2000/svg" width="${width}" height="${height}" viewBox="0 0 ${width} ${height}">`);
   out.push(`<rect x="0" y="0" width="${width}" height="${height}" fill="#ffffff"/>`);
   out.push(`<text x="${width / 2}" y="20" text-anchor="middle" font-size="15" font-weight="600" ${FONT}>${escapeXml(spec.title)}</text>`);
+  if (spec.subtitle) out.push(`<text x="${width / 2}" y="37" text-anchor="middle" font-size="11" fill="#555" ${FONT}>${escapeXml(spec.subtitle)}</text>`);
 
   // Grid and ticks of the left axis (or the right one when the left has no series), x ticks.
   const gridAxis = axes[0]!.series.length > 0 ? axes[0]! : axes[1]!;
@@ -125,8 +128,8 @@ export function renderChart(spec: ChartSpec): string {
   let lx = x0;
   for (const s of spec.series) {
     const label = `${s.name} (${s.unit}, ${s.axis} axis)`;
-    out.push(`<line x1="${lx}" y1="34" x2="${lx + 18}" y2="34" stroke="${s.color}" stroke-width="3"${s.dashed ? ' stroke-dasharray="5 3"' : ''}/>`);
-    out.push(`<text x="${lx + 24}" y="38" font-size="12" ${FONT}>${escapeXml(label)}</text>`);
+    out.push(`<line x1="${lx}" y1="53" x2="${lx + 18}" y2="53" stroke="${s.color}" stroke-width="3"${s.dashed ? ' stroke-dasharray="5 3"' : ''}/>`);
+    out.push(`<text x="${lx + 24}" y="57" font-size="12" ${FONT}>${escapeXml(label)}</text>`);
     lx += 24 + label.length * 6.5 + 20;
   }
   out.push('</svg>');
