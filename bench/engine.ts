@@ -56,6 +56,8 @@ export interface LoadRun {
 
 /** The timeline's window length. */
 const WINDOW_MS = 1000;
+/** A closed-loop worker whose request got no response waits this long, so a dead target is not a busy loop. */
+const NO_RESPONSE_PAUSE_MS = 10;
 
 /** One request slot: the undici handler (its legacy callback interface, which undici 7 runs on natively). */
 class Exchange implements Dispatcher.DispatchHandler {
@@ -199,6 +201,14 @@ class Load implements LoadRun {
     this.o.dispatcher.dispatch(ex.opts, ex);
   }
 
+  /** An unpaced worker's timer after a request without response: send the next one now. */
+  private readonly resume = (ex: Exchange): void => {
+    ex.timer = undefined;
+    const op = this.nextOp();
+    if (op) this.send(ex, op, performance.now());
+    else this.finishIfIdle();
+  };
+
   /** A paced worker's timer: send the next request, with latency counted from when it was due. */
   private readonly fire = (ex: Exchange): void => {
     ex.timer = undefined;
@@ -232,14 +242,18 @@ class Load implements LoadRun {
     s.onResult(op, status, ex.keepBody && status >= 200 && status < 300 ? body : undefined);
     ex.op = undefined;
     ex.chunks.length = 0;
-    this.after(ex, now);
+    this.after(ex, now, status === NO_RESPONSE);
   }
 
-  private after(ex: Exchange, now: number): void {
+  private after(ex: Exchange, now: number, failed: boolean): void {
     const m = this.o.model;
     if (m.kind === 'open' || this.stopping) {
       this.free.push(ex);
       this.finishIfIdle();
+      return;
+    }
+    if (m.paceMs === 0 && failed) {
+      ex.timer = setTimeout(this.resume, NO_RESPONSE_PAUSE_MS, ex);
       return;
     }
     if (m.paceMs === 0) {

@@ -12,8 +12,8 @@ export interface ProgressFigures {
 }
 
 export interface Progress {
-  /** `unit`: what value and total count ("requests", "s", "reads"). */
-  start(label: string, total: number, unit: string): void;
+  /** `unit`: what value and total count ("requests", "s", "reads"). `withFigures`: show req/s, p99 and errors. */
+  start(label: string, total: number, unit: string, withFigures?: boolean): void;
   update(value: number, figures?: ProgressFigures): void;
   stop(): void;
 }
@@ -28,12 +28,13 @@ export function createProgress(mode: 'bar' | 'lines' | 'off', stream: NodeJS.Wri
   if (mode === 'bar') {
     let bar: cliProgress.SingleBar | undefined;
     return {
-      start(label, total, unit) {
+      start(label, total, unit, withFigures = true) {
+        const figureFormat = withFigures ? ' | {rps} req/s | p99 {p99} ms | errors {errors}' : '';
         bar = new cliProgress.SingleBar(
           {
             stream,
             fps: BAR_FPS,
-            format: `${label} {bar} {percentage}% {value}/{total} ${unit} | {rps} req/s | p99 {p99} ms | errors {errors} | {duration_formatted}`,
+            format: `${label} {bar} {percentage}% {value}/{total} ${unit}${figureFormat} | {duration_formatted}`,
             hideCursor: true,
             barsize: 30,
           },
@@ -56,10 +57,12 @@ export function createProgress(mode: 'bar' | 'lines' | 'off', stream: NodeJS.Wri
   let unit = '';
   let lastLineAt = 0;
   let value = 0;
-  const line = () => stream.write(`${label}: ${Math.round(value)}/${total} ${unit} | ${Math.round(figures.rps)} req/s | p99 ${figures.p99Ms} ms | errors ${figures.errors}\n`);
+  let showFigures = true;
+  const line = () =>
+    stream.write(`${label}: ${Math.round(value)}/${total} ${unit}${showFigures ? ` | ${Math.round(figures.rps)} req/s | p99 ${figures.p99Ms} ms | errors ${figures.errors}` : ''}\n`);
   return {
-    start(l, t, u) {
-      [label, total, unit, value, lastLineAt] = [l, t, u, 0, Date.now()];
+    start(l, t, u, withFigures = true) {
+      [label, total, unit, value, lastLineAt, showFigures] = [l, t, u, 0, Date.now(), withFigures];
     },
     update(v, f) {
       value = v;

@@ -173,7 +173,7 @@ async function main(argv: string[]): Promise<number> {
       note(`audit: reading back ${plan.orders} orders, ${plan.items} items, ${plan.users} users, ${o.auditConcurrency} at a time`);
       const t = performance.now();
       let done = 0;
-      progress.start('audit', reads, 'reads');
+      progress.start('audit', reads, 'reads', false);
       const ticker = setInterval(() => progress.update(done), PROGRESS_UPDATE_MS);
       const input = await readAuditInput(pool, plan, o.auditConcurrency, o.timeoutMs, () => done++);
       clearInterval(ticker);

@@ -398,3 +398,13 @@ t.test('load: the warm-up is sent but not measured, and the duration counts afte
   t.equal(answered, fake.paths.length, 'the audit follows warm-up checkouts too');
   t.ok(stats.timeline.length >= 1 && stats.timeline[0]!.t <= 1.05, 'the timeline starts after the warm-up');
 });
+
+t.test('load: a target that never answers does not become a busy loop', async (t) => {
+  const scenario = createScenario(options(['reads', '--orders', '100']));
+  const stats = new Stats(scenario.kinds);
+  const refused = Object.assign(new Error('connect ECONNREFUSED'), { code: 'ECONNREFUSED' });
+  const fake = fakeDispatcher(() => refused, 0);
+  await startLoad({ dispatcher: fake.dispatcher, scenario, stats, model: { kind: 'closed', concurrency: 2, paceMs: 0 }, durationMs: 200, timeoutMs: 1000 }).done;
+  t.ok(stats.errors > 5 && stats.errors <= 50, `${stats.errors} attempts by 2 workers in 200 ms`);
+  t.same(stats.summary().byCode, { ECONNREFUSED: stats.errors });
+});
