@@ -12,8 +12,28 @@ export interface Config {
   partitions: number;
   workerProcesses: number;
   gatewayProcesses: number;
-  /** Which worker this process is (static placement: partition p belongs to worker p % workerProcesses). */
+  /** Which worker this process is (static placement: partition p belongs to worker p % workerProcesses; dynamic: part of its name and admin port). */
   workerIndex: number;
+  /** Which gateway this process is (its admin port). */
+  gatewayIndex: number;
+  /**
+   * 'dynamic': workers register in NATS KV, a leader-elected controller places partitions and moves them when a
+   * worker dies, joins or drains (src/runtime/controller.ts). 'static': partition p belongs to worker p % workerProcesses.
+   */
+  placement: 'dynamic' | 'static';
+  /** Dynamic placement: how often a worker renews its registration (and the leader its leadership). */
+  heartbeatIntervalMs: number;
+  /**
+   * Dynamic placement: a worker (or leader) not heard from for this long is dead and its partitions move. A worker
+   * whose own heartbeats have failed for this long less one heartbeat interval stops serving by itself and exits.
+   */
+  workerLeaseMs: number;
+  /** Loopback address of every process's admin HTTP (/healthz, /readyz, /metrics). */
+  adminHost: string;
+  /** First admin HTTP port: worker i listens on adminPort + i, gateway j on adminPort + workerProcesses + j. 0: a free port each. */
+  adminPort: number;
+  /** When set, admin requests (shopctl move/drain/rebalance) must carry it; when empty they are answered only over a loopback NATS URL. */
+  adminToken: string;
   /** Actor kinds this deployment runs (and this worker hosts). */
   kinds: readonly Kind[];
   /** Prepended to stream names and subjects, so tests and deployments can share one NATS server. */
@@ -132,6 +152,13 @@ const checks: Record<keyof Config, Check> = {
   workerProcesses: int(1, 256),
   gatewayProcesses: int(1, 256),
   workerIndex: int(0, 255),
+  gatewayIndex: int(0, 255),
+  placement: oneOf('dynamic', 'static'),
+  heartbeatIntervalMs: int(20, 60_000),
+  workerLeaseMs: int(100, 600_000),
+  adminHost: str(/.+/),
+  adminPort: int(0, 65535),
+  adminToken: str(),
   kinds,
   streamPrefix: str(name),
   redisPrefix: str(/^[^{}\s]*$/),
@@ -186,5 +213,21 @@ export function loadConfig(env: NodeJS.ProcessEnv = process.env, overrides: Part
   if (c.workerIndex >= c.workerProcesses) {
     throw new ConfigError(`setting workerIndex (${envName('workerIndex')}) must be below workerProcesses (${c.workerProcesses}), got ${c.workerIndex}`);
   }
+  if (c.gatewayIndex >= c.gatewayProcesses) {
+    throw new ConfigError(`setting gatewayIndex (${envName('gatewayIndex')}) must be below gatewayProcesses (${c.gatewayProcesses}), got ${c.gatewayIndex}`);
+  }
+  if (c.workerLeaseMs < 3 * c.heartbeatIntervalMs) {
+    throw new ConfigError(
+      `setting workerLeaseMs (${envName('workerLeaseMs')}) must be at least 3 heartbeat intervals (heartbeatIntervalMs ${c.heartbeatIntervalMs}), got ${c.workerLeaseMs}`,
+    );
+  }
   return Object.freeze(c);
+}
+
+/** The admin HTTP port of this process: `adminPort` + its slot (workers first, then gateways), or 0 (any free port). */
+export function adminPortOf(config: Config, role: 'worker' | 'gateway'): number {
+  if (config.adminPort === 0) return 0;
+  const port = config.adminPort + (role === 'worker' ? config.workerIndex : config.workerProcesses + config.gatewayIndex);
+  if (port > 65535) throw new ConfigError(`setting adminPort (${envName('adminPort')}) ${config.adminPort} leaves no port for ${role} ${role === 'worker' ? config.workerIndex : config.gatewayIndex}; choose a lower one`);
+  return port;
 }

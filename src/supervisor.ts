@@ -87,7 +87,7 @@ export function serverUrls(config: Config): { natsUrl: string; redisUrl: string 
 function configEnv(config: Config): Record<string, string> {
   const env: Record<string, string> = {};
   for (const [key, value] of Object.entries(config)) {
-    if (key === 'workerIndex') continue; // set per worker
+    if (key === 'workerIndex' || key === 'gatewayIndex') continue; // set per worker and per gateway
     env[envName(key)] = Array.isArray(value) ? value.join(',') : String(value);
   }
   return env;
@@ -131,7 +131,7 @@ export function plan(config: Config): ChildSpec[] {
     children.push({ name: `worker-${i}`, role: 'worker', command: process.execPath, args: [MAIN_JS, 'worker'], env: { ...env, SHOP_WORKER_INDEX: String(i) } });
   }
   for (let i = 0; i < config.gatewayProcesses; i++) {
-    children.push({ name: `gateway-${i}`, role: 'gateway', command: process.execPath, args: [MAIN_JS, 'gateway'], env });
+    children.push({ name: `gateway-${i}`, role: 'gateway', command: process.execPath, args: [MAIN_JS, 'gateway'], env: { ...env, SHOP_GATEWAY_INDEX: String(i) } });
   }
   return children;
 }
