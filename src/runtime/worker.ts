@@ -1,19 +1,65 @@
 import type { Redis } from 'ioredis';
-import type { NatsConnection } from 'nats';
+import type { KvEntry, NatsConnection } from 'nats';
+import { randomBytes } from 'node:crypto';
+import { hostname } from 'node:os';
 import { actorOf } from '../actors/index.js';
+import { createWorkerMetrics, type PartitionSample } from '../admin/metrics.js';
+import type { Registry } from 'prom-client';
 import type { Config, Kind } from '../config.js';
 import type { Log } from '../log.js';
-import { randomBytes } from 'node:crypto';
 import { names } from '../protocol.js';
+import { startController, type Controller } from './controller.js';
+import { MembershipView, openBuckets, watchKv, type Buckets, type Watch } from './membership.js';
+import type { RunnerMetrics } from './metrics.js';
 import { Mux } from './mux.js';
 import { PartitionRunner } from './partition.js';
-import { createPartitionStore } from './store.js';
+import { fromBytes, placementKey, toBytes, type Assignment, type Heartbeat } from './placement.js';
+import { createPartitionStore, StaleEpochError, type PartitionStore } from './store.js';
 import { ensureStreams } from './streams.js';
 
+/** Why a dynamic worker stopped on its own: shopctl drained it, or it lost its lease (its heartbeats failed too long). */
+export type WorkerEnd = 'drained' | 'lease-lost';
+
 export interface Worker {
+  /** Its name in the placement (dynamic) or `worker-<index>` (static). */
+  readonly id: string;
+  /** The runners it has now. */
   readonly runners: readonly PartitionRunner[];
+  /** The runner of one partition here, if any. */
+  runner(kind: Kind, partition: number): PartitionRunner | undefined;
+  /** Prometheus metrics of this worker. */
+  readonly registry: Registry;
+  /** Resolves when a dynamic worker must exit by itself; never for a static one. Call close() then. */
+  readonly ended: Promise<WorkerEnd>;
+  /** Runs every partition its placement gives it (and, dynamic, still holds its lease). */
+  ready(): { ok: boolean; detail?: string };
+  /** Dynamic: hands its partitions to other workers first (bounded by shutdownGraceMs), then stops; static: stops. */
   close(): Promise<void>;
 }
+
+export interface WorkerOptions {
+  nc: NatsConnection;
+  redis: Redis;
+  config: Config;
+  log: Log;
+  /** Static placement with exactly these partitions (tests). Without it, config.placement decides. */
+  partitions?: { kind: Kind; partition: number }[];
+  /** Also told of every committed batch and decided saga (tests). */
+  metrics?: RunnerMetrics;
+  /** Dynamic: rendezvous seed of this worker's controller candidate (tests). */
+  controllerSeed?: string;
+  /** Dynamic: run no controller candidate in this worker (tests that run controllers of their own). */
+  controller?: boolean;
+  /** The port of this process's admin HTTP, announced in the heartbeat (shopctl and tests find /metrics by it). */
+  adminPort?: number;
+}
+
+/** Part of shutdownGraceMs a closing worker may spend waiting for its partitions to move, the rest is for stopping. */
+const DRAIN_SHARE_OF_GRACE = 0.5;
+/** Part of shutdownGraceMs for stopping the runners after that. */
+const STOP_SHARE_OF_GRACE = 0.25;
+/** How often a closing worker looks whether its partitions have moved. */
+const DRAIN_POLL_MS = 20;
 
 /** Static placement: partition p of every kind belongs to worker p % workerProcesses. */
 export function ownedPartitions(config: Config): { kind: Kind; partition: number }[] {
@@ -26,46 +72,368 @@ export function ownedPartitions(config: Config): { kind: Kind; partition: number
   return owned;
 }
 
-/** A shard worker: hosts the partitions its placement gives it, each run by its own single-writer loop. */
-export async function startWorker({
-  nc,
-  redis,
-  config,
-  log,
-  partitions = ownedPartitions(config),
-}: {
+/** What a worker needs to build runners. */
+interface Kit {
   nc: NatsConnection;
-  redis: Redis;
   config: Config;
   log: Log;
-  partitions?: { kind: Kind; partition: number }[];
-}): Promise<Worker> {
+  redis: Redis;
+  mux: Mux;
+  js: ReturnType<NatsConnection['jetstream']>;
+  jsm: Awaited<ReturnType<NatsConnection['jetstreamManager']>>;
+  metrics: RunnerMetrics;
+}
+
+function newRunner(kit: Kit, kind: Kind, partition: number, store: PartitionStore, onFenced: (r: PartitionRunner) => void): PartitionRunner {
+  const { nc, js, jsm, mux, config, log, metrics } = kit;
+  return new PartitionRunner({ nc, js, jsm, mux, config, log, actor: actorOf(kind), partition, store, metrics, onFenced });
+}
+
+const sampleOf = (runners: Iterable<PartitionRunner>): PartitionSample[] =>
+  [...runners].filter((r) => r.state === 'running').map((r) => ({ kind: r.kind, partition: r.partition, epoch: r.epoch, lag: r.lag() }));
+
+/**
+ * A shard worker: hosts the partitions its placement gives it, each run by its own single-writer loop.
+ * Static placement (config.placement 'static', or an explicit `partitions` list): a fixed set, taken at start.
+ * Dynamic: see startDynamicWorker.
+ */
+export async function startWorker(opts: WorkerOptions): Promise<Worker> {
+  const { nc, redis, config, log } = opts;
   const jsm = await nc.jetstreamManager();
   await ensureStreams(jsm, config);
   const js = nc.jetstream();
   const mux = new Mux(nc, names(config.streamPrefix).inbox(`w${randomBytes(6).toString('hex')}`));
-  const runners = partitions.map(({ kind, partition }) => {
-    const actor = actorOf(kind);
-    return new PartitionRunner({
-      nc,
-      js,
-      jsm,
-      mux,
-      config,
-      log,
-      actor,
-      partition,
-      store: createPartitionStore(redis, config.redisPrefix, kind, partition, actor.tables),
-      onFenced: (r) => log.warn('partition lost to a newer owner', { kind: r.kind, partition: r.partition }),
-    });
-  });
+  let current: () => Iterable<PartitionRunner> = () => [];
+  const metrics = createWorkerMetrics(() => sampleOf(current()), opts.metrics);
+  const kit: Kit = { nc, config, log, redis, mux, js, jsm, metrics };
+  if (opts.partitions || config.placement === 'static') {
+    const worker = await startStaticWorker(kit, opts.partitions ?? ownedPartitions(config), metrics.registry);
+    current = () => worker.runners;
+    return worker;
+  }
+  const worker = await startDynamicWorker(kit, opts, metrics.registry);
+  current = () => worker.runners;
+  return worker;
+}
+
+async function startStaticWorker(kit: Kit, partitions: { kind: Kind; partition: number }[], registry: Registry): Promise<Worker> {
+  const { config, log, redis, mux } = kit;
+  const runners = partitions.map(({ kind, partition }) =>
+    newRunner(kit, kind, partition, createPartitionStore(redis, config.redisPrefix, kind, partition, actorOf(kind).tables), (r) =>
+      log.warn('partition lost to a newer owner', { kind: r.kind, partition: r.partition }),
+    ),
+  );
   await Promise.all(runners.map((r) => r.start()));
   log.info('serving', { partitions: runners.map((r) => `${r.kind}-${r.partition}`).join(' ') });
   return {
+    id: `worker-${config.workerIndex}`,
     runners,
+    runner: (kind, partition) => runners.find((r) => r.kind === kind && r.partition === partition),
+    registry,
+    ended: new Promise<WorkerEnd>(() => {}),
+    ready() {
+      const down = runners.filter((r) => r.state !== 'running');
+      return down.length === 0 ? { ok: true } : { ok: false, detail: `not running: ${down.map((r) => `${r.kind}.${r.partition}`).join(' ')}` };
+    },
     async close() {
       await Promise.all(runners.map((r) => r.stop()));
       mux.close(new Error('worker closed'));
     },
   };
+}
+
+/** One partition of a dynamic worker: what the placement says about it, and the runner this process has for it. */
+interface Slot {
+  kind: Kind;
+  partition: number;
+  key: string;
+  store: PartitionStore;
+  assigned?: Assignment;
+  /** Local time the current assignment was first seen (bounds the wait for the previous owner to let go). */
+  assignedAt: number;
+  /** A runner not stopped by this worker: running, or in its own restart after a transport failure. */
+  runner?: PartitionRunner;
+  busy: boolean;
+  again: boolean;
+  /** After a failed start, not again before this time. */
+  retryAt: number;
+}
+
+/**
+ * Dynamic placement. The worker registers under a fresh id in the workers bucket and heartbeats every
+ * heartbeatIntervalMs, listing the partitions it runs. It watches the placement bucket and runs exactly the
+ * partitions assigned to it: a gained partition is acquired at the placement's epoch (which fences any older
+ * owner in Redis) once the previous owner has let go (its heartbeat no longer lists it) or a lease has passed;
+ * a lost one is stopped (stop reading, finish the batch in hand, let go) and the next heartbeat says so at once.
+ *
+ * If its own heartbeats fail for workerLeaseMs less one interval, the controller may already have given its
+ * partitions away: it stops every runner and `ended` resolves with 'lease-lost' (main.js exits; the supervisor
+ * starts a fresh worker under a new id). On `drain` (shopctl) it gives everything away and `ended` resolves with
+ * 'drained'. Every worker also runs a controller candidate (src/runtime/controller.ts).
+ */
+async function startDynamicWorker(kit: Kit, opts: WorkerOptions, registry: Registry): Promise<Worker> {
+  const { nc, config, redis, mux } = kit;
+  const id = `worker-${config.workerIndex}-${randomBytes(3).toString('hex')}`;
+  const log = kit.log.child(id);
+  const lease = config.workerLeaseMs;
+  const interval = config.heartbeatIntervalMs;
+  const buckets: Buckets = await openBuckets(kit.js, config);
+  const slots = new Map<string, Slot>();
+  for (const kind of config.kinds) {
+    for (let p = 0; p < config.partitions; p++) {
+      const key = placementKey(kind, p);
+      slots.set(key, { kind, partition: p, key, store: createPartitionStore(redis, config.redisPrefix, kind, p, actorOf(kind).tables), assignedAt: 0, busy: false, again: false, retryAt: 0 });
+    }
+  }
+  const stale = new Map<string, number>();
+  let draining = false;
+  /** Lease lost or closed: run nothing any more. */
+  let leaving = false;
+  let closed = false;
+  let lastAckAt = Date.now();
+  const adminPort = opts.adminPort ?? 0;
+  let endWith!: (end: WorkerEnd) => void;
+  const ended = new Promise<WorkerEnd>((r) => (endWith = r));
+  let endedWith: WorkerEnd | undefined;
+  let closing: Promise<void> | undefined;
+
+  const running = () => [...slots.values()].flatMap((s) => (s.runner ? [s.runner] : []));
+
+  // ---- heartbeats -----------------------------------------------------------------------------------
+
+  const heartbeat = (): Heartbeat => ({
+    id,
+    pid: process.pid,
+    host: hostname(),
+    kinds: [...config.kinds],
+    adminPort,
+    draining,
+    held: running()
+      .filter((r) => r.state !== 'fenced')
+      .map((r) => ({ k: r.kind, p: r.partition, e: r.epoch, lag: r.lag() })),
+    stale: Object.fromEntries(stale),
+  });
+
+  let putting = false;
+  let putAgain = false;
+  async function beat(): Promise<void> {
+    if (putting) {
+      putAgain = true;
+      return;
+    }
+    putting = true;
+    try {
+      do {
+        putAgain = false;
+        if (leaving) return;
+        const sentAt = Date.now();
+        try {
+          await buckets.workers.put(id, toBytes(heartbeat()));
+          lastAckAt = sentAt;
+        } catch (err) {
+          log.warn('heartbeat failed', { err, sinceLastMs: Date.now() - lastAckAt });
+        }
+      } while (putAgain);
+    } finally {
+      putting = false;
+    }
+  }
+  /** A heartbeat now, not at the next tick: a handoff waits for it. */
+  const beatNow = () => void beat();
+
+  function checkLease(now: number): boolean {
+    if (leaving || now - lastAckAt <= lease - interval) return true;
+    log.error('lease lost: no heartbeat stored for longer than the lease allows; stopping every partition', { sinceLastMs: now - lastAckAt, leaseMs: lease });
+    leaving = true;
+    // stop() unsubscribes reads and stops the reader at once; a commit in flight is refused by the epoch in Redis.
+    for (const s of slots.values()) void reconcile(s);
+    end('lease-lost');
+    return false;
+  }
+
+  function end(how: WorkerEnd) {
+    if (endedWith) return;
+    endedWith = how;
+    endWith(how);
+  }
+
+  // ---- the placement --------------------------------------------------------------------------------
+
+  async function reconcile(slot: Slot): Promise<void> {
+    if (slot.busy) {
+      slot.again = true;
+      return;
+    }
+    slot.busy = true;
+    try {
+      do {
+        slot.again = false;
+        await step(slot);
+      } while (slot.again);
+    } catch (err) {
+      log.error('placement step failed', { partition: slot.key, err });
+    } finally {
+      slot.busy = false;
+    }
+  }
+
+  const prevHolds = (prev: string, slot: Slot) => {
+    const m = members.members.get(prev);
+    return m !== undefined && members.alive(prev) && m.hb.held.some((h) => h.k === slot.kind && h.p === slot.partition);
+  };
+
+  async function step(slot: Slot): Promise<void> {
+    const a = slot.assigned;
+    const want = !leaving && !closed && a && a.worker === id ? a.epoch : undefined;
+    const r = slot.runner;
+    if (r) {
+      if (r.state === 'fenced') {
+        slot.runner = undefined;
+        beatNow();
+      } else if (r.state === 'stopped') {
+        // Not stopped by us: its restart after a transport failure, retrying, or refused for good by a newer epoch.
+        if ((await slot.store.epoch()) <= r.epoch) return;
+        slot.runner = undefined;
+        beatNow();
+      } else if (r.state === 'starting' || r.state === 'stopping' || r.state === 'idle') {
+        return; // its own restart; looked at again on the next sweep
+      } else if (want === undefined || r.epoch !== want) {
+        await r.stop();
+        slot.runner = undefined;
+        log.debug('let go', { partition: slot.key, epoch: r.epoch });
+        beatNow();
+      }
+      if (slot.runner) return;
+    }
+    if (want === undefined) return;
+    if ((stale.get(slot.key) ?? 0) >= want) return; // told the controller; it raises the epoch
+    const now = Date.now();
+    if (now < slot.retryAt) return;
+    if (a!.prev && a!.prev !== id && prevHolds(a!.prev, slot) && now - slot.assignedAt < lease) return; // the previous owner still lets go
+    const runner = newRunner(kit, slot.kind, slot.partition, slot.store, (fenced) => {
+      log.warn('partition lost to a newer owner', { partition: slot.key, epoch: fenced.epoch });
+      void reconcile(slot);
+    });
+    slot.runner = runner;
+    try {
+      await runner.start(want);
+      log.debug('owned', { partition: slot.key, epoch: want, waitedMs: Date.now() - slot.assignedAt });
+    } catch (err) {
+      slot.runner = undefined;
+      if (err instanceof StaleEpochError) {
+        log.warn('the placement epoch is older than the one in Redis; asking the controller for a newer one', { partition: slot.key, epoch: want, stored: err.stored });
+        stale.set(slot.key, err.stored);
+      } else {
+        log.error('could not take the partition; retrying', { partition: slot.key, err });
+        slot.retryAt = Date.now() + config.retryBackoffMs * 10;
+        await runner.stop();
+      }
+    }
+    beatNow();
+    if (leaving || closed) slot.again = true;
+  }
+
+  function onPlacement(entry: KvEntry): void {
+    const slot = slots.get(entry.key);
+    if (!slot) return; // a kind this worker does not host
+    if (entry.operation !== 'PUT') slot.assigned = undefined;
+    else {
+      const a = fromBytes<Assignment>(entry.value);
+      if (!slot.assigned || slot.assigned.epoch !== a.epoch || slot.assigned.worker !== a.worker) {
+        slot.assigned = a;
+        slot.assignedAt = Date.now();
+        stale.delete(entry.key);
+      }
+    }
+    void reconcile(slot);
+  }
+
+  const members = new MembershipView(buckets.workers, lease, log, () => {
+    // A previous owner's heartbeat may say it let go: look at the partitions waiting for one.
+    for (const s of slots.values()) if (!s.runner && s.assigned?.worker === id && s.assigned.prev) void reconcile(s);
+  });
+  await members.start();
+
+  await beat(); // registered before anything is placed here
+  if (Date.now() - lastAckAt > interval * 2 && !(await buckets.workers.get(id))) throw new Error(`could not register worker ${id} in the ${names(config.streamPrefix).workersBucket} bucket`);
+
+  const watches: Watch[] = [];
+  watches.push(await watchKv(buckets.placement, '>', log, (e) => onPlacement(e)));
+  watches.push(
+    await watchKv(buckets.control, `drain.${id}`, log, (e) => {
+      if (e.operation !== 'PUT' || draining) return;
+      log.info('drain requested: handing every partition to other workers, then exiting');
+      draining = true;
+      beatNow();
+    }),
+  );
+
+  let lastTick = Date.now();
+  const timer = setInterval(() => {
+    const now = Date.now();
+    if (!checkLease(now)) return;
+    if (now - lastTick > lease / 2) members.forgive(now);
+    lastTick = now;
+    void beat();
+    for (const s of slots.values()) if (!s.busy) void reconcile(s);
+    if (draining && !closed && running().length === 0 && ![...slots.values()].some((s) => s.assigned?.worker === id)) end('drained');
+  }, interval);
+
+  const controller: Controller | undefined =
+    opts.controller === false ? undefined : await startController({ nc, config, log: kit.log, id, buckets, seed: opts.controllerSeed });
+  await Promise.all(watches.map((w) => w.ready));
+  log.info('registered', { kinds: config.kinds.join(','), leaseMs: lease });
+
+  /** True when no live worker but this one could take partitions of `kind`. */
+  const alone = (kind: Kind) => !members.live().some((m) => m.hb.id !== id && !m.hb.draining && m.hb.kinds.includes(kind));
+
+  return {
+    id,
+    get runners() {
+      return running();
+    },
+    runner: (kind, partition) => slots.get(placementKey(kind, partition))?.runner,
+    registry,
+    ended,
+    ready() {
+      if (leaving) return { ok: false, detail: 'lease lost' };
+      const missing = [...slots.values()].filter((s) => s.assigned?.worker === id && s.runner?.state !== 'running').map((s) => s.key);
+      return missing.length === 0 ? { ok: true, detail: `${running().length} partitions` } : { ok: false, detail: `taking ${missing.join(' ')}` };
+    },
+    close() {
+      closing ??= closeNow();
+      return closing;
+    },
+  };
+
+  async function closeNow(): Promise<void> {
+    if (!leaving) {
+      // Hand the partitions over while still serving them, so a request waits at most for one handoff.
+      draining = true;
+      await beat();
+      const deadline = Date.now() + config.shutdownGraceMs * DRAIN_SHARE_OF_GRACE;
+      while (Date.now() < deadline) {
+        const held = running().filter((r) => r.state !== 'fenced');
+        if (held.length === 0 || held.every((r) => alone(r.kind))) break;
+        await new Promise((r) => setTimeout(r, DRAIN_POLL_MS));
+      }
+    }
+    closed = true;
+    clearInterval(timer);
+    await controller?.close();
+    for (const w of watches) w.stop();
+    members.stop();
+    const deadline = Date.now() + config.shutdownGraceMs * STOP_SHARE_OF_GRACE;
+    for (;;) {
+      await Promise.all([...slots.values()].map((s) => reconcile(s)));
+      if (![...slots.values()].some((s) => s.busy) || Date.now() > deadline) break;
+      await new Promise((r) => setTimeout(r, DRAIN_POLL_MS));
+    }
+    // Whatever is left (a runner in its own restart) is stopped directly.
+    await Promise.all(running().map((r) => r.stop()));
+    leaving = true;
+    await buckets.workers.delete(id).catch((err: unknown) => log.warn('could not deregister', { err }));
+    mux.close(new Error('worker closed'));
+    log.info('closed');
+  }
 }

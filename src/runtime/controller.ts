@@ -1,0 +1,435 @@
+/**
+ * The placement controller. Every dynamic worker runs one; exactly one leads, elected through compare-and-set on
+ * the `leader` key of the control bucket (the leader renews it every heartbeat; a key unchanged for a lease is
+ * taken over by CAS on its revision). The leader watches the workers and the placement and writes, for every
+ * partition, `{ worker, epoch }` with a new epoch on every change, each write a CAS on the key's revision: two
+ * controllers at once (a split brain) can make partitions change hands often, but never give one epoch to two
+ * workers, and the epoch in Redis lets only the newest owner commit.
+ *
+ * It also answers shopctl's move, drain and rebalance on the admin subject.
+ */
+import { headers as natsHeaders, type KvEntry, type Msg, type NatsConnection, type Subscription } from 'nats';
+import { timingSafeEqual } from 'node:crypto';
+import type { Config, Kind } from '../config.js';
+import type { Log } from '../log.js';
+import { names } from '../protocol.js';
+import { MembershipView, openBuckets, watchKv, type Buckets, type Watch } from './membership.js';
+import { balance, fromBytes, parsePlacementKey, placementKey, toBytes, type Assignment } from './placement.js';
+
+/** How long an admin request waits for its moves to take effect before it answers with what is still pending. */
+export const ADMIN_SETTLE_DEADLINE_MS = 30_000;
+/** Header carrying config.adminToken on admin requests. */
+export const ADMIN_TOKEN_HEADER = 'Shop-Admin-Token';
+const SETTLE_POLL_MS = 20;
+/**
+ * Least time between two placement decisions. Bounds how fast controllers that disagree (a split brain) can move
+ * a partition back and forth; costs a failover at most this much.
+ */
+const RECONCILE_MIN_INTERVAL_MS = 50;
+
+export type AdminRequest =
+  | { op: 'move'; kind: Kind; partition: number; worker: string }
+  | { op: 'drain'; worker: string }
+  | { op: 'rebalance' };
+
+export type AdminReply = { ok: true; message: string; moves: number; ms: number; detail?: unknown } | { ok: false; error: string };
+
+export interface ControllerOptions {
+  nc: NatsConnection;
+  config: Config;
+  log: Log;
+  /** This candidate's name in the leader key (a worker runs its candidate under its own id). */
+  id: string;
+  buckets?: Buckets;
+  /** false: act as leader without election. Only for tests that force a split brain. */
+  elect?: boolean;
+  /** Rendezvous seed; the same in every controller of a deployment. */
+  seed?: string;
+  /** Workers this controller treats as absent: a controller cut off from some workers (tests of a split brain). */
+  ignore?: (worker: string) => boolean;
+}
+
+export interface Controller {
+  readonly id: string;
+  /** Leads now, with a leadership renewed within the last lease. */
+  leading(): boolean;
+  /** Placement writes done (for tests and metrics). */
+  writes(): number;
+  close(): Promise<void>;
+}
+
+interface Placed {
+  a: Assignment;
+  rev: number;
+  /** Local time this assignment was first seen. */
+  at: number;
+}
+
+const isLoopbackUrl = (url: string) => /^nats:\/\/(127\.\d+\.\d+\.\d+|localhost|\[::1\])(:\d+)?\/?$/.test(url);
+
+export async function startController({ nc, config, log: parentLog, id, buckets, elect = true, seed = '', ignore = () => false }: ControllerOptions): Promise<Controller> {
+  const log = parentLog.child('controller');
+  const b = buckets ?? (await openBuckets(nc.jetstream(), config));
+  const lease = config.workerLeaseMs;
+  const interval = config.heartbeatIntervalMs;
+  const placement = new Map<string, Placed>();
+  const pins = new Map<string, string>(); // placement key -> worker
+  const drains = new Set<string>();
+  let leader: { id: string; rev: number; seenAt: number } | undefined;
+  let myRev = 0;
+  let renewedAt = 0;
+  let isLeader = false;
+  let closed = false;
+  let writes = 0;
+  let lastTick = Date.now();
+  /** Nothing is decided before every watch has delivered what is there. */
+  let started = false;
+
+  let running = false;
+  let dirty = false;
+  let scheduled = false;
+
+  const members = new MembershipView(b.workers, lease, log, () => schedule());
+  await members.start();
+
+  const watches: Watch[] = [];
+  watches.push(
+    await watchKv(b.placement, '>', log, (e) => {
+      if (e.operation !== 'PUT') placement.delete(e.key);
+      else {
+        const cur = placement.get(e.key);
+        if (!cur || cur.rev < e.revision) placement.set(e.key, { a: fromBytes<Assignment>(e.value), rev: e.revision, at: Date.now() });
+      }
+      schedule();
+    }),
+  );
+  watches.push(await watchKv(b.control, '>', log, (e) => onControl(e)));
+  await Promise.all(watches.map((w) => w.ready));
+
+  function onControl(e: KvEntry) {
+    const put = e.operation === 'PUT';
+    if (e.key === 'leader') {
+      if (!put) leader = undefined;
+      else {
+        const value = fromBytes<{ id: string }>(e.value);
+        if (!leader || leader.rev !== e.revision) leader = { id: value.id, rev: e.revision, seenAt: Date.now() };
+        if (value.id !== id && isLeader && elect) {
+          isLeader = false;
+          log.info('no longer leading', { leader: value.id });
+        }
+      }
+    } else if (e.key.startsWith('pin.')) {
+      const key = e.key.slice(4);
+      if (put) pins.set(key, fromBytes<{ worker: string }>(e.value).worker);
+      else pins.delete(key);
+    } else if (e.key.startsWith('drain.')) {
+      if (put) drains.add(e.key.slice(6));
+      else drains.delete(e.key.slice(6));
+    }
+    schedule();
+  }
+
+  const valid = () => isLeader && (!elect || Date.now() - renewedAt < lease - interval);
+
+  async function lead(): Promise<void> {
+    if (!elect) {
+      isLeader = true;
+      renewedAt = Date.now();
+      return;
+    }
+    const now = Date.now();
+    const value = toBytes({ id, at: now });
+    try {
+      if (isLeader) {
+        myRev = await b.control.update('leader', value, myRev);
+        renewedAt = now;
+      } else if (!leader) {
+        myRev = await b.control.create('leader', value);
+        renewedAt = now;
+        isLeader = true;
+        log.info('leading (no leader before)');
+      } else if (leader.id === id || now - leader.seenAt > lease) {
+        // Our own key from before a restart of this candidate, or a leader silent for a lease: take it by CAS.
+        myRev = await b.control.update('leader', value, leader.rev);
+        renewedAt = now;
+        isLeader = true;
+        log.info('leading', { after: leader.id });
+      }
+    } catch (err) {
+      if (isLeader) log.warn('lost the leadership: could not renew it', { err });
+      isLeader = false;
+    }
+  }
+
+  // ---- reconciling ---------------------------------------------------------------------------------
+
+
+  let lastReconcile = 0;
+  function schedule(): void {
+    if (scheduled || closed || !started) return;
+    scheduled = true;
+    const run = () => {
+      scheduled = false;
+      void reconcile();
+    };
+    const waitMs = lastReconcile + RECONCILE_MIN_INTERVAL_MS - Date.now();
+    if (waitMs <= 0) setImmediate(run);
+    else setTimeout(run, waitMs);
+  }
+
+  const alive = (worker: string, now: number) => !ignore(worker) && members.alive(worker, now);
+  const eligible = (kind: Kind, now: number) =>
+    members
+      .live(now)
+      .filter((m) => !ignore(m.hb.id) && m.hb.kinds.includes(kind) && !m.hb.draining && !drains.has(m.hb.id))
+      .map((m) => m.hb.id);
+  /** A move not yet done: its (live) new owner does not run the partition yet. Moved again only after a lease. */
+  const inFlight = (key: string, cur: Placed, now: number) => {
+    const parsed = parsePlacementKey(key)!;
+    const hb = members.members.get(cur.a.worker)?.hb;
+    return alive(cur.a.worker, now) && now - cur.at < lease && !hb?.held.some((h) => h.k === parsed.kind && h.p === parsed.partition && h.e === cur.a.epoch);
+  };
+
+  /** Computes the placement and writes what differs. Returns the number of placement writes that succeeded. */
+  async function reconcile(): Promise<number> {
+    if (running) {
+      dirty = true;
+      return 0;
+    }
+    running = true;
+    let done = 0;
+    try {
+      do {
+        dirty = false;
+        if (!valid() || closed) break;
+        const waitMs = lastReconcile + RECONCILE_MIN_INTERVAL_MS - Date.now();
+        if (waitMs > 0) await new Promise((r) => setTimeout(r, waitMs));
+        lastReconcile = Date.now();
+        done += await reconcileOnce();
+      } while (dirty);
+    } finally {
+      running = false;
+    }
+    return done;
+  }
+
+  async function reconcileOnce(): Promise<number> {
+    const now = Date.now();
+    const jobs: Promise<boolean>[] = [];
+    for (const kind of config.kinds) {
+      const current: (string | undefined)[] = [];
+      const kindPins = new Map<number, string>();
+      for (let p = 0; p < config.partitions; p++) {
+        const key = placementKey(kind, p);
+        current.push(placement.get(key)?.a.worker);
+        const pin = pins.get(key);
+        if (pin !== undefined) kindPins.set(p, pin);
+      }
+      const desired = balance({ kind, partitions: config.partitions, current, eligible: eligible(kind, now), pins: kindPins, seed });
+      for (let p = 0; p < config.partitions; p++) {
+        const key = placementKey(kind, p);
+        const want = desired[p];
+        if (want === undefined) continue;
+        const cur = placement.get(key);
+        // The owner found Redis at a newer epoch than the placement (e.g. the bucket was recreated): raise it.
+        const stale = cur ? members.members.get(cur.a.worker)?.hb.stale[key] : undefined;
+        const staleEpoch = stale !== undefined && stale >= cur!.a.epoch ? stale : 0;
+        if (cur && cur.a.worker === want && staleEpoch === 0) continue;
+        // One move at a time per partition: no thrashing while controllers (or operators) disagree.
+        if (cur && staleEpoch === 0 && inFlight(key, cur, now)) continue;
+        const next: Assignment = { worker: want, epoch: Math.max(cur?.a.epoch ?? 0, staleEpoch) + 1 };
+        if (cur && cur.a.worker !== want && alive(cur.a.worker, now)) next.prev = cur.a.worker;
+        jobs.push(write(key, next, cur?.rev));
+      }
+    }
+    // Pins and drains of workers that are gone are forgotten.
+    for (const [key, worker] of pins) if (!members.members.has(worker)) jobs.push(forget(`pin.${key}`));
+    for (const worker of drains) if (!members.members.has(worker)) jobs.push(forget(`drain.${worker}`));
+    const results = await Promise.all(jobs);
+    return results.filter(Boolean).length;
+  }
+
+  async function write(key: string, next: Assignment, rev: number | undefined): Promise<boolean> {
+    try {
+      const data = toBytes(next);
+      const newRev = rev === undefined ? await b.placement.create(key, data) : await b.placement.update(key, data, rev);
+      const cur = placement.get(key);
+      if (!cur || cur.rev < newRev) placement.set(key, { a: next, rev: newRev, at: Date.now() });
+      writes++;
+      log.info('placed', { partition: key, worker: next.worker, epoch: next.epoch, ...(next.prev ? { from: next.prev } : {}) });
+      return true;
+    } catch (err) {
+      // Another controller wrote first (CAS on the revision): its write arrives through the watch; decide again then.
+      log.debug('placement write lost a race', { partition: key, err });
+      dirty = true;
+      return false;
+    }
+  }
+
+  async function forget(key: string): Promise<boolean> {
+    try {
+      await b.control.delete(key);
+    } catch (err) {
+      log.debug('could not delete control key', { key, err });
+    }
+    return false;
+  }
+
+  // ---- the tick: leadership, then the placement ------------------------------------------------------
+
+  async function tick(): Promise<void> {
+    const now = Date.now();
+    // A tick far later than its interval: this process was not running (a stall, SIGSTOP). Whoever it has not
+    // heard from meanwhile may well be alive: it waits another lease before declaring anyone dead.
+    if (now - lastTick > lease / 2) members.forgive(now);
+    lastTick = now;
+    await lead();
+    await reconcile();
+  }
+  started = true;
+  await tick();
+  const timer = setInterval(() => void tick(), interval);
+
+  // ---- admin requests -----------------------------------------------------------------------------
+
+  const token = config.adminToken;
+  const admin: Subscription = nc.subscribe(names(config.streamPrefix).admin, {
+    callback: (err, msg) => {
+      if (err || !valid()) return; // only the leader answers
+      void answer(msg);
+    },
+  });
+
+  function authorised(msg: Msg): string | undefined {
+    if (token) {
+      const given = Buffer.from(msg.headers?.get(ADMIN_TOKEN_HEADER) ?? '');
+      const wanted = Buffer.from(token);
+      return given.length === wanted.length && timingSafeEqual(given, wanted) ? undefined : `admin requests need the admin token (${ADMIN_TOKEN_HEADER} header; shopctl --token or SHOP_ADMIN_TOKEN)`;
+    }
+    return isLoopbackUrl(config.natsUrl)
+      ? undefined
+      : `admin requests are refused: NATS (${config.natsUrl}) is not on loopback and no adminToken is set; set SHOP_ADMIN_TOKEN on the workers and shopctl`;
+  }
+
+  async function answer(msg: Msg): Promise<void> {
+    let reply: AdminReply;
+    const started = Date.now();
+    try {
+      const refusal = authorised(msg);
+      if (refusal) reply = { ok: false, error: refusal };
+      else reply = await perform(fromBytes<AdminRequest>(msg.data), started);
+    } catch (err) {
+      reply = { ok: false, error: (err as Error).message };
+    }
+    msg.respond(toBytes(reply));
+  }
+
+  function resolveWorker(given: string): string {
+    const live = members.live().map((m) => m.hb.id);
+    if (live.includes(given)) return given;
+    const matches = live.filter((w) => w.startsWith(given));
+    if (matches.length === 1) return matches[0]!;
+    throw new Error(matches.length === 0 ? `no live worker ${JSON.stringify(given)}; live: ${live.join(', ') || 'none'}` : `${JSON.stringify(given)} names several workers: ${matches.join(', ')}`);
+  }
+
+  /** True when every partition is held, at its placement epoch, by the worker the placement names. */
+  function settled(filter: (key: string, a: Assignment) => boolean = () => true): string[] {
+    const pending: string[] = [];
+    for (const [key, { a }] of placement) {
+      if (!filter(key, a)) continue;
+      const parsed = parsePlacementKey(key);
+      const hb = members.members.get(a.worker)?.hb;
+      if (!parsed || !hb?.held.some((h) => h.k === parsed.kind && h.p === parsed.partition && h.e === a.epoch)) pending.push(key);
+    }
+    return pending;
+  }
+
+  async function until(pendingOf: () => string[], deadline: number): Promise<string[]> {
+    for (;;) {
+      const pending = pendingOf();
+      if (pending.length === 0 || Date.now() >= deadline || closed) return pending;
+      await new Promise((r) => setTimeout(r, SETTLE_POLL_MS));
+    }
+  }
+
+  async function perform(req: AdminRequest, started: number): Promise<AdminReply> {
+    const deadline = started + ADMIN_SETTLE_DEADLINE_MS;
+    const before = writes;
+    switch (req.op) {
+      case 'move': {
+        const { kind, partition } = req;
+        if (!config.kinds.includes(kind)) throw new Error(`unknown kind ${JSON.stringify(kind)}; this deployment runs ${config.kinds.join(', ')}`);
+        if (!Number.isInteger(partition) || partition < 0 || partition >= config.partitions) throw new Error(`partition must be 0..${config.partitions - 1}, got ${partition}`);
+        const worker = resolveWorker(req.worker);
+        const hb = members.members.get(worker)!.hb;
+        if (!hb.kinds.includes(kind)) throw new Error(`worker ${worker} does not host ${kind} (it hosts ${hb.kinds.join(', ')})`);
+        if (hb.draining || drains.has(worker)) throw new Error(`worker ${worker} is draining`);
+        const key = placementKey(kind, partition);
+        const from = placement.get(key)?.a.worker;
+        await b.control.put(`pin.${key}`, toBytes({ worker }));
+        pins.set(key, worker);
+        await reconcile();
+        const pending = await until(() => (placement.get(key)?.a.worker === worker ? settled((k) => k === key) : [key]), deadline);
+        if (pending.length > 0) return { ok: false, error: `${key} is not yet running on ${worker} after ${ADMIN_SETTLE_DEADLINE_MS} ms` };
+        return { ok: true, message: `moved ${kind} ${partition}: ${from ?? 'nobody'} -> ${worker} (epoch ${placement.get(key)!.a.epoch})`, moves: writes - before, ms: Date.now() - started };
+      }
+      case 'drain': {
+        const worker = resolveWorker(req.worker);
+        const held = placement.size === 0 ? 0 : [...placement.values()].filter((p) => p.a.worker === worker).length;
+        await b.control.put(`drain.${worker}`, toBytes({ at: Date.now() }));
+        drains.add(worker);
+        await reconcile();
+        const pending = await until(() => {
+          const hb = members.members.get(worker)?.hb;
+          const still = [...placement].filter(([, p]) => p.a.worker === worker).map(([k]) => k);
+          return [...still, ...(hb && members.alive(worker) ? hb.held.map((h) => placementKey(h.k, h.p)) : [])];
+        }, deadline);
+        if (pending.length > 0) return { ok: false, error: `${worker} still holds ${[...new Set(pending)].join(' ')} after ${ADMIN_SETTLE_DEADLINE_MS} ms (does another worker host those kinds?)` };
+        return { ok: true, message: `drained ${worker}: ${held} partitions moved; it exits now`, moves: writes - before, ms: Date.now() - started };
+      }
+      case 'rebalance': {
+        await Promise.all([...pins.keys()].map((key) => forget(`pin.${key}`)));
+        pins.clear();
+        await reconcile();
+        const pending = await until(() => settled(), deadline);
+        if (pending.length > 0) return { ok: false, error: `not settled after ${ADMIN_SETTLE_DEADLINE_MS} ms: ${pending.join(' ')}` };
+        return { ok: true, message: `balanced: ${writes - before} partitions moved`, moves: writes - before, ms: Date.now() - started };
+      }
+      default:
+        throw new Error(`unknown admin op ${JSON.stringify((req as { op: unknown }).op)}; known: move, drain, rebalance`);
+    }
+  }
+
+  return {
+    id,
+    leading: valid,
+    writes: () => writes,
+    async close() {
+      if (closed) return;
+      closed = true;
+      clearInterval(timer);
+      admin.unsubscribe();
+      for (const w of watches) w.stop();
+      members.stop();
+      if (isLeader && elect) {
+        isLeader = false;
+        // Hand over at once instead of after a lease: a candidate that sees the key deleted creates it.
+        await b.control.delete('leader', { previousSeq: myRev }).catch(() => {});
+      }
+    },
+  };
+}
+
+/** Sends one admin request to the leading controller and returns its answer. */
+export async function adminRequest(nc: NatsConnection, config: Config, req: AdminRequest, { token = config.adminToken, timeoutMs = ADMIN_SETTLE_DEADLINE_MS + 5000 } = {}): Promise<AdminReply> {
+  const h = natsHeaders();
+  if (token) h.set(ADMIN_TOKEN_HEADER, token);
+  let msg: Msg;
+  try {
+    msg = await nc.request(names(config.streamPrefix).admin, toBytes(req), { timeout: timeoutMs, headers: h });
+  } catch (err) {
+    const why = (err as Error).message;
+    return { ok: false, error: /503|no responders/i.test(why) ? 'no controller answered: are the workers running with placement "dynamic"?' : `no answer from the controller: ${why}` };
+  }
+  return fromBytes<AdminReply>(msg.data);
+}

@@ -1,0 +1,127 @@
+/**
+ * The KV buckets of dynamic placement and a live view of the workers bucket.
+ *
+ * Liveness is judged from when heartbeats arrive, never from the bucket's TTL: on NATS 2.9 a key that expires by
+ * max_age leaves no delete marker a watcher could see. The TTL only keeps the bucket from growing.
+ */
+import { KvWatchInclude, type JetStreamClient, type KV, type KvEntry, type QueuedIterator } from 'nats';
+import type { Config } from '../config.js';
+import type { Log } from '../log.js';
+import { names } from '../protocol.js';
+import { fromBytes, type Heartbeat } from './placement.js';
+
+export interface Buckets {
+  /** worker id -> Heartbeat */
+  workers: KV;
+  /** `<kind>.<partition>` -> Assignment */
+  placement: KV;
+  /** `leader`, `pin.<kind>.<partition>`, `drain.<worker>` */
+  control: KV;
+}
+
+/** Entries of the workers bucket outlive their last heartbeat by this many leases before NATS drops them. */
+const WORKER_TTL_LEASES = 10;
+
+/** Opens the three buckets, creating them on first use (every process may; creation is idempotent). */
+export async function openBuckets(js: JetStreamClient, config: Config): Promise<Buckets> {
+  const n = names(config.streamPrefix);
+  const replicas = config.streamReplicas;
+  const [workers, placement, control] = await Promise.all([
+    js.views.kv(n.workersBucket, { history: 1, replicas, ttl: Math.max(WORKER_TTL_LEASES * config.workerLeaseMs, 10_000), description: 'live shop workers (heartbeats)' }),
+    js.views.kv(n.placementBucket, { history: 1, replicas, description: 'partition -> owning worker and epoch' }),
+    js.views.kv(n.controlBucket, { history: 1, replicas, description: 'placement controller: leader, pins, drains' }),
+  ]);
+  return { workers, placement, control };
+}
+
+export interface Watch {
+  /** Resolves once the values present when the watch began have all been delivered. */
+  readonly ready: Promise<void>;
+  stop(): void;
+}
+
+/**
+ * Calls `onEntry` for the last value of every key (`initial` true) and then for every change, in order.
+ * A failing callback is logged, never ends the watch.
+ */
+export async function watchKv(kv: KV, key: string, log: Log, onEntry: (entry: KvEntry, initial: boolean) => void): Promise<Watch> {
+  let initial = true;
+  let markReady!: () => void;
+  const ready = new Promise<void>((r) => (markReady = r));
+  const iter: QueuedIterator<KvEntry> = await kv.watch({
+    key,
+    include: KvWatchInclude.LastValue,
+    initializedFn: () => {
+      initial = false;
+      markReady();
+    },
+  });
+  void (async () => {
+    try {
+      for await (const entry of iter) {
+        try {
+          onEntry(entry, initial);
+        } catch (err) {
+          log.error('watch callback failed', { key: entry.key, err });
+        }
+      }
+    } catch (err) {
+      log.warn('watch ended', { err });
+    }
+  })();
+  return {
+    ready,
+    stop: () => iter.stop(),
+  };
+}
+
+export interface Member {
+  hb: Heartbeat;
+  /** Local time (ms) its last heartbeat arrived; for a value found when the watch began, the time NATS stored it. */
+  seenAt: number;
+}
+
+/** The workers bucket as a map of members with the time each was last heard from. */
+export class MembershipView {
+  readonly members = new Map<string, Member>();
+  private watch: Watch | undefined;
+
+  constructor(
+    private readonly kv: KV,
+    private readonly leaseMs: number,
+    private readonly log: Log,
+    private readonly onChange: (id: string) => void = () => {},
+  ) {}
+
+  async start(): Promise<void> {
+    this.watch = await watchKv(this.kv, '>', this.log, (entry, initial) => {
+      if (entry.operation !== 'PUT') {
+        this.members.delete(entry.key);
+      } else {
+        const now = Date.now();
+        this.members.set(entry.key, { hb: fromBytes<Heartbeat>(entry.value), seenAt: initial ? Math.min(now, entry.created.getTime()) : now });
+      }
+      this.onChange(entry.key);
+    });
+    await this.watch.ready;
+  }
+
+  alive(id: string, now = Date.now()): boolean {
+    const m = this.members.get(id);
+    return m !== undefined && now - m.seenAt <= this.leaseMs;
+  }
+
+  /** Live members, by id. */
+  live(now = Date.now()): Member[] {
+    return [...this.members.values()].filter((m) => now - m.seenAt <= this.leaseMs);
+  }
+
+  /** After this process itself was not running for a while (a stall, SIGSTOP): it knows nothing about who died meanwhile, so it starts the clocks again. */
+  forgive(now = Date.now()): void {
+    for (const m of this.members.values()) m.seenAt = Math.max(m.seenAt, now);
+  }
+
+  stop(): void {
+    this.watch?.stop();
+  }
+}
