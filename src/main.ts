@@ -1,14 +1,16 @@
 #!/usr/bin/env node
-/** One build, one entry point: the role (supervisor, worker, gateway) comes from the command line. */
+/** One build, one entry point: the role (supervisor, worker, gateway, controller) comes from the command line. */
 import { Redis } from 'ioredis';
-import { connect } from 'nats';
-import { ConfigError, loadConfig, type Config } from './config.js';
+import { connect, type NatsConnection } from 'nats';
+import type { Registry } from 'prom-client';
+import { startAdminHttp, type AdminHttp, type Probe } from './admin/http.js';
+import { adminPortOf, ConfigError, envName, loadConfig, type Config } from './config.js';
 import { createLog, type Log } from './log.js';
 
 type Lifecycle = 'starting' | 'ready' | 'draining' | 'closed';
 
-/** Runs a role until SIGINT/SIGTERM, then closes it in order. The state changes in one place, logged. */
-async function serve(log: Log, start: () => Promise<{ close(): Promise<void> }>): Promise<void> {
+/** Runs a role until SIGINT/SIGTERM (or until it ends by itself), then closes it in order. The state changes in one place, logged. */
+async function serve(log: Log, start: () => Promise<{ close(): Promise<void>; ended?: Promise<string> }>): Promise<void> {
   let state: Lifecycle = 'starting';
   const setState = (next: Lifecycle) => {
     log.info(`${state} -> ${next}`);
@@ -26,6 +28,41 @@ async function serve(log: Log, start: () => Promise<{ close(): Promise<void> }>)
   };
   process.on('SIGINT', () => void stop('SIGINT'));
   process.on('SIGTERM', () => void stop('SIGTERM'));
+  void running.ended?.then(async (why) => {
+    if (state !== 'ready') return;
+    log.warn(`ending by itself: ${why}`);
+    setState('draining');
+    // A lost lease exits non-zero, so that a supervisor starts a fresh worker (under a new id).
+    const code = why === 'drained' ? 0 : 1;
+    const forced = setTimeout(() => process.exit(code), ENDED_CLOSE_DEADLINE_MS);
+    forced.unref();
+    await running.close().catch((err: unknown) => log.error('close failed', { err }));
+    setState('closed');
+    process.exit(code);
+  });
+}
+
+/** How long a worker that ends by itself (drained, lease lost) may take to close before it exits anyway. */
+const ENDED_CLOSE_DEADLINE_MS = 5000;
+
+/** Admin HTTP on the loopback port of this process; the probes and metrics come from `target` once it exists. */
+async function adminHttp(config: Config, role: 'worker' | 'gateway', log: Log, nc: NatsConnection, target: () => { registry: Registry; ready(): Probe } | undefined): Promise<AdminHttp> {
+  const port = adminPortOf(config, role);
+  try {
+    return await startAdminHttp({
+      host: config.adminHost,
+      port,
+      log,
+      registry: () => target()?.registry,
+      health: () => (nc.isClosed() ? { ok: false, detail: 'NATS connection closed' } : { ok: true }),
+      ready: () => target()?.ready() ?? { ok: false, detail: 'starting' },
+    });
+  } catch (err) {
+    throw new ConfigError(
+      `cannot listen for admin HTTP on ${config.adminHost}:${port} (${(err as Error).message}); ` +
+        `choose another base port with ${envName('adminPort')}=<port>, or 0 for any free port`,
+    );
+  }
 }
 
 function connectNats(config: Config, name: string) {
@@ -53,10 +90,15 @@ async function main(role: string | undefined): Promise<void> {
       await serve(log, async () => {
         const nc = await connectNats(config, `worker-${config.workerIndex}`);
         const redis = await connectRedis(config);
-        const worker = await startWorker({ nc, redis, config, log });
+        let worker: Awaited<ReturnType<typeof startWorker>> | undefined;
+        const admin = await adminHttp(config, 'worker', log, nc, () => worker);
+        worker = await startWorker({ nc, redis, config, log, adminPort: admin.port });
+        const w = worker;
         return {
+          ended: w.ended,
           async close() {
-            await worker.close();
+            await w.close();
+            await admin.close();
             await nc.drain();
             await redis.quit();
           },
@@ -69,10 +111,33 @@ async function main(role: string | undefined): Promise<void> {
       const { createGateway } = await import('./http/gateway.js');
       await serve(log, async () => {
         const nc = await connectNats(config, 'gateway');
-        const gateway = await createGateway({ nc, config, log });
+        let gateway: Awaited<ReturnType<typeof createGateway>> | undefined;
+        const admin = await adminHttp(config, 'gateway', log, nc, () =>
+          gateway ? { registry: gateway.registry, ready: () => (nc.isClosed() ? { ok: false, detail: 'NATS connection closed' } : { ok: true }) } : undefined,
+        );
+        gateway = await createGateway({ nc, config, log });
+        const g = gateway;
         return {
           async close() {
-            await gateway.close();
+            await g.close();
+            await admin.close();
+            await nc.drain();
+          },
+        };
+      });
+      return;
+    }
+    case 'controller': {
+      // A controller candidate of its own (workers run one each already): for deployments that keep placement
+      // decisions out of the worker processes.
+      const log = createLog(`controller-${process.pid}`, config.logLevel);
+      const { startController } = await import('./runtime/controller.js');
+      await serve(log, async () => {
+        const nc = await connectNats(config, 'controller');
+        const controller = await startController({ nc, config, log, id: `controller-${process.pid}-${Date.now().toString(36)}` });
+        return {
+          async close() {
+            await controller.close();
             await nc.drain();
           },
         };
@@ -80,7 +145,7 @@ async function main(role: string | undefined): Promise<void> {
       return;
     }
     default:
-      throw new ConfigError(`usage: main.js supervisor|worker|gateway (got ${JSON.stringify(role)})`);
+      throw new ConfigError(`usage: main.js supervisor|worker|gateway|controller (got ${JSON.stringify(role)})`);
   }
 }
 

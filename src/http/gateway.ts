@@ -2,9 +2,12 @@
 import type { NatsConnection } from 'nats';
 import type { Config } from '../config.js';
 import type { Log } from '../log.js';
+import type { Registry } from 'prom-client';
+import { createGatewayMetrics } from '../admin/metrics.js';
 import { createShopClient, type ShopClient } from '../runtime/client.js';
 import { ensureStreams } from '../runtime/streams.js';
-import { apiRoutes, createDispatcher, createRouter } from './routes.js';
+import { apiRoutes, createDispatcher, createRouter, type Route } from './routes.js';
+import type { Handle } from './uws.js';
 import { listenHttp, type HttpServer } from './uws.js';
 
 /** Part of shutdownGraceMs kept back from the HTTP drain, for closing the client and draining NATS before the supervisor's kill. */
@@ -19,6 +22,8 @@ export type GatewayOptions = { config: Config; log: Log } & (
 export interface Gateway {
   /** The HTTP port actually bound (config.httpPort, or the one the OS chose for 0). */
   readonly port: number;
+  /** Prometheus metrics: requests by route and status, latency, in flight. */
+  readonly registry: Registry;
   /** Stops accepting, lets in-flight requests finish (bounded by shutdownGraceMs), then closes its client. */
   close(): Promise<void>;
 }
@@ -36,10 +41,12 @@ export async function createGateway(opts: GatewayOptions): Promise<Gateway> {
     ownsClient = true;
   }
 
-  const router = createRouter(apiRoutes({ client, config }));
+  const routes = apiRoutes({ client, config });
+  const router = createRouter(routes);
+  const metrics = createGatewayMetrics(() => client.inFlight());
   let server: HttpServer;
   try {
-    server = await listenHttp({ host: config.httpHost, port: config.httpPort, handle: createDispatcher(router, log), log });
+    server = await listenHttp({ host: config.httpHost, port: config.httpPort, handle: counted(createDispatcher(router, log), routes, metrics.request), log });
   } catch (err) {
     if (ownsClient) await client.close();
     throw err;
@@ -49,6 +56,7 @@ export async function createGateway(opts: GatewayOptions): Promise<Gateway> {
   let closed: Promise<void> | undefined;
   return {
     port: server.port,
+    registry: metrics.registry,
     close() {
       closed ??= (async () => {
         await server.close(Math.max(0, config.shutdownGraceMs - CLOSE_MARGIN_MS));
@@ -57,5 +65,32 @@ export async function createGateway(opts: GatewayOptions): Promise<Gateway> {
       })();
       return closed;
     },
+  };
+}
+
+/**
+ * Counts every answered request by its route pattern: the label set stays bounded whatever paths clients send
+ * (a path that matches no route's literal prefix and length counts as "unmatched").
+ */
+function counted(handle: Handle, routes: readonly Route[], record: (method: string, route: string, status: number, seconds: number) => void): Handle {
+  const byPrefix = new Map<string, { pattern: string; segments: number }>();
+  for (const r of routes) {
+    const segments = r.pattern.slice(1).split('/');
+    const literal = segments.slice(0, segments.findIndex((s) => s.startsWith(':')) >>> 0);
+    byPrefix.set(`${r.method} /${literal.join('/')}`, { pattern: r.pattern, segments: segments.length });
+  }
+  const label = (method: string, path: string) => {
+    const parts = path.slice(1).split('/');
+    for (let k = 1; k <= Math.min(3, parts.length); k++) {
+      const found = byPrefix.get(`${method} /${parts.slice(0, k).join('/')}`);
+      if (found && found.segments === parts.length) return found.pattern;
+    }
+    return 'unmatched';
+  };
+  return async (method, path) => {
+    const started = performance.now();
+    const result = await handle(method, path);
+    record(method, label(method, path), result.status, (performance.now() - started) / 1000);
+    return result;
   };
 }

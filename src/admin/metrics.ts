@@ -1,0 +1,107 @@
+/**
+ * Prometheus metrics of a worker and of a gateway, one registry per process (built by a factory, so tests can
+ * build several in one process). Served as text by src/admin/http.ts on /metrics.
+ */
+import { collectDefaultMetrics, Counter, Gauge, Histogram, Registry } from 'prom-client';
+import type { Kind } from '../config.js';
+import type { RunnerMetrics } from '../runtime/metrics.js';
+
+const BATCH_BUCKETS = [1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 4096];
+const COMMIT_BUCKETS_S = [0.0002, 0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1];
+const HTTP_BUCKETS_S = [0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10];
+
+/** What the worker's lag and ownership gauges read at scrape time. */
+export interface PartitionSample {
+  kind: Kind;
+  partition: number;
+  epoch: number;
+  lag: number;
+}
+
+export interface WorkerMetrics extends RunnerMetrics {
+  readonly registry: Registry;
+}
+
+export function createWorkerMetrics(sample: () => PartitionSample[], extra?: RunnerMetrics): WorkerMetrics {
+  const registry = new Registry();
+  collectDefaultMetrics({ register: registry });
+  const commands = new Counter({ name: 'shop_commands_total', help: 'Commands applied and committed, by actor kind', labelNames: ['kind'], registers: [registry] });
+  const batchSize = new Histogram({ name: 'shop_batch_commands', help: 'Commands per committed batch (one Redis commit each)', labelNames: ['kind'], buckets: BATCH_BUCKETS, registers: [registry] });
+  const commit = new Histogram({ name: 'shop_commit_duration_seconds', help: 'Latency of one batch commit to Redis', labelNames: ['kind'], buckets: COMMIT_BUCKETS_S, registers: [registry] });
+  const lastCommit = new Gauge({ name: 'shop_last_commit_timestamp_seconds', help: 'Wall-clock time of the last successful commit of this process', registers: [registry] });
+  const sagas = new Counter({ name: 'shop_saga_outcomes_total', help: 'Checkouts decided by this process: paid, or refused with a code', labelNames: ['outcome'], registers: [registry] });
+  new Gauge({
+    name: 'shop_partition_lag',
+    help: 'Commands waiting for a partition this process owns (buffered or still in the stream)',
+    labelNames: ['kind', 'partition'],
+    registers: [registry],
+    collect() {
+      this.reset();
+      for (const s of sample()) this.set({ kind: s.kind, partition: String(s.partition) }, s.lag);
+    },
+  });
+  new Gauge({
+    name: 'shop_partition_epoch',
+    help: 'Epoch at which this process owns a partition',
+    labelNames: ['kind', 'partition'],
+    registers: [registry],
+    collect() {
+      this.reset();
+      for (const s of sample()) this.set({ kind: s.kind, partition: String(s.partition) }, s.epoch);
+    },
+  });
+  new Gauge({
+    name: 'shop_partitions_owned',
+    help: 'Partitions this process owns, by kind',
+    labelNames: ['kind'],
+    registers: [registry],
+    collect() {
+      this.reset();
+      const counts = new Map<Kind, number>();
+      for (const s of sample()) counts.set(s.kind, (counts.get(s.kind) ?? 0) + 1);
+      for (const [kind, n] of counts) this.set({ kind }, n);
+    },
+  });
+  return {
+    registry,
+    batch(kind, partition, n, commitMs) {
+      commands.inc({ kind }, n);
+      batchSize.observe({ kind }, n);
+      commit.observe({ kind }, commitMs / 1000);
+      lastCommit.set(Date.now() / 1000);
+      extra?.batch(kind, partition, n, commitMs);
+    },
+    sagaOutcome(ok, code) {
+      sagas.inc({ outcome: ok ? 'paid' : (code ?? 'refused') });
+      extra?.sagaOutcome(ok, code);
+    },
+  };
+}
+
+export interface GatewayMetrics {
+  readonly registry: Registry;
+  /** One answered HTTP request: its route pattern (bounded label set), method, status and duration. */
+  request(method: string, route: string, status: number, seconds: number): void;
+}
+
+export function createGatewayMetrics(inFlight: () => number): GatewayMetrics {
+  const registry = new Registry();
+  collectDefaultMetrics({ register: registry });
+  const requests = new Counter({ name: 'shop_http_requests_total', help: 'HTTP requests answered, by route, method and status', labelNames: ['route', 'method', 'status'], registers: [registry] });
+  const duration = new Histogram({ name: 'shop_http_request_duration_seconds', help: 'Time from request to answer, by route', labelNames: ['route'], buckets: HTTP_BUCKETS_S, registers: [registry] });
+  new Gauge({
+    name: 'shop_http_in_flight',
+    help: 'Requests waiting for their outcome',
+    registers: [registry],
+    collect() {
+      this.set(inFlight());
+    },
+  });
+  return {
+    registry,
+    request(method, route, status, seconds) {
+      requests.inc({ route, method, status: String(status) });
+      duration.observe({ route }, seconds);
+    },
+  };
+}

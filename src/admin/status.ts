@@ -1,0 +1,125 @@
+/**
+ * What `shopctl status` shows, read straight from the KV buckets and the streams (no controller needed, so it
+ * also works while there is no leader): live workers, and every partition's owner, epoch and lag.
+ */
+import type { KV, NatsConnection } from 'nats';
+import type { Config, Kind } from '../config.js';
+import { names } from '../protocol.js';
+import { openBuckets } from '../runtime/membership.js';
+import { fromBytes, parsePlacementKey, placementKey, type Assignment, type Heartbeat } from '../runtime/placement.js';
+
+/** The shape of `shopctl status --json`, exactly. */
+export interface Status {
+  workers: { id: string; pid: number; host: string; partitions: number }[];
+  partitions: { kind: Kind; partition: number; owner: string | null; epoch: number; lag: number }[];
+}
+
+/** More than the JSON carries, for the table. */
+export interface StatusDetail {
+  status: Status;
+  leader: string | null;
+  workers: Map<string, { heartbeat: Heartbeat; ageMs: number }>;
+  /** Partitions whose owner does not (yet) run them at the placement epoch: moving, or waiting for a dead owner's lease. */
+  moving: Set<string>;
+}
+
+/** All keys first: awaiting other requests while the keys iterator is open cuts it short. */
+async function keysOf(kv: KV): Promise<string[]> {
+  const keys: string[] = [];
+  for await (const key of await kv.keys()) keys.push(key);
+  return keys;
+}
+
+export async function readStatus(nc: NatsConnection, config: Config): Promise<StatusDetail> {
+  const b = await openBuckets(nc.jetstream(), config);
+  const now = Date.now();
+  const workers = new Map<string, { heartbeat: Heartbeat; ageMs: number }>();
+  for (const key of await keysOf(b.workers)) {
+    const e = await b.workers.get(key);
+    if (!e || e.operation !== 'PUT') continue;
+    const ageMs = now - e.created.getTime();
+    if (ageMs <= config.workerLeaseMs) workers.set(key, { heartbeat: fromBytes<Heartbeat>(e.value), ageMs });
+  }
+  const placement = new Map<string, Assignment>();
+  for (const key of await keysOf(b.placement)) {
+    const e = await b.placement.get(key);
+    if (e && e.operation === 'PUT' && parsePlacementKey(key)) placement.set(key, fromBytes<Assignment>(e.value));
+  }
+  const leaderEntry = await b.control.get('leader');
+  const leader = leaderEntry && leaderEntry.operation === 'PUT' ? fromBytes<{ id: string }>(leaderEntry.value).id : null;
+
+  // Lag of a partition that nobody runs right now: the commands of its subject still in the stream (trimmed up to the last owner's cursor).
+  const jsm = await nc.jetstreamManager();
+  const n = names(config.streamPrefix);
+  const inStream = new Map<string, number>();
+  for (const kind of config.kinds) {
+    try {
+      const info = await jsm.streams.info(n.stream(kind), { subjects_filter: n.cmd(kind, 0).replace(/\.0$/, '.*') });
+      for (const [subject, count] of Object.entries(info.state.subjects ?? {})) inStream.set(subject, count);
+    } catch {
+      // no stream yet: nothing waits
+    }
+  }
+
+  const held = new Map<string, { worker: string; epoch: number; lag: number }>();
+  for (const [id, { heartbeat }] of workers) for (const h of heartbeat.held) held.set(placementKey(h.k, h.p), { worker: id, epoch: h.e, lag: h.lag });
+
+  const partitions: Status['partitions'] = [];
+  const moving = new Set<string>();
+  for (const kind of config.kinds) {
+    for (let p = 0; p < config.partitions; p++) {
+      const key = placementKey(kind, p);
+      const a = placement.get(key);
+      const h = held.get(key);
+      const running = a !== undefined && h !== undefined && h.worker === a.worker && h.epoch === a.epoch;
+      if (!running) moving.add(key);
+      partitions.push({ kind, partition: p, owner: a?.worker ?? null, epoch: a?.epoch ?? 0, lag: running ? h.lag : (inStream.get(n.cmd(kind, p)) ?? 0) });
+    }
+  }
+  const count = new Map<string, number>();
+  for (const p of partitions) if (p.owner) count.set(p.owner, (count.get(p.owner) ?? 0) + 1);
+  const status: Status = {
+    workers: [...workers.values()]
+      .map(({ heartbeat: hb }) => ({ id: hb.id, pid: hb.pid, host: hb.host, partitions: count.get(hb.id) ?? 0 }))
+      .sort((x, y) => (x.id < y.id ? -1 : 1)),
+    partitions,
+  };
+  return { status, leader, workers, moving };
+}
+
+/** Left-aligned columns, two spaces apart, with a header row. */
+export function table(header: string[], rows: (string | number)[][]): string {
+  const cells = [header, ...rows.map((r) => r.map(String))];
+  const widths = header.map((_, i) => Math.max(...cells.map((r) => r[i]!.length)));
+  return cells.map((r) => r.map((c, i) => (i === r.length - 1 ? c : c.padEnd(widths[i]!))).join('  ')).join('\n');
+}
+
+export function formatStatus({ status, leader, workers, moving }: StatusDetail): string {
+  const out: string[] = [];
+  out.push(
+    table(
+      ['WORKER', 'HOST', 'PID', 'PARTITIONS', 'ADMIN', 'STATE'],
+      status.workers.map((w) => {
+        const hb = workers.get(w.id)!.heartbeat;
+        const state = [w.id === leader ? 'leader' : '', hb.draining ? 'draining' : ''].filter(Boolean).join(',') || '-';
+        return [w.id, w.host, w.pid, w.partitions, hb.adminPort ? `127.0.0.1:${hb.adminPort}` : '-', state];
+      }),
+    ),
+  );
+  if (status.workers.length === 0) out.push('(no live worker)');
+  out.push('');
+  out.push(
+    table(
+      ['KIND', 'PARTITION', 'OWNER', 'EPOCH', 'LAG', 'STATE'],
+      status.partitions.map((p) => {
+        const key = placementKey(p.kind, p.partition);
+        const state = p.owner === null ? 'unplaced' : !workers.has(p.owner) ? 'owner dead' : moving.has(key) ? 'moving' : 'running';
+        return [p.kind, p.partition, p.owner ?? '-', p.epoch, p.lag, state];
+      }),
+    ),
+  );
+  const running = status.partitions.length - moving.size;
+  out.push('');
+  out.push(`${running}/${status.partitions.length} partitions running at their placement epoch; leader: ${leader ?? 'none'}`);
+  return out.join('\n');
+}
