@@ -44,6 +44,8 @@ export interface Config {
   batchMax: number;
   /** Most commands buffered per partition before the reader stops pulling from the stream. */
   queueMax: number;
+  /** Most commands and reads one gateway process waits on at once; past it a request is answered 503 at once (backpressure). */
+  gatewayInflightMax: number;
   /** How long the gateway waits for a command's outcome before answering 503. */
   requestDeadlineMs: number;
   /** How long the gateway waits for a read before answering 503. */
@@ -164,6 +166,7 @@ const checks: Record<keyof Config, Check> = {
   redisPrefix: str(/^[^{}\s]*$/),
   batchMax: int(1, 100_000),
   queueMax: int(1, 1_000_000),
+  gatewayInflightMax: int(1, 10_000_000),
   requestDeadlineMs: int(1, 3_600_000),
   readDeadlineMs: int(1, 3_600_000),
   retryBackoffMs: int(1, 60_000),

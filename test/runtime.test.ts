@@ -187,3 +187,19 @@ t.test('a command that throws is taken back whole; the rest of its batch commits
   await js.publish(subject, encode([{ c: { k: 'reserve', saga: 's', order: 'o', from: 0, lines: [['u', 2], ['u', 2]] } }, { c: { k: 'add', id: 'u', amount: 10 } }]));
   t.equal(stockOf(await client.command('stock', 0, { k: 'add', id: 'u', amount: 0 })), 13, 'the throwing command left nothing, the next one in its bundle applied');
 });
+
+t.test('a gateway past gatewayInflightMax answers unavailable at once instead of queueing', async (t) => {
+  const { nats, redis } = await startServers(t);
+  const config = testConfig(nats, redis, { partitions: 1, workerProcesses: 1, gatewayInflightMax: 2, requestDeadlineMs: 60_000 });
+  const { nc } = await connections(t, config);
+  const { ensureStreams } = await import('../src/runtime/streams.js');
+  await ensureStreams(await nc.jetstreamManager(), config);
+  const client = createShopClient({ nc, config, log });
+  // No worker runs: these two wait for an owner.
+  const waiting = [0, 1].map(() => client.command('stock', 0, { k: 'create', id: 'w', price: 1 }));
+  waiting.forEach((p) => p.catch(() => {}));
+  await t.rejects(client.command('stock', 0, { k: 'create', id: 'x', price: 1 }), { code: 'unavailable' });
+  await t.rejects(client.query('stock', 0, { k: 'find', id: 'x' }), { code: 'unavailable' });
+  await client.close();
+  await Promise.allSettled(waiting);
+});

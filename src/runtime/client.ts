@@ -28,6 +28,8 @@ export interface ShopClient {
   close(): Promise<void>;
 }
 
+const overloaded = () => new ShopError('unavailable', 'this gateway has gatewayInflightMax requests in flight; retry later');
+
 interface Bundle {
   subject: string;
   envelopes: CommandEnvelope[];
@@ -85,6 +87,7 @@ export function createShopClient({ nc, config, log }: { nc: NatsConnection; conf
   return {
     id,
     command<V>(kind: Kind, partition: number, cmd: unknown): Promise<Reply<V>> {
+      if (mux.pending() >= config.gatewayInflightMax) return Promise.reject(overloaded());
       const token = mux.token();
       const deadline = Date.now() + config.requestDeadlineMs;
       const outcome = mux.wait(token, deadline);
@@ -112,6 +115,7 @@ export function createShopClient({ nc, config, log }: { nc: NatsConnection; conf
     },
 
     async query<V>(kind: Kind, partition: number, query: unknown): Promise<Reply<V>> {
+      if (mux.pending() >= config.gatewayInflightMax) throw overloaded();
       const deadline = Date.now() + config.readDeadlineMs;
       const subject = n.get(kind, partition);
       const data = encode(query);
