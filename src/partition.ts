@@ -12,9 +12,22 @@ export function partitionOf(id: string, partitions: number): number {
   return fnv1a(id) % partitions;
 }
 
-/** Ids "0".."n-1" that hash to this partition: batch_init goes to every partition and each creates its share. */
-export function* ownShare(n: number, ctx: { partition: number; partitions: number }): Generator<string> {
-  for (let i = 0; i < n; i++) {
+/**
+ * Most ids one batch_init command covers. batch_init of n ids goes to every partition as ceil(n / BATCH_INIT_CHUNK)
+ * commands, each partition creating its share of each range, so no single command blocks its worker for long.
+ */
+export const BATCH_INIT_CHUNK = 16_384;
+
+/** Ranges [from, to) covering ids "0".."n-1", at most BATCH_INIT_CHUNK ids each. */
+export function batchInitRanges(n: number): { from: number; to: number }[] {
+  const ranges: { from: number; to: number }[] = [];
+  for (let from = 0; from < n; from += BATCH_INIT_CHUNK) ranges.push({ from, to: Math.min(n, from + BATCH_INIT_CHUNK) });
+  return ranges;
+}
+
+/** Ids "from".."to-1" that hash to this partition: batch_init goes to every partition and each creates its share. */
+export function* ownShare({ from, to }: { from: number; to: number }, ctx: { partition: number; partitions: number }): Generator<string> {
+  for (let i = from; i < to; i++) {
     const id = String(i);
     if (partitionOf(id, ctx.partitions) === ctx.partition) yield id;
   }

@@ -63,12 +63,21 @@ export const BUNDLE_MAX = 1024;
 /** What a command subject carries: one envelope, or a bundle of them. */
 export type StreamMessage = CommandEnvelope | CommandEnvelope[];
 
-/** Encodes envelopes for one subject as few messages as possible, none over BUNDLE_MAX commands. */
+/** Most bytes in one bundle, well below NATS's max_payload (1 MiB): a bundle past it is split in two. */
+export const BUNDLE_BYTES_MAX = 256 * 1024;
+
+/** Encodes envelopes for one subject as few messages as possible, none over BUNDLE_MAX commands or BUNDLE_BYTES_MAX. */
 export function bundles(envelopes: CommandEnvelope[]): Uint8Array[] {
   if (envelopes.length === 1) return [encode(envelopes[0])];
-  const out: Uint8Array[] = [];
-  for (let i = 0; i < envelopes.length; i += BUNDLE_MAX) out.push(encode(envelopes.slice(i, i + BUNDLE_MAX)));
-  return out;
+  if (envelopes.length > BUNDLE_MAX) {
+    const out: Uint8Array[] = [];
+    for (let i = 0; i < envelopes.length; i += BUNDLE_MAX) out.push(...bundles(envelopes.slice(i, i + BUNDLE_MAX)));
+    return out;
+  }
+  const data = encode(envelopes);
+  if (data.length <= BUNDLE_BYTES_MAX) return [data];
+  const half = Math.ceil(envelopes.length / 2);
+  return [...bundles(envelopes.slice(0, half)), ...bundles(envelopes.slice(half))];
 }
 
 export function unbundle(msg: StreamMessage): CommandEnvelope[] {

@@ -121,7 +121,7 @@ t.test('batch_init: every id 0..n-1 is created by exactly one partition, with th
   const seen = new Map<string, number>();
   for (let p = 0; p < partitions; p++) {
     const state = memoryState(payment.tables);
-    payment.apply(state, { k: 'batchInit', n, credit: 42 }, ctx(1, p, partitions));
+    payment.apply(state, { k: 'batchInit', from: 0, to: n, credit: 42 }, ctx(1, p, partitions));
     for (const [id, user] of state.tables.get('users')!) {
       t.equal(partitionOf(id, partitions), p);
       t.same(user, { credit: 42 });
@@ -145,4 +145,27 @@ t.test('replay: the same commands on the same state give the same effects', asyn
     { numRuns: 100 },
   );
   t.pass('replays are identical');
+});
+
+t.test('bundles stay within BUNDLE_MAX commands and BUNDLE_BYTES_MAX bytes, in order', async (t) => {
+  const { bundles, unbundle, BUNDLE_MAX, BUNDLE_BYTES_MAX } = await import('../src/protocol.js');
+  const { decode } = await import('../src/codec.js');
+  const small = Array.from({ length: 2 * BUNDLE_MAX + 3 }, (_, i) => ({ c: { k: 'add', id: String(i), amount: 1 } }));
+  const big = Array.from({ length: 40 }, (_, i) => ({ c: { k: 'pad', i, pad: 'x'.repeat(20_000) } }));
+  for (const envelopes of [small, big]) {
+    const out = bundles(envelopes);
+    t.ok(out.length > 1, `${envelopes.length} envelopes split into ${out.length} messages`);
+    t.ok(out.every((d) => d.length <= BUNDLE_BYTES_MAX), 'none over the byte bound');
+    const back = out.flatMap((d) => unbundle(decode(d)));
+    t.same(back, envelopes, 'in order');
+    t.ok(out.every((d) => unbundle(decode(d)).length <= BUNDLE_MAX));
+  }
+});
+
+t.test('an order holds at most ORDER_LINES_MAX lines', async (t) => {
+  const { order, ORDER_LINES_MAX } = await import('../src/actors/order.js');
+  const state = memoryState(order.tables);
+  order.apply(state, { k: 'create', id: 'o', user: 'u' }, ctx(1));
+  for (let i = 0; i < ORDER_LINES_MAX; i++) order.apply(state, { k: 'addItem', id: 'o', item: 'i', quantity: 1, price: 1 }, ctx(2 + i));
+  t.match(order.apply(state, { k: 'addItem', id: 'o', item: 'i', quantity: 1, price: 1 }, ctx(9999)).reply, { ok: false, code: 'order_full' });
 });

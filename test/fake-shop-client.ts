@@ -28,7 +28,7 @@ export function fakeShopClient(answer: (call: Call) => Reply | Promise<Reply>): 
   return {
     id: 'fake',
     calls,
-    command: <V>(kind: Kind, partition: number, cmd: unknown) => call('command', kind, partition, cmd) as Promise<Reply<V>>,
+    command: <V>(kind: Kind, partition: number, cmd: unknown, _opts?: { alone?: boolean }) => call('command', kind, partition, cmd) as Promise<Reply<V>>,
     query: <V>(kind: Kind, partition: number, q: unknown) => call('query', kind, partition, q) as Promise<Reply<V>>,
     inFlight: () => inFlight,
     close: async () => {},

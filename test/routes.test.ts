@@ -2,7 +2,7 @@ import t from 'tap';
 import { ShopError } from '../src/errors.js';
 import { apiRoutes, createDispatcher, createRouter, parseCount, parseId, route, ID_MAX_CHARS, type HttpResult } from '../src/http/routes.js';
 import { createLog } from '../src/log.js';
-import { partitionOf } from '../src/partition.js';
+import { BATCH_INIT_CHUNK, partitionOf } from '../src/partition.js';
 import { fail, ok, type Reply } from '../src/protocol.js';
 import { fakeShopClient, type Call } from './fake-shop-client.js';
 
@@ -130,7 +130,7 @@ t.test('stock routes', async (t) => {
     const res = await dispatch('POST', '/stock/batch_init/100/5/7');
     t.same(res, { status: 200, body: { msg: 'Batch init for stock successful' } });
     t.same(client.calls.map((c) => c.partition).sort((a, b) => a - b), [...Array(PARTITIONS).keys()]);
-    for (const c of client.calls) t.same(c, { op: 'command', kind: 'stock', partition: c.partition, msg: { k: 'batchInit', n: 100, stock: 5, price: 7 } });
+    for (const c of client.calls) t.same(c, { op: 'command', kind: 'stock', partition: c.partition, msg: { k: 'batchInit', from: 0, to: 100, stock: 5, price: 7 } });
   });
 
   t.test('batch_init fails if any partition fails', async (t) => {
@@ -184,7 +184,16 @@ t.test('payment routes', async (t) => {
   t.equal(client.calls.length, PARTITIONS);
   t.same(new Set(client.calls.map((c) => c.partition)).size, PARTITIONS);
   t.ok(client.calls.every((c) => c.kind === 'payment' && c.op === 'command'));
-  t.same(client.calls[0]!.msg, { k: 'batchInit', n: 10, credit: 100 });
+  t.same(client.calls[0]!.msg, { k: 'batchInit', from: 0, to: 10, credit: 100 });
+});
+
+t.test('a large batch_init is sent in ranges of BATCH_INIT_CHUNK ids to every partition', async (t) => {
+  const { client, dispatch } = setup();
+  const n = 2 * BATCH_INIT_CHUNK + 5;
+  t.equal((await dispatch('POST', `/payment/batch_init/${n}/1`)).status, 200);
+  t.equal(client.calls.length, 3 * PARTITIONS);
+  const ranges = new Set(client.calls.map((c) => JSON.stringify([c.msg.from, c.msg.to])));
+  t.same([...ranges].sort(), [JSON.stringify([0, BATCH_INIT_CHUNK]), JSON.stringify([BATCH_INIT_CHUNK, 2 * BATCH_INIT_CHUNK]), JSON.stringify([2 * BATCH_INIT_CHUNK, n])].sort());
 });
 
 t.test('actor failures map to their status', async (t) => {

@@ -125,7 +125,7 @@ t.test('a restart of the whole stack (every process killed with SIGKILL) keeps e
   t.teardown(() => c1.close());
   const client = clientFor(t, c1, config);
 
-  await Promise.all([0, 1, 2, 3].map((p) => client.command('payment', p, { k: 'batchInit', n: 200, credit: 1000 })));
+  await Promise.all([0, 1, 2, 3].map((p) => client.command('payment', p, { k: 'batchInit', from: 0, to: 200, credit: 1000 })));
   const writes = Array.from({ length: 400 }, (_, i) => {
     const id = String(i % 200);
     const amount = 1 + (i % 5);

@@ -38,7 +38,7 @@ export interface Order {
 
 export type OrderCmd =
   | { k: 'create'; id: string; user: string }
-  | { k: 'batchInit'; n: number; nItems: number; nUsers: number; price: number; seed: number }
+  | { k: 'batchInit'; from: number; to: number; nItems: number; nUsers: number; price: number; seed: number }
   | { k: 'addItem'; id: string; item: string; quantity: number; price: number }
   | { k: 'checkout'; id: string }
   | SagaAnswer;
@@ -46,6 +46,8 @@ export type OrderCmd =
 export type OrderQuery = { k: 'find'; id: string };
 
 const ORDERS = 'orders';
+/** Most lines in one order (keeps every saga message well inside one NATS message). */
+export const ORDER_LINES_MAX = 1000;
 /** Most checkouts of one order waiting for its running saga; more are answered 503 (retry) instead of queued. */
 export const SAGA_WAITERS_MAX = 256;
 
@@ -168,7 +170,7 @@ export const order: Actor<OrderCmd, OrderQuery> = {
       case 'batchInit': {
         const total = 2 * cmd.price;
         if (!Number.isSafeInteger(total)) return { reply: fail('overflow', '2 * item_price') };
-        for (const id of ownShare(cmd.n, ctx)) {
+        for (const id of ownShare(cmd, ctx)) {
           const next = random(cmd.seed ^ fnv1a(id));
           const item = () => String(Math.floor(next() * cmd.nItems));
           const items: Order['items'] = [[item(), 1], [item(), 1]];
@@ -182,6 +184,7 @@ export const order: Actor<OrderCmd, OrderQuery> = {
         if (!order) return { reply: fail('not_found', `order ${cmd.id}`) };
         if (order.paid) return { reply: fail('order_paid', `order ${cmd.id}`) };
         if (order.saga) return { reply: fail('checkout_in_progress', `order ${cmd.id}`) };
+        if (order.items.length >= ORDER_LINES_MAX) return { reply: fail('order_full', `order ${cmd.id} has ${order.items.length} lines`) };
         const total = order.total + cmd.quantity * cmd.price;
         if (!Number.isSafeInteger(total)) return { reply: fail('overflow', `order ${cmd.id} total`) };
         state.set(ORDERS, cmd.id, { ...order, items: [...order.items, [cmd.item, cmd.quantity]], total } satisfies Order);

@@ -9,7 +9,7 @@ export interface User {
 
 export type PaymentCmd =
   | { k: 'create'; id: string }
-  | { k: 'batchInit'; n: number; credit: number }
+  | { k: 'batchInit'; from: number; to: number; credit: number }
   | { k: 'addFunds'; id: string; amount: number }
   | { k: 'pay'; id: string; amount: number }
   | PaymentSagaCmd;
@@ -55,7 +55,7 @@ export const payment: Actor<PaymentCmd, PaymentQuery> = {
         state.set(USERS, cmd.id, { credit: 0 });
         return { reply: ok({}) };
       case 'batchInit':
-        for (const id of ownShare(cmd.n, ctx)) state.set(USERS, id, assertUser({ credit: cmd.credit }));
+        for (const id of ownShare(cmd, ctx)) state.set(USERS, id, assertUser({ credit: cmd.credit }));
         return { reply: ok({}) };
       case 'addFunds': {
         const user = state.get<User>(USERS, cmd.id);

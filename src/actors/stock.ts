@@ -10,7 +10,7 @@ export interface Item {
 
 export type StockCmd =
   | { k: 'create'; id: string; price: number }
-  | { k: 'batchInit'; n: number; stock: number; price: number }
+  | { k: 'batchInit'; from: number; to: number; stock: number; price: number }
   | { k: 'add'; id: string; amount: number }
   | { k: 'subtract'; id: string; amount: number }
   | StockSagaCmd;
@@ -59,7 +59,7 @@ export const stock: Actor<StockCmd, StockQuery> = {
         state.set(ITEMS, cmd.id, assertItem({ stock: 0, price: cmd.price }));
         return { reply: ok({}) };
       case 'batchInit':
-        for (const id of ownShare(cmd.n, ctx)) state.set(ITEMS, id, assertItem({ stock: cmd.stock, price: cmd.price }));
+        for (const id of ownShare(cmd, ctx)) state.set(ITEMS, id, assertItem({ stock: cmd.stock, price: cmd.price }));
         return { reply: ok({}) };
       case 'add': {
         const item = state.get<Item>(ITEMS, cmd.id);

@@ -7,7 +7,7 @@ import { randomInt, randomUUID } from 'node:crypto';
 import type { Config, Kind } from '../config.js';
 import { ShopError, errorResponse, type ErrorCode } from '../errors.js';
 import type { Log } from '../log.js';
-import { partitionOf } from '../partition.js';
+import { batchInitRanges, partitionOf } from '../partition.js';
 import type { Reply } from '../protocol.js';
 import type { ShopClient } from '../runtime/client.js';
 
@@ -197,23 +197,29 @@ function helpers({ client, config, newId = randomUUID }: RouteDeps) {
     newId,
     command: <V>(kind: Kind, id: string, cmd: unknown) => client.command<V>(kind, part(id), cmd),
     query: <V>(kind: Kind, id: string, q: unknown) => client.query<V>(kind, part(id), q),
-    /** Sends one command to every partition of a kind at once (each applies its share); the first failure wins. */
-    async everyPartition(kind: Kind, cmd: unknown): Promise<Reply> {
-      const replies = await Promise.all(Array.from({ length: config.partitions }, (_, p) => client.command(kind, p, cmd)));
+    /**
+     * batch_init of ids "0".."n-1": every partition gets one command per range of BATCH_INIT_CHUNK ids and creates
+     * its share of it; all sent at once, the first failure wins.
+     */
+    async batchInit(kind: Kind, n: number, fields: Record<string, unknown>): Promise<Reply> {
+      const sends = batchInitRanges(n).flatMap((range) =>
+        Array.from({ length: config.partitions }, (_, p) => client.command(kind, p, { k: 'batchInit', ...range, ...fields }, { alone: true })),
+      );
+      const replies = await Promise.all(sends);
       return replies.find((r) => !r.ok) ?? { ok: true, v: {} };
     },
   };
 }
 
 export function stockRoutes(deps: RouteDeps): Route[] {
-  const { newId, command, query, everyPartition } = helpers(deps);
+  const { newId, command, query, batchInit } = helpers(deps);
   return [
     route('POST', '/stock/item/create/:price(int)', async ({ price }) => {
       const id = newId();
       return answer(await command('stock', id, { k: 'create', id, price }), () => ({ item_id: id }));
     }),
     route('POST', '/stock/batch_init/:n(int)/:starting_stock(int)/:item_price(int)', async ({ n, starting_stock, item_price }) =>
-      answer(await everyPartition('stock', { k: 'batchInit', n, stock: starting_stock, price: item_price }), () => ({
+      answer(await batchInit('stock', n, { stock: starting_stock, price: item_price }), () => ({
         msg: 'Batch init for stock successful',
       })),
     ),
@@ -230,14 +236,14 @@ export function stockRoutes(deps: RouteDeps): Route[] {
 }
 
 export function paymentRoutes(deps: RouteDeps): Route[] {
-  const { newId, command, query, everyPartition } = helpers(deps);
+  const { newId, command, query, batchInit } = helpers(deps);
   return [
     route('POST', '/payment/create_user', async () => {
       const id = newId();
       return answer(await command('payment', id, { k: 'create', id }), () => ({ user_id: id }));
     }),
     route('POST', '/payment/batch_init/:n(int)/:starting_money(int)', async ({ n, starting_money }) =>
-      answer(await everyPartition('payment', { k: 'batchInit', n, credit: starting_money }), () => ({ msg: 'Batch init for users successful' })),
+      answer(await batchInit('payment', n, { credit: starting_money }), () => ({ msg: 'Batch init for users successful' })),
     ),
     route('GET', '/payment/find_user/:user_id', async ({ user_id }) =>
       answer(await query<{ credit: number }>('payment', user_id, { k: 'find', id: user_id }), (v) => ({ user_id, credit: v.credit })),
@@ -263,7 +269,7 @@ interface OrderView {
 }
 
 export function orderRoutes(deps: RouteDeps): Route[] {
-  const { newId, command, query, everyPartition } = helpers(deps);
+  const { newId, command, query, batchInit } = helpers(deps);
   return [
     route('POST', '/orders/create/:user_id', async ({ user_id }) => {
       // Users are never deleted, so a user seen here still exists when the order is created.
@@ -276,7 +282,7 @@ export function orderRoutes(deps: RouteDeps): Route[] {
       if (n > 0 && (n_items === 0 || n_users === 0)) return errorResponse('bad_number', 'n_items and n_users must be at least 1');
       // One seed for all partitions: the "random" lines are drawn once, and replays draw them the same way.
       const seed = randomInt(2 ** 31);
-      return answer(await everyPartition('order', { k: 'batchInit', n, nItems: n_items, nUsers: n_users, price: item_price, seed }), () => ({
+      return answer(await batchInit('order', n, { nItems: n_items, nUsers: n_users, price: item_price, seed }), () => ({
         msg: 'Batch init for orders successful',
       }));
     }),

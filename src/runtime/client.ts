@@ -1,11 +1,11 @@
-import type { NatsConnection } from 'nats';
+import type { Msg, NatsConnection } from 'nats';
 import { randomBytes } from 'node:crypto';
 import { setTimeout as delay } from 'node:timers/promises';
 import { decode, encode } from '../codec.js';
 import type { Config, Kind } from '../config.js';
 import { ShopError } from '../errors.js';
 import type { Log } from '../log.js';
-import { BUNDLE_MAX, names, type CommandEnvelope, type Reply } from '../protocol.js';
+import { BUNDLE_BYTES_MAX, BUNDLE_MAX, names, type CommandEnvelope, type Reply } from '../protocol.js';
 import { isNoResponders, Mux, MUX_TIMEOUT, pubAck } from './mux.js';
 
 /**
@@ -19,13 +19,27 @@ const ACK_WAIT_MS = 2000;
 /** The gateway's side of the runtime: sends a command or read to the owner of a partition and waits for the outcome. */
 export interface ShopClient {
   readonly id: string;
-  /** Publishes to the partition's stream and resolves with the committed outcome; throws ShopError('unavailable') past the deadline. */
-  command<V = unknown>(kind: Kind, partition: number, cmd: unknown): Promise<Reply<V>>;
+  /**
+   * Publishes to the partition's stream and resolves with the committed outcome; throws ShopError('unavailable')
+   * past the deadline. `alone`: send it as a stream message of its own, never in a bundle, for a command that is
+   * heavy to apply (a batch_init range), so that the owner can end a batch after it.
+   */
+  command<V = unknown>(kind: Kind, partition: number, cmd: unknown, opts?: { alone?: boolean }): Promise<Reply<V>>;
   /** Asks the partition's owner by core NATS request; retries while nobody owns it; throws ShopError('unavailable') past the deadline. */
   query<V = unknown>(kind: Kind, partition: number, query: unknown): Promise<Reply<V>>;
   /** Requests waiting for an outcome. */
   inFlight(): number;
   close(): Promise<void>;
+}
+
+/** The outcome's reply, or ShopError('unavailable') when its deadline passed. */
+function settle<V>(outcome: Promise<Msg>): Promise<Reply<V>> {
+  return outcome.then(
+    (msg) => decode<Reply<V>>(msg.data),
+    (err) => {
+      throw err === MUX_TIMEOUT ? new ShopError('unavailable', 'no outcome before the deadline') : err;
+    },
+  );
 }
 
 const overloaded = () => new ShopError('unavailable', 'this gateway has gatewayInflightMax requests in flight; retry later');
@@ -73,6 +87,14 @@ export function createShopClient({ nc, config, log }: { nc: NatsConnection; conf
 
   function sendBundle(bundle: Bundle): void {
     const data = encode(bundle.envelopes.length === 1 ? bundle.envelopes[0] : bundle.envelopes);
+    if (data.length > BUNDLE_BYTES_MAX && bundle.envelopes.length > 1) {
+      // Too big for one message: send each half as a bundle of its own.
+      const half = Math.ceil(bundle.envelopes.length / 2);
+      for (const [from, to] of [[0, half], [half, bundle.envelopes.length]] as const) {
+        sendBundle({ ...bundle, envelopes: bundle.envelopes.slice(from, to), tokens: bundle.tokens.slice(from, to) });
+      }
+      return;
+    }
     store(bundle.subject, data, `${id}.${mux.token()}`, bundle.deadline).catch((err: Error) => {
       for (const token of bundle.tokens) mux.cancel(token, err);
     });
@@ -86,12 +108,17 @@ export function createShopClient({ nc, config, log }: { nc: NatsConnection; conf
 
   return {
     id,
-    command<V>(kind: Kind, partition: number, cmd: unknown): Promise<Reply<V>> {
+    command<V>(kind: Kind, partition: number, cmd: unknown, opts?: { alone?: boolean }): Promise<Reply<V>> {
       if (mux.pending() >= config.gatewayInflightMax) return Promise.reject(overloaded());
       const token = mux.token();
       const deadline = Date.now() + config.requestDeadlineMs;
       const outcome = mux.wait(token, deadline);
       const subject = n.cmd(kind, partition);
+      const envelope: CommandEnvelope = { c: cmd, r: mux.subject(token) };
+      if (opts?.alone) {
+        sendBundle({ subject, envelopes: [envelope], tokens: [token], deadline });
+        return settle(outcome);
+      }
       let bundle = open.get(subject);
       if (!bundle) {
         open.set(subject, (bundle = { subject, envelopes: [], tokens: [], deadline }));
@@ -100,18 +127,13 @@ export function createShopClient({ nc, config, log }: { nc: NatsConnection; conf
           setImmediate(flushBundles);
         }
       }
-      bundle.envelopes.push({ c: cmd, r: mux.subject(token) });
+      bundle.envelopes.push(envelope);
       bundle.tokens.push(token);
       if (bundle.envelopes.length >= BUNDLE_MAX) {
         open.delete(subject);
         sendBundle(bundle);
       }
-      return outcome.then(
-        (msg) => decode<Reply<V>>(msg.data),
-        (err) => {
-          throw err === MUX_TIMEOUT ? new ShopError('unavailable', 'no outcome before the deadline') : err;
-        },
-      );
+      return settle(outcome);
     },
 
     async query<V>(kind: Kind, partition: number, query: unknown): Promise<Reply<V>> {

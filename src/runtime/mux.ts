@@ -100,14 +100,20 @@ export class Mux {
       this.queue.length = 0;
       return;
     }
+    const skip = this.inbox.length + 1;
     for (const [subject, data, reply, msgId] of this.queue) {
-      if (msgId === undefined) {
-        this.nc.publish(subject, data, reply === undefined ? undefined : { reply });
-        continue;
+      try {
+        if (msgId === undefined) {
+          this.nc.publish(subject, data, reply === undefined ? undefined : { reply });
+          continue;
+        }
+        const h = natsHeaders();
+        h.set('Nats-Msg-Id', msgId);
+        this.nc.publish(subject, data, reply === undefined ? { headers: h } : { reply, headers: h });
+      } catch (err) {
+        // Refused by the client (e.g. over max_payload): the caller hears it as the answer's failure.
+        if (reply?.startsWith(this.inbox)) this.cancel(reply.slice(skip), err as Error);
       }
-      const h = natsHeaders();
-      h.set('Nats-Msg-Id', msgId);
-      this.nc.publish(subject, data, reply === undefined ? { headers: h } : { reply, headers: h });
     }
     this.queue.length = 0;
   }

@@ -20,6 +20,14 @@ const ACK_WAIT_MS = 2000;
  */
 const OUTBOX_CLEAR_IDLE_MS = 250;
 
+/**
+ * A batch ends early once it changes this many keys, or has applied commands for this long, and a batch cut short
+ * lets the event loop turn before the next one: a worker runs many partitions on one thread, and a long stretch of
+ * synchronous work would delay its heartbeats (and so cost it its lease), its replies and its reads.
+ */
+const BATCH_KEYS_MAX = 5_000;
+const BATCH_SLICE_MS = 10;
+
 /** Most committed batches whose outbox is still being published before the loop waits. */
 const OUTBOX_BATCHES_INFLIGHT_MAX = 64;
 
@@ -48,6 +56,8 @@ export interface RunnerDeps {
  */
 class Draft implements StateView {
   readonly batch: Changes = new Map();
+  /** Keys the batch changes. */
+  size = 0;
   /** This command's writes: the table, the key, and what the draft held for it before (to take them back). */
   private readonly undo: [table: Map<string, unknown>, key: string, had: boolean, before: unknown][] = [];
 
@@ -76,7 +86,7 @@ class Draft implements StateView {
     for (let i = this.undo.length - 1; i >= 0; i--) {
       const [t, key, had, before] = this.undo[i]!;
       if (had) t.set(key, before);
-      else t.delete(key);
+      else t.delete(key), this.size--;
     }
     this.undo.length = 0;
   }
@@ -97,7 +107,9 @@ class Draft implements StateView {
       if (!this.live.has(table)) throw new Error(`invariant: unknown table ${table}`);
       this.batch.set(table, (t = new Map()));
     }
-    this.undo.push([t, key, t.has(key), t.get(key)]);
+    const had = t.has(key);
+    this.undo.push([t, key, had, t.get(key)]);
+    if (!had) this.size++;
     t.set(key, value);
   }
 }
@@ -277,7 +289,11 @@ export class PartitionRunner {
       this.queue = batch === this.queue ? [] : this.queue.slice(config.batchMax);
       this.space?.();
       try {
-        await this.apply(batch);
+        const applied = await this.apply(batch);
+        if (applied < batch.length) {
+          this.queue = batch.slice(applied).concat(this.queue);
+          await new Promise<void>((r) => setImmediate(r));
+        }
       } catch (err) {
         // A commit that failed for a transport reason: nothing of the batch is visible; let it be re-read.
         this.log.error('batch failed; restarting the partition from its committed cursor', { err });
@@ -306,14 +322,19 @@ export class PartitionRunner {
     }
   }
 
-  private async apply(batch: JsMsg[]): Promise<void> {
+  /** Applies and commits a prefix of the batch (all of it, unless it hits BATCH_KEYS_MAX or BATCH_SLICE_MS); returns its length. */
+  private async apply(batch: JsMsg[]): Promise<number> {
     const { store } = this.deps;
+    const began = performance.now();
+    let applied = 0;
     const draft = new Draft(this.live);
     const outbox: Outbox = { js: [], replies: [] };
     this.streamPending = batch[batch.length - 1]!.info.pending;
     const sends = new Map<string, CommandEnvelope[]>();
     let last = this.cursor;
     for (const m of batch) {
+      if (applied > 0 && (draft.size >= BATCH_KEYS_MAX || performance.now() - began >= BATCH_SLICE_MS)) break;
+      applied++;
       last = m.seq;
       if (m.seq <= this.cursor) continue; // already applied (a consumer reset can re-deliver)
       let envelopes: CommandEnvelope[];
@@ -341,19 +362,23 @@ export class PartitionRunner {
     for (const [subject, envelopes] of sends) {
       for (const data of bundles(envelopes)) outbox.js.push([subject, `${this.kind}.${this.partition}.${last}.${outbox.js.length}`, data]);
     }
-    if (last <= this.cursor) return;
+    if (last <= this.cursor) return applied;
     const hasOutbox = outbox.js.length > 0 || outbox.replies.length > 0;
     const field = hasOutbox ? String(last) : '';
     const cleared = this.cleared;
     this.cleared = [];
     const started = performance.now();
     const committed = await store.commit(this.epoch, last, draft.batch, field, hasOutbox ? outbox : null, cleared);
-    if (!committed) return this.fenced();
-    this.deps.metrics?.batch(this.kind, this.partition, batch.length, performance.now() - started);
+    if (!committed) {
+      this.fenced();
+      return batch.length;
+    }
+    this.deps.metrics?.batch(this.kind, this.partition, applied, performance.now() - started);
     if (this.deps.config.faultKillAfter === 'commit' && hasOutbox) process.kill(process.pid, 'SIGKILL');
     draft.publish();
     this.cursor = last;
     if (hasOutbox) this.send(field, outbox);
+    return applied;
   }
 
   /** Sends a committed batch's messages; retries JetStream publishes until they are stored (or we lose the partition). */
@@ -370,8 +395,7 @@ export class PartitionRunner {
           if (!ack.error) return;
           refusal = ack.error.description;
         } catch (err) {
-          if (err !== MUX_TIMEOUT) throw err;
-          refusal = 'no acknowledgement in time';
+          refusal = err === MUX_TIMEOUT ? 'no acknowledgement in time' : (err as Error).message;
         }
         if (!this.active && this.state !== 'stopping') return; // the next owner re-sends it
         this.log.warn('outbox publish not stored; retrying with the same message id', { subject, refusal });
