@@ -40,9 +40,9 @@ export interface Config {
   streamPrefix: string;
   /** Prepended to every Redis key. */
   redisPrefix: string;
-  /** Most commands applied in one batch, i.e. one Redis commit. */
+  /** Most stream messages (a command, or a bundle of up to BUNDLE_MAX) applied in one batch, i.e. one Redis commit. */
   batchMax: number;
-  /** Most commands buffered per partition before the reader stops pulling from the stream. */
+  /** Most stream messages buffered per partition before the reader stops pulling from the stream. */
   queueMax: number;
   /** Most commands and reads one gateway process waits on at once; past it a request is answered 503 at once (backpressure). */
   gatewayInflightMax: number;

@@ -80,6 +80,9 @@ export function bundles(envelopes: CommandEnvelope[]): Uint8Array[] {
   return [...bundles(envelopes.slice(0, half)), ...bundles(envelopes.slice(half))];
 }
 
+/** The envelopes of a stream message; throws for a bundle over BUNDLE_MAX (its commands' numbers would collide). */
 export function unbundle(msg: StreamMessage): CommandEnvelope[] {
-  return Array.isArray(msg) ? msg : [msg];
+  if (!Array.isArray(msg)) return [msg];
+  if (msg.length > BUNDLE_MAX) throw new Error(`a bundle of ${msg.length} commands is over BUNDLE_MAX (${BUNDLE_MAX})`);
+  return msg;
 }
