@@ -5,6 +5,7 @@
  */
 import { OrderOutcomes } from './audit.js';
 import { LARGE_AMOUNT, type BenchOptions, type ScenarioName } from './options.js';
+import { seededRandom } from '../src/random.js';
 
 export interface Op {
   method: 'GET' | 'POST';
@@ -50,18 +51,6 @@ export interface Scenario {
   readonly audit: AuditPlan | undefined;
 }
 
-/** mulberry32: a small seeded generator, so a run's ids repeat with its --seed. Returns [0, 1). */
-export function createRandom(seed: number): () => number {
-  let a = seed >>> 0;
-  return () => {
-    a = (a + 0x6d2b79f5) >>> 0;
-    let t = a;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
-}
-
 /** The course's stress test data: every item and user starts with 1,000,000 (stress-test/init_orders.py). */
 const WDM_STARTING_AMOUNT = 1_000_000;
 
@@ -74,7 +63,7 @@ const batchInit = (users: number, credit: number, items: number, stock: number, 
 const isOk = (status: number) => status >= 200 && status < 300;
 
 export function createScenario(o: BenchOptions): Scenario {
-  const random = createRandom(o.seed);
+  const random = seededRandom(o.seed); // a run's ids repeat with its --seed
   switch (o.scenario) {
     case 'checkout-fresh':
       return checkoutEach(o, batchInit(o.users, LARGE_AMOUNT, o.items, LARGE_AMOUNT, o.orders), { initialStock: LARGE_AMOUNT, initialCredit: LARGE_AMOUNT, items: o.items }, () => false);

@@ -1,21 +1,7 @@
 import t from 'tap';
 import { partitionOf } from '../src/partition.js';
+import { pool } from './helpers/pool.js';
 import { startSystem, type System } from './helpers/system.js';
-
-/** Runs fn over items with at most `width` in flight. */
-async function pool<T, R>(items: T[], width: number, fn: (item: T) => Promise<R>): Promise<R[]> {
-  const out: R[] = new Array(items.length);
-  let next = 0;
-  await Promise.all(
-    Array.from({ length: Math.min(width, items.length) }, async () => {
-      while (next < items.length) {
-        const i = next++;
-        out[i] = await fn(items[i]!);
-      }
-    }),
-  );
-  return out;
-}
 
 async function newItem(sys: System, price: number, stock: number): Promise<string> {
   const id = (await sys.call('POST', `/stock/item/create/${price}`)).body.item_id as string;

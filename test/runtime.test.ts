@@ -30,6 +30,16 @@ function clientFor(t: Test, nc: NatsConnection, config: Config): ShopClient {
   return client;
 }
 
+/** Real servers and one in-process worker owning the single partition of every kind, with a client. */
+async function oneWorker(t: Test) {
+  const { nats, redis } = await startServers(t);
+  const config = testConfig(nats, redis, { partitions: 1, workerProcesses: 1 });
+  const { nc, redis: r } = await connections(t, config);
+  const worker = await startWorker({ nc, redis: r, config, log });
+  t.teardown(() => worker.close());
+  return { nc, config, client: clientFor(t, nc, config) };
+}
+
 const stockOf = (reply: Reply) => (reply.ok ? (reply.v as { stock: number }).stock : reply.code);
 
 t.test('fencing: a second owner of a partition makes the first one drop it, and nothing is applied twice', async (t) => {
@@ -66,12 +76,7 @@ t.test('fencing: a second owner of a partition makes the first one drop it, and 
 });
 
 t.test('a command re-published with the same id within the duplicate window is applied once', async (t) => {
-  const { nats, redis } = await startServers(t);
-  const config = testConfig(nats, redis, { partitions: 1, workerProcesses: 1 });
-  const { nc, redis: r } = await connections(t, config);
-  const worker = await startWorker({ nc, redis: r, config, log });
-  t.teardown(() => worker.close());
-  const client = clientFor(t, nc, config);
+  const { nc, config, client } = await oneWorker(t);
   await client.command('stock', 0, { k: 'create', id: 'd', price: 1 });
   const js = nc.jetstream();
   const subject = names(config.streamPrefix).cmd('stock', 0);
@@ -172,12 +177,7 @@ t.test('acquiring at a placement epoch: an older epoch is refused, a newer one f
 });
 
 t.test('a command that throws is taken back whole; the rest of its batch commits', async (t) => {
-  const { nats, redis } = await startServers(t);
-  const config = testConfig(nats, redis, { partitions: 1, workerProcesses: 1 });
-  const { nc, redis: r } = await connections(t, config);
-  const worker = await startWorker({ nc, redis: r, config, log });
-  t.teardown(() => worker.close());
-  const client = clientFor(t, nc, config);
+  const { nc, config, client } = await oneWorker(t);
   await client.command('stock', 0, { k: 'create', id: 'u', price: 1 });
   // A reserve naming the same item twice with an impossible total passes the per-line checks, then the second
   // subtraction breaks the non-negative invariant and throws: its first subtraction must be undone too.

@@ -1,6 +1,7 @@
 import type { ErrorCode } from '../errors.js';
 import { fnv1a, ownShare, partitionOf } from '../partition.js';
 import { fail, ok, type Reply } from '../protocol.js';
+import { seededRandom } from '../random.js';
 import { parsePart, partOf, type ForgetCmd, type Part, type ReleaseCmd, type SagaAnswer, type SagaRef } from './saga.js';
 import type { DebitCmd } from './payment.js';
 import type { ReserveCmd } from './stock.js';
@@ -50,18 +51,6 @@ const ORDERS = 'orders';
 export const ORDER_LINES_MAX = 1000;
 /** Most checkouts of one order waiting for its running saga; more are answered 503 (retry) instead of queued. */
 export const SAGA_WAITERS_MAX = 256;
-
-/** mulberry32: a tiny deterministic generator, so batch_init's "random" orders are the same on every replay. */
-function random(seed: number): () => number {
-  let a = seed >>> 0;
-  return () => {
-    a = (a + 0x6d2b79f5) >>> 0;
-    let t = a;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
-}
 
 function withoutSaga(order: Order): Order {
   const { saga: _done, ...rest } = order;
@@ -171,7 +160,7 @@ export const order: Actor<OrderCmd, OrderQuery> = {
         const total = 2 * cmd.price;
         if (!Number.isSafeInteger(total)) return { reply: fail('overflow', '2 * item_price') };
         for (const id of ownShare(cmd, ctx)) {
-          const next = random(cmd.seed ^ fnv1a(id));
+          const next = seededRandom(cmd.seed ^ fnv1a(id)); // the same "random" lines on every replay
           const item = () => String(Math.floor(next() * cmd.nItems));
           const items: Order['items'] = [[item(), 1], [item(), 1]];
           const user = String(Math.floor(next() * cmd.nUsers));

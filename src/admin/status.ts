@@ -2,7 +2,7 @@
  * What `shopctl status` shows, read straight from the KV buckets and the streams (no controller needed, so it
  * also works while there is no leader): live workers, and every partition's owner, epoch and lag.
  */
-import type { KV, NatsConnection } from 'nats';
+import type { JetStreamManager, NatsConnection } from 'nats';
 import type { Config, Kind } from '../config.js';
 import { names } from '../protocol.js';
 import { openBuckets } from '../runtime/membership.js';
@@ -24,24 +24,31 @@ export interface StatusDetail {
 }
 
 /** All keys first: awaiting other requests while the keys iterator is open cuts it short. */
-async function keysOf(kv: KV): Promise<string[]> {
-  const keys: string[] = [];
-  for await (const key of await kv.keys()) keys.push(key);
-  return keys;
+/**
+ * The keys of a bucket, from one stream-info request (its subjects). Not kv.keys(): on nats-server 2.9 that
+ * consumer can wait forever once entries expire by the bucket's TTL (nats-server issue 3481), and the workers
+ * bucket expires entries by design.
+ */
+async function keysOf(jsm: JetStreamManager, bucket: string): Promise<string[]> {
+  const prefix = `$KV.${bucket}.`;
+  const info = await jsm.streams.info(`KV_${bucket}`, { subjects_filter: `${prefix}>` });
+  return Object.keys(info.state.subjects ?? {}).map((subject) => subject.slice(prefix.length));
 }
 
 export async function readStatus(nc: NatsConnection, config: Config): Promise<StatusDetail> {
   const b = await openBuckets(nc.jetstream(), config);
+  const jsm = await nc.jetstreamManager();
+  const n = names(config.streamPrefix);
   const now = Date.now();
   const workers = new Map<string, { heartbeat: Heartbeat; ageMs: number }>();
-  for (const key of await keysOf(b.workers)) {
+  for (const key of await keysOf(jsm, n.workersBucket)) {
     const e = await b.workers.get(key);
     if (!e || e.operation !== 'PUT') continue;
     const ageMs = now - e.created.getTime();
     if (ageMs <= config.workerLeaseMs) workers.set(key, { heartbeat: fromBytes<Heartbeat>(e.value), ageMs });
   }
   const placement = new Map<string, Assignment>();
-  for (const key of await keysOf(b.placement)) {
+  for (const key of await keysOf(jsm, n.placementBucket)) {
     const e = await b.placement.get(key);
     if (e && e.operation === 'PUT' && parsePlacementKey(key)) placement.set(key, fromBytes<Assignment>(e.value));
   }
@@ -49,8 +56,6 @@ export async function readStatus(nc: NatsConnection, config: Config): Promise<St
   const leader = leaderEntry && leaderEntry.operation === 'PUT' ? fromBytes<{ id: string }>(leaderEntry.value).id : null;
 
   // Lag of a partition that nobody runs right now: the commands of its subject still in the stream (trimmed up to the last owner's cursor).
-  const jsm = await nc.jetstreamManager();
-  const n = names(config.streamPrefix);
   const inStream = new Map<string, number>();
   for (const kind of config.kinds) {
     try {

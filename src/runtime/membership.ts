@@ -40,6 +40,9 @@ export interface Watch {
   stop(): void;
 }
 
+/** Longest wait for a watch's initial values before it is treated as caught up. */
+const WATCH_READY_MAX_MS = 2000;
+
 /**
  * Calls `onEntry` for the last value of every key (`initial` true) and then for every change, in order.
  * A failing callback is logged, never ends the watch.
@@ -48,14 +51,21 @@ export async function watchKv(kv: KV, key: string, log: Log, onEntry: (entry: Kv
   let initial = true;
   let markReady!: () => void;
   const ready = new Promise<void>((r) => (markReady = r));
-  const iter: QueuedIterator<KvEntry> = await kv.watch({
-    key,
-    include: KvWatchInclude.LastValue,
-    initializedFn: () => {
-      initial = false;
-      markReady();
-    },
-  });
+  const initialized = () => {
+    if (!initial) return;
+    initial = false;
+    clearTimeout(fallback);
+    markReady();
+  };
+  // nats-server 2.9 can fail to signal the end of the initial values of a bucket whose entries expire by TTL
+  // (nats-server issue 3481): rather than wait forever, go on after WATCH_READY_MAX_MS; every live worker's
+  // heartbeat arrives within an interval anyway.
+  const fallback = setTimeout(() => {
+    if (initial) log.warn('watch: no end of the initial values in time; going on with what arrived', { key, afterMs: WATCH_READY_MAX_MS });
+    initialized();
+  }, WATCH_READY_MAX_MS);
+  fallback.unref();
+  const iter: QueuedIterator<KvEntry> = await kv.watch({ key, include: KvWatchInclude.LastValue, initializedFn: initialized });
   void (async () => {
     try {
       for await (const entry of iter) {

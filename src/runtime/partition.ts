@@ -28,6 +28,9 @@ const OUTBOX_CLEAR_IDLE_MS = 250;
 const BATCH_KEYS_MAX = 5_000;
 const BATCH_SLICE_MS = 10;
 
+/** Longest a runner that lets go waits for its outbox to finish sending. */
+const OUTBOX_DRAIN_MAX_MS = 5000;
+
 /** Most committed batches whose outbox is still being published before the loop waits. */
 const OUTBOX_BATCHES_INFLIGHT_MAX = 64;
 
@@ -137,7 +140,8 @@ export class PartitionRunner {
   private reads: Subscription | null = null;
   private loopDone: Promise<void> = Promise.resolve();
   private outboxInflight = 0;
-  private outboxDrained: (() => void) | null = null;
+  /** Waiters for an outbox batch to finish sending (the loop, past its in-flight bound, and release). */
+  private outboxWaiters: (() => void)[] = [];
   /** Outbox fields fully published; deleted by the next commit, or after OUTBOX_CLEAR_IDLE_MS without one. */
   private cleared: string[] = [];
   private clearTimer: NodeJS.Timeout | null = null;
@@ -249,8 +253,12 @@ export class PartitionRunner {
     this.messages = null;
     this.wake?.();
     this.space?.();
+    for (const wake of this.outboxWaiters.splice(0)) wake(); // a loop waiting on its outbox bound re-checks and ends
     await this.loopDone;
-    while (this.outboxInflight > 0) await new Promise<void>((r) => (this.outboxDrained = r));
+    // Let the outbox finish, within a bound: what is still unsent then stays in Redis for the next owner to send.
+    const giveUpAt = Date.now() + OUTBOX_DRAIN_MAX_MS;
+    while (this.outboxInflight > 0 && Date.now() < giveUpAt) await this.outboxSent(giveUpAt - Date.now());
+    if (this.outboxInflight > 0) this.log.warn('letting go with outbox messages unsent; the next owner sends them', { batches: this.outboxInflight });
     this.queue = [];
   }
 
@@ -283,7 +291,7 @@ export class PartitionRunner {
         continue;
       }
       while (this.outboxInflight >= OUTBOX_BATCHES_INFLIGHT_MAX && this.active) {
-        await new Promise<void>((r) => (this.outboxDrained = r));
+        await this.outboxSent();
       }
       const batch = this.queue.length <= config.batchMax ? this.queue : this.queue.slice(0, config.batchMax);
       this.queue = batch === this.queue ? [] : this.queue.slice(config.batchMax);
@@ -406,7 +414,15 @@ export class PartitionRunner {
       if (config.faultKillAfter === 'send') process.kill(process.pid, 'SIGKILL');
       this.sent(field);
       this.outboxInflight--;
-      this.outboxDrained?.();
+      for (const wake of this.outboxWaiters.splice(0)) wake();
+    });
+  }
+
+  /** Resolves when an outbox batch finishes sending (or after `maxMs`). */
+  private outboxSent(maxMs?: number): Promise<void> {
+    return new Promise<void>((resolve) => {
+      this.outboxWaiters.push(resolve);
+      if (maxMs !== undefined) setTimeout(resolve, maxMs).unref();
     });
   }
 

@@ -18,6 +18,8 @@ import { names } from '../../src/protocol.js';
 import { placementKey } from '../../src/runtime/placement.js';
 import { startServers, testConfig, waitFor, type TestServer } from './servers.js';
 import { configEnv, spawnRole, type Child } from './stack.js';
+import { pool } from './pool.js';
+import { httpCall } from './http.js';
 
 const SHOPCTL = join(dirname(fileURLToPath(import.meta.url)), '..', '..', 'src', 'admin', 'shopctl.js');
 
@@ -66,17 +68,8 @@ export async function startCluster(t: Test, overrides: Partial<Record<keyof Conf
     nc,
     url,
     gatewayRegistry: gateway.registry,
-    async call(method, path) {
-      const started = performance.now();
-      const res = await fetch(url + path, { method });
-      const text = await res.text();
-      let body: unknown = null;
-      try {
-        body = JSON.parse(text);
-      } catch {
-        body = text;
-      }
-      return { status: res.status, body, at: started, ms: performance.now() - started };
+    call(method, path) {
+      return httpCall(url, method, path);
     },
     spawnWorker(index, extraEnv = {}) {
       const child = spawnRole('worker', { ...config, workerIndex: index }, extraEnv);
@@ -201,20 +194,6 @@ export function percentile(values: number[], p: number): number {
   if (values.length === 0) return 0;
   const sorted = [...values].sort((a, b) => a - b);
   return sorted[Math.min(sorted.length - 1, Math.ceil((p / 100) * sorted.length) - 1)]!;
-}
-
-async function pool<T, R>(items: T[], width: number, fn: (item: T) => Promise<R>): Promise<R[]> {
-  const out: R[] = new Array(items.length);
-  let next = 0;
-  await Promise.all(
-    Array.from({ length: Math.min(width, items.length) }, async () => {
-      while (next < items.length) {
-        const i = next++;
-        out[i] = await fn(items[i]!);
-      }
-    }),
-  );
-  return out;
 }
 
 /** p99 of the requests that were in flight during any of `windows` ([start, end] in performance.now() ms). */

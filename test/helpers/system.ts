@@ -6,14 +6,15 @@ import { createGateway } from '../../src/http/gateway.js';
 import { createLog } from '../../src/log.js';
 import { startWorker } from '../../src/runtime/worker.js';
 import { startServers, testConfig, type TestServer } from './servers.js';
+import { httpCall, type HttpAnswer } from './http.js';
 
 export interface System {
   nats: TestServer;
   redis: TestServer;
   config: Readonly<Config>;
   url: string;
-  /** fetch against the gateway; returns status and parsed JSON body (null when the body is not JSON). */
-  call(method: 'GET' | 'POST', path: string): Promise<{ status: number; body: any; contentType: string | null }>;
+  /** fetch against the gateway: status, parsed JSON body (the raw text when not JSON), content type. */
+  call(method: 'GET' | 'POST', path: string): Promise<HttpAnswer>;
 }
 
 /**
@@ -46,16 +47,6 @@ export async function startSystem(t: Test, { workers = 2, overrides = {} }: { wo
     redis,
     config,
     url,
-    async call(method, path) {
-      const res = await fetch(url + path, { method });
-      const text = await res.text();
-      let body: unknown = null;
-      try {
-        body = JSON.parse(text);
-      } catch {
-        body = null;
-      }
-      return { status: res.status, body, contentType: res.headers.get('content-type') };
-    },
+    call: (method, path) => httpCall(url, method, path),
   };
 }
