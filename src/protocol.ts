@@ -66,18 +66,26 @@ export type StreamMessage = CommandEnvelope | CommandEnvelope[];
 /** Most bytes in one bundle, well below NATS's max_payload (1 MiB): a bundle past it is split in two. */
 export const BUNDLE_BYTES_MAX = 256 * 1024;
 
-/** Encodes envelopes for one subject as few messages as possible, none over BUNDLE_MAX commands or BUNDLE_BYTES_MAX. */
-export function bundles(envelopes: CommandEnvelope[]): Uint8Array[] {
-  if (envelopes.length === 1) return [encode(envelopes[0])];
-  if (envelopes.length > BUNDLE_MAX) {
-    const out: Uint8Array[] = [];
-    for (let i = 0; i < envelopes.length; i += BUNDLE_MAX) out.push(...bundles(envelopes.slice(i, i + BUNDLE_MAX)));
+/**
+ * Encodes envelopes for one subject as few messages as possible, none over BUNDLE_MAX commands or
+ * BUNDLE_BYTES_MAX, in order; each message says which envelopes [from, to) it carries.
+ */
+export function bundleRanges(envelopes: CommandEnvelope[], from = 0, to = envelopes.length): { from: number; to: number; data: Uint8Array }[] {
+  if (to - from === 1) return [{ from, to, data: encode(envelopes[from]) }];
+  if (to - from > BUNDLE_MAX) {
+    const out: { from: number; to: number; data: Uint8Array }[] = [];
+    for (let i = from; i < to; i += BUNDLE_MAX) out.push(...bundleRanges(envelopes, i, Math.min(to, i + BUNDLE_MAX)));
     return out;
   }
-  const data = encode(envelopes);
-  if (data.length <= BUNDLE_BYTES_MAX) return [data];
-  const half = Math.ceil(envelopes.length / 2);
-  return [...bundles(envelopes.slice(0, half)), ...bundles(envelopes.slice(half))];
+  const data = encode(envelopes.slice(from, to));
+  if (data.length <= BUNDLE_BYTES_MAX) return [{ from, to, data }];
+  const half = from + Math.ceil((to - from) / 2);
+  return [...bundleRanges(envelopes, from, half), ...bundleRanges(envelopes, half, to)];
+}
+
+/** The messages of bundleRanges, without their ranges. */
+export function bundles(envelopes: CommandEnvelope[]): Uint8Array[] {
+  return bundleRanges(envelopes).map((b) => b.data);
 }
 
 /** The envelopes of a stream message; throws for a bundle over BUNDLE_MAX (its commands' numbers would collide). */

@@ -5,7 +5,7 @@ import { decode, encode } from '../codec.js';
 import type { Config, Kind } from '../config.js';
 import { ShopError } from '../errors.js';
 import type { Log } from '../log.js';
-import { BUNDLE_BYTES_MAX, BUNDLE_MAX, names, type CommandEnvelope, type Reply } from '../protocol.js';
+import { BUNDLE_MAX, bundleRanges, names, type CommandEnvelope, type Reply } from '../protocol.js';
 import { isNoResponders, Mux, MUX_TIMEOUT, pubAck } from './mux.js';
 
 /**
@@ -86,18 +86,12 @@ export function createShopClient({ nc, config, log }: { nc: NatsConnection; conf
   let flushScheduled = false;
 
   function sendBundle(bundle: Bundle): void {
-    const data = encode(bundle.envelopes.length === 1 ? bundle.envelopes[0] : bundle.envelopes);
-    if (data.length > BUNDLE_BYTES_MAX && bundle.envelopes.length > 1) {
-      // Too big for one message: send each half as a bundle of its own.
-      const half = Math.ceil(bundle.envelopes.length / 2);
-      for (const [from, to] of [[0, half], [half, bundle.envelopes.length]] as const) {
-        sendBundle({ ...bundle, envelopes: bundle.envelopes.slice(from, to), tokens: bundle.tokens.slice(from, to) });
-      }
-      return;
+    // Usually one message; more only when the bundle is over BUNDLE_BYTES_MAX.
+    for (const { from, to, data } of bundleRanges(bundle.envelopes)) {
+      store(bundle.subject, data, `${id}.${mux.token()}`, bundle.deadline).catch((err: Error) => {
+        for (const token of bundle.tokens.slice(from, to)) mux.cancel(token, err);
+      });
     }
-    store(bundle.subject, data, `${id}.${mux.token()}`, bundle.deadline).catch((err: Error) => {
-      for (const token of bundle.tokens) mux.cancel(token, err);
-    });
   }
 
   function flushBundles(): void {
