@@ -3,34 +3,51 @@ import { decode, encode } from '../codec.js';
 import type { Kind } from '../config.js';
 
 /**
- * One commit per batch, atomic: fencing check, changed keys, cursor and outbox together.
- * KEYS: meta, outbox, then one hash per table.
- * ARGV: epoch, cursor, outbox field ('' for none), outbox value, clear count, cleared fields...,
+ * Group commit: the batches of every partition of this process that commit in the same event-loop turn go to
+ * Redis as one script call, each batch still atomic and fenced on its own (a batch whose partition has a newer
+ * epoch writes nothing; the others are not affected).
+ * KEYS: per batch: meta, outbox, then one hash per table.
+ * ARGV: batch count, then per batch: key count, argument count, then its arguments:
+ *       epoch, cursor, outbox field ('' for none), outbox value, clear count, cleared fields...,
  *       then per table: set count, (key, value)..., delete count, key...
- * Returns 0 (and writes nothing) when the stored epoch is not ours: a newer owner took the partition.
+ * Returns one result per batch: 1 committed, 0 fenced (nothing written).
  */
 const COMMIT_LUA = `
-if redis.call('HGET', KEYS[1], 'epoch') ~= ARGV[1] then return 0 end
-redis.call('HSET', KEYS[1], 'cursor', ARGV[2])
-if ARGV[3] ~= '' then redis.call('HSET', KEYS[2], ARGV[3], ARGV[4]) end
-local i = 5
-local n = tonumber(ARGV[i]); i = i + 1
-if n > 0 then redis.call('HDEL', KEYS[2], unpack(ARGV, i, i + n - 1)); i = i + n end
-for t = 3, #KEYS do
-  n = tonumber(ARGV[i]); i = i + 1
-  while n > 0 do
-    local chunk = math.min(n, ${'256'})
-    redis.call('HSET', KEYS[t], unpack(ARGV, i, i + 2 * chunk - 1))
-    i = i + 2 * chunk; n = n - chunk
+local results = {}
+local k = 0
+local i = 2
+for b = 1, tonumber(ARGV[1]) do
+  local nkeys = tonumber(ARGV[i])
+  local nextArg = i + 2 + tonumber(ARGV[i + 1])
+  i = i + 2
+  if redis.call('HGET', KEYS[k + 1], 'epoch') ~= ARGV[i] then
+    results[b] = 0
+  else
+    redis.call('HSET', KEYS[k + 1], 'cursor', ARGV[i + 1])
+    if ARGV[i + 2] ~= '' then redis.call('HSET', KEYS[k + 2], ARGV[i + 2], ARGV[i + 3]) end
+    i = i + 4
+    local n = tonumber(ARGV[i]); i = i + 1
+    if n > 0 then redis.call('HDEL', KEYS[k + 2], unpack(ARGV, i, i + n - 1)); i = i + n end
+    for t = k + 3, k + nkeys do
+      n = tonumber(ARGV[i]); i = i + 1
+      while n > 0 do
+        local chunk = math.min(n, 256)
+        redis.call('HSET', KEYS[t], unpack(ARGV, i, i + 2 * chunk - 1))
+        i = i + 2 * chunk; n = n - chunk
+      end
+      n = tonumber(ARGV[i]); i = i + 1
+      while n > 0 do
+        local chunk = math.min(n, 512)
+        redis.call('HDEL', KEYS[t], unpack(ARGV, i, i + chunk - 1))
+        i = i + chunk; n = n - chunk
+      end
+    end
+    results[b] = 1
   end
-  n = tonumber(ARGV[i]); i = i + 1
-  while n > 0 do
-    local chunk = math.min(n, ${'512'})
-    redis.call('HDEL', KEYS[t], unpack(ARGV, i, i + chunk - 1))
-    i = i + chunk; n = n - chunk
-  end
+  k = k + nkeys
+  i = nextArg
 end
-return 1
+return results
 `;
 
 /**
@@ -91,8 +108,79 @@ export interface PartitionStore {
   epoch(): Promise<number>;
 }
 
+type Arg = string | Buffer | Uint8Array | number;
 // ioredis flattens array arguments, so a batch of any size goes as one array, never as spread call arguments.
-type CommitFn = (numKeys: number, args: (string | Buffer | number)[]) => Promise<number>;
+type ScriptFn<R> = (numKeys: number, args: Arg[]) => Promise<R>;
+
+/** One batch's part of a group commit. */
+interface Pending {
+  keys: string[];
+  args: Arg[];
+  resolve(committed: boolean): void;
+  reject(err: Error): void;
+}
+
+/**
+ * Most arguments in one group commit: a group of large batches (batch_init ranges) is cut here, so that no
+ * single script call keeps Redis busy for long.
+ */
+const GROUP_ARGS_MAX = 65_536;
+
+/**
+ * Collects the commits of one process's partitions and sends them together: at the end of the event-loop turn
+ * when no group is in flight, otherwise as soon as the one in flight returns. Under load a group holds whatever
+ * arrived during the previous round trip, so its size follows the load (group commit).
+ */
+class CommitGroup {
+  private queue: Pending[] = [];
+  private inflight = false;
+  private scheduled = false;
+
+  constructor(private readonly run: ScriptFn<number[]>) {}
+
+  commit(keys: string[], args: Arg[]): Promise<boolean> {
+    return new Promise((resolve, reject) => {
+      this.queue.push({ keys, args, resolve, reject });
+      this.schedule();
+    });
+  }
+
+  private schedule(): void {
+    if (this.inflight || this.scheduled || this.queue.length === 0) return;
+    this.scheduled = true;
+    setImmediate(() => {
+      this.scheduled = false;
+      void this.flush();
+    });
+  }
+
+  private async flush(): Promise<void> {
+    if (this.inflight || this.queue.length === 0) return;
+    let size = 0;
+    let take = 0;
+    while (take < this.queue.length && (take === 0 || size + this.queue[take]!.args.length <= GROUP_ARGS_MAX)) size += this.queue[take++]!.args.length;
+    const group = this.queue.splice(0, take);
+    const keys: string[] = [];
+    const args: Arg[] = [group.length];
+    for (const p of group) {
+      for (const key of p.keys) keys.push(key);
+      args.push(p.keys.length, p.args.length);
+      for (const a of p.args) args.push(a);
+    }
+    this.inflight = true;
+    try {
+      const results = await this.run(keys.length, [...keys, ...args]);
+      group.forEach((p, i) => p.resolve(results[i] === 1));
+    } catch (err) {
+      for (const p of group) p.reject(err as Error);
+    } finally {
+      this.inflight = false;
+      this.schedule();
+    }
+  }
+}
+
+const groups = new WeakMap<Redis, CommitGroup>();
 
 export function partitionKeyTag(prefix: string, kind: Kind, partition: number): string {
   // The hash tag keeps a partition's keys in one Redis Cluster slot, so its commit is atomic there too.
@@ -107,8 +195,10 @@ export function createPartitionStore(redis: Redis, prefix: string, kind: Kind, p
     redis.defineCommand('shopCommit', { lua: COMMIT_LUA });
     redis.defineCommand('shopAcquire', { lua: ACQUIRE_LUA });
   }
-  const commitFn = (redis as unknown as { shopCommit: CommitFn }).shopCommit.bind(redis);
-  const acquireFn = (redis as unknown as { shopAcquire: CommitFn }).shopAcquire.bind(redis);
+  let group = groups.get(redis);
+  if (!group) groups.set(redis, (group = new CommitGroup((redis as unknown as { shopCommit: ScriptFn<number[]> }).shopCommit.bind(redis))));
+  const commits = group;
+  const acquireFn = (redis as unknown as { shopAcquire: ScriptFn<number> }).shopAcquire.bind(redis);
 
   return {
     keys,
@@ -137,7 +227,7 @@ export function createPartitionStore(redis: Redis, prefix: string, kind: Kind, p
     },
 
     async commit(epoch, cursor, changes, outboxField, outbox, clearFields) {
-      const args: (string | Buffer | number)[] = [keys.meta, keys.outbox, ...tableKeys, String(epoch), String(cursor), outboxField, outbox ? encode(outbox) : '', clearFields.length, ...clearFields];
+      const args: Arg[] = [String(epoch), String(cursor), outboxField, outbox ? encode(outbox) : '', clearFields.length, ...clearFields];
       for (const name of tables) {
         const changed = changes.get(name);
         const dels: string[] = [];
@@ -153,8 +243,7 @@ export function createPartitionStore(redis: Redis, prefix: string, kind: Kind, p
         args.push(dels.length);
         for (const d of dels) args.push(d);
       }
-      const result = await commitFn(2 + tableKeys.length, args);
-      return result === 1;
+      return commits.commit([keys.meta, keys.outbox, ...tableKeys], args);
     },
 
     async clearOutbox(fields) {
