@@ -94,3 +94,34 @@ export function unbundle(msg: StreamMessage): CommandEnvelope[] {
   if (msg.length > BUNDLE_MAX) throw new Error(`a bundle of ${msg.length} commands is over BUNDLE_MAX (${BUNDLE_MAX})`);
   return msg;
 }
+
+/** A stream message's commands as raw msgpack: how many, and where the first begins (after the array header). */
+function bundleBody(data: Uint8Array): { count: number; offset: number } {
+  const b = data[0]!;
+  if ((b & 0xf0) === 0x90) return { count: b & 0x0f, offset: 1 };
+  if (b === 0xdc) return { count: (data[1]! << 8) | data[2]!, offset: 3 };
+  if (b === 0xdd) return { count: ((data[1]! << 24) | (data[2]! << 16) | (data[3]! << 8) | data[4]!) >>> 0, offset: 5 };
+  return { count: 1, offset: 0 }; // one envelope, not in an array
+}
+
+/** Commands in an encoded stream message, without decoding it. */
+export const bundleCount = (data: Uint8Array): number => bundleBody(data).count;
+
+/**
+ * One stream message holding the commands of several, in order, made without decoding them: a msgpack array
+ * header for the total, then each message's commands as they are.
+ */
+export function joinBundles(parts: Uint8Array[]): Uint8Array {
+  if (parts.length === 1) return parts[0]!;
+  const bodies = parts.map((p) => ({ p, ...bundleBody(p) }));
+  const count = bodies.reduce((n, b) => n + b.count, 0);
+  const header = count < 16 ? [0x90 | count] : count < 0x10000 ? [0xdc, count >> 8, count & 0xff] : [0xdd, count >>> 24, (count >> 16) & 0xff, (count >> 8) & 0xff, count & 0xff];
+  const out = new Uint8Array(header.length + bodies.reduce((n, b) => n + b.p.length - b.offset, 0));
+  out.set(header, 0);
+  let at = header.length;
+  for (const { p, offset } of bodies) {
+    out.set(offset === 0 ? p : p.subarray(offset), at);
+    at += p.length - offset;
+  }
+  return out;
+}

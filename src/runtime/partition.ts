@@ -6,13 +6,11 @@ import type { Config, Kind } from '../config.js';
 import type { Log } from '../log.js';
 import { BUNDLE_MAX, bundles, fail, names, unbundle, type CommandEnvelope, type Names, type Reply, type StreamMessage } from '../protocol.js';
 import type { RunnerMetrics } from './metrics.js';
-import { Mux, MUX_TIMEOUT, pubAck } from './mux.js';
+import type { Courier } from './courier.js';
+import type { Mux } from './mux.js';
 import { StaleEpochError, type Changes, type Outbox, type PartitionStore } from './store.js';
 
 const replyMessage = (to: ReplyTo, reply: Reply): [string, Uint8Array] => [to, encode(reply)];
-
-/** Longest wait for the stream's acknowledgement of an outbox message before it is published again (same Nats-Msg-Id). */
-const ACK_WAIT_MS = 2000;
 
 /**
  * Sent outbox entries are deleted by the partition's next commit; when none comes within this time they are
@@ -41,6 +39,8 @@ export interface RunnerDeps {
   js: JetStreamClient;
   /** Request/reply and coalesced publishing for this process (outbox messages, replies). */
   mux: Mux;
+  /** Publishes committed outbox messages to JetStream, combined with those of the process's other partitions. */
+  courier: Courier;
   jsm: JetStreamManager;
   store: PartitionStore;
   config: Config;
@@ -389,30 +389,18 @@ export class PartitionRunner {
     return applied;
   }
 
-  /** Sends a committed batch's messages; retries JetStream publishes until they are stored (or we lose the partition). */
+  /** Sends a committed batch's messages; the courier publishes them until they are stored (or we lose the partition). */
   private send(field: string, outbox: Outbox): void {
-    const { mux, config } = this.deps;
+    const { mux, courier, config } = this.deps;
     for (const [subject, data] of outbox.replies) mux.publish(subject, data);
     if (outbox.js.length === 0) return this.sent(field);
     this.outboxInflight++;
-    const publishOne = async ([subject, msgId, data]: [string, string, Uint8Array]) => {
-      for (;;) {
-        let refusal: string;
-        try {
-          const ack = pubAck(await mux.request(subject, data, ACK_WAIT_MS, msgId));
-          if (!ack.error) return;
-          refusal = ack.error.description;
-        } catch (err) {
-          refusal = err === MUX_TIMEOUT ? 'no acknowledgement in time' : (err as Error).message;
-        }
-        if (!this.active && this.state !== 'stopping') return; // the next owner re-sends it
-        this.log.warn('outbox publish not stored; retrying with the same message id', { subject, refusal });
-        await delay(config.retryBackoffMs);
+    const abandoned = () => !this.active && this.state !== 'stopping'; // the next owner re-sends it
+    void Promise.all(outbox.js.map(([subject, msgId, data]) => courier.deliver(subject, msgId, data, abandoned))).then((stored) => {
+      if (stored.every(Boolean)) {
+        if (config.faultKillAfter === 'send') process.kill(process.pid, 'SIGKILL');
+        this.sent(field);
       }
-    };
-    void Promise.all(outbox.js.map(publishOne)).then(() => {
-      if (config.faultKillAfter === 'send') process.kill(process.pid, 'SIGKILL');
-      this.sent(field);
       this.outboxInflight--;
       for (const wake of this.outboxWaiters.splice(0)) wake();
     });
