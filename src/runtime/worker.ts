@@ -14,6 +14,7 @@ import type { RunnerMetrics } from './metrics.js';
 import { Mux } from './mux.js';
 import { PartitionRunner } from './partition.js';
 import { fromBytes, placementKey, toBytes, type Assignment, type Heartbeat } from './placement.js';
+import { Courier } from './courier.js';
 import { createPartitionStore, StaleEpochError, type PartitionStore } from './store.js';
 import { ensureStreams } from './streams.js';
 
@@ -79,14 +80,15 @@ interface Kit {
   log: Log;
   redis: Redis;
   mux: Mux;
+  courier: Courier;
   js: ReturnType<NatsConnection['jetstream']>;
   jsm: Awaited<ReturnType<NatsConnection['jetstreamManager']>>;
   metrics: RunnerMetrics;
 }
 
 function newRunner(kit: Kit, kind: Kind, partition: number, store: PartitionStore, onFenced: (r: PartitionRunner) => void): PartitionRunner {
-  const { nc, js, jsm, mux, config, log, metrics } = kit;
-  return new PartitionRunner({ nc, js, jsm, mux, config, log, actor: actorOf(kind), partition, store, metrics, onFenced });
+  const { nc, js, jsm, mux, courier, config, log, metrics } = kit;
+  return new PartitionRunner({ nc, js, jsm, mux, courier, config, log, actor: actorOf(kind), partition, store, metrics, onFenced });
 }
 
 const sampleOf = (runners: Iterable<PartitionRunner>): PartitionSample[] =>
@@ -105,7 +107,8 @@ export async function startWorker(opts: WorkerOptions): Promise<Worker> {
   const mux = new Mux(nc, names(config.streamPrefix).inbox(`w${randomBytes(6).toString('hex')}`));
   let current: () => Iterable<PartitionRunner> = () => [];
   const metrics = createWorkerMetrics(() => sampleOf(current()), opts.metrics);
-  const kit: Kit = { nc, config, log, redis, mux, js, jsm, metrics };
+  const courier = new Courier(mux, log, config.retryBackoffMs);
+  const kit: Kit = { nc, config, log, redis, mux, courier, js, jsm, metrics };
   if (opts.partitions || config.placement === 'static') {
     const worker = await startStaticWorker(kit, opts.partitions ?? ownedPartitions(config), metrics.registry);
     current = () => worker.runners;
@@ -227,6 +230,8 @@ async function startDynamicWorker(kit: Kit, opts: WorkerOptions, registry: Regis
         putAgain = false;
         if (leaving) return;
         const sentAt = Date.now();
+        // A lease that lapsed stays lost: a heartbeat sent after it (say, right after a SIGSTOP ends) must not revive it.
+        if (!checkLease(sentAt)) return;
         try {
           await buckets.workers.put(id, toBytes(heartbeat()));
           lastAckAt = sentAt;
