@@ -162,6 +162,35 @@ t.test('bundles stay within BUNDLE_MAX commands and BUNDLE_BYTES_MAX bytes, in o
   }
 });
 
+t.test('joined bundles decode to the commands of their parts, in order, whatever the array header sizes', async (t) => {
+  const { bundles, bundleCount, joinBundles, unbundle } = await import('../src/protocol.js');
+  const { decode } = await import('../src/codec.js');
+  const envelope = (i: number) => ({ c: { k: 'forget', saga: `o${i}#1`, at: i }, ...(i % 3 === 0 ? { r: `_reply.g.${i}` } : {}) });
+  await fc.assert(
+    fc.property(fc.array(fc.integer({ min: 1, max: 1024 }), { minLength: 1, maxLength: 6 }), (sizes) => {
+      let next = 0;
+      const parts = sizes.map((n) => Array.from({ length: n }, () => envelope(next++)));
+      // A part of one envelope is encoded bare (not in an array).
+      const encoded = parts.flatMap((p) => bundles(p));
+      const joined = joinBundles(encoded);
+      const back = unbundleAll(decode(joined));
+      return bundleCount(joined) === next && back.length === next && back.every((e, i) => JSON.stringify(e) === JSON.stringify(envelope(i)));
+    }),
+    { numRuns: 60 },
+  );
+  // Headers of every size: 15 and 16 (fixarray / array16), 65,535 and 65,536 (array16 / array32).
+  for (const total of [15, 16, 65_535, 65_536]) {
+    const parts = [];
+    for (let made = 0; made < total; made += 1024) parts.push(bundles(Array.from({ length: Math.min(1024, total - made) }, (_, i) => envelope(made + i)))[0]!);
+    const joined = joinBundles(parts);
+    t.equal(bundleCount(joined), total, `${total} commands counted from the header`);
+    t.equal(unbundleAll(decode(joined)).length, total, `${total} commands decoded`);
+  }
+  function unbundleAll(msg: unknown): unknown[] {
+    return Array.isArray(msg) && msg.length > 1024 ? msg : unbundle(msg as never);
+  }
+});
+
 t.test('an order holds at most ORDER_LINES_MAX lines', async (t) => {
   const { order, ORDER_LINES_MAX } = await import('../src/actors/order.js');
   const state = memoryState(order.tables);
