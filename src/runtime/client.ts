@@ -98,6 +98,7 @@ export function createShopClient({ nc, config, log }: { nc: NatsConnection; conf
     flushScheduled = false;
     for (const bundle of open.values()) sendBundle(bundle);
     open.clear();
+    mux.flush(); // already the end of a turn: publish now rather than at the end of the next one
   }
 
   return {

@@ -69,6 +69,7 @@ export class Courier {
       }
       void this.publish(subject, combo);
     }
+    this.mux.flush(); // this is already the end of a turn: publish now rather than at the end of the next one
   }
 
   private async publish(subject: string, parcels: Parcel[]): Promise<void> {

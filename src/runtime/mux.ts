@@ -94,7 +94,8 @@ export class Mux {
     for (const token of [...this.waiters.keys()]) this.cancel(token, err);
   }
 
-  private flush(): void {
+  /** Sends the queued publishes now (a caller already running at the end of a turn saves the wait for the next one). */
+  flush(): void {
     this.flushScheduled = false;
     if (this.nc.isClosed()) {
       this.queue.length = 0;
