@@ -52,6 +52,41 @@ export const ORDER_LINES_MAX = 1000;
 /** Most checkouts of one order waiting for its running saga; more are answered 503 (retry) instead of queued. */
 export const SAGA_WAITERS_MAX = 256;
 
+/**
+ * How an order is kept in its table. An order with no saga running and none that paid it (every order between
+ * batch_init or create and its checkout) is a flat string `paid|total|user|item:quantity,...`: ~100 bytes of
+ * heap with its map entry instead of ~370 as nested objects (1M orders: ~270 MB). Any other order, or one with an
+ * id that holds a separator, is the object itself.
+ */
+type StoredOrder = Order | string;
+
+const plainId = (id: string) => !/[|:,]/.test(id);
+
+function storeOrder(order: Order): StoredOrder {
+  if (order.saga || order.paidBy || !plainId(order.user) || !order.items.every(([item]) => plainId(item))) return order;
+  return [order.paid ? '1' : '0', order.total, order.user, order.items.map(([item, q]) => `${item}:${q}`).join(',')].join('|');
+}
+
+function loadOrder(stored: StoredOrder): Order {
+  if (typeof stored !== 'string') return stored;
+  const [paid, total, user, lines] = stored.split('|') as [string, string, string, string];
+  const items: Order['items'] = lines === '' ? [] : lines.split(',').map((line) => {
+    const at = line.lastIndexOf(':');
+    return [line.slice(0, at), Number(line.slice(at + 1))];
+  });
+  return { user, items, total: Number(total), paid: paid === '1' };
+}
+
+/** The order with this id, whatever form it is kept in. */
+export function readOrder(state: ReadView, id: string): Order | undefined {
+  const stored = state.get<StoredOrder>(ORDERS, id);
+  return stored === undefined ? undefined : loadOrder(stored);
+}
+
+function writeOrder(state: StateView, id: string, order: Order): void {
+  state.set(ORDERS, id, storeOrder(order));
+}
+
 function withoutSaga(order: Order): Order {
   const { saga: _done, ...rest } = order;
   return rest;
@@ -91,7 +126,7 @@ const releaseOf = (ref: SagaRef, at?: number): ReleaseCmd => (at === undefined ?
 /** One participant's answer moves the saga; when every part has settled, the order's outcome is decided and committed. */
 function onAnswer(state: StateView, msg: SagaAnswer, ctx: ApplyContext): Effects {
   const ref: SagaRef = { saga: msg.saga, order: msg.order, from: ctx.partition };
-  const order = state.get<Order>(ORDERS, msg.order);
+  const order = readOrder(state, msg.order);
   const current = order?.saga;
   if (!order || !current || current.id !== msg.saga) {
     // Not the running saga: a late copy of an answer, or the answer to a copy of a hold re-sent after the saga
@@ -130,7 +165,7 @@ function onAnswer(state: StateView, msg: SagaAnswer, ctx: ApplyContext): Effects
   const succeeded = !saga.failed && states.every((st) => st === 'held');
   const settled = saga.failed !== undefined && states.every((st) => st === 'rejected' || st === 'released');
   if (!succeeded && !settled) {
-    state.set(ORDERS, msg.order, { ...order, saga });
+    writeOrder(state, msg.order, { ...order, saga });
     return { send };
   }
   for (const [part, { at }] of Object.entries(saga.parts) as [Part, PartStatus][]) {
@@ -143,7 +178,7 @@ function onAnswer(state: StateView, msg: SagaAnswer, ctx: ApplyContext): Effects
     for (const [part, { at }] of Object.entries(saga.parts) as [Part, PartStatus][]) ats[part] = at!;
     ended.paidBy = { saga: saga.id, ats };
   }
-  state.set(ORDERS, msg.order, ended);
+  writeOrder(state, msg.order, ended);
   return { send, replies: saga.waiters.map((to) => ({ to, reply: outcome })) };
 }
 
@@ -154,7 +189,7 @@ export const order: Actor<OrderCmd, OrderQuery> = {
   apply(state: StateView, cmd: OrderCmd, ctx: ApplyContext): Effects {
     switch (cmd.k) {
       case 'create':
-        state.set(ORDERS, cmd.id, { user: cmd.user, items: [], total: 0, paid: false } satisfies Order);
+        writeOrder(state, cmd.id, { user: cmd.user, items: [], total: 0, paid: false } satisfies Order);
         return { reply: ok({}) };
       case 'batchInit': {
         const total = 2 * cmd.price;
@@ -164,34 +199,34 @@ export const order: Actor<OrderCmd, OrderQuery> = {
           const item = () => String(Math.floor(next() * cmd.nItems));
           const items: Order['items'] = [[item(), 1], [item(), 1]];
           const user = String(Math.floor(next() * cmd.nUsers));
-          state.set(ORDERS, id, { user, items, total, paid: false } satisfies Order);
+          writeOrder(state, id, { user, items, total, paid: false } satisfies Order);
         }
         return { reply: ok({}) };
       }
       case 'addItem': {
-        const order = state.get<Order>(ORDERS, cmd.id);
+        const order = readOrder(state, cmd.id);
         if (!order) return { reply: fail('not_found', `order ${cmd.id}`) };
         if (order.paid) return { reply: fail('order_paid', `order ${cmd.id}`) };
         if (order.saga) return { reply: fail('checkout_in_progress', `order ${cmd.id}`) };
         if (order.items.length >= ORDER_LINES_MAX) return { reply: fail('order_full', `order ${cmd.id} has ${order.items.length} lines`) };
         const total = order.total + cmd.quantity * cmd.price;
         if (!Number.isSafeInteger(total)) return { reply: fail('overflow', `order ${cmd.id} total`) };
-        state.set(ORDERS, cmd.id, { ...order, items: [...order.items, [cmd.item, cmd.quantity]], total } satisfies Order);
+        writeOrder(state, cmd.id, { ...order, items: [...order.items, [cmd.item, cmd.quantity]], total } satisfies Order);
         return { reply: ok({ total }) };
       }
       case 'checkout': {
-        const order = state.get<Order>(ORDERS, cmd.id);
+        const order = readOrder(state, cmd.id);
         if (!order) return { reply: fail('not_found', `order ${cmd.id}`) };
         if (order.paid) return { reply: ok({ paid: true }) };
         if (order.saga) {
           // One transaction per order: a second checkout waits for the running one's outcome.
           if (!ctx.replyTo) return {};
           if (order.saga.waiters.length >= SAGA_WAITERS_MAX) return { reply: fail('unavailable', `${SAGA_WAITERS_MAX} checkouts of order ${cmd.id} already wait`) };
-          state.set(ORDERS, cmd.id, { ...order, saga: { ...order.saga, waiters: [...order.saga.waiters, ctx.replyTo] } });
+          writeOrder(state, cmd.id, { ...order, saga: { ...order.saga, waiters: [...order.saga.waiters, ctx.replyTo] } });
           return {};
         }
         const { saga, send } = begin(order, cmd.id, ctx);
-        state.set(ORDERS, cmd.id, { ...order, saga } satisfies Order);
+        writeOrder(state, cmd.id, { ...order, saga } satisfies Order);
         return { send };
       }
       case 'answer':
@@ -200,7 +235,7 @@ export const order: Actor<OrderCmd, OrderQuery> = {
   },
 
   query(state: ReadView, query: OrderQuery): Reply {
-    const order = state.get<Order>(ORDERS, query.id);
+    const order = readOrder(state, query.id);
     if (!order) return fail('not_found', `order ${query.id}`);
     return ok({ paid: order.paid, items: order.items, user: order.user, total: order.total });
   },
