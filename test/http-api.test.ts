@@ -37,6 +37,16 @@ t.test('the HTTP API end to end', async (t) => {
     t.same((await call('GET', '/stock/find/0')).body, { stock: 20, price: 3 });
     t.same((await call('GET', '/stock/find/99')).body, { stock: 20, price: 3 });
     t.equal((await call('GET', '/stock/find/100')).status, 400);
+
+    // Reads sent together travel as one request per partition (an array of queries): each gets its own answer.
+    await call('POST', '/stock/batch_init/300/0/1');
+    await Promise.all(Array.from({ length: 300 }, (_, i) => (i % 3 === 0 ? call('POST', `/stock/add/${i}/${i}`) : null)));
+    const found = await Promise.all(Array.from({ length: 301 }, (_, i) => call('GET', `/stock/find/${i}`)));
+    t.same(
+      found.map((r) => (r.status === 200 ? r.body.stock : r.body.error)),
+      [...Array.from({ length: 300 }, (_, i) => (i % 3 === 0 ? i : 0)), 'not_found'],
+      '301 concurrent reads, each answered with its own item',
+    );
   });
 
   t.test('payment', async (t) => {

@@ -44,6 +44,13 @@ function settle<V>(outcome: Promise<Msg>): Promise<Reply<V>> {
 
 const overloaded = () => new ShopError('unavailable', 'this gateway has gatewayInflightMax requests in flight; retry later');
 
+interface ReadWaiter {
+  query: unknown;
+  deadline: number;
+  resolve(reply: Reply): void;
+  reject(err: Error): void;
+}
+
 interface Bundle {
   subject: string;
   envelopes: CommandEnvelope[];
@@ -101,6 +108,47 @@ export function createShopClient({ nc, config, log }: { nc: NatsConnection; conf
     mux.flush(); // already the end of a turn: publish now rather than at the end of the next one
   }
 
+  /**
+   * Reads of one partition within one event-loop turn leave as one request (an array of queries) and come back as
+   * one answer (the array of replies): one round trip through NATS for all of them.
+   */
+  const reads = new Map<string, ReadWaiter[]>();
+  let readsScheduled = false;
+  let readsWaiting = 0;
+
+  function flushReads(): void {
+    readsScheduled = false;
+    for (const [subject, batch] of reads) void ask(subject, batch);
+    reads.clear();
+    mux.flush();
+  }
+
+  /** Asks the partition's owner by core NATS request; retries while nobody owns it; `unavailable` past the deadline. */
+  async function ask(subject: string, batch: ReadWaiter[]): Promise<void> {
+    const settle = (each: (w: ReadWaiter, i: number) => void) => {
+      readsWaiting -= batch.length;
+      batch.forEach(each);
+    };
+    const data = encode(batch.length === 1 ? batch[0]!.query : batch.map((w) => w.query));
+    const deadline = batch[0]!.deadline;
+    for (;;) {
+      const left = deadline - Date.now();
+      if (left <= 0) return settle((w) => w.reject(new ShopError('unavailable', `no owner of ${subject} answered`)));
+      let msg: Msg;
+      try {
+        msg = await mux.request(subject, data, Math.min(left, READ_ATTEMPT_MS));
+      } catch (err) {
+        if (err === MUX_TIMEOUT) continue;
+        return settle((w) => w.reject(err as Error));
+      }
+      if (!isNoResponders(msg)) {
+        const answer = decode<Reply | Reply[]>(msg.data);
+        return settle((w, i) => w.resolve(batch.length === 1 ? (answer as Reply) : (answer as Reply[])[i]!));
+      }
+      await delay(config.retryBackoffMs); // nobody owns the partition right now (start-up or a move)
+    }
+  }
+
   return {
     id,
     command<V>(kind: Kind, partition: number, cmd: unknown, opts?: { alone?: boolean }): Promise<Reply<V>> {
@@ -131,27 +179,26 @@ export function createShopClient({ nc, config, log }: { nc: NatsConnection; conf
       return settle(outcome);
     },
 
-    async query<V>(kind: Kind, partition: number, query: unknown): Promise<Reply<V>> {
-      if (mux.pending() >= config.gatewayInflightMax) throw overloaded();
-      const deadline = Date.now() + config.readDeadlineMs;
+    query<V>(kind: Kind, partition: number, query: unknown): Promise<Reply<V>> {
+      if (mux.pending() + readsWaiting >= config.gatewayInflightMax) return Promise.reject(overloaded());
       const subject = n.get(kind, partition);
-      const data = encode(query);
-      for (;;) {
-        const left = deadline - Date.now();
-        if (left <= 0) throw new ShopError('unavailable', `no owner of ${subject} answered`);
-        let msg;
-        try {
-          msg = await mux.request(subject, data, Math.min(left, READ_ATTEMPT_MS));
-        } catch (err) {
-          if (err === MUX_TIMEOUT) continue;
-          throw err;
+      return new Promise<Reply<V>>((resolve, reject) => {
+        let batch = reads.get(subject);
+        if (!batch) reads.set(subject, (batch = []));
+        batch.push({ query, deadline: Date.now() + config.readDeadlineMs, resolve: resolve as (r: Reply) => void, reject });
+        readsWaiting++;
+        if (batch.length >= BUNDLE_MAX) {
+          reads.delete(subject);
+          void ask(subject, batch);
         }
-        if (!isNoResponders(msg)) return decode<Reply<V>>(msg.data);
-        await delay(config.retryBackoffMs); // nobody owns the partition right now (start-up or a move)
-      }
+        if (!readsScheduled) {
+          readsScheduled = true;
+          setImmediate(flushReads);
+        }
+      });
     },
 
-    inFlight: () => mux.pending(),
+    inFlight: () => mux.pending() + readsWaiting,
 
     async close(): Promise<void> {
       mux.close(new ShopError('unavailable', 'gateway shutting down'));

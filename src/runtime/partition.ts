@@ -209,17 +209,26 @@ export class PartitionRunner {
     this.live = new Map(actor.tables.map((t) => [t, loaded.tables.get(t) ?? new Map()]));
     for (const [field, outbox] of loaded.outbox) this.send(field, outbox);
 
+    // A read is one query, or an array of queries (a gateway's reads of this partition from one turn): the answer
+    // is the reply, or the array of replies in the same order.
+    const answer = (query: unknown): Reply => {
+      try {
+        return actor.query(this.committed, query);
+      } catch (e) {
+        this.log.error('query failed', { err: e });
+        return fail('internal', 'query failed');
+      }
+    };
     this.reads = nc.subscribe(this.names.get(this.kind, this.partition), {
       callback: (err, msg) => {
         if (err) return this.log.error('read subscription failed', { err });
-        let reply: Reply;
+        let query: unknown;
         try {
-          reply = actor.query(this.committed, decode(msg.data));
-        } catch (e) {
-          this.log.error('query failed', { err: e });
-          reply = fail('internal', 'query failed');
+          query = decode(msg.data);
+        } catch {
+          return msg.respond(encode(fail('internal', 'undecodable query')));
         }
-        msg.respond(encode(reply));
+        msg.respond(encode(Array.isArray(query) ? query.map(answer) : answer(query)));
       },
     });
 
