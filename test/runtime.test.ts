@@ -176,6 +176,26 @@ t.test('acquiring at a placement epoch: an older epoch is refused, a newer one f
   t.equal(await store.commit(5, 1, new Map(), '', null, []), false, 'the holder of epoch 5 is fenced');
 });
 
+t.test('a group commit: batches of several partitions in one call, each fenced on its own', async (t) => {
+  const { nats, redis } = await startServers(t);
+  const config = testConfig(nats, redis, { partitions: 3, workerProcesses: 1 });
+  const { redis: r } = await connections(t, config);
+  const stores = [0, 1, 2].map((p) => createPartitionStore(r, config.redisPrefix, 'stock', p, ['items', 'ledger']));
+  for (const s of stores) await s.acquire(1);
+  await stores[1]!.acquire(2); // a newer owner took partition 1
+  // Script calls run, by EVALSHA or (the first time, before Redis has the script) EVAL.
+  const calls = () => r.info('commandstats').then((text) => [...text.matchAll(/cmdstat_eval(?:sha)?:calls=(\d+)/g)].reduce((n, m) => n + Number(m[1]), 0));
+  const before = await calls();
+  const changes = (p: number) => new Map([['items', new Map<string, unknown>([[`i${p}`, { stock: p, price: 1 }], [`gone${p}`, undefined]])]]);
+  const results = await Promise.all(stores.map((s, p) => s.commit(1, 10 + p, changes(p), String(10 + p), { js: [], replies: [[`r${p}`, new Uint8Array([p])]] }, [])));
+  t.same(results, [true, false, true], 'partition 1 is fenced, the others commit');
+  t.equal((await calls()) - before, 1, 'one script call for the three batches');
+  const loaded = await Promise.all(stores.map((s) => s.load()));
+  t.same(loaded.map((l) => l.cursor), [10, 0, 12], 'the fenced batch wrote no cursor');
+  t.same(loaded.map((l) => l.tables.get('items')?.get(`i${loaded.indexOf(l)}`)), [{ stock: 0, price: 1 }, undefined, { stock: 2, price: 1 }]);
+  t.same(loaded.map((l) => l.outbox.length), [1, 0, 1], 'nor its outbox');
+});
+
 t.test('a command that throws is taken back whole; the rest of its batch commits', async (t) => {
   const { nc, config, client } = await oneWorker(t);
   await client.command('stock', 0, { k: 'create', id: 'u', price: 1 });
