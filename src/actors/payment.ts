@@ -3,8 +3,6 @@ import { forget, hold, LEDGER, partOf, release, type ForgetCmd, type HoldResult,
 import { ownShare } from '../partition.js';
 import type { Actor, ApplyContext, Effects, ReadView, StateView } from './types.js';
 
-/** A user is its credit: a plain number in the table (no object per user: 1M users cost ~56 MB less heap). */
-
 export type PaymentCmd =
   | { k: 'create'; id: string }
   | { k: 'batchInit'; from: number; to: number; credit: number }
@@ -17,6 +15,7 @@ export type PaymentSagaCmd = DebitCmd | ReleaseCmd | ForgetCmd;
 
 export type PaymentQuery = { k: 'find'; id: string };
 
+/** Users by id; a user is its credit, a plain number (no object per user: 1M users take ~56 MB less heap). */
 const USERS = 'users';
 
 function assertCredit(credit: number): number {
