@@ -6,15 +6,13 @@ import type { Config, Kind } from '../config.js';
 import { ShopError } from '../errors.js';
 import type { Log } from '../log.js';
 import { BUNDLE_MAX, bundleRanges, names, type CommandEnvelope, type Reply } from '../protocol.js';
-import { isNoResponders, Mux, MUX_TIMEOUT, pubAck } from './mux.js';
+import { ACK_WAIT_MS, isNoResponders, Mux, MUX_TIMEOUT, pubAck } from './mux.js';
 
 /**
  * Longest wait for one read attempt before it is asked again (reads are idempotent). A request sent while the
  * connection is re-establishing can be lost without a no-responders answer; a short attempt recovers from that.
  */
 const READ_ATTEMPT_MS = 1000;
-/** Longest wait for the stream's acknowledgement of a command before it is published again (the same Nats-Msg-Id is stored once). */
-const ACK_WAIT_MS = 2000;
 
 /** The gateway's side of the runtime: sends a command or read to the owner of a partition and waits for the outcome. */
 export interface ShopClient {

@@ -2,10 +2,7 @@ import { createHash } from 'node:crypto';
 import { setTimeout as delay } from 'node:timers/promises';
 import type { Log } from '../log.js';
 import { BUNDLE_BYTES_MAX, BUNDLE_MAX, bundleCount, joinBundles } from '../protocol.js';
-import { Mux, MUX_TIMEOUT, pubAck } from './mux.js';
-
-/** Longest wait for the stream's acknowledgement of a message before it is published again (same Nats-Msg-Id). */
-const ACK_WAIT_MS = 2000;
+import { ACK_WAIT_MS, Mux, MUX_TIMEOUT, pubAck } from './mux.js';
 
 interface Parcel {
   msgId: string;

@@ -140,6 +140,9 @@ export interface PubAck {
   error?: { code: number; err_code?: number; description: string };
 }
 
+/** Longest wait for the stream's acknowledgement of a publish before it is published again (same Nats-Msg-Id). */
+export const ACK_WAIT_MS = 2000;
+
 const utf8 = new TextDecoder();
 
 /** Reads a JetStream publish acknowledgement (JSON), or the no-responders status when no stream takes the subject. */
