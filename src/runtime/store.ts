@@ -126,7 +126,7 @@ export interface PartitionStore {
   epoch(): Promise<number>;
 }
 
-type Arg = string | Buffer | number;
+type Arg = string | Buffer;
 // ioredis flattens array arguments, so a batch of any size goes as one array, never as spread call arguments.
 type ScriptFn<R> = (numKeys: number, args: Arg[]) => Promise<R>;
 
@@ -179,13 +179,13 @@ class CommitGroup {
     let take = 0;
     while (take < this.queue.length && (take === 0 || size + this.queue[take]!.args.length <= GROUP_BYTES_MAX)) size += this.queue[take++]!.args.length;
     const group = this.queue.splice(0, take);
-    const keys: Arg[] = [];
-    for (const p of group) for (const key of p.keys) keys.push(key);
-    const numKeys = keys.length;
-    for (const p of group) keys.push(p.args);
+    const keysThenArgs: Arg[] = [];
+    for (const p of group) for (const key of p.keys) keysThenArgs.push(key);
+    const numKeys = keysThenArgs.length;
+    for (const p of group) keysThenArgs.push(p.args);
     this.inflight = true;
     try {
-      const results = await this.run(numKeys, keys);
+      const results = await this.run(numKeys, keysThenArgs);
       group.forEach((p, i) => p.resolve(results[i] === 1));
     } catch (err) {
       for (const p of group) p.reject(err as Error);
