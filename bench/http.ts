@@ -114,19 +114,19 @@ export async function readAuditInput(d: Dispatcher, plan: AuditPlan, concurrency
     return isOrder(body) ? body : undefined;
   });
   const missing: string[] = [];
-  const stock = new Map<string, number>();
-  await mapLimit(plan.items, concurrency, async (i) => {
-    const body = (await read(d, `/stock/find/${i}`, timeoutMs)) as { stock?: unknown } | undefined;
-    progress();
-    if (typeof body?.stock === 'number') stock.set(String(i), body.stock);
-    else missing.push(`item ${i}`);
-  });
-  const credit = new Map<string, number>();
-  await mapLimit(plan.users, concurrency, async (i) => {
-    const body = (await read(d, `/payment/find_user/${i}`, timeoutMs)) as { credit?: unknown } | undefined;
-    progress();
-    if (typeof body?.credit === 'number') credit.set(String(i), body.credit);
-    else missing.push(`user ${i}`);
-  });
+  /** ids "0".."count-1" -> the number `field` of each record; a record without it is missing. */
+  const numbers = async (count: number, path: string, field: string, what: string) => {
+    const found = new Map<string, number>();
+    await mapLimit(count, concurrency, async (i) => {
+      const body = (await read(d, `${path}${i}`, timeoutMs)) as Record<string, unknown> | undefined;
+      progress();
+      const value = body?.[field];
+      if (typeof value === 'number') found.set(String(i), value);
+      else missing.push(`${what} ${i}`);
+    });
+    return found;
+  };
+  const stock = await numbers(plan.items, '/stock/find/', 'stock', 'item');
+  const credit = await numbers(plan.users, '/payment/find_user/', 'credit', 'user');
   return { orders, stock, credit, missing, initialStock: plan.initialStock, initialCredit: plan.initialCredit, outcomes: plan.outcomes };
 }

@@ -30,26 +30,20 @@ export function createWorkerMetrics(sample: () => PartitionSample[], extra?: Run
   const commit = new Histogram({ name: 'shop_commit_duration_seconds', help: 'Latency of one batch commit to Redis', labelNames: ['kind'], buckets: COMMIT_BUCKETS_S, registers: [registry] });
   const lastCommit = new Gauge({ name: 'shop_last_commit_timestamp_seconds', help: 'Wall-clock time of the last successful commit of this process', registers: [registry] });
   const sagas = new Counter({ name: 'shop_saga_outcomes_total', help: 'Checkouts decided by this process: paid, or refused with a code', labelNames: ['outcome'], registers: [registry] });
-  new Gauge({
-    name: 'shop_partition_lag',
-    help: 'Commands waiting for a partition this process owns (buffered or still in the stream)',
-    labelNames: ['kind', 'partition'],
-    registers: [registry],
-    collect() {
-      this.reset();
-      for (const s of sample()) this.set({ kind: s.kind, partition: String(s.partition) }, s.lag);
-    },
-  });
-  new Gauge({
-    name: 'shop_partition_epoch',
-    help: 'Epoch at which this process owns a partition',
-    labelNames: ['kind', 'partition'],
-    registers: [registry],
-    collect() {
-      this.reset();
-      for (const s of sample()) this.set({ kind: s.kind, partition: String(s.partition) }, s.epoch);
-    },
-  });
+  /** A gauge with one series per owned partition, read from the sample at scrape time. */
+  const perPartition = (name: string, help: string, value: (s: PartitionSample) => number) =>
+    new Gauge({
+      name,
+      help,
+      labelNames: ['kind', 'partition'],
+      registers: [registry],
+      collect() {
+        this.reset();
+        for (const s of sample()) this.set({ kind: s.kind, partition: String(s.partition) }, value(s));
+      },
+    });
+  perPartition('shop_partition_lag', 'Commands waiting for a partition this process owns (buffered or still in the stream)', (s) => s.lag);
+  perPartition('shop_partition_epoch', 'Epoch at which this process owns a partition', (s) => s.epoch);
   new Gauge({
     name: 'shop_partitions_owned',
     help: 'Partitions this process owns, by kind',
