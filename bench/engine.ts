@@ -6,7 +6,8 @@
  *  - open: requests due at a fixed `rate`, latency from each one's intended send time (no coordinated
  *    omission); when `maxOutstanding` are in flight, a due request is dropped and counted instead.
  * Requests go through undici's dispatcher with one reusable handler object per request slot, so a request
- * allocates little more than its path: no promise, no body stream, no parsed header object.
+ * allocates little more than its path: no promise, no body stream, no parsed header object. A closed-loop
+ * worker sends on a connection of its own when `connections` are given (worker w on connection w mod n).
  */
 import type { Dispatcher } from 'undici';
 import type { Op, Scenario } from './scenarios.js';
@@ -20,6 +21,8 @@ export type StopReason = 'exhausted' | 'duration' | 'requests' | 'interrupted';
 
 export interface LoadOptions {
   dispatcher: Dispatcher;
+  /** Closed loop: the connections under `dispatcher`, one per worker (shared round the list past its length). */
+  connections?: readonly Dispatcher[] | undefined;
   scenario: Scenario;
   stats: Stats;
   model: LoadModel;
@@ -72,7 +75,11 @@ class Exchange implements Dispatcher.DispatchHandler {
   timer: NodeJS.Timeout | undefined = undefined;
   readonly opts: Dispatcher.DispatchOptions;
 
-  constructor(private readonly load: Load, timeoutMs: number) {
+  constructor(
+    private readonly load: Load,
+    readonly dispatcher: Dispatcher,
+    timeoutMs: number,
+  ) {
     this.opts = { path: '/', method: 'GET', headersTimeout: timeoutMs, bodyTimeout: timeoutMs };
   }
   onConnect(): void {}
@@ -155,7 +162,8 @@ class Load implements LoadRun {
   }
 
   private newExchange(): Exchange {
-    const ex = new Exchange(this, this.o.timeoutMs);
+    const own = this.o.model.kind === 'closed' && this.o.connections?.length ? this.o.connections[this.exchanges.length % this.o.connections.length]! : undefined;
+    const ex = new Exchange(this, own ?? this.o.dispatcher, this.o.timeoutMs);
     this.exchanges.push(ex);
     return ex;
   }
@@ -198,7 +206,7 @@ class Load implements LoadRun {
     ex.opts.path = op.path;
     ex.opts.method = op.method;
     this.inFlight++;
-    this.o.dispatcher.dispatch(ex.opts, ex);
+    ex.dispatcher.dispatch(ex.opts, ex);
   }
 
   /** An unpaced worker's timer after a request without response: send the next one now. */

@@ -2,7 +2,7 @@
  * The HTTP side besides the load loop: the connection pool, batch_init before the run, and reading
  * orders, items and users back for the audit with bounded concurrency.
  */
-import { Pool, type Dispatcher } from 'undici';
+import { Client, Pool, type Dispatcher } from 'undici';
 import type { AuditInput, OrderView } from './audit.js';
 import type { AuditPlan, SetupStep } from './scenarios.js';
 
@@ -12,16 +12,24 @@ export const SETUP_TIMEOUT_MS = 600_000;
 const READ_ATTEMPTS = 3;
 const READ_RETRY_PAUSE_MS = 200;
 
-/** Keep-alive connections, one request at a time on each (pipelining 1), as a browser or locust would. */
-export function createPool(url: string, connections: number, timeoutMs: number): Pool {
-  return new Pool(url, {
-    connections,
-    pipelining: 1,
-    keepAliveTimeout: 60_000,
-    keepAliveMaxTimeout: 600_000,
-    headersTimeout: timeoutMs,
-    bodyTimeout: timeoutMs,
-  });
+export interface Connections {
+  /** Hands each request to a free connection: set-up, the open loop, the audit. */
+  pool: Pool;
+  /** The same connections one by one: a closed-loop worker keeps one for itself and skips the pool's search. */
+  clients: Client[];
+}
+
+/**
+ * Keep-alive connections, one request at a time on each (pipelining 1), as a browser or locust would. The pool
+ * is made of the listed clients: undici's pool looks for a free one by walking its list on every request, which
+ * at 256 connections cost the load loop more than a request's own bookkeeping.
+ */
+export function createConnections(url: string, connections: number, timeoutMs: number): Connections {
+  const options = { pipelining: 1, keepAliveTimeout: 60_000, keepAliveMaxTimeout: 600_000, headersTimeout: timeoutMs, bodyTimeout: timeoutMs };
+  const clients = Array.from({ length: connections }, () => new Client(url, options));
+  let handedOut = 0;
+  const pool = new Pool(url, { ...options, connections, factory: (origin, opts) => clients[handedOut++] ?? new Client(origin, opts) });
+  return { pool, clients };
 }
 
 export interface Reply {

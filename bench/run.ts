@@ -9,7 +9,7 @@ import { mkdir } from 'node:fs/promises';
 import { join, relative, resolve } from 'node:path';
 import { auditConservation, verdict } from './audit.js';
 import { startLoad, type LoadModel, type LoadRun } from './engine.js';
-import { createPool, readAuditInput, runSetup, warmConnections } from './http.js';
+import { createConnections, readAuditInput, runSetup, warmConnections } from './http.js';
 import { HelpShown, parseOptions, UsageError, type BenchOptions } from './options.js';
 import { createProgress, type Progress } from './progress.js';
 import { machine, reportDirName, writeReport, type Report } from './report.js';
@@ -113,7 +113,7 @@ async function main(argv: string[]): Promise<number> {
   }
   const scenario = createScenario(o);
   const { model, poolConnections, text: modelText } = loadModel(o);
-  const pool = createPool(url, poolConnections, o.timeoutMs);
+  const { pool, clients } = createConnections(url, poolConnections, o.timeoutMs);
   try {
     const setup = await runSetup(pool, scenario.setup, note);
     note(`setup: ${poolConnections} connections opened in ${await warmConnections(pool, poolConnections, o.timeoutMs)} ms`);
@@ -124,6 +124,7 @@ async function main(argv: string[]): Promise<number> {
     const t0 = performance.now();
     run = startLoad({
       dispatcher: pool,
+      connections: clients,
       scenario,
       stats,
       model,
@@ -190,6 +191,7 @@ async function main(argv: string[]): Promise<number> {
     return exitCode;
   } finally {
     await pool.close();
+    await Promise.all(clients.filter((c) => !c.closed).map((c) => c.close())); // any the pool never took
     if (stack) {
       note('stop: stopping the local stack (gateways, workers, redis, nats)');
       await stack.stop();
