@@ -21,6 +21,9 @@ t.test('admin HTTP: a worker answers /healthz, /readyz and /metrics on its loopb
 
   t.equal((await c.call('POST', '/stock/item/create/5')).status, 200);
   t.equal((await c.call('GET', '/stock/find/missing')).status, 400);
+  t.equal((await c.call('GET', '/stock/find/a%ZZ')).status, 400, 'an id that names nothing: the route is known, the id is not');
+  t.equal((await c.call('GET', '/no/such/route/anywhere')).status, 404);
+  t.equal((await c.call('GET', '/stock/find/1/2/3')).status, 404);
   await c.call('POST', '/payment/batch_init/10/100');
   await c.call('POST', '/stock/batch_init/10/10/1');
   await c.call('POST', '/orders/batch_init/1/10/10/1');
@@ -37,7 +40,8 @@ t.test('admin HTTP: a worker answers /healthz, /readyz and /metrics on its loopb
   t.teardown(() => gw.close());
   const gateway = (await text(`http://127.0.0.1:${gw.port}/metrics`)).body;
   t.match(gateway, /^shop_http_requests_total\{route="\/stock\/item\/create\/:price\(int\)",method="POST",status="200"\} 1$/m);
-  t.match(gateway, /^shop_http_requests_total\{route="\/stock\/find\/:item_id",method="GET",status="400"\} 1$/m);
+  t.match(gateway, /^shop_http_requests_total\{route="\/stock\/find\/:item_id",method="GET",status="400"\} 2$/m);
+  t.match(gateway, /^shop_http_requests_total\{route="unmatched",method="GET",status="404"\} 2$/m, 'paths no route has the shape of share one label');
   t.match(gateway, /^shop_http_request_duration_seconds_bucket/m);
   await worker.kill('SIGTERM');
 });

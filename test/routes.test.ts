@@ -55,8 +55,8 @@ t.test('matcher', async (t) => {
 
   t.test('captures typed params', async (t) => {
     const m = router.match('POST', '/x/add/it%2F1/42');
-    t.ok('route' in m);
-    if ('route' in m) t.same(m.params, { id: 'it/1', amount: 42 });
+    t.ok('params' in m);
+    if ('params' in m) t.same(m.params, { id: 'it/1', amount: 42 });
   });
 
   const cases: [method: string, path: string, status: number, code: string][] = [

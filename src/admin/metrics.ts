@@ -91,11 +91,19 @@ export function createGatewayMetrics(inFlight: () => number): GatewayMetrics {
       this.set(inFlight());
     },
   });
+  // The labelled series, looked up once each: prom-client hashes the label object on every call otherwise.
+  const counters = new Map<string, Counter.Internal>();
+  const timers = new Map<string, Histogram.Internal<'route'>>();
   return {
     registry,
     request(method, route, status, seconds) {
-      requests.inc({ route, method, status: String(status) });
-      duration.observe({ route }, seconds);
+      const key = `${method} ${status} ${route}`;
+      let counter = counters.get(key);
+      if (!counter) counters.set(key, (counter = requests.labels({ route, method, status: String(status) })));
+      counter.inc();
+      let timer = timers.get(route);
+      if (!timer) timers.set(route, (timer = duration.labels({ route })));
+      timer.observe(seconds);
     },
   };
 }

@@ -6,8 +6,7 @@ import type { Registry } from 'prom-client';
 import { createGatewayMetrics } from '../admin/metrics.js';
 import { createShopClient, type ShopClient } from '../runtime/client.js';
 import { ensureStreams } from '../runtime/streams.js';
-import { apiRoutes, createDispatcher, createRouter, type Route } from './routes.js';
-import type { Handle } from './uws.js';
+import { apiRoutes, createDispatcher, createRouter } from './routes.js';
 import { listenHttp, type HttpServer } from './uws.js';
 
 /** Part of shutdownGraceMs kept back from the HTTP drain, for closing the client and draining NATS before the supervisor's kill. */
@@ -46,7 +45,7 @@ export async function createGateway(opts: GatewayOptions): Promise<Gateway> {
   const metrics = createGatewayMetrics(() => client.inFlight());
   let server: HttpServer;
   try {
-    server = await listenHttp({ host: config.httpHost, port: config.httpPort, handle: counted(createDispatcher(router, log), routes, metrics.request), log });
+    server = await listenHttp({ host: config.httpHost, port: config.httpPort, handle: createDispatcher(router, log, metrics.request), log });
   } catch (err) {
     if (ownsClient) await client.close();
     throw err;
@@ -65,32 +64,5 @@ export async function createGateway(opts: GatewayOptions): Promise<Gateway> {
       })();
       return closed;
     },
-  };
-}
-
-/**
- * Counts every answered request by its route pattern: the label set stays bounded whatever paths clients send
- * (a path that matches no route's literal prefix and length counts as "unmatched").
- */
-function counted(handle: Handle, routes: readonly Route[], record: (method: string, route: string, status: number, seconds: number) => void): Handle {
-  const byPrefix = new Map<string, { pattern: string; segments: number }>();
-  for (const r of routes) {
-    const segments = r.pattern.slice(1).split('/');
-    const literal = segments.slice(0, segments.findIndex((s) => s.startsWith(':')) >>> 0);
-    byPrefix.set(`${r.method} /${literal.join('/')}`, { pattern: r.pattern, segments: segments.length });
-  }
-  const label = (method: string, path: string) => {
-    const parts = path.slice(1).split('/');
-    for (let k = 1; k <= Math.min(3, parts.length); k++) {
-      const found = byPrefix.get(`${method} /${parts.slice(0, k).join('/')}`);
-      if (found && found.segments === parts.length) return found.pattern;
-    }
-    return 'unmatched';
-  };
-  return async (method, path) => {
-    const started = performance.now();
-    const result = await handle(method, path);
-    record(method, label(method, path), result.status, (performance.now() - started) / 1000);
-    return result;
   };
 }

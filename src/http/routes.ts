@@ -100,7 +100,8 @@ function fail(code: ErrorCode, detail?: string, headers?: Record<string, string>
   return headers ? { ...res, headers } : res;
 }
 
-export type Match = { route: Route; params: AnyParams } | { error: HttpResult };
+/** A match, or the error answer; an error past the route's shape (a bad number or id) names the route too. */
+export type Match = { route: Route; params: AnyParams } | { error: HttpResult; route?: Route };
 
 export interface Router {
   match(method: string, path: string): Match;
@@ -138,13 +139,13 @@ export function createRouter(routes: readonly Route[]): Router {
       for (const [i, s] of found.segments.entries()) {
         if (!('int' in s)) continue;
         const n = parseCount(parts[i]!);
-        if (n === undefined) return { error: fail('bad_number', `${s.int} is ${echo(parts[i]!)}`) };
+        if (n === undefined) return { error: fail('bad_number', `${s.int} is ${echo(parts[i]!)}`), route: found.route };
         params[s.int] = n;
       }
       for (const [i, s] of found.segments.entries()) {
         if (!('id' in s)) continue;
         const id = parseId(parts[i]!);
-        if (id === undefined) return { error: fail('not_found', `${s.id} ${echo(parts[i]!)}`) };
+        if (id === undefined) return { error: fail('not_found', `${s.id} ${echo(parts[i]!)}`), route: found.route };
         params[s.id] = id;
       }
       return { route: found.route, params };
@@ -156,10 +157,15 @@ function overlaps(a: Segment[], b: Segment[]): boolean {
   return a.length === b.length && a.every((s, i) => !('lit' in s) || !('lit' in b[i]!) || s.lit === (b[i] as { lit: string }).lit);
 }
 
+/**
+ * Hears every answered request: its route pattern ("unmatched" for a path no route has the shape of, so the set
+ * stays bounded whatever paths clients send), method, status and duration.
+ */
+export type Observe = (method: string, route: string, status: number, seconds: number) => void;
+
 /** The whole request path: match, run, and turn every exception into a response (the adapter never sees one). */
-export function createDispatcher(router: Router, log: Log): (method: string, path: string) => Promise<HttpResult> {
-  return async (method, path) => {
-    const m = router.match(method, path);
+export function createDispatcher(router: Router, log: Log, observe?: Observe): (method: string, path: string) => Promise<HttpResult> {
+  const run = async (method: string, path: string, m: Match): Promise<HttpResult> => {
     if ('error' in m) return m.error;
     try {
       return await m.route.handler(m.params);
@@ -171,6 +177,14 @@ export function createDispatcher(router: Router, log: Log): (method: string, pat
       log.error('request failed with an unexpected error', { method, path, err: err instanceof Error ? (err.stack ?? err.message) : String(err) });
       return errorResponse('internal');
     }
+  };
+  if (!observe) return (method, path) => run(method, path, router.match(method, path));
+  return async (method, path) => {
+    const started = performance.now();
+    const m = router.match(method, path);
+    const result = await run(method, path, m);
+    observe(method, m.route?.pattern ?? 'unmatched', result.status, (performance.now() - started) / 1000);
+    return result;
   };
 }
 
