@@ -165,7 +165,7 @@ t.test('bundles stay within BUNDLE_MAX commands and BUNDLE_BYTES_MAX bytes, in o
 t.test('joined bundles decode to the commands of their parts, in order, whatever the array header sizes', async (t) => {
   const { bundles, bundleCount, joinBundles, unbundle } = await import('../src/protocol.js');
   const { decode } = await import('../src/codec.js');
-  const envelope = (i: number) => ({ c: { k: 'forget', saga: `o${i}#1`, at: i }, ...(i % 3 === 0 ? { r: `_reply.g.${i}` } : {}) });
+  const envelope = (i: number) => ({ c: { k: 'forget', sagas: [[`o${i}#1`, i]] }, ...(i % 3 === 0 ? { r: `_reply.g.${i}` } : {}) });
   await fc.assert(
     fc.property(fc.array(fc.integer({ min: 1, max: 1024 }), { minLength: 1, maxLength: 6 }), (sizes) => {
       let next = 0;
@@ -189,6 +189,25 @@ t.test('joined bundles decode to the commands of their parts, in order, whatever
   function unbundleAll(msg: unknown): unknown[] {
     return Array.isArray(msg) && msg.length > 1024 ? msg : unbundle(msg as never);
   }
+});
+
+t.test("a batch's forgets to one partition become one command, after its other commands, with the same effect", async (t) => {
+  const { mergeForgets, LEDGER } = await import('../src/actors/saga.js');
+  const release = { k: 'release', saga: 'b', order: 'o', from: 0 };
+  const merged = mergeForgets([{ k: 'forget', sagas: [['a', 1]] }, release, { k: 'forget', sagas: [['c', 3]] }, { k: 'forget', sagas: [['d', 9]] }]);
+  t.same(merged, [release, { k: 'forget', sagas: [['a', 1], ['c', 3], ['d', 9]] }]);
+  const alone = [release];
+  t.equal(mergeForgets(alone), alone, 'nothing to merge: the list itself');
+
+  // Entries of ended sagas go; one whose `at` differs (a hold of the same saga applied anew later) stays.
+  const ctx: ApplyContext = { partition: 0, partitions: 1, seq: 1 };
+  const state = memoryState(stock.tables);
+  stock.apply(state, { k: 'create', id: 'i', price: 1 }, ctx);
+  stock.apply(state, { k: 'add', id: 'i', amount: 10 }, ctx);
+  for (const [saga, seq] of [['a', 1], ['c', 3], ['d', 5]] as const) stock.apply(state, { k: 'reserve', saga, order: 'o', from: 0, lines: [['i', 1]] }, { ...ctx, seq });
+  stock.apply(state, merged.at(-1) as StockCmd, ctx);
+  t.same([...state.tables.get(LEDGER)!.keys()], ['d'], 'a and c forgotten; d was held at 5, not 9');
+  t.equal(state.get<{ stock: number }>('items', 'i')!.stock, 7, 'what they held stays sold');
 });
 
 t.test('an order holds at most ORDER_LINES_MAX lines', async (t) => {

@@ -1,6 +1,10 @@
+import { Redis } from 'ioredis';
 import t from 'tap';
+import { LEDGER } from '../src/actors/saga.js';
 import { partitionOf } from '../src/partition.js';
+import { partitionKeyTag } from '../src/runtime/store.js';
 import { pool } from './helpers/pool.js';
+import { waitFor } from './helpers/servers.js';
 import { startSystem, type System } from './helpers/system.js';
 
 async function newItem(sys: System, price: number, stock: number): Promise<string> {
@@ -124,5 +128,15 @@ t.test('checkout through HTTP', async (t) => {
     t.equal((await sys.call('POST', `/orders/checkout/${tooExpensive}`)).status, 200, 'the same order succeeds once it can');
     t.equal(await stockOf(sys, a), 0);
     t.equal(await creditOf(sys, poor), 0);
+  });
+
+  t.test('once every checkout has ended, no participant keeps a ledger entry (the forgets, merged per batch, all arrive)', async (t) => {
+    const redis = new Redis(sys.config.redisUrl);
+    t.teardown(() => redis.quit());
+    const keys = (['stock', 'payment'] as const).flatMap((kind) => Array.from({ length: sys.config.partitions }, (_, p) => `${partitionKeyTag(sys.config.redisPrefix, kind, p)}:t:${LEDGER}`));
+    const held = async () => (await Promise.all(keys.map((k) => redis.hlen(k)))).reduce((a, b) => a + b, 0);
+    // The subtests above ran ~1,100 sagas, many at once: their forgets left in batches of many.
+    await waitFor(async () => (await held()) === 0, { deadlineMs: 10_000, what: 'empty saga ledgers' });
+    t.equal(await held(), 0);
   });
 });

@@ -2,7 +2,7 @@ import type { ErrorCode } from '../errors.js';
 import { fnv1a, ownShare, partitionOf } from '../partition.js';
 import { fail, ok, type Reply } from '../protocol.js';
 import { seededRandom } from '../random.js';
-import { parsePart, partOf, type ForgetCmd, type Part, type ReleaseCmd, type SagaAnswer, type SagaRef } from './saga.js';
+import { mergeForgets, parsePart, partOf, type ForgetCmd, type Part, type ReleaseCmd, type SagaAnswer, type SagaRef } from './saga.js';
 import type { DebitCmd } from './payment.js';
 import type { ReserveCmd } from './stock.js';
 import type { Actor, ApplyContext, Effects, Outgoing, ReadView, ReplyTo, StateView } from './types.js';
@@ -169,7 +169,7 @@ function onAnswer(state: StateView, msg: SagaAnswer, ctx: ApplyContext): Effects
     return { send };
   }
   for (const [part, { at }] of Object.entries(saga.parts) as [Part, PartStatus][]) {
-    send.push(toPart(part, { k: 'forget', saga: saga.id, at: at! } satisfies ForgetCmd));
+    send.push(toPart(part, { k: 'forget', sagas: [[saga.id, at!]] } satisfies ForgetCmd));
   }
   const outcome: Reply = succeeded ? ok({ paid: true }) : fail(saga.failed!.code, saga.failed!.detail);
   const ended: Order = { ...withoutSaga(order), paid: succeeded };
@@ -185,6 +185,7 @@ function onAnswer(state: StateView, msg: SagaAnswer, ctx: ApplyContext): Effects
 export const order: Actor<OrderCmd, OrderQuery> = {
   kind: 'order',
   tables: [ORDERS],
+  mergeOutgoing: mergeForgets,
 
   apply(state: StateView, cmd: OrderCmd, ctx: ApplyContext): Effects {
     switch (cmd.k) {

@@ -5,12 +5,12 @@ import type { ApplyContext, Outgoing, StateView } from './types.js';
 /**
  * The checkout saga's messages and the participant side of it (stock and payment partitions).
  *
- * Coordinator (order partition) -> participant: hold (reserve/debit), release (compensate), forget (saga finished).
+ * Coordinator (order partition) -> participant: hold (reserve/debit), release (compensate), forget (sagas finished).
  * Participant -> coordinator: an answer for each hold and each release.
  *
  * Any message may arrive twice (an outbox re-sent after the stream's duplicate window), in any order. What keeps
  * stock and credit exact anyway: every ledger entry carries `at`, the participant's stream sequence of the hold
- * that created it, and every answer names it. A forget names the `at` it finishes, and a release for a hold applied
+ * that created it, and every answer names it. A forget names the `at` of each saga it finishes, and a release for a hold applied
  * after its saga ended names the `at` it gives back, so neither can touch a different hold of the same saga.
  */
 
@@ -34,8 +34,8 @@ export interface SagaRef {
 
 /** Give back what the saga holds; with `at`, only the hold made at that sequence. */
 export type ReleaseCmd = SagaRef & { k: 'release'; at?: number };
-/** The saga has ended: drop its ledger entry, if it is still the one made at `at`. */
-export type ForgetCmd = { k: 'forget'; saga: string; at: number };
+/** These sagas have ended: drop each one's ledger entry, if it is still the one made at its `at`. */
+export type ForgetCmd = { k: 'forget'; sagas: [saga: string, at: number][] };
 
 export interface SagaAnswer {
   k: 'answer';
@@ -109,7 +109,26 @@ export function release<H>(state: StateView, cmd: ReleaseCmd, part: Part, ctx: A
   return answer(cmd, part, 'release', { ok: true, at });
 }
 
-/** The saga has ended: what it holds is final (or was given back); its entry is no longer needed. */
+/** The sagas have ended: what they hold is final (or was given back); their entries are no longer needed. */
 export function forget(state: StateView, cmd: ForgetCmd): void {
-  if (state.get<LedgerEntry<unknown>>(LEDGER, cmd.saga)?.at === cmd.at) state.delete(LEDGER, cmd.saga);
+  for (const [saga, at] of cmd.sagas) {
+    if (state.get<LedgerEntry<unknown>>(LEDGER, saga)?.at === at) state.delete(LEDGER, saga);
+  }
+}
+
+/**
+ * The commands one coordinator batch sends to one participant partition, with all their forgets as one, after the
+ * other commands: a third of a checkout's commands were forgets, each applied (and bundled, decoded, dispatched) on
+ * its own. Moving a forget later is always safe: an entry kept a little longer only answers a late copy.
+ */
+export function mergeForgets(cmds: unknown[]): unknown[] {
+  const others: unknown[] = [];
+  const sagas: ForgetCmd['sagas'] = [];
+  for (const cmd of cmds) {
+    if ((cmd as { k?: unknown }).k === 'forget') sagas.push(...(cmd as ForgetCmd).sagas);
+    else others.push(cmd);
+  }
+  if (sagas.length === 0) return cmds;
+  others.push({ k: 'forget', sagas } satisfies ForgetCmd);
+  return others;
 }

@@ -50,4 +50,9 @@ export interface Actor<Cmd = never, Query = never> {
   tables: readonly string[];
   apply(state: StateView, cmd: Cmd, ctx: ApplyContext): Effects;
   query(state: ReadView, query: Query): Reply;
+  /**
+   * The commands one batch sends to one partition, in the order they were made, before they leave: a chance to
+   * merge several into one. The receiver must end in the same state from the result as from the list.
+   */
+  mergeOutgoing?(cmds: unknown[]): unknown[];
 }

@@ -347,7 +347,7 @@ export class PartitionRunner {
     const draft = new Draft(this.live);
     const outbox: Outbox = { js: [], replies: [] };
     this.streamPending = batch[batch.length - 1]!.info.pending;
-    const sends = new Map<string, CommandEnvelope[]>();
+    const sends = new Map<string, unknown[]>();
     let last = this.cursor;
     for (const m of batch) {
       if (applied > 0 && (draft.size >= BATCH_KEYS_MAX || performance.now() - began >= BATCH_SLICE_MS)) break;
@@ -371,12 +371,14 @@ export class PartitionRunner {
           const subject = this.names.cmd(out.kind, out.partition);
           let list = sends.get(subject);
           if (!list) sends.set(subject, (list = []));
-          list.push({ c: out.cmd });
+          list.push(out.cmd);
         }
       });
     }
     // One message per target partition for the whole batch; ids derive from the batch, stored with the outbox.
-    for (const [subject, envelopes] of sends) {
+    const merge = this.deps.actor.mergeOutgoing;
+    for (const [subject, cmds] of sends) {
+      const envelopes: CommandEnvelope[] = (merge ? merge(cmds) : cmds).map((c) => ({ c }));
       for (const data of bundles(envelopes)) outbox.js.push([subject, `${this.kind}.${this.partition}.${last}.${outbox.js.length}`, data]);
     }
     if (last <= this.cursor) return applied;
