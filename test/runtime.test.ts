@@ -9,7 +9,7 @@ import { names, type Reply } from '../src/protocol.js';
 import { createShopClient, type ShopClient } from '../src/runtime/client.js';
 import { createPartitionStore, StaleEpochError } from '../src/runtime/store.js';
 import { startWorker } from '../src/runtime/worker.js';
-import { startServers, testConfig, waitFor } from './helpers/servers.js';
+import { startNats, startServers, testConfig, waitFor } from './helpers/servers.js';
 import { spawnRole } from './helpers/stack.js';
 
 const log = createLog('test', 'warn');
@@ -161,6 +161,35 @@ t.test('a restart of the whole stack (every process killed with SIGKILL) keeps e
     if (!reply.ok || reply.v.credit !== credit) mismatches++;
   }
   t.equal(mismatches, 0, 'every user has exactly the credit its acknowledged writes give');
+});
+
+t.test("a process's answers to another process's waiters from one turn travel as one message, each to its waiter", async (t) => {
+  const nats = await startNats(t);
+  const nc = await connect({ servers: nats.url });
+  t.teardown(() => nc.close());
+  const { Mux } = await import('../src/runtime/mux.js');
+  const n = names('');
+  const gateway = new Mux(nc, n.inbox('g1'));
+  const worker = new Mux(nc, n.inbox('w1'));
+  t.teardown(() => (gateway.close(new Error('done')), worker.close(new Error('done'))));
+  let messages = 0;
+  const counted = nc.subscribe(`${n.inbox('g1')}.>`, { callback: () => messages++ });
+  const tokens = [gateway.token(), gateway.token(), gateway.token()];
+  const waits = tokens.map((token) => gateway.wait(token, Date.now() + 5000));
+  tokens.forEach((token, i) => worker.reply(gateway.subject(token), new Uint8Array([i, i])));
+  const answers = await Promise.all(waits);
+  t.same(answers.map((a) => [...a.data]), [[0, 0], [1, 1], [2, 2]], 'each waiter gets its own answer');
+  await nc.flush();
+  t.equal(messages, 1, 'three answers, one message');
+
+  const alone = gateway.token();
+  const wait = gateway.wait(alone, Date.now() + 5000);
+  worker.reply(gateway.subject(alone), new Uint8Array([7]));
+  t.same([...(await wait).data], [7], 'a single answer goes as it is');
+  const other = nc.subscribe('elsewhere.x', { max: 1 });
+  worker.reply('elsewhere.x', new Uint8Array([9]));
+  for await (const m of other) t.same([...m.data], [9], 'a subject outside the inboxes is published as it is');
+  counted.unsubscribe();
 });
 
 t.test('acquiring at a placement epoch: an older epoch is refused, a newer one fences the holder', async (t) => {

@@ -1,4 +1,4 @@
-import type { Msg, NatsConnection } from 'nats';
+import type { NatsConnection } from 'nats';
 import { randomBytes } from 'node:crypto';
 import { setTimeout as delay } from 'node:timers/promises';
 import { decode, encode } from '../codec.js';
@@ -6,7 +6,7 @@ import type { Config, Kind } from '../config.js';
 import { ShopError } from '../errors.js';
 import type { Log } from '../log.js';
 import { BUNDLE_MAX, bundleRanges, names, type CommandEnvelope, type Reply } from '../protocol.js';
-import { ACK_WAIT_MS, isNoResponders, Mux, MUX_TIMEOUT, pubAck } from './mux.js';
+import { ACK_WAIT_MS, isNoResponders, Mux, MUX_TIMEOUT, pubAck, type Answer } from './mux.js';
 
 /**
  * Longest wait for one read attempt before it is asked again (reads are idempotent). A request sent while the
@@ -31,7 +31,7 @@ export interface ShopClient {
 }
 
 /** The outcome's reply, or ShopError('unavailable') when its deadline passed. */
-function settle<V>(outcome: Promise<Msg>): Promise<Reply<V>> {
+function settle<V>(outcome: Promise<Answer>): Promise<Reply<V>> {
   return outcome.then(
     (msg) => decode<Reply<V>>(msg.data),
     (err) => {
@@ -132,7 +132,7 @@ export function createShopClient({ nc, config, log }: { nc: NatsConnection; conf
     for (;;) {
       const left = deadline - Date.now();
       if (left <= 0) return settle((w) => w.reject(new ShopError('unavailable', `no owner of ${subject} answered`)));
-      let msg: Msg;
+      let msg: Answer;
       try {
         msg = await mux.request(subject, data, Math.min(left, READ_ATTEMPT_MS));
       } catch (err) {

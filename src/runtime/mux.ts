@@ -1,4 +1,5 @@
-import { headers as natsHeaders, type Msg, type NatsConnection, type Subscription } from 'nats';
+import { headers as natsHeaders, type MsgHdrs, type NatsConnection, type Subscription } from 'nats';
+import { decode, encode } from '../codec.js';
 
 /** How often waiters are checked against their deadlines. */
 const SWEEP_INTERVAL_MS = 25;
@@ -6,21 +7,40 @@ const SWEEP_INTERVAL_MS = 25;
 /** Rejection of a wait that reached its deadline. One shared instance: a timeout is an outcome here, not a bug, so it carries no stack. */
 export const MUX_TIMEOUT: Error = Object.freeze(Object.assign(new Error('no answer before the deadline'), { stack: undefined }));
 
+/** What a waiter receives: the answer's bytes, and its headers when it came as a message of its own. */
+export interface Answer {
+  data: Uint8Array;
+  headers?: MsgHdrs | undefined;
+}
+
 interface Waiter {
   deadline: number;
-  resolve(msg: Msg): void;
+  resolve(answer: Answer): void;
   reject(err: Error): void;
 }
+
+/**
+ * The token of a message that carries several answers: a msgpack array of token, answer bytes, token, ... Tokens
+ * are base-36 numbers in lower case, so this one is never a waiter's.
+ */
+const BATCH_TOKEN = 'B';
+/** Most bytes of answers in one batch message (NATS's max_payload is 1 MiB). */
+const BATCH_BYTES_MAX = 256 * 1024;
 
 /**
  * Request/reply for many calls over one subscription: call n gets the reply subject `<inbox>.<n>`, and one
  * wildcard subscription hands each answer to its waiter. Deadlines are checked by one sweep, not a timer per
  * call. Publishes are queued and sent together at the end of the event-loop turn, so every request that arrived
- * in one turn leaves in one socket write instead of one write each.
+ * in one turn leaves in one socket write instead of one write each. Answers this process sends to another's
+ * waiters (`reply`) are joined per process and turn: one message instead of one per answer.
  */
 export class Mux {
   private readonly waiters = new Map<string, Waiter>();
   private readonly queue: [subject: string, data: Uint8Array, reply: string | undefined, msgId: string | undefined][] = [];
+  /** Answers to other processes' waiters: their inbox -> token, bytes, token, bytes, ... and the bytes so far. */
+  private readonly answers = new Map<string, { list: (string | Uint8Array)[]; bytes: number }>();
+  /** Where every process's inbox lives (`_reply.`, after any stream prefix). */
+  private readonly inboxes: string;
   private readonly sub: Subscription;
   private readonly sweep: NodeJS.Timeout;
   private flushScheduled = false;
@@ -31,14 +51,19 @@ export class Mux {
     readonly inbox: string,
   ) {
     const skip = inbox.length + 1;
+    this.inboxes = inbox.slice(0, inbox.lastIndexOf('.') + 1);
     this.sub = nc.subscribe(`${inbox}.>`, {
       callback: (err, msg) => {
         if (err) return;
         const token = msg.subject.slice(skip);
-        const waiter = this.waiters.get(token);
-        if (!waiter) return; // late: its deadline passed, or a copy re-sent after a takeover
-        this.waiters.delete(token);
-        waiter.resolve(msg);
+        if (token !== BATCH_TOKEN) return this.answer(token, msg);
+        let list: unknown[];
+        try {
+          list = decode<unknown[]>(msg.data);
+        } catch {
+          return; // not ours to read; its waiters hear their deadline
+        }
+        for (let i = 0; i + 1 < list.length; i += 2) this.answer(list[i] as string, { data: list[i + 1] as Uint8Array });
       },
     });
     this.sweep = setInterval(() => this.expire(Date.now()), SWEEP_INTERVAL_MS);
@@ -54,8 +79,15 @@ export class Mux {
     return `${this.inbox}.${token}`;
   }
 
-  /** Resolves with the first message sent to `subject(token)`; rejects with MUX_TIMEOUT at `deadline` (epoch ms). */
-  wait(token: string, deadline: number): Promise<Msg> {
+  private answer(token: string, answer: Answer): void {
+    const waiter = this.waiters.get(token);
+    if (!waiter) return; // late: its deadline passed, or a copy re-sent after a takeover
+    this.waiters.delete(token);
+    waiter.resolve(answer);
+  }
+
+  /** Resolves with the first answer sent to `subject(token)`; rejects with MUX_TIMEOUT at `deadline` (epoch ms). */
+  wait(token: string, deadline: number): Promise<Answer> {
     return new Promise((resolve, reject) => this.waiters.set(token, { deadline, resolve, reject }));
   }
 
@@ -70,13 +102,40 @@ export class Mux {
   /** Queues a publish for the end of this event-loop turn. `msgId` sets Nats-Msg-Id (JetStream de-duplication). */
   publish(subject: string, data: Uint8Array, reply?: string, msgId?: string): void {
     this.queue.push([subject, data, reply, msgId]);
+    this.schedule();
+  }
+
+  private schedule(): void {
     if (this.flushScheduled) return;
     this.flushScheduled = true;
     setImmediate(() => this.flush());
   }
 
+  /** Moves one process's answers to the publish queue: as they are when there is one, else as one batch. */
+  private queueAnswers(inbox: string, list: (string | Uint8Array)[]): void {
+    this.answers.delete(inbox);
+    if (list.length === 2) this.queue.push([`${inbox}.${list[0] as string}`, list[1] as Uint8Array, undefined, undefined]);
+    else this.queue.push([`${inbox}.${BATCH_TOKEN}`, encode(list), undefined, undefined]);
+  }
+
+  /**
+   * Queues an answer for another process's waiter (a reply subject from its mux). The answers to one process from
+   * one turn leave together, as one message when there are several; any other subject is published as it is.
+   */
+  reply(subject: string, data: Uint8Array): void {
+    const dot = subject.lastIndexOf('.');
+    const inbox = subject.slice(0, dot);
+    if (dot < 0 || !inbox.startsWith(this.inboxes)) return this.publish(subject, data);
+    let batch = this.answers.get(inbox);
+    if (!batch) this.answers.set(inbox, (batch = { list: [], bytes: 0 }));
+    batch.list.push(subject.slice(dot + 1), data);
+    batch.bytes += data.length;
+    if (batch.bytes >= BATCH_BYTES_MAX) this.queueAnswers(inbox, batch.list);
+    this.schedule();
+  }
+
   /** Publishes with a reply subject of its own and waits up to `timeoutMs` for the first answer. */
-  request(subject: string, data: Uint8Array, timeoutMs: number, msgId?: string): Promise<Msg> {
+  request(subject: string, data: Uint8Array, timeoutMs: number, msgId?: string): Promise<Answer> {
     const token = this.token();
     const answer = this.wait(token, Date.now() + timeoutMs);
     this.publish(subject, data, this.subject(token), msgId);
@@ -97,6 +156,7 @@ export class Mux {
   /** Sends the queued publishes now (a caller already running at the end of a turn saves the wait for the next one). */
   flush(): void {
     this.flushScheduled = false;
+    for (const [inbox, { list }] of this.answers) this.queueAnswers(inbox, list);
     if (this.nc.isClosed()) {
       this.queue.length = 0;
       return;
@@ -129,7 +189,7 @@ export class Mux {
 }
 
 /** A core NATS "no responders" status: nobody subscribes to the subject (an unowned partition, or no stream). */
-export function isNoResponders(msg: Msg): boolean {
+export function isNoResponders(msg: Answer): boolean {
   return msg.data.length === 0 && msg.headers?.code === 503;
 }
 
@@ -146,7 +206,7 @@ export const ACK_WAIT_MS = 2000;
 const utf8 = new TextDecoder();
 
 /** Reads a JetStream publish acknowledgement (JSON), or the no-responders status when no stream takes the subject. */
-export function pubAck(msg: Msg): PubAck {
+export function pubAck(msg: Answer): PubAck {
   if (isNoResponders(msg)) return { error: { code: 503, description: 'no stream takes this subject' } };
   return JSON.parse(utf8.decode(msg.data)) as PubAck;
 }

@@ -403,7 +403,7 @@ export class PartitionRunner {
   /** Sends a committed batch's messages; the courier publishes them until they are stored (or we lose the partition). */
   private send(field: string, outbox: Outbox): void {
     const { mux, courier, config } = this.deps;
-    for (const [subject, data] of outbox.replies) mux.publish(subject, data);
+    for (const [subject, data] of outbox.replies) mux.reply(subject, data);
     if (outbox.js.length === 0) return this.sent(field);
     this.outboxInflight++;
     const abandoned = () => !this.active && this.state !== 'stopping'; // the next owner re-sends it
