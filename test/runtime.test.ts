@@ -189,6 +189,9 @@ t.test("a process's answers to another process's waiters from one turn travel as
   const other = nc.subscribe('elsewhere.x', { max: 1 });
   worker.reply('elsewhere.x', new Uint8Array([9]));
   for await (const m of other) t.same([...m.data], [9], 'a subject outside the inboxes is published as it is');
+  const nested = nc.subscribe(`${n.inbox('g1')}.x.y`, { max: 1 });
+  worker.reply(`${n.inbox('g1')}.x.y`, new Uint8Array([5]));
+  for await (const m of nested) t.same([...m.data], [5], 'so is one deeper than <inbox>.<token>');
   counted.unsubscribe();
 });
 

@@ -158,8 +158,8 @@ function overlaps(a: Segment[], b: Segment[]): boolean {
 }
 
 /**
- * Hears every answered request: its route pattern ("unmatched" for a path no route has the shape of, so the set
- * stays bounded whatever paths clients send), method, status and duration.
+ * Hears every answered request: its route pattern ("unmatched" for a path no route of its method has the shape
+ * of, so the set stays bounded whatever paths clients send), method, status and duration.
  */
 export type Observe = (method: string, route: string, status: number, seconds: number) => void;
 

@@ -125,7 +125,8 @@ export class Mux {
   reply(subject: string, data: Uint8Array): void {
     const dot = subject.lastIndexOf('.');
     const inbox = subject.slice(0, dot);
-    if (dot < 0 || !inbox.startsWith(this.inboxes)) return this.publish(subject, data);
+    const ours = dot > 0 && inbox.startsWith(this.inboxes) && !inbox.includes('.', this.inboxes.length); // `<inboxes><id>.<token>`
+    if (!ours) return this.publish(subject, data);
     let batch = this.answers.get(inbox);
     if (!batch) this.answers.set(inbox, (batch = { list: [], bytes: 0 }));
     batch.list.push(subject.slice(dot + 1), data);
