@@ -23,7 +23,6 @@ export interface StatusDetail {
   moving: Set<string>;
 }
 
-/** All keys first: awaiting other requests while the keys iterator is open cuts it short. */
 /**
  * The keys of a bucket, from one stream-info request (its subjects). Not kv.keys(): on nats-server 2.9 that
  * consumer can wait forever once entries expire by the bucket's TTL (nats-server issue 3481), and the workers

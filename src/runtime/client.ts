@@ -123,7 +123,7 @@ export function createShopClient({ nc, config, log }: { nc: NatsConnection; conf
 
   /** Asks the partition's owner by core NATS request; retries while nobody owns it; `unavailable` past the deadline. */
   async function ask(subject: string, batch: ReadWaiter[]): Promise<void> {
-    const settle = (each: (w: ReadWaiter, i: number) => void) => {
+    const finish = (each: (w: ReadWaiter, i: number) => void) => {
       readsWaiting -= batch.length;
       batch.forEach(each);
     };
@@ -131,17 +131,17 @@ export function createShopClient({ nc, config, log }: { nc: NatsConnection; conf
     const deadline = batch[0]!.deadline;
     for (;;) {
       const left = deadline - Date.now();
-      if (left <= 0) return settle((w) => w.reject(new ShopError('unavailable', `no owner of ${subject} answered`)));
+      if (left <= 0) return finish((w) => w.reject(new ShopError('unavailable', `no owner of ${subject} answered`)));
       let msg: Answer;
       try {
         msg = await mux.request(subject, data, Math.min(left, READ_ATTEMPT_MS));
       } catch (err) {
         if (err === MUX_TIMEOUT) continue;
-        return settle((w) => w.reject(err as Error));
+        return finish((w) => w.reject(err as Error));
       }
       if (!isNoResponders(msg)) {
         const answer = decode<Reply | Reply[]>(msg.data);
-        return settle((w, i) => w.resolve(batch.length === 1 ? (answer as Reply) : (answer as Reply[])[i]!));
+        return finish((w, i) => w.resolve(batch.length === 1 ? (answer as Reply) : (answer as Reply[])[i]!));
       }
       await delay(config.retryBackoffMs); // nobody owns the partition right now (start-up or a move)
     }
