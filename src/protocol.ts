@@ -55,8 +55,9 @@ export interface CommandEnvelope<C = unknown> {
 
 /**
  * Most commands in one stream message. Commands to one partition that leave a process together travel as one
- * message (a bundle: an array of envelopes), applied in order within one batch. A command's number within its
- * partition, unique and the same on every replay, is `stream sequence * BUNDLE_MAX + index in the bundle`.
+ * message (a bundle: an array of envelopes), applied in order within one batch. A stream command's number within
+ * its partition, unique and the same on every replay, is `stream sequence * BUNDLE_MAX + index in the bundle`
+ * (a command delivered within the worker numbers -1, -2, ...: see runtime/batch.ts).
  */
 export const BUNDLE_MAX = 1024;
 

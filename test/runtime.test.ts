@@ -7,7 +7,7 @@ import { createLog } from '../src/log.js';
 import { partitionOf } from '../src/partition.js';
 import { names, type Reply } from '../src/protocol.js';
 import { createShopClient, type ShopClient } from '../src/runtime/client.js';
-import { createPartitionStore, StaleEpochError } from '../src/runtime/store.js';
+import { commitTogether, createPartitionStore, StaleEpochError } from '../src/runtime/store.js';
 import { startWorker } from '../src/runtime/worker.js';
 import { startNats, startServers, testConfig, waitFor } from './helpers/servers.js';
 import { spawnRole } from './helpers/stack.js';
@@ -205,7 +205,7 @@ t.test('acquiring at a placement epoch: an older epoch is refused, a newer one f
   await t.rejects(store.acquire(4), StaleEpochError, 'an older epoch is refused');
   t.equal(await store.epoch(), 5, 'and changes nothing');
   t.equal(await store.acquire(), 6, 'without an epoch the stored one is raised');
-  t.equal(await store.commit(5, 1, new Map(), '', null, []), false, 'the holder of epoch 5 is fenced');
+  t.equal(await store.commit({ epoch: 5, cursor: 1, local: 0, changes: new Map(), outboxField: '', outbox: null, cleared: [] }), false, 'the holder of epoch 5 is fenced');
 });
 
 t.test('a group commit: batches of several partitions in one call, each fenced on its own', async (t) => {
@@ -219,13 +219,41 @@ t.test('a group commit: batches of several partitions in one call, each fenced o
   const calls = () => r.info('commandstats').then((text) => [...text.matchAll(/cmdstat_eval(?:sha)?:calls=(\d+)/g)].reduce((n, m) => n + Number(m[1]), 0));
   const before = await calls();
   const changes = (p: number) => new Map([['items', new Map<string, unknown>([[`i${p}`, { stock: p, price: 1 }], [`gone${p}`, undefined]])]]);
-  const results = await Promise.all(stores.map((s, p) => s.commit(1, 10 + p, changes(p), String(10 + p), { js: [], replies: [[`r${p}`, new Uint8Array([p])]] }, [])));
+  const results = await Promise.all(stores.map((s, p) => s.commit({ epoch: 1, cursor: 10 + p, local: 0, changes: changes(p), outboxField: String(10 + p), outbox: { js: [], replies: [[`r${p}`, new Uint8Array([p])]] }, cleared: [] })));
   t.same(results, [true, false, true], 'partition 1 is fenced, the others commit');
   t.equal((await calls()) - before, 1, 'one script call for the three batches');
   const loaded = await Promise.all(stores.map((s) => s.load()));
   t.same(loaded.map((l) => l.cursor), [10, 0, 12], 'the fenced batch wrote no cursor');
   t.same(loaded.map((l) => l.tables.get('items')?.get(`i${loaded.indexOf(l)}`)), [{ stock: 0, price: 1 }, undefined, { stock: 2, price: 1 }]);
   t.same(loaded.map((l) => l.outbox.length), [1, 0, 1], 'nor its outbox');
+});
+
+t.test('a transaction: batches of several partitions written together, or none when one is fenced; outboxes reload in batch order', async (t) => {
+  const { nats, redis } = await startServers(t);
+  const config = testConfig(nats, redis, { partitions: 3, workerProcesses: 1 });
+  const { redis: r } = await connections(t, config);
+  const stores = [0, 1, 2].map((p) => createPartitionStore(r, config.redisPrefix, 'stock', p, ['items']));
+  for (const s of stores) await s.acquire(1);
+  await stores[1]!.acquire(2); // a newer owner took partition 1
+  const write = (p: number, epoch: number, field: string) => ({
+    epoch,
+    cursor: 10,
+    local: 3,
+    changes: new Map([['items', new Map<string, unknown>([[`i${p}`, { stock: p, price: 1 }]])]]),
+    outboxField: field,
+    outbox: { js: [], replies: [[`r${field}`, new Uint8Array([p])]] as [string, Uint8Array][] },
+    cleared: [],
+  });
+  t.same(await commitTogether(stores.map((s, p) => s.prepare(write(p, 1, '10.3')))), ['withheld', 'fenced', 'withheld']);
+  const loaded = await Promise.all(stores.map((s) => s.load()));
+  t.same(loaded.map((l) => [l.cursor, l.local, l.tables.get('items')!.size, l.outbox.length]), [[0, 0, 0, 0], [0, 0, 0, 0], [0, 0, 0, 0]], 'nothing of any batch was written');
+
+  const fields = ['9.2', '10.1', '9.10'];
+  t.same(await commitTogether(fields.map((f) => stores[0]!.prepare(write(0, 1, f)))), ['committed', 'committed', 'committed']);
+  t.same(await commitTogether([stores[0]!.prepare(write(0, 1, '11.3')), stores[2]!.prepare(write(2, 1, '11.3'))]), ['committed', 'committed']);
+  const [zero, , two] = await Promise.all(stores.map((s) => s.load()));
+  t.same([zero!.cursor, zero!.local, two!.cursor, two!.local], [10, 3, 10, 3], 'cursor and local count written');
+  t.same(zero!.outbox.map(([f]) => f), ['9.2', '9.10', '10.1', '11.3'], 'outbox entries in (cursor, local count) order');
 });
 
 t.test('a command that throws is taken back whole; the rest of its batch commits', async (t) => {

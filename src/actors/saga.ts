@@ -9,7 +9,7 @@ import type { ApplyContext, Outgoing, StateView } from './types.js';
  * Participant -> coordinator: an answer for each hold and each release.
  *
  * Any message may arrive twice (an outbox re-sent after the stream's duplicate window), in any order. What keeps
- * stock and credit exact anyway: every ledger entry carries `at`, the participant's stream sequence of the hold
+ * stock and credit exact anyway: every ledger entry carries `at`, the participant's command number (`seq`) of the hold
  * that created it, and every answer names it. A forget names the `at` of each saga it finishes, and a release for
  * a hold applied after its saga ended names the `at` it gives back, so neither can touch a different hold of the
  * same saga.

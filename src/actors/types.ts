@@ -16,7 +16,11 @@ export interface ApplyContext {
   /** This partition's number and the kind's partition count. */
   partition: number;
   partitions: number;
-  /** The command's number within its partition: unique, increasing, and the same on every replay. */
+  /**
+   * The command's number within its partition, unique: for a command read from the stream, positive, increasing
+   * and the same on every replay; for a command another partition of the same worker sent within the batch,
+   * -1, -2, ... in the order they were applied (committed with the batch, so never given twice).
+   */
   seq: number;
   /** Where a waiting gateway expects the outcome, when one waits; an actor may keep it to answer later. */
   replyTo?: ReplyTo;

@@ -1,30 +1,20 @@
 import type { ConsumerMessages, JetStreamClient, JetStreamManager, JsMsg, NatsConnection, Subscription } from 'nats';
 import { setTimeout as delay } from 'node:timers/promises';
-import type { Actor, ApplyContext, Effects, ReadView, ReplyTo, StateView } from '../actors/types.js';
+import type { Actor, ReadView } from '../actors/types.js';
 import { decode, encode } from '../codec.js';
 import type { Config, Kind } from '../config.js';
 import type { Log } from '../log.js';
-import { BUNDLE_MAX, bundles, fail, names, unbundle, type CommandEnvelope, type Names, type Reply, type StreamMessage } from '../protocol.js';
-import type { RunnerMetrics } from './metrics.js';
+import { fail, names, type Names, type Reply } from '../protocol.js';
+import type { BatchLoop, Owed, Part } from './batch.js';
 import type { Courier } from './courier.js';
 import type { Mux } from './mux.js';
-import { StaleEpochError, type Changes, type Outbox, type PartitionStore } from './store.js';
-
-const replyMessage = (to: ReplyTo, reply: Reply): [string, Uint8Array] => [to, encode(reply)];
+import { StaleEpochError, type Outbox, type PartitionStore } from './store.js';
 
 /**
  * Sent outbox entries are deleted by the partition's next commit; when none comes within this time they are
  * deleted on their own, so an idle partition does not re-send its last batch's messages after a restart.
  */
 const OUTBOX_CLEAR_IDLE_MS = 250;
-
-/**
- * A batch ends early once it changes this many keys, or has applied commands for this long, and a batch cut short
- * lets the event loop turn before the next one: a worker runs many partitions on one thread, and a long stretch of
- * synchronous work would delay its heartbeats (and so cost it its lease), its replies and its reads.
- */
-const BATCH_KEYS_MAX = 5_000;
-const BATCH_SLICE_MS = 10;
 
 /** Longest a runner that lets go waits for its outbox to finish sending. */
 const OUTBOX_DRAIN_MAX_MS = 5000;
@@ -43,104 +33,45 @@ export interface RunnerDeps {
   courier: Courier;
   jsm: JetStreamManager;
   store: PartitionStore;
+  /** The worker's batch loop: applies and commits this partition's commands together with its other partitions'. */
+  loop: BatchLoop;
   config: Config;
   log: Log;
   actor: Actor<unknown, unknown>;
   partition: number;
-  metrics?: RunnerMetrics;
   /** Called once when the partition is lost to a newer owner. */
   onFenced?: (runner: PartitionRunner) => void;
 }
 
 /**
- * Batch draft over the live state: writes of the batch land here and reach the live maps (which reads see)
- * only after the batch has committed. Each command's writes are logged so that a command that throws is taken
- * back whole.
- */
-class Draft implements StateView {
-  readonly batch: Changes = new Map();
-  /** Keys the batch changes. */
-  size = 0;
-  /** This command's writes: the table, the key, and what the draft held for it before (to take them back). */
-  private readonly undo: [table: Map<string, unknown>, key: string, had: boolean, before: unknown][] = [];
-
-  constructor(private readonly live: Map<string, Map<string, unknown>>) {}
-
-  get<T>(table: string, key: string): T | undefined {
-    const t = this.batch.get(table);
-    if (t !== undefined && t.has(key)) return t.get(key) as T | undefined;
-    return this.live.get(table)?.get(key) as T | undefined;
-  }
-
-  set(table: string, key: string, value: unknown): void {
-    if (value === undefined) throw new Error('invariant: undefined value; use delete');
-    this.write(table, key, value);
-  }
-
-  delete(table: string, key: string): void {
-    this.write(table, key, undefined);
-  }
-
-  keepCommand(): void {
-    this.undo.length = 0;
-  }
-
-  dropCommand(): void {
-    for (let i = this.undo.length - 1; i >= 0; i--) {
-      const [t, key, had, before] = this.undo[i]!;
-      if (had) t.set(key, before);
-      else t.delete(key), this.size--;
-    }
-    this.undo.length = 0;
-  }
-
-  publish(): void {
-    for (const [table, changes] of this.batch) {
-      const target = this.live.get(table)!;
-      for (const [k, v] of changes) {
-        if (v === undefined) target.delete(k);
-        else target.set(k, v);
-      }
-    }
-  }
-
-  private write(table: string, key: string, value: unknown): void {
-    let t = this.batch.get(table);
-    if (!t) {
-      if (!this.live.has(table)) throw new Error(`invariant: unknown table ${table}`);
-      this.batch.set(table, (t = new Map()));
-    }
-    const had = t.has(key);
-    this.undo.push([t, key, had, t.get(key)]);
-    if (!had) this.size++;
-    t.set(key, value);
-  }
-}
-
-/**
- * The single writer of one partition: reads its commands in stream order from cursor + 1, applies them in
- * batches with the actor's pure logic, commits each batch once (state + cursor + outbox, fenced by epoch),
- * then sends replies and outgoing commands. Reads are answered from the committed state in memory.
+ * The single writer of one partition: takes the partition (epoch, load, outbox re-sent), reads its commands in
+ * stream order from cursor + 1 into a queue for the worker's batch loop, which applies them with the actor's
+ * pure logic and commits them (state + cursor + outbox, fenced by epoch); then the runner sends the batch's
+ * replies and outgoing commands. Reads are answered from the committed state in memory.
  */
 export class PartitionRunner {
   readonly kind: Kind;
   readonly partition: number;
+  readonly actor: Actor<unknown, unknown>;
+  readonly store: PartitionStore;
+  readonly log: Log;
   state: RunnerState = 'idle';
   /** Commands in the stream not yet delivered to this runner, as of the last batch (the consumer's pending count). */
-  private streamPending = 0;
+  streamPending = 0;
   epoch = 0;
+  /** Last stream sequence committed. */
   cursor = 0;
+  /** Commands delivered from within the worker, committed so far. */
+  local = 0;
+  /** The committed state; the batch loop drafts over it. */
+  live = new Map<string, Map<string, unknown>>();
   private readonly names: Names;
-  private readonly log: Log;
-  private live = new Map<string, Map<string, unknown>>();
   private queue: JsMsg[] = [];
-  private wake: (() => void) | null = null;
   private space: (() => void) | null = null;
   private messages: ConsumerMessages | null = null;
   private reads: Subscription | null = null;
-  private loopDone: Promise<void> = Promise.resolve();
   private outboxInflight = 0;
-  /** Waiters for an outbox batch to finish sending (the loop, past its in-flight bound, and release). */
+  /** Waiters for an outbox batch to finish sending (release). */
   private outboxWaiters: (() => void)[] = [];
   /** Outbox fields fully published; deleted by the next commit, or after OUTBOX_CLEAR_IDLE_MS without one. */
   private cleared: string[] = [];
@@ -151,12 +82,14 @@ export class PartitionRunner {
   constructor(private readonly deps: RunnerDeps) {
     this.kind = deps.actor.kind;
     this.partition = deps.partition;
+    this.actor = deps.actor;
+    this.store = deps.store;
     this.names = names(deps.config.streamPrefix);
     this.log = deps.log.child(`${this.kind}-${this.partition}`);
   }
 
   /** Reads see only committed state. */
-  private readonly committed: ReadView = { get: <T>(table: string, key: string) => this.live.get(table)?.get(key) as T | undefined };
+  private readonly view: ReadView = { get: <T>(table: string, key: string) => this.live.get(table)?.get(key) as T | undefined };
 
   get subject(): string {
     return this.names.cmd(this.kind, this.partition);
@@ -205,6 +138,7 @@ export class PartitionRunner {
     const { store, actor, js, nc, config } = this.deps;
     const loaded = await store.load();
     this.cursor = loaded.cursor;
+    this.local = loaded.local;
     this.trimmedTo = 0;
     this.live = new Map(actor.tables.map((t) => [t, loaded.tables.get(t) ?? new Map()]));
     for (const [field, outbox] of loaded.outbox) this.send(field, outbox);
@@ -213,7 +147,7 @@ export class PartitionRunner {
     // is the reply, or the array of replies in the same order.
     const answer = (query: unknown): Reply => {
       try {
-        return actor.query(this.committed, query);
+        return actor.query(this.view, query);
       } catch (e) {
         this.log.error('query failed', { err: e });
         return fail('internal', 'query failed');
@@ -238,10 +172,10 @@ export class PartitionRunner {
     });
     this.messages = await consumer.consume({ max_messages: Math.min(config.queueMax, config.batchMax * 2) });
     void this.pump(this.messages);
-    this.loopDone = this.loop();
     this.trimTimer = setInterval(() => void this.trim(), config.trimIntervalMs);
     this.trimTimer.unref();
     this.setState('running');
+    this.deps.loop.add(this);
     this.log.debug('owned', { epoch: this.epoch, cursor: this.cursor, ...this.size(), outbox: loaded.outbox.length });
   }
 
@@ -260,10 +194,9 @@ export class PartitionRunner {
     this.reads = null;
     this.messages?.stop();
     this.messages = null;
-    this.wake?.();
     this.space?.();
-    for (const wake of this.outboxWaiters.splice(0)) wake(); // a loop waiting on its outbox bound re-checks and ends
-    await this.loopDone;
+    this.deps.loop.remove(this);
+    await this.deps.loop.settled(this);
     // Let the outbox finish, within a bound: what is still unsent then stays in Redis for the next owner to send.
     const giveUpAt = Date.now() + OUTBOX_DRAIN_MAX_MS;
     while (this.outboxInflight > 0 && Date.now() < giveUpAt) await this.outboxSent(giveUpAt - Date.now());
@@ -279,7 +212,7 @@ export class PartitionRunner {
     try {
       for await (const m of messages) {
         this.queue.push(m);
-        this.wake?.();
+        this.deps.loop.wake();
         // Backpressure: stop pulling from the stream while the queue is full.
         while (this.queue.length >= this.deps.config.queueMax && this.active) {
           await new Promise<void>((r) => (this.space = r));
@@ -291,116 +224,50 @@ export class PartitionRunner {
     }
   }
 
-  private async loop(): Promise<void> {
-    const { config } = this.deps;
-    while (this.active) {
-      if (this.queue.length === 0) {
-        await new Promise<void>((r) => (this.wake = r));
-        this.wake = null;
-        continue;
-      }
-      while (this.outboxInflight >= OUTBOX_BATCHES_INFLIGHT_MAX && this.active) {
-        await this.outboxSent();
-      }
-      const batch = this.queue.length <= config.batchMax ? this.queue : this.queue.slice(0, config.batchMax);
-      this.queue = batch === this.queue ? [] : this.queue.slice(config.batchMax);
-      this.space?.();
-      try {
-        const applied = await this.apply(batch);
-        if (applied < batch.length) {
-          this.queue = batch.slice(applied).concat(this.queue);
-          await new Promise<void>((r) => setImmediate(r));
-        }
-      } catch (err) {
-        // A commit that failed for a transport reason: nothing of the batch is visible; let it be re-read.
-        this.log.error('batch failed; restarting the partition from its committed cursor', { err });
-        void this.restart();
-        return;
-      }
-    }
+  /** Commands are queued and its outbox is within its bound: the batch loop may take from it. */
+  ready(): boolean {
+    return this.state === 'running' && this.queue.length > 0 && this.outboxInflight < OUTBOX_BATCHES_INFLIGHT_MAX;
   }
 
-  private ctx(seq: number, replyTo: ReplyTo | undefined): ApplyContext {
-    const ctx: ApplyContext = { partition: this.partition, partitions: this.deps.config.partitions, seq };
-    if (replyTo) ctx.replyTo = replyTo;
-    return ctx;
+  /** Takes up to `max` queued stream messages for a batch. */
+  take(max: number): JsMsg[] {
+    const taken = this.queue.length <= max ? this.queue : this.queue.slice(0, max);
+    this.queue = taken === this.queue ? [] : this.queue.slice(max);
+    this.space?.();
+    return taken;
   }
 
-  /** Applies one command to the draft; a command that throws leaves nothing and answers `internal`. */
-  private applyOne(draft: Draft, envelope: CommandEnvelope, seq: number): Effects {
-    try {
-      const effects = this.deps.actor.apply(draft, envelope.c, this.ctx(seq, envelope.r));
-      draft.keepCommand();
-      return effects;
-    } catch (err) {
-      draft.dropCommand();
-      this.log.error('command failed; nothing of it applied', { seq, err });
-      return { reply: fail('internal', `command ${seq} at ${this.subject} failed`) };
-    }
+  /** Messages taken but not applied (a batch cut short, or withheld): first in line again. */
+  giveBack(msgs: JsMsg[]): void {
+    if (msgs.length > 0 && this.active) this.queue = msgs.concat(this.queue);
   }
 
-  /** Applies and commits a prefix of the batch (all of it, unless it hits BATCH_KEYS_MAX or BATCH_SLICE_MS); returns its length. */
-  private async apply(batch: JsMsg[]): Promise<number> {
-    const { store } = this.deps;
-    const began = performance.now();
-    let applied = 0;
-    const draft = new Draft(this.live);
-    const outbox: Outbox = { js: [], replies: [] };
-    this.streamPending = batch[batch.length - 1]!.info.pending;
-    const sends = new Map<string, unknown[]>();
-    let last = this.cursor;
-    for (const m of batch) {
-      if (applied > 0 && (draft.size >= BATCH_KEYS_MAX || performance.now() - began >= BATCH_SLICE_MS)) break;
-      applied++;
-      last = m.seq;
-      if (m.seq <= this.cursor) continue; // already applied (a consumer reset can re-deliver)
-      let envelopes: CommandEnvelope[];
-      try {
-        envelopes = unbundle(decode<StreamMessage>(m.data));
-      } catch (err) {
-        this.log.error('undecodable command skipped', { seq: m.seq, err });
-        continue;
-      }
-      envelopes.forEach((envelope, i) => {
-        const effects = this.applyOne(draft, envelope, m.seq * BUNDLE_MAX + i);
-        if (envelope.r && effects.reply) outbox.replies.push(replyMessage(envelope.r, effects.reply));
-        for (const { to, reply } of effects.replies ?? []) outbox.replies.push(replyMessage(to, reply));
-        const decided = effects.replies?.[0]?.reply; // deferred answers are the outcome of a saga
-        if (decided) this.deps.metrics?.sagaOutcome(decided.ok, decided.ok ? undefined : decided.code);
-        for (const out of effects.send ?? []) {
-          const subject = this.names.cmd(out.kind, out.partition);
-          let list = sends.get(subject);
-          if (!list) sends.set(subject, (list = []));
-          list.push(out.cmd);
-        }
-      });
-    }
-    // One message per target partition for the whole batch; ids derive from the batch, stored with the outbox.
-    const merge = this.deps.actor.mergeOutgoing;
-    for (const [subject, cmds] of sends) {
-      const envelopes: CommandEnvelope[] = (merge ? merge(cmds) : cmds).map((c) => ({ c }));
-      for (const data of bundles(envelopes)) outbox.js.push([subject, `${this.kind}.${this.partition}.${last}.${outbox.js.length}`, data]);
-    }
-    if (last <= this.cursor) return applied;
-    const hasOutbox = outbox.js.length > 0 || outbox.replies.length > 0;
-    const field = hasOutbox ? String(last) : '';
-    const cleared = this.cleared;
+  /** The sent outbox fields, for the next commit to delete. */
+  takeCleared(): string[] {
+    const fields = this.cleared;
     this.cleared = [];
-    const started = performance.now();
-    const committed = await store.commit(this.epoch, last, draft.batch, field, hasOutbox ? outbox : null, cleared);
-    if (!committed) {
-      this.fenced();
-      return batch.length;
-    }
-    this.deps.metrics?.batch(this.kind, this.partition, applied, performance.now() - started);
-    if (this.deps.config.faultKillAfter === 'commit' && hasOutbox) process.kill(process.pid, 'SIGKILL');
-    draft.publish();
-    this.cursor = last;
-    if (hasOutbox) this.send(field, outbox);
-    return applied;
+    return fields;
   }
 
-  /** Sends a committed batch's messages; the courier publishes them until they are stored (or we lose the partition). */
+  giveCleared(fields: string[]): void {
+    this.cleared.push(...fields);
+  }
+
+  /** The batch with this partition's part in it is in Redis: make it visible, then send what it owes. */
+  committed(part: Part, owed: Owed): void {
+    part.draft.publish();
+    this.cursor = part.last;
+    this.local = part.local;
+    if (owed.outbox) this.send(owed.field, owed.outbox);
+  }
+
+  /** A commit failed for a transport reason: nothing of the batch is visible; take the partition again from Redis. */
+  failed(err: unknown): void {
+    this.log.error('batch failed; restarting the partition from its committed cursor', { err });
+    void this.restart();
+  }
+
+  /** Sends a committed batch's messages  /** Sends a committed batch's messages; the courier publishes them until they are stored (or we lose the partition). */
   private send(field: string, outbox: Outbox): void {
     const { mux, courier, config } = this.deps;
     for (const [subject, data] of outbox.replies) mux.reply(subject, data);
@@ -414,6 +281,7 @@ export class PartitionRunner {
       }
       this.outboxInflight--;
       for (const wake of this.outboxWaiters.splice(0)) wake();
+      this.deps.loop.wake();
     });
   }
 
@@ -443,7 +311,8 @@ export class PartitionRunner {
     this.clearTimer.unref();
   }
 
-  private fenced(): void {
+  /** A newer owner holds the partition (a commit was refused): drop it. */
+  fenced(): void {
     if (!this.active) return;
     this.log.warn('fenced: a newer owner holds the partition; dropping it', { epoch: this.epoch });
     this.setState('fenced');

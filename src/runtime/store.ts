@@ -3,46 +3,57 @@ import { decode, encode } from '../codec.js';
 import type { Kind } from '../config.js';
 
 /**
- * Group commit: the batches of every partition of this process that commit in the same event-loop turn go to
- * Redis as one script call, each batch still atomic and fenced on its own (a batch whose partition has a newer
- * epoch writes nothing; the others are not affected).
+ * Group commit: the transactions of every partition of this process that commit in the same event-loop turn go to
+ * Redis as one script call. A transaction is one or more partitions' batches that must be written together (a
+ * worker's batch that delivered saga messages between its partitions): if any of its partitions has a newer epoch,
+ * none of its batches is written. Transactions of one call do not affect each other.
  * KEYS: per batch: meta, outbox, then one hash per table.
- * ARGV: one argument per batch, a msgpack array of strings (packArgs) read with Redis's cmsgpack:
- *       key count, epoch, cursor, outbox field ('' for none), outbox value, clear count, cleared fields...,
- *       then per table: set count, (key, value)..., delete count, key...
- * Returns one result per batch: 1 committed, 0 fenced (nothing written).
+ * ARGV: one argument per transaction, a msgpack array of batches, each a msgpack array of strings (packArgs) read
+ *       with Redis's cmsgpack: key count, epoch, cursor, local count, outbox field ('' for none), outbox value,
+ *       clear count, cleared fields..., then per table: set count, (key, value)..., delete count, key...
+ * Returns one result per batch: 1 committed, 0 fenced, 2 withheld (another partition of its transaction was fenced).
  */
 const COMMIT_LUA = `
 local results = {}
 local k = 0
-for b = 1, #ARGV do
-  local a = cmsgpack.unpack(ARGV[b])
-  local nkeys = tonumber(a[1])
-  if redis.call('HGET', KEYS[k + 1], 'epoch') ~= a[2] then
-    results[b] = 0
-  else
-    redis.call('HSET', KEYS[k + 1], 'cursor', a[3])
-    if a[4] ~= '' then redis.call('HSET', KEYS[k + 2], a[4], a[5]) end
-    local i = 6
-    local n = tonumber(a[i]); i = i + 1
-    if n > 0 then redis.call('HDEL', KEYS[k + 2], unpack(a, i, i + n - 1)); i = i + n end
-    for t = k + 3, k + nkeys do
-      n = tonumber(a[i]); i = i + 1
-      while n > 0 do
-        local chunk = math.min(n, 256)
-        redis.call('HSET', KEYS[t], unpack(a, i, i + 2 * chunk - 1))
-        i = i + 2 * chunk; n = n - chunk
-      end
-      n = tonumber(a[i]); i = i + 1
-      while n > 0 do
-        local chunk = math.min(n, 512)
-        redis.call('HDEL', KEYS[t], unpack(a, i, i + chunk - 1))
-        i = i + chunk; n = n - chunk
-      end
-    end
-    results[b] = 1
+for x = 1, #ARGV do
+  local txn = cmsgpack.unpack(ARGV[x])
+  local fenced = {}
+  local any = false
+  local kk = k
+  for b = 1, #txn do
+    if redis.call('HGET', KEYS[kk + 1], 'epoch') ~= txn[b][2] then fenced[b] = true; any = true end
+    kk = kk + tonumber(txn[b][1])
   end
-  k = k + nkeys
+  for b = 1, #txn do
+    local a = txn[b]
+    local nkeys = tonumber(a[1])
+    if any then
+      results[#results + 1] = fenced[b] and 0 or 2
+    else
+      redis.call('HSET', KEYS[k + 1], 'cursor', a[3], 'local', a[4])
+      if a[5] ~= '' then redis.call('HSET', KEYS[k + 2], a[5], a[6]) end
+      local i = 7
+      local n = tonumber(a[i]); i = i + 1
+      if n > 0 then redis.call('HDEL', KEYS[k + 2], unpack(a, i, i + n - 1)); i = i + n end
+      for t = k + 3, k + nkeys do
+        n = tonumber(a[i]); i = i + 1
+        while n > 0 do
+          local chunk = math.min(n, 256)
+          redis.call('HSET', KEYS[t], unpack(a, i, i + 2 * chunk - 1))
+          i = i + 2 * chunk; n = n - chunk
+        end
+        n = tonumber(a[i]); i = i + 1
+        while n > 0 do
+          local chunk = math.min(n, 512)
+          redis.call('HDEL', KEYS[t], unpack(a, i, i + chunk - 1))
+          i = i + chunk; n = n - chunk
+        end
+      end
+      results[#results + 1] = 1
+    end
+    k = k + nkeys
+  end
 end
 return results
 `;
@@ -105,6 +116,8 @@ export type Changes = Map<string, Map<string, unknown>>;
 
 export interface Loaded {
   cursor: number;
+  /** Commands delivered to the partition from within its worker so far (they number as -1, -2, ...). */
+  local: number;
   tables: Map<string, Map<string, unknown>>;
   /** Pending outbox entries, oldest first, with their field names. */
   outbox: [string, Outbox][];
@@ -118,24 +131,53 @@ export interface PartitionStore {
    */
   acquire(epoch?: number): Promise<number>;
   load(): Promise<Loaded>;
-  /** false: fenced (a newer epoch exists), nothing was written. */
-  commit(epoch: number, cursor: number, changes: Changes, outboxField: string, outbox: Outbox | null, clearFields: string[]): Promise<boolean>;
+  /** One batch, ready to be committed alone (`commit`) or with other partitions' batches (`commitTogether`). */
+  prepare(write: BatchWrite): PreparedBatch;
+  /** Commits one batch on its own. false: fenced (a newer epoch exists), nothing was written. */
+  commit(write: BatchWrite): Promise<boolean>;
   /** Deletes sent outbox entries (when no next commit comes soon to take them along). */
   clearOutbox(fields: string[]): Promise<void>;
   /** The epoch stored now (for status and tests). */
   epoch(): Promise<number>;
 }
 
+/** What one partition's batch writes. */
+export interface BatchWrite {
+  epoch: number;
+  cursor: number;
+  /** The partition's count of commands delivered from within its worker, after this batch. */
+  local: number;
+  changes: Changes;
+  /** '' when the batch owes nothing. */
+  outboxField: string;
+  outbox: Outbox | null;
+  /** Outbox fields already sent, deleted with this batch. */
+  cleared: string[];
+}
+
+/** A batch encoded for the commit script; commit it with `commitTogether`. */
+export interface PreparedBatch {
+  readonly group: CommitGroup;
+  readonly keys: string[];
+  /** packArgs of its arguments */
+  readonly args: Buffer;
+}
+
+/** committed; fenced (a newer epoch holds the partition: nothing written); withheld (another batch of the transaction was fenced: nothing written). */
+export type CommitResult = 'committed' | 'fenced' | 'withheld';
+const RESULTS: Record<number, CommitResult> = { 0: 'fenced', 1: 'committed', 2: 'withheld' };
+
 type Arg = string | Buffer;
 // ioredis flattens array arguments, so a batch of any size goes as one array, never as spread call arguments.
 type ScriptFn<R> = (numKeys: number, args: Arg[]) => Promise<R>;
 
-/** One batch's part of a group commit. */
+/** One transaction of a group commit. */
 interface Pending {
   keys: string[];
-  /** packArgs of its arguments */
+  /** the transaction's argument: a msgpack array of its batches' packArgs */
   args: Buffer;
-  resolve(committed: boolean): void;
+  batches: number;
+  resolve(results: CommitResult[]): void;
   reject(err: Error): void;
 }
 
@@ -157,9 +199,15 @@ class CommitGroup {
 
   constructor(private readonly run: ScriptFn<number[]>) {}
 
-  commit(keys: string[], args: Buffer): Promise<boolean> {
+  /** Commits the batches as one transaction: all of them, or (one is fenced) none. */
+  commit(batches: readonly PreparedBatch[]): Promise<CommitResult[]> {
+    const header = Buffer.allocUnsafe(5);
+    header[0] = 0xdd;
+    header.writeUInt32BE(batches.length, 1);
+    const args = Buffer.concat([header, ...batches.map((b) => b.args)]);
+    const keys = batches.length === 1 ? batches[0]!.keys : batches.flatMap((b) => b.keys);
     return new Promise((resolve, reject) => {
-      this.queue.push({ keys, args, resolve, reject });
+      this.queue.push({ keys, args, batches: batches.length, resolve, reject });
       this.schedule();
     });
   }
@@ -186,7 +234,8 @@ class CommitGroup {
     this.inflight = true;
     try {
       const results = await this.run(numKeys, keysThenArgs);
-      group.forEach((p, i) => p.resolve(results[i] === 1));
+      let at = 0;
+      for (const p of group) p.resolve(results.slice(at, (at += p.batches)).map((r) => RESULTS[r]!));
     } catch (err) {
       for (const p of group) p.reject(err as Error);
     } finally {
@@ -197,6 +246,22 @@ class CommitGroup {
 }
 
 const groups = new WeakMap<Redis, CommitGroup>();
+
+/**
+ * Commits batches of several partitions as one transaction (one atomic script run): every batch is written, or,
+ * when any of their partitions is held at a newer epoch, none. The partitions must share one Redis connection.
+ */
+export function commitTogether(batches: readonly PreparedBatch[]): Promise<CommitResult[]> {
+  const group = batches[0]?.group;
+  if (!group || batches.some((b) => b.group !== group)) throw new Error('invariant: a transaction needs batches on one Redis connection');
+  return group.commit(batches);
+}
+
+/** Outbox fields are `<cursor>.<local count>` of the batch that wrote them: re-sent in that order. */
+const fieldOrder = (field: string): [number, number] => {
+  const [cursor, local] = field.split('.');
+  return [Number(cursor), Number(local ?? 0)];
+};
 
 export function partitionKeyTag(prefix: string, kind: Kind, partition: number): string {
   // The hash tag keeps a partition's keys in one Redis Cluster slot, so its commit is atomic there too.
@@ -216,6 +281,26 @@ export function createPartitionStore(redis: Redis, prefix: string, kind: Kind, p
   const commits = group;
   const acquireFn = (redis as unknown as { shopAcquire: ScriptFn<number> }).shopAcquire.bind(redis);
 
+  const prepare = ({ epoch, cursor, local, changes, outboxField, outbox, cleared }: BatchWrite): PreparedBatch => {
+    const args: (string | Uint8Array)[] = [String(2 + tableKeys.length), String(epoch), String(cursor), String(local), outboxField, outbox ? encode(outbox) : '', String(cleared.length), ...cleared];
+    for (const name of tables) {
+      const changed = changes.get(name);
+      const dels: string[] = [];
+      const countAt = args.push('') - 1;
+      let sets = 0;
+      if (changed) {
+        for (const [k, v] of changed) {
+          if (v === undefined) dels.push(k);
+          else args.push(k, encode(v)), sets++;
+        }
+      }
+      args[countAt] = String(sets);
+      args.push(String(dels.length));
+      for (const d of dels) args.push(d);
+    }
+    return { group: commits, keys: [keys.meta, keys.outbox, ...tableKeys], args: packArgs(args) };
+  };
+
   return {
     keys,
     async acquire(epoch) {
@@ -225,8 +310,8 @@ export function createPartitionStore(redis: Redis, prefix: string, kind: Kind, p
     },
 
     async load() {
-      const [cursor, outboxRaw, ...tableRaw] = await Promise.all([
-        redis.hget(keys.meta, 'cursor'),
+      const [[cursor, local], outboxRaw, ...tableRaw] = await Promise.all([
+        redis.hmget(keys.meta, 'cursor', 'local'),
         redis.hgetallBuffer(keys.outbox),
         ...tableKeys.map((key) => redis.hgetallBuffer(key)),
       ]);
@@ -236,30 +321,19 @@ export function createPartitionStore(redis: Redis, prefix: string, kind: Kind, p
         for (const [k, v] of Object.entries(tableRaw[i] as Record<string, Buffer>)) map.set(k, decode(v));
         loaded.set(name, map);
       });
-      const outbox = Object.entries(outboxRaw as Record<string, Buffer>)
-        .map(([field, v]) => [field, decode<Outbox>(v)] as [string, Outbox])
-        .sort((a, b) => Number(a[0]) - Number(b[0]));
-      return { cursor: cursor === null ? 0 : Number(cursor), tables: loaded, outbox };
+      const outbox = Object.entries(outboxRaw as Record<string, Buffer>).map(([field, v]): [string, Outbox] => [field, decode<Outbox>(v)]);
+      outbox.sort(([a], [b]) => {
+        const [x, y] = [fieldOrder(a), fieldOrder(b)];
+        return x[0] - y[0] || x[1] - y[1];
+      });
+      return { cursor: Number(cursor ?? 0), local: Number(local ?? 0), tables: loaded, outbox };
     },
 
-    async commit(epoch, cursor, changes, outboxField, outbox, clearFields) {
-      const args: (string | Uint8Array)[] = [String(2 + tableKeys.length), String(epoch), String(cursor), outboxField, outbox ? encode(outbox) : '', String(clearFields.length), ...clearFields];
-      for (const name of tables) {
-        const changed = changes.get(name);
-        const dels: string[] = [];
-        const countAt = args.push('') - 1;
-        let sets = 0;
-        if (changed) {
-          for (const [k, v] of changed) {
-            if (v === undefined) dels.push(k);
-            else args.push(k, encode(v)), sets++;
-          }
-        }
-        args[countAt] = String(sets);
-        args.push(String(dels.length));
-        for (const d of dels) args.push(d);
-      }
-      return commits.commit([keys.meta, keys.outbox, ...tableKeys], packArgs(args));
+    prepare,
+
+    async commit(write) {
+      const [result] = await commits.commit([prepare(write)]);
+      return result === 'committed';
     },
 
     async clearOutbox(fields) {

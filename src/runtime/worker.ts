@@ -14,6 +14,7 @@ import type { RunnerMetrics } from './metrics.js';
 import { Mux } from './mux.js';
 import { PartitionRunner } from './partition.js';
 import { fromBytes, placementKey, toBytes, type Assignment, type Heartbeat } from './placement.js';
+import { BatchLoop } from './batch.js';
 import { Courier } from './courier.js';
 import { createPartitionStore, StaleEpochError, type PartitionStore } from './store.js';
 import { ensureStreams } from './streams.js';
@@ -81,14 +82,14 @@ interface Kit {
   redis: Redis;
   mux: Mux;
   courier: Courier;
+  loop: BatchLoop;
   js: ReturnType<NatsConnection['jetstream']>;
   jsm: Awaited<ReturnType<NatsConnection['jetstreamManager']>>;
-  metrics: RunnerMetrics;
 }
 
 function newRunner(kit: Kit, kind: Kind, partition: number, store: PartitionStore, onFenced: (r: PartitionRunner) => void): PartitionRunner {
-  const { nc, js, jsm, mux, courier, config, log, metrics } = kit;
-  return new PartitionRunner({ nc, js, jsm, mux, courier, config, log, actor: actorOf(kind), partition, store, metrics, onFenced });
+  const { nc, js, jsm, mux, courier, loop, config, log } = kit;
+  return new PartitionRunner({ nc, js, jsm, mux, courier, loop, config, log, actor: actorOf(kind), partition, store, onFenced });
 }
 
 const sampleOf = (runners: Iterable<PartitionRunner>): PartitionSample[] =>
@@ -108,7 +109,8 @@ export async function startWorker(opts: WorkerOptions): Promise<Worker> {
   let current: () => Iterable<PartitionRunner> = () => [];
   const metrics = createWorkerMetrics(() => sampleOf(current()), opts.metrics);
   const courier = new Courier(mux, log, config.retryBackoffMs);
-  const kit: Kit = { nc, config, log, redis, mux, courier, js, jsm, metrics };
+  const loop = new BatchLoop({ config, log, metrics });
+  const kit: Kit = { nc, config, log, redis, mux, courier, loop, js, jsm };
   if (opts.partitions || config.placement === 'static') {
     const worker = await startStaticWorker(kit, opts.partitions ?? ownedPartitions(config), metrics.registry);
     current = () => worker.runners;
