@@ -242,3 +242,19 @@ t.test('orders without a saga are kept as flat strings and read back exactly; id
   );
   t.pass('round trip');
 });
+
+t.test('a paid order is kept as a flat string with the saga that paid it, and its paidBy still tells late answers apart', async (t) => {
+  const { order } = await import('../src/actors/order.js');
+  const state = memoryState(order.tables);
+  order.apply(state, { k: 'create', id: 'o', user: 'u' }, ctx(1));
+  order.apply(state, { k: 'addItem', id: 'o', item: 'i', quantity: 2, price: 3 }, ctx(2));
+  const begun = order.apply(state, { k: 'checkout', id: 'o' }, { ...ctx(3), replyTo: 'r' });
+  const saga = (begun.send![0]!.cmd as { saga: string }).saga;
+  const held = (part: 'stock:0' | 'payment:0', at: number) => ({ k: 'answer', saga, order: 'o', part, phase: 'hold', ok: true, at }) as const;
+  t.same(order.apply(state, held('stock:0', 40), ctx(4)), { send: [] }, 'one part held: the saga waits');
+  t.same(order.apply(state, held('payment:0', -7), ctx(5)).replies, [{ to: 'r', reply: { ok: true, v: { paid: true } } }]);
+  t.equal(state.get('orders', 'o'), `1|6|u|i:2|${saga}|stock:0=40,payment:0=-7`, 'paid, with the ledger entry of each part');
+  t.same(order.query(state, { k: 'find', id: 'o' }), { ok: true, v: { paid: true, items: [['i', 2]], user: 'u', total: 6 } });
+  t.same(order.apply(state, held('stock:0', 40), ctx(6)), {}, 'a late copy of a counted answer is ignored');
+  t.same(order.apply(state, held('stock:0', 41), ctx(7)).send, [{ kind: 'stock', partition: 0, cmd: { k: 'release', saga, order: 'o', from: 0, at: 41 } }], 'a hold applied anew after the saga ended is given back');
+});

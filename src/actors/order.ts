@@ -10,16 +10,19 @@ import type { Actor, ApplyContext, Effects, Outgoing, ReadView, ReplyTo, StateVi
 /** Where one participant of a running checkout stands. */
 export type PartState = 'pending' | 'held' | 'rejected' | 'releasing' | 'released';
 
-/** A checkout in flight, kept in the order it pays for (one key: it commits with the order, atomically). */
+/** One participant of a running checkout. */
 export interface PartStatus {
+  part: Part;
   st: PartState;
   /** The participant's ledger entry for this saga, once it has answered. */
   at?: number;
 }
 
+/** A checkout in flight, kept in the order it pays for (one key: it commits with the order, atomically). */
 export interface Saga {
   id: string;
-  parts: Record<Part, PartStatus>;
+  /** One entry per participant partition (a handful): a list of entries of one shape, cheap to copy and walk. */
+  parts: PartStatus[];
   /** The first refusal: once set, the saga only compensates. */
   failed?: { code: ErrorCode; detail?: string };
   /** Gateways waiting for the outcome: every checkout of the order while this saga runs. */
@@ -34,7 +37,7 @@ export interface Order {
   saga?: Saga;
   /** The saga that paid the order, with each participant's ledger sequence: tells a late copy of one of its
    *  answers (ignored) from a copy of its hold applied anew after it ended (given back). */
-  paidBy?: { saga: string; ats: Record<Part, number> };
+  paidBy?: { saga: string; ats: [part: Part, at: number][] };
 }
 
 export type OrderCmd =
@@ -53,28 +56,41 @@ export const ORDER_LINES_MAX = 1000;
 export const SAGA_WAITERS_MAX = 256;
 
 /**
- * How an order is kept in its table. An order with no saga running and none that paid it (every order between
- * batch_init or create and its checkout) is a flat string `paid|total|user|item:quantity,...`: ~100 bytes of
- * heap with its map entry instead of ~370 as nested objects (1M orders: ~270 MB). Any other order, or one with an
- * id that holds a separator, is the object itself.
+ * How an order is kept in its table. An order with no saga running is a flat string
+ * `paid|total|user|item:quantity,...`, and once a saga has paid it `...|saga|part=at,...` (its `paidBy`): ~100
+ * bytes of heap with its map entry instead of ~370 as nested objects (1M orders: ~270 MB), and one string to encode
+ * when it is committed. An order with a saga running, or with an id that holds a separator, is the object itself.
  */
 type StoredOrder = Order | string;
 
 const plainId = (id: string) => !/[|:,]/.test(id);
 
 function storeOrder(order: Order): StoredOrder {
-  if (order.saga || order.paidBy || !plainId(order.user) || !order.items.every(([item]) => plainId(item))) return order;
-  return [order.paid ? '1' : '0', order.total, order.user, order.items.map(([item, q]) => `${item}:${q}`).join(',')].join('|');
+  if (order.saga || !plainId(order.user) || !order.items.every(([item]) => plainId(item))) return order;
+  const flat = `${order.paid ? '1' : '0'}|${order.total}|${order.user}|${order.items.map(([item, q]) => `${item}:${q}`).join(',')}`;
+  if (!order.paidBy) return flat;
+  if (!plainId(order.paidBy.saga)) return order;
+  return `${flat}|${order.paidBy.saga}|${order.paidBy.ats.map(([part, at]) => `${part}=${at}`).join(',')}`;
 }
 
 function loadOrder(stored: StoredOrder): Order {
   if (typeof stored !== 'string') return stored;
-  const [paid, total, user, lines] = stored.split('|') as [string, string, string, string];
+  const [paid, total, user, lines, saga, ats] = stored.split('|') as [string, string, string, string, string?, string?];
   const items: Order['items'] = lines === '' ? [] : lines.split(',').map((line) => {
     const at = line.lastIndexOf(':');
     return [line.slice(0, at), Number(line.slice(at + 1))];
   });
-  return { user, items, total: Number(total), paid: paid === '1' };
+  const order: Order = { user, items, total: Number(total), paid: paid === '1' };
+  if (saga !== undefined) {
+    order.paidBy = {
+      saga,
+      ats: ats!.split(',').map((entry): [Part, number] => {
+        const at = entry.indexOf('=');
+        return [entry.slice(0, at) as Part, Number(entry.slice(at + 1))];
+      }),
+    };
+  }
+  return order;
 }
 
 /** The order with this id, whatever form it is kept in. */
@@ -102,15 +118,15 @@ function begin(order: Order, id: string, ctx: ApplyContext): { saga: Saga; send:
     if (!lines) perPartition.set(p, (lines = new Map()));
     lines.set(item, (lines.get(item) ?? 0) + quantity);
   }
-  const parts = {} as Record<Part, PartStatus>;
+  const parts: PartStatus[] = [];
   const send: Outgoing[] = [];
   for (const [p, lines] of perPartition) {
-    parts[partOf('stock', p)] = { st: 'pending' };
+    parts.push({ part: partOf('stock', p), st: 'pending' });
     const cmd: ReserveCmd = { k: 'reserve', ...ref, lines: [...lines] };
     send.push({ kind: 'stock', partition: p, cmd });
   }
   const pay = partitionOf(order.user, ctx.partitions);
-  parts[partOf('payment', pay)] = { st: 'pending' };
+  parts.push({ part: partOf('payment', pay), st: 'pending' });
   const debit: DebitCmd = { k: 'debit', ...ref, user: order.user, amount: order.total };
   send.push({ kind: 'payment', partition: pay, cmd: debit });
   return { saga: { id: ref.saga, parts, waiters: ctx.replyTo ? [ctx.replyTo] : [] }, send };
@@ -133,53 +149,51 @@ function onAnswer(state: StateView, msg: SagaAnswer, ctx: ApplyContext): Effects
     // ended. A copy of an answer the paying saga counted is recognised by its `at` and ignored: that hold is the
     // sale itself. Any other successful hold is given back, exactly that one (by its `at`); for a hold already
     // given back or forgotten, the release finds nothing to undo.
-    const counted = order?.paidBy?.saga === msg.saga && order.paidBy.ats[msg.part] === msg.at;
+    const counted = order?.paidBy?.saga === msg.saga && order.paidBy.ats.some(([part, at]) => part === msg.part && at === msg.at);
     return msg.phase === 'hold' && msg.ok && !counted ? { send: [toPart(msg.part, releaseOf(ref, msg.at))] } : {};
   }
-  const saga: Saga = { ...current, parts: { ...current.parts } };
+  const i = current.parts.findIndex((p) => p.part === msg.part);
+  const was = current.parts[i];
+  const parts = current.parts.slice();
+  let failed = current.failed;
   const send: Outgoing[] = [];
-  const was = saga.parts[msg.part];
   if (msg.phase === 'hold' && was?.st === 'pending') {
-    if (msg.ok && !saga.failed) saga.parts[msg.part] = { st: 'held', at: msg.at };
+    if (msg.ok && !failed) parts[i] = { part: msg.part, st: 'held', at: msg.at };
     else if (msg.ok) {
-      saga.parts[msg.part] = { st: 'releasing', at: msg.at };
+      parts[i] = { part: msg.part, st: 'releasing', at: msg.at };
       send.push(toPart(msg.part, releaseOf(ref)));
     } else {
-      saga.parts[msg.part] = { st: 'rejected', at: msg.at };
-      if (!saga.failed) {
-        saga.failed = msg.detail === undefined ? { code: msg.code ?? 'internal' } : { code: msg.code ?? 'internal', detail: msg.detail };
-        for (const [part, status] of Object.entries(saga.parts) as [Part, PartStatus][]) {
-          if (status.st !== 'held') continue;
-          saga.parts[part] = { ...status, st: 'releasing' };
-          send.push(toPart(part, releaseOf(ref)));
+      parts[i] = { part: msg.part, st: 'rejected', at: msg.at };
+      if (!failed) {
+        failed = msg.detail === undefined ? { code: msg.code ?? 'internal' } : { code: msg.code ?? 'internal', detail: msg.detail };
+        for (let j = 0; j < parts.length; j++) {
+          const p = parts[j]!;
+          if (p.st !== 'held') continue;
+          parts[j] = { ...p, st: 'releasing' };
+          send.push(toPart(p.part, releaseOf(ref)));
         }
       }
     }
   } else if (msg.phase === 'release' && was?.st === 'releasing') {
-    saga.parts[msg.part] = { ...was, st: 'released' };
+    parts[i] = { ...was, st: 'released' };
   } else {
     return {}; // a repeated answer: already counted
   }
 
-  const states = Object.values(saga.parts).map((p) => p.st);
-  const succeeded = !saga.failed && states.every((st) => st === 'held');
-  const settled = saga.failed !== undefined && states.every((st) => st === 'rejected' || st === 'released');
+  const succeeded = !failed && parts.every((p) => p.st === 'held');
+  const settled = failed !== undefined && parts.every((p) => p.st === 'rejected' || p.st === 'released');
   if (!succeeded && !settled) {
+    const saga: Saga = { ...current, parts };
+    if (failed) saga.failed = failed;
     writeOrder(state, msg.order, { ...order, saga });
     return { send };
   }
-  for (const [part, { at }] of Object.entries(saga.parts) as [Part, PartStatus][]) {
-    send.push(toPart(part, { k: 'forget', sagas: [[saga.id, at!]] } satisfies ForgetCmd));
-  }
-  const outcome: Reply = succeeded ? ok({ paid: true }) : fail(saga.failed!.code, saga.failed!.detail);
+  for (const p of parts) send.push(toPart(p.part, { k: 'forget', sagas: [[current.id, p.at!]] } satisfies ForgetCmd));
+  const outcome: Reply = succeeded ? ok({ paid: true }) : fail(failed!.code, failed!.detail);
   const ended: Order = { ...withoutSaga(order), paid: succeeded };
-  if (succeeded) {
-    const ats = {} as Record<Part, number>;
-    for (const [part, { at }] of Object.entries(saga.parts) as [Part, PartStatus][]) ats[part] = at!;
-    ended.paidBy = { saga: saga.id, ats };
-  }
+  if (succeeded) ended.paidBy = { saga: current.id, ats: parts.map((p): [Part, number] => [p.part, p.at!]) };
   writeOrder(state, msg.order, ended);
-  return { send, replies: saga.waiters.map((to) => ({ to, reply: outcome })) };
+  return { send, replies: current.waiters.map((to) => ({ to, reply: outcome })) };
 }
 
 export const order: Actor<OrderCmd, OrderQuery> = {
