@@ -258,3 +258,12 @@ t.test('a paid order is kept as a flat string with the saga that paid it, and it
   t.same(order.apply(state, held('stock:0', 40), ctx(6)), {}, 'a late copy of a counted answer is ignored');
   t.same(order.apply(state, held('stock:0', 41), ctx(7)).send, [{ kind: 'stock', partition: 0, cmd: { k: 'release', saga, order: 'o', from: 0, at: 41 } }], 'a hold applied anew after the saga ended is given back');
 });
+
+t.test("a worker's warm-up runs whole sagas on scratch state: every checkout paid, or refused and compensated", async (t) => {
+  const { warmActors } = await import('../src/runtime/warm.js');
+  const { commands, paid, refused } = warmActors(30);
+  t.same([paid, refused], [20, 10], 'every third checkout lacks credit');
+  // Per checkout: 6 to set up, the checkout, reserve, debit, 2 answers, 2 forgets; a refused one also releases the
+  // reservation and hears its answer.
+  t.equal(commands, 30 * 13 + 10 * 2);
+});

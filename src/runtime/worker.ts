@@ -15,6 +15,7 @@ import { Mux } from './mux.js';
 import { PartitionRunner } from './partition.js';
 import { fromBytes, placementKey, toBytes, type Assignment, type Heartbeat } from './placement.js';
 import { BatchLoop } from './batch.js';
+import { warmActorsOnce } from './warm.js';
 import { Courier } from './courier.js';
 import { createPartitionStore, StaleEpochError, type PartitionStore } from './store.js';
 import { ensureStreams } from './streams.js';
@@ -110,6 +111,8 @@ export async function startWorker(opts: WorkerOptions): Promise<Worker> {
   const metrics = createWorkerMetrics(() => sampleOf(current()), opts.metrics);
   const courier = new Courier(mux, log, config.retryBackoffMs);
   const loop = new BatchLoop({ config, log, metrics });
+  const warmMs = warmActorsOnce();
+  if (warmMs) log.debug('actors warmed before taking partitions', { ms: warmMs });
   const kit: Kit = { nc, config, log, redis, mux, courier, loop, js, jsm };
   if (opts.partitions || config.placement === 'static') {
     const worker = await startStaticWorker(kit, opts.partitions ?? ownedPartitions(config), metrics.registry);
