@@ -98,7 +98,7 @@ export function renderMarkdown(r: Report): string {
   lines.push(`- Load: ${r.model}; measured ${num(l.elapsedS)} s${warmup}, stopped: ${l.stoppedBy}; seed ${r.options.seed}`);
   lines.push('');
   if (r.setup.length > 0) {
-    lines.push('## Setup', '', table(['batch_init', 'ms'], r.setup.map((s) => [s.what, s.ms])), '');
+    lines.push('## Setup', '', table(['step', 'ms'], r.setup.map((s) => [s.what, s.ms])), '');
   }
   lines.push('## Results', '');
   lines.push(

@@ -4,7 +4,7 @@ import type { Dispatcher } from 'undici';
 import { ANSWERED_2XX, ANSWERED_4XX, auditConservation, OrderOutcomes, SENT, UNDECIDED, verdict, type AuditInput, type OrderView } from '../bench/audit.js';
 import { startLoad } from '../bench/engine.js';
 import { HelpShown, LARGE_AMOUNT, parseDuration, parseOptions, parseRate, UsageError, type BenchOptions } from '../bench/options.js';
-import { createScenario, MIX, type Op } from '../bench/scenarios.js';
+import { createScenario, MIX, primer, PRIME_REQUESTS, type Op } from '../bench/scenarios.js';
 import { Stats } from '../bench/stats.js';
 import { escapeXml, niceTicks, renderChart } from '../bench/svg.js';
 
@@ -28,6 +28,20 @@ t.test('options: scenario defaults, and --orders sizing items and users', async 
   t.match(parse('contention', '--hot-items', '3', '--stock', '10'), { items: 3, hotItems: 3, stock: 10 });
   t.match(parse('reads', '--no-init'), { init: false, audit: false }, 'no batch_init: starting amounts unknown, so no audit');
   t.match(parse('wdm-stress', '--no-audit'), { init: true, audit: false });
+  t.equal(o.prime, true, 'primed by default');
+  t.equal(parse('checkout-fresh', '--no-prime').prime, false);
+});
+
+t.test('the primer: reads of a missing item and checkouts of a missing order, whose 400 is expected', async (t) => {
+  const scenario = primer(parse('checkout-fresh'));
+  const ops = Array.from({ length: 4 }, () => scenario.next()!);
+  t.same(
+    ops.map((op) => `${op.method} ${op.path}`),
+    ['GET /stock/find/bench-warm-up', 'POST /orders/checkout/bench-warm-up', 'GET /stock/find/bench-warm-up', 'POST /orders/checkout/bench-warm-up'],
+  );
+  t.ok(ops.every((op) => scenario.isExpected(op, 400, 'not_found')), 'not_found is the answer they want');
+  t.notOk(scenario.isExpected(ops[1]!, 200, undefined), 'a checkout that succeeded would be an error: it changed something');
+  t.same([scenario.setup, scenario.audit, scenario.total], [[], undefined, PRIME_REQUESTS]);
 });
 
 t.test('options: durations, rates, counts', async (t) => {
