@@ -125,6 +125,8 @@ t.test('a partition fenced under a batch that delivered to it: nothing of the ba
 
   t.same((await call('POST', `/orders/checkout/${order}`)).body, { order_id: order, paid: true });
   t.equal(stale.state, 'fenced', 'the stale stock partition was dropped when the batch was refused');
+  const outcomes = (await first.registry.getSingleMetric('shop_saga_outcomes_total')!.get()).values;
+  t.same(outcomes.map((v) => [v.labels.outcome, v.value]), [['paid', 1]], 'decided in the withheld batch and again after it, counted once');
   t.same(await state(), { stock: 6, credit: 80, paid: true }, 'taken and charged once');
   const stock = await createPartitionStore(redis, config.redisPrefix, 'stock', 0, ['items', 'ledger']).load();
   t.same([...stock.tables.get('items')!.values()], [{ stock: 6, price: 5 }], 'Redis holds the sale once');

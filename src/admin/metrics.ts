@@ -65,9 +65,9 @@ export function createWorkerMetrics(sample: () => PartitionSample[], extra?: Run
       lastCommit.set(Date.now() / 1000);
       extra?.batch(kind, partition, n, commitMs);
     },
-    sagaOutcome(ok, code) {
-      sagas.inc({ outcome: ok ? 'paid' : (code ?? 'refused') });
-      extra?.sagaOutcome(ok, code);
+    sagaOutcome(ok, code, count) {
+      sagas.inc({ outcome: ok ? 'paid' : (code ?? 'refused') }, count);
+      extra?.sagaOutcome(ok, code, count);
     },
   };
 }

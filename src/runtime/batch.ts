@@ -111,6 +111,8 @@ export interface Part {
   replies: [ReplyTo, Uint8Array][];
   /** Commands for partitions outside this batch, per subject, in order. */
   sends: Map<string, unknown[]>;
+  /** Sagas this part decided, by outcome ('' for paid, else the refusal's code): counted once the batch commits. */
+  outcomes: Map<string, number>;
 }
 
 /** A committed part's outbox, with the field it is stored under ('' when it owes nothing). */
@@ -259,7 +261,7 @@ export class BatchLoop {
     let part = parts.get(runner);
     if (!part) {
       this.busy.add(runner);
-      parts.set(runner, (part = { runner, draft: new Draft(runner.live), taken: [], last: runner.cursor, local: runner.local, applied: 0, streamPending: undefined, replies: [], sends: new Map() }));
+      parts.set(runner, (part = { runner, draft: new Draft(runner.live), taken: [], last: runner.cursor, local: runner.local, applied: 0, streamPending: undefined, replies: [], sends: new Map(), outcomes: new Map() }));
     }
     return part;
   }
@@ -272,7 +274,10 @@ export class BatchLoop {
     if (effects.replies) {
       for (const { to, reply } of effects.replies) part.replies.push([to, encode(reply)]);
       const decided = effects.replies[0]?.reply; // deferred answers are the outcome of a saga
-      if (decided) this.deps.metrics?.sagaOutcome(decided.ok, decided.ok ? undefined : decided.code);
+      if (decided) {
+        const outcome = decided.ok ? '' : decided.code;
+        part.outcomes.set(outcome, (part.outcomes.get(outcome) ?? 0) + 1);
+      }
     }
     for (const out of effects.send ?? []) {
       const target = this.runners.get(key(out.kind, out.partition));
@@ -345,7 +350,10 @@ export class BatchLoop {
       return true;
     }
     const ms = performance.now() - started;
-    for (const p of parts) this.deps.metrics?.batch(p.runner.kind, p.runner.partition, p.applied, ms);
+    for (const p of parts) {
+      this.deps.metrics?.batch(p.runner.kind, p.runner.partition, p.applied, ms);
+      for (const [outcome, n] of p.outcomes) this.deps.metrics?.sagaOutcome(outcome === '', outcome || undefined, n);
+    }
     if (this.deps.config.faultKillAfter === 'commit' && owed.some((o) => o.outbox)) process.kill(process.pid, 'SIGKILL');
     parts.forEach((p, i) => p.runner.committed(p, owed[i]!));
     return true;

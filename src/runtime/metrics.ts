@@ -4,6 +4,6 @@ import type { Kind } from '../config.js';
 export interface RunnerMetrics {
   /** One committed batch: how many commands it applied and how long its Redis commit took. */
   batch(kind: Kind, partition: number, commands: number, commitMs: number): void;
-  /** A decided checkout (an answer to the waiters of a saga): paid, or refused with a code. */
-  sagaOutcome(ok: boolean, code?: string): void;
+  /** Decided checkouts of one committed batch with the same outcome: paid, or refused with a code. */
+  sagaOutcome(ok: boolean, code: string | undefined, count: number): void;
 }
