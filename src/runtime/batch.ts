@@ -106,8 +106,6 @@ export interface Part {
   local: number;
   /** Commands applied. */
   applied: number;
-  /** The consumer's pending count at the last message taken. */
-  streamPending: number | undefined;
   replies: [ReplyTo, Uint8Array][];
   /** Commands for partitions outside this batch, per subject, in order. */
   sends: Map<string, unknown[]>;
@@ -228,7 +226,7 @@ export class BatchLoop {
       let i = 0;
       for (; i < msgs.length && !full(); i++) {
         const m = msgs[i]!;
-        part.streamPending = m.info.pending;
+        runner.streamPending = m.info.pending;
         if (m.seq <= runner.cursor) continue; // already applied (a consumer reset can re-deliver)
         part.last = m.seq;
         let envelopes: CommandEnvelope[];
@@ -253,7 +251,6 @@ export class BatchLoop {
       part.taken = i === msgs.length ? msgs : msgs.slice(0, i);
       if (i < msgs.length) runner.giveBack(msgs.slice(i));
     }
-    for (const p of parts.values()) if (p.streamPending !== undefined) p.runner.streamPending = p.streamPending;
     return this.commit([...parts.values()]);
   }
 
@@ -261,7 +258,7 @@ export class BatchLoop {
     let part = parts.get(runner);
     if (!part) {
       this.busy.add(runner);
-      parts.set(runner, (part = { runner, draft: new Draft(runner.live), taken: [], last: runner.cursor, local: runner.local, applied: 0, streamPending: undefined, replies: [], sends: new Map(), outcomes: new Map() }));
+      parts.set(runner, (part = { runner, draft: new Draft(runner.live), taken: [], last: runner.cursor, local: runner.local, applied: 0, replies: [], sends: new Map(), outcomes: new Map() }));
     }
     return part;
   }

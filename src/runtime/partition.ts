@@ -19,7 +19,7 @@ const OUTBOX_CLEAR_IDLE_MS = 250;
 /** Longest a runner that lets go waits for its outbox to finish sending. */
 const OUTBOX_DRAIN_MAX_MS = 5000;
 
-/** Most committed batches whose outbox is still being published before the loop waits. */
+/** Most committed batches whose outbox is still being published before the batch loop stops taking this partition's commands. */
 const OUTBOX_BATCHES_INFLIGHT_MAX = 64;
 
 export type RunnerState = 'idle' | 'starting' | 'running' | 'stopping' | 'stopped' | 'fenced';
