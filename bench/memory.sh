@@ -14,10 +14,13 @@ export SHOP_NATS_URL=nats://127.0.0.1:$base SHOP_REDIS_URL=redis://127.0.0.1:$((
 node dist/src/main.js supervisor > "$data/supervisor.log" 2>&1 &
 sup=$!
 trap 'kill -INT $sup 2>/dev/null; wait $sup 2>/dev/null; rm -rf "$data"' EXIT
+# Ready when the owner of the item's partition answers: a missing item is 400 not_found.
+ready=
 for _ in $(seq 1 200); do
-  [ "$(curl -s -o /dev/null -w '%{http_code}' "$url/stock/find/x")" = 404 ] && break
+  [ "$(curl -s -o /dev/null -w '%{http_code}' "$url/stock/find/x")" = 400 ] && ready=1 && break
   sleep 0.3
 done
+[ -n "$ready" ] || { echo "the system did not answer within 60 s; the end of its log:" >&2; tail -20 "$data/supervisor.log" >&2; exit 1; }
 timed() { local t0; t0=$(date +%s%N); curl -fsS -X POST "$url$1" > /dev/null; echo "$(( ($(date +%s%N) - t0) / 1000000 ))"; }
 users=$(timed "/payment/batch_init/$n/100")
 items=$(timed "/stock/batch_init/$n/100/1")
