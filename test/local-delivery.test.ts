@@ -8,7 +8,7 @@ import { names } from '../src/protocol.js';
 import { Draft } from '../src/runtime/batch.js';
 import { createPartitionStore } from '../src/runtime/store.js';
 import { startWorker } from '../src/runtime/worker.js';
-import { httpCall } from './helpers/http.js';
+import { httpCall, oneOrderShop } from './helpers/http.js';
 import { startServers, testConfig, waitFor } from './helpers/servers.js';
 import { spawnRole } from './helpers/stack.js';
 
@@ -37,29 +37,12 @@ async function servers(t: Test, overrides: Partial<Record<keyof Config, unknown>
   return { config, nc, redis: r, call };
 }
 
-type Call = Awaited<ReturnType<typeof servers>>['call'];
-
-async function shop(call: Call, { stock, credit, quantity }: { stock: number; credit: number; quantity: number }) {
-  const item = ((await call('POST', '/stock/item/create/5')).body as { item_id: string }).item_id;
-  await call('POST', `/stock/add/${item}/${stock}`);
-  const user = ((await call('POST', '/payment/create_user')).body as { user_id: string }).user_id;
-  await call('POST', `/payment/add_funds/${user}/${credit}`);
-  const order = ((await call('POST', `/orders/create/${user}`)).body as { order_id: string }).order_id;
-  await call('POST', `/orders/addItem/${order}/${item}/${quantity}`);
-  const state = async () => ({
-    stock: ((await call('GET', `/stock/find/${item}`)).body as { stock: number }).stock,
-    credit: ((await call('GET', `/payment/find_user/${user}`)).body as { credit: number }).credit,
-    paid: ((await call('GET', `/orders/find/${order}`)).body as { paid: boolean }).paid,
-  });
-  return { order, state };
-}
-
 t.test('a checkout whose partitions share a worker: no saga message enters a stream, no ledger entry is left, exactly once', async (t) => {
   const { config, nc, redis, call } = await servers(t);
   const worker = await startWorker({ nc, redis, config, log });
   t.teardown(() => worker.close());
-  const paying = await shop(call, { stock: 10, credit: 100, quantity: 2 });
-  const refused = await shop(call, { stock: 10, credit: 5, quantity: 2 });
+  const paying = await oneOrderShop(call, { stock: 10, credit: 100, quantity: 2 });
+  const refused = await oneOrderShop(call, { stock: 10, credit: 5, quantity: 2 });
 
   const jsm = await nc.jetstreamManager();
   const n = names(config.streamPrefix);
@@ -86,7 +69,7 @@ t.test('kill -9 right after committing a batch that ran a whole checkout: the ne
   const { config, redis, call } = await servers(t);
   const healthy = spawnRole('worker', config);
   t.teardown(() => healthy.kill('SIGKILL'));
-  const { order, state } = await shop(call, { stock: 3, credit: 100, quantity: 3 });
+  const { order, state } = await oneOrderShop(call, { stock: 3, credit: 100, quantity: 3 });
   t.equal(await healthy.kill('SIGTERM'), '0', 'the healthy worker stops cleanly');
 
   const faulty = spawnRole('worker', config, { SHOP_FAULT_KILL_AFTER: 'commit' });
@@ -109,7 +92,7 @@ t.test('a partition fenced under a batch that delivered to it: nothing of the ba
   const { config, nc, redis, call } = await servers(t);
   const first = await startWorker({ nc, redis, config, log });
   t.teardown(() => first.close());
-  const { order, state } = await shop(call, { stock: 10, credit: 100, quantity: 4 });
+  const { order, state } = await oneOrderShop(call, { stock: 10, credit: 100, quantity: 4 });
 
   // A second worker takes the stock partition alone; the first one learns it only when it tries to commit.
   const nc2 = await connect({ servers: config.natsUrl });

@@ -3,6 +3,7 @@ import t, { type Test } from 'tap';
 import type { Config, Kind } from '../src/config.js';
 import { createGateway } from '../src/http/gateway.js';
 import { createLog } from '../src/log.js';
+import { oneOrderShop } from './helpers/http.js';
 import { startServers, testConfig } from './helpers/servers.js';
 import { spawnRole, type Child } from './helpers/stack.js';
 
@@ -41,24 +42,9 @@ async function crashSystem(t: Test) {
   return { call, startKind, replace };
 }
 
-async function shop(call: Awaited<ReturnType<typeof crashSystem>>['call'], { stock, credit, quantity }: { stock: number; credit: number; quantity: number }) {
-  const item = (await call('POST', '/stock/item/create/5')).body.item_id as string;
-  await call('POST', `/stock/add/${item}/${stock}`);
-  const user = (await call('POST', '/payment/create_user')).body.user_id as string;
-  await call('POST', `/payment/add_funds/${user}/${credit}`);
-  const order = (await call('POST', `/orders/create/${user}`)).body.order_id as string;
-  await call('POST', `/orders/addItem/${order}/${item}/${quantity}`);
-  const state = async () => ({
-    stock: (await call('GET', `/stock/find/${item}`)).body.stock as number,
-    credit: (await call('GET', `/payment/find_user/${user}`)).body.credit as number,
-    paid: (await call('GET', `/orders/find/${order}`)).body.paid as boolean,
-  });
-  return { order, state };
-}
-
 t.test('kill -9 of the order owner after it sent the reserve and debit, before their answers: the next owner finishes the saga', async (t) => {
   const { call, replace, startKind } = await crashSystem(t);
-  const { order, state } = await shop(call, { stock: 10, credit: 100, quantity: 2 });
+  const { order, state } = await oneOrderShop(call, { stock: 10, credit: 100, quantity: 2 });
   const faulty = await replace('order', 'send');
   const checkout = call('POST', `/orders/checkout/${order}`);
   t.equal(await faulty.exited, 'SIGKILL', 'the order worker died with the saga in flight');
@@ -69,7 +55,7 @@ t.test('kill -9 of the order owner after it sent the reserve and debit, before t
 
 t.test('kill -9 of the order owner in a checkout that must be compensated: everything is given back', async (t) => {
   const { call, replace, startKind } = await crashSystem(t);
-  const { order, state } = await shop(call, { stock: 10, credit: 9, quantity: 2 });
+  const { order, state } = await oneOrderShop(call, { stock: 10, credit: 9, quantity: 2 });
   const faulty = await replace('order', 'send');
   const checkout = call('POST', `/orders/checkout/${order}`);
   t.equal(await faulty.exited, 'SIGKILL');
@@ -82,7 +68,7 @@ t.test('kill -9 of the order owner in a checkout that must be compensated: every
 
 t.test('kill -9 of a stock owner after it reserved and before it answered: its answer is re-sent after restart', async (t) => {
   const { call, replace, startKind } = await crashSystem(t);
-  const { order, state } = await shop(call, { stock: 3, credit: 100, quantity: 3 });
+  const { order, state } = await oneOrderShop(call, { stock: 3, credit: 100, quantity: 3 });
   const faulty = await replace('stock', 'commit');
   const checkout = call('POST', `/orders/checkout/${order}`);
   t.equal(await faulty.exited, 'SIGKILL', 'the stock worker died right after committing the reservation');
@@ -95,7 +81,7 @@ t.test('kill -9 of a stock owner after it reserved and before it answered: its a
 
 t.test('kill -9 of a payment owner after it debited, in a saga that must release the stock', async (t) => {
   const { call, replace, startKind } = await crashSystem(t);
-  const { order, state } = await shop(call, { stock: 1, credit: 100, quantity: 2 });
+  const { order, state } = await oneOrderShop(call, { stock: 1, credit: 100, quantity: 2 });
   const faulty = await replace('payment', 'commit');
   const checkout = call('POST', `/orders/checkout/${order}`);
   t.equal(await faulty.exited, 'SIGKILL');
