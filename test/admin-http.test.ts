@@ -2,6 +2,7 @@ import t from 'tap';
 import { createLog } from '../src/log.js';
 import { startAdminHttp } from '../src/admin/http.js';
 import { startCluster } from './helpers/cluster.js';
+import { waitFor } from './helpers/servers.js';
 
 const text = async (url: string) => {
   const res = await fetch(url);
@@ -16,6 +17,8 @@ t.test('admin HTTP: a worker answers /healthz, /readyz and /metrics on its loopb
   t.ok(adminPort > 0, `the worker announces its admin port (${adminPort})`);
   const base = `http://127.0.0.1:${adminPort}`;
   t.same(await text(`${base}/healthz`), { status: 200, body: 'ok\n', type: 'text/plain; charset=utf-8' });
+  // Heartbeats can list every partition a moment before the worker's start-up returns and /readyz stops saying "starting".
+  await waitFor(async () => (await text(`${base}/readyz`)).status === 200, { deadlineMs: 10_000, what: 'the worker to be ready' });
   t.match(await text(`${base}/readyz`), { status: 200, body: /^ok: 24 partitions/ });
   t.equal((await text(`${base}/nope`)).status, 404);
 
