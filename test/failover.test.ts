@@ -11,7 +11,6 @@ import { audit, p99During, seedShop, startCluster, storm, timeUntilServing, type
 import { waitFor } from './helpers/servers.js';
 
 const SHOP: Shop = { items: 100, stock: 8, users: 100, credit: 8, orders: 20_000, price: 1 };
-const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
 
 t.test('kill -9 of a worker in a checkout storm: its partitions are owned and serving again within 3 s, every checkout gets its committed outcome', async (t) => {
   const c = await startCluster(t);
@@ -19,7 +18,7 @@ t.test('kill -9 of a worker in a checkout storm: its partitions are owned and se
   await c.waitSettled('two workers to share the partitions');
   await seedShop(c, SHOP);
   const load = storm(c, SHOP);
-  await sleep(1500);
+  await load.answered(300);
 
   const before = await c.status();
   const victim = before.status.workers[0]!;
@@ -34,7 +33,7 @@ t.test('kill -9 of a worker in a checkout storm: its partitions are owned and se
   t.ok(after.status.partitions.every((p) => p.owner !== victim.id), 'no partition is left on the dead worker');
   t.ok(servingMs <= 3000, `its partitions answer again ${Math.round(servingMs)} ms after the kill (goal 3000 ms)`);
 
-  await sleep(1000);
+  await load.answered(200);
   const answers = await load.stop();
   const result = await audit(c, SHOP, answers);
   t.comment(`kill -9 failover: serving again after ${Math.round(servingMs)} ms, status settled after ${Math.round(ownedMs)} ms; ` + JSON.stringify(result));
@@ -53,7 +52,7 @@ t.test('a third worker under load takes a fair share; drained, its partitions le
   await c.waitSettled('two workers to share the partitions');
   await seedShop(c, SHOP);
   const load = storm(c, SHOP);
-  await sleep(1000);
+  await load.answered(200);
 
   const third = c.spawnWorker(2);
   let joined!: Awaited<ReturnType<typeof c.status>>;
@@ -71,7 +70,7 @@ t.test('a third worker under load takes a fair share; drained, its partitions le
   t.ok(Math.max(...shares) - Math.min(...shares) <= c.config.kinds.length, `a fair share each: ${shares.join(', ')} of ${total}`);
   const newId = joined.status.workers.find((w) => w.pid === third.process.pid)!.id;
 
-  await sleep(1000);
+  await load.answered(200);
   const drained = await c.shopctl('drain', newId);
   t.equal(drained.code, 0, `shopctl drain succeeded: ${drained.stdout.trim()} ${drained.stderr.trim()}`);
   const afterDrain = await c.status();
@@ -79,7 +78,7 @@ t.test('a third worker under load takes a fair share; drained, its partitions le
   t.equal(await third.exited, '0', 'then the drained worker exits by itself, cleanly');
   await c.waitSettled('the two remaining workers to run everything');
 
-  await sleep(500);
+  await load.answered(100);
   const result = await audit(c, SHOP, await load.stop());
   t.comment(`join + drain under load: ${JSON.stringify(result)}`);
   t.equal(result.failed, 0, 'no request failed');
@@ -94,7 +93,7 @@ t.test('shopctl move of a hot partition under load, again and again: conservatio
   // One hot order partition: every order of the storm lives there, so every checkout waits on it.
   await seedShop(c, SHOP);
   const load = storm(c, SHOP);
-  await sleep(500);
+  await load.answered(100);
   const moves: number[] = [];
   const windows: [number, number][] = [];
   for (let i = 0; i < 6; i++) {
@@ -109,7 +108,7 @@ t.test('shopctl move of a hot partition under load, again and again: conservatio
     const now = (await c.status()).status.partitions.find((p) => p.kind === 'order' && p.partition === 0)!;
     t.equal(now.owner, target.id, 'the partition is on the target');
     t.ok(now.epoch > hot.epoch, 'with a newer epoch');
-    await sleep(300);
+    await load.answered(50);
   }
   const json = await c.shopctl('status', '--json');
   const parsed = JSON.parse(json.stdout) as { workers: object[]; partitions: object[] };
@@ -136,7 +135,7 @@ t.test('a worker paused (SIGSTOP) past its lease loses its partitions; resumed, 
   await c.waitSettled('two workers to share the partitions');
   await seedShop(c, SHOP);
   const load = storm(c, SHOP);
-  await sleep(1000);
+  await load.answered(200);
 
   const before = await c.status();
   const paused = before.status.workers[0]!;
@@ -169,7 +168,7 @@ t.test('a worker paused (SIGSTOP) past its lease loses its partitions; resumed, 
   const ownedAgain = child.output().split(/lease lost/)[1] ?? '';
   t.notMatch(ownedAgain, /placed|owned/, 'it took nothing after resuming');
 
-  await sleep(500);
+  await load.answered(100);
   const result = await audit(c, SHOP, await load.stop());
   const final = await c.status();
   t.notOk(final.status.partitions.some((p) => p.owner === paused.id), 'nothing was placed on it again');

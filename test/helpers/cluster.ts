@@ -149,6 +149,8 @@ export interface Storm {
   stop(): Promise<Map<string, Answer>>;
   /** Answers so far. */
   readonly answers: Map<string, Answer>;
+  /** Resolves once `n` more checkouts have been answered than when called (or every order has), within 30 s. */
+  answered(n: number): Promise<void>;
 }
 
 /** `concurrency` loops checking out orders "0", "1", ... (each once, in that order) until stopped or out of orders. */
@@ -168,6 +170,10 @@ export function storm(c: Cluster, shop: Shop, concurrency = 32): Storm {
   });
   return {
     answers,
+    answered(n) {
+      const target = Math.min(answers.size + n, shop.orders);
+      return waitFor(() => answers.size >= target, { deadlineMs: 30_000, intervalMs: 20, what: `the storm to answer ${n} more checkouts` });
+    },
     async stop() {
       stopped = true;
       await Promise.all(loops);
