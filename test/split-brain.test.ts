@@ -13,18 +13,27 @@ import { startController } from '../src/runtime/controller.js';
 import type { RunnerMetrics } from '../src/runtime/metrics.js';
 import { startWorker, type Worker } from '../src/runtime/worker.js';
 import { audit, seedShop, startCluster, storm, type Shop } from './helpers/cluster.js';
+import { waitFor } from './helpers/servers.js';
 
 const SHOP: Shop = { items: 100, stock: 8, users: 100, credit: 8, orders: 20_000, price: 1 };
-const SPLIT_MS = 4000;
-const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
+/** The split lasts until the two controllers have written this many placements (about what 4 s of it gave). */
+const SPLIT_WRITES = 400;
+
+/**
+ * Where a partition stands: its cursor and its count of commands received from within its worker. Every committed
+ * batch moves it forward (a batch of in-worker commands only leaves the cursor where it was).
+ */
+type Position = [cursor: number, local: number];
+const samePosition = (a: Position, b: Position) => a[0] === b[0] && a[1] === b[1];
+const byPosition = (a: Position, b: Position) => a[0] - b[0] || a[1] - b[1];
 
 interface Commit {
   worker: number;
   kind: Kind;
   partition: number;
   epoch: number;
-  from: number;
-  to: number;
+  from: Position;
+  to: Position | undefined;
 }
 
 t.test('two controllers at once (a forced split brain): partitions change hands, but never two writers of one partition', async (t) => {
@@ -39,10 +48,10 @@ t.test('two controllers at once (a forced split brain): partitions change hands,
     const record: RunnerMetrics = {
       batch(kind, partition) {
         const r = self!.runner(kind, partition)!;
-        const commit: Commit = { worker: i, kind, partition, epoch: r.epoch, from: r.cursor, to: -1 };
+        const commit: Commit = { worker: i, kind, partition, epoch: r.epoch, from: [r.cursor, r.local], to: undefined };
         commits.push(commit);
-        // The runner moves its cursor right after reporting the commit, in the same turn.
-        queueMicrotask(() => (commit.to = r.cursor));
+        // The runner moves its cursor and local count right after reporting the commit, in the same turn.
+        queueMicrotask(() => (commit.to = [r.cursor, r.local]));
       },
       sagaOutcome() {},
     };
@@ -62,29 +71,31 @@ t.test('two controllers at once (a forced split brain): partitions change hands,
   await c.waitSettled('controller A to place every partition');
   await seedShop(c, SHOP);
   const load = storm(c, SHOP);
-  await sleep(500);
+  await load.answered(100);
   const b = await startController({ nc: cnc, config: c.config, log, id: 'controller-b', elect: false, ignore: (w) => w === ids[0] });
-  await sleep(SPLIT_MS);
+  const splitAt = performance.now();
+  await waitFor(() => a.writes() + b.writes() >= SPLIT_WRITES, { deadlineMs: 30_000, intervalMs: 20, what: `the two controllers to write ${SPLIT_WRITES} placements` });
+  const splitMs = Math.round(performance.now() - splitAt);
   // The split ends: one controller is left, and everything settles on the workers it sees.
   await b.close();
   await c.waitSettled('one controller to settle the placement', 20_000);
-  await sleep(500);
+  await load.answered(100);
   const answers = await load.stop();
   await a.close();
   const moves = a.writes() + b.writes();
 
   const result = await audit(c, SHOP, answers);
-  t.comment(`split brain for ${SPLIT_MS} ms: ${moves} placement writes by the two controllers, ${commits.length} commits; ${JSON.stringify(result)}`);
+  t.comment(`split brain for ${splitMs} ms: ${moves} placement writes by the two controllers, ${commits.length} commits; ${JSON.stringify(result)}`);
   t.ok(moves > c.config.partitions * c.config.kinds.length + 10, `the controllers fought: ${moves} placement writes`);
 
   let breaks = 0;
   let handovers = 0;
   for (const kind of c.config.kinds) {
     for (let p = 0; p < c.config.partitions; p++) {
-      const chain = commits.filter((x) => x.kind === kind && x.partition === p).sort((x, y) => x.from - y.from);
+      const chain = commits.filter((x) => x.kind === kind && x.partition === p).sort((x, y) => byPosition(x.from, y.from));
       for (let i = 1; i < chain.length; i++) {
         const [prev, next] = [chain[i - 1]!, chain[i]!];
-        if (next.from !== prev.to || next.epoch < prev.epoch) {
+        if (!prev.to || !samePosition(next.from, prev.to) || next.epoch < prev.epoch) {
           breaks++;
           t.fail(`${kind}.${p}: commit ${JSON.stringify(next)} does not continue ${JSON.stringify(prev)}`);
         }
