@@ -30,6 +30,8 @@ export function createWorkerMetrics(sample: () => PartitionSample[], extra?: Run
   const commit = new Histogram({ name: 'shop_commit_duration_seconds', help: 'Latency of one batch commit to Redis', labelNames: ['kind'], buckets: COMMIT_BUCKETS_S, registers: [registry] });
   const lastCommit = new Gauge({ name: 'shop_last_commit_timestamp_seconds', help: 'Wall-clock time of the last successful commit of this process', registers: [registry] });
   const sagas = new Counter({ name: 'shop_saga_outcomes_total', help: 'Checkouts decided by this process: paid, or refused with a code', labelNames: ['outcome'], registers: [registry] });
+  const deadLetters = new Counter({ name: 'shop_dead_letters_total', help: 'Messages a partition could not apply and passed as dead letters, by kind and reason', labelNames: ['kind', 'reason'], registers: [registry] });
+  const restarts = new Counter({ name: 'shop_partition_restarts_total', help: 'Restarts of a partition from its committed state after a failure, by kind', labelNames: ['kind'], registers: [registry] });
   /** A gauge with one series per owned partition, read from the sample at scrape time. */
   const perPartition = (name: string, help: string, value: (s: PartitionSample) => number) =>
     new Gauge({
@@ -68,6 +70,14 @@ export function createWorkerMetrics(sample: () => PartitionSample[], extra?: Run
     sagaOutcome(ok, code, count) {
       sagas.inc({ outcome: ok ? 'paid' : (code ?? 'refused') }, count);
       extra?.sagaOutcome(ok, code, count);
+    },
+    deadLetter(kind, partition, reason) {
+      deadLetters.inc({ kind, reason });
+      extra?.deadLetter?.(kind, partition, reason);
+    },
+    partitionRestart(kind, partition) {
+      restarts.inc({ kind });
+      extra?.partitionRestart?.(kind, partition);
     },
   };
 }
