@@ -4,10 +4,11 @@ import { ACTORS } from '../src/actors/index.js';
 import { readOrder, SAGA_WAITERS_MAX } from '../src/actors/order.js';
 import type { LedgerEntry } from '../src/actors/saga.js';
 import type { ReplyTo, StateView } from '../src/actors/types.js';
+import { Delivery, type Box } from '../src/runtime/delivery.js';
+import { Draft, type Tables } from '../src/runtime/draft.js';
 import type { Kind } from '../src/config.js';
 import { partitionOf } from '../src/partition.js';
 import type { Reply } from '../src/protocol.js';
-import { memoryState } from './helpers/memory-state.js';
 
 /**
  * The whole checkout protocol on pure actors, over a network that delivers messages in any order and
@@ -26,14 +27,30 @@ interface Msg {
   replyTo?: ReplyTo;
 }
 
+/**
+ * Every partition of every kind in memory, each command delivered through the worker's own in-memory delivery
+ * (runtime/delivery.ts) with nothing routed locally: every saga message it makes goes back to the test's network,
+ * which decides when (and how often) it arrives.
+ */
 class World {
-  readonly states = new Map<string, StateView & { tables: Map<string, Map<string, unknown>> }>();
+  readonly states = new Map<string, StateView & { tables: Tables }>();
   private readonly seqs = new Map<string, number>();
   readonly replies = new Map<number, Reply[]>();
+  private out: Msg[] = [];
+  private readonly delivery = new Delivery<Box>(PARTITIONS, () => undefined, {
+    reply: (_box, to, reply) => this.answer(to, reply),
+    send: (_box, o) => void this.out.push({ kind: o.kind, partition: o.partition, cmd: o.cmd }),
+    failed: (_box, _cmd, _seq, _to, err) => {
+      throw err;
+    },
+  });
 
   constructor() {
     for (const kind of KINDS) {
-      for (let p = 0; p < PARTITIONS; p++) this.states.set(`${kind}:${p}`, memoryState(ACTORS[kind].tables));
+      for (let p = 0; p < PARTITIONS; p++) {
+        const tables: Tables = new Map(ACTORS[kind].tables.map((t) => [t, new Map()]));
+        this.states.set(`${kind}:${p}`, { tables, get: <T>(t: string, k: string) => tables.get(t)!.get(k) as T | undefined, set: () => {}, delete: () => {} });
+      }
     }
   }
 
@@ -45,11 +62,12 @@ class World {
     const key = `${msg.kind}:${msg.partition}`;
     const seq = (this.seqs.get(key) ?? 0) + 1;
     this.seqs.set(key, seq);
-    const ctx = msg.replyTo ? { partition: msg.partition, partitions: PARTITIONS, seq, replyTo: msg.replyTo } : { partition: msg.partition, partitions: PARTITIONS, seq };
-    const effects = ACTORS[msg.kind].apply(this.state(msg.kind, msg.partition), msg.cmd as never, ctx);
-    if (msg.replyTo && effects.reply) this.answer(msg.replyTo, effects.reply);
-    for (const { to, reply } of effects.replies ?? []) this.answer(to, reply);
-    return (effects.send ?? []).map((o) => ({ kind: o.kind, partition: o.partition, cmd: o.cmd }));
+    const draft = new Draft(this.state(msg.kind, msg.partition).tables);
+    const box: Box = { kind: msg.kind, partition: msg.partition, actor: ACTORS[msg.kind], draft, nextLocal: () => -seq };
+    this.out = [];
+    this.delivery.deliver(box, msg.cmd, seq, msg.replyTo);
+    draft.publish();
+    return this.out;
   }
 
   private answer(to: ReplyTo, reply: Reply) {
@@ -139,6 +157,9 @@ t.test('checkout saga under reordering and duplicates: conserved, all-or-nothing
         for (const [saga, entry] of s.tables.get('ledger') ?? []) {
           if ((entry as LedgerEntry<unknown>).s === 'held') throw new Error(`${name} still holds saga ${saga}`);
         }
+        // Nothing is counted as returnable any more: every hold was given back or made final.
+        for (const [id, item] of s.tables.get('items') ?? []) if ((item as { held?: number }).held !== undefined) throw new Error(`${name}: item ${id} still counts held units`);
+        for (const [id, user] of s.tables.get('users') ?? []) if (typeof user !== 'number') throw new Error(`${name}: user ${id} still counts held money`);
       }
       if (sold.size > 0) paidRuns++;
       if ([...world.replies.values()].some((r) => r[0] && !r[0].ok)) refusedRuns++;
