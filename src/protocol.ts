@@ -14,6 +14,14 @@ export interface Names {
   get(kind: Kind, partition: number): string;
   /** Reply subjects of one process (gateway or worker): `<inbox>.<token>`, one wildcard subscription for all. */
   inbox(processId: string): string;
+  /** Core NATS subject on which a worker takes saga messages from other workers' partitions (see runtime/courier.ts). */
+  saga(workerId: string): string;
+  /** Core NATS subject on which a worker hears that its saga messages were applied and committed. */
+  sagaAck(workerId: string): string;
+  /** The stream of dead letters: copies of messages a partition could not apply. */
+  deadLetterStream: string;
+  /** Dead-letter subject of one partition. */
+  deadLetter(kind: Kind, partition: number): string;
   /** KV bucket of live workers: worker id -> heartbeat (dynamic placement). */
   workersBucket: string;
   /** KV bucket of the placement: `<kind>.<partition>` -> { worker, epoch }. */
@@ -32,6 +40,10 @@ export function names(prefix: string): Names {
     cmd: (kind, partition) => `${p}${kind}.cmd.${partition}`,
     get: (kind, partition) => `${p}${kind}.get.${partition}`,
     inbox: (processId) => `${p}_reply.${processId}`,
+    saga: (workerId) => `${p}_saga.${workerId}`,
+    sagaAck: (workerId) => `${p}_saga.${workerId}.ack`,
+    deadLetterStream: `${s}DEADLETTER`,
+    deadLetter: (kind, partition) => `${p}deadletter.${kind}.${partition}`,
     workersBucket: `${s}SHOP_WORKERS`,
     placementBucket: `${s}SHOP_PLACEMENT`,
     controlBucket: `${s}SHOP_CONTROL`,

@@ -7,6 +7,7 @@ import { createLog } from '../src/log.js';
 import { partitionOf } from '../src/partition.js';
 import { names, type Reply } from '../src/protocol.js';
 import { createShopClient, type ShopClient } from '../src/runtime/client.js';
+import { encodeEntry } from '../src/runtime/outbox.js';
 import { commitTogether, createPartitionStore, StaleEpochError } from '../src/runtime/store.js';
 import { startWorker } from '../src/runtime/worker.js';
 import { startNats, startServers, testConfig, waitFor } from './helpers/servers.js';
@@ -219,7 +220,7 @@ t.test('a group commit: batches of several partitions in one call, each fenced o
   const calls = () => r.info('commandstats').then((text) => [...text.matchAll(/cmdstat_eval(?:sha)?:calls=(\d+)/g)].reduce((n, m) => n + Number(m[1]), 0));
   const before = await calls();
   const changes = (p: number) => new Map([['items', new Map<string, unknown>([[`i${p}`, { stock: p, price: 1 }], [`gone${p}`, undefined]])]]);
-  const results = await Promise.all(stores.map((s, p) => s.commit({ epoch: 1, cursor: 10 + p, local: 0, changes: changes(p), outboxField: String(10 + p), outbox: { js: [], replies: [[`r${p}`, new Uint8Array([p])]] }, cleared: [] })));
+  const results = await Promise.all(stores.map((s, p) => s.commit({ epoch: 1, cursor: 10 + p, local: 0, changes: changes(p), outboxField: String(10 + p), outbox: encodeEntry({ replies: [[`r${p}`, new Uint8Array([p])]], parcels: [], dead: [] }), cleared: [] })));
   t.same(results, [true, false, true], 'partition 1 is fenced, the others commit');
   t.equal((await calls()) - before, 1, 'one script call for the three batches');
   const loaded = await Promise.all(stores.map((s) => s.load()));
@@ -241,7 +242,7 @@ t.test('a transaction: batches of several partitions written together, or none w
     local: 3,
     changes: new Map([['items', new Map<string, unknown>([[`i${p}`, { stock: p, price: 1 }]])]]),
     outboxField: field,
-    outbox: { js: [], replies: [[`r${field}`, new Uint8Array([p])]] as [string, Uint8Array][] },
+    outbox: encodeEntry({ replies: [[`r${field}`, new Uint8Array([p])]], parcels: [], dead: [] }),
     cleared: [],
   });
   t.same(await commitTogether(stores.map((s, p) => s.prepare(write(p, 1, '10.3')))), ['withheld', 'fenced', 'withheld']);
@@ -256,16 +257,18 @@ t.test('a transaction: batches of several partitions written together, or none w
   t.same(zero!.outbox.map(([f]) => f), ['9.2', '9.10', '10.1', '11.3'], 'outbox entries in (cursor, local count) order');
 });
 
-t.test('a command that throws is taken back whole; the rest of its batch commits', async (t) => {
+t.test('a saga command through the clients\' door is a dead letter: it changes nothing, the rest of its bundle applies', async (t) => {
   const { nc, config, client } = await oneWorker(t);
   await client.command('stock', 0, { k: 'create', id: 'u', price: 1 });
-  // A reserve naming the same item twice with an impossible total passes the per-line checks, then the second
-  // subtraction breaks the non-negative invariant and throws: its first subtraction must be undone too.
-  const subject = names(config.streamPrefix).cmd('stock', 0);
   await client.command('stock', 0, { k: 'add', id: 'u', amount: 3 });
+  // A client cannot forge a reservation: reserve is a saga command, taken only from other partitions.
+  const subject = names(config.streamPrefix).cmd('stock', 0);
   const js = nc.jetstream();
-  await js.publish(subject, encode([{ c: { k: 'reserve', saga: 's', order: 'o', from: 0, lines: [['u', 2], ['u', 2]] } }, { c: { k: 'add', id: 'u', amount: 10 } }]));
-  t.equal(stockOf(await client.command('stock', 0, { k: 'add', id: 'u', amount: 0 })), 13, 'the throwing command left nothing, the next one in its bundle applied');
+  await js.publish(subject, encode([{ c: { k: 'reserve', saga: 's', order: 'o', from: 0, lines: [['u', 2]] } }, { c: { k: 'add', id: 'u', amount: 10 } }]));
+  t.equal(stockOf(await client.command('stock', 0, { k: 'add', id: 'u', amount: 0 })), 13, 'the forged reserve took nothing, the next command in its bundle applied');
+  const jsm = await nc.jetstreamManager();
+  const dead = await jsm.streams.getMessage(names(config.streamPrefix).deadLetterStream, { last_by_subj: names(config.streamPrefix).deadLetter('stock', 0) });
+  t.equal(dead.header.get('Shop-Reason'), 'unknown_kind', 'a copy went to the dead-letter stream, with why');
 });
 
 t.test('a gateway past gatewayInflightMax answers unavailable at once instead of queueing', async (t) => {

@@ -62,7 +62,7 @@ const program = new Command()
 program
   .command('status')
   .description('live workers, and every partition with its owner, epoch and lag')
-  .option('--json', 'print {"workers":[{"id","pid","host","partitions"}],"partitions":[{"kind","partition","owner","epoch","lag"}]}')
+  .option('--json', 'print {"workers":[{"id","pid","host","partitions"}],"partitions":[{"kind","partition","owner","epoch","lag","state","deadLetters"}]}')
   .action(async (opts: { json?: boolean }) => {
     const config = configFrom(program.opts<Globals>());
     const detail = await withNats(config, (nc) => readStatus(nc, config));

@@ -25,6 +25,9 @@ export interface Held {
   e: number;
   /** Commands waiting for it (runner.lag()). */
   lag: number;
+  /** Held but not serving: restarting after failures, or refusing a stream behind its cursor; with the attempts so far. */
+  t?: 'restarting' | 'refused';
+  n?: number;
 }
 
 /** What a worker puts under its id in the workers bucket, every heartbeat. */
