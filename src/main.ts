@@ -1,10 +1,10 @@
 #!/usr/bin/env node
 /** One build, one entry point: the role (supervisor, worker, gateway, controller) comes from the command line. */
-import { Redis } from 'ioredis';
-import { connect, type NatsConnection } from 'nats';
+import type { NatsConnection } from 'nats';
 import type { Registry } from 'prom-client';
 import { startAdminHttp, type AdminHttp, type Probe } from './admin/http.js';
 import { adminPortOf, ConfigError, envName, loadConfig, type Config } from './config.js';
+import { connectNats, connectRedis } from './connect.js';
 import { createLog, type Log } from './log.js';
 
 type Lifecycle = 'starting' | 'ready' | 'draining' | 'closed';
@@ -63,17 +63,6 @@ async function adminHttp(config: Config, role: 'worker' | 'gateway', log: Log, n
         `choose another base port with ${envName('adminPort')}=<port>, or 0 for any free port`,
     );
   }
-}
-
-function connectNats(config: Config, name: string) {
-  return connect({ servers: config.natsUrl, name, maxReconnectAttempts: -1 });
-}
-
-async function connectRedis(config: Config): Promise<Redis> {
-  // maxRetriesPerRequest null: a command waits through a Redis restart instead of failing a batch commit.
-  const redis = new Redis(config.redisUrl, { lazyConnect: true, maxRetriesPerRequest: null });
-  await redis.connect();
-  return redis;
 }
 
 async function main(role: string | undefined): Promise<void> {

@@ -1,0 +1,78 @@
+/**
+ * The one place that opens connections to NATS and Redis from settings: every role (main.ts), shopctl and the
+ * bench use it, so credentials, TLS and reconnect behave the same everywhere.
+ */
+import { Redis, type RedisOptions } from 'ioredis';
+import { connect, type ConnectionOptions, type NatsConnection } from 'nats';
+import { readFileSync } from 'node:fs';
+import { ConfigError, envName, type Config } from './config.js';
+
+/** The servers of `natsUrl`, a comma-separated list. */
+export function natsServers(config: Pick<Config, 'natsUrl'>): string[] {
+  return config.natsUrl.split(',').map((u) => u.trim()).filter(Boolean);
+}
+
+type NatsSettings = Pick<Config, 'natsUrl' | 'natsUser' | 'natsPassword' | 'natsTlsCa' | 'natsTlsCert' | 'natsTlsKey'>;
+
+/** nats.js options for these settings (exported for tests). Reconnects forever unless told otherwise. */
+export function natsOptions(config: NatsSettings, name: string, { maxReconnectAttempts = -1 } = {}): ConnectionOptions {
+  const servers = natsServers(config);
+  const options: ConnectionOptions = { servers, name, maxReconnectAttempts };
+  if (config.natsUser) {
+    options.user = config.natsUser;
+    options.pass = config.natsPassword;
+    // nats.js's own inboxes (requests, JetStream API answers, KV watches) inside the user's `_INBOX.<user>.>`,
+    // the only inboxes its permissions let it subscribe to.
+    options.inboxPrefix = `_INBOX.${config.natsUser}`;
+  }
+  if (config.natsTlsCert || config.natsTlsKey || config.natsTlsCa) {
+    options.tls = {
+      ...(config.natsTlsCa ? { caFile: config.natsTlsCa } : {}),
+      ...(config.natsTlsCert ? { certFile: config.natsTlsCert } : {}),
+      ...(config.natsTlsKey ? { keyFile: config.natsTlsKey } : {}),
+    };
+  } else if (servers.some((u) => u.startsWith('tls://'))) {
+    options.tls = {}; // TLS with the system's CAs; refused by a server that offers none
+  }
+  return options;
+}
+
+/** Connects to NATS with this process's credentials and TLS settings; reconnects forever once connected. */
+export function connectNats(config: NatsSettings, name: string, opts: { maxReconnectAttempts?: number } = {}): Promise<NatsConnection> {
+  return connect(natsOptions(config, name, opts));
+}
+
+type RedisSettings = Pick<Config, 'redisUrl' | 'redisUser' | 'redisPassword' | 'redisTlsCa' | 'redisTlsCert' | 'redisTlsKey'>;
+
+function readPem(config: RedisSettings, key: 'redisTlsCa' | 'redisTlsCert' | 'redisTlsKey'): Buffer | undefined {
+  const path = config[key];
+  if (!path) return undefined;
+  try {
+    return readFileSync(path);
+  } catch (err) {
+    throw new ConfigError(`setting ${key} (${envName(key)}): cannot read ${path} (${(err as Error).message})`);
+  }
+}
+
+/** ioredis options for these settings (exported for tests). */
+export function redisOptions(config: RedisSettings, extra: RedisOptions = {}): RedisOptions {
+  const options: RedisOptions = {
+    // null: a command waits through a Redis restart instead of failing a batch commit.
+    maxRetriesPerRequest: null,
+    // CLIENT SETINFO does not exist before Redis 7.2, and the worker's ACL user is not allowed CLIENT at all.
+    disableClientInfo: true,
+    ...extra,
+  };
+  if (config.redisUser) options.username = config.redisUser;
+  if (config.redisPassword) options.password = config.redisPassword;
+  const [ca, cert, key] = (['redisTlsCa', 'redisTlsCert', 'redisTlsKey'] as const).map((k) => readPem(config, k));
+  if (ca || cert || key) options.tls = { ...(ca ? { ca } : {}), ...(cert ? { cert } : {}), ...(key ? { key } : {}) };
+  return options;
+}
+
+/** Connects to Redis with the worker's credentials and TLS settings (`rediss://` turns TLS on by itself). */
+export async function connectRedis(config: RedisSettings, extra: RedisOptions = {}): Promise<Redis> {
+  const redis = new Redis(config.redisUrl, redisOptions(config, { lazyConnect: true, ...extra }));
+  await redis.connect();
+  return redis;
+}
