@@ -106,7 +106,7 @@ export async function startWorker(opts: WorkerOptions): Promise<Worker> {
   const jsm = await nc.jetstreamManager();
   await ensureStreams(jsm, config);
   const js = nc.jetstream();
-  const mux = new Mux(nc, names(config.streamPrefix).inbox(`w${randomBytes(6).toString('hex')}`));
+  const mux = new Mux(nc, names(config.streamPrefix).inbox(config.natsUser || 'worker', `w${randomBytes(6).toString('hex')}`));
   let current: () => Iterable<PartitionRunner> = () => [];
   const metrics = createWorkerMetrics(() => sampleOf(current()), opts.metrics);
   const courier = new Courier(mux, log, config.retryBackoffMs);
