@@ -17,7 +17,7 @@ export function streamConfig(config: Config, kind: Kind): Partial<StreamConfig> 
   };
 }
 
-/** Creates (or brings up to date) one stream per actor kind. Idempotent: every process calls it at start. */
+/** Creates (or brings up to date) one stream per actor kind. Idempotent: every worker calls it at start (gateways may not: their NATS user has no JetStream API rights). */
 export async function ensureStreams(jsm: JetStreamManager, config: Config): Promise<void> {
   for (const kind of config.kinds) {
     const wanted = streamConfig(config, kind);
