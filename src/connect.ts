@@ -6,6 +6,7 @@ import { Redis, type RedisOptions } from 'ioredis';
 import { connect, type ConnectionOptions, type NatsConnection } from 'nats';
 import { readFileSync } from 'node:fs';
 import { ConfigError, envName, type Config } from './config.js';
+import type { Log } from './log.js';
 
 /** The servers of `natsUrl`, a comma-separated list. */
 export function natsServers(config: Pick<Config, 'natsUrl'>): string[] {
@@ -14,10 +15,20 @@ export function natsServers(config: Pick<Config, 'natsUrl'>): string[] {
 
 type NatsSettings = Pick<Config, 'natsUrl' | 'natsUser' | 'natsPassword' | 'natsTlsCa' | 'natsTlsCert' | 'natsTlsKey'>;
 
+export interface NatsConnectOptions {
+  /**
+   * Reconnect attempts per server, -1 (the default): forever. Not 0 or 1 with several servers: nats.js 2.29 then
+   * drops a second, working server from the list when the first one it tries is down.
+   */
+  maxReconnectAttempts?: number;
+  /** How long one connection attempt may take (nats.js's default: 20 s). */
+  timeoutMs?: number;
+}
+
 /** nats.js options for these settings (exported for tests). Reconnects forever unless told otherwise. */
-export function natsOptions(config: NatsSettings, name: string, { maxReconnectAttempts = -1 } = {}): ConnectionOptions {
+export function natsOptions(config: NatsSettings, name: string, { maxReconnectAttempts = -1, timeoutMs }: NatsConnectOptions = {}): ConnectionOptions {
   const servers = natsServers(config);
-  const options: ConnectionOptions = { servers, name, maxReconnectAttempts };
+  const options: ConnectionOptions = { servers, name, maxReconnectAttempts, ...(timeoutMs ? { timeout: timeoutMs } : {}) };
   if (config.natsUser) {
     options.user = config.natsUser;
     options.pass = config.natsPassword;
@@ -38,8 +49,24 @@ export function natsOptions(config: NatsSettings, name: string, { maxReconnectAt
 }
 
 /** Connects to NATS with this process's credentials and TLS settings; reconnects forever once connected. */
-export function connectNats(config: NatsSettings, name: string, opts: { maxReconnectAttempts?: number } = {}): Promise<NatsConnection> {
+export function connectNats(config: NatsSettings, name: string, opts: NatsConnectOptions = {}): Promise<NatsConnection> {
   return connect(natsOptions(config, name, opts));
+}
+
+/**
+ * Logs what the server tells this connection asynchronously: refused operations (a permission violation names
+ * the subject and whether it was a publish or a subscription), disconnects and reconnects. Without it a refused
+ * publish would go unnoticed: NATS reports it on the connection, not to the publisher.
+ */
+export function logNatsStatus(nc: NatsConnection, log: Log): void {
+  void (async () => {
+    for await (const s of nc.status()) {
+      const ctx = (s as { permissionContext?: { operation: string; subject: string } }).permissionContext;
+      if (s.type === 'error') log.error('NATS refused an operation', { error: String(s.data), ...(ctx ? { operation: ctx.operation, subject: ctx.subject } : {}) });
+      else if (s.type === 'disconnect') log.warn('NATS disconnected', { server: String(s.data) });
+      else if (s.type === 'reconnect') log.info('NATS reconnected', { server: String(s.data) });
+    }
+  })().catch(() => {});
 }
 
 type RedisSettings = Pick<Config, 'redisUrl' | 'redisUser' | 'redisPassword' | 'redisTlsCa' | 'redisTlsCert' | 'redisTlsKey'>;

@@ -4,7 +4,7 @@ import type { NatsConnection } from 'nats';
 import type { Registry } from 'prom-client';
 import { startAdminHttp, type AdminHttp, type Probe } from './admin/http.js';
 import { adminPortOf, ConfigError, envName, loadConfig, type Config } from './config.js';
-import { connectNats, connectRedis } from './connect.js';
+import { connectNats, connectRedis, logNatsStatus } from './connect.js';
 import { createLog, type Log } from './log.js';
 
 type Lifecycle = 'starting' | 'ready' | 'draining' | 'closed';
@@ -78,6 +78,7 @@ async function main(role: string | undefined): Promise<void> {
       const { startWorker } = await import('./runtime/worker.js');
       await serve(log, async () => {
         const nc = await connectNats(config, `worker-${config.workerIndex}`);
+        logNatsStatus(nc, log);
         const redis = await connectRedis(config);
         let worker: Awaited<ReturnType<typeof startWorker>> | undefined;
         const admin = await adminHttp(config, 'worker', log, nc, () => worker);
@@ -100,6 +101,7 @@ async function main(role: string | undefined): Promise<void> {
       const { createGateway } = await import('./http/gateway.js');
       await serve(log, async () => {
         const nc = await connectNats(config, 'gateway');
+        logNatsStatus(nc, log);
         let gateway: Awaited<ReturnType<typeof createGateway>> | undefined;
         const admin = await adminHttp(config, 'gateway', log, nc, () =>
           gateway ? { registry: gateway.registry, ready: () => (nc.isClosed() ? { ok: false, detail: 'NATS connection closed' } : { ok: true }) } : undefined,
@@ -123,6 +125,7 @@ async function main(role: string | undefined): Promise<void> {
       const { startController } = await import('./runtime/controller.js');
       await serve(log, async () => {
         const nc = await connectNats(config, 'controller');
+        logNatsStatus(nc, log);
         const controller = await startController({ nc, config, log, id: `controller-${process.pid}-${Date.now().toString(36)}` });
         return {
           async close() {

@@ -22,6 +22,11 @@ interface Globals {
   password?: string;
 }
 
+/** A command gives up on NATS after this many attempts per server (not 0 or 1: see connect.ts). */
+const SHOPCTL_RECONNECT_ATTEMPTS = 2;
+/** How long shopctl waits for one NATS server to let it in. */
+const SHOPCTL_CONNECT_TIMEOUT_MS = 5000;
+
 /** The NATS user shopctl connects as on the local stack. */
 const LOCAL_ADMIN_USER = 'admin';
 
@@ -45,7 +50,7 @@ function configFrom(globals: Globals): Config {
 async function withNats<T>(config: Config, fn: (nc: NatsConnection) => Promise<T>): Promise<T> {
   let nc: NatsConnection;
   try {
-    nc = await connectNats(config, 'shopctl', { maxReconnectAttempts: 0 });
+    nc = await connectNats(config, 'shopctl', { maxReconnectAttempts: SHOPCTL_RECONNECT_ATTEMPTS, timeoutMs: SHOPCTL_CONNECT_TIMEOUT_MS });
   } catch (err) {
     const why = (err as Error).message;
     const hint = /authorization/i.test(why)
