@@ -29,6 +29,10 @@ export interface NatsConnectOptions {
 export function natsOptions(config: NatsSettings, name: string, { maxReconnectAttempts = -1, timeoutMs }: NatsConnectOptions = {}): ConnectionOptions {
   const servers = natsServers(config);
   const options: ConnectionOptions = { servers, name, maxReconnectAttempts, ...(timeoutMs ? { timeout: timeoutMs } : {}) };
+  // Never give up means also after a refused login (nats.js would close for good after two): a server reloading its
+  // users, or a node of a cluster not yet reloaded, refuses for a while. A process whose password was rotated away
+  // keeps trying until it is restarted with the new one.
+  if (maxReconnectAttempts === -1) options.ignoreAuthErrorAbort = true;
   if (config.natsUser) {
     options.user = config.natsUser;
     options.pass = config.natsPassword;
