@@ -2,7 +2,7 @@
  * The one place that opens connections to NATS and Redis from settings: every role (main.ts), shopctl and the
  * bench use it, so credentials, TLS and reconnect behave the same everywhere.
  */
-import { Redis, type RedisOptions } from 'ioredis';
+import type { Redis, RedisOptions } from 'ioredis';
 import { connect, type ConnectionOptions, type NatsConnection } from 'nats';
 import { readFileSync } from 'node:fs';
 import { ConfigError, envName, type Config } from './config.js';
@@ -103,6 +103,8 @@ export function redisOptions(config: RedisSettings, extra: RedisOptions = {}): R
 
 /** Connects to Redis with the worker's credentials and TLS settings (`rediss://` turns TLS on by itself). */
 export async function connectRedis(config: RedisSettings, extra: RedisOptions = {}): Promise<Redis> {
+  // Loaded here, not with the module: shopctl and gateways never talk to Redis.
+  const { Redis } = await import('ioredis');
   const redis = new Redis(config.redisUrl, redisOptions(config, { lazyConnect: true, ...extra }));
   await redis.connect();
   return redis;
