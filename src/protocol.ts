@@ -12,8 +12,14 @@ export interface Names {
   cmd(kind: Kind, partition: number): string;
   /** Core NATS subject on which the owner answers reads. */
   get(kind: Kind, partition: number): string;
-  /** Reply subjects of one process (gateway or worker): `<inbox>.<token>`, one wildcard subscription for all. */
-  inbox(processId: string): string;
+  /**
+   * Reply subjects of one process (gateway or worker): `<inbox>.<token>`, one wildcard subscription for all. The
+   * inbox is `_reply.<user>.<process>`: the NATS user's permission `_reply.<user>.>` covers the inboxes of all its
+   * processes and nobody else's. `user` is the process's NATS user, or its role when it connects without one.
+   */
+  inbox(user: string, processId: string): string;
+  /** Where every process's inbox lives: `_reply.` after any stream prefix. */
+  replies: string;
   /** Core NATS subject on which a worker takes saga messages from other workers' partitions (see runtime/courier.ts). */
   saga(workerId: string): string;
   /** Core NATS subject on which a worker hears that its saga messages were applied and committed. */
@@ -39,7 +45,8 @@ export function names(prefix: string): Names {
     stream: (kind) => `${s}${kind.toUpperCase()}`,
     cmd: (kind, partition) => `${p}${kind}.cmd.${partition}`,
     get: (kind, partition) => `${p}${kind}.get.${partition}`,
-    inbox: (processId) => `${p}_reply.${processId}`,
+    inbox: (user, processId) => `${p}_reply.${user}.${processId}`,
+    replies: `${p}_reply.`,
     saga: (workerId) => `${p}_saga.${workerId}`,
     sagaAck: (workerId) => `${p}_saga.${workerId}.ack`,
     deadLetterStream: `${s}DEADLETTER`,

@@ -90,7 +90,7 @@ t.test('garbage on every command subject between valid commands: every partition
   for (const kind of config.kinds) {
     for (let p = 0; p < config.partitions; p++) {
       const subject = n.cmd(kind, p);
-      for (const [bytes] of garbage(kind, n.inbox(''))) {
+      for (const [bytes] of garbage(kind, n.replies)) {
         await js.publish(subject, bytes);
         sent++;
         if (kind === 'order') continue;
@@ -109,7 +109,7 @@ t.test('garbage on every command subject between valid commands: every partition
 
   await waitFor(() => seen.total() === sent, { deadlineMs: 10_000, what: `${sent} dead letters to be counted` });
   const wanted = new Map<DeadLetterReason, number>();
-  for (const kind of config.kinds) for (let p = 0; p < config.partitions; p++) for (const [, reason] of garbage(kind, n.inbox(''))) wanted.set(reason, (wanted.get(reason) ?? 0) + 1);
+  for (const kind of config.kinds) for (let p = 0; p < config.partitions; p++) for (const [, reason] of garbage(kind, n.replies)) wanted.set(reason, (wanted.get(reason) ?? 0) + 1);
   t.same(Object.fromEntries(seen.dead), Object.fromEntries(wanted), 'each piece of garbage counted once, under its reason');
   t.equal(seen.restarts(), 0, 'no partition restarted');
   t.ok(worker.runners.every((runner) => runner.state === 'running'), 'every partition still runs');

@@ -170,11 +170,11 @@ t.test("a process's answers to another process's waiters from one turn travel as
   t.teardown(() => nc.close());
   const { Mux } = await import('../src/runtime/mux.js');
   const n = names('');
-  const gateway = new Mux(nc, n.inbox('g1'));
-  const worker = new Mux(nc, n.inbox('w1'));
+  const gateway = new Mux(nc, n.inbox('gateway', 'g1'));
+  const worker = new Mux(nc, n.inbox('worker', 'w1'));
   t.teardown(() => (gateway.close(new Error('done')), worker.close(new Error('done'))));
   let messages = 0;
-  const counted = nc.subscribe(`${n.inbox('g1')}.>`, { callback: () => messages++ });
+  const counted = nc.subscribe(`${n.inbox('gateway', 'g1')}.>`, { callback: () => messages++ });
   const tokens = [gateway.token(), gateway.token(), gateway.token()];
   const waits = tokens.map((token) => gateway.wait(token, Date.now() + 5000));
   tokens.forEach((token, i) => worker.reply(gateway.subject(token), new Uint8Array([i, i])));
@@ -183,6 +183,16 @@ t.test("a process's answers to another process's waiters from one turn travel as
   await nc.flush();
   t.equal(messages, 1, 'three answers, one message');
 
+  // Another user's process: its answers of the same turn travel to its own inbox, never joined with g1's.
+  const gateway1 = new Mux(nc, n.inbox('gateway-1', 'g1'));
+  t.teardown(() => gateway1.close(new Error('done')));
+  const mine = gateway.token();
+  const theirs = gateway1.token();
+  const both = [gateway.wait(mine, Date.now() + 5000), gateway1.wait(theirs, Date.now() + 5000)];
+  worker.reply(gateway.subject(mine), new Uint8Array([3]));
+  worker.reply(gateway1.subject(theirs), new Uint8Array([4]));
+  t.same((await Promise.all(both)).map((a) => [...a.data]), [[3], [4]], 'answers to processes of two users each reach their own');
+
   const alone = gateway.token();
   const wait = gateway.wait(alone, Date.now() + 5000);
   worker.reply(gateway.subject(alone), new Uint8Array([7]));
@@ -190,9 +200,12 @@ t.test("a process's answers to another process's waiters from one turn travel as
   const other = nc.subscribe('elsewhere.x', { max: 1 });
   worker.reply('elsewhere.x', new Uint8Array([9]));
   for await (const m of other) t.same([...m.data], [9], 'a subject outside the inboxes is published as it is');
-  const nested = nc.subscribe(`${n.inbox('g1')}.x.y`, { max: 1 });
-  worker.reply(`${n.inbox('g1')}.x.y`, new Uint8Array([5]));
+  const nested = nc.subscribe(`${n.inbox('gateway', 'g1')}.x.y`, { max: 1 });
+  worker.reply(`${n.inbox('gateway', 'g1')}.x.y`, new Uint8Array([5]));
   for await (const m of nested) t.same([...m.data], [5], 'so is one deeper than <inbox>.<token>');
+  const shallow = nc.subscribe(`${n.replies}g1.7`, { max: 1 });
+  worker.reply(`${n.replies}g1.7`, new Uint8Array([6]));
+  for await (const m of shallow) t.same([...m.data], [6], 'and one without a user token (the inbox shape before users)');
   counted.unsubscribe();
 });
 

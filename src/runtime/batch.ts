@@ -174,7 +174,7 @@ export class BatchLoop {
 
   constructor(private readonly deps: BatchLoopDeps) {
     this.names = names(deps.config.streamPrefix);
-    this.replyPrefix = this.names.inbox('');
+    this.replyPrefix = this.names.replies;
   }
 
   /** A partition that has taken its partition: its queued messages join the next batches. */

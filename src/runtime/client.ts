@@ -61,7 +61,7 @@ interface Bundle {
 export function createShopClient({ nc, config, log }: { nc: NatsConnection; config: Config; log: Log }): ShopClient {
   const id = randomBytes(6).toString('hex');
   const n = names(config.streamPrefix);
-  const mux = new Mux(nc, n.inbox(id));
+  const mux = new Mux(nc, n.inbox(config.natsUser || 'gateway', id));
 
   /** Publishes a message until the stream has stored it; gives up only when the stream refuses it until the deadline. */
   async function store(subject: string, data: Uint8Array, msgId: string, deadline: number): Promise<void> {

@@ -65,7 +65,8 @@ interface Placed {
   at: number;
 }
 
-const isLoopbackUrl = (url: string) => /^nats:\/\/(127\.\d+\.\d+\.\d+|localhost|\[::1\])(:\d+)?\/?$/.test(url);
+/** Every server of `natsUrl` (a comma-separated list) is on this machine. */
+const isLoopbackUrl = (urls: string) => urls.split(',').every((url) => /^(nats|tls):\/\/([^@/]*@)?(127\.\d+\.\d+\.\d+|localhost|\[::1\])(:\d+)?\/?$/.test(url.trim()));
 
 export async function startController({ nc, config, log: parentLog, id, buckets, elect = true, seed = '', ignore = () => false }: ControllerOptions): Promise<Controller> {
   const log = parentLog.child('controller');

@@ -37,7 +37,7 @@ export function deadLetterStreamConfig(config: Config): Partial<StreamConfig> & 
   };
 }
 
-/** Creates (or brings up to date) one stream per actor kind, and the dead-letter stream. Idempotent: every worker calls it at start. */
+/** Creates (or brings up to date) one stream per actor kind, and the dead-letter stream. Idempotent: every worker calls it at start (gateways may not: their NATS user has no JetStream API rights). */
 export async function ensureStreams(jsm: JetStreamManager, config: Config): Promise<void> {
   for (const wanted of [...config.kinds.map((kind) => streamConfig(config, kind)), deadLetterStreamConfig(config)]) {
     try {

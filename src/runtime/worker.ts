@@ -118,7 +118,7 @@ export async function startWorker(opts: WorkerOptions): Promise<Worker> {
   await ensureStreams(jsm, config);
   const js = nc.jetstream();
   const n = names(config.streamPrefix);
-  const mux = new Mux(nc, n.inbox(`w${randomBytes(6).toString('hex')}`));
+  const mux = new Mux(nc, n.inbox(config.natsUser || 'worker', `w${randomBytes(6).toString('hex')}`));
   const dynamic = !opts.partitions && config.placement === 'dynamic';
   const id = dynamic ? `worker-${config.workerIndex}-${randomBytes(3).toString('hex')}` : `worker-${config.workerIndex}`;
   let current: () => Iterable<PartitionRunner> = () => [];
