@@ -123,7 +123,7 @@ t.test('deploy/k8s: what a reviewer checks (resources, probes, budgets, selector
       /SHOP_NATS_PASSWORD looks like a credential but is not a secretKeyRef/,
     ],
     ['a key the Secret does not have', (l) => (firstContainer(l, 'StatefulSet', 'redis').env!.find((e) => e.name === 'REDIS_PASSWORD')!.valueFrom!.secretKeyRef!.key = 'redis-pass'), /REDIS_PASSWORD comes from shop-credentials\/redis-pass/],
-    ['a literal password in the NATS config', (l) => (configMaps(l).get('nats-config')!['nats.conf'] = configMaps(l).get('nats-config')!['nats.conf']!.replace('$NATS_GATEWAY_PASSWORD', 's3cret')), /nats\.conf sets a credential to a literal \(\{ user: gateway, password: s3cret \}\)/],
+    ['a literal password in the NATS config', (l) => (configMaps(l).get('nats-config')!['auth.conf'] = configMaps(l).get('nats-config')!['auth.conf']!.replace('$NATS_GATEWAY_PASSWORD', 's3cret')), /auth\.conf sets a credential to a literal \(password: s3cret\)/],
     ['a literal Redis password', (l) => (configMaps(l).get('redis-scripts')!['redis-start.sh'] = configMaps(l).get('redis-scripts')!['redis-start.sh']!.replace('requirepass $REDIS_PASSWORD', 'requirepass s3cret')), /redis-start\.sh sets a credential to a literal \(requirepass s3cret\)/],
     ['a token in the app ConfigMap', (l) => ((objectNamed(l, 'ConfigMap', 'shop-config').data as Record<string, string>).SHOP_ADMIN_TOKEN = 'x'), /key SHOP_ADMIN_TOKEN looks like a credential/],
     ['a Secret in the manifests', (l) => l.push({ where: 'secret.yaml#0 Secret/shop-credentials', obj: { apiVersion: 'v1', kind: 'Secret', metadata: { name: SECRET } } }), /credentials never go into the manifests/],
@@ -152,6 +152,10 @@ t.test('deploy/k8s: the servers and the app agree on names, ports and replicas',
   const dir = mkdtempSync(join(tmpdir(), 'deploy-test-'));
   t.teardown(() => rmSync(dir, { recursive: true, force: true }));
   writeFileSync(join(dir, 'nats.conf'), natsConf ?? '');
+  const authConf = maps.get('nats-config')?.['auth.conf'];
+  t.equal(authConf, readFileSync(new URL('../../nats/auth.conf', import.meta.url), 'utf8'), 'its auth.conf is nats/auth.conf as generated from src/auth.ts');
+  t.match(natsConf, /^include \.\/auth\.conf$/m, 'and nats.conf includes it');
+  writeFileSync(join(dir, 'auth.conf'), authConf ?? '');
   const natsTest = spawnSync(findBinary('nats-server'), ['-t', '-c', join(dir, 'nats.conf')], { env: { PATH: process.env.PATH, ...natsEnv }, encoding: 'utf8', timeout: SPAWN_TIMEOUT_MS });
   t.equal(natsTest.status, 0, `nats-server -t accepts nats.conf with its container's environment: ${natsTest.stderr}${natsTest.stdout}`);
   t.match(natsConf, /^server_name: \$POD_NAME$/m, 'each node is named after its pod');

@@ -238,7 +238,8 @@ export function reviewProblems(manifests: Manifest[], { secretName, secretKeys }
     if (obj.kind === 'Secret') problems.push(`${where}: credentials never go into the manifests; the user creates the Secret ${secretName}`);
     if (obj.kind === 'ConfigMap') {
       for (const [key, value] of Object.entries((obj.data ?? {}) as Record<string, string>)) {
-        if (SECRET_NAME.test(key)) problems.push(`${where}: key ${key} looks like a credential; take it from the Secret ${secretName}`);
+        // A file (a key with a dot, e.g. auth.conf: users and permissions) is read line by line below instead.
+        if (!key.includes('.') && SECRET_NAME.test(key)) problems.push(`${where}: key ${key} looks like a credential; take it from the Secret ${secretName}`);
         for (const line of literalCredentials(value)) problems.push(`${where}: ${key} sets a credential to a literal (${line}); use a variable filled from the Secret`);
       }
     }
