@@ -205,3 +205,38 @@ t.test('checkouts waiting on one running saga are bounded', async (t) => {
   world.deliver({ kind: 'order', partition: p, cmd: { k: 'checkout', id: 'o' }, replyTo: `client.${SAGA_WAITERS_MAX}` });
   t.match(world.replies.get(SAGA_WAITERS_MAX), [{ ok: false, code: 'unavailable' }], 'one more is told to retry');
 });
+
+t.test('a top-up that could overflow what a running saga gives back is refused; the release then always applies', async (t) => {
+  const world = new World();
+  const MAX = Number.MAX_SAFE_INTEGER;
+  const stockP = partitionOf('i', PARTITIONS);
+  const userP = partitionOf('u', PARTITIONS);
+  const orderP = partitionOf('o', PARTITIONS);
+  world.deliver({ kind: 'stock', partition: stockP, cmd: { k: 'create', id: 'i', price: 10 } });
+  world.deliver({ kind: 'payment', partition: userP, cmd: { k: 'create', id: 'u' } });
+  world.deliver({ kind: 'payment', partition: userP, cmd: { k: 'addFunds', id: 'u', amount: 30 } });
+  world.deliver({ kind: 'order', partition: orderP, cmd: { k: 'create', id: 'o', user: 'u' } });
+  world.deliver({ kind: 'order', partition: orderP, cmd: { k: 'addItem', id: 'o', item: 'i', quantity: 2, price: 10 } });
+  // The checkout asks for a reserve (no stock: refused) and a debit of 20; the debit is applied first.
+  const [reserve, debit] = world.deliver({ kind: 'order', partition: orderP, cmd: { k: 'checkout', id: 'o' }, replyTo: 'client.0' });
+  const [held] = world.deliver(debit!);
+  t.same(world.state('payment', userP).get('users', 'u'), [10, 20], 'credit 10, 20 held by the saga');
+
+  // While the saga holds 20, the user's credit may rise only to 2^53-1 minus what the saga may give back.
+  world.deliver({ kind: 'payment', partition: userP, cmd: { k: 'addFunds', id: 'u', amount: MAX - 10 }, replyTo: 'client.1' });
+  t.match(world.replies.get(1), [{ ok: false, code: 'overflow' }], 'refused: credit plus the held 20 would pass 2^53-1');
+  t.same(world.state('payment', userP).get('users', 'u'), [10, 20], 'and nothing changed');
+  const fits = MAX - 30;
+  world.deliver({ kind: 'payment', partition: userP, cmd: { k: 'addFunds', id: 'u', amount: fits } });
+  t.same(world.state('payment', userP).get('users', 'u'), [MAX - 20, 20], 'the largest top-up that leaves room for the refund');
+
+  // The stock refuses; the coordinator releases the debit, which must apply.
+  const [refusal] = world.deliver(reserve!);
+  const releases = [...world.deliver(held!), ...world.deliver(refusal!)];
+  const release = releases.find((m) => (m.cmd as { k: string }).k === 'release')!;
+  const [released] = world.deliver(release);
+  for (const m of world.deliver(released!)) world.deliver(m); // the saga settles and forgets
+  t.same(world.state('payment', userP).get('users', 'u'), MAX, 'refunded to exactly 2^53-1, nothing held');
+  t.match(world.replies.get(0), [{ ok: false, code: 'insufficient_stock' }], 'the client hears the refusal');
+  t.same(readOrder(world.state('order', orderP), 'o')?.saga, undefined, 'the saga has ended');
+});

@@ -33,6 +33,16 @@ export function durableAfterMs(appendfsync: Config['redisAppendfsync']): number 
   return appendfsync === 'always' ? 0 : appendfsync === 'everysec' ? 2_000 : 35_000;
 }
 
+/**
+ * The newest cursor Redis has surely made durable: the last of `commits` (time, cursor; oldest first) made at or
+ * before `safeBefore`, or `durable` when none is; with the commits still too young to count.
+ */
+export function durableCursor(commits: readonly [atMs: number, cursor: number][], safeBefore: number, durable: number): { durable: number; younger: [number, number][] } {
+  let aged = 0;
+  while (aged < commits.length && commits[aged]![0] <= safeBefore) durable = Math.max(durable, commits[aged++]![1]);
+  return { durable, younger: commits.slice(aged) };
+}
+
 export type RunnerState = 'idle' | 'starting' | 'running' | 'restarting' | 'refused' | 'stopping' | 'stopped' | 'fenced';
 
 export interface RunnerDeps {
@@ -433,10 +443,7 @@ export class PartitionRunner implements Member {
    */
   private async trim(): Promise<void> {
     if (!this.active) return;
-    const safeBefore = Date.now() - durableAfterMs(this.deps.config.redisAppendfsync);
-    let aged = 0;
-    while (aged < this.commits.length && this.commits[aged]![0] <= safeBefore) this.durable = this.commits[aged++]![1];
-    this.commits.splice(0, aged);
+    ({ durable: this.durable, younger: this.commits } = durableCursor(this.commits, Date.now() - durableAfterMs(this.deps.config.redisAppendfsync), this.durable));
     const upTo = this.durable;
     if (upTo <= this.trimmedTo) return;
     try {
