@@ -174,20 +174,43 @@ export function deploymentAuthConf(): string {
 
 /**
  * What the worker's Redis user may run: the commit and acquire scripts (EVALSHA, then EVAL when Redis does not
- * have them yet) and the hash commands they and the store call, INFO for ioredis's ready check, PING, and QUIT.
- * Nothing that reads or changes the server (CONFIG, FLUSHALL, KEYS, DEBUG, SHUTDOWN, ...).
+ * have them yet) and the hash commands they and the store call (HSCAN: a partition's tables are loaded in chunks),
+ * WAIT (a commit counts once the replicas have it, with `redisWaitReplicas`), INFO for ioredis's ready check (and
+ * its role check behind Sentinels), PING, and QUIT. Nothing that reads or changes the server (CONFIG, FLUSHALL,
+ * KEYS, DEBUG, SHUTDOWN, ...).
  */
-export const REDIS_WORKER_COMMANDS = ['evalsha', 'eval', 'hget', 'hmget', 'hgetall', 'hset', 'hsetnx', 'hdel', 'hincrby', 'info', 'ping', 'quit'] as const;
+export const REDIS_WORKER_COMMANDS = ['evalsha', 'eval', 'hget', 'hmget', 'hgetall', 'hscan', 'hset', 'hsetnx', 'hdel', 'hincrby', 'wait', 'info', 'ping', 'quit'] as const;
+
+/** What a replica's user may run on its primary: the replication handshake and stream, nothing else (Redis's ACL guide). */
+export const REDIS_REPLICA_COMMANDS = ['psync', 'replconf', 'ping'] as const;
+
+/**
+ * What a Sentinel's user may run on the Redis servers it watches (Redis's ACL guide for Sentinel): INFO and ROLE
+ * to watch, PUBLISH/SUBSCRIBE on `__sentinel__:hello` to find the other Sentinels, and for a failover REPLICAOF
+ * (sent as SLAVEOF), CONFIG REWRITE, CLIENT KILL and SCRIPT KILL inside MULTI/EXEC. No keys.
+ */
+export const REDIS_SENTINEL_COMMANDS = ['multi', 'exec', 'slaveof', 'replicaof', 'ping', 'info', 'role', 'publish', 'subscribe', 'config|rewrite', 'client|setname', 'client|kill', 'script|kill'] as const;
+
+export interface RedisLogin {
+  user: string;
+  password: string;
+}
+
+const sha256 = (password: string) => createHash('sha256').update(password).digest('hex');
 
 /**
  * A Redis ACL file: `user` with `password` (stored as its SHA-256, so the file holds no password), keys under
- * `keyPrefix` only, REDIS_WORKER_COMMANDS only; the `default` user (no password) off.
+ * `keyPrefix` only, REDIS_WORKER_COMMANDS only; the `default` user (no password) off. With `replica` and
+ * `sentinel` (a primary with replicas watched by Sentinels): the replicas' and the Sentinels' users too, each with
+ * its own short list and no keys. Every server of such a group gets the same file: any of them may be the primary.
  */
-export function redisAcl({ user, password, keyPrefix }: { user: string; password: string; keyPrefix: string }): string {
-  const sha = createHash('sha256').update(password).digest('hex');
+export function redisAcl({ user, password, keyPrefix, replica, sentinel }: { user: string; password: string; keyPrefix: string; replica?: RedisLogin; sentinel?: RedisLogin }): string {
+  const plus = (commands: readonly string[]) => commands.map((c) => `+${c}`).join(' ');
   return [
     'user default off resetkeys resetchannels -@all',
-    `user ${user} on #${sha} resetkeys ~${keyPrefix}* resetchannels -@all ${REDIS_WORKER_COMMANDS.map((c) => `+${c}`).join(' ')}`,
+    `user ${user} on #${sha256(password)} resetkeys ~${keyPrefix}* resetchannels -@all ${plus(REDIS_WORKER_COMMANDS)}`,
+    ...(replica ? [`user ${replica.user} on #${sha256(replica.password)} resetkeys resetchannels -@all ${plus(REDIS_REPLICA_COMMANDS)}`] : []),
+    ...(sentinel ? [`user ${sentinel.user} on #${sha256(sentinel.password)} resetkeys allchannels -@all ${plus(REDIS_SENTINEL_COMMANDS)}`] : []),
     '',
   ].join('\n');
 }

@@ -13,8 +13,31 @@ export interface Config {
   natsTlsCa: string;
   natsTlsCert: string;
   natsTlsKey: string;
-  /** `redis://` or `rediss://` (TLS). */
+  /**
+   * How often a NATS client pings its server; after two unanswered pings it takes the server for dead and moves to
+   * another of `natsUrl`. A server that is paused (or cut off) is noticed only this way: its TCP connection stays open.
+   */
+  natsPingIntervalMs: number;
+  /** `redis://` or `rediss://` (TLS). With `redisSentinels`, only its credentials and TLS matter: the Sentinels name the primary. */
   redisUrl: string;
+  /**
+   * Redis Sentinels, `host:port,host:port,...`: workers ask them for the current primary of `redisMasterName` and
+   * follow a failover. Empty: connect to `redisUrl` directly.
+   */
+  redisSentinels: string;
+  /** The name the Sentinels monitor the primary under. */
+  redisMasterName: string;
+  /** User and password the workers log in to the Sentinels with (empty: none). */
+  redisSentinelUser: string;
+  redisSentinelPassword: string;
+  /**
+   * A commit (and the acquire that fences older owners) counts as done only once this many replicas have it
+   * (Redis WAIT right after the script); fewer within `redisWaitTimeoutMs` fail the batch like a lost connection.
+   * 0: no WAIT (one Redis, or asynchronous replication accepted).
+   */
+  redisWaitReplicas: number;
+  /** How long a commit waits for `redisWaitReplicas` replicas before it counts as failed. */
+  redisWaitTimeoutMs: number;
   /** Redis ACL user and password (empty: none). */
   redisUser: string;
   redisPassword: string;
@@ -78,8 +101,21 @@ export interface Config {
   trimIntervalMs: number;
   /** Local stack (npm start) only: */
   dataDir: string;
+  /** nats-server of node 0; node i listens on natsPort + i. */
   natsPort: number;
+  /** nats-servers the supervisor starts: 1, or a JetStream cluster of natsNodes (3 for R3 streams). */
+  natsNodes: number;
+  /** With natsNodes > 1: the cluster (route) port of node 0; node i on natsClusterPort + i. */
+  natsClusterPort: number;
+  /** The Redis primary the supervisor starts; its replica i listens on redisPort + 1 + i. */
   redisPort: number;
+  /** Redis replicas the supervisor starts (0: none). */
+  redisReplicas: number;
+  /** Redis Sentinels the supervisor starts (0: none; a failover needs a majority of them); Sentinel i on sentinelPort + i. */
+  sentinelNodes: number;
+  sentinelPort: number;
+  /** How long the Sentinels must not hear from the primary before they fail over. */
+  sentinelDownAfterMs: number;
   startServers: boolean;
   /**
    * Whether the servers the supervisor starts require credentials (generated on first start under
@@ -174,8 +210,17 @@ const natsUrls: Check = (key, value) => {
   }
   return urls.join(',');
 };
+/** A comma-separated list of host:port (empty: none). */
+const hostPorts: Check = (key, value) => {
+  const list = typeof value === 'string' ? value.split(',').map((u) => u.trim()).filter(Boolean) : undefined;
+  if (!list || list.some((hp) => !/^[^\s,:]+:\d{1,5}$/.test(hp) || Number(hp.split(':')[1]) > 65535)) {
+    throw new ConfigError(`setting ${key} (${envName(key)}) must be a comma-separated list of host:port, or empty, got ${JSON.stringify(value)}`);
+  }
+  return list.join(',');
+};
 const checks: Record<keyof Config, Check> = {
   natsUrl: natsUrls,
+  natsPingIntervalMs: int(100, 600_000),
   // A user name is also a subject token (its processes' reply inboxes are `_reply.<user>.<process>`).
   natsUser: str(name),
   natsPassword: str(),
@@ -183,6 +228,12 @@ const checks: Record<keyof Config, Check> = {
   natsTlsCert: str(),
   natsTlsKey: str(),
   redisUrl: str(/^rediss?:\/\/.+/),
+  redisSentinels: hostPorts,
+  redisMasterName: str(/^[A-Za-z0-9._-]+$/),
+  redisSentinelUser: str(/^[^\s]*$/),
+  redisSentinelPassword: str(),
+  redisWaitReplicas: int(0, 16),
+  redisWaitTimeoutMs: int(1, 600_000),
   redisUser: str(/^[^\s]*$/),
   redisPassword: str(),
   redisTlsCa: str(),
@@ -216,7 +267,13 @@ const checks: Record<keyof Config, Check> = {
   trimIntervalMs: int(100, 3_600_000),
   dataDir: str(/.+/),
   natsPort: int(0, 65535),
+  natsNodes: int(1, 7),
+  natsClusterPort: int(0, 65535),
   redisPort: int(0, 65535),
+  redisReplicas: int(0, 4),
+  sentinelNodes: int(0, 7),
+  sentinelPort: int(0, 65535),
+  sentinelDownAfterMs: int(100, 600_000),
   startServers: bool,
   serverAuth: bool,
   redisAppendfsync: oneOf('always', 'everysec', 'no'),
@@ -267,6 +324,17 @@ export function loadConfig(env: NodeJS.ProcessEnv = process.env, overrides: Part
   }
   if (c.natsPassword && !c.natsUser) {
     throw new ConfigError(`setting natsPassword (${envName('natsPassword')}) is set but natsUser (${envName('natsUser')}) is empty; set both`);
+  }
+  if (c.startServers && c.sentinelNodes > 0 && c.redisReplicas === 0) {
+    throw new ConfigError(`setting sentinelNodes (${envName('sentinelNodes')}) is ${c.sentinelNodes} but redisReplicas (${envName('redisReplicas')}) is 0: Sentinels need a replica to promote; set both, or neither`);
+  }
+  if (c.startServers && c.redisWaitReplicas > c.redisReplicas) {
+    throw new ConfigError(
+      `setting redisWaitReplicas (${envName('redisWaitReplicas')}) is ${c.redisWaitReplicas} but the supervisor starts ${c.redisReplicas} replicas (redisReplicas, ${envName('redisReplicas')}): no commit could ever be acknowledged`,
+    );
+  }
+  if (c.startServers && c.streamReplicas > c.natsNodes) {
+    throw new ConfigError(`setting streamReplicas (${envName('streamReplicas')}) is ${c.streamReplicas} but the supervisor starts ${c.natsNodes} nats-servers (natsNodes, ${envName('natsNodes')}): a stream cannot have more replicas than servers`);
   }
   if (c.workerLeaseMs < 3 * c.heartbeatIntervalMs) {
     throw new ConfigError(

@@ -13,7 +13,10 @@ export function natsServers(config: Pick<Config, 'natsUrl'>): string[] {
   return config.natsUrl.split(',').map((u) => u.trim()).filter(Boolean);
 }
 
-type NatsSettings = Pick<Config, 'natsUrl' | 'natsUser' | 'natsPassword' | 'natsTlsCa' | 'natsTlsCert' | 'natsTlsKey'>;
+type NatsSettings = Pick<Config, 'natsUrl' | 'natsUser' | 'natsPassword' | 'natsTlsCa' | 'natsTlsCert' | 'natsTlsKey'> & Partial<Pick<Config, 'natsPingIntervalMs'>>;
+
+/** Unanswered pings after which a NATS client takes its server for dead (nats.js's default, stated). */
+const NATS_MAX_PINGS_OUT = 2;
 
 export interface NatsConnectOptions {
   /**
@@ -29,10 +32,22 @@ export interface NatsConnectOptions {
 export function natsOptions(config: NatsSettings, name: string, { maxReconnectAttempts = -1, timeoutMs }: NatsConnectOptions = {}): ConnectionOptions {
   const servers = natsServers(config);
   const options: ConnectionOptions = { servers, name, maxReconnectAttempts, ...(timeoutMs ? { timeout: timeoutMs } : {}) };
-  // Never give up means also after a refused login (nats.js would close for good after two): a server reloading its
-  // users, or a node of a cluster not yet reloaded, refuses for a while. A process whose password was rotated away
-  // keeps trying until it is restarted with the new one.
-  if (maxReconnectAttempts === -1) options.ignoreAuthErrorAbort = true;
+  if (config.natsPingIntervalMs) {
+    // A paused or cut-off server keeps its TCP connection open: only unanswered pings reveal it (nats.js's default
+    // interval, 2 minutes, is far longer than a worker's lease).
+    options.pingInterval = config.natsPingIntervalMs;
+    options.maxPingOut = NATS_MAX_PINGS_OUT;
+  }
+  if (maxReconnectAttempts === -1) {
+    // Never give up means also after a refused login (nats.js would close for good after two): a server reloading its
+    // users, or a node of a cluster not yet reloaded, refuses for a while. A process whose password was rotated away
+    // keeps trying until it is restarted with the new one.
+    options.ignoreAuthErrorAbort = true;
+    // And from the first connection on: a process started while its servers (or some of them) are down waits for
+    // them, going round the list, instead of exiting; without it nats.js also drops every server that refused the
+    // first attempt from its list for good.
+    options.waitOnFirstConnect = true;
+  }
   if (config.natsUser) {
     options.user = config.natsUser;
     options.pass = config.natsPassword;
@@ -73,7 +88,20 @@ export function logNatsStatus(nc: NatsConnection, log: Log): void {
   })().catch(() => {});
 }
 
-type RedisSettings = Pick<Config, 'redisUrl' | 'redisUser' | 'redisPassword' | 'redisTlsCa' | 'redisTlsCert' | 'redisTlsKey'>;
+type RedisSettings = Pick<Config, 'redisUrl' | 'redisUser' | 'redisPassword' | 'redisTlsCa' | 'redisTlsCert' | 'redisTlsKey'> &
+  Partial<Pick<Config, 'redisSentinels' | 'redisMasterName' | 'redisSentinelUser' | 'redisSentinelPassword'>>;
+
+/** `host:port,...` as ioredis's sentinel list. */
+export function sentinelList(sentinels: string): { host: string; port: number }[] {
+  return sentinels
+    .split(',')
+    .map((s) => s.trim())
+    .filter(Boolean)
+    .map((hp) => {
+      const at = hp.lastIndexOf(':');
+      return { host: hp.slice(0, at), port: Number(hp.slice(at + 1)) };
+    });
+}
 
 function readPem(config: RedisSettings, key: 'redisTlsCa' | 'redisTlsCert' | 'redisTlsKey'): Buffer | undefined {
   const path = config[key];
@@ -98,14 +126,48 @@ export function redisOptions(config: RedisSettings, extra: RedisOptions = {}): R
   if (config.redisPassword) options.password = config.redisPassword;
   const [ca, cert, key] = (['redisTlsCa', 'redisTlsCert', 'redisTlsKey'] as const).map((k) => readPem(config, k));
   if (ca || cert || key) options.tls = { ...(ca ? { ca } : {}), ...(cert ? { cert } : {}), ...(key ? { key } : {}) };
+  if (config.redisSentinels) {
+    // The Sentinels name the primary (`SENTINEL get-master-addr-by-name`), asked again on every reconnect; ioredis
+    // checks the role of what it reached (INFO) and asks again if it is not a primary.
+    options.sentinels = sentinelList(config.redisSentinels);
+    options.name = config.redisMasterName ?? 'shop';
+    if (config.redisSentinelUser) options.sentinelUsername = config.redisSentinelUser;
+    if (config.redisSentinelPassword) options.sentinelPassword = config.redisSentinelPassword;
+    // A failover the client would not notice by itself: a primary demoted to replica (SENTINEL FAILOVER) keeps its
+    // connections, and would refuse every commit with READONLY. Subscribing to the Sentinels' +switch-master makes
+    // the client reconnect (to the new primary) as soon as they announce one; READONLY does the same for what
+    // slipped through. The command that met READONLY fails (a batch then restarts from Redis): it was not applied.
+    options.failoverDetector = true;
+    options.reconnectOnError = (err) => (err.message.startsWith('READONLY') ? 1 : false);
+    if (options.tls) options.enableTLSForSentinelMode = true;
+  }
   return options;
 }
 
-/** Connects to Redis with the worker's credentials and TLS settings (`rediss://` turns TLS on by itself). */
-export async function connectRedis(config: RedisSettings, extra: RedisOptions = {}): Promise<Redis> {
+/**
+ * Connects to Redis with the worker's credentials and TLS settings (`rediss://` turns TLS on by itself), through
+ * the Sentinels when `redisSentinels` is set. Resolves once the connection is ready: with ioredis's default retry
+ * strategy it waits through a Redis (or every Sentinel) being down at start, retrying, instead of failing; with a
+ * `retryStrategy` in `extra` that gives up, it rejects with the last error. Errors are logged to `log`.
+ */
+export async function connectRedis(config: RedisSettings, extra: RedisOptions = {}, log?: Log): Promise<Redis> {
   // Loaded here, not with the module: shopctl and gateways never talk to Redis.
   const { Redis } = await import('ioredis');
-  const redis = new Redis(config.redisUrl, redisOptions(config, { lazyConnect: true, ...extra }));
-  await redis.connect();
+  const options = redisOptions(config, { lazyConnect: true, ...extra });
+  const redis = options.sentinels ? new Redis(options) : new Redis(config.redisUrl, options);
+  let lastError: Error | undefined;
+  let lastLogged = '';
+  redis.on('error', (err: Error) => {
+    lastError = err;
+    // One line per distinct error, not one per retry.
+    if (log && err.message !== lastLogged) log.warn('Redis connection failed; retrying', { error: err.message });
+    lastLogged = err.message;
+  });
+  redis.on('ready', () => (lastLogged = ''));
+  await new Promise<void>((resolve, reject) => {
+    redis.once('ready', resolve);
+    redis.once('end', () => reject(lastError ?? new Error('the Redis connection ended before it was ready')));
+    redis.connect().catch(() => {}); // a failed attempt is retried by ioredis (retryStrategy); `end` means it gave up
+  });
   return redis;
 }

@@ -79,7 +79,7 @@ async function main(role: string | undefined): Promise<void> {
       await serve(log, async () => {
         const nc = await connectNats(config, `worker-${config.workerIndex}`);
         logNatsStatus(nc, log);
-        const redis = await connectRedis(config);
+        const redis = await connectRedis(config, {}, log);
         let worker: Awaited<ReturnType<typeof startWorker>> | undefined;
         const admin = await adminHttp(config, 'worker', log, nc, () => worker);
         worker = await startWorker({ nc, redis, config, log, adminPort: admin.port });

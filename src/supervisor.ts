@@ -1,14 +1,28 @@
 /**
  * The local stack behind `npm start`: nats-server and redis-server (when config.startServers), then the
  * worker and gateway processes, each child's output prefixed with its name, crashed children restarted
- * with a doubling backoff, and on SIGINT/SIGTERM an ordered stop: gateways, workers, redis, nats.
+ * with a doubling backoff, and on SIGINT/SIGTERM an ordered stop: gateways, workers, Sentinels, redis, nats.
+ *
+ * With natsNodes > 1, redisReplicas and sentinelNodes (the cluster profile, `SHOP_PROFILE=cluster npm start`) the
+ * servers are the production topology on one machine: a JetStream cluster, a Redis primary with replicas, and
+ * Sentinels that promote a replica when the primary dies (src/topology.ts).
  */
-import { existsSync, mkdirSync, readFileSync } from 'node:fs';
+import { existsSync, mkdirSync, readFileSync, writeFileSync } from 'node:fs';
 import { dirname, join, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { ConfigError, envName, type Config } from './config.js';
 import type { Log } from './log.js';
-import { ensureLocalSecrets, gatewayUser, type LocalSecrets } from './secrets.js';
+import { ensureLocalSecrets, gatewayUser, writePrivate, type LocalSecrets } from './secrets.js';
+import {
+  currentPrimary,
+  jetstreamClusterReady,
+  portsFrom,
+  redisNodeConf,
+  replicasOnline,
+  sentinelConf,
+  sentinelQuorum,
+  sentinelReady,
+} from './topology.js';
 import {
   abortOnExit,
   anySignal,
@@ -29,23 +43,34 @@ import {
   type Exit,
 } from './processes.js';
 
-export type Role = 'nats' | 'redis' | 'worker' | 'gateway';
+export type Role = 'nats' | 'redis' | 'sentinel' | 'worker' | 'gateway';
 
 /** One child process of the stack. */
 export interface ChildSpec {
-  /** Prefix of its output lines and name in the log: nats, redis, worker-0, gateway-1. */
+  /** Prefix of its output lines and name in the log: nats, redis, worker-0, gateway-1 (nats-0, redis-1, sentinel-2 in a cluster). */
   name: string;
-  /** Decides the stop order (gateway, worker, redis, nats) and whether it is a server to wait for. */
+  /** Decides the stop order (gateway, worker, sentinel, redis, nats) and whether it is a server to wait for. */
   role: Role;
   /** An absolute path, or a name looked up on PATH and in /usr/sbin. */
   command: string;
   args: string[];
   /** Set on top of the supervisor's own environment, which children inherit. */
   env: Record<string, string>;
+  /** A server's port (for messages and the port check). */
+  port?: number;
+  /** Its pid file, named when its port is taken (a previous run's server still running?). */
+  pidFile?: string;
+  /**
+   * Run before every start of the child (the first and each restart): writes what it reads and returns its
+   * arguments, when they depend on the moment (a Redis server replicates whichever primary the Sentinels name now).
+   */
+  prepare?: () => Promise<string[]>;
 }
 
-/** Stopped in this order: first what accepts requests, last what holds the data. */
-const STOP_ORDER: readonly Role[] = ['gateway', 'worker', 'redis', 'nats'];
+/** Stopped in this order: first what accepts requests, last what holds the data (the Sentinels before Redis, so a stop is not a failover). */
+const STOP_ORDER: readonly Role[] = ['gateway', 'worker', 'sentinel', 'redis', 'nats'];
+/** How long a JetStream cluster may take to elect its meta leader, and replicas and Sentinels to find each other, at start. */
+const CLUSTER_READY_DEADLINE_MS = 60_000;
 /** The longest pause before restarting a child that keeps crashing. */
 const RESTART_BACKOFF_MAX_MS = 10_000;
 /** A child that ran this long before it died starts again from config.restartBackoffMs. */
@@ -74,11 +99,17 @@ function natsConfigFile(): string {
   throw new ConfigError(`nats/local.conf not found above ${here}; it ships with the package (restore it from git)`);
 }
 
-/** The URLs the app processes use: the servers the supervisor starts, or the configured ones. */
-export function serverUrls(config: Config): { natsUrl: string; redisUrl: string } {
-  return config.startServers
-    ? { natsUrl: `nats://127.0.0.1:${config.natsPort}`, redisUrl: `redis://127.0.0.1:${config.redisPort}` }
-    : { natsUrl: config.natsUrl, redisUrl: config.redisUrl };
+/**
+ * The servers the app processes use: the ones the supervisor starts (every NATS node; the Redis primary, and the
+ * Sentinels that name the current one), or the configured ones.
+ */
+export function serverUrls(config: Config): { natsUrl: string; redisUrl: string; redisSentinels: string } {
+  if (!config.startServers) return { natsUrl: config.natsUrl, redisUrl: config.redisUrl, redisSentinels: config.redisSentinels };
+  return {
+    natsUrl: portsFrom(config.natsPort, config.natsNodes).map((p) => `nats://127.0.0.1:${p}`).join(','),
+    redisUrl: `redis://127.0.0.1:${config.redisPort}`,
+    redisSentinels: portsFrom(config.sentinelPort, config.sentinelNodes).map((p) => `127.0.0.1:${p}`).join(','),
+  };
 }
 
 /**
@@ -94,14 +125,51 @@ function configEnv(config: Config): Record<string, string> {
   return env;
 }
 
+/**
+ * Where each server keeps its data: `nats/` and `redis/` for the one-node stack (as always), `nats-<i>/`,
+ * `redis-<i>/` and `sentinel-<i>/` for a cluster's nodes; a pid file beside each.
+ */
 function dataPaths(config: Config) {
   const dataDir = resolve(config.dataDir);
+  const node = (what: string, i: number, single: boolean) => (single ? what : `${what}-${i}`);
+  const natsSingle = config.natsNodes === 1;
+  const redisSingle = config.redisReplicas === 0;
   return {
-    natsDir: join(dataDir, 'nats'),
-    redisDir: join(dataDir, 'redis'),
-    natsPidFile: join(dataDir, 'nats.pid'),
-    redisPidFile: join(dataDir, 'redis.pid'),
+    dataDir,
+    nats: portsFrom(config.natsPort, config.natsNodes).map((port, i) => ({
+      name: node('nats', i, natsSingle),
+      port,
+      dir: join(dataDir, node('nats', i, natsSingle)),
+      pidFile: join(dataDir, `${node('nats', i, natsSingle)}.pid`),
+    })),
+    redis: portsFrom(config.redisPort, 1 + config.redisReplicas).map((port, i) => ({
+      name: node('redis', i, redisSingle),
+      port,
+      dir: join(dataDir, node('redis', i, redisSingle)),
+      pidFile: join(dataDir, `${node('redis', i, redisSingle)}.pid`),
+    })),
+    sentinels: portsFrom(config.sentinelPort, config.sentinelNodes).map((port, i) => ({
+      name: `sentinel-${i}`,
+      port,
+      dir: join(dataDir, `sentinel-${i}`),
+      pidFile: join(dataDir, `sentinel-${i}.pid`),
+    })),
+    /** The port of the Redis primary as last seen (a whole stack restarting after a failover starts it as the primary again). */
+    primaryFile: join(dataDir, 'redis-primary'),
   };
+}
+
+/** How a server is named in messages: `redis-server` alone, `redis-server (redis-1)` in a cluster. */
+const serverName = (spec: ChildSpec) => (spec.name === spec.role ? spec.command : `${spec.command} (${spec.name})`);
+
+/** The primary last recorded in `file`, if it is one of `ports`. */
+function recordedPrimary(file: string, ports: number[]): number | undefined {
+  try {
+    const port = Number(readFileSync(file, 'utf8').trim());
+    return ports.includes(port) ? port : undefined;
+  } catch {
+    return undefined;
+  }
 }
 
 /** Whether the supervisor starts servers that require credentials (generated under `<dataDir>/secrets/`). */
@@ -110,6 +178,77 @@ export const withServerAuth = (config: Config) => config.startServers && config.
 /** Creates (first start) or reads the local stack's credentials, and writes the servers' configs from them. */
 export function localSecrets(config: Config): LocalSecrets {
   return ensureLocalSecrets(config, readFileSync(natsConfigFile(), 'utf8'));
+}
+
+/** The Redis servers' and Sentinels' part of plan(): a replicated group whose start depends on who is primary now. */
+function redisGroup(config: Config, p: ReturnType<typeof dataPaths>, auth: LocalSecrets | undefined): ChildSpec[] {
+  if (config.redisReplicas === 0) {
+    const [r] = p.redis;
+    return [
+      {
+        name: r!.name,
+        role: 'redis',
+        command: 'redis-server',
+        args: redisArgs({ port: r!.port, dir: r!.dir, appendfsync: config.redisAppendfsync, pidFile: r!.pidFile, aclFile: auth?.paths.redisAcl }),
+        env: {},
+        port: r!.port,
+        pidFile: r!.pidFile,
+      },
+    ];
+  }
+  if (!auth) throw new ConfigError(`setting redisReplicas (${envName('redisReplicas')}) needs serverAuth: the replicas and Sentinels log in with generated passwords`);
+  const c = auth.credentials;
+  const nodePorts = p.redis.map((r) => r.port);
+  const sentinelPorts = p.sentinels.map((s) => s.port);
+  /** Who is primary now: the Sentinels' word, else a server that says so, else the last one recorded, else node 0. */
+  const primaryNow = async (asking: number[]) =>
+    (await currentPrimary({ sentinels: asking, sentinelPassword: c.sentinel, masterName: config.redisMasterName, nodes: nodePorts, login: c.redisSentinel })) ??
+    recordedPrimary(p.primaryFile, nodePorts) ??
+    nodePorts[0]!;
+  const remember = (port: number) => writeFileSync(p.primaryFile, `${port}\n`);
+  const nodes: ChildSpec[] = p.redis.map((r, i) => ({
+    name: r.name,
+    role: 'redis',
+    command: 'redis-server',
+    args: [auth.paths.redisNodeConfig(i)],
+    env: {},
+    port: r.port,
+    pidFile: r.pidFile,
+    async prepare() {
+      writePrivate(auth.paths.redisNodeConfig(i), redisNodeConf({ port: r.port, dir: r.dir, appendfsync: config.redisAppendfsync, pidFile: r.pidFile, aclFile: auth.paths.redisAcl, replica: c.redisReplica }));
+      const primary = await primaryNow(sentinelPorts);
+      remember(primary);
+      return primary === r.port ? [auth.paths.redisNodeConfig(i)] : [auth.paths.redisNodeConfig(i), '--replicaof', '127.0.0.1', String(primary)];
+    },
+  }));
+  const sentinels: ChildSpec[] = p.sentinels.map((s, i) => ({
+    name: s.name,
+    role: 'sentinel',
+    command: 'redis-server',
+    args: [auth.paths.sentinelConfig(i), '--sentinel'],
+    env: {},
+    port: s.port,
+    pidFile: s.pidFile,
+    async prepare() {
+      const primary = await primaryNow(sentinelPorts.filter((port) => port !== s.port));
+      writePrivate(
+        auth.paths.sentinelConfig(i),
+        sentinelConf({
+          port: s.port,
+          dir: s.dir,
+          pidFile: s.pidFile,
+          masterName: config.redisMasterName,
+          primaryPort: primary,
+          quorum: sentinelQuorum(config.sentinelNodes),
+          downAfterMs: config.sentinelDownAfterMs,
+          redis: c.redisSentinel,
+          password: c.sentinel,
+        }),
+      );
+      return [auth.paths.sentinelConfig(i), '--sentinel'];
+    },
+  }));
+  return [...nodes, ...sentinels];
 }
 
 /**
@@ -123,31 +262,32 @@ export function plan(config: Config, secrets?: LocalSecrets): ChildSpec[] {
   const children: ChildSpec[] = [];
   if (config.startServers) {
     const p = dataPaths(config);
-    children.push(
-      {
-        name: 'nats',
+    const cluster = config.natsNodes > 1;
+    if (cluster && !auth) throw new ConfigError(`setting natsNodes (${envName('natsNodes')}) > 1 needs serverAuth: the cluster's routes log in with a generated password`);
+    for (const [i, n] of p.nats.entries()) {
+      const configFile = cluster ? auth!.paths.natsNodeConfig(i) : (auth?.paths.natsConfig ?? natsConfigFile());
+      children.push({
+        name: n.name,
         role: 'nats',
         command: 'nats-server',
-        args: natsArgs({ port: config.natsPort, storeDir: p.natsDir, configFile: auth?.paths.natsConfig ?? natsConfigFile(), pidFile: p.natsPidFile }),
+        // -n: every node of a JetStream cluster needs a name of its own (the flag overrides the config's).
+        args: [...natsArgs({ port: n.port, storeDir: n.dir, configFile, pidFile: n.pidFile }), ...(cluster ? ['-n', `shop-${i}`] : [])],
         env: {},
-      },
-      {
-        name: 'redis',
-        role: 'redis',
-        command: 'redis-server',
-        args: redisArgs({ port: config.redisPort, dir: p.redisDir, appendfsync: config.redisAppendfsync, pidFile: p.redisPidFile, aclFile: auth?.paths.redisAcl }),
-        env: {},
-      },
-    );
+        port: n.port,
+        pidFile: n.pidFile,
+      });
+    }
+    children.push(...redisGroup(config, p, auth));
   }
-  const { natsUrl, redisUrl } = serverUrls(config);
-  const env = { ...configEnv(config), SHOP_NATS_URL: natsUrl, SHOP_REDIS_URL: redisUrl };
+  const { natsUrl, redisUrl, redisSentinels } = serverUrls(config);
+  const env = { ...configEnv(config), SHOP_NATS_URL: natsUrl, SHOP_REDIS_URL: redisUrl, SHOP_REDIS_SENTINELS: redisSentinels };
   const c = auth?.credentials;
+  const sentinelAuth: Record<string, string> = config.startServers && config.sentinelNodes > 0 && c ? { SHOP_REDIS_SENTINEL_USER: '', SHOP_REDIS_SENTINEL_PASSWORD: c.sentinel } : {};
   const workerAuth: Record<string, string> = c
-    ? { SHOP_NATS_USER: 'worker', SHOP_NATS_PASSWORD: c.nats.worker!, SHOP_REDIS_USER: c.redis.user, SHOP_REDIS_PASSWORD: c.redis.password }
+    ? { SHOP_NATS_USER: 'worker', SHOP_NATS_PASSWORD: c.nats.worker!, SHOP_REDIS_USER: c.redis.user, SHOP_REDIS_PASSWORD: c.redis.password, ...sentinelAuth }
     : {};
   const gatewayAuth = (i: number): Record<string, string> =>
-    c ? { SHOP_NATS_USER: gatewayUser(i), SHOP_NATS_PASSWORD: c.nats[gatewayUser(i)]!, SHOP_REDIS_USER: '', SHOP_REDIS_PASSWORD: '' } : {};
+    c ? { SHOP_NATS_USER: gatewayUser(i), SHOP_NATS_PASSWORD: c.nats[gatewayUser(i)]!, SHOP_REDIS_USER: '', SHOP_REDIS_PASSWORD: '', SHOP_REDIS_SENTINEL_PASSWORD: '' } : {};
   for (let i = 0; i < config.workerProcesses; i++) {
     children.push({ name: `worker-${i}`, role: 'worker', command: process.execPath, args: [MAIN_JS, 'worker'], env: { ...env, ...workerAuth, SHOP_WORKER_INDEX: String(i) } });
   }
@@ -213,10 +353,16 @@ export function createSupervisor(config: Config, log: Log, options: SupervisorOp
   };
   const running = () => state === 'starting' || state === 'ready';
 
-  function launch(slot: Slot): Child {
+  /** Runs the child's prepare step (if any), then starts it. */
+  async function launch(slot: Slot): Promise<Child> {
+    const args = (await slot.spec.prepare?.()) ?? slot.spec.args;
+    return spawn(slot, args);
+  }
+
+  function spawn(slot: Slot, args: string[]): Child {
     const { spec } = slot;
     const child = spawnChild(spec.name, findBinary(spec.command), {
-      args: spec.args,
+      args,
       env: spec.env,
       // Its own process group: a Ctrl-C in the terminal reaches only the supervisor, which stops children in order.
       detached: true,
@@ -245,13 +391,11 @@ export function createSupervisor(config: Config, log: Log, options: SupervisorOp
     slot.timer = setTimeout(() => {
       slot.timer = undefined;
       if (!running()) return;
-      try {
-        launch(slot);
-      } catch (err) {
+      launch(slot).catch((err: unknown) => {
         // e.g. the binary vanished: count it as another crash, so the backoff keeps growing.
         slot.startedAt = Date.now();
-        scheduleRestart(slot, { code: null, signal: null, error: err as Error });
-      }
+        if (running()) scheduleRestart(slot, { code: null, signal: null, error: err as Error });
+      });
     }, delayMs);
   }
 
@@ -270,34 +414,85 @@ export function createSupervisor(config: Config, log: Log, options: SupervisorOp
 
   async function startServers() {
     const p = dataPaths(config);
-    for (const [port, key] of [[config.natsPort, 'natsPort'], [config.redisPort, 'redisPort']] as const) {
+    const servers = slots.filter((s) => s.spec.role === 'nats' || s.spec.role === 'redis' || s.spec.role === 'sentinel');
+    const ports: [number, keyof Config][] = [
+      ...p.nats.map((n) => [n.port, 'natsPort'] as [number, keyof Config]),
+      ...(config.natsNodes > 1 ? portsFrom(config.natsClusterPort, config.natsNodes).map((port) => [port, 'natsClusterPort'] as [number, keyof Config]) : []),
+      ...p.redis.map((r) => [r.port, 'redisPort'] as [number, keyof Config]),
+      ...p.sentinels.map((s) => [s.port, 'sentinelPort'] as [number, keyof Config]),
+    ];
+    for (const [port, key] of ports) {
       if (port === 0) throw new ConfigError(`setting ${key} (${envName(key)}) must be a fixed port when startServers is true, got 0`);
+      if (port > 65535) throw new ConfigError(`setting ${key} (${envName(key)}) leaves no port for all its nodes (${port} > 65535); choose a lower one`);
     }
-    if (config.natsPort === config.redisPort) {
-      throw new ConfigError(`settings natsPort and redisPort (${envName('natsPort')}, ${envName('redisPort')}) must differ, both are ${config.natsPort}`);
+    const taken = new Map<number, keyof Config>();
+    for (const [port, key] of ports) {
+      const other = taken.get(port);
+      if (other) {
+        throw new ConfigError(
+          other === key
+            ? `setting ${key} (${envName(key)}) gives port ${port} twice`
+            : `settings ${other} and ${key} (${envName(other)}, ${envName(key)}) overlap: both use port ${port} (nodes take consecutive ports from each base)`,
+        );
+      }
+      taken.set(port, key);
     }
-    await assertPortFree(config.natsPort, 'natsPort', 'nats-server', '127.0.0.1', p.natsPidFile);
-    await assertPortFree(config.redisPort, 'redisPort', 'redis-server', '127.0.0.1', p.redisPidFile);
-    mkdirSync(p.natsDir, { recursive: true });
-    mkdirSync(p.redisDir, { recursive: true });
+    for (const [port, key] of ports) {
+      const spec = servers.find((s) => s.spec.port === port)?.spec;
+      await assertPortFree(port, key, spec ? serverName(spec) : 'nats-server (cluster route)', '127.0.0.1', spec?.pidFile);
+    }
+    for (const dir of [...p.nats, ...p.redis, ...p.sentinels].map((n) => n.dir)) mkdirSync(dir, { recursive: true });
 
-    const servers = slots.filter((s) => s.spec.role === 'nats' || s.spec.role === 'redis');
-    await Promise.all(
-      servers.map(async (slot) => {
-        const isNats = slot.spec.role === 'nats';
-        const port = isNats ? config.natsPort : config.redisPort;
-        const child = launch(slot);
-        const what = `${slot.spec.command} on 127.0.0.1:${port}`;
-        const auth = secrets && { user: secrets.credentials.redis.user, password: secrets.credentials.redis.password };
-        await waitFor(() => (isNats ? natsAnswers(port) : redisAnswers(port, { auth })), {
-          deadlineMs: SERVER_READY_DEADLINE_MS,
-          what: `${what} to answer (see its output above)`,
-          signal: anySignal(abortOnExit(child, what).signal, stopping.signal),
-        });
-        slot.restartable = true;
-        log.info(`${slot.spec.name} ready on port ${port}`);
-      }),
-    );
+    const auth = secrets && { user: secrets.credentials.redis.user, password: secrets.credentials.redis.password };
+    const startServer = async (slot: Slot) => {
+      const port = slot.spec.port!;
+      const child = await launch(slot);
+      const what = `${serverName(slot.spec)} on 127.0.0.1:${port}`;
+      const probe =
+        slot.spec.role === 'nats'
+          ? () => natsAnswers(port)
+          : slot.spec.role === 'redis'
+            ? () => redisAnswers(port, { auth })
+            : () => redisAnswers(port, { auth: { user: 'default', password: secrets!.credentials.sentinel } });
+      await waitFor(probe, {
+        deadlineMs: SERVER_READY_DEADLINE_MS,
+        what: `${what} to answer (see its output above)`,
+        signal: anySignal(abortOnExit(child, what).signal, stopping.signal),
+      });
+      slot.restartable = true;
+      log.info(`${slot.spec.name} ready on port ${port}`);
+    };
+    // nats and redis together; the Sentinels once the Redis servers answer (they must find the primary).
+    await Promise.all(servers.filter((s) => s.spec.role !== 'sentinel').map(startServer));
+    const { natsUrl } = serverUrls(config);
+    const wait = (fn: () => Promise<boolean>, what: string) => waitFor(fn, { deadlineMs: CLUSTER_READY_DEADLINE_MS, intervalMs: 200, what, signal: stopping.signal });
+    if (config.natsNodes > 1) {
+      const admin = secrets && { user: 'admin', pass: secrets.credentials.nats.admin! };
+      await wait(() => jetstreamClusterReady(natsUrl.split(','), admin, config.natsNodes), `the ${config.natsNodes} nats-servers to form a JetStream cluster with a meta leader`);
+      log.info(`JetStream cluster of ${config.natsNodes} nodes ready`);
+    }
+    if (config.redisReplicas > 0) {
+      const c = secrets!.credentials;
+      const primaryPort = async () =>
+        (await currentPrimary({ sentinels: [], masterName: config.redisMasterName, nodes: p.redis.map((r) => r.port), login: c.redisSentinel })) ?? p.redis[0]!.port;
+      await wait(async () => replicasOnline(await primaryPort(), config.redisReplicas, c.redisSentinel), `the Redis primary to have its ${config.redisReplicas} replica(s) online`);
+      await Promise.all(servers.filter((s) => s.spec.role === 'sentinel').map(startServer));
+      if (config.sentinelNodes > 0) {
+        const primary = await primaryPort();
+        await wait(
+          async () =>
+            (
+              await Promise.all(
+                p.sentinels.map((s) =>
+                  sentinelReady(s.port, { masterName: config.redisMasterName, password: c.sentinel, primaryPort: primary, sentinels: config.sentinelNodes, replicas: config.redisReplicas }),
+                ),
+              )
+            ).every(Boolean),
+          `the ${config.sentinelNodes} Sentinels to watch the primary (port ${primary}) and know each other and its replicas`,
+        );
+        log.info(`Redis primary on port ${primary} with ${config.redisReplicas} replica(s), watched by ${config.sentinelNodes} Sentinels (quorum ${sentinelQuorum(config.sentinelNodes)})`);
+      }
+    }
   }
 
   const httpHost = config.httpHost === '0.0.0.0' ? '127.0.0.1' : config.httpHost === '::' ? '::1' : config.httpHost;
@@ -313,7 +508,7 @@ export function createSupervisor(config: Config, log: Log, options: SupervisorOp
     if (hasGateway && config.httpPort > 0) await assertPortFree(config.httpPort, 'httpPort', 'the HTTP gateway', config.httpHost);
     for (const slot of apps) {
       slot.restartable = true;
-      launch(slot);
+      await launch(slot);
     }
     if (hasGateway && config.httpPort > 0) {
       try {
@@ -329,14 +524,26 @@ export function createSupervisor(config: Config, log: Log, options: SupervisorOp
     }
     stopping.signal.throwIfAborted();
     setState('ready');
-    const { natsUrl, redisUrl } = serverUrls(config);
-    log.info(`ready: http://${httpHost.includes(':') ? `[${httpHost}]` : httpHost}:${config.httpPort} (nats ${natsUrl}, redis ${redisUrl})`);
+    const { natsUrl, redisUrl, redisSentinels } = serverUrls(config);
+    const redis = redisSentinels ? `redis via Sentinels ${redisSentinels} (${config.redisMasterName})` : `redis ${redisUrl}`;
+    log.info(`ready: http://${httpHost.includes(':') ? `[${httpHost}]` : httpHost}:${config.httpPort} (nats ${natsUrl}, ${redis})`);
   }
 
   async function stopInOrder() {
     setState('draining');
     stopping.abort(new Error('the supervisor is stopping'));
     for (const slot of slots) clearTimeout(slot.timer);
+    if (secrets && config.startServers && config.sentinelNodes > 0) {
+      // Which Redis is primary now (it may not be node 0 after a failover): the next start begins with it.
+      const p = dataPaths(config);
+      const primary = await currentPrimary({
+        sentinels: p.sentinels.map((s) => s.port),
+        sentinelPassword: secrets.credentials.sentinel,
+        masterName: config.redisMasterName,
+        nodes: [],
+      }).catch(() => undefined);
+      if (primary !== undefined) writeFileSync(p.primaryFile, `${primary}\n`);
+    }
     for (const role of STOP_ORDER) {
       await Promise.all(
         slots
@@ -386,7 +593,7 @@ export async function runSupervisor(config: Config, log: Log, options: Superviso
       const now = Date.now();
       if (!firstSignalAt) {
         firstSignalAt = now;
-        log.info(`${signal} received: stopping gateways, workers, redis, nats in that order (Ctrl-C again to kill everything at once)`);
+        log.info(`${signal} received: stopping gateways, workers, ${config.sentinelNodes > 0 ? 'Sentinels, ' : ''}redis, nats in that order (Ctrl-C again to kill everything at once)`);
         supervisor.stop().then(resolveDone, (err: unknown) => {
           log.error('stop failed', { err });
           process.exit(1);
