@@ -49,9 +49,13 @@ try {
     const histogram = monitorEventLoopDelay({ resolution: TICK_MS });
     let last = performance.now();
     let stallMs = 0;
+    let over50 = 0;
+    let stalledMs = 0;
     const timer = setInterval(() => {
       const now = performance.now();
-      stallMs = Math.max(stallMs, now - last - TICK_MS);
+      const late = now - last - TICK_MS;
+      stallMs = Math.max(stallMs, late);
+      if (late > 50) (over50++, (stalledMs += late));
       last = now;
     }, TICK_MS);
     histogram.enable();
@@ -63,7 +67,10 @@ try {
     const size = loaded.tables.get('items')?.size;
     if (size !== entities) throw new Error(`loaded ${size} items, expected ${entities}`);
     results.push({ loadMs: Math.round(loadMs), stallMs: Math.round(stallMs), histMaxMs: Math.round(histogram.max / 1e6) });
-    console.log(`round ${r + 1}: load ${Math.round(loadMs)} ms, longest stall ${Math.round(stallMs)} ms (event-loop delay max ${Math.round(histogram.max / 1e6)} ms, p99 ${Math.round(histogram.percentile(99) / 1e6)} ms)`);
+    console.log(
+      `round ${r + 1}: load ${Math.round(loadMs)} ms, longest stall ${Math.round(stallMs)} ms, ${over50} stalls over 50 ms (${Math.round(stalledMs)} ms in all); ` +
+        `event-loop delay max ${Math.round(histogram.max / 1e6)} ms, p99 ${Math.round(histogram.percentile(99) / 1e6)} ms`,
+    );
     // Let the last round's garbage go before the next one measures.
     await new Promise((resolve) => setTimeout(resolve, 200));
   }

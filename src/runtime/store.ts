@@ -1,4 +1,6 @@
 import type { Redis } from 'ioredis';
+import { createHash } from 'node:crypto';
+import { setImmediate as yieldToEventLoop } from 'node:timers/promises';
 import { decode, encode } from '../codec.js';
 import type { Kind } from '../config.js';
 import type { Changes, Tables } from './draft.js';
@@ -168,6 +170,68 @@ type Arg = string | Buffer;
 // ioredis flattens array arguments, so a batch of any size goes as one array, never as spread call arguments.
 type ScriptFn<R> = (numKeys: number, args: Arg[]) => Promise<R>;
 
+/** How many replicas must have a write before it counts (Redis WAIT), and how long to wait for them. 0: no WAIT. */
+export interface ReplicationSettings {
+  waitReplicas: number;
+  waitTimeoutMs: number;
+}
+
+/**
+ * A commit (or an acquire) that fewer than `waitReplicas` replicas had within the timeout. It may be on the primary
+ * and still be lost in a failover, so nobody may hear of it: the batch fails like a lost connection (its
+ * partitions restart from what Redis holds, and re-send their outbox from there).
+ */
+export class ReplicationTimeoutError extends Error {
+  override name = 'ReplicationTimeoutError';
+  constructor(
+    readonly acked: number,
+    readonly wanted: number,
+    readonly timeoutMs: number,
+  ) {
+    super(`the write reached ${acked} of ${wanted} Redis replica(s) within ${timeoutMs} ms (WAIT); not acknowledged: the partitions restart from Redis`);
+  }
+}
+
+const isNoScript = (err: unknown) => err instanceof Error && err.message.startsWith('NOSCRIPT');
+
+/**
+ * Runs a Lua script by its SHA (EVAL the first time a server does not know it), followed, with waitReplicas, by
+ * `WAIT waitReplicas waitTimeoutMs` in the same round trip: both are written before either answer is read, and
+ * Redis answers WAIT once the replicas have every write this connection made so far, the script's included. (WAIT
+ * cannot run inside a script or be part of it.) When EVALSHA finds the script missing (a fresh server, or a replica
+ * just promoted: scripts are not replicated), the WAIT sent with it counted nothing of it, so EVAL and WAIT go again.
+ */
+function scriptRunner<R>(redis: Redis, lua: string, replication: ReplicationSettings): ScriptFn<R> {
+  const sha = createHash('sha1').update(lua).digest('hex');
+  const { waitReplicas, waitTimeoutMs } = replication;
+  const checkWait = (acked: number) => {
+    if (acked < waitReplicas) throw new ReplicationTimeoutError(acked, waitReplicas, waitTimeoutMs);
+  };
+  return async (numKeys, args) => {
+    const script = redis.evalsha(sha, numKeys, args) as Promise<R>;
+    const waited = waitReplicas > 0 ? redis.wait(waitReplicas, waitTimeoutMs) : undefined;
+    let result: R;
+    try {
+      result = await script;
+    } catch (err) {
+      waited?.catch(() => {}); // answered or not, it does not count for this script
+      if (!isNoScript(err)) throw err;
+      result = (await redis.eval(lua, numKeys, args)) as R;
+      if (waitReplicas > 0) checkWait(await redis.wait(waitReplicas, waitTimeoutMs));
+      return result;
+    }
+    if (waited) checkWait(await waited);
+    return result;
+  };
+}
+
+/**
+ * Entries asked for per HSCAN call while loading a table (a hint: Redis may answer somewhat more or fewer). Each
+ * chunk is decoded on its own and the event loop runs between chunks, so loading a partition of any size never
+ * holds up heartbeats, reads and commits of the worker's other partitions for long.
+ */
+const LOAD_CHUNK_ENTRIES = 1000;
+
 /** One transaction of a group commit. */
 interface Pending {
   keys: string[];
@@ -195,6 +259,8 @@ class CommitGroup {
   private scheduled = false;
 
   constructor(private readonly run: ScriptFn<number[]>) {}
+  // `run` is the commit script followed by WAIT when replicas must have it: one WAIT per group call, however many
+  // transactions and partitions the call carries.
 
   /** Commits the batches as one transaction: all of them, or (one is fenced) none. */
   commit(batches: readonly PreparedBatch[]): Promise<CommitResult[]> {
@@ -259,18 +325,50 @@ export function partitionKeyTag(prefix: string, kind: Kind, partition: number): 
   return `${prefix}{${kind}:${partition}}`;
 }
 
-export function createPartitionStore(redis: Redis, prefix: string, kind: Kind, partition: number, tables: readonly string[]): PartitionStore {
+/** Per Redis connection: its commit group and acquire script, made by the first store on it (with its replication settings). */
+const acquires = new WeakMap<Redis, ScriptFn<number>>();
+
+/**
+ * Calls `onChunk` with the fields and values of the hash at `key`, LOAD_CHUNK_ENTRIES at a time (HSCAN), letting the
+ * event loop run between chunks; the next chunk is asked for before this one is handed over. HSCAN may return an
+ * entry twice; the caller's map keeps one. Consistent because nobody writes the partition meanwhile: it was
+ * acquired (every older owner fenced) before it is loaded.
+ */
+async function scanHash(redis: Redis, key: string, onChunk: (pairs: Buffer[]) => void): Promise<void> {
+  let next = redis.hscanBuffer(key, '0', 'COUNT', LOAD_CHUNK_ENTRIES);
+  for (;;) {
+    const [reply, pairs] = await next;
+    const cursor = reply.toString();
+    const done = cursor === '0';
+    if (!done) next = redis.hscanBuffer(key, cursor, 'COUNT', LOAD_CHUNK_ENTRIES);
+    onChunk(pairs);
+    if (done) return;
+    await yieldToEventLoop();
+  }
+}
+
+/**
+ * The Redis side of one partition. With `replication.waitReplicas` > 0, every commit and acquire counts only once
+ * that many replicas have it (WAIT after the script, in the same round trip); the first store made on a connection
+ * decides this for the connection.
+ */
+export function createPartitionStore(
+  redis: Redis,
+  prefix: string,
+  kind: Kind,
+  partition: number,
+  tables: readonly string[],
+  replication: ReplicationSettings = { waitReplicas: 0, waitTimeoutMs: 1000 },
+): PartitionStore {
   const tag = partitionKeyTag(prefix, kind, partition);
   const keys = { meta: `${tag}:meta`, outbox: `${tag}:outbox`, table: (name: string) => `${tag}:t:${name}` };
   const tableKeys = tables.map(keys.table);
-  if (!('shopCommit' in redis)) {
-    redis.defineCommand('shopCommit', { lua: COMMIT_LUA });
-    redis.defineCommand('shopAcquire', { lua: ACQUIRE_LUA });
-  }
   let group = groups.get(redis);
-  if (!group) groups.set(redis, (group = new CommitGroup((redis as unknown as { shopCommit: ScriptFn<number[]> }).shopCommit.bind(redis))));
+  if (!group) groups.set(redis, (group = new CommitGroup(scriptRunner<number[]>(redis, COMMIT_LUA, replication))));
   const commits = group;
-  const acquireFn = (redis as unknown as { shopAcquire: ScriptFn<number> }).shopAcquire.bind(redis);
+  let acquireFn = acquires.get(redis);
+  if (!acquireFn) acquires.set(redis, (acquireFn = scriptRunner<number>(redis, ACQUIRE_LUA, replication)));
+  const acquireScript = acquireFn;
 
   const prepare = ({ epoch, cursor, local, changes, outboxField, outbox, cleared }: BatchWrite): PreparedBatch => {
     const args: (string | Uint8Array)[] = [String(2 + tableKeys.length), String(epoch), String(cursor), String(local), outboxField, outbox ?? '', String(cleared.length), ...cleared];
@@ -295,23 +393,25 @@ export function createPartitionStore(redis: Redis, prefix: string, kind: Kind, p
   return {
     keys,
     async acquire(epoch) {
-      const held = await acquireFn(1, [keys.meta, epoch === undefined ? '' : String(epoch)]);
+      // WAITed like a commit: a replica promoted after this acquire must hold the raised epoch, or an older owner
+      // it fenced could commit there again.
+      const held = await acquireScript(1, [keys.meta, epoch === undefined ? '' : String(epoch)]);
       if (held < 0) throw new StaleEpochError(epoch!, -held);
       return held;
     },
 
     async load() {
-      const [[cursor, local], outboxRaw, ...tableRaw] = await Promise.all([
-        redis.hmget(keys.meta, 'cursor', 'local'),
-        redis.hgetallBuffer(keys.outbox),
-        ...tableKeys.map((key) => redis.hgetallBuffer(key)),
-      ]);
+      // The outbox is small (at most OUTBOX_BATCHES_INFLIGHT_MAX entries): one HGETALL. The tables may hold millions
+      // of entries: in chunks, decoded as they come, so the event loop never waits on one big reply and decode.
+      const [[cursor, local], outboxRaw] = await Promise.all([redis.hmget(keys.meta, 'cursor', 'local'), redis.hgetallBuffer(keys.outbox)]);
       const loaded: Tables = new Map();
-      tables.forEach((name, i) => {
+      for (const [i, name] of tables.entries()) {
         const map = new Map<string, unknown>();
-        for (const [k, v] of Object.entries(tableRaw[i] as Record<string, Buffer>)) map.set(k, decode(v));
+        await scanHash(redis, tableKeys[i]!, (pairs) => {
+          for (let j = 0; j + 1 < pairs.length; j += 2) map.set(pairs[j]!.toString(), decode(pairs[j + 1]!));
+        });
         loaded.set(name, map);
-      });
+      }
       const outbox = Object.entries(outboxRaw as Record<string, Buffer>).map(([field, v]): [string, Uint8Array] => [field, v]);
       outbox.sort(([a], [b]) => compareFields(a, b));
       return { cursor: Number(cursor ?? 0), local: Number(local ?? 0), tables: loaded, outbox };
