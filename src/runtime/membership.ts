@@ -95,6 +95,8 @@ export interface Member {
 export class MembershipView {
   readonly members = new Map<string, Member>();
   private watch: Watch | undefined;
+  /** Local time the last heartbeat of anyone arrived. */
+  private lastArrival = Date.now();
 
   constructor(
     private readonly kv: KV,
@@ -104,11 +106,17 @@ export class MembershipView {
   ) {}
 
   async start(): Promise<void> {
+    this.lastArrival = Date.now();
     this.watch = await watchKv(this.kv, '>', this.log, (entry, initial) => {
       if (entry.operation !== 'PUT') {
         this.members.delete(entry.key);
       } else {
         const now = Date.now();
+        // Nobody heard from for half a lease, while every live worker puts one each interval: the bucket stored
+        // nothing (electing a leader) or this view heard nothing (its connection), not every worker died. Whoever
+        // was silent meanwhile gets a fresh lease, as after a stall of this process (forgive).
+        if (!initial && now - this.lastArrival > this.leaseMs / 2) this.forgive(now);
+        this.lastArrival = now;
         this.members.set(entry.key, { hb: fromBytes<Heartbeat>(entry.value), seenAt: initial ? Math.min(now, entry.created.getTime()) : now });
       }
       this.onChange(entry.key);

@@ -19,7 +19,7 @@ import { warmActorsOnce } from './warm.js';
 import { Courier } from './courier.js';
 import type { Inbound } from './batch.js';
 import { createPartitionStore, StaleEpochError, type PartitionStore } from './store.js';
-import { ensureStreams } from './streams.js';
+import { ensureStreams, untilJetStream } from './streams.js';
 
 /** Why a dynamic worker stopped on its own: shopctl drained it, or it lost its lease (its heartbeats failed too long). */
 export type WorkerEnd = 'drained' | 'lease-lost';
@@ -64,6 +64,10 @@ const DRAIN_SHARE_OF_GRACE = 0.5;
 const STOP_SHARE_OF_GRACE = 0.25;
 /** How often a closing worker looks whether its partitions have moved. */
 const DRAIN_POLL_MS = 20;
+/** Heartbeat puts in flight at once, at most (each ends within heartbeatPutTimeoutMs). */
+const HEARTBEAT_PUTS_INFLIGHT_MAX = 8;
+/** How long one heartbeat put may take: twice the interval, at least 1 s (the puts after it do not wait for it). */
+const heartbeatPutTimeoutMs = (intervalMs: number) => Math.max(2 * intervalMs, 1000);
 
 /** Static placement: partition p of every kind belongs to worker p % workerProcesses. */
 export function ownedPartitions(config: Config): { kind: Kind; partition: number }[] {
@@ -90,6 +94,9 @@ interface Kit {
   metrics: RunnerMetrics;
 }
 
+/** How many replicas must have each commit, from the settings. */
+const replicationOf = (config: Config) => ({ waitReplicas: config.redisWaitReplicas, waitTimeoutMs: config.redisWaitTimeoutMs });
+
 function newRunner(kit: Kit, kind: Kind, partition: number, store: PartitionStore, onFenced: (r: PartitionRunner) => void): PartitionRunner {
   const { nc, js, jsm, mux, courier, loop, config, log, metrics } = kit;
   return new PartitionRunner({ nc, js, jsm, mux, courier, loop, config, log, metrics, actor: actorOf(kind), partition, store, onFenced });
@@ -114,8 +121,8 @@ function troubled(runners: Iterable<PartitionRunner>): string | undefined {
  */
 export async function startWorker(opts: WorkerOptions): Promise<Worker> {
   const { nc, redis, config, log } = opts;
-  const jsm = await nc.jetstreamManager();
-  await ensureStreams(jsm, config);
+  const jsm = await untilJetStream('reach JetStream', () => nc.jetstreamManager(), log);
+  await untilJetStream('create the streams', () => ensureStreams(jsm, config), log);
   const js = nc.jetstream();
   const n = names(config.streamPrefix);
   const mux = new Mux(nc, n.inbox(config.natsUser || 'worker', `w${randomBytes(6).toString('hex')}`));
@@ -153,7 +160,7 @@ export async function startWorker(opts: WorkerOptions): Promise<Worker> {
 async function startStaticWorker(kit: Kit, id: string, partitions: { kind: Kind; partition: number }[], registry: Registry): Promise<Worker> {
   const { config, log, redis, mux, courier } = kit;
   const runners = partitions.map(({ kind, partition }) =>
-    newRunner(kit, kind, partition, createPartitionStore(redis, config.redisPrefix, kind, partition, actorOf(kind).tables), (r) =>
+    newRunner(kit, kind, partition, createPartitionStore(redis, config.redisPrefix, kind, partition, actorOf(kind).tables, replicationOf(config)), (r) =>
       log.warn('partition lost to a newer owner', { kind: r.kind, partition: r.partition }),
     ),
   );
@@ -213,12 +220,19 @@ async function startDynamicWorker(kit: Kit, id: string, opts: WorkerOptions, reg
   const log = kit.log.child(id);
   const lease = config.workerLeaseMs;
   const interval = config.heartbeatIntervalMs;
-  const buckets: Buckets = await openBuckets(kit.js, config);
+  const buckets: Buckets = await untilJetStream('open the KV buckets', () => openBuckets(kit.js, config), log);
+  // Heartbeats through a handle of their own with a short timeout: while the bucket elects a leader, a put can hang
+  // for the client's whole timeout (5 s), and the next one must not wait for it (heartbeat()).
+  const heartbeats = await untilJetStream(
+    'bind the workers bucket',
+    () => nc.jetstream({ timeout: heartbeatPutTimeoutMs(interval) }).views.kv(names(config.streamPrefix).workersBucket, { bindOnly: true }),
+    log,
+  );
   const slots = new Map<string, Slot>();
   for (const kind of config.kinds) {
     for (let p = 0; p < config.partitions; p++) {
       const key = placementKey(kind, p);
-      slots.set(key, { kind, partition: p, key, store: createPartitionStore(redis, config.redisPrefix, kind, p, actorOf(kind).tables), assignedAt: 0, busy: false, again: false, retryAt: 0 });
+      slots.set(key, { kind, partition: p, key, store: createPartitionStore(redis, config.redisPrefix, kind, p, actorOf(kind).tables, replicationOf(config)), assignedAt: 0, busy: false, again: false, retryAt: 0 });
     }
   }
   const stale = new Map<string, number>();
@@ -256,30 +270,26 @@ async function startDynamicWorker(kit: Kit, id: string, opts: WorkerOptions, reg
     stale: Object.fromEntries(stale),
   });
 
-  let putting = false;
-  let putAgain = false;
+  let puts = 0;
+  /**
+   * Puts the heartbeat, without waiting for the puts still in flight (at most HEARTBEAT_PUTS_INFLIGHT_MAX): one that
+   * hangs (its bucket electing a leader, its server gone) must not hold up the next, which may find the new leader.
+   * They leave over one connection in order and JetStream stores them in that order. The lease counts from the
+   * sending time of the newest put that was stored.
+   */
   async function beat(): Promise<void> {
-    if (putting) {
-      putAgain = true;
-      return;
-    }
-    putting = true;
+    if (leaving || puts >= HEARTBEAT_PUTS_INFLIGHT_MAX) return;
+    const sentAt = Date.now();
+    // A lease that lapsed stays lost: a heartbeat sent after it (say, right after a SIGSTOP ends) must not revive it.
+    if (!checkLease(sentAt)) return;
+    puts++;
     try {
-      do {
-        putAgain = false;
-        if (leaving) return;
-        const sentAt = Date.now();
-        // A lease that lapsed stays lost: a heartbeat sent after it (say, right after a SIGSTOP ends) must not revive it.
-        if (!checkLease(sentAt)) return;
-        try {
-          await buckets.workers.put(id, toBytes(heartbeat()));
-          lastAckAt = sentAt;
-        } catch (err) {
-          log.warn('heartbeat failed', { err, sinceLastMs: Date.now() - lastAckAt });
-        }
-      } while (putAgain);
+      await heartbeats.put(id, toBytes(heartbeat()));
+      lastAckAt = Math.max(lastAckAt, sentAt);
+    } catch (err) {
+      log.warn('heartbeat failed', { err, sinceLastMs: Date.now() - lastAckAt });
     } finally {
-      putting = false;
+      puts--;
     }
   }
   /** A heartbeat now, not at the next tick: a handoff waits for it. */
@@ -412,20 +422,29 @@ async function startDynamicWorker(kit: Kit, id: string, opts: WorkerOptions, reg
       courier.moved(h.k, h.p);
     }
   });
-  await members.start();
+  await untilJetStream('watch the workers bucket', () => members.start(), log);
 
-  await beat(); // registered before anything is placed here
-  if (Date.now() - lastAckAt > interval * 2 && !(await buckets.workers.get(id))) throw new Error(`could not register worker ${id} in the ${names(config.streamPrefix).workersBucket} bucket`);
+  // Registered before anything is placed here (retried while the bucket elects a leader).
+  await untilJetStream(`register worker ${id} in the ${names(config.streamPrefix).workersBucket} bucket`, async () => {
+    const sentAt = Date.now();
+    await heartbeats.put(id, toBytes(heartbeat()));
+    lastAckAt = sentAt;
+  }, log);
 
   const watches: Watch[] = [];
-  watches.push(await watchKv(buckets.placement, '>', log, (e) => onPlacement(e)));
+  watches.push(await untilJetStream('watch the placement', () => watchKv(buckets.placement, '>', log, (e) => onPlacement(e)), log));
   watches.push(
-    await watchKv(buckets.control, `drain.${id}`, log, (e) => {
-      if (e.operation !== 'PUT' || draining) return;
-      log.info('drain requested: handing every partition to other workers, then exiting');
-      draining = true;
-      beatNow();
-    }),
+    await untilJetStream(
+      'watch for a drain',
+      () =>
+        watchKv(buckets.control, `drain.${id}`, log, (e) => {
+          if (e.operation !== 'PUT' || draining) return;
+          log.info('drain requested: handing every partition to other workers, then exiting');
+          draining = true;
+          beatNow();
+        }),
+      log,
+    ),
   );
 
   let lastTick = Date.now();
@@ -440,7 +459,7 @@ async function startDynamicWorker(kit: Kit, id: string, opts: WorkerOptions, reg
   }, interval);
 
   const controller: Controller | undefined =
-    opts.controller === false ? undefined : await startController({ nc, config, log: kit.log, id, buckets, seed: opts.controllerSeed });
+    opts.controller === false ? undefined : await untilJetStream('start the controller', () => startController({ nc, config, log: kit.log, id, buckets, seed: opts.controllerSeed }), log);
   await Promise.all(watches.map((w) => w.ready));
   log.info('registered', { kinds: config.kinds.join(','), leaseMs: lease });
 
