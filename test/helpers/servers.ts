@@ -51,24 +51,29 @@ export interface TestServer {
   stop(): Promise<void>;
   /** SIGKILL now, without waiting: a crash. Follow with restart() to bring it back. */
   kill9(): void;
+  /** SIGSTOP: the process freezes, its connections stay open (a hung server). resume() (SIGCONT) lets it go on. */
+  pause(): void;
+  resume(): void;
   /** Stops the server (if it is running) and starts it again on the same port and store dir; resolves once it answers. */
   restart(): Promise<void>;
 }
 
-interface ServerKind {
+export interface ServerKind {
   what: string;
   stopSignal: NodeJS.Signals;
   scheme: string;
   binary: string;
   /** Writes what the server reads at start (its config with users and passwords) into its fresh dir. */
   setup?(storeDir: string): Promise<void>;
-  args(port: number, storeDir: string): string[];
+  /** Its arguments, asked again at every (re)start: they may depend on the moment (which Redis is primary now). */
+  args(port: number, storeDir: string): string[] | Promise<string[]>;
   answers(port: number): Promise<boolean>;
 }
 
-async function startServer(kind: ServerKind, t?: Test): Promise<TestServer> {
+/** A server of `kind` on `port` (default: a free one) with a fresh store dir; stopped in `t`'s teardown. */
+export async function startServer(kind: ServerKind, t?: Test, fixedPort?: number): Promise<TestServer> {
   const command = findBinary(kind.binary);
-  const port = await freePort();
+  const port = fixedPort ?? (await freePort());
   const storeDir = await mkdtemp(join(tmpdir(), `shop-${kind.scheme}-`));
   reapDirOnExit(storeDir);
   await kind.setup?.(storeDir);
@@ -77,7 +82,7 @@ async function startServer(kind: ServerKind, t?: Test): Promise<TestServer> {
 
   const launch = async () => {
     const what = `${kind.what} on port ${port}`;
-    const c = spawnChild(kind.binary, command, { args: kind.args(port, storeDir) });
+    const c = spawnChild(kind.binary, command, { args: await kind.args(port, storeDir) });
     child = c;
     const exited = abortOnExit(c, what);
     try {
@@ -91,6 +96,8 @@ async function startServer(kind: ServerKind, t?: Test): Promise<TestServer> {
   };
 
   const halt = async () => {
+    // A paused server would sit out the whole grace period.
+    child?.process.kill('SIGCONT');
     if (child) await stopChild(child, STOP_GRACE_MS, kind.stopSignal);
     child = undefined;
   };
@@ -111,6 +118,12 @@ async function startServer(kind: ServerKind, t?: Test): Promise<TestServer> {
     },
     kill9() {
       child?.process.kill('SIGKILL');
+    },
+    pause() {
+      child?.process.kill('SIGSTOP');
+    },
+    resume() {
+      child?.process.kill('SIGCONT');
     },
     async restart() {
       if (stopped) throw new Error(`${kind.what} on port ${port} was stopped for good; start a new one`);
@@ -169,7 +182,8 @@ const TEST_USER_ROLES: [keyof Omit<TestUsers, 'redis'>, string, Role][] = [
   ['admin', 'admin', 'admin'],
 ];
 
-function testUsers(): TestUsers {
+/** Fresh random passwords for every test user. */
+export function testUsers(): TestUsers {
   const login = (user: string) => ({ user, password: randomBytes(12).toString('base64url') });
   const users = Object.fromEntries(TEST_USER_ROLES.map(([key, user]) => [key, login(user)])) as Omit<TestUsers, 'redis'>;
   return { ...users, redis: login('worker') };
@@ -179,17 +193,17 @@ function testUsers(): TestUsers {
  * With `users`: the authorization block of src/auth.ts for any stream prefix (tests share a server between random
  * prefixes), in a config file in the store dir.
  */
+/** The authorization block of src/auth.ts for the test users, for stream prefix `prefix` (default: any). */
+export function testNatsAuthorization(users: TestUsers, prefix = ANY_PREFIX): string {
+  return natsAuthorization({ prefix, users: TEST_USER_ROLES.map(([key, , role]) => ({ user: users[key].user, role, password: { value: users[key].password } })) });
+}
+
 function natsKind(users?: TestUsers, prefix = ANY_PREFIX): ServerKind {
   if (!users) return NATS;
   const config = (dir: string) => join(dir, 'auth.conf');
   return {
     ...NATS,
-    setup: (dir) =>
-      writeFile(
-        config(dir),
-        natsAuthorization({ prefix, users: TEST_USER_ROLES.map(([key, , role]) => ({ user: users[key].user, role, password: { value: users[key].password } })) }),
-        { mode: 0o600 },
-      ),
+    setup: (dir) => writeFile(config(dir), testNatsAuthorization(users, prefix), { mode: 0o600 }),
     args: (port, storeDir) => natsArgs({ port, storeDir, configFile: config(storeDir) }),
   };
 }
