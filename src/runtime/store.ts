@@ -194,6 +194,26 @@ export class ReplicationTimeoutError extends Error {
 
 const isNoScript = (err: unknown) => err instanceof Error && err.message.startsWith('NOSCRIPT');
 
+/** Connections lost so far, per client: a WAIT answered over another connection than its script's counts for nothing. */
+const closes = new WeakMap<Redis, { count: number }>();
+function closeCounter(redis: Redis): { count: number } {
+  let counter = closes.get(redis);
+  if (!counter) {
+    const c = { count: 0 };
+    redis.on('close', () => c.count++);
+    closes.set(redis, (counter = c));
+  }
+  return counter;
+}
+
+/** The connection was lost between a script and its WAIT: whether the replicas have the script's writes is unknown. */
+export class ReplicationUnknownError extends Error {
+  override name = 'ReplicationUnknownError';
+  constructor() {
+    super('the Redis connection was lost between a write and its WAIT; not acknowledged: the partitions restart from Redis');
+  }
+}
+
 /**
  * Runs a Lua script by its SHA (EVAL the first time a server does not know it), followed, with waitReplicas, by
  * `WAIT waitReplicas waitTimeoutMs` in the same round trip: both are written before either answer is read, and
@@ -204,10 +224,16 @@ const isNoScript = (err: unknown) => err instanceof Error && err.message.startsW
 function scriptRunner<R>(redis: Redis, lua: string, replication: ReplicationSettings): ScriptFn<R> {
   const sha = createHash('sha1').update(lua).digest('hex');
   const { waitReplicas, waitTimeoutMs } = replication;
-  const checkWait = (acked: number) => {
-    if (acked < waitReplicas) throw new ReplicationTimeoutError(acked, waitReplicas, waitTimeoutMs);
-  };
+  const lost = closeCounter(redis);
   return async (numKeys, args) => {
+    // ioredis sends a command again over the next connection when the one it went out on closed unanswered. A WAIT
+    // sent again alone counts the new connection's writes (none), not the script's: the script may have reached the
+    // old primary only, which a failover then drops. So a connection lost while the two are out fails the call.
+    const closesBefore = lost.count;
+    const checkWait = (acked: number) => {
+      if (lost.count !== closesBefore) throw new ReplicationUnknownError();
+      if (acked < waitReplicas) throw new ReplicationTimeoutError(acked, waitReplicas, waitTimeoutMs);
+    };
     const script = redis.evalsha(sha, numKeys, args) as Promise<R>;
     const waited = waitReplicas > 0 ? redis.wait(waitReplicas, waitTimeoutMs) : undefined;
     let result: R;
