@@ -17,6 +17,12 @@ type NatsSettings = Pick<Config, 'natsUrl' | 'natsUser' | 'natsPassword' | 'nats
 
 /** Unanswered pings after which a NATS client takes its server for dead (nats.js's default, stated). */
 const NATS_MAX_PINGS_OUT = 2;
+/**
+ * How long one attempt to connect to a NATS server may take before the next server of the list is tried. A paused
+ * (or cut-off) server accepts the TCP connection and then says nothing: with nats.js's default (20 s) a worker that
+ * happened to try it again lost its lease before it tried another.
+ */
+export const NATS_CONNECT_ATTEMPT_TIMEOUT_MS = 3000;
 
 export interface NatsConnectOptions {
   /**
@@ -24,14 +30,14 @@ export interface NatsConnectOptions {
    * drops a second, working server from the list when the first one it tries is down.
    */
   maxReconnectAttempts?: number;
-  /** How long one connection attempt may take (nats.js's default: 20 s). */
+  /** How long one connection attempt may take (default NATS_CONNECT_ATTEMPT_TIMEOUT_MS). */
   timeoutMs?: number;
 }
 
 /** nats.js options for these settings (exported for tests). Reconnects forever unless told otherwise. */
 export function natsOptions(config: NatsSettings, name: string, { maxReconnectAttempts = -1, timeoutMs }: NatsConnectOptions = {}): ConnectionOptions {
   const servers = natsServers(config);
-  const options: ConnectionOptions = { servers, name, maxReconnectAttempts, ...(timeoutMs ? { timeout: timeoutMs } : {}) };
+  const options: ConnectionOptions = { servers, name, maxReconnectAttempts, timeout: timeoutMs ?? NATS_CONNECT_ATTEMPT_TIMEOUT_MS };
   if (config.natsPingIntervalMs) {
     // A paused or cut-off server keeps its TCP connection open: only unanswered pings reveal it (nats.js's default
     // interval, 2 minutes, is far longer than a worker's lease).

@@ -1,4 +1,4 @@
-import type { ConsumerMessages, JetStreamClient, JetStreamManager, JsMsg, NatsConnection, Subscription } from 'nats';
+import { ConsumerEvents, type ConsumerMessages, type JetStreamClient, type JetStreamManager, type JsMsg, type NatsConnection, type Subscription } from 'nats';
 import { setTimeout as delay } from 'node:timers/promises';
 import type { Actor, ReadView } from '../actors/types.js';
 import { decode, encode } from '../codec.js';
@@ -21,6 +21,21 @@ const OUTBOX_BATCHES_INFLIGHT_MAX = 64;
 export const RESTART_BACKOFF_MAX_MS = 30_000;
 /** How often a partition refused for a stream behind its cursor looks again (an operator may have mended it). */
 const REFUSED_RECHECK_MS = 10_000;
+/**
+ * How long one pull of the ordered consumer lasts; the server sends heartbeats every half of it, and two missed
+ * heartbeats make nats.js re-create the consumer. An ordered consumer lives on one server (the stream leader when it
+ * was made): when that server dies, this bounds how long the partition reads nothing (nats.js's default, 30 s, was
+ * the whole of a 30 s request deadline on a NATS cluster that lost a node).
+ */
+const CONSUMER_PULL_EXPIRES_MS = 5000;
+/**
+ * Heartbeats of the ordered consumer missed in a row after which this runner makes a new one, from the message after
+ * the last it queued. nats.js re-creates an ordered consumer only once the server says it is gone; while the one
+ * server it lived on is down, nothing says so, and the partition would read nothing until that server is back.
+ */
+const CONSUMER_MISSED_HEARTBEATS_MAX = 2;
+/** No message and no news of its pulls for this long: the consumer is taken for gone (see watchConsumer). */
+const CONSUMER_SILENT_MAX_MS = 3 * CONSUMER_PULL_EXPIRES_MS;
 /** Parcels remembered as applied, so that a copy sent again is acknowledged without being applied again. */
 const SEEN_PARCELS_MAX = 8192;
 
@@ -97,6 +112,10 @@ export class PartitionRunner implements Member {
   private parcels: Inbound[] = [];
   private space: (() => void) | null = null;
   private messages: ConsumerMessages | null = null;
+  /** Stream sequence of the last message queued from the consumer (a new consumer starts after it). */
+  private queuedSeq = 0;
+  /** When the consumer last gave a sign of life: a message, or news of a pull. */
+  private consumerHeardAt = 0;
   private reads: Subscription | null = null;
   private outbox: PartitionOutbox | null = null;
   private trimTimer: NodeJS.Timeout | null = null;
@@ -246,18 +265,72 @@ export class PartitionRunner implements Member {
       },
     });
 
-    const consumer = await js.consumers.get(this.names.stream(this.kind), {
-      filterSubjects: this.subject,
-      opt_start_seq: this._cursor + 1,
-    });
+    this.queuedSeq = this._cursor;
+    await this.openConsumer();
     if (this._state !== 'starting') throw new Error('stopped while starting');
-    this.messages = await consumer.consume({ max_messages: Math.min(config.queueMax, config.batchMax * 2) });
-    void this.pump(this.messages);
     this.trimTimer = setInterval(() => void this.trim(), config.trimIntervalMs);
     this.trimTimer.unref();
     this.setState('running');
     this.deps.loop.add(this);
     this.log.debug('owned', { epoch: this._epoch, cursor: this._cursor, ...this.size(), outbox: loaded.outbox.length });
+  }
+
+  /** An ordered consumer from the message after the last one queued, pumping into the queue. */
+  private async openConsumer(): Promise<void> {
+    const { js, config } = this.deps;
+    const consumer = await js.consumers.get(this.names.stream(this.kind), { filterSubjects: this.subject, opt_start_seq: this.queuedSeq + 1 });
+    if (!this.active) return;
+    const messages = await consumer.consume({ max_messages: Math.min(config.queueMax, config.batchMax * 2), expires: CONSUMER_PULL_EXPIRES_MS });
+    if (!this.active) return messages.stop();
+    this.messages = messages;
+    void this.pump(messages);
+    void this.watchConsumer(messages);
+  }
+
+  /**
+   * Replaces the consumer when it falls silent: when its server misses CONSUMER_MISSED_HEARTBEATS_MAX heartbeats, or
+   * when neither a message nor any news of its pulls (each ends at least every CONSUMER_PULL_EXPIRES_MS) came for
+   * CONSUMER_SILENT_MAX_MS. The second covers a reconnect: nats.js then stops watching heartbeats until it has asked
+   * the consumer's server about it, which never answers if that server is the one that went away.
+   */
+  private async watchConsumer(messages: ConsumerMessages): Promise<void> {
+    this.consumerHeardAt = Date.now();
+    let replacing = false;
+    const replace = (why: string) => {
+      if (replacing || messages !== this.messages || !this.active) return;
+      replacing = true;
+      clearInterval(watchdog);
+      this.log.warn(`the stream consumer ${why}; reading on through a new one`, { from: this.queuedSeq + 1 });
+      messages.stop();
+      this.messages = null;
+      void (async () => {
+        while (this.active && this.messages === null) {
+          try {
+            await this.openConsumer();
+          } catch (err) {
+            this.log.warn('could not make a new stream consumer yet; retrying', { err });
+            await delay(this.deps.config.retryBackoffMs * 10);
+          }
+        }
+      })();
+    };
+    const watchdog = setInterval(() => {
+      if (messages !== this.messages || !this.active) return clearInterval(watchdog);
+      // Held back by a full queue (backpressure), the pump asks for nothing: its silence is ours.
+      if (this.queue.length >= this.deps.config.queueMax) this.consumerHeardAt = Date.now();
+      if (Date.now() - this.consumerHeardAt > CONSUMER_SILENT_MAX_MS) replace(`was silent for ${CONSUMER_SILENT_MAX_MS} ms (its server is gone?)`);
+    }, CONSUMER_PULL_EXPIRES_MS / 2);
+    watchdog.unref();
+    try {
+      for await (const s of await messages.status()) {
+        if (messages !== this.messages || !this.active) break;
+        this.consumerHeardAt = Date.now();
+        if (s.type === ConsumerEvents.HeartbeatsMissed && (s.data as number) >= CONSUMER_MISSED_HEARTBEATS_MAX) replace(`missed ${s.data} heartbeats (its server is gone?)`);
+      }
+    } catch {
+      // the consumer stopped: nothing to watch
+    }
+    clearInterval(watchdog);
   }
 
   /**
@@ -317,6 +390,10 @@ export class PartitionRunner implements Member {
   private async pump(messages: ConsumerMessages): Promise<void> {
     try {
       for await (const m of messages) {
+        // A replaced consumer may still hand over what it had; the new one starts after the last message queued.
+        if (messages !== this.messages || m.seq <= this.queuedSeq) continue;
+        this.queuedSeq = m.seq;
+        this.consumerHeardAt = Date.now();
         this.queue.push(m);
         this.deps.loop.wake();
         // Backpressure: stop pulling from the stream while the queue is full.

@@ -133,7 +133,7 @@ export interface Shop {
 }
 
 /** batch_init of items, users and orders (each order: two random lines of quantity 1). */
-export async function seedShop(c: Cluster, shop: Shop): Promise<void> {
+export async function seedShop(c: Pick<Cluster, 'call'>, shop: Shop): Promise<void> {
   for (const path of [
     `/stock/batch_init/${shop.items}/${shop.stock}/${shop.price}`,
     `/payment/batch_init/${shop.users}/${shop.credit}`,
@@ -154,7 +154,7 @@ export interface Storm {
 }
 
 /** `concurrency` loops checking out orders "0", "1", ... (each once, in that order) until stopped or out of orders. */
-export function storm(c: Cluster, shop: Shop, concurrency = 32): Storm {
+export function storm(c: Pick<Cluster, 'call'>, shop: Shop, concurrency = 32): Storm {
   const answers = new Map<string, Answer>();
   let next = 0;
   let stopped = false;
@@ -209,7 +209,7 @@ export function p99During(answers: Map<string, Answer>, windows: [number, number
 }
 
 /** Reads back every checked-out order, every item and every user, and checks the answers against them. */
-export async function audit(c: Cluster, shop: Shop, answers: Map<string, Answer>): Promise<Audit> {
+export async function audit(c: Pick<Cluster, 'call'>, shop: Shop, answers: Map<string, Answer>): Promise<Audit> {
   let paid = 0;
   let refused = 0;
   let failed = 0;

@@ -47,6 +47,11 @@ export interface NatsCluster {
   leaderOf(stream: string): Promise<number | undefined>;
   /** Resolves once the cluster has a JetStream meta leader and every node is routed to the others. */
   ready(): Promise<void>;
+  /**
+   * Resolves once each of `streams` (or every stream, without) has a leader and all its replicas are current: after
+   * a node came back, before the next fault (a second node down while the first still catches up is two down).
+   */
+  caughtUp(streams?: string[], deadlineMs?: number): Promise<void>;
 }
 
 /**
@@ -102,6 +107,30 @@ export async function startNatsCluster(t: Test, { nodes = 3, users, prefix }: { 
         intervalMs: 100,
         what: `the ${nodes} nats-servers to form a JetStream cluster`,
       }),
+    async caughtUp(streams, deadlineMs = CLUSTER_READY_DEADLINE_MS) {
+      let lagging = '';
+      await waitFor(
+        async () => {
+          const nc = await adminConnection(servers.filter((s) => s.pid !== undefined).map((s) => s.url).join(','), users);
+          try {
+            const jsm = await nc.jetstreamManager({ timeout: 1000 });
+            const names = streams ?? (await jsm.streams.names().next());
+            for (const name of names) {
+              const info = await jsm.streams.info(name);
+              const replicas = info.cluster?.replicas ?? [];
+              if (!info.cluster?.leader || replicas.length < info.config.num_replicas - 1 || replicas.some((r) => !r.current || r.offline)) {
+                lagging = name;
+                return false;
+              }
+            }
+            return true;
+          } finally {
+            await nc.close();
+          }
+        },
+        { deadlineMs, intervalMs: 200, what: `every replica of the streams to be current (${lagging || 'asking'})` },
+      );
+    },
   };
   await cluster.ready();
   return cluster;
