@@ -10,7 +10,7 @@ import { join } from 'node:path';
 import { Pool } from 'undici';
 import { loadConfig } from '../src/config.js';
 import { createLog } from '../src/log.js';
-import { freePort, reapDirOnExit, waitFor } from '../src/processes.js';
+import { freePort, freePortRange, reapDirOnExit, waitFor } from '../src/processes.js';
 import { createSupervisor } from '../src/supervisor.js';
 import { call } from './http.js';
 
@@ -29,7 +29,16 @@ export interface Stack {
 export async function startStack(logFile: string, note: (line: string) => void): Promise<Stack> {
   const dataDir = await mkdtemp(join(tmpdir(), 'shop-bench-'));
   reapDirOnExit(dataDir);
-  const [natsPort, redisPort, httpPort] = [await freePort(), await freePort(), await freePort()];
+  // How many nodes of each server the profile runs (SHOP_PROFILE=cluster: 3 NATS, a Redis primary with a replica,
+  // 3 Sentinels), each block on consecutive ports.
+  const shape = loadConfig(process.env);
+  const [natsPort, natsClusterPort, redisPort, sentinelPort, httpPort] = [
+    await freePortRange(shape.natsNodes),
+    await freePortRange(shape.natsNodes),
+    await freePortRange(1 + shape.redisReplicas),
+    await freePortRange(Math.max(1, shape.sentinelNodes)),
+    await freePort(),
+  ];
   // Through the environment rather than loadConfig's overrides: settings a version of the stack does not know
   // (SHOP_ADMIN_PORT) are ignored there, not refused. Admin port 0: every process its own free port, so a stack
   // started by `npm start` can keep running next to this one.
@@ -37,7 +46,9 @@ export async function startStack(logFile: string, note: (line: string) => void):
     ...process.env,
     SHOP_DATA_DIR: dataDir,
     SHOP_NATS_PORT: String(natsPort),
+    SHOP_NATS_CLUSTER_PORT: String(natsClusterPort),
     SHOP_REDIS_PORT: String(redisPort),
+    SHOP_SENTINEL_PORT: String(sentinelPort),
     SHOP_HTTP_PORT: String(httpPort),
     SHOP_HTTP_HOST: '127.0.0.1',
     SHOP_ADMIN_PORT: '0',
@@ -56,7 +67,11 @@ export async function startStack(logFile: string, note: (line: string) => void):
       reapDirOnExit(dataDir, false);
     })());
 
-  note(`start: the local stack on ${url} (nats :${config.natsPort}, redis :${config.redisPort}, data ${dataDir}; output in ${logFile})`);
+  const nodes = (n: number) => (n > 1 ? ` x${n}` : '');
+  note(
+    `start: the local stack on ${url} (nats :${config.natsPort}${nodes(config.natsNodes)}, redis :${config.redisPort}${nodes(1 + config.redisReplicas)}` +
+      `${config.sentinelNodes > 0 ? `, Sentinels :${config.sentinelPort}${nodes(config.sentinelNodes)}` : ''}, data ${dataDir}; output in ${logFile})`,
+  );
   const t = performance.now();
   try {
     await supervisor.start();

@@ -138,6 +138,27 @@ export function freePort(host = '127.0.0.1'): Promise<number> {
   });
 }
 
+/** Tries for a block of consecutive free ports before giving up. */
+const PORT_RANGE_ATTEMPTS = 50;
+/** Where blocks of consecutive ports are looked for: above the usual services, below the OS's ephemeral range. */
+const PORT_RANGE_FROM = 20_000;
+const PORT_RANGE_TO = 32_000;
+
+/**
+ * The first of `count` consecutive ports that were all free a moment ago (for servers that take consecutive ports
+ * from a base: the nodes of a local cluster).
+ */
+export async function freePortRange(count: number, host = '127.0.0.1'): Promise<number> {
+  if (count <= 1) return freePort(host);
+  for (let attempt = 0; attempt < PORT_RANGE_ATTEMPTS; attempt++) {
+    const base = PORT_RANGE_FROM + Math.floor(Math.random() * (PORT_RANGE_TO - PORT_RANGE_FROM - count));
+    let free = true;
+    for (let i = 0; i < count && free; i++) free = await portIsFree(base + i, host);
+    if (free) return base;
+  }
+  throw new Error(`found no ${count} consecutive free ports in ${PORT_RANGE_FROM}..${PORT_RANGE_TO} after ${PORT_RANGE_ATTEMPTS} tries`);
+}
+
 /** True when nothing listens on host:port (we could bind it), false when it is in use. */
 export function portIsFree(port: number, host = '127.0.0.1'): Promise<boolean> {
   return new Promise((resolve, reject) => {
