@@ -44,7 +44,7 @@ t.test('WAIT: an acknowledged commit is on the replica before the answer; with t
     return raw ? (decode(raw) as { stock: number; price: number }) : undefined;
   };
 
-  // The first commit on a fresh server also takes the path where EVALSHA finds no script: EVAL, then WAIT again.
+  // The first script call on a connection sends the script in full (EVAL), the later ones its SHA; WAIT covers both.
   const epoch = await store.acquire();
   for (let i = 1; i <= 20; i++) {
     t.ok(await store.commit(write(epoch, i, 'a', i)), `commit ${i} acknowledged`);

@@ -215,16 +215,20 @@ export class ReplicationUnknownError extends Error {
 }
 
 /**
- * Runs a Lua script by its SHA (EVAL the first time a server does not know it), followed, with waitReplicas, by
- * `WAIT waitReplicas waitTimeoutMs` in the same round trip: both are written before either answer is read, and
- * Redis answers WAIT once the replicas have every write this connection made so far, the script's included. (WAIT
- * cannot run inside a script or be part of it.) When EVALSHA finds the script missing (a fresh server, or a replica
- * just promoted: scripts are not replicated), the WAIT sent with it counted nothing of it, so EVAL and WAIT go again.
+ * Runs a Lua script: in full (EVAL) the first time on each connection, which loads it, and by its SHA (EVALSHA)
+ * after that, as ioredis's own scripts do; followed, with waitReplicas, by `WAIT waitReplicas waitTimeoutMs` in the
+ * same round trip: both are written before either answer is read, and Redis answers WAIT once the replicas have
+ * every write this connection made so far, the script's included. (WAIT cannot run inside a script.) When EVALSHA
+ * finds the script missing anyway (its server flushed its scripts, or the command went out again over a new
+ * connection: scripts are not replicated, so a promoted replica lacks them), the WAIT sent with it counted nothing of
+ * it, so EVAL and WAIT go again.
  */
 function scriptRunner<R>(redis: Redis, lua: string, replication: ReplicationSettings): ScriptFn<R> {
   const sha = createHash('sha1').update(lua).digest('hex');
   const { waitReplicas, waitTimeoutMs } = replication;
   const lost = closeCounter(redis);
+  /** The connection (by its count of closes before it) this script was last sent in full on. */
+  let loadedOn = -1;
   return async (numKeys, args) => {
     // ioredis sends a command again over the next connection when the one it went out on closed unanswered. A WAIT
     // sent again alone counts the new connection's writes (none), not the script's: the script may have reached the
@@ -234,7 +238,9 @@ function scriptRunner<R>(redis: Redis, lua: string, replication: ReplicationSett
       if (lost.count !== closesBefore) throw new ReplicationUnknownError();
       if (acked < waitReplicas) throw new ReplicationTimeoutError(acked, waitReplicas, waitTimeoutMs);
     };
-    const script = redis.evalsha(sha, numKeys, args) as Promise<R>;
+    const full = loadedOn !== closesBefore;
+    loadedOn = closesBefore;
+    const script = (full ? redis.eval(lua, numKeys, args) : redis.evalsha(sha, numKeys, args)) as Promise<R>;
     const waited = waitReplicas > 0 ? redis.wait(waitReplicas, waitTimeoutMs) : undefined;
     let result: R;
     try {
