@@ -36,6 +36,12 @@ export class Draft implements StateView {
     this.write(table, key, undefined);
   }
 
+  *entries<T>(table: string): Iterable<[string, T]> {
+    const batch = this.batch.get(table);
+    for (const [k, v] of this.live.get(table) ?? []) if (!batch?.has(k)) yield [k, v as T];
+    if (batch) for (const [k, v] of batch) if (v !== undefined) yield [k, v as T];
+  }
+
   keepCommand(): void {
     this.undo.length = 0;
   }
