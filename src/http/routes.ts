@@ -9,7 +9,7 @@ import { envName, type Config, type Kind } from '../config.js';
 import { ShopError, errorResponse, type ErrorCode } from '../errors.js';
 import type { Log } from '../log.js';
 import { batchInitRanges, partitionOf } from '../partition.js';
-import { fail as failed, type Reply } from '../protocol.js';
+import { fail as failed, ID_MAX_CHARS, type Reply } from '../protocol.js';
 import type { ShopClient } from '../runtime/client.js';
 
 export type Method = 'GET' | 'POST';
@@ -21,11 +21,8 @@ export interface HttpResult {
   headers?: Readonly<Record<string, string>>;
 }
 
-/**
- * Longest id the gateway forwards. Every id is made by this system (a UUID, or "0".."n-1" from
- * batch_init), so a longer one cannot exist and is answered not_found without asking an actor.
- */
-export const ID_MAX_CHARS = 128;
+/** Longest id the gateway forwards (a longer one is answered 400 not_found without asking an actor). */
+export { ID_MAX_CHARS };
 /** Longest bad segment echoed back in an error message. */
 const ECHO_MAX_CHARS = 40;
 

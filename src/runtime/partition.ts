@@ -1,13 +1,13 @@
 import type { ConsumerMessages, JetStreamClient, JetStreamManager, JsMsg, NatsConnection, Subscription } from 'nats';
 import { setTimeout as delay } from 'node:timers/promises';
 import type { Actor, ReadView } from '../actors/types.js';
-import { decode, encode } from '../codec.js';
 import type { Config, Kind } from '../config.js';
 import type { Log } from '../log.js';
-import { fail, names, type Names, type Reply } from '../protocol.js';
+import { names, type Names } from '../protocol.js';
 import type { BatchLoop, Owed, Part } from './batch.js';
 import type { Courier } from './courier.js';
 import type { Mux } from './mux.js';
+import { serveReads } from './reads.js';
 import { StaleEpochError, type Outbox, type PartitionStore } from './store.js';
 
 /**
@@ -143,28 +143,8 @@ export class PartitionRunner {
     this.live = new Map(actor.tables.map((t) => [t, loaded.tables.get(t) ?? new Map()]));
     for (const [field, outbox] of loaded.outbox) this.send(field, outbox);
 
-    // A read is one query, or an array of queries (a gateway's reads of this partition from one turn): the answer
-    // is the reply, or the array of replies in the same order.
-    const answer = (query: unknown): Reply => {
-      try {
-        return actor.query(this.view, query);
-      } catch (e) {
-        this.log.error('query failed', { err: e });
-        return fail('internal', 'query failed');
-      }
-    };
-    this.reads = nc.subscribe(this.names.get(this.kind, this.partition), {
-      callback: (err, msg) => {
-        if (err) return this.log.error('read subscription failed', { err });
-        let query: unknown;
-        try {
-          query = decode(msg.data);
-        } catch {
-          return msg.respond(encode(fail('internal', 'undecodable query')));
-        }
-        msg.respond(encode(Array.isArray(query) ? query.map(answer) : answer(query)));
-      },
-    });
+    // Reads are answered from the committed view (runtime/reads.ts: batches, checks, size).
+    this.reads = serveReads({ nc, subject: this.names.get(this.kind, this.partition), answer: (query) => actor.query(this.view, query), log: this.log });
 
     const consumer = await js.consumers.get(this.names.stream(this.kind), {
       filterSubjects: this.subject,
