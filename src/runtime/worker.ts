@@ -6,6 +6,7 @@ import { actorOf } from '../actors/index.js';
 import { createWorkerMetrics, type PartitionSample } from '../admin/metrics.js';
 import type { Registry } from 'prom-client';
 import type { Config, Kind } from '../config.js';
+import { faultLog } from '../faults.js';
 import type { Log } from '../log.js';
 import { names } from '../protocol.js';
 import { startController, type Controller } from './controller.js';
@@ -13,7 +14,7 @@ import { MembershipView, openBuckets, watchKv, type Buckets, type Watch } from '
 import type { RunnerMetrics } from './metrics.js';
 import { Mux } from './mux.js';
 import { PartitionRunner } from './partition.js';
-import { fromBytes, placementKey, toBytes, type Assignment, type Heartbeat } from './placement.js';
+import { kvValues, placementKey, toBytes, type Assignment, type Heartbeat } from './placement.js';
 import { BatchLoop } from './batch.js';
 import { warmActorsOnce } from './warm.js';
 import { Courier } from './courier.js';
@@ -106,7 +107,7 @@ export async function startWorker(opts: WorkerOptions): Promise<Worker> {
   const jsm = await nc.jetstreamManager();
   await ensureStreams(jsm, config);
   const js = nc.jetstream();
-  const mux = new Mux(nc, names(config.streamPrefix).inbox(`w${randomBytes(6).toString('hex')}`));
+  const mux = new Mux(nc, names(config.streamPrefix).inbox(`w${randomBytes(6).toString('hex')}`), faultLog(log));
   let current: () => Iterable<PartitionRunner> = () => [];
   const metrics = createWorkerMetrics(() => sampleOf(current()), opts.metrics);
   const courier = new Courier(mux, log, config.retryBackoffMs);
@@ -183,6 +184,7 @@ async function startDynamicWorker(kit: Kit, opts: WorkerOptions, registry: Regis
   const { nc, config, redis, mux } = kit;
   const id = `worker-${config.workerIndex}-${randomBytes(3).toString('hex')}`;
   const log = kit.log.child(id);
+  const fault = faultLog(log);
   const lease = config.workerLeaseMs;
   const interval = config.heartbeatIntervalMs;
   const buckets: Buckets = await openBuckets(kit.js, config);
@@ -346,9 +348,10 @@ async function startDynamicWorker(kit: Kit, opts: WorkerOptions, registry: Regis
   function onPlacement(entry: KvEntry): void {
     const slot = slots.get(entry.key);
     if (!slot) return; // a kind this worker does not host
-    if (entry.operation !== 'PUT') slot.assigned = undefined;
+    // Not an assignment: as if there were none (this worker lets go; the leader writes a good one, at a newer epoch).
+    const a = entry.operation === 'PUT' ? kvValues.assignment(entry.value, fault, entry.key) : undefined;
+    if (!a) slot.assigned = undefined;
     else {
-      const a = fromBytes<Assignment>(entry.value);
       if (!slot.assigned || slot.assigned.epoch !== a.epoch || slot.assigned.worker !== a.worker) {
         slot.assigned = a;
         slot.assignedAt = Date.now();
@@ -371,7 +374,7 @@ async function startDynamicWorker(kit: Kit, opts: WorkerOptions, registry: Regis
   watches.push(await watchKv(buckets.placement, '>', log, (e) => onPlacement(e)));
   watches.push(
     await watchKv(buckets.control, `drain.${id}`, log, (e) => {
-      if (e.operation !== 'PUT' || draining) return;
+      if (e.operation !== 'PUT' || draining || !kvValues.drain(e.value, fault, e.key)) return;
       log.info('drain requested: handing every partition to other workers, then exiting');
       draining = true;
       beatNow();
