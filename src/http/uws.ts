@@ -72,8 +72,13 @@ export function listenHttp({ host, port, handle, log }: { host: string; port: nu
     if (p.done) return;
     p.done = true;
     live.delete(p);
-    // While draining, ask keep-alive clients to reconnect: another gateway process takes them.
-    p.res.cork(() => write(p.res, result, closing, p.head));
+    try {
+      // While draining, ask keep-alive clients to reconnect: another gateway process takes them.
+      p.res.cork(() => write(p.res, result, closing, p.head));
+    } catch (err) {
+      // A response uWS refuses (a bug here, not the client's doing) costs that request, never the process.
+      log.error('could not write a response', { status: result.status, err: err instanceof Error ? (err.stack ?? err.message) : String(err) });
+    }
     if (live.size === 0) onIdle?.();
   };
 
