@@ -8,6 +8,7 @@ import { Redis } from 'ioredis';
 import { connect, type Msg, type NatsConnection } from 'nats';
 import t from 'tap';
 import { decode, encode } from '../src/codec.js';
+import { faultLog } from '../src/faults.js';
 import type { Config } from '../src/config.js';
 import { createGateway } from '../src/http/gateway.js';
 import { createLog } from '../src/log.js';
@@ -41,6 +42,22 @@ function splitSubject(subject: string): { inbox: string; token: string } {
   const dot = subject.lastIndexOf('.');
   return { inbox: subject.slice(0, dot), token: subject.slice(dot + 1) };
 }
+
+t.test('faultLog: the first fault of a kind is logged, then at most one line per interval, saying how many were not', async (t) => {
+  const lines: string[] = [];
+  let now = 0;
+  const fault = faultLog(createLog('x', 'warn', (l) => lines.push(l)), 1000, () => now);
+  for (let i = 0; i < 100; i++) fault('kind a', { i });
+  fault('kind b');
+  t.equal(lines.length, 2, 'one line per kind');
+  now = 999;
+  fault('kind a');
+  t.equal(lines.length, 2, 'nothing more within the interval');
+  now = 1000;
+  fault('kind a', { i: 'last' });
+  t.equal(lines.length, 3);
+  t.match(lines[2], /^warn  x ignored: kind a \{"i":"last","alsoIgnoredSinceLastLine":100,"nextLineAfterMs":1000\}/);
+});
 
 t.test('a client drops answers that are not ones and waits for the real one; a PubAck that is not one is no acknowledgement', async (t) => {
   const nats = await startNats(t);
