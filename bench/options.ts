@@ -1,12 +1,17 @@
 /**
  * The command line of `npm run bench -- <scenario> [options]`, parsed by commander into one typed,
- * validated, frozen BenchOptions. Pure: no network, no files; `parseOptions` throws a UsageError (or, for
- * --help, a HelpShown) instead of exiting, so tests can call it.
+ * validated, frozen BenchOptions (or ScaleOptions for `scale`). Pure: no network, no files; `parseInvocation`
+ * and `parseOptions` throw a UsageError (or, for --help, a HelpShown) instead of exiting, so tests can call them.
  */
 import { Command, CommanderError, InvalidArgumentError, Option } from 'commander';
 
 export const SCENARIOS = ['checkout-fresh', 'wdm-stress', 'reads', 'contention', 'mixed'] as const;
 export type ScenarioName = (typeof SCENARIOS)[number];
+/**
+ * Not a load of its own: runs checkout-fresh --start once per configuration (bench/scale-run.ts). Kept out of
+ * SCENARIOS so that everything keyed on a load scenario (defaults, createScenario) stays as it is.
+ */
+export const SCALE = 'scale';
 
 export const DEFAULT_URL = 'http://127.0.0.1:8000';
 export const DEFAULT_CONNECTIONS = 256;
@@ -56,6 +61,70 @@ export interface BenchOptions {
   progress: boolean;
 }
 
+/** One stack shape of the scale scenario: worker processes, and partitions per kind (SHOP_PARTITIONS). */
+export interface ScaleConfig {
+  workers: number;
+  partitions: number;
+}
+
+/** The shapes that answer "does a second worker help, do more partitions cost": see README, Performance. */
+export const DEFAULT_SCALE_CONFIGS: readonly ScaleConfig[] = Object.freeze(
+  [
+    [1, 2],
+    [1, 8],
+    [2, 8],
+    [1, 64],
+    [2, 64],
+    [4, 64],
+  ].map(([workers, partitions]) => Object.freeze({ workers: workers!, partitions: partitions! })),
+);
+/** Smaller than checkout-fresh's 100,000: six stacks run one after the other. */
+export const SCALE_DEFAULT_ORDERS = 60_000;
+/** The limits of src/config.ts (workerProcesses, partitions), so a bad shape is refused before any stack starts. */
+const SCALE_WORKERS_MAX = 256;
+const SCALE_PARTITIONS_MAX = 4096;
+const SCALE_ROUNDS_MAX = 100;
+
+export interface ScaleOptions {
+  scenario: typeof SCALE;
+  configs: readonly ScaleConfig[];
+  /** The whole list is run this many times, interleaved (round 1: every config, round 2: every config, ...). */
+  rounds: number;
+  /** Passed to every checkout-fresh run. */
+  orders: number;
+  connections: number;
+  prime: boolean;
+  /** One seed for every run, so every configuration checks out the same orders. */
+  seed: number;
+  /** Parent of the report directory <timestamp>-scale/. */
+  outDir: string;
+  /** Forward each run's output lines to stderr (they are kept in the run's output.log either way). */
+  progress: boolean;
+}
+
+/** What the command line asks for: one load scenario, or the scale series of them. */
+export type Invocation = Readonly<BenchOptions> | Readonly<ScaleOptions>;
+
+/** { workers: 1, partitions: 2 } -> "1x2": the label of a configuration, also its name in reports and on the command line. */
+export function configLabel(c: ScaleConfig): string {
+  return `${c.workers}x${c.partitions}`;
+}
+
+/** "1x2,1x64,2x64" -> the configurations in that order; each workers x partitions per kind, no repeats. */
+export function parseConfigs(raw: string): ScaleConfig[] {
+  const configs: ScaleConfig[] = [];
+  for (const part of raw.split(',').map((p) => p.trim())) {
+    const m = /^(\d+)[xX](\d+)$/.exec(part);
+    if (!m) throw new InvalidArgumentError(`expected workers x partitions like 1x2,2x64, got ${JSON.stringify(part)} in ${JSON.stringify(raw)}`);
+    const c = { workers: Number(m[1]), partitions: Number(m[2]) };
+    if (c.workers < 1 || c.workers > SCALE_WORKERS_MAX) throw new InvalidArgumentError(`workers must be in 1..${SCALE_WORKERS_MAX}, got ${part}`);
+    if (c.partitions < 1 || c.partitions > SCALE_PARTITIONS_MAX) throw new InvalidArgumentError(`partitions must be in 1..${SCALE_PARTITIONS_MAX}, got ${part}`);
+    if (configs.some((o) => configLabel(o) === configLabel(c))) throw new InvalidArgumentError(`${part} is listed twice; use --rounds to repeat configurations`);
+    configs.push(Object.freeze(c));
+  }
+  return configs;
+}
+
 /** A bad command line: the message says which option and what is allowed. */
 export class UsageError extends Error {
   override name = 'UsageError';
@@ -93,6 +162,8 @@ const SCENARIO_HELP: Record<ScenarioName, string> = {
   contention: 'a few hot items with little stock, many orders on them, concurrent checkouts (400 insufficient_stock is expected)',
   mixed: 'creates (item, user, order), addItem, add stock/funds, checkouts and finds in a web-shop-like mix',
 };
+const SCALE_HELP =
+  'checkout-fresh --start once per --configs (workers x partitions), each in a fresh process and stack; a table per configuration (checkouts/s, latency, stalls, 503s, CPU per checkout by process) and ratios between them';
 
 function count(min: number, max = Number.MAX_SAFE_INTEGER) {
   return (raw: string): number => {
@@ -141,7 +212,7 @@ export function createProgram(): Command {
   const program = new Command('npm run bench --')
     .description('Load generator for the webshop API: closed or open loop, HDR latency percentiles, a report directory, a conservation audit.')
     .usage('<scenario> [options]')
-    .argument('<scenario>', `one of: ${SCENARIOS.join(', ')}`)
+    .argument('<scenario>', `one of: ${[...SCENARIOS, SCALE].join(', ')}`)
     .addOption(new Option('--url <url>', 'the API to load (must answer the API of /work/shared/API.md)').default(DEFAULT_URL).argParser(parseUrl))
     .option('--start', 'start the local stack (nats, redis, workers, gateway) on free ports with a fresh data directory; stop it in order after the run', false)
     .addOption(new Option('-c, --connections <n>', 'closed loop: requests in flight at once; in every model the connections of the pool').default(DEFAULT_CONNECTIONS).argParser(count(1, 100_000)))
@@ -151,7 +222,7 @@ export function createProgram(): Command {
     .addOption(new Option('-n, --requests <n>', 'stop after issuing this many requests').argParser(count(1)))
     .addOption(new Option('-r, --rate <r/s>', 'open loop at this rate (2000, 2000/s, 2k/s); latency counts from the intended send time').argParser(parseRate))
     .addOption(new Option('--max-outstanding <n>', 'open loop: most requests in flight; a request due past it is dropped and counted').default(DEFAULT_MAX_OUTSTANDING).argParser(count(1)))
-    .addOption(new Option('--orders <n>', 'orders to batch_init (default: checkout-fresh, wdm-stress, reads 100000; contention, mixed 10000)').argParser(count(1)))
+    .addOption(new Option('--orders <n>', `orders to batch_init (default: checkout-fresh, wdm-stress, reads 100000; contention, mixed 10000; scale ${SCALE_DEFAULT_ORDERS} per run)`).argParser(count(1)))
     .addOption(new Option('--items <n>', 'items to batch_init (default: like --orders; contention: --hot-items)').argParser(count(1)))
     .addOption(new Option('--users <n>', 'users to batch_init (default: like --orders)').argParser(count(1)))
     .addOption(new Option('--hot-items <n>', 'contention: the hot items every order draws from').default(5).argParser(count(1)))
@@ -164,16 +235,20 @@ export function createProgram(): Command {
     .addOption(new Option('--timeout <ms>', 'per-request timeout in ms (a checkout may wait for the system\'s 30 s deadline)').default(DEFAULT_TIMEOUT_MS).argParser(count(1)))
     .addOption(new Option('--seed <n>', 'seed of the random ids, for a repeatable run (default: random)').argParser(count(0, 2 ** 32 - 1)))
     .option('--out <dir>', 'parent directory of the report directory <timestamp>-<scenario>/', 'bench/out')
-    .option('--no-progress', 'no progress on stderr (a bar on a terminal, else a status line every 10 s)')
+    .option('--no-progress', 'no progress on stderr (a bar on a terminal, else a status line every 10 s); scale: the runs\' output is not echoed')
+    .addOption(new Option('--configs <list>', `scale: workers x partitions per kind to run, in order (default ${DEFAULT_SCALE_CONFIGS.map(configLabel).join(',')})`).argParser(parseConfigs))
+    .addOption(new Option('--rounds <n>', 'scale: run the whole list this many times, interleaved; the tables show the median per configuration').default(1).argParser(count(1, SCALE_ROUNDS_MAX)))
     .addHelpText(
       'after',
       '\nScenarios:\n' +
         SCENARIOS.map((s) => `  ${s.padEnd(15)} ${SCENARIO_HELP[s]}`).join('\n') +
+        `\n  ${SCALE.padEnd(15)} ${SCALE_HELP}` +
         '\n\nExamples:\n' +
         '  npm run bench -- checkout-fresh --orders 20000 --connections 256\n' +
         '  npm run bench -- reads --duration 10 --rate 5k/s\n' +
         '  npm run bench -- contention --start\n' +
         '  npm run bench -- wdm-stress --vus 2000 --duration 2m\n' +
+        '  npm run bench -- scale --configs 1x2,2x8 --orders 20000 --rounds 3\n' +
         '\nExit status: 0 done (audit PASS or skipped), 1 audit FAIL, 2 bad usage or the run could not start.\n',
     )
     .exitOverride()
@@ -206,13 +281,20 @@ interface Raw {
   seed?: number;
   out: string;
   progress: boolean;
+  configs?: ScaleConfig[];
+  rounds: number;
 }
+
+/** Options a scale run passes on to each checkout-fresh run, or uses itself; any other is refused for scale. */
+const SCALE_OPTIONS = ['orders', 'connections', 'prime', 'seed', 'out', 'progress', 'configs', 'rounds', 'start'] as const;
+/** Options of the scale scenario only. */
+const SCALE_ONLY_OPTIONS = ['configs', 'rounds'] as const;
 
 /**
  * `argv`: the arguments after the script (process.argv.slice(2)). `randomSeed` picks the seed when --seed is
- * absent (injected so the function stays pure).
+ * absent (injected so the function stays pure). A load scenario gives BenchOptions, `scale` gives ScaleOptions.
  */
-export function parseOptions(argv: readonly string[], randomSeed: () => number = () => Math.floor(Math.random() * 2 ** 32)): Readonly<BenchOptions> {
+export function parseInvocation(argv: readonly string[], randomSeed: () => number = () => Math.floor(Math.random() * 2 ** 32)): Invocation {
   const program = createProgram();
   let helpText = '';
   program.configureOutput({ writeOut: (s) => (helpText += s), writeErr: () => {} });
@@ -226,13 +308,38 @@ export function parseOptions(argv: readonly string[], randomSeed: () => number =
     throw err;
   }
   const scenario = program.args[0] as string;
-  if (!(SCENARIOS as readonly string[]).includes(scenario)) {
-    throw new UsageError(`unknown scenario ${JSON.stringify(scenario)}; choose one of ${SCENARIOS.join(', ')}`);
-  }
-  const name = scenario as ScenarioName;
   const raw = program.opts<Raw>();
+  const given = (name: string) => program.getOptionValueSource(name) === 'cli';
+  /** The flag as typed: --no-init for a negated option, --max-outstanding for maxOutstanding. */
+  const flag = (name: string) => program.options.find((opt) => opt.attributeName() === name)?.long ?? name;
+  if (scenario === SCALE) {
+    const refused = program.options.map((opt) => opt.attributeName()).filter((name) => given(name) && !(SCALE_OPTIONS as readonly string[]).includes(name));
+    if (refused.length > 0) {
+      throw new UsageError(
+        `scale runs checkout-fresh --start on stacks of its own; it does not take ${refused.map(flag).join(', ')} ` +
+          `(it takes ${SCALE_OPTIONS.filter((n) => n !== 'start').map(flag).join(', ')})`,
+      );
+    }
+    return Object.freeze({
+      scenario: SCALE,
+      configs: Object.freeze(raw.configs ?? [...DEFAULT_SCALE_CONFIGS]),
+      rounds: raw.rounds,
+      orders: raw.orders ?? SCALE_DEFAULT_ORDERS,
+      connections: raw.connections,
+      prime: raw.prime,
+      seed: raw.seed ?? randomSeed(),
+      outDir: raw.out,
+      progress: raw.progress,
+    });
+  }
+  if (!(SCENARIOS as readonly string[]).includes(scenario)) {
+    throw new UsageError(`unknown scenario ${JSON.stringify(scenario)}; choose one of ${[...SCENARIOS, SCALE].join(', ')}`);
+  }
+  const scaleOnly = SCALE_ONLY_OPTIONS.filter(given);
+  if (scaleOnly.length > 0) throw new UsageError(`${scaleOnly.map(flag).join(' and ')} ${scaleOnly.length > 1 ? 'are options' : 'is an option'} of the scale scenario; ${scenario} does not take ${scaleOnly.length > 1 ? 'them' : 'it'}`);
+  const name = scenario as ScenarioName;
   const defaults = SCENARIO_DEFAULTS[name];
-  const urlGiven = program.getOptionValueSource('url') === 'cli';
+  const urlGiven = given('url');
   if (raw.start && urlGiven) throw new UsageError('--start runs the stack on free ports and loads it; drop --url (or drop --start to load a running system)');
   if (name === 'contention' && raw.items !== undefined) throw new UsageError('contention takes --hot-items, not --items');
   const orders = raw.orders ?? defaults.orders;
@@ -266,4 +373,11 @@ export function parseOptions(argv: readonly string[], randomSeed: () => number =
     throw new UsageError(`${name} needs fresh orders: it cannot run with --no-init`);
   }
   return Object.freeze(options);
+}
+
+/** A load scenario's options; `scale` is refused here (parseInvocation takes it). */
+export function parseOptions(argv: readonly string[], randomSeed?: () => number): Readonly<BenchOptions> {
+  const invocation = parseInvocation(argv, randomSeed);
+  if (invocation.scenario === SCALE) throw new UsageError('scale is a series of checkout-fresh runs, not a load of its own (parseInvocation takes it)');
+  return invocation;
 }

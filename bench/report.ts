@@ -82,6 +82,8 @@ export function renderTimelineChart(report: Report): string {
 const num = (n: number) => n.toLocaleString('en-US', { maximumFractionDigits: 1 });
 const row = (cells: (string | number)[]) => `| ${cells.map((c) => (typeof c === 'number' ? num(c) : c)).join(' | ')} |`;
 const table = (head: string[], rows: (string | number)[][]) => [row(head), row(head.map(() => '---')), ...rows.map(row)].join('\n');
+/** A Markdown table; numbers formatted en-US with at most one decimal. */
+export { table as mdTable };
 /** The timeline table gets at most this many rows; a longer run shows every n-th second. */
 const TIMELINE_ROWS_MAX = 60;
 

@@ -2,7 +2,8 @@
 /**
  * `npm run bench -- <scenario> [options]`: the project's load generator. Optionally starts the local stack,
  * runs the scenario's batch_init, drives the load (closed or open loop), audits conservation where the
- * scenario allows it, prints a summary and writes bench/out/<timestamp>-<scenario>/.
+ * scenario allows it, prints a summary and writes bench/out/<timestamp>-<scenario>/. `scale` runs checkout-fresh
+ * once per stack configuration instead (bench/scale-run.ts).
  * Exit status: 0 done, 1 audit FAIL, 2 bad usage or the run could not start.
  */
 import { mkdir } from 'node:fs/promises';
@@ -11,7 +12,7 @@ import { join, relative, resolve } from 'node:path';
 import { auditConservation, verdict } from './audit.js';
 import { startLoad, type LoadModel, type LoadRun } from './engine.js';
 import { createConnections, readAuditInput, runSetup, warmConnections } from './http.js';
-import { HelpShown, parseOptions, UsageError, type BenchOptions } from './options.js';
+import { HelpShown, parseInvocation, SCALE, UsageError, type BenchOptions, type Invocation } from './options.js';
 import { createProgress, type Progress } from './progress.js';
 import { machine, reportDirName, writeReport, type Report } from './report.js';
 import { createScenario, primer, PRIME_REQUESTS, type Scenario } from './scenarios.js';
@@ -76,9 +77,9 @@ async function prime(o: BenchOptions, pool: Dispatcher, clients: Client[], concu
 }
 
 async function main(argv: string[]): Promise<number> {
-  let o: Readonly<BenchOptions>;
+  let invocation: Invocation;
   try {
-    o = parseOptions(argv);
+    invocation = parseInvocation(argv);
   } catch (err) {
     if (err instanceof HelpShown) {
       process.stdout.write(err.text);
@@ -90,6 +91,11 @@ async function main(argv: string[]): Promise<number> {
     }
     throw err;
   }
+  if (invocation.scenario === SCALE) {
+    const { runScale } = await import('./scale-run.js');
+    return runScale(invocation, ['npm run bench --', ...argv.map(shellQuote)].join(' '));
+  }
+  const o: Readonly<BenchOptions> = invocation;
   const startedAt = new Date();
   const dir = resolve(o.outDir, reportDirName(o.scenario, startedAt));
   await mkdir(dir, { recursive: true });

@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
 # Run before `npm start` and `npm test` (prestart/pretest): makes sure nats-server and redis-server
 # (the Debian packages) are installed and node_modules matches package-lock.json.
+# `ensure-deps.sh test` (npm test, .ci/run) also wants Debian's docker-compose: test/deploy.test.ts checks
+# deploy/docker-compose.yml with `docker-compose config`, which needs no container engine.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
@@ -47,6 +49,20 @@ if [ "${#missing[@]}" -gt 0 ]; then
     echo "ensure-deps: ${missing[*]} not found (looked on PATH and in /usr/sbin). Install them with:" >&2
     echo 'sudo apt-get update && sudo apt-get install -y nats-server redis-server'
     exit 1
+  fi
+fi
+
+# Without recommends: the package recommends docker.io, a container engine the check does not use.
+if [ "${1:-}" = test ] && ! have docker-compose; then
+  if [ "$(id -u)" -eq 0 ]; then
+    echo "ensure-deps: docker-compose not found; installing the Debian package docker-compose" >&2
+    export DEBIAN_FRONTEND=noninteractive
+    apt-get update
+    apt-get install -y --no-install-recommends docker-compose
+  else
+    # The other tests need no docker-compose: they run, and test/deploy.test.ts fails with this command.
+    echo "ensure-deps: docker-compose not found; test/deploy.test.ts will fail until it is installed with:" >&2
+    echo 'sudo apt-get update && sudo apt-get install -y --no-install-recommends docker-compose'
   fi
 fi
 

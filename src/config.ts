@@ -4,8 +4,24 @@ import { fileURLToPath } from 'node:url';
 
 /** Every setting, with its unit in the name where it has one. Defaults live in config/default.json. */
 export interface Config {
+  /** NATS servers: one URL or a comma-separated list (`nats://a:4222,nats://b:4222`; `tls://` asks for TLS). */
   natsUrl: string;
+  /** NATS user and password of this process (empty: connect without credentials). */
+  natsUser: string;
+  natsPassword: string;
+  /** PEM files for NATS over TLS (empty: none): the CA that signed the servers' certificates, and a client certificate and key. */
+  natsTlsCa: string;
+  natsTlsCert: string;
+  natsTlsKey: string;
+  /** `redis://` or `rediss://` (TLS). */
   redisUrl: string;
+  /** Redis ACL user and password (empty: none). */
+  redisUser: string;
+  redisPassword: string;
+  /** PEM files for Redis over TLS (empty: none). */
+  redisTlsCa: string;
+  redisTlsCert: string;
+  redisTlsKey: string;
   httpHost: string;
   httpPort: number;
   /** Partitions per actor kind; fixed for a deployment's life (keys hash onto them). */
@@ -71,6 +87,11 @@ export interface Config {
   natsPort: number;
   redisPort: number;
   startServers: boolean;
+  /**
+   * Whether the servers the supervisor starts require credentials (generated on first start under
+   * `<dataDir>/secrets/`). On by default; off exists only to measure what authorization costs.
+   */
+  serverAuth: boolean;
   redisAppendfsync: 'always' | 'everysec' | 'no';
   restartBackoffMs: number;
   shutdownGraceMs: number;
@@ -151,9 +172,28 @@ const kinds: Check = (key, value) => {
 };
 
 const name = /^[A-Za-z0-9_-]*$/;
+/** A comma-separated list of nats:// or tls:// URLs. */
+const natsUrls: Check = (key, value) => {
+  const urls = typeof value === 'string' ? value.split(',').map((u) => u.trim()) : [];
+  if (urls.length === 0 || urls.some((u) => !/^(nats|tls):\/\/[^\s,]+$/.test(u))) {
+    throw new ConfigError(`setting ${key} (${envName(key)}) must be a nats:// or tls:// URL, or a comma-separated list of them, got ${JSON.stringify(value)}`);
+  }
+  return urls.join(',');
+};
 const checks: Record<keyof Config, Check> = {
-  natsUrl: str(/^nats:\/\/.+/),
+  natsUrl: natsUrls,
+  // A user name is also a subject token (its processes' reply inboxes are `_reply.<user>.<process>`).
+  natsUser: str(name),
+  natsPassword: str(),
+  natsTlsCa: str(),
+  natsTlsCert: str(),
+  natsTlsKey: str(),
   redisUrl: str(/^rediss?:\/\/.+/),
+  redisUser: str(/^[^\s]*$/),
+  redisPassword: str(),
+  redisTlsCa: str(),
+  redisTlsCert: str(),
+  redisTlsKey: str(),
   httpHost: str(/.+/),
   httpPort: int(0, 65535),
   partitions: int(1, 4096),
@@ -185,6 +225,7 @@ const checks: Record<keyof Config, Check> = {
   natsPort: int(0, 65535),
   redisPort: int(0, 65535),
   startServers: bool,
+  serverAuth: bool,
   redisAppendfsync: oneOf('always', 'everysec', 'no'),
   restartBackoffMs: int(0, 600_000),
   shutdownGraceMs: int(0, 600_000),
@@ -225,6 +266,14 @@ export function loadConfig(env: NodeJS.ProcessEnv = process.env, overrides: Part
   }
   if (c.gatewayIndex >= c.gatewayProcesses) {
     throw new ConfigError(`setting gatewayIndex (${envName('gatewayIndex')}) must be below gatewayProcesses (${c.gatewayProcesses}), got ${c.gatewayIndex}`);
+  }
+  for (const [cert, key] of [['natsTlsCert', 'natsTlsKey'], ['redisTlsCert', 'redisTlsKey']] as const) {
+    if (!c[cert] !== !c[key]) {
+      throw new ConfigError(`settings ${cert} and ${key} (${envName(cert)}, ${envName(key)}) go together: a client certificate needs its key; got only ${c[cert] ? cert : key}`);
+    }
+  }
+  if (c.natsPassword && !c.natsUser) {
+    throw new ConfigError(`setting natsPassword (${envName('natsPassword')}) is set but natsUser (${envName('natsUser')}) is empty; set both`);
   }
   if (c.workerLeaseMs < 3 * c.heartbeatIntervalMs) {
     throw new ConfigError(

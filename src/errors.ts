@@ -13,6 +13,7 @@ export const ERRORS = {
   order_paid: { status: 400, message: 'The order is paid and can no longer change.' },
   checkout_in_progress: { status: 400, message: 'A checkout of this order is running; wait for its outcome before changing it.' },
   order_full: { status: 400, message: 'The order has the most lines an order may have (1000); check it out, or start another order.' },
+  invalid_command: { status: 400, message: 'The partition refused the command as malformed (a client or gateway bug); it was recorded as a dead letter and changed nothing.' },
   checkout_aborted: { status: 400, message: 'The checkout was cancelled before this part of it ran; check out again.' },
   too_large: {
     status: 400,

@@ -1,10 +1,10 @@
 #!/usr/bin/env node
 /** One build, one entry point: the role (supervisor, worker, gateway, controller) comes from the command line. */
-import { Redis } from 'ioredis';
-import { connect, type NatsConnection } from 'nats';
+import type { NatsConnection } from 'nats';
 import type { Registry } from 'prom-client';
 import { startAdminHttp, type AdminHttp, type Probe } from './admin/http.js';
 import { adminPortOf, ConfigError, envName, loadConfig, type Config } from './config.js';
+import { connectNats, connectRedis, logNatsStatus } from './connect.js';
 import { exitOnFatal } from './fatal.js';
 import { allOf, natsHealth, redisHealth } from './health.js';
 import { createLog, type Log } from './log.js';
@@ -67,17 +67,6 @@ async function adminHttp(config: Config, role: 'worker' | 'gateway', log: Log, n
   }
 }
 
-function connectNats(config: Config, name: string) {
-  return connect({ servers: config.natsUrl, name, maxReconnectAttempts: -1 });
-}
-
-async function connectRedis(config: Config): Promise<Redis> {
-  // maxRetriesPerRequest null: a command waits through a Redis restart instead of failing a batch commit.
-  const redis = new Redis(config.redisUrl, { lazyConnect: true, maxRetriesPerRequest: null });
-  await redis.connect();
-  return redis;
-}
-
 async function main(role: string | undefined): Promise<void> {
   const config = loadConfig();
   exitOnFatal(createLog(`${role ?? 'main'}-${process.pid}`, config.logLevel), { role });
@@ -92,6 +81,7 @@ async function main(role: string | undefined): Promise<void> {
       const { startWorker } = await import('./runtime/worker.js');
       await serve(log, async () => {
         const nc = await connectNats(config, `worker-${config.workerIndex}`);
+        logNatsStatus(nc, log);
         const redis = await connectRedis(config);
         const natsUp = natsHealth(nc);
         const redisUp = redisHealth(redis);
@@ -120,6 +110,7 @@ async function main(role: string | undefined): Promise<void> {
       const { createGateway } = await import('./http/gateway.js');
       await serve(log, async () => {
         const nc = await connectNats(config, 'gateway');
+        logNatsStatus(nc, log);
         const natsUp = natsHealth(nc);
         let gateway: Awaited<ReturnType<typeof createGateway>> | undefined;
         const admin = await adminHttp(config, 'gateway', log, nc, () => (gateway ? { registry: gateway.registry, ready: () => natsUp.probe() } : undefined));
@@ -143,6 +134,7 @@ async function main(role: string | undefined): Promise<void> {
       const { startController } = await import('./runtime/controller.js');
       await serve(log, async () => {
         const nc = await connectNats(config, 'controller');
+        logNatsStatus(nc, log);
         const controller = await startController({ nc, config, log, id: `controller-${process.pid}-${Date.now().toString(36)}` });
         return {
           async close() {

@@ -61,9 +61,10 @@ export function natsArgs(o: { port: number; storeDir: string; configFile?: strin
 
 /**
  * redis-server arguments: loopback only, AOF on (the state's durability), RDB snapshots off (the AOF is
- * the one copy; snapshots would only fork and stall), log to stdout, never daemonize.
+ * the one copy; snapshots would only fork and stall), log to stdout, never daemonize. Users and passwords come
+ * from `aclFile` (a file, not arguments: argv is world-readable in /proc).
  */
-export function redisArgs(o: { port: number; dir: string; appendfsync: 'always' | 'everysec' | 'no'; pidFile?: string }): string[] {
+export function redisArgs(o: { port: number; dir: string; appendfsync: 'always' | 'everysec' | 'no'; pidFile?: string; aclFile?: string }): string[] {
   return [
     '--port', String(o.port),
     '--bind', '127.0.0.1',
@@ -76,6 +77,7 @@ export function redisArgs(o: { port: number; dir: string; appendfsync: 'always' 
     '--supervised', 'no',
     '--logfile', '',
     ...(o.pidFile ? ['--pidfile', o.pidFile] : []),
+    ...(o.aclFile ? ['--aclfile', o.aclFile] : []),
   ];
 }
 
@@ -146,15 +148,15 @@ export function portIsFree(port: number, host = '127.0.0.1'): Promise<boolean> {
   });
 }
 
-/** Opens a TCP connection, optionally writes `send`, and resolves with the first line received. */
-function firstLine(port: number, host: string, send?: string): Promise<string> {
+/** Opens a TCP connection, optionally writes `send`, and resolves with the first `count` lines received. */
+function firstLines(port: number, host: string, send?: string, count = 1): Promise<string[]> {
   return new Promise((resolve, reject) => {
     const socket = connect({ port, host });
     let data = '';
-    const finish = (err: Error | null, line?: string) => {
+    const finish = (err: Error | null, lines: string[] = []) => {
       socket.destroy();
       if (err) reject(err);
-      else resolve(line ?? '');
+      else resolve(lines);
     };
     socket.setTimeout(PROBE_TIMEOUT_MS, () => finish(new Error(`no answer from ${host}:${port} within ${PROBE_TIMEOUT_MS} ms`)));
     socket.setEncoding('utf8');
@@ -164,8 +166,8 @@ function firstLine(port: number, host: string, send?: string): Promise<string> {
     });
     socket.on('data', (chunk: string) => {
       data += chunk;
-      const end = data.indexOf('\r\n');
-      if (end >= 0) finish(null, data.slice(0, end));
+      const lines = data.split('\r\n').slice(0, -1);
+      if (lines.length >= count) finish(null, lines.slice(0, count));
     });
     socket.once('end', () => finish(new Error(`${host}:${port} closed the connection without a complete line`)));
   });
@@ -173,15 +175,24 @@ function firstLine(port: number, host: string, send?: string): Promise<string> {
 
 /** True when a NATS server answers on the port with its INFO line, and (unless told otherwise) has JetStream on. */
 export async function natsAnswers(port: number, { host = '127.0.0.1', jetstream = true } = {}): Promise<boolean> {
-  const line = await firstLine(port, host);
+  const [line = ''] = await firstLines(port, host);
   if (!line.startsWith('INFO ')) return false;
   const info = JSON.parse(line.slice(5)) as { jetstream?: boolean };
   return !jetstream || info.jetstream === true;
 }
 
-/** True when Redis answers PING with PONG (not -LOADING while it replays its AOF). */
-export async function redisAnswers(port: number, host = '127.0.0.1'): Promise<boolean> {
-  return (await firstLine(port, host, 'PING\r\n')) === '+PONG';
+/** A command in the Redis protocol (RESP), so that no argument needs quoting. */
+const resp = (...args: string[]) => `*${args.length}\r\n${args.map((a) => `$${Buffer.byteLength(a)}\r\n${a}\r\n`).join('')}`;
+
+/**
+ * True when Redis answers PING with PONG (not -LOADING while it replays its AOF). With `auth`, it logs in first
+ * (AUTH user password, then PING): a server that requires a password answers nothing else.
+ */
+export async function redisAnswers(port: number, { host = '127.0.0.1', auth }: { host?: string; auth?: { user: string; password: string } } = {}): Promise<boolean> {
+  if (!auth) return (await firstLines(port, host, resp('PING')))[0] === '+PONG';
+  const [login, pong] = await firstLines(port, host, resp('AUTH', auth.user, auth.password) + resp('PING'), 2);
+  if (login !== '+OK') throw new Error(`redis-server on port ${port} refused the login of ${auth.user}: ${login}`);
+  return pong === '+PONG';
 }
 
 /** True when something accepts a TCP connection on host:port (e.g. the gateway's HTTP listener). */

@@ -14,8 +14,22 @@ export interface Names {
   cmd(kind: Kind, partition: number): string;
   /** Core NATS subject on which the owner answers reads. */
   get(kind: Kind, partition: number): string;
-  /** Reply subjects of one process (gateway or worker): `<inbox>.<token>`, one wildcard subscription for all. */
-  inbox(processId: string): string;
+  /**
+   * Reply subjects of one process (gateway or worker): `<inbox>.<token>`, one wildcard subscription for all. The
+   * inbox is `_reply.<user>.<process>`: the NATS user's permission `_reply.<user>.>` covers the inboxes of all its
+   * processes and nobody else's. `user` is the process's NATS user, or its role when it connects without one.
+   */
+  inbox(user: string, processId: string): string;
+  /** Where every process's inbox lives: `_reply.` after any stream prefix. */
+  replies: string;
+  /** Core NATS subject on which a worker takes saga messages from other workers' partitions (see runtime/courier.ts). */
+  saga(workerId: string): string;
+  /** Core NATS subject on which a worker hears that its saga messages were applied and committed. */
+  sagaAck(workerId: string): string;
+  /** The stream of dead letters: copies of messages a partition could not apply. */
+  deadLetterStream: string;
+  /** Dead-letter subject of one partition. */
+  deadLetter(kind: Kind, partition: number): string;
   /** KV bucket of live workers: worker id -> heartbeat (dynamic placement). */
   workersBucket: string;
   /** KV bucket of the placement: `<kind>.<partition>` -> { worker, epoch }. */
@@ -33,7 +47,12 @@ export function names(prefix: string): Names {
     stream: (kind) => `${s}${kind.toUpperCase()}`,
     cmd: (kind, partition) => `${p}${kind}.cmd.${partition}`,
     get: (kind, partition) => `${p}${kind}.get.${partition}`,
-    inbox: (processId) => `${p}_reply.${processId}`,
+    inbox: (user, processId) => `${p}_reply.${user}.${processId}`,
+    replies: `${p}_reply.`,
+    saga: (workerId) => `${p}_saga.${workerId}`,
+    sagaAck: (workerId) => `${p}_saga.${workerId}.ack`,
+    deadLetterStream: `${s}DEADLETTER`,
+    deadLetter: (kind, partition) => `${p}deadletter.${kind}.${partition}`,
     workersBucket: `${s}SHOP_WORKERS`,
     placementBucket: `${s}SHOP_PLACEMENT`,
     controlBucket: `${s}SHOP_CONTROL`,

@@ -8,6 +8,7 @@ import { dirname, join, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { ConfigError, envName, type Config } from './config.js';
 import type { Log } from './log.js';
+import { ensureLocalSecrets, gatewayUser, type LocalSecrets } from './secrets.js';
 import {
   abortOnExit,
   anySignal,
@@ -103,8 +104,22 @@ function dataPaths(config: Config) {
   };
 }
 
-/** Every child of the stack, in start order. Pure apart from resolving paths. */
-export function plan(config: Config): ChildSpec[] {
+/** Whether the supervisor starts servers that require credentials (generated under `<dataDir>/secrets/`). */
+export const withServerAuth = (config: Config) => config.startServers && config.serverAuth;
+
+/** Creates (first start) or reads the local stack's credentials, and writes the servers' configs from them. */
+export function localSecrets(config: Config): LocalSecrets {
+  return ensureLocalSecrets(config, readFileSync(natsConfigFile(), 'utf8'));
+}
+
+/**
+ * Every child of the stack, in start order. Pure apart from resolving paths. With server auth, `secrets` are
+ * the local stack's (localSecrets): the servers run with the generated configs, and each child gets its own
+ * user and password in SHOP_* variables (a gateway neither the workers' password nor Redis's).
+ */
+export function plan(config: Config, secrets?: LocalSecrets): ChildSpec[] {
+  if (withServerAuth(config) && !secrets) throw new Error('plan: servers with auth (serverAuth) need the local secrets (localSecrets(config))');
+  const auth = withServerAuth(config) ? secrets : undefined;
   const children: ChildSpec[] = [];
   if (config.startServers) {
     const p = dataPaths(config);
@@ -113,25 +128,31 @@ export function plan(config: Config): ChildSpec[] {
         name: 'nats',
         role: 'nats',
         command: 'nats-server',
-        args: natsArgs({ port: config.natsPort, storeDir: p.natsDir, configFile: natsConfigFile(), pidFile: p.natsPidFile }),
+        args: natsArgs({ port: config.natsPort, storeDir: p.natsDir, configFile: auth?.paths.natsConfig ?? natsConfigFile(), pidFile: p.natsPidFile }),
         env: {},
       },
       {
         name: 'redis',
         role: 'redis',
         command: 'redis-server',
-        args: redisArgs({ port: config.redisPort, dir: p.redisDir, appendfsync: config.redisAppendfsync, pidFile: p.redisPidFile }),
+        args: redisArgs({ port: config.redisPort, dir: p.redisDir, appendfsync: config.redisAppendfsync, pidFile: p.redisPidFile, aclFile: auth?.paths.redisAcl }),
         env: {},
       },
     );
   }
   const { natsUrl, redisUrl } = serverUrls(config);
   const env = { ...configEnv(config), SHOP_NATS_URL: natsUrl, SHOP_REDIS_URL: redisUrl };
+  const c = auth?.credentials;
+  const workerAuth: Record<string, string> = c
+    ? { SHOP_NATS_USER: 'worker', SHOP_NATS_PASSWORD: c.nats.worker!, SHOP_REDIS_USER: c.redis.user, SHOP_REDIS_PASSWORD: c.redis.password }
+    : {};
+  const gatewayAuth = (i: number): Record<string, string> =>
+    c ? { SHOP_NATS_USER: gatewayUser(i), SHOP_NATS_PASSWORD: c.nats[gatewayUser(i)]!, SHOP_REDIS_USER: '', SHOP_REDIS_PASSWORD: '' } : {};
   for (let i = 0; i < config.workerProcesses; i++) {
-    children.push({ name: `worker-${i}`, role: 'worker', command: process.execPath, args: [MAIN_JS, 'worker'], env: { ...env, SHOP_WORKER_INDEX: String(i) } });
+    children.push({ name: `worker-${i}`, role: 'worker', command: process.execPath, args: [MAIN_JS, 'worker'], env: { ...env, ...workerAuth, SHOP_WORKER_INDEX: String(i) } });
   }
   for (let i = 0; i < config.gatewayProcesses; i++) {
-    children.push({ name: `gateway-${i}`, role: 'gateway', command: process.execPath, args: [MAIN_JS, 'gateway'], env: { ...env, SHOP_GATEWAY_INDEX: String(i) } });
+    children.push({ name: `gateway-${i}`, role: 'gateway', command: process.execPath, args: [MAIN_JS, 'gateway'], env: { ...env, ...gatewayAuth(i), SHOP_GATEWAY_INDEX: String(i) } });
   }
   return children;
 }
@@ -173,7 +194,9 @@ interface Slot {
 }
 
 export function createSupervisor(config: Config, log: Log, options: SupervisorOptions = {}): Supervisor {
-  const planned = plan(config);
+  const secrets = withServerAuth(config) ? localSecrets(config) : undefined;
+  if (secrets) log.info(`servers require credentials: ${secrets.paths.dir} (delete it while stopped for new ones)`);
+  const planned = plan(config, secrets);
   const specs = options.children ? [...planned.filter((s) => s.role === 'nats' || s.role === 'redis'), ...options.children] : planned;
   const width = Math.max(...specs.map((s) => s.name.length), 5);
   const output =
@@ -265,7 +288,8 @@ export function createSupervisor(config: Config, log: Log, options: SupervisorOp
         const port = isNats ? config.natsPort : config.redisPort;
         const child = launch(slot);
         const what = `${slot.spec.command} on 127.0.0.1:${port}`;
-        await waitFor(() => (isNats ? natsAnswers(port) : redisAnswers(port)), {
+        const auth = secrets && { user: secrets.credentials.redis.user, password: secrets.credentials.redis.password };
+        await waitFor(() => (isNats ? natsAnswers(port) : redisAnswers(port, { auth })), {
           deadlineMs: SERVER_READY_DEADLINE_MS,
           what: `${what} to answer (see its output above)`,
           signal: anySignal(abortOnExit(child, what).signal, stopping.signal),

@@ -114,7 +114,7 @@ t.test('shopctl move of a hot partition under load, again and again: conservatio
   const parsed = JSON.parse(json.stdout) as { workers: object[]; partitions: object[] };
   t.same(Object.keys(parsed), ['workers', 'partitions']);
   t.same(Object.keys(parsed.workers[0]!), ['id', 'pid', 'host', 'partitions']);
-  t.same(Object.keys(parsed.partitions[0]!), ['kind', 'partition', 'owner', 'epoch', 'lag']);
+  t.same(Object.keys(parsed.partitions[0]!), ['kind', 'partition', 'owner', 'epoch', 'lag', 'state', 'deadLetters']);
   t.equal(parsed.partitions.length, c.config.partitions * c.config.kinds.length);
   const table = await c.shopctl('status');
   t.match(table.stdout, /WORKER\s+HOST\s+PID\s+PARTITIONS/);

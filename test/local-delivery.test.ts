@@ -5,7 +5,7 @@ import type { Config, Kind } from '../src/config.js';
 import { createGateway } from '../src/http/gateway.js';
 import { createLog } from '../src/log.js';
 import { names } from '../src/protocol.js';
-import { Draft } from '../src/runtime/batch.js';
+import { Draft } from '../src/runtime/draft.js';
 import { createPartitionStore } from '../src/runtime/store.js';
 import { startWorker } from '../src/runtime/worker.js';
 import { httpCall, oneOrderShop } from './helpers/http.js';

@@ -7,6 +7,7 @@ import { createLog } from '../src/log.js';
 import { partitionOf } from '../src/partition.js';
 import { names, type Reply } from '../src/protocol.js';
 import { createShopClient, type ShopClient } from '../src/runtime/client.js';
+import { encodeEntry } from '../src/runtime/outbox.js';
 import { commitTogether, createPartitionStore, StaleEpochError } from '../src/runtime/store.js';
 import { startWorker } from '../src/runtime/worker.js';
 import { startNats, startServers, testConfig, waitFor } from './helpers/servers.js';
@@ -169,11 +170,11 @@ t.test("a process's answers to another process's waiters from one turn travel as
   t.teardown(() => nc.close());
   const { Mux } = await import('../src/runtime/mux.js');
   const n = names('');
-  const gateway = new Mux(nc, n.inbox('g1'));
-  const worker = new Mux(nc, n.inbox('w1'));
+  const gateway = new Mux(nc, n.inbox('gateway', 'g1'));
+  const worker = new Mux(nc, n.inbox('worker', 'w1'));
   t.teardown(() => (gateway.close(new Error('done')), worker.close(new Error('done'))));
   let messages = 0;
-  const counted = nc.subscribe(`${n.inbox('g1')}.>`, { callback: () => messages++ });
+  const counted = nc.subscribe(`${n.inbox('gateway', 'g1')}.>`, { callback: () => messages++ });
   const tokens = [gateway.token(), gateway.token(), gateway.token()];
   const waits = tokens.map((token) => gateway.wait(token, Date.now() + 5000));
   tokens.forEach((token, i) => worker.reply(gateway.subject(token), new Uint8Array([i, i])));
@@ -182,6 +183,16 @@ t.test("a process's answers to another process's waiters from one turn travel as
   await nc.flush();
   t.equal(messages, 1, 'three answers, one message');
 
+  // Another user's process: its answers of the same turn travel to its own inbox, never joined with g1's.
+  const gateway1 = new Mux(nc, n.inbox('gateway-1', 'g1'));
+  t.teardown(() => gateway1.close(new Error('done')));
+  const mine = gateway.token();
+  const theirs = gateway1.token();
+  const both = [gateway.wait(mine, Date.now() + 5000), gateway1.wait(theirs, Date.now() + 5000)];
+  worker.reply(gateway.subject(mine), new Uint8Array([3]));
+  worker.reply(gateway1.subject(theirs), new Uint8Array([4]));
+  t.same((await Promise.all(both)).map((a) => [...a.data]), [[3], [4]], 'answers to processes of two users each reach their own');
+
   const alone = gateway.token();
   const wait = gateway.wait(alone, Date.now() + 5000);
   worker.reply(gateway.subject(alone), new Uint8Array([7]));
@@ -189,9 +200,12 @@ t.test("a process's answers to another process's waiters from one turn travel as
   const other = nc.subscribe('elsewhere.x', { max: 1 });
   worker.reply('elsewhere.x', new Uint8Array([9]));
   for await (const m of other) t.same([...m.data], [9], 'a subject outside the inboxes is published as it is');
-  const nested = nc.subscribe(`${n.inbox('g1')}.x.y`, { max: 1 });
-  worker.reply(`${n.inbox('g1')}.x.y`, new Uint8Array([5]));
+  const nested = nc.subscribe(`${n.inbox('gateway', 'g1')}.x.y`, { max: 1 });
+  worker.reply(`${n.inbox('gateway', 'g1')}.x.y`, new Uint8Array([5]));
   for await (const m of nested) t.same([...m.data], [5], 'so is one deeper than <inbox>.<token>');
+  const shallow = nc.subscribe(`${n.replies}g1.7`, { max: 1 });
+  worker.reply(`${n.replies}g1.7`, new Uint8Array([6]));
+  for await (const m of shallow) t.same([...m.data], [6], 'and one without a user token (the inbox shape before users)');
   counted.unsubscribe();
 });
 
@@ -219,7 +233,7 @@ t.test('a group commit: batches of several partitions in one call, each fenced o
   const calls = () => r.info('commandstats').then((text) => [...text.matchAll(/cmdstat_eval(?:sha)?:calls=(\d+)/g)].reduce((n, m) => n + Number(m[1]), 0));
   const before = await calls();
   const changes = (p: number) => new Map([['items', new Map<string, unknown>([[`i${p}`, { stock: p, price: 1 }], [`gone${p}`, undefined]])]]);
-  const results = await Promise.all(stores.map((s, p) => s.commit({ epoch: 1, cursor: 10 + p, local: 0, changes: changes(p), outboxField: String(10 + p), outbox: { js: [], replies: [[`r${p}`, new Uint8Array([p])]] }, cleared: [] })));
+  const results = await Promise.all(stores.map((s, p) => s.commit({ epoch: 1, cursor: 10 + p, local: 0, changes: changes(p), outboxField: String(10 + p), outbox: encodeEntry({ replies: [[`r${p}`, new Uint8Array([p])]], parcels: [], dead: [] }), cleared: [] })));
   t.same(results, [true, false, true], 'partition 1 is fenced, the others commit');
   t.equal((await calls()) - before, 1, 'one script call for the three batches');
   const loaded = await Promise.all(stores.map((s) => s.load()));
@@ -241,7 +255,7 @@ t.test('a transaction: batches of several partitions written together, or none w
     local: 3,
     changes: new Map([['items', new Map<string, unknown>([[`i${p}`, { stock: p, price: 1 }]])]]),
     outboxField: field,
-    outbox: { js: [], replies: [[`r${field}`, new Uint8Array([p])]] as [string, Uint8Array][] },
+    outbox: encodeEntry({ replies: [[`r${field}`, new Uint8Array([p])]], parcels: [], dead: [] }),
     cleared: [],
   });
   t.same(await commitTogether(stores.map((s, p) => s.prepare(write(p, 1, '10.3')))), ['withheld', 'fenced', 'withheld']);
@@ -256,16 +270,18 @@ t.test('a transaction: batches of several partitions written together, or none w
   t.same(zero!.outbox.map(([f]) => f), ['9.2', '9.10', '10.1', '11.3'], 'outbox entries in (cursor, local count) order');
 });
 
-t.test('a command that throws is taken back whole; the rest of its batch commits', async (t) => {
+t.test('a saga command through the clients\' door is a dead letter: it changes nothing, the rest of its bundle applies', async (t) => {
   const { nc, config, client } = await oneWorker(t);
   await client.command('stock', 0, { k: 'create', id: 'u', price: 1 });
-  // A reserve naming the same item twice with an impossible total passes the per-line checks, then the second
-  // subtraction breaks the non-negative invariant and throws: its first subtraction must be undone too.
-  const subject = names(config.streamPrefix).cmd('stock', 0);
   await client.command('stock', 0, { k: 'add', id: 'u', amount: 3 });
+  // A client cannot forge a reservation: reserve is a saga command, taken only from other partitions.
+  const subject = names(config.streamPrefix).cmd('stock', 0);
   const js = nc.jetstream();
-  await js.publish(subject, encode([{ c: { k: 'reserve', saga: 's', order: 'o', from: 0, lines: [['u', 2], ['u', 2]] } }, { c: { k: 'add', id: 'u', amount: 10 } }]));
-  t.equal(stockOf(await client.command('stock', 0, { k: 'add', id: 'u', amount: 0 })), 13, 'the throwing command left nothing, the next one in its bundle applied');
+  await js.publish(subject, encode([{ c: { k: 'reserve', saga: 's', order: 'o', from: 0, lines: [['u', 2]] } }, { c: { k: 'add', id: 'u', amount: 10 } }]));
+  t.equal(stockOf(await client.command('stock', 0, { k: 'add', id: 'u', amount: 0 })), 13, 'the forged reserve took nothing, the next command in its bundle applied');
+  const jsm = await nc.jetstreamManager();
+  const dead = await jsm.streams.getMessage(names(config.streamPrefix).deadLetterStream, { last_by_subj: names(config.streamPrefix).deadLetter('stock', 0) });
+  t.equal(dead.header.get('Shop-Reason'), 'unknown_kind', 'a copy went to the dead-letter stream, with why');
 });
 
 t.test('a gateway past gatewayInflightMax answers unavailable at once instead of queueing', async (t) => {

@@ -4,10 +4,11 @@ import { ACTORS } from '../src/actors/index.js';
 import { readOrder, SAGA_WAITERS_MAX } from '../src/actors/order.js';
 import type { LedgerEntry } from '../src/actors/saga.js';
 import type { ReplyTo, StateView } from '../src/actors/types.js';
+import { Delivery, type Box } from '../src/runtime/delivery.js';
+import { Draft, type Tables } from '../src/runtime/draft.js';
 import type { Kind } from '../src/config.js';
 import { partitionOf } from '../src/partition.js';
 import type { Reply } from '../src/protocol.js';
-import { memoryState } from './helpers/memory-state.js';
 
 /**
  * The whole checkout protocol on pure actors, over a network that delivers messages in any order and
@@ -26,14 +27,30 @@ interface Msg {
   replyTo?: ReplyTo;
 }
 
+/**
+ * Every partition of every kind in memory, each command delivered through the worker's own in-memory delivery
+ * (runtime/delivery.ts) with nothing routed locally: every saga message it makes goes back to the test's network,
+ * which decides when (and how often) it arrives.
+ */
 class World {
-  readonly states = new Map<string, StateView & { tables: Map<string, Map<string, unknown>> }>();
+  readonly states = new Map<string, StateView & { tables: Tables }>();
   private readonly seqs = new Map<string, number>();
   readonly replies = new Map<number, Reply[]>();
+  private out: Msg[] = [];
+  private readonly delivery = new Delivery<Box>(PARTITIONS, () => undefined, {
+    reply: (_box, to, reply) => this.answer(to, reply),
+    send: (_box, o) => void this.out.push({ kind: o.kind, partition: o.partition, cmd: o.cmd }),
+    failed: (_box, _cmd, _seq, _to, err) => {
+      throw err;
+    },
+  });
 
   constructor() {
     for (const kind of KINDS) {
-      for (let p = 0; p < PARTITIONS; p++) this.states.set(`${kind}:${p}`, memoryState(ACTORS[kind].tables));
+      for (let p = 0; p < PARTITIONS; p++) {
+        const tables: Tables = new Map(ACTORS[kind].tables.map((t) => [t, new Map()]));
+        this.states.set(`${kind}:${p}`, { tables, get: <T>(t: string, k: string) => tables.get(t)!.get(k) as T | undefined, set: () => {}, delete: () => {} });
+      }
     }
   }
 
@@ -45,11 +62,12 @@ class World {
     const key = `${msg.kind}:${msg.partition}`;
     const seq = (this.seqs.get(key) ?? 0) + 1;
     this.seqs.set(key, seq);
-    const ctx = msg.replyTo ? { partition: msg.partition, partitions: PARTITIONS, seq, replyTo: msg.replyTo } : { partition: msg.partition, partitions: PARTITIONS, seq };
-    const effects = ACTORS[msg.kind].apply(this.state(msg.kind, msg.partition), msg.cmd as never, ctx);
-    if (msg.replyTo && effects.reply) this.answer(msg.replyTo, effects.reply);
-    for (const { to, reply } of effects.replies ?? []) this.answer(to, reply);
-    return (effects.send ?? []).map((o) => ({ kind: o.kind, partition: o.partition, cmd: o.cmd }));
+    const draft = new Draft(this.state(msg.kind, msg.partition).tables);
+    const box: Box = { kind: msg.kind, partition: msg.partition, actor: ACTORS[msg.kind], draft, nextLocal: () => -seq };
+    this.out = [];
+    this.delivery.deliver(box, msg.cmd, seq, msg.replyTo);
+    draft.publish();
+    return this.out;
   }
 
   private answer(to: ReplyTo, reply: Reply) {
@@ -139,6 +157,9 @@ t.test('checkout saga under reordering and duplicates: conserved, all-or-nothing
         for (const [saga, entry] of s.tables.get('ledger') ?? []) {
           if ((entry as LedgerEntry<unknown>).s === 'held') throw new Error(`${name} still holds saga ${saga}`);
         }
+        // Nothing is counted as returnable any more: every hold was given back or made final.
+        for (const [id, item] of s.tables.get('items') ?? []) if ((item as { held?: number }).held !== undefined) throw new Error(`${name}: item ${id} still counts held units`);
+        for (const [id, user] of s.tables.get('users') ?? []) if (typeof user !== 'number') throw new Error(`${name}: user ${id} still counts held money`);
       }
       if (sold.size > 0) paidRuns++;
       if ([...world.replies.values()].some((r) => r[0] && !r[0].ok)) refusedRuns++;
@@ -171,7 +192,7 @@ t.test('a repeated hold gets the recorded answer and takes nothing more', async 
   const [second] = world.deliver({ kind: 'payment', partition: p, cmd: debit });
   t.match(first!.cmd, { ok: true });
   t.same(second!.cmd, first!.cmd, 'the recorded answer');
-  t.equal(world.state('payment', p).get<number>('users', '1')!, 6);
+  t.same(world.state('payment', p).get('users', '1'), [6, 4], 'credit 6, of which 4 held by the running saga and returnable');
 });
 
 t.test('checkouts waiting on one running saga are bounded', async (t) => {
@@ -183,4 +204,39 @@ t.test('checkouts waiting on one running saga are bounded', async (t) => {
   t.equal(world.replies.size, 0, 'all of them wait for the saga');
   world.deliver({ kind: 'order', partition: p, cmd: { k: 'checkout', id: 'o' }, replyTo: `client.${SAGA_WAITERS_MAX}` });
   t.match(world.replies.get(SAGA_WAITERS_MAX), [{ ok: false, code: 'unavailable' }], 'one more is told to retry');
+});
+
+t.test('a top-up that could overflow what a running saga gives back is refused; the release then always applies', async (t) => {
+  const world = new World();
+  const MAX = Number.MAX_SAFE_INTEGER;
+  const stockP = partitionOf('i', PARTITIONS);
+  const userP = partitionOf('u', PARTITIONS);
+  const orderP = partitionOf('o', PARTITIONS);
+  world.deliver({ kind: 'stock', partition: stockP, cmd: { k: 'create', id: 'i', price: 10 } });
+  world.deliver({ kind: 'payment', partition: userP, cmd: { k: 'create', id: 'u' } });
+  world.deliver({ kind: 'payment', partition: userP, cmd: { k: 'addFunds', id: 'u', amount: 30 } });
+  world.deliver({ kind: 'order', partition: orderP, cmd: { k: 'create', id: 'o', user: 'u' } });
+  world.deliver({ kind: 'order', partition: orderP, cmd: { k: 'addItem', id: 'o', item: 'i', quantity: 2, price: 10 } });
+  // The checkout asks for a reserve (no stock: refused) and a debit of 20; the debit is applied first.
+  const [reserve, debit] = world.deliver({ kind: 'order', partition: orderP, cmd: { k: 'checkout', id: 'o' }, replyTo: 'client.0' });
+  const [held] = world.deliver(debit!);
+  t.same(world.state('payment', userP).get('users', 'u'), [10, 20], 'credit 10, 20 held by the saga');
+
+  // While the saga holds 20, the user's credit may rise only to 2^53-1 minus what the saga may give back.
+  world.deliver({ kind: 'payment', partition: userP, cmd: { k: 'addFunds', id: 'u', amount: MAX - 10 }, replyTo: 'client.1' });
+  t.match(world.replies.get(1), [{ ok: false, code: 'overflow' }], 'refused: credit plus the held 20 would pass 2^53-1');
+  t.same(world.state('payment', userP).get('users', 'u'), [10, 20], 'and nothing changed');
+  const fits = MAX - 30;
+  world.deliver({ kind: 'payment', partition: userP, cmd: { k: 'addFunds', id: 'u', amount: fits } });
+  t.same(world.state('payment', userP).get('users', 'u'), [MAX - 20, 20], 'the largest top-up that leaves room for the refund');
+
+  // The stock refuses; the coordinator releases the debit, which must apply.
+  const [refusal] = world.deliver(reserve!);
+  const releases = [...world.deliver(held!), ...world.deliver(refusal!)];
+  const release = releases.find((m) => (m.cmd as { k: string }).k === 'release')!;
+  const [released] = world.deliver(release);
+  for (const m of world.deliver(released!)) world.deliver(m); // the saga settles and forgets
+  t.same(world.state('payment', userP).get('users', 'u'), MAX, 'refunded to exactly 2^53-1, nothing held');
+  t.match(world.replies.get(0), [{ ok: false, code: 'insufficient_stock' }], 'the client hears the refusal');
+  t.same(readOrder(world.state('order', orderP), 'o')?.saga, undefined, 'the saga has ended');
 });

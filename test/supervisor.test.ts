@@ -1,7 +1,7 @@
 import { Redis } from 'ioredis';
-import { connect, StorageType } from 'nats';
+import { connect } from 'nats';
 import { spawn } from 'node:child_process';
-import { existsSync } from 'node:fs';
+import { existsSync, readFileSync, statSync } from 'node:fs';
 import { mkdtemp, rm } from 'node:fs/promises';
 import { createServer } from 'node:net';
 import { tmpdir } from 'node:os';
@@ -10,6 +10,7 @@ import { fileURLToPath } from 'node:url';
 import t, { type Test } from 'tap';
 import { loadConfig, type Config } from '../src/config.js';
 import { createLog } from '../src/log.js';
+import { completeCredentials, readLocalCredentials, secretPaths } from '../src/secrets.js';
 import { createSupervisor, plan, type ChildSpec } from '../src/supervisor.js';
 import { freePort, pidAlive, randomToken, waitFor } from './helpers/servers.js';
 
@@ -26,7 +27,9 @@ async function localConfig(t: Test, overrides: Partial<Record<keyof Config, unkn
 
 t.test('plan lists the servers, then the workers and gateways, with their commands and settings', async (t) => {
   const config = loadConfig({}, { natsPort: 5001, redisPort: 5002, dataDir: '/srv/shop', workerProcesses: 3, gatewayProcesses: 2, redisAppendfsync: 'always', partitions: 16 });
-  const children = plan(config);
+  t.throws(() => plan(config), /need the local secrets/, 'servers with auth need credentials');
+  const credentials = completeCredentials(config);
+  const children = plan(config, { paths: secretPaths(config), credentials });
   t.same(children.map((c) => [c.name, c.role]), [
     ['nats', 'nats'],
     ['redis', 'redis'],
@@ -38,14 +41,23 @@ t.test('plan lists the servers, then the workers and gateways, with their comman
   ]);
   const [nats, redis, worker, , worker2, gateway] = children;
   t.equal(nats!.command, 'nats-server');
-  t.match(nats!.args.join(' '), /-c \S+\/nats\/local\.conf -js -a 127\.0\.0\.1 -p 5001 -sd \/srv\/shop\/nats/);
+  t.match(nats!.args.join(' '), /-c \/srv\/shop\/secrets\/nats\.conf -js -a 127\.0\.0\.1 -p 5001 -sd \/srv\/shop\/nats/, 'nats runs the generated config with the users');
   t.equal(redis!.command, 'redis-server');
   t.match(redis!.args.join(' '), /--port 5002 --bind 127\.0\.0\.1 .*--dir \/srv\/shop\/redis --appendonly yes --appendfsync always/);
+  t.match(redis!.args.join(' '), /--aclfile \/srv\/shop\/secrets\/redis\.acl/, 'redis takes its users from the ACL file');
+  for (const child of children) t.notMatch(child.args.join(' '), new RegExp(Object.values(credentials.nats).concat(credentials.redis.password).join('|')), `no password in ${child.name}'s arguments`);
   t.equal(worker!.command, process.execPath);
   t.match(worker!.args, [/\/main\.js$/, 'worker']);
   t.equal(worker2!.env.SHOP_WORKER_INDEX, '2');
   t.match(gateway!.args, [/\/main\.js$/, 'gateway']);
   t.notOk('SHOP_WORKER_INDEX' in gateway!.env, 'gateways are not workers');
+  t.same([worker!.env.SHOP_NATS_USER, worker!.env.SHOP_NATS_PASSWORD], ['worker', credentials.nats.worker], 'a worker connects as the worker user');
+  t.same([worker!.env.SHOP_REDIS_USER, worker!.env.SHOP_REDIS_PASSWORD], [credentials.redis.user, credentials.redis.password]);
+  t.same(children.filter((c) => c.role === 'gateway').map((c) => [c.env.SHOP_NATS_USER, c.env.SHOP_NATS_PASSWORD]), [
+    ['gateway-0', credentials.nats['gateway-0']],
+    ['gateway-1', credentials.nats['gateway-1']],
+  ], 'each gateway its own user');
+  t.equal(gateway!.env.SHOP_REDIS_PASSWORD, '', 'a gateway does not get the Redis password');
   for (const child of [worker!, gateway!]) {
     t.equal(child.env.SHOP_NATS_URL, 'nats://127.0.0.1:5001', `${child.name} talks to the nats it starts`);
     t.equal(child.env.SHOP_REDIS_URL, 'redis://127.0.0.1:5002');
@@ -54,7 +66,16 @@ t.test('plan lists the servers, then the workers and gateways, with their comman
   }
   // A child loading its config from that environment gets the supervisor's config.
   const childConfig = loadConfig({ ...worker2!.env });
-  t.same({ ...childConfig, workerIndex: 0, natsUrl: '', redisUrl: '' }, { ...config, natsUrl: '', redisUrl: '' });
+  const apart = { natsUrl: '', redisUrl: '', natsUser: '', natsPassword: '', redisUser: '', redisPassword: '' };
+  t.same({ ...childConfig, workerIndex: 0, ...apart }, { ...config, ...apart });
+});
+
+t.test('plan with serverAuth off: the servers ask for nothing, and the children get no credentials', async (t) => {
+  const config = loadConfig({}, { natsPort: 5001, redisPort: 5002, dataDir: '/srv/shop', serverAuth: false });
+  const [nats, redis, worker, gateway] = plan(config);
+  t.match(nats!.args.join(' '), /-c \S+\/nats\/local\.conf -js/);
+  t.notMatch(redis!.args.join(' '), /aclfile/);
+  for (const child of [worker!, gateway!]) t.equal(child.env.SHOP_NATS_USER, '', `${child.name} has no NATS user`);
 });
 
 t.test('plan without startServers uses the configured servers', async (t) => {
@@ -78,14 +99,24 @@ t.test('the server part: nats and redis answer, data survives a stop and start, 
   const pids = first.pids();
   t.same(Object.keys(pids).sort(), ['nats', 'redis']);
 
-  const nc = await connect({ servers: `nats://127.0.0.1:${natsPort}` });
-  const jsm = await nc.jetstreamManager();
-  await jsm.streams.add({ name: stream, subjects: [`${stream}.>`], storage: StorageType.File });
-  await nc.jetstream().publish(`${stream}.x`, new Uint8Array([1]));
+  // The credentials of the first start, private to this user.
+  const paths = secretPaths(config);
+  t.equal(statSync(paths.dir).mode & 0o777, 0o700, 'the secrets dir is 0700');
+  for (const file of [paths.credentials, paths.natsConfig, paths.redisAcl]) t.equal(statSync(file).mode & 0o777, 0o600, `${file} is 0600`);
+  t.equal(readFileSync(join(paths.dir, '.gitignore'), 'utf8'), '*\n', 'and ignored by git wherever it is');
+  const credentials = readLocalCredentials(config)!;
+  t.notMatch(readFileSync(paths.redisAcl, 'utf8'), credentials.redis.password, 'the ACL file holds a hash, not the password');
+  await t.rejects(connect({ servers: `nats://127.0.0.1:${natsPort}`, maxReconnectAttempts: 0 }), /Authorization Violation/, 'nats wants credentials');
+  const admin = { servers: `nats://127.0.0.1:${natsPort}`, user: 'admin', pass: credentials.nats.admin, inboxPrefix: '_INBOX.admin' };
+  const login = { username: credentials.redis.user, password: credentials.redis.password, lazyConnect: true, maxRetriesPerRequest: 1 };
+
+  const nc = await connect(admin);
+  const kv = await nc.jetstream().views.kv(stream);
+  await kv.put('x', new Uint8Array([1]));
   await nc.close();
-  const redis = new Redis(`redis://127.0.0.1:${redisPort}`, { lazyConnect: true, maxRetriesPerRequest: 1 });
+  const redis = new Redis(`redis://127.0.0.1:${redisPort}`, login);
   await redis.connect();
-  await redis.set(key, 'kept');
+  await redis.hset(key, 'f', 'kept');
   redis.disconnect();
 
   await first.stop();
@@ -96,12 +127,13 @@ t.test('the server part: nats and redis answer, data survives a stop and start, 
   const second = createSupervisor(config, quiet, { children: [], output: () => {} });
   t.teardown(() => second.stop());
   await second.start();
-  const again = new Redis(`redis://127.0.0.1:${redisPort}`, { lazyConnect: true, maxRetriesPerRequest: 1 });
+  t.same(readLocalCredentials(config), credentials, 'the second start reuses the credentials');
+  const again = new Redis(`redis://127.0.0.1:${redisPort}`, login);
   await again.connect();
-  t.equal(await again.get(key), 'kept', 'redis replayed its AOF');
+  t.equal(await again.hget(key, 'f'), 'kept', 'redis replayed its AOF');
   again.disconnect();
-  const nc2 = await connect({ servers: `nats://127.0.0.1:${natsPort}` });
-  t.equal((await (await nc2.jetstreamManager()).streams.info(stream)).state.messages, 1, 'the stream kept its message');
+  const nc2 = await connect(admin);
+  t.same([...((await (await nc2.jetstream().views.kv(stream)).get('x'))?.value ?? [])], [1], 'the bucket kept its value');
   await nc2.close();
   await second.stop();
 });
@@ -167,14 +199,15 @@ async function runFixture(t: Test, graceMs: number) {
       throw err;
     });
   const pids = () => [...stderr.matchAll(/started \S+ \(pid (\d+)\)/g)].map((m) => Number(m[1]));
-  return { proc, exited, until, pids, log, natsPort, redisPort, httpPort, out: () => ({ stdout, stderr }) };
+  return { proc, exited, until, pids, log, natsPort, redisPort, httpPort, dataDir, out: () => ({ stdout, stderr }) };
 }
 
 t.test('supervisor process: ready line, prefixed output, restarts with backoff, ordered stop on SIGINT, exit 0', async (t) => {
   const run = await runFixture(t, 1000);
   await run.until('the ready line', new RegExp(`ready: http://127\\.0\\.0\\.1:${run.httpPort} \\(nats nats://127\\.0\\.0\\.1:${run.natsPort}, redis redis://127\\.0\\.0\\.1:${run.redisPort}\\)`));
   t.ok(await import('../src/processes.js').then((p) => p.natsAnswers(run.natsPort)), 'nats answers');
-  t.ok(await import('../src/processes.js').then((p) => p.redisAnswers(run.redisPort)), 'redis answers');
+  const { redis } = readLocalCredentials({ dataDir: run.dataDir })!;
+  t.ok(await import('../src/processes.js').then((p) => p.redisAnswers(run.redisPort, { auth: { user: redis.user, password: redis.password } })), 'redis answers the generated user');
   await run.until('the second restart of the crashing worker', /worker-0 exited unexpectedly \(code 3\) after \d+ ms; restart #2 in 200 ms/);
   t.match(run.out().stderr, /worker-0 exited unexpectedly \(code 3\) after \d+ ms; restart #1 in 100 ms/, 'the first restart waited restartBackoffMs');
   const { stdout } = run.out();

@@ -2,9 +2,8 @@ import type { ErrorCode } from '../errors.js';
 import { fnv1a, ownShare, partitionOf } from '../partition.js';
 import { fail, ok, type Reply } from '../protocol.js';
 import { seededRandom } from '../random.js';
-import { mergeForgets, parsePart, partOf, type ForgetCmd, type Part, type ReleaseCmd, type SagaAnswer, type SagaRef } from './saga.js';
-import type { DebitCmd } from './payment.js';
-import type { ReserveCmd } from './stock.js';
+import { ORDER_LINES_MAX, type DebitCmd, type ForgetCmd, type OrderCmd, type ReleaseCmd, type ReserveCmd, type SagaAnswer } from './commands.js';
+import { mergeForgets, parsePart, partOf, type Part, type SagaRef } from './saga.js';
 import type { Actor, ApplyContext, Effects, Outgoing, ReadView, ReplyTo, StateView } from './types.js';
 
 /** Where one participant of a running checkout stands. */
@@ -40,18 +39,11 @@ export interface Order {
   paidBy?: { saga: string; ats: [part: Part, at: number][] };
 }
 
-export type OrderCmd =
-  | { k: 'create'; id: string; user: string }
-  | { k: 'batchInit'; from: number; to: number; nItems: number; nUsers: number; price: number; seed: number }
-  | { k: 'addItem'; id: string; item: string; quantity: number; price: number }
-  | { k: 'checkout'; id: string }
-  | SagaAnswer;
+export { ORDER_LINES_MAX, type OrderCmd };
 
 export type OrderQuery = { k: 'find'; id: string };
 
 const ORDERS = 'orders';
-/** Most lines in one order (keeps every saga message well inside one NATS message). */
-export const ORDER_LINES_MAX = 1000;
 /** Most checkouts of one order waiting for its running saga; more are answered 503 (retry) instead of queued. */
 export const SAGA_WAITERS_MAX = 256;
 
@@ -140,7 +132,8 @@ function toPart(part: Part, cmd: unknown): Outgoing {
 const releaseOf = (ref: SagaRef, at?: number): ReleaseCmd => (at === undefined ? { k: 'release', ...ref } : { k: 'release', ...ref, at });
 
 /** One participant's answer moves the saga; when every part has settled, the order's outcome is decided and committed. */
-function onAnswer(state: StateView, msg: SagaAnswer, ctx: ApplyContext): Effects {
+function onAnswer(state: StateView, answer: SagaAnswer, ctx: ApplyContext): Effects {
+  const msg = answer as SagaAnswer & { part: Part }; // the schema checked its shape: "<kind>:<partition>"
   const ref: SagaRef = { saga: msg.saga, order: msg.order, from: ctx.partition };
   const order = readOrder(state, msg.order);
   const current = order?.saga;

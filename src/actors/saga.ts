@@ -1,5 +1,6 @@
 import type { Kind } from '../config.js';
 import type { ErrorCode } from '../errors.js';
+import type { ForgetCmd, ReleaseCmd, SagaAnswer } from './commands.js';
 import type { ApplyContext, Outgoing, StateView } from './types.js';
 
 /**
@@ -26,30 +27,9 @@ export function parsePart(part: Part): { kind: Kind; partition: number } {
 }
 
 /** Fields every coordinator -> participant message carries, so the answer finds its way back. */
-export interface SagaRef {
-  saga: string;
-  order: string;
-  /** The coordinating order partition. */
-  from: number;
-}
+export type SagaRef = Pick<ReleaseCmd, 'saga' | 'order' | 'from'>;
 
-/** Give back what the saga holds; with `at`, only the hold made at that sequence. */
-export type ReleaseCmd = SagaRef & { k: 'release'; at?: number };
-/** These sagas have ended: drop each one's ledger entry, if it is still the one made at its `at`. */
-export type ForgetCmd = { k: 'forget'; sagas: [saga: string, at: number][] };
-
-export interface SagaAnswer {
-  k: 'answer';
-  saga: string;
-  order: string;
-  part: Part;
-  phase: 'hold' | 'release';
-  ok: boolean;
-  /** Sequence of the ledger entry the answer is about. */
-  at: number;
-  code?: ErrorCode;
-  detail?: string;
-}
+export type { ForgetCmd, ReleaseCmd, SagaAnswer };
 
 /** A participant's record of one saga: what it holds, that it refused, or a tombstone after release. */
 export type LedgerEntry<H> =
@@ -110,10 +90,16 @@ export function release<H>(state: StateView, cmd: ReleaseCmd, part: Part, ctx: A
   return answer(cmd, part, 'release', { ok: true, at });
 }
 
-/** The sagas have ended: what they hold is final (or was given back); their entries are no longer needed. */
-export function forget(state: StateView, cmd: ForgetCmd): void {
+/**
+ * The sagas have ended: what they hold is final (or was given back); their entries are no longer needed.
+ * `settle` hears each hold that becomes final here, so the participant can stop counting it as returnable.
+ */
+export function forget<H>(state: StateView, cmd: ForgetCmd, settle: (held: H) => void): void {
   for (const [saga, at] of cmd.sagas) {
-    if (state.get<LedgerEntry<unknown>>(LEDGER, saga)?.at === at) state.delete(LEDGER, saga);
+    const entry = state.get<LedgerEntry<H>>(LEDGER, saga);
+    if (entry?.at !== at) continue;
+    if (entry.s === 'held') settle(entry.held);
+    state.delete(LEDGER, saga);
   }
 }
 

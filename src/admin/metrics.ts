@@ -17,6 +17,8 @@ export interface PartitionSample {
   partition: number;
   epoch: number;
   lag: number;
+  /** Held but not serving: restarting after failures, or refusing a stream behind its cursor. */
+  trouble?: 'restarting' | 'refused' | undefined;
 }
 
 export interface WorkerMetrics extends RunnerMetrics {
@@ -42,11 +44,21 @@ export function createWorkerMetrics(sample: () => PartitionSample[], extra?: Run
       registers: [registry],
       collect() {
         this.reset();
-        for (const s of sample()) this.set({ kind: s.kind, partition: String(s.partition) }, value(s));
+        for (const s of sample()) if (!s.trouble) this.set({ kind: s.kind, partition: String(s.partition) }, value(s));
       },
     });
   perPartition('shop_partition_lag', 'Commands waiting for a partition this process owns (buffered or still in the stream)', (s) => s.lag);
   perPartition('shop_partition_epoch', 'Epoch at which this process owns a partition', (s) => s.epoch);
+  new Gauge({
+    name: 'shop_partition_trouble',
+    help: 'Partitions this process holds but that do not serve: 1 per partition, by state (restarting after failures; refused: its stream is behind its committed cursor)',
+    labelNames: ['kind', 'partition', 'state'],
+    registers: [registry],
+    collect() {
+      this.reset();
+      for (const s of sample()) if (s.trouble) this.set({ kind: s.kind, partition: String(s.partition), state: s.trouble }, 1);
+    },
+  });
   new Gauge({
     name: 'shop_partitions_owned',
     help: 'Partitions this process owns, by kind',
@@ -55,7 +67,7 @@ export function createWorkerMetrics(sample: () => PartitionSample[], extra?: Run
     collect() {
       this.reset();
       const counts = new Map<Kind, number>();
-      for (const s of sample()) counts.set(s.kind, (counts.get(s.kind) ?? 0) + 1);
+      for (const s of sample()) if (!s.trouble) counts.set(s.kind, (counts.get(s.kind) ?? 0) + 1);
       for (const [kind, n] of counts) this.set({ kind }, n);
     },
   });

@@ -2,32 +2,63 @@
 /**
  * shopctl, the admin CLI: `status` reads the placement and the workers from NATS KV; `move`, `drain` and
  * `rebalance` are requests to the leading controller, which answers once the moves have taken effect.
- * Settings come from config/ and SHOP_* like every other process (natsUrl, streamPrefix, adminToken).
+ * Settings come from config/ and SHOP_* like every other process (natsUrl, natsUser, natsPassword, TLS,
+ * streamPrefix, adminToken); against the local stack of `npm start` it finds the servers and the admin
+ * credentials by itself.
  */
 import { Command, InvalidArgumentError } from 'commander';
-import { connect, type NatsConnection } from 'nats';
+import type { NatsConnection } from 'nats';
 import { ConfigError, KINDS, loadConfig, type Config, type Kind } from '../config.js';
+import { connectNats } from '../connect.js';
 import { adminRequest, type AdminRequest } from '../runtime/controller.js';
-import { serverUrls } from '../supervisor.js';
+import { readLocalCredentials, secretPaths } from '../secrets.js';
+import { serverUrls, withServerAuth } from '../supervisor.js';
 import { formatStatus, readStatus } from './status.js';
 
 interface Globals {
   nats?: string;
   token?: string;
+  user?: string;
+  password?: string;
 }
+
+/** A command gives up on NATS after this many attempts per server (not 0 or 1: see connect.ts). */
+const SHOPCTL_RECONNECT_ATTEMPTS = 2;
+/** How long shopctl waits for one NATS server to let it in. */
+const SHOPCTL_CONNECT_TIMEOUT_MS = 5000;
+
+/** The NATS user shopctl connects as on the local stack. */
+const LOCAL_ADMIN_USER = 'admin';
 
 function configFrom(globals: Globals): Config {
   const config = loadConfig();
   // The local stack's servers when it starts them (npm start), else the configured ones; --nats wins.
-  return { ...config, natsUrl: globals.nats ?? serverUrls(config).natsUrl, adminToken: globals.token ?? config.adminToken };
+  const natsUrl = globals.nats ?? serverUrls(config).natsUrl;
+  // Credentials: --user/--password, else SHOP_NATS_USER/SHOP_NATS_PASSWORD, else the local stack's admin user.
+  let natsUser = globals.user ?? config.natsUser;
+  let natsPassword = globals.password ?? (globals.user === undefined ? config.natsPassword : '');
+  if (!natsUser && withServerAuth(config) && globals.nats === undefined) {
+    const local = readLocalCredentials(config);
+    if (local?.nats[LOCAL_ADMIN_USER]) {
+      natsUser = LOCAL_ADMIN_USER;
+      natsPassword = local.nats[LOCAL_ADMIN_USER];
+    }
+  }
+  return { ...config, natsUrl, natsUser, natsPassword, adminToken: globals.token ?? config.adminToken };
 }
 
 async function withNats<T>(config: Config, fn: (nc: NatsConnection) => Promise<T>): Promise<T> {
   let nc: NatsConnection;
   try {
-    nc = await connect({ servers: config.natsUrl, name: 'shopctl', maxReconnectAttempts: 0 });
+    nc = await connectNats(config, 'shopctl', { maxReconnectAttempts: SHOPCTL_RECONNECT_ATTEMPTS, timeoutMs: SHOPCTL_CONNECT_TIMEOUT_MS });
   } catch (err) {
-    throw new Error(`cannot reach NATS at ${config.natsUrl} (${(err as Error).message}); is the stack running (npm start)? Use --nats <url> or SHOP_NATS_URL for another one`);
+    const why = (err as Error).message;
+    const hint = /authorization/i.test(why)
+      ? config.natsUser
+        ? `the server refused user ${config.natsUser}; check --user/--password (SHOP_NATS_USER, SHOP_NATS_PASSWORD)`
+        : `the server requires credentials: pass --user and --password (or SHOP_NATS_USER, SHOP_NATS_PASSWORD); the local stack's are in ${secretPaths(config).credentials}`
+      : 'is the stack running (npm start)? Use --nats <url> or SHOP_NATS_URL for another one';
+    throw new Error(`cannot connect to NATS at ${config.natsUrl} (${why}); ${hint}`);
   }
   try {
     return await fn(nc);
@@ -57,12 +88,14 @@ const program = new Command()
   .description('Admin CLI of the webshop: placement of partitions on workers')
   .option('--nats <url>', 'NATS server (default: the configured one, SHOP_NATS_URL / config/)')
   .option('--token <token>', 'admin token, when the workers have one (SHOP_ADMIN_TOKEN)')
+  .option('--user <user>', "NATS user (SHOP_NATS_USER; default on the local stack: its admin user)")
+  .option('--password <password>', 'NATS password (SHOP_NATS_PASSWORD is safer: arguments are visible to other users in ps)')
   .showHelpAfterError();
 
 program
   .command('status')
   .description('live workers, and every partition with its owner, epoch and lag')
-  .option('--json', 'print {"workers":[{"id","pid","host","partitions"}],"partitions":[{"kind","partition","owner","epoch","lag"}]}')
+  .option('--json', 'print {"workers":[{"id","pid","host","partitions"}],"partitions":[{"kind","partition","owner","epoch","lag","state","deadLetters"}]}')
   .action(async (opts: { json?: boolean }) => {
     const config = configFrom(program.opts<Globals>());
     // Invalid values in the buckets are left out of the status and named on stderr, so --json stays parseable.

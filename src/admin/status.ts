@@ -12,8 +12,20 @@ import { kvValues, parsePlacementKey, placementKey, type Assignment, type Heartb
 /** The shape of `shopctl status --json`, exactly. */
 export interface Status {
   workers: { id: string; pid: number; host: string; partitions: number }[];
-  partitions: { kind: Kind; partition: number; owner: string | null; epoch: number; lag: number }[];
+  partitions: {
+    kind: Kind;
+    partition: number;
+    owner: string | null;
+    epoch: number;
+    lag: number;
+    /** What it is doing: running; moving (placed, not yet run at its epoch); unplaced; owner dead; or held but not serving: restarting, refused. */
+    state: PartitionState;
+    /** Messages of this partition in the dead-letter stream. */
+    deadLetters: number;
+  }[];
 }
+
+export type PartitionState = 'running' | 'moving' | 'unplaced' | 'owner dead' | 'restarting' | 'refused';
 
 /** More than the JSON carries, for the table. */
 export interface StatusDetail {
@@ -22,6 +34,8 @@ export interface StatusDetail {
   workers: Map<string, { heartbeat: Heartbeat; ageMs: number }>;
   /** Partitions whose owner does not (yet) run them at the placement epoch: moving, or waiting for a dead owner's lease. */
   moving: Set<string>;
+  /** The dead-letter stream's name. */
+  deadLetterStream: string;
 }
 
 /**
@@ -72,8 +86,16 @@ export async function readStatus(nc: NatsConnection, config: Config, fault: Faul
     }
   }
 
-  const held = new Map<string, { worker: string; epoch: number; lag: number }>();
-  for (const [id, { heartbeat }] of workers) for (const h of heartbeat.held) held.set(placementKey(h.k, h.p), { worker: id, epoch: h.e, lag: h.lag });
+  const held = new Map<string, { worker: string; epoch: number; lag: number; trouble?: 'restarting' | 'refused' }>();
+  for (const [id, { heartbeat }] of workers) for (const h of heartbeat.held) held.set(placementKey(h.k, h.p), { worker: id, epoch: h.e, lag: h.lag, ...(h.t ? { trouble: h.t } : {}) });
+
+  const dead = new Map<string, number>();
+  try {
+    const info = await jsm.streams.info(n.deadLetterStream, { subjects_filter: n.deadLetter('stock', 0).replace(/stock\.0$/, '>') });
+    for (const [subject, count] of Object.entries(info.state.subjects ?? {})) dead.set(subject, count);
+  } catch {
+    // no dead-letter stream yet: no dead letters
+  }
 
   const partitions: Status['partitions'] = [];
   const moving = new Set<string>();
@@ -83,8 +105,9 @@ export async function readStatus(nc: NatsConnection, config: Config, fault: Faul
       const a = placement.get(key);
       const h = held.get(key);
       const running = a !== undefined && h !== undefined && h.worker === a.worker && h.epoch === a.epoch;
-      if (!running) moving.add(key);
-      partitions.push({ kind, partition: p, owner: a?.worker ?? null, epoch: a?.epoch ?? 0, lag: running ? h.lag : (inStream.get(n.cmd(kind, p)) ?? 0) });
+      if (!running || h.trouble) moving.add(key);
+      const state: PartitionState = !a ? 'unplaced' : !workers.has(a.worker) ? 'owner dead' : !running ? 'moving' : (h.trouble ?? 'running');
+      partitions.push({ kind, partition: p, owner: a?.worker ?? null, epoch: a?.epoch ?? 0, lag: running ? h.lag : (inStream.get(n.cmd(kind, p)) ?? 0), state, deadLetters: dead.get(n.deadLetter(kind, p)) ?? 0 });
     }
   }
   const count = new Map<string, number>();
@@ -95,7 +118,7 @@ export async function readStatus(nc: NatsConnection, config: Config, fault: Faul
       .sort((x, y) => (x.id < y.id ? -1 : 1)),
     partitions,
   };
-  return { status, leader, workers, moving };
+  return { status, leader, workers, moving, deadLetterStream: n.deadLetterStream };
 }
 
 /** Left-aligned columns, two spaces apart, with a header row. */
@@ -105,7 +128,7 @@ export function table(header: string[], rows: (string | number)[][]): string {
   return cells.map((r) => r.map((c, i) => (i === r.length - 1 ? c : c.padEnd(widths[i]!))).join('  ')).join('\n');
 }
 
-export function formatStatus({ status, leader, workers, moving }: StatusDetail): string {
+export function formatStatus({ status, leader, workers, moving, deadLetterStream: deadLetterStreamHint }: StatusDetail): string {
   const out: string[] = [];
   out.push(
     table(
@@ -119,18 +142,13 @@ export function formatStatus({ status, leader, workers, moving }: StatusDetail):
   );
   if (status.workers.length === 0) out.push('(no live worker)');
   out.push('');
-  out.push(
-    table(
-      ['KIND', 'PARTITION', 'OWNER', 'EPOCH', 'LAG', 'STATE'],
-      status.partitions.map((p) => {
-        const key = placementKey(p.kind, p.partition);
-        const state = p.owner === null ? 'unplaced' : !workers.has(p.owner) ? 'owner dead' : moving.has(key) ? 'moving' : 'running';
-        return [p.kind, p.partition, p.owner ?? '-', p.epoch, p.lag, state];
-      }),
-    ),
-  );
+  out.push(table(['KIND', 'PARTITION', 'OWNER', 'EPOCH', 'LAG', 'DEAD', 'STATE'], status.partitions.map((p) => [p.kind, p.partition, p.owner ?? '-', p.epoch, p.lag, p.deadLetters, p.state])));
   const running = status.partitions.length - moving.size;
   out.push('');
   out.push(`${running}/${status.partitions.length} partitions running at their placement epoch; leader: ${leader ?? 'none'}`);
+  const deadLetters = status.partitions.reduce((sum, p) => sum + p.deadLetters, 0);
+  if (deadLetters > 0) out.push(`${deadLetters} dead letters (messages a partition could not apply): nats stream view ${deadLetterStreamHint}`);
+  const troubled = status.partitions.filter((p) => p.state === 'restarting' || p.state === 'refused');
+  if (troubled.length > 0) out.push(`not serving: ${troubled.map((p) => `${p.kind}.${p.partition} ${p.state}`).join(', ')} (the owner's log and /readyz say why)`);
   return out.join('\n');
 }

@@ -5,7 +5,6 @@ import type { Log } from '../log.js';
 import type { Registry } from 'prom-client';
 import { createGatewayMetrics } from '../admin/metrics.js';
 import { createShopClient, type ShopClient } from '../runtime/client.js';
-import { ensureStreams } from '../runtime/streams.js';
 import { apiRoutes, createDispatcher, createRouter } from './routes.js';
 import { listenHttp, type HttpServer } from './uws.js';
 
@@ -14,7 +13,7 @@ const CLOSE_MARGIN_MS = 1000;
 
 export type GatewayOptions = { config: Config; log: Log } & (
   | { nc: NatsConnection; client?: undefined }
-  /** With a client given (tests), the gateway neither ensures streams nor closes the client: its owner does. */
+  /** With a client given (tests), the gateway does not close the client: its owner does. */
   | { nc?: NatsConnection; client: ShopClient }
 );
 
@@ -35,7 +34,6 @@ export async function createGateway(opts: GatewayOptions): Promise<Gateway> {
     client = opts.client;
     ownsClient = false;
   } else {
-    await ensureStreams(await opts.nc.jetstreamManager(), config);
     client = createShopClient({ nc: opts.nc, config, log });
     ownsClient = true;
   }

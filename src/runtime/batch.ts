@@ -1,162 +1,185 @@
+/**
+ * The one loop of a worker process: takes the queued messages of every partition the worker runs (clients'
+ * commands from the streams, saga parcels from other workers), checks each at the boundary, applies them as one
+ * batch, and commits the batch in one Redis script, all of it or (one partition fenced) none.
+ *
+ * A command one partition of the batch sends to another partition this worker runs (a checkout's reserve, debit,
+ * answers, releases and forgets, when order, stock and payment partitions share the worker) is applied in the same
+ * batch, in memory (runtime/delivery.ts), instead of leaving through the outbox: a whole checkout is then one stream
+ * message in, one commit and one reply out. Each partition still has one writer and applies its commands one at a
+ * time; what changes is the transport, which the saga does not depend on (it tolerates any order and repeats). The
+ * commit being atomic across the batch's partitions is what makes this exact: a crash before it loses the commands
+ * and everything they caused together, and the streams and the senders' outboxes deliver them again.
+ *
+ * A message that does not decode, fails its command's schema (actors/commands.ts), names no command of its kind, or
+ * breaks an actor's invariant is a dead letter: the cursor moves past it with the batch, a copy goes to the
+ * dead-letter stream through the outbox, it is counted and logged; the commands around it apply as usual.
+ *
+ * The loop talks to a partition only through `Member`, which the partition runner implements.
+ */
 import type { JsMsg } from 'nats';
 import { setImmediate as turn } from 'node:timers/promises';
-import type { ApplyContext, Effects, ReplyTo, StateView } from '../actors/types.js';
+import { checkCommand, describe, type Door } from '../actors/commands.js';
+import type { Actor, Outgoing, ReplyTo } from '../actors/types.js';
 import { decode, encode } from '../codec.js';
 import type { Config, Kind } from '../config.js';
 import type { Log } from '../log.js';
-import { BUNDLE_MAX, bundles, fail, names, unbundle, type CommandEnvelope, type Names, type StreamMessage } from '../protocol.js';
-import type { RunnerMetrics } from './metrics.js';
-import type { PartitionRunner } from './partition.js';
-import { commitTogether, type Changes, type Outbox, type PreparedBatch } from './store.js';
+import { BUNDLE_MAX, fail, names, type Names, type Reply } from '../protocol.js';
+import { Delivery, type Box, type Sink } from './delivery.js';
+import { Draft, type Tables } from './draft.js';
+import type { DeadLetterReason, RunnerMetrics } from './metrics.js';
+import { emptyEntry, encodeEntry, owesNothing, packCommands, type DeadLetter, type OutboxEntry } from './outbox.js';
+import { commitTogether, type PartitionStore, type PreparedBatch } from './store.js';
 
 /**
- * A batch ends early once it changes this many keys, or has applied stream commands for this long, and the loop
- * lets the event loop turn before the next one: a long stretch of synchronous work would delay the worker's
- * heartbeats (and so cost it its lease), its replies and its reads.
+ * A batch ends early once it changes this many keys, or has applied commands for this long, and the loop lets the
+ * event loop turn before the next one: a long stretch of synchronous work would delay the worker's heartbeats (and
+ * so cost it its lease), its replies and its reads.
  */
 const BATCH_KEYS_MAX = 5_000;
 const BATCH_SLICE_MS = 10;
+/** Most dead letters logged per partition per minute; the rest are only counted (shop_dead_letters_total). */
+const DEAD_LETTER_LOG_PER_MINUTE = 10;
+/** Longest reply subject a client command may name. */
+const REPLY_SUBJECT_MAX_CHARS = 256;
 
-/**
- * Batch draft over a partition's live state: writes of the batch land here and reach the live maps (which reads
- * see) only after the batch has committed. Each command's writes are logged so that a command that throws is taken
- * back whole. Deleting a key the batch created and the live state does not hold leaves no trace (a saga's ledger
- * entry made and forgotten within one batch costs Redis nothing).
- */
-export class Draft implements StateView {
-  readonly batch: Changes = new Map();
-  /** Keys the batch changes. */
-  size = 0;
-  /** This command's writes: the table, the key, and what the draft held for it before (to take them back). */
-  private readonly undo: [table: Map<string, unknown>, key: string, had: boolean, before: unknown][] = [];
+/** A saga parcel from another worker, waiting in a partition's queue. */
+export interface Inbound {
+  id: string;
+  /** Where to acknowledge it once its batch is committed. */
+  ackTo: string;
+  /** msgpack array of saga commands */
+  commands: Uint8Array;
+}
 
-  constructor(private readonly live: Map<string, Map<string, unknown>>) {}
+/** What a batch took from a partition's queues. */
+export interface Taken {
+  stream: JsMsg[];
+  parcels: Inbound[];
+}
 
-  get<T>(table: string, key: string): T | undefined {
-    const t = this.batch.get(table);
-    if (t !== undefined && t.has(key)) return t.get(key) as T | undefined;
-    return this.live.get(table)?.get(key) as T | undefined;
-  }
+/** A committed batch, as its partition hears of it. */
+export interface Committed {
+  /** Publish it: the batch's writes become what reads see. */
+  draft: Draft;
+  /** Last stream sequence applied, and the count of commands delivered within the worker. */
+  cursor: number;
+  local: number;
+  /** The outbox entry the batch stored, and its field; null when it owes nothing. */
+  field: string;
+  entry: OutboxEntry | null;
+  /** Ids of the parcels it applied. */
+  parcels: string[];
+}
 
-  set(table: string, key: string, value: unknown): void {
-    if (value === undefined) throw new Error('invariant: undefined value; use delete');
-    this.write(table, key, value);
-  }
-
-  delete(table: string, key: string): void {
-    this.write(table, key, undefined);
-  }
-
-  keepCommand(): void {
-    this.undo.length = 0;
-  }
-
-  dropCommand(): void {
-    for (let i = this.undo.length - 1; i >= 0; i--) {
-      const [t, key, had, before] = this.undo[i]!;
-      const has = t.has(key);
-      if (had) {
-        if (!has) this.size++;
-        t.set(key, before);
-      } else if (has) {
-        t.delete(key);
-        this.size--;
-      }
-    }
-    this.undo.length = 0;
-  }
-
-  publish(): void {
-    for (const [table, changes] of this.batch) {
-      const target = this.live.get(table)!;
-      for (const [k, v] of changes) {
-        if (v === undefined) target.delete(k);
-        else target.set(k, v);
-      }
-    }
-  }
-
-  private write(table: string, key: string, value: unknown): void {
-    let t = this.batch.get(table);
-    if (!t) {
-      if (!this.live.has(table)) throw new Error(`invariant: unknown table ${table}`);
-      this.batch.set(table, (t = new Map()));
-    }
-    const had = t.has(key);
-    this.undo.push([t, key, had, t.get(key)]);
-    if (value === undefined && !this.live.get(table)!.has(key)) {
-      // Nothing committed to delete: drop what the batch wrote, if anything.
-      if (had) t.delete(key), this.size--;
-      return;
-    }
-    if (!had) this.size++;
-    t.set(key, value);
-  }
+/** What the batch loop needs of a partition; implemented by its runner (runtime/partition.ts). */
+export interface Member {
+  readonly kind: Kind;
+  readonly partition: number;
+  readonly actor: Actor<unknown, unknown>;
+  readonly log: Log;
+  readonly store: PartitionStore;
+  /** The committed state; the batch drafts over it. */
+  readonly live: Tables;
+  readonly epoch: number;
+  /** Last stream sequence committed. */
+  readonly cursor: number;
+  /** Commands delivered from within the worker, committed so far. */
+  readonly local: number;
+  /** Has queued messages and room in its outbox: may join the next batch. */
+  ready(): boolean;
+  /** Runs now: commands the worker's other partitions make for it may be applied to it within a batch. */
+  accepts(): boolean;
+  /** Takes up to `max` queued stream messages, and the queued parcels. */
+  take(max: number): Taken;
+  /** Messages taken but not applied (a batch cut short, or withheld): first in line again. */
+  giveBack(taken: Taken): void;
+  /** A parcel this partition has applied and committed already. */
+  seen(parcelId: string): boolean;
+  /** Outbox fields that are done, for this commit to delete; and back, when the commit did not happen. */
+  takeDone(): string[];
+  giveBackDone(fields: string[]): void;
+  committed(c: Committed): void;
+  /** A newer owner holds the partition (the commit was refused): drop it. */
+  fenced(): void;
+  /** The commit failed for a transport reason: nothing of the batch is visible; take the partition again. */
+  failed(err: unknown): void;
 }
 
 /** One partition's share of a batch. */
-export interface Part {
-  readonly runner: PartitionRunner;
+class Part implements Box {
   readonly draft: Draft;
-  /** Stream messages taken from the runner's queue (given back if the batch is withheld). */
-  taken: JsMsg[];
+  readonly taken: Taken = { stream: [], parcels: [] };
   /** Last stream sequence applied (the cursor after the batch). */
   last: number;
   /** The partition's local count after the batch: commands delivered from within the worker number -1, -2, ... */
   local: number;
-  /** Commands applied. */
-  applied: number;
-  replies: [ReplyTo, Uint8Array][];
-  /** Commands for partitions outside this batch, per subject, in order. */
-  sends: Map<string, unknown[]>;
+  applied = 0;
+  readonly replies: [ReplyTo, Uint8Array][] = [];
+  /** Commands for partitions elsewhere, per target, in order. */
+  readonly sends = new Map<string, { kind: Kind; partition: number; cmds: unknown[] }>();
+  readonly dead: DeadLetter[] = [];
   /** Sagas this part decided, by outcome ('' for paid, else the refusal's code): counted once the batch commits. */
-  outcomes: Map<string, number>;
-}
+  readonly outcomes = new Map<string, number>();
+  /** Parcels applied (to acknowledge once committed), and parcels seen before (acknowledged either way). */
+  readonly parcels: Inbound[] = [];
+  readonly repeats: Inbound[] = [];
 
-/** A committed part's outbox, with the field it is stored under ('' when it owes nothing). */
-export interface Owed {
-  field: string;
-  outbox: Outbox | null;
+  constructor(readonly member: Member) {
+    this.draft = new Draft(member.live);
+    this.last = member.cursor;
+    this.local = member.local;
+  }
+
+  get kind(): Kind {
+    return this.member.kind;
+  }
+  get partition(): number {
+    return this.member.partition;
+  }
+  get actor(): Actor<unknown, unknown> {
+    return this.member.actor;
+  }
+  nextLocal(): number {
+    return -++this.local;
+  }
+  /** It changes something in Redis: a stream message or a command from within the worker was applied. */
+  get writes(): boolean {
+    return this.last > this.member.cursor || this.local > this.member.local;
+  }
 }
 
 export interface BatchLoopDeps {
   config: Config;
   log: Log;
   metrics?: RunnerMetrics | undefined;
+  /** Acknowledges parcels applied by a committed batch (the courier). */
+  ack(to: string, ids: string[]): void;
 }
 
 const key = (kind: Kind, partition: number) => `${kind}.${partition}`;
 
-/**
- * The one loop of a worker process: takes the queued stream commands of every partition the worker runs, applies
- * them as one batch, and commits the batch in one Redis script, all of it or (one partition fenced) none.
- *
- * A command one partition of the batch sends to another partition this worker runs (a checkout's reserve, debit,
- * answers, releases and forgets, when order, stock and payment partitions share the worker) is applied in the same
- * batch, in memory, instead of leaving through the outbox and the stream: a whole checkout is then one stream
- * message in, one commit and one reply out. Each partition still has one writer and applies its commands one at a
- * time; what changes is the transport, which the saga does not depend on (it tolerates any order and repeats). The
- * commit being atomic across the batch's partitions is what makes this exact: a crash before it loses the commands
- * and everything they caused together, and the streams replay them.
- */
 export class BatchLoop {
-  private readonly runners = new Map<string, PartitionRunner>();
+  private readonly members = new Map<string, Member>();
   private readonly names: Names;
+  private readonly replyPrefix: string;
   private wakeUp: (() => void) | null = null;
   private running = false;
-  /** Runners in the batch now being applied or committed. */
-  private readonly busy = new Set<PartitionRunner>();
+  /** Members in the batch now being applied or committed. */
+  private readonly busy = new Set<Member>();
   private batchDone: Promise<void> = Promise.resolve();
-  /** Where the next batch starts taking stream commands (round robin over the runners). */
+  /** Where the next batch starts taking messages (round robin over the members). */
   private next = 0;
+  private readonly deadLogged = new Map<Member, { since: number; logged: number; skipped: number }>();
 
   constructor(private readonly deps: BatchLoopDeps) {
     this.names = names(deps.config.streamPrefix);
+    this.replyPrefix = this.names.replies;
   }
 
-  /** A runner that has taken its partition: its queued commands join the next batches. */
-  add(runner: PartitionRunner): void {
-    this.runners.set(key(runner.kind, runner.partition), runner);
+  /** A partition that has taken its partition: its queued messages join the next batches. */
+  add(member: Member): void {
+    this.members.set(key(member.kind, member.partition), member);
     if (!this.running) {
       this.running = true;
       void this.loop();
@@ -164,9 +187,9 @@ export class BatchLoop {
     this.wake();
   }
 
-  remove(runner: PartitionRunner): void {
-    const k = key(runner.kind, runner.partition);
-    if (this.runners.get(k) === runner) this.runners.delete(k);
+  remove(member: Member): void {
+    const k = key(member.kind, member.partition);
+    if (this.members.get(k) === member) this.members.delete(k);
   }
 
   /** Something was queued, or an outbox finished sending. */
@@ -174,14 +197,14 @@ export class BatchLoop {
     this.wakeUp?.();
   }
 
-  /** Resolves once no batch in hand involves the runner. */
-  async settled(runner: PartitionRunner): Promise<void> {
-    while (this.busy.has(runner)) await this.batchDone;
+  /** Resolves once no batch in hand involves the member. */
+  async settled(member: Member): Promise<void> {
+    while (this.busy.has(member)) await this.batchDone;
   }
 
   private async loop(): Promise<void> {
     for (;;) {
-      const takers = [...this.runners.values()].filter((r) => r.ready());
+      const takers = [...this.members.values()].filter((m) => m.ready());
       if (takers.length === 0) {
         await new Promise<void>((r) => (this.wakeUp = r));
         this.wakeUp = null;
@@ -193,9 +216,11 @@ export class BatchLoop {
         const committed = await this.batch(takers);
         if (!committed) await turn();
       } catch (err) {
-        // Not the actors (a command that throws is dropped alone), so a fault of this code: what the batch took is
-        // neither committed nor queued any more. Every partition in it takes itself again from Redis and its stream.
-        for (const runner of this.busy) runner.failed(err);
+        // Not the messages (a bad one is a dead letter) nor the actors (a throwing command is one), so a fault of
+        // this code: what the batch took is neither committed nor queued any more. Every partition in it takes
+        // itself again from Redis and its stream, with a growing pause if it keeps failing.
+        this.deps.log.error('batch failed', { err });
+        for (const member of this.busy) member.failed(err);
         await turn();
       } finally {
         this.busy.clear();
@@ -205,127 +230,185 @@ export class BatchLoop {
   }
 
   /** Applies and commits one batch; false when it had nothing to commit. */
-  private async batch(takers: PartitionRunner[]): Promise<boolean> {
+  private async batch(takers: Member[]): Promise<boolean> {
     const { config } = this.deps;
     const began = performance.now();
-    const parts = new Map<PartitionRunner, Part>();
-    const local: [Part, unknown][] = [];
+    const parts = new Map<Member, Part>();
+    const delivery = new Delivery<Part>(config.partitions, (kind, partition) => {
+      const target = this.members.get(key(kind, partition));
+      return target?.accepts() ? this.part(parts, target) : undefined;
+    }, this.sink);
     let applied = 0;
+    let keysCheckedAt = 0;
     const full = () => {
       if (applied === 0) return false;
       if (performance.now() - began >= BATCH_SLICE_MS) return true;
+      if (applied - keysCheckedAt < 64) return false; // summing the drafts' sizes on every message costs more than it saves
+      keysCheckedAt = applied;
       let keys = 0;
       for (const p of parts.values()) keys += p.draft.size;
       return keys >= BATCH_KEYS_MAX;
     };
     const start = this.next++ % takers.length;
     for (let n = 0; n < takers.length && !full(); n++) {
-      const runner = takers[(start + n) % takers.length]!;
-      const part = this.part(parts, runner);
-      const msgs = runner.take(config.batchMax);
-      let i = 0;
-      for (; i < msgs.length && !full(); i++) {
-        const m = msgs[i]!;
-        runner.streamPending = m.info.pending;
-        if (m.seq <= runner.cursor) continue; // already applied (a consumer reset can re-deliver)
-        part.last = m.seq;
-        let envelopes: CommandEnvelope[];
-        try {
-          envelopes = unbundle(decode<StreamMessage>(m.data));
-        } catch (err) {
-          runner.log.error('undecodable command skipped', { seq: m.seq, err });
-          continue;
-        }
-        for (let e = 0; e < envelopes.length; e++) {
-          this.deliver(parts, local, part, envelopes[e]!.c, envelopes[e]!.r, m.seq * BUNDLE_MAX + e);
-          applied++;
-        }
-        // What the commands sent within the worker, and what that sends on, until the sagas rest.
-        for (let j = 0; j < local.length; j++) {
-          const [to, cmd] = local[j]!;
-          this.deliver(parts, local, to, cmd, undefined, -++to.local);
-          applied++;
-        }
-        local.length = 0;
-      }
-      part.taken = i === msgs.length ? msgs : msgs.slice(0, i);
-      if (i < msgs.length) runner.giveBack(msgs.slice(i));
+      const member = takers[(start + n) % takers.length]!;
+      const part = this.part(parts, member);
+      const taken = member.take(config.batchMax);
+      let s = 0;
+      for (; s < taken.stream.length && !full(); s++) applied += this.applyStream(delivery, part, taken.stream[s]!);
+      let q = 0;
+      for (; q < taken.parcels.length && !full(); q++) applied += this.applyParcel(delivery, part, taken.parcels[q]!);
+      part.taken.stream.push(...(s === taken.stream.length ? taken.stream : taken.stream.slice(0, s)));
+      part.taken.parcels.push(...(q === taken.parcels.length ? taken.parcels : taken.parcels.slice(0, q)));
+      if (s < taken.stream.length || q < taken.parcels.length) member.giveBack({ stream: taken.stream.slice(s), parcels: taken.parcels.slice(q) });
     }
     return this.commit([...parts.values()]);
   }
 
-  private part(parts: Map<PartitionRunner, Part>, runner: PartitionRunner): Part {
-    let part = parts.get(runner);
+  private part(parts: Map<Member, Part>, member: Member): Part {
+    let part = parts.get(member);
     if (!part) {
-      this.busy.add(runner);
-      parts.set(runner, (part = { runner, draft: new Draft(runner.live), taken: [], last: runner.cursor, local: runner.local, applied: 0, replies: [], sends: new Map(), outcomes: new Map() }));
+      this.busy.add(member);
+      parts.set(member, (part = new Part(member)));
     }
     return part;
   }
 
-  /** Applies one command to its partition's draft and routes its effects. */
-  private deliver(parts: Map<PartitionRunner, Part>, local: [Part, unknown][], part: Part, cmd: unknown, replyTo: ReplyTo | undefined, seq: number): void {
-    const effects = this.applyOne(part, cmd, replyTo, seq);
-    part.applied++;
-    if (replyTo && effects.reply) part.replies.push([replyTo, encode(effects.reply)]);
-    if (effects.replies) {
-      for (const { to, reply } of effects.replies) part.replies.push([to, encode(reply)]);
-      const decided = effects.replies[0]?.reply; // deferred answers are the outcome of a saga
-      if (decided) {
-        const outcome = decided.ok ? '' : decided.code;
-        part.outcomes.set(outcome, (part.outcomes.get(outcome) ?? 0) + 1);
-      }
-    }
-    for (const out of effects.send ?? []) {
-      const target = this.runners.get(key(out.kind, out.partition));
-      if (target?.state === 'running') {
-        local.push([this.part(parts, target), out.cmd]);
-        continue;
-      }
-      const subject = this.names.cmd(out.kind, out.partition);
-      let list = part.sends.get(subject);
-      if (!list) part.sends.set(subject, (list = []));
-      list.push(out.cmd);
-    }
-  }
-
-  /** A command that throws leaves nothing and answers `internal`. */
-  private applyOne(part: Part, cmd: unknown, replyTo: ReplyTo | undefined, seq: number): Effects {
-    const { runner, draft } = part;
-    const ctx: ApplyContext = { partition: runner.partition, partitions: this.deps.config.partitions, seq };
-    if (replyTo) ctx.replyTo = replyTo;
+  /** One stream message: a client's command, or a bundle of them. Returns the commands applied (dead letters count). */
+  private applyStream(delivery: Delivery<Part>, part: Part, m: JsMsg): number {
+    if (m.seq <= part.member.cursor) return 0; // already applied (a consumer reset can re-deliver)
+    part.last = m.seq;
+    const base = m.seq * BUNDLE_MAX;
+    let message: unknown;
     try {
-      const effects = runner.actor.apply(draft, cmd as never, ctx);
-      draft.keepCommand();
-      return effects;
+      message = decode(m.data);
     } catch (err) {
-      draft.dropCommand();
-      runner.log.error('command failed; nothing of it applied', { seq, err });
-      return { reply: fail('internal', `command ${seq} at ${runner.subject} failed`) };
+      this.dead(part, base, 'undecodable', (err as Error).message, m.data);
+      return 1;
     }
+    const envelopes = Array.isArray(message) ? message : [message];
+    if (envelopes.length > BUNDLE_MAX) {
+      this.dead(part, base, 'oversized', `a bundle of ${envelopes.length} commands is over BUNDLE_MAX (${BUNDLE_MAX})`, m.data);
+      return 1;
+    }
+    for (let e = 0; e < envelopes.length; e++) {
+      const envelope = envelopes[e] as { c?: unknown; r?: unknown } | null;
+      const seq = base + e;
+      const replyTo = typeof envelope === 'object' && envelope !== null ? envelope.r : undefined;
+      if (typeof envelope !== 'object' || envelope === null || Array.isArray(envelope) || !('c' in envelope)) {
+        this.dead(part, seq, 'invalid', 'not a command envelope {c, r?}', encode(envelope));
+      } else if (replyTo !== undefined && !this.replySubject(replyTo)) {
+        this.dead(part, seq, 'invalid', `reply subject ${describe(replyTo)} is not a reply inbox`, encode(envelope));
+      } else if (!this.check(part, 'client', envelope.c, seq, envelope, replyTo as string | undefined)) {
+        // refused: a dead letter already
+      } else {
+        delivery.deliver(part, envelope.c, seq, replyTo as string | undefined);
+      }
+      part.applied++;
+    }
+    return envelopes.length;
   }
 
-  /** What a part owes once committed: replies, and one message per subject with ids fixed by the batch. */
-  private owed(part: Part): Owed {
-    const { runner } = part;
-    const outbox: Outbox = { js: [], replies: part.replies };
-    const merge = runner.actor.mergeOutgoing;
-    for (const [subject, cmds] of part.sends) {
-      const envelopes: CommandEnvelope[] = (merge ? merge(cmds) : cmds).map((c) => ({ c }));
-      for (const data of bundles(envelopes)) outbox.js.push([subject, `${runner.kind}.${runner.partition}.${part.last}.${part.local}.${outbox.js.length}`, data]);
+  /** One parcel of saga commands from a partition of another worker. */
+  private applyParcel(delivery: Delivery<Part>, part: Part, inbound: Inbound): number {
+    if (part.member.seen(inbound.id)) {
+      part.repeats.push(inbound);
+      return 0;
     }
-    if (outbox.js.length === 0 && outbox.replies.length === 0) return { field: '', outbox: null };
-    return { field: `${part.last}.${part.local}`, outbox };
+    let cmds: unknown;
+    try {
+      cmds = decode(inbound.commands);
+    } catch (err) {
+      cmds = err as Error;
+    }
+    if (Array.isArray(cmds) && cmds.length === 0) {
+      part.repeats.push(inbound); // nothing to apply, nothing to wait for
+      return 0;
+    }
+    // Acknowledged once this batch commits, whatever its commands turn out to be: sending a bad one again helps nobody.
+    part.parcels.push(inbound);
+    if (!Array.isArray(cmds)) {
+      const [reason, detail]: [DeadLetterReason, string] = cmds instanceof Error ? ['undecodable', cmds.message] : ['invalid', 'not a list of commands'];
+      this.dead(part, part.nextLocal(), reason, `parcel ${inbound.id}: ${detail}`, inbound.commands);
+      return 1;
+    }
+    for (const cmd of cmds) {
+      const seq = part.nextLocal();
+      if (this.check(part, 'saga', cmd, seq, cmd, undefined)) delivery.deliver(part, cmd, seq);
+      part.applied++;
+    }
+    return cmds.length;
+  }
+
+  /** The command passes its kind's schema for its door; otherwise it becomes a dead letter and its waiter hears why. */
+  private check(part: Part, door: Door, cmd: unknown, seq: number, original: unknown, replyTo: ReplyTo | undefined): boolean {
+    const verdict = checkCommand(part.kind, door, cmd);
+    if (verdict.ok) return true;
+    this.dead(part, seq, verdict.reason, verdict.detail, encode(original));
+    if (replyTo !== undefined) part.replies.push([replyTo, encode(fail('invalid_command', verdict.detail))]);
+    return false;
+  }
+
+  /** A reply subject a client command may name: one of the reply inboxes, nothing else a worker may publish to. */
+  private replySubject(r: unknown): boolean {
+    return typeof r === 'string' && r.length <= REPLY_SUBJECT_MAX_CHARS && r.startsWith(this.replyPrefix) && !/[\s*>]/.test(r);
+  }
+
+  private dead(part: Part, seq: number, reason: DeadLetterReason, detail: string, data: Uint8Array): void {
+    part.dead.push({ seq, reason, detail, data });
+  }
+
+  /** Where delivered commands' effects go: into the parts of the batch. */
+  private readonly sink: Sink<Part> = {
+    reply: (part, to, reply) => void part.replies.push([to, encode(reply)]),
+    decided: (part, outcome) => {
+      const code = outcome.ok ? '' : outcome.code;
+      part.outcomes.set(code, (part.outcomes.get(code) ?? 0) + 1);
+    },
+    send: (part, out: Outgoing) => {
+      const k = key(out.kind, out.partition);
+      let target = part.sends.get(k);
+      if (!target) part.sends.set(k, (target = { kind: out.kind, partition: out.partition, cmds: [] }));
+      target.cmds.push(out.cmd);
+    },
+    failed: (part, cmd, seq, replyTo, err) => {
+      this.dead(part, seq, 'invariant', (err as Error)?.message ?? String(err), encode(cmd));
+      if (replyTo !== undefined) part.replies.push([replyTo, encode(fail('internal', `command ${seq} at ${part.kind}.${part.partition} broke an invariant`) satisfies Reply)]);
+    },
+  };
+
+  /** What a part owes once committed: replies, parcels with ids fixed by the batch, dead letters. */
+  private entryOf(part: Part): { field: string; entry: OutboxEntry | null } {
+    const entry = emptyEntry();
+    entry.replies = part.replies;
+    entry.dead = part.dead;
+    const merge = part.actor.mergeOutgoing;
+    let i = 0;
+    for (const { kind, partition, cmds } of part.sends.values()) {
+      for (const data of packCommands(merge ? merge(cmds) : cmds)) entry.parcels.push([kind, partition, `${part.kind}.${part.partition}.${part.last}.${part.local}.${i++}`, data]);
+    }
+    if (owesNothing(entry)) return { field: '', entry: null };
+    return { field: `${part.last}.${part.local}`, entry };
   }
 
   private async commit(all: Part[]): Promise<boolean> {
-    // A part that only skipped messages it had already applied has nothing to write.
-    const parts = all.filter((p) => p.last > p.runner.cursor || p.local > p.runner.local);
+    // Parcels seen before were committed before: acknowledged whatever happens to this batch.
+    for (const p of all) if (p.repeats.length > 0) this.acknowledge(p.repeats);
+    // A part that only skipped what it had already applied has nothing to write.
+    const parts = all.filter((p) => p.writes);
     if (parts.length === 0) return false;
-    const owed = parts.map((p) => this.owed(p));
-    const cleared = parts.map((p) => p.runner.takeCleared());
+    const owed = parts.map((p) => this.entryOf(p));
+    const done = parts.map((p) => p.member.takeDone());
     const prepared: PreparedBatch[] = parts.map((p, i) =>
-      p.runner.store.prepare({ epoch: p.runner.epoch, cursor: p.last, local: p.local, changes: p.draft.batch, outboxField: owed[i]!.field, outbox: owed[i]!.outbox, cleared: cleared[i]! }),
+      p.member.store.prepare({
+        epoch: p.member.epoch,
+        cursor: p.last,
+        local: p.local,
+        changes: p.draft.batch,
+        outboxField: owed[i]!.field,
+        outbox: owed[i]!.entry ? encodeEntry(owed[i]!.entry!) : null,
+        cleared: done[i]!,
+      }),
     );
     const started = performance.now();
     let results;
@@ -333,26 +416,62 @@ export class BatchLoop {
       results = await commitTogether(prepared);
     } catch (err) {
       // A transport failure: nothing of the batch is visible; each partition takes itself again from Redis.
-      for (const p of parts) p.runner.failed(err);
+      for (const p of parts) p.member.failed(err);
       return true;
     }
     if (results.some((r) => r !== 'committed')) {
       // A newer owner holds some partition: nothing was written. It drops its partition; the others apply their
-      // commands again in the next batch, where the fenced partition is no longer a local target.
+      // messages again in the next batch, where the fenced partition is no longer a local target.
       parts.forEach((p, i) => {
-        if (results[i] === 'fenced') return p.runner.fenced();
-        p.runner.giveBack(p.taken);
-        p.runner.giveCleared(cleared[i]!);
+        if (results[i] === 'fenced') return p.member.fenced();
+        p.member.giveBack(p.taken);
+        p.member.giveBackDone(done[i]!);
       });
       return true;
     }
     const ms = performance.now() - started;
+    const { metrics } = this.deps;
     for (const p of parts) {
-      this.deps.metrics?.batch(p.runner.kind, p.runner.partition, p.applied, ms);
-      for (const [outcome, n] of p.outcomes) this.deps.metrics?.sagaOutcome(outcome === '', outcome || undefined, n);
+      metrics?.batch(p.kind, p.partition, p.applied, ms);
+      for (const [outcome, n] of p.outcomes) metrics?.sagaOutcome(outcome === '', outcome || undefined, n);
+      for (const d of p.dead) {
+        metrics?.deadLetter?.(p.kind, p.partition, d.reason as DeadLetterReason);
+        this.logDead(p, d);
+      }
     }
-    if (this.deps.config.faultKillAfter === 'commit' && owed.some((o) => o.outbox)) process.kill(process.pid, 'SIGKILL');
-    parts.forEach((p, i) => p.runner.committed(p, owed[i]!));
+    if (this.deps.config.faultKillAfter === 'commit' && owed.some((o) => o.entry && (o.entry.replies.length > 0 || o.entry.parcels.length > 0))) process.kill(process.pid, 'SIGKILL');
+    parts.forEach((p, i) => p.member.committed({ draft: p.draft, cursor: p.last, local: p.local, field: owed[i]!.field, entry: owed[i]!.entry, parcels: p.parcels.map((x) => x.id) }));
+    this.acknowledge(parts.flatMap((p) => p.parcels));
     return true;
+  }
+
+  /** Parcels applied and committed: their senders may forget them. One acknowledgement per sender. */
+  private acknowledge(parcels: Inbound[]): void {
+    const bySender = new Map<string, string[]>();
+    for (const { id, ackTo } of parcels) {
+      let ids = bySender.get(ackTo);
+      if (!ids) bySender.set(ackTo, (ids = []));
+      ids.push(id);
+    }
+    for (const [to, ids] of bySender) this.deps.ack(to, ids);
+  }
+
+  private logDead(part: Part, d: DeadLetter): void {
+    const now = Date.now();
+    let seen = this.deadLogged.get(part.member);
+    if (!seen || now - seen.since > 60_000) {
+      if (seen?.skipped) part.member.log.warn('dead letters not logged in the last minute', { count: seen.skipped });
+      this.deadLogged.set(part.member, (seen = { since: now, logged: 0, skipped: 0 }));
+    }
+    if (seen.logged++ >= DEAD_LETTER_LOG_PER_MINUTE) {
+      seen.skipped++;
+      return;
+    }
+    part.member.log.warn('dead letter: a message this partition cannot apply was passed and copied to the dead-letter stream', {
+      seq: d.seq,
+      reason: d.reason,
+      detail: d.detail,
+      stream: this.names.deadLetterStream,
+    });
   }
 }

@@ -81,7 +81,7 @@ export function createShopClient({ nc, config, log }: { nc: NatsConnection; conf
   const n = names(config.streamPrefix);
   // Answers that are not ones (garbage on a reply subject) are dropped and logged at most once a minute per kind.
   const fault = faultLog(log);
-  const mux = new Mux(nc, n.inbox(id), fault);
+  const mux = new Mux(nc, n.inbox(config.natsUser || 'gateway', id), fault);
   const replyCheck = commandReply(fault);
   const ackCheck = parsePubAck(fault);
 

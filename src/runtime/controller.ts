@@ -76,7 +76,8 @@ const NOBODY = '';
 
 const errText = (err: unknown) => (err instanceof Error ? (err.stack ?? err.message) : String(err));
 
-const isLoopbackUrl = (url: string) => /^nats:\/\/(127\.\d+\.\d+\.\d+|localhost|\[::1\])(:\d+)?\/?$/.test(url);
+/** Every server of `natsUrl` (a comma-separated list) is on this machine. */
+const isLoopbackUrl = (urls: string) => urls.split(',').every((url) => /^(nats|tls):\/\/([^@/]*@)?(127\.\d+\.\d+\.\d+|localhost|\[::1\])(:\d+)?\/?$/.test(url.trim()));
 
 export async function startController({ nc, config, log: parentLog, id, buckets, elect = true, seed = '', ignore = () => false }: ControllerOptions): Promise<Controller> {
   const log = parentLog.child('controller');
@@ -292,7 +293,20 @@ export async function startController({ nc, config, log: parentLog, id, buckets,
 
   // ---- the tick: leadership, then the placement ------------------------------------------------------
 
+  let ticking = false;
   async function tick(): Promise<void> {
+    // One tick at a time: under load a renewal can take longer than an interval, and a second one sent on the same
+    // revision is refused ("wrong last sequence"), which cost the leader its leadership every couple of seconds.
+    if (ticking) return;
+    ticking = true;
+    try {
+      await tickOnce();
+    } finally {
+      ticking = false;
+    }
+  }
+
+  async function tickOnce(): Promise<void> {
     const now = Date.now();
     // A tick far later than its interval: this process was not running (a stall, SIGSTOP). Whoever it has not
     // heard from meanwhile may well be alive: it waits another lease before declaring anyone dead.

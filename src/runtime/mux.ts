@@ -42,7 +42,8 @@ const BATCH_TOKEN = 'B';
 const BATCH_BYTES_MAX = 256 * 1024;
 
 /**
- * Request/reply for many calls over one subscription: call n gets the reply subject `<inbox>.<n>`, and one
+ * Request/reply for many calls over one subscription: call n gets the reply subject `<inbox>.<n>` (the inbox is
+ * `<stream prefix>._reply.<user>.<process>`, protocol.ts's names().inbox), and one
  * wildcard subscription hands each answer to its waiter. Deadlines are checked by one sweep, not a timer per
  * call. Publishes are queued and sent together at the end of the event-loop turn, so every request that arrived
  * in one turn leaves in one socket write instead of one write each. Answers this process sends to another's
@@ -53,7 +54,7 @@ export class Mux {
   private readonly queue: [subject: string, data: Uint8Array, reply: string | undefined, msgId: string | undefined][] = [];
   /** Answers to other processes' waiters: their inbox -> token, bytes, token, bytes, ... and the bytes so far. */
   private readonly answers = new Map<string, { list: (string | Uint8Array)[]; bytes: number }>();
-  /** Where every process's inbox lives (`_reply.`, after any stream prefix). */
+  /** Where every process's inbox lives (`_reply.`, after any stream prefix); an inbox is `<inboxes><user>.<process>`. */
   private readonly inboxes: string;
   private readonly sub: Subscription;
   private readonly sweep: NodeJS.Timeout;
@@ -67,7 +68,7 @@ export class Mux {
     private readonly fault: Fault = () => {},
   ) {
     const skip = inbox.length + 1;
-    this.inboxes = inbox.slice(0, inbox.lastIndexOf('.') + 1);
+    this.inboxes = inbox.slice(0, inbox.lastIndexOf('.', inbox.lastIndexOf('.') - 1) + 1);
     this.sub = nc.subscribe(`${inbox}.>`, {
       // Nothing may throw out of here: nats.js would stop reading the connection for good.
       callback: (err, msg) => {
@@ -166,7 +167,9 @@ export class Mux {
   reply(subject: string, data: Uint8Array): void {
     const dot = subject.lastIndexOf('.');
     const inbox = subject.slice(0, dot);
-    const ours = dot > 0 && inbox.startsWith(this.inboxes) && !inbox.includes('.', this.inboxes.length); // `<inboxes><id>.<token>`
+    // `<inboxes><user>.<process>.<token>`: exactly one dot between the root and the token.
+    const user = inbox.indexOf('.', this.inboxes.length);
+    const ours = dot > 0 && inbox.startsWith(this.inboxes) && user > this.inboxes.length && user + 1 < inbox.length && !inbox.includes('.', user + 1);
     if (!ours) return this.publish(subject, data);
     let batch = this.answers.get(inbox);
     if (!batch) this.answers.set(inbox, (batch = { list: [], bytes: 0 }));

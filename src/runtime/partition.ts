@@ -4,80 +4,112 @@ import type { Actor, ReadView } from '../actors/types.js';
 import type { Config, Kind } from '../config.js';
 import type { Log } from '../log.js';
 import { names, type Names } from '../protocol.js';
-import type { BatchLoop, Owed, Part } from './batch.js';
+import type { BatchLoop, Committed, Inbound, Member, Taken } from './batch.js';
 import type { Courier } from './courier.js';
+import type { Tables } from './draft.js';
+import type { RunnerMetrics } from './metrics.js';
 import type { Mux } from './mux.js';
+import { decodeEntry, PartitionOutbox } from './outbox.js';
 import { serveReads } from './reads.js';
-import { StaleEpochError, type Outbox, type PartitionStore } from './store.js';
-
-/**
- * Sent outbox entries are deleted by the partition's next commit; when none comes within this time they are
- * deleted on their own, so an idle partition does not re-send its last batch's messages after a restart.
- */
-const OUTBOX_CLEAR_IDLE_MS = 250;
+import { StaleEpochError, type PartitionStore } from './store.js';
 
 /** Longest a runner that lets go waits for its outbox to finish sending. */
 const OUTBOX_DRAIN_MAX_MS = 5000;
-
-/** Most committed batches whose outbox is still being published before the batch loop stops taking this partition's commands. */
+/** Most committed batches whose outbox is still being delivered before the batch loop stops taking this partition's messages. */
 const OUTBOX_BATCHES_INFLIGHT_MAX = 64;
+/** Longest pause between two attempts of a partition that keeps failing to restart. */
+export const RESTART_BACKOFF_MAX_MS = 30_000;
+/** How often a partition refused for a stream behind its cursor looks again (an operator may have mended it). */
+const REFUSED_RECHECK_MS = 10_000;
+/** Parcels remembered as applied, so that a copy sent again is acknowledged without being applied again. */
+const SEEN_PARCELS_MAX = 8192;
 
-export type RunnerState = 'idle' | 'starting' | 'running' | 'stopping' | 'stopped' | 'fenced';
+/**
+ * How long after a commit Redis may still lose it on a crash of its machine, by its appendfsync policy: the stream
+ * is never trimmed past a cursor younger than this (the commands would be needed again). `no` leaves flushing to the
+ * kernel, which writes dirty pages back within about 30 s.
+ */
+export function durableAfterMs(appendfsync: Config['redisAppendfsync']): number {
+  return appendfsync === 'always' ? 0 : appendfsync === 'everysec' ? 2_000 : 35_000;
+}
+
+/**
+ * The newest cursor Redis has surely made durable: the last of `commits` (time, cursor; oldest first) made at or
+ * before `safeBefore`, or `durable` when none is; with the commits still too young to count.
+ */
+export function durableCursor(commits: readonly [atMs: number, cursor: number][], safeBefore: number, durable: number): { durable: number; younger: [number, number][] } {
+  let aged = 0;
+  while (aged < commits.length && commits[aged]![0] <= safeBefore) durable = Math.max(durable, commits[aged++]![1]);
+  return { durable, younger: commits.slice(aged) };
+}
+
+export type RunnerState = 'idle' | 'starting' | 'running' | 'restarting' | 'refused' | 'stopping' | 'stopped' | 'fenced';
 
 export interface RunnerDeps {
   nc: NatsConnection;
   js: JetStreamClient;
-  /** Request/reply and coalesced publishing for this process (outbox messages, replies). */
-  mux: Mux;
-  /** Publishes committed outbox messages to JetStream, combined with those of the process's other partitions. */
-  courier: Courier;
   jsm: JetStreamManager;
+  /** Request/reply and coalesced publishing for this process (replies). */
+  mux: Mux;
+  /** Carries saga parcels to partitions of other workers. */
+  courier: Courier;
   store: PartitionStore;
-  /** The worker's batch loop: applies and commits this partition's commands together with its other partitions'. */
+  /** The worker's batch loop: applies and commits this partition's messages together with its other partitions'. */
   loop: BatchLoop;
   config: Config;
   log: Log;
   actor: Actor<unknown, unknown>;
   partition: number;
+  metrics?: RunnerMetrics | undefined;
   /** Called once when the partition is lost to a newer owner. */
   onFenced?: (runner: PartitionRunner) => void;
 }
 
+/** Why a partition does not serve although this worker holds it, for status, readiness and metrics. */
+export interface Trouble {
+  state: 'restarting' | 'refused';
+  /** Restart attempts since the partition last committed. */
+  attempts: number;
+  error: string;
+}
+
 /**
- * The single writer of one partition: takes the partition (epoch, load, outbox re-sent), reads its commands in
- * stream order from cursor + 1 into a queue for the worker's batch loop, which applies them with the actor's
- * pure logic and commits them (state + cursor + outbox, fenced by epoch); then the runner sends the batch's
- * replies and outgoing commands. Reads are answered from the committed state in memory.
+ * The single writer of one partition: takes the partition (epoch, load, outbox re-sent), reads its clients'
+ * commands in stream order from cursor + 1 and the saga parcels other workers send it into queues for the
+ * worker's batch loop, which applies and commits them (state + cursor + outbox, fenced by epoch); then it makes the
+ * batch visible and sends what the batch owes. Reads are answered from the committed state in memory.
  */
-export class PartitionRunner {
+export class PartitionRunner implements Member {
   readonly kind: Kind;
   readonly partition: number;
   readonly actor: Actor<unknown, unknown>;
   readonly store: PartitionStore;
   readonly log: Log;
-  state: RunnerState = 'idle';
+  private _state: RunnerState = 'idle';
+  private _epoch = 0;
+  private _cursor = 0;
+  private _local = 0;
+  private _live: Tables = new Map();
   /** Commands in the stream not yet delivered to this runner, as of the last batch (the consumer's pending count). */
-  streamPending = 0;
-  epoch = 0;
-  /** Last stream sequence committed. */
-  cursor = 0;
-  /** Commands delivered from within the worker, committed so far. */
-  local = 0;
-  /** The committed state; the batch loop drafts over it. */
-  live = new Map<string, Map<string, unknown>>();
+  private streamPending = 0;
   private readonly names: Names;
   private queue: JsMsg[] = [];
+  private parcels: Inbound[] = [];
   private space: (() => void) | null = null;
   private messages: ConsumerMessages | null = null;
   private reads: Subscription | null = null;
-  private outboxInflight = 0;
-  /** Waiters for an outbox batch to finish sending (release). */
-  private outboxWaiters: (() => void)[] = [];
-  /** Outbox fields fully published; deleted by the next commit, or after OUTBOX_CLEAR_IDLE_MS without one. */
-  private cleared: string[] = [];
-  private clearTimer: NodeJS.Timeout | null = null;
+  private outbox: PartitionOutbox | null = null;
   private trimTimer: NodeJS.Timeout | null = null;
   private trimmedTo = 0;
+  /** (time, cursor) of recent commits: the stream is trimmed only below a cursor Redis has surely made durable. */
+  private commits: [atMs: number, cursor: number][] = [];
+  /** The newest cursor committed at least durableAfterMs ago. */
+  private durable = 0;
+  /** Taken by its owner and not stopped since: a failing partition keeps trying while this holds. */
+  private wanted = false;
+  private readonly seenIds = new Set<string>();
+  private readonly seenOrder: string[] = [];
+  private trouble: Trouble | undefined;
 
   constructor(private readonly deps: RunnerDeps) {
     this.kind = deps.actor.kind;
@@ -88,8 +120,24 @@ export class PartitionRunner {
     this.log = deps.log.child(`${this.kind}-${this.partition}`);
   }
 
+  get state(): RunnerState {
+    return this._state;
+  }
+  get epoch(): number {
+    return this._epoch;
+  }
+  get cursor(): number {
+    return this._cursor;
+  }
+  get local(): number {
+    return this._local;
+  }
+  get live(): Tables {
+    return this._live;
+  }
+
   /** Reads see only committed state. */
-  private readonly view: ReadView = { get: <T>(table: string, key: string) => this.live.get(table)?.get(key) as T | undefined };
+  private readonly view: ReadView = { get: <T>(table: string, key: string) => this._live.get(table)?.get(key) as T | undefined };
 
   get subject(): string {
     return this.names.cmd(this.kind, this.partition);
@@ -97,17 +145,22 @@ export class PartitionRunner {
 
   /** Commands waiting for this partition: buffered here, or still in the stream. */
   lag(): number {
-    return this.queue.length + this.streamPending;
+    return this.queue.length + this.parcels.length + this.streamPending;
   }
 
   /** Entries held in memory, per table (for status and tests). */
   size(): Record<string, number> {
-    return Object.fromEntries([...this.live].map(([t, m]) => [t, m.size]));
+    return Object.fromEntries([...this._live].map(([t, m]) => [t, m.size]));
+  }
+
+  /** Why it does not serve, while it restarts after failures or refuses a stream behind its cursor. */
+  health(): Trouble | undefined {
+    return this._state === 'restarting' || this._state === 'refused' ? this.trouble : undefined;
   }
 
   private setState(next: RunnerState): void {
-    this.log.debug(`${this.state} -> ${next}`, { epoch: this.epoch, cursor: this.cursor });
-    this.state = next;
+    this.log.debug(`${this._state} -> ${next}`, { epoch: this._epoch, cursor: this._cursor });
+    this._state = next;
   }
 
   /**
@@ -116,9 +169,10 @@ export class PartitionRunner {
    */
   async start(epoch?: number): Promise<void> {
     const { store } = this.deps;
+    this.wanted = true;
     this.setState('starting');
     try {
-      this.epoch = await store.acquire(epoch);
+      this._epoch = await store.acquire(epoch);
     } catch (err) {
       this.setState('stopped');
       throw err;
@@ -128,40 +182,88 @@ export class PartitionRunner {
     } catch (err) {
       // Half taken (Redis or NATS failed while loading): let go of what was set up, abandoning any re-sent
       // outbox (the next owner re-sends it); the caller decides what next.
-      this.setState('stopped');
+      if (this._state === 'starting') this.setState('stopped');
       await this.release();
       throw err;
     }
   }
 
   private async open(): Promise<void> {
-    const { store, actor, js, nc, config } = this.deps;
+    const { store, actor, js, jsm, nc, config } = this.deps;
     const loaded = await store.load();
-    this.cursor = loaded.cursor;
-    this.local = loaded.local;
+    this._cursor = loaded.cursor;
+    this._local = loaded.local;
     this.trimmedTo = 0;
-    this.live = new Map(actor.tables.map((t) => [t, loaded.tables.get(t) ?? new Map()]));
-    for (const [field, outbox] of loaded.outbox) this.send(field, outbox);
+    this.durable = 0;
+    this.commits = [];
+    this._live = new Map(actor.tables.map((t) => [t, loaded.tables.get(t) ?? new Map()]));
+
+    const stream = await jsm.streams.info(this.names.stream(this.kind));
+    const recorded = await store.markStream(stream.created);
+    if (stream.state.last_seq < this._cursor || recorded !== stream.created) {
+      this.refuse(stream.state.last_seq, recorded !== stream.created);
+      return;
+    }
+    if (this._state !== 'starting') throw new Error('stopped while starting');
+
+    this.outbox = new PartitionOutbox({
+      nc,
+      mux: this.deps.mux,
+      courier: this.deps.courier,
+      log: this.log,
+      deadLetterSubject: this.names.deadLetter(this.kind, this.partition),
+      name: `${this.kind}.${this.partition}`,
+      clear: (fields) => store.clearOutbox(fields),
+      abandoned: () => !this.active && this._state !== 'stopping', // the next owner re-sends it
+      retryBackoffMs: config.retryBackoffMs,
+      onDone: () => {
+        if (config.faultKillAfter === 'send') process.kill(process.pid, 'SIGKILL');
+        this.deps.loop.wake();
+      },
+    });
+    for (const [field, bytes] of loaded.outbox) this.outbox.send(field, decodeEntry(bytes));
 
     // Reads are answered from the committed view (runtime/reads.ts: batches, checks, size).
     this.reads = serveReads({ nc, subject: this.names.get(this.kind, this.partition), answer: (query) => actor.query(this.view, query), log: this.log });
 
     const consumer = await js.consumers.get(this.names.stream(this.kind), {
       filterSubjects: this.subject,
-      opt_start_seq: this.cursor + 1,
+      opt_start_seq: this._cursor + 1,
     });
+    if (this._state !== 'starting') throw new Error('stopped while starting');
     this.messages = await consumer.consume({ max_messages: Math.min(config.queueMax, config.batchMax * 2) });
     void this.pump(this.messages);
     this.trimTimer = setInterval(() => void this.trim(), config.trimIntervalMs);
     this.trimTimer.unref();
     this.setState('running');
     this.deps.loop.add(this);
-    this.log.debug('owned', { epoch: this.epoch, cursor: this.cursor, ...this.size(), outbox: loaded.outbox.length });
+    this.log.debug('owned', { epoch: this._epoch, cursor: this._cursor, ...this.size(), outbox: loaded.outbox.length });
+  }
+
+  /**
+   * The stream holds less than this partition has applied: its store was lost or rolled back, or it was made anew.
+   * Reading on would skip every command numbered up to the cursor, silently. Refuse, loudly, and look again every
+   * REFUSED_RECHECK_MS, so a partition an operator has mended serves again by itself.
+   */
+  private refuse(lastSeq: number, recreated: boolean): void {
+    const streamName = this.names.stream(this.kind);
+    const why = recreated
+      ? `stream ${streamName} was made anew since this partition last ran (its last sequence is ${lastSeq}, the partition's committed cursor ${this._cursor})`
+      : `stream ${streamName}'s last sequence is ${lastSeq}, below this partition's committed cursor ${this._cursor}`;
+    const error = `${why}: the stream lost commands this partition had applied, and reading on would skip new ones. Restore the NATS store, or accept the loss and reset the cursor (README, "A partition refuses its stream")`;
+    this.trouble = { state: 'refused', attempts: (this.trouble?.attempts ?? 0) + 1, error };
+    this.setState('refused');
+    if (this.trouble.attempts === 1) this.log.error(`refusing to serve: ${error}`, { stream: streamName, lastSeq, cursor: this._cursor, recreated });
+    this.deps.metrics?.partitionRestart?.(this.kind, this.partition);
+    void delay(REFUSED_RECHECK_MS).then(() => {
+      if (this._state === 'refused') void this.retry();
+    });
   }
 
   /** Lets go: stop reading, finish the batch in hand, wait for its outbox. */
   async stop(): Promise<void> {
-    if (this.state !== 'running' && this.state !== 'starting') return;
+    this.wanted = false;
+    if (!['running', 'starting', 'restarting', 'refused'].includes(this._state)) return;
     this.setState('stopping');
     await this.release();
     this.setState('stopped');
@@ -178,14 +280,18 @@ export class PartitionRunner {
     this.deps.loop.remove(this);
     await this.deps.loop.settled(this);
     // Let the outbox finish, within a bound: what is still unsent then stays in Redis for the next owner to send.
-    const giveUpAt = Date.now() + OUTBOX_DRAIN_MAX_MS;
-    while (this.outboxInflight > 0 && Date.now() < giveUpAt) await this.outboxSent(giveUpAt - Date.now());
-    if (this.outboxInflight > 0) this.log.warn('letting go with outbox messages unsent; the next owner sends them', { batches: this.outboxInflight });
+    const outbox = this.outbox;
+    if (outbox) {
+      if (!(await outbox.drain(OUTBOX_DRAIN_MAX_MS))) this.log.warn('letting go with outbox messages undelivered; the next owner sends them', { batches: outbox.pending });
+      outbox.close();
+    }
+    this.outbox = null;
     this.queue = [];
+    this.parcels = [];
   }
 
   private get active(): boolean {
-    return this.state === 'running' || this.state === 'starting';
+    return this._state === 'running' || this._state === 'starting';
   }
 
   private async pump(messages: ConsumerMessages): Promise<void> {
@@ -204,125 +310,122 @@ export class PartitionRunner {
     }
   }
 
-  /** Commands are queued and its outbox is within its bound: the batch loop may take from it. */
+  /** A saga parcel from a partition of another worker; false when this runner does not take it now (not acknowledged then: it comes again). */
+  deliverParcel(inbound: Inbound): boolean {
+    if (!this.active || this.parcels.length >= this.deps.config.queueMax) return false;
+    this.parcels.push(inbound);
+    if (this._state === 'running') this.deps.loop.wake();
+    return true;
+  }
+
+  // ---- Member: what the batch loop sees -------------------------------------------------------------
+
   ready(): boolean {
-    return this.state === 'running' && this.queue.length > 0 && this.outboxInflight < OUTBOX_BATCHES_INFLIGHT_MAX;
+    return this._state === 'running' && (this.queue.length > 0 || this.parcels.length > 0) && (this.outbox?.pending ?? 0) < OUTBOX_BATCHES_INFLIGHT_MAX;
   }
 
-  /** Takes up to `max` queued stream messages for a batch. */
-  take(max: number): JsMsg[] {
-    const taken = this.queue.length <= max ? this.queue : this.queue.slice(0, max);
-    this.queue = taken === this.queue ? [] : this.queue.slice(max);
+  accepts(): boolean {
+    return this._state === 'running';
+  }
+
+  take(max: number): Taken {
+    const stream = this.queue.length <= max ? this.queue : this.queue.slice(0, max);
+    this.queue = stream === this.queue ? [] : this.queue.slice(max);
+    const last = stream[stream.length - 1];
+    if (last) this.streamPending = last.info.pending;
     this.space?.();
-    return taken;
+    const parcels = this.parcels;
+    this.parcels = [];
+    return { stream, parcels };
   }
 
-  /** Messages taken but not applied (a batch cut short, or withheld): first in line again. */
-  giveBack(msgs: JsMsg[]): void {
-    if (msgs.length > 0 && this.active) this.queue = msgs.concat(this.queue);
+  giveBack(taken: Taken): void {
+    if (!this.active) return;
+    if (taken.stream.length > 0) this.queue = taken.stream.concat(this.queue);
+    if (taken.parcels.length > 0) this.parcels = taken.parcels.concat(this.parcels);
   }
 
-  /** The sent outbox fields, for the next commit to delete. */
-  takeCleared(): string[] {
-    const fields = this.cleared;
-    this.cleared = [];
-    return fields;
+  seen(parcelId: string): boolean {
+    return this.seenIds.has(parcelId);
   }
 
-  giveCleared(fields: string[]): void {
-    this.cleared.push(...fields);
+  takeDone(): string[] {
+    return this.outbox?.takeDone() ?? [];
   }
 
-  /** The batch with this partition's part in it is in Redis: make it visible, then send what it owes. */
-  committed(part: Part, owed: Owed): void {
-    part.draft.publish();
-    this.cursor = part.last;
-    this.local = part.local;
-    if (owed.outbox) this.send(owed.field, owed.outbox);
+  giveBackDone(fields: string[]): void {
+    this.outbox?.giveBackDone(fields);
   }
 
-  /** A commit failed for a transport reason: nothing of the batch is visible; take the partition again from Redis. */
-  failed(err: unknown): void {
-    this.log.error('batch failed; restarting the partition from its committed cursor', { err });
-    void this.restart();
+  committed(c: Committed): void {
+    c.draft.publish();
+    if (c.cursor > this._cursor) this.commits.push([Date.now(), c.cursor]);
+    this._cursor = c.cursor;
+    this._local = c.local;
+    this.trouble = undefined;
+    for (const id of c.parcels) {
+      this.seenIds.add(id);
+      this.seenOrder.push(id);
+    }
+    if (this.seenOrder.length > SEEN_PARCELS_MAX) for (const id of this.seenOrder.splice(0, this.seenOrder.length - SEEN_PARCELS_MAX)) this.seenIds.delete(id);
+    if (c.entry) this.outbox?.send(c.field, c.entry);
   }
 
-  /** Sends a committed batch's messages  /** Sends a committed batch's messages; the courier publishes them until they are stored (or we lose the partition). */
-  private send(field: string, outbox: Outbox): void {
-    const { mux, courier, config } = this.deps;
-    for (const [subject, data] of outbox.replies) mux.reply(subject, data);
-    if (outbox.js.length === 0) return this.sent(field);
-    this.outboxInflight++;
-    const abandoned = () => !this.active && this.state !== 'stopping'; // the next owner re-sends it
-    void Promise.all(outbox.js.map(([subject, msgId, data]) => courier.deliver(subject, msgId, data, abandoned))).then((stored) => {
-      if (stored.every(Boolean)) {
-        if (config.faultKillAfter === 'send') process.kill(process.pid, 'SIGKILL');
-        this.sent(field);
-      }
-      this.outboxInflight--;
-      for (const wake of this.outboxWaiters.splice(0)) wake();
-      this.deps.loop.wake();
-    });
-  }
-
-  /** Resolves when an outbox batch finishes sending (or after `maxMs`). */
-  private outboxSent(maxMs?: number): Promise<void> {
-    return new Promise<void>((resolve) => {
-      this.outboxWaiters.push(resolve);
-      if (maxMs !== undefined) setTimeout(resolve, maxMs).unref();
-    });
-  }
-
-  /** An outbox entry is fully sent: it goes with the next commit, or on its own if the partition stays idle. */
-  private sent(field: string): void {
-    this.cleared.push(field);
-    if (this.clearTimer) return;
-    this.clearTimer = setTimeout(() => {
-      this.clearTimer = null;
-      if (this.cleared.length === 0 || !this.active) return;
-      const fields = this.cleared;
-      this.cleared = [];
-      // Without the epoch check: deleting a sent entry is harmless even for an owner that has just been fenced.
-      this.deps.store.clearOutbox(fields).catch((err) => {
-        this.log.warn('outbox clear failed; the next commit takes the entries along', { err });
-        this.cleared.push(...fields);
-      });
-    }, OUTBOX_CLEAR_IDLE_MS);
-    this.clearTimer.unref();
-  }
-
-  /** A newer owner holds the partition (a commit was refused): drop it. */
   fenced(): void {
     if (!this.active) return;
-    this.log.warn('fenced: a newer owner holds the partition; dropping it', { epoch: this.epoch });
+    this.log.warn('fenced: a newer owner holds the partition; dropping it', { epoch: this._epoch });
     this.setState('fenced');
     this.queue = [];
-    this.live = new Map();
+    this.parcels = [];
+    this._live = new Map();
     void this.release().then(() => this.deps.onFenced?.(this));
   }
 
-  /** After a transport failure mid-batch: drop everything in memory and take the partition again from Redis. */
-  private async restart(): Promise<void> {
-    const state = this.state;
-    if (state !== 'running') return;
-    this.setState('stopping');
-    await this.release();
+  failed(err: unknown): void {
+    if (this._state !== 'running') return;
+    const attempts = (this.trouble?.attempts ?? 0) + 1;
+    this.trouble = { state: 'restarting', attempts, error: (err as Error)?.message ?? String(err) };
+    this.log.error('batch failed; restarting the partition from its committed state', { err, attempts });
+    this.setState('restarting');
+    void this.release().then(() => this.retry());
+  }
+
+  /**
+   * Takes the partition again from Redis and its stream, after a pause that doubles with every attempt since it
+   * last committed (retryBackoffMs up to RESTART_BACKOFF_MAX_MS), until it runs, is refused for good by a newer
+   * epoch, or is stopped.
+   */
+  private async retry(): Promise<void> {
+    const { config, metrics } = this.deps;
     for (;;) {
+      const attempts = this.trouble?.attempts ?? 1;
+      await delay(Math.min(RESTART_BACKOFF_MAX_MS, config.retryBackoffMs * 2 ** Math.min(20, attempts - 1)));
+      if (!this.wanted || (this._state !== 'restarting' && this._state !== 'refused')) return; // stopped meanwhile
+      metrics?.partitionRestart?.(this.kind, this.partition);
+      const trouble = this.trouble;
       try {
-        await this.start(this.epoch);
+        await this.start(this._epoch);
+        if ((this._state as RunnerState) === 'running') this.log.info('running again', { attempts });
         return;
       } catch (err) {
-        if (err instanceof StaleEpochError) return this.log.warn('not restarting: a newer owner holds the partition', { epoch: this.epoch });
-        this.log.error('restart failed; retrying', { err });
-        await delay(this.deps.config.retryBackoffMs * 10);
+        if (err instanceof StaleEpochError) return this.log.warn('not restarting: a newer owner holds the partition', { epoch: this._epoch });
+        if (!this.wanted) return;
+        this.trouble = { state: 'restarting', attempts: (trouble?.attempts ?? 0) + 1, error: (err as Error).message };
+        this.setState('restarting');
+        this.log.error('restart failed; trying again', { err, attempts: this.trouble.attempts });
       }
     }
   }
 
-  /** Purges this partition's commands that are below the committed cursor: the stream holds only what is unapplied. */
+  /**
+   * Purges this partition's commands below the committed cursor that Redis has surely made durable (durableAfterMs
+   * ago): the stream holds only what is unapplied, or applied too recently to be safe on disk.
+   */
   private async trim(): Promise<void> {
-    const upTo = this.cursor;
-    if (upTo <= this.trimmedTo || !this.active) return;
+    if (!this.active) return;
+    ({ durable: this.durable, younger: this.commits } = durableCursor(this.commits, Date.now() - durableAfterMs(this.deps.config.redisAppendfsync), this.durable));
+    const upTo = this.durable;
+    if (upTo <= this.trimmedTo) return;
     try {
       await this.deps.jsm.streams.purge(this.names.stream(this.kind), { filter: this.subject, seq: upTo + 1 });
       this.trimmedTo = upTo;

@@ -37,6 +37,9 @@ const HeldSchema = Type.Object({
   e: Type.Integer({ minimum: 0 }),
   /** Commands waiting for it (runner.lag()). */
   lag: Type.Number({ minimum: 0 }),
+  /** Held but not serving: restarting after failures, or refusing a stream behind its cursor; with the attempts so far. */
+  t: Type.Optional(Type.Union([Type.Literal('restarting'), Type.Literal('refused')])),
+  n: Type.Optional(Type.Integer({ minimum: 0 })),
 });
 export type Held = Static<typeof HeldSchema>;
 

@@ -1,6 +1,8 @@
 import type { Redis } from 'ioredis';
 import { decode, encode } from '../codec.js';
 import type { Kind } from '../config.js';
+import type { Changes, Tables } from './draft.js';
+import { compareFields } from './outbox.js';
 
 /**
  * Group commit: the transactions of every partition of this process that commit in the same event-loop turn go to
@@ -103,24 +105,13 @@ export class StaleEpochError extends Error {
   }
 }
 
-/** Messages a committed batch still owes: JetStream commands to other partitions and replies to gateways. */
-export interface Outbox {
-  /** [subject, Nats-Msg-Id, data] */
-  js: [string, string, Uint8Array][];
-  /** [subject, data] */
-  replies: [string, Uint8Array][];
-}
-
-/** Changed keys of one batch: table -> key -> new value, or undefined for a delete. */
-export type Changes = Map<string, Map<string, unknown>>;
-
 export interface Loaded {
   cursor: number;
   /** Commands delivered to the partition from within its worker so far (they number as -1, -2, ...). */
   local: number;
-  tables: Map<string, Map<string, unknown>>;
-  /** Pending outbox entries, oldest first, with their field names. */
-  outbox: [string, Outbox][];
+  tables: Tables;
+  /** Pending outbox entries (encoded, see outbox.ts), oldest first, with their field names. */
+  outbox: [string, Uint8Array][];
 }
 
 export interface PartitionStore {
@@ -139,6 +130,11 @@ export interface PartitionStore {
   clearOutbox(fields: string[]): Promise<void>;
   /** The epoch stored now (for status and tests). */
   epoch(): Promise<number>;
+  /**
+   * Records which stream this partition reads (its creation time) unless one is recorded already; returns the one
+   * recorded. A different one means the stream was made anew since the partition last ran (its store was lost).
+   */
+  markStream(created: string): Promise<string>;
 }
 
 /** What one partition's batch writes. */
@@ -150,7 +146,8 @@ export interface BatchWrite {
   changes: Changes;
   /** '' when the batch owes nothing. */
   outboxField: string;
-  outbox: Outbox | null;
+  /** The encoded outbox entry (outbox.ts), or null. */
+  outbox: Uint8Array | null;
   /** Outbox fields already sent, deleted with this batch. */
   cleared: string[];
 }
@@ -257,12 +254,6 @@ export function commitTogether(batches: readonly PreparedBatch[]): Promise<Commi
   return group.commit(batches);
 }
 
-/** Outbox fields are `<cursor>.<local count>` of the batch that wrote them: re-sent in that order. */
-const fieldOrder = (field: string): [number, number] => {
-  const [cursor, local] = field.split('.');
-  return [Number(cursor), Number(local ?? 0)];
-};
-
 export function partitionKeyTag(prefix: string, kind: Kind, partition: number): string {
   // The hash tag keeps a partition's keys in one Redis Cluster slot, so its commit is atomic there too.
   return `${prefix}{${kind}:${partition}}`;
@@ -282,7 +273,7 @@ export function createPartitionStore(redis: Redis, prefix: string, kind: Kind, p
   const acquireFn = (redis as unknown as { shopAcquire: ScriptFn<number> }).shopAcquire.bind(redis);
 
   const prepare = ({ epoch, cursor, local, changes, outboxField, outbox, cleared }: BatchWrite): PreparedBatch => {
-    const args: (string | Uint8Array)[] = [String(2 + tableKeys.length), String(epoch), String(cursor), String(local), outboxField, outbox ? encode(outbox) : '', String(cleared.length), ...cleared];
+    const args: (string | Uint8Array)[] = [String(2 + tableKeys.length), String(epoch), String(cursor), String(local), outboxField, outbox ?? '', String(cleared.length), ...cleared];
     for (const name of tables) {
       const changed = changes.get(name);
       const dels: string[] = [];
@@ -315,17 +306,14 @@ export function createPartitionStore(redis: Redis, prefix: string, kind: Kind, p
         redis.hgetallBuffer(keys.outbox),
         ...tableKeys.map((key) => redis.hgetallBuffer(key)),
       ]);
-      const loaded = new Map<string, Map<string, unknown>>();
+      const loaded: Tables = new Map();
       tables.forEach((name, i) => {
         const map = new Map<string, unknown>();
         for (const [k, v] of Object.entries(tableRaw[i] as Record<string, Buffer>)) map.set(k, decode(v));
         loaded.set(name, map);
       });
-      const outbox = Object.entries(outboxRaw as Record<string, Buffer>).map(([field, v]): [string, Outbox] => [field, decode<Outbox>(v)]);
-      outbox.sort(([a], [b]) => {
-        const [x, y] = [fieldOrder(a), fieldOrder(b)];
-        return x[0] - y[0] || x[1] - y[1];
-      });
+      const outbox = Object.entries(outboxRaw as Record<string, Buffer>).map(([field, v]): [string, Uint8Array] => [field, v]);
+      outbox.sort(([a], [b]) => compareFields(a, b));
       return { cursor: Number(cursor ?? 0), local: Number(local ?? 0), tables: loaded, outbox };
     },
 
@@ -342,6 +330,11 @@ export function createPartitionStore(redis: Redis, prefix: string, kind: Kind, p
 
     async epoch() {
       return Number((await redis.hget(keys.meta, 'epoch')) ?? 0);
+    },
+
+    async markStream(created) {
+      await redis.hsetnx(keys.meta, 'stream', created);
+      return (await redis.hget(keys.meta, 'stream')) ?? created;
     },
   };
 }

@@ -1,8 +1,10 @@
 import { actorOf } from '../actors/index.js';
-import type { Effects, Outgoing } from '../actors/types.js';
+import type { ReplyTo } from '../actors/types.js';
 import { encode } from '../codec.js';
 import type { Kind } from '../config.js';
-import { Draft } from './batch.js';
+import type { Reply } from '../protocol.js';
+import { Delivery, type Box } from './delivery.js';
+import { Draft, type Tables } from './draft.js';
 
 /** Checkouts run by `warmActors`: enough for V8 to optimize the saga's code. */
 const WARM_CHECKOUTS = 3000;
@@ -20,34 +22,34 @@ export function warmActorsOnce(): number {
 
 /**
  * Runs the actors' commands of a checkout saga (items, users and orders made, checked out, held, answered,
- * released, forgotten) on scratch state in memory, through the batch draft and the codec, and throws it all away.
- * A worker does this once before it takes partitions, so that the first checkouts after a start or a failover run
- * optimized code instead of V8's interpreter: a cold worker answered its first second of load at about half its
- * rate and twice its latency (README, Performance). Pure: touches no Redis, no NATS, no partition. Returns how
- * many commands it applied and how the checkouts ended (every third one lacks credit and is compensated).
+ * released, forgotten) on scratch state in memory, through the same in-memory delivery, batch draft and codec the
+ * batch loop uses, and throws it all away. A worker does this once before it takes partitions, so that the first
+ * checkouts after a start or a failover run optimized code instead of V8's interpreter: a cold worker answered its
+ * first second of load at about half its rate and twice its latency (docs/perf). Pure: touches no Redis, no NATS,
+ * no partition. Returns how many commands it applied and how the checkouts ended (every third one lacks credit and
+ * is compensated).
  */
 export function warmActors(checkouts = WARM_CHECKOUTS): { commands: number; paid: number; refused: number } {
   const kinds: Kind[] = ['stock', 'payment', 'order'];
-  const live = new Map(kinds.map((k) => [k, new Map(actorOf(k).tables.map((t) => [t, new Map<string, unknown>()]))]));
-  let seq = 0;
-  let applied = 0;
+  const live = new Map<Kind, Tables>(kinds.map((k) => [k, new Map(actorOf(k).tables.map((t) => [t, new Map<string, unknown>()]))]));
+  let local = 0;
   let paid = 0;
   let refused = 0;
+  let boxes = new Map<Kind, Box>();
+  const delivery = new Delivery<Box>(1, (kind) => boxes.get(kind), {
+    reply: (_box, _to: ReplyTo, reply: Reply) => void encode(reply),
+    decided: (_box, outcome) => (outcome.ok ? paid++ : refused++),
+    send: () => {
+      throw new Error('invariant: every partition of the warm-up is in memory');
+    },
+    failed: (_box, _cmd, _seq, _to, err) => {
+      throw err;
+    },
+  });
+  let seq = 0;
   for (let i = 0; i < checkouts; i++) {
-    const drafts = new Map(kinds.map((k) => [k, new Draft(live.get(k)!)]));
-    const apply = (kind: Kind, cmd: unknown, replyTo?: string): Effects => {
-      const draft = drafts.get(kind)!;
-      const effects = actorOf(kind).apply(draft, cmd as never, replyTo ? { partition: 0, partitions: 1, seq: ++seq, replyTo } : { partition: 0, partitions: 1, seq: ++seq });
-      draft.keepCommand();
-      applied++;
-      if (effects.reply) encode(effects.reply);
-      for (const { reply } of effects.replies ?? []) {
-        encode(reply);
-        if (reply.ok) paid++;
-        else refused++;
-      }
-      return effects;
-    };
+    boxes = new Map(kinds.map((k): [Kind, Box] => [k, { kind: k, partition: 0, actor: actorOf(k), draft: new Draft(live.get(k)!), nextLocal: () => -++local }]));
+    const apply = (kind: Kind, cmd: unknown, replyTo = 'warm') => delivery.deliver(boxes.get(kind)!, cmd, ++seq, replyTo);
     const [item, user, order] = [`i${i}`, `u${i}`, `o${i}`];
     apply('stock', { k: 'create', id: item, price: 2 });
     apply('stock', { k: 'add', id: item, amount: 10 });
@@ -55,12 +57,11 @@ export function warmActors(checkouts = WARM_CHECKOUTS): { commands: number; paid
     apply('payment', { k: 'addFunds', id: user, amount: i % 3 === 0 ? 1 : 100 }); // every third checkout is refused and compensated
     apply('order', { k: 'create', id: order, user });
     apply('order', { k: 'addItem', id: order, item, quantity: 2, price: 2 });
-    const queue: Outgoing[] = [...(apply('order', { k: 'checkout', id: order }, 'warm').send ?? [])];
-    for (let q = 0; q < queue.length; q++) queue.push(...(apply(queue[q]!.kind, queue[q]!.cmd).send ?? []));
-    for (const draft of drafts.values()) {
+    apply('order', { k: 'checkout', id: order });
+    for (const { draft } of boxes.values()) {
       for (const changes of draft.batch.values()) for (const value of changes.values()) if (value !== undefined) encode(value);
       draft.publish();
     }
   }
-  return { commands: applied, paid, refused };
+  return { commands: seq + local, paid, refused };
 }

@@ -14,10 +14,11 @@ import { MembershipView, openBuckets, watchKv, type Buckets, type Watch } from '
 import type { RunnerMetrics } from './metrics.js';
 import { Mux } from './mux.js';
 import { PartitionRunner } from './partition.js';
-import { kvValues, placementKey, toBytes, type Assignment, type Heartbeat } from './placement.js';
+import { kvValues, parsePlacementKey, placementKey, toBytes, type Assignment, type Heartbeat } from './placement.js';
 import { BatchLoop } from './batch.js';
 import { warmActorsOnce } from './warm.js';
 import { Courier } from './courier.js';
+import type { Inbound } from './batch.js';
 import { createPartitionStore, StaleEpochError, type PartitionStore } from './store.js';
 import { ensureStreams } from './streams.js';
 
@@ -87,15 +88,25 @@ interface Kit {
   loop: BatchLoop;
   js: ReturnType<NatsConnection['jetstream']>;
   jsm: Awaited<ReturnType<NatsConnection['jetstreamManager']>>;
+  metrics: RunnerMetrics;
 }
 
 function newRunner(kit: Kit, kind: Kind, partition: number, store: PartitionStore, onFenced: (r: PartitionRunner) => void): PartitionRunner {
-  const { nc, js, jsm, mux, courier, loop, config, log } = kit;
-  return new PartitionRunner({ nc, js, jsm, mux, courier, loop, config, log, actor: actorOf(kind), partition, store, onFenced });
+  const { nc, js, jsm, mux, courier, loop, config, log, metrics } = kit;
+  return new PartitionRunner({ nc, js, jsm, mux, courier, loop, config, log, metrics, actor: actorOf(kind), partition, store, onFenced });
 }
 
 const sampleOf = (runners: Iterable<PartitionRunner>): PartitionSample[] =>
-  [...runners].filter((r) => r.state === 'running').map((r) => ({ kind: r.kind, partition: r.partition, epoch: r.epoch, lag: r.lag() }));
+  [...runners].filter((r) => r.state === 'running' || r.health()).map((r) => ({ kind: r.kind, partition: r.partition, epoch: r.epoch, lag: r.lag(), trouble: r.health()?.state }));
+
+/** Partitions held but not serving (restarting after failures, or refusing a stream behind their cursor), for readiness. */
+function troubled(runners: Iterable<PartitionRunner>): string | undefined {
+  const list = [...runners].flatMap((r) => {
+    const h = r.health();
+    return h ? [`${r.kind}.${r.partition} ${h.state} (${h.attempts}x: ${h.error})`] : [];
+  });
+  return list.length > 0 ? list.join('; ') : undefined;
+}
 
 /**
  * A shard worker: hosts the partitions its placement gives it, each run by its own single-writer loop.
@@ -107,26 +118,41 @@ export async function startWorker(opts: WorkerOptions): Promise<Worker> {
   const jsm = await nc.jetstreamManager();
   await ensureStreams(jsm, config);
   const js = nc.jetstream();
-  const mux = new Mux(nc, names(config.streamPrefix).inbox(`w${randomBytes(6).toString('hex')}`), faultLog(log));
+  const n = names(config.streamPrefix);
+  const mux = new Mux(nc, n.inbox(config.natsUser || 'worker', `w${randomBytes(6).toString('hex')}`), faultLog(log));
+  const dynamic = !opts.partitions && config.placement === 'dynamic';
+  const id = dynamic ? `worker-${config.workerIndex}-${randomBytes(3).toString('hex')}` : `worker-${config.workerIndex}`;
   let current: () => Iterable<PartitionRunner> = () => [];
+  let runnerOf: (kind: Kind, partition: number) => PartitionRunner | undefined = () => undefined;
+  // Static placement: partition p of every kind runs on worker p % workerProcesses. Dynamic: the placement this worker follows.
+  let locate = (_kind: Kind, partition: number): string | undefined => `worker-${partition % config.workerProcesses}`;
   const metrics = createWorkerMetrics(() => sampleOf(current()), opts.metrics);
-  const courier = new Courier(mux, log, config.retryBackoffMs);
-  const loop = new BatchLoop({ config, log, metrics });
+  const courier = new Courier({
+    nc,
+    mux,
+    names: n,
+    self: id,
+    locate: (kind, partition) => locate(kind, partition),
+    onParcel: (kind, partition, parcelId, commands, ackTo) => {
+      const inbound: Inbound = { id: parcelId, ackTo, commands };
+      runnerOf(kind, partition)?.deliverParcel(inbound); // not taken here: not acknowledged, so it comes again
+    },
+    log,
+  });
+  const loop = new BatchLoop({ config, log, metrics, ack: (to, ids) => courier.ack(to, ids) });
   const warmMs = warmActorsOnce();
   if (warmMs) log.debug('actors warmed before taking partitions', { ms: warmMs });
-  const kit: Kit = { nc, config, log, redis, mux, courier, loop, js, jsm };
-  if (opts.partitions || config.placement === 'static') {
-    const worker = await startStaticWorker(kit, opts.partitions ?? ownedPartitions(config), metrics.registry);
-    current = () => worker.runners;
-    return worker;
-  }
-  const worker = await startDynamicWorker(kit, opts, metrics.registry);
+  const kit: Kit = { nc, config, log, redis, mux, courier, loop, js, jsm, metrics };
+  const worker = dynamic
+    ? await startDynamicWorker(kit, id, opts, metrics.registry, (follow) => (locate = follow))
+    : await startStaticWorker(kit, id, opts.partitions ?? ownedPartitions(config), metrics.registry);
   current = () => worker.runners;
+  runnerOf = (kind, partition) => worker.runner(kind, partition);
   return worker;
 }
 
-async function startStaticWorker(kit: Kit, partitions: { kind: Kind; partition: number }[], registry: Registry): Promise<Worker> {
-  const { config, log, redis, mux } = kit;
+async function startStaticWorker(kit: Kit, id: string, partitions: { kind: Kind; partition: number }[], registry: Registry): Promise<Worker> {
+  const { config, log, redis, mux, courier } = kit;
   const runners = partitions.map(({ kind, partition }) =>
     newRunner(kit, kind, partition, createPartitionStore(redis, config.redisPrefix, kind, partition, actorOf(kind).tables), (r) =>
       log.warn('partition lost to a newer owner', { kind: r.kind, partition: r.partition }),
@@ -135,17 +161,20 @@ async function startStaticWorker(kit: Kit, partitions: { kind: Kind; partition: 
   await Promise.all(runners.map((r) => r.start()));
   log.info('serving', { partitions: runners.map((r) => `${r.kind}-${r.partition}`).join(' ') });
   return {
-    id: `worker-${config.workerIndex}`,
+    id,
     runners,
     runner: (kind, partition) => runners.find((r) => r.kind === kind && r.partition === partition),
     registry,
     ended: new Promise<WorkerEnd>(() => {}),
     ready() {
+      const trouble = troubled(runners);
+      if (trouble) return { ok: false, detail: trouble };
       const down = runners.filter((r) => r.state !== 'running');
       return down.length === 0 ? { ok: true } : { ok: false, detail: `not running: ${down.map((r) => `${r.kind}.${r.partition}`).join(' ')}` };
     },
     async close() {
       await Promise.all(runners.map((r) => r.stop()));
+      courier.close();
       mux.close(new Error('worker closed'));
     },
   };
@@ -180,9 +209,8 @@ interface Slot {
  * starts a fresh worker under a new id). On `drain` (shopctl) it gives everything away and `ended` resolves with
  * 'drained'. Every worker also runs a controller candidate (src/runtime/controller.ts).
  */
-async function startDynamicWorker(kit: Kit, opts: WorkerOptions, registry: Registry): Promise<Worker> {
-  const { nc, config, redis, mux } = kit;
-  const id = `worker-${config.workerIndex}-${randomBytes(3).toString('hex')}`;
+async function startDynamicWorker(kit: Kit, id: string, opts: WorkerOptions, registry: Registry, follow: (locate: (kind: Kind, partition: number) => string | undefined) => void): Promise<Worker> {
+  const { nc, config, redis, mux, courier } = kit;
   const log = kit.log.child(id);
   const fault = faultLog(log);
   const lease = config.workerLeaseMs;
@@ -208,6 +236,9 @@ async function startDynamicWorker(kit: Kit, opts: WorkerOptions, registry: Regis
   let closing: Promise<void> | undefined;
 
   const running = () => [...slots.values()].flatMap((s) => (s.runner ? [s.runner] : []));
+  /** The worker of every partition of every kind, as the placement says: where saga parcels go. */
+  const placed = new Map<string, string>();
+  follow((kind, partition) => placed.get(placementKey(kind, partition)));
 
   // ---- heartbeats -----------------------------------------------------------------------------------
 
@@ -220,7 +251,10 @@ async function startDynamicWorker(kit: Kit, opts: WorkerOptions, registry: Regis
     draining,
     held: running()
       .filter((r) => r.state !== 'fenced')
-      .map((r) => ({ k: r.kind, p: r.partition, e: r.epoch, lag: r.lag() })),
+      .map((r) => {
+        const trouble = r.health();
+        return trouble ? { k: r.kind, p: r.partition, e: r.epoch, lag: r.lag(), t: trouble.state, n: trouble.attempts } : { k: r.kind, p: r.partition, e: r.epoch, lag: r.lag() };
+      }),
     stale: Object.fromEntries(stale),
   });
 
@@ -346,10 +380,16 @@ async function startDynamicWorker(kit: Kit, opts: WorkerOptions, registry: Regis
   }
 
   function onPlacement(entry: KvEntry): void {
-    const slot = slots.get(entry.key);
-    if (!slot) return; // a kind this worker does not host
     // Not an assignment: as if there were none (this worker lets go; the leader writes a good one, at a newer epoch).
     const a = entry.operation === 'PUT' ? kvValues.assignment(entry.value, fault, entry.key) : undefined;
+    if (placed.get(entry.key) !== a?.worker) {
+      if (a) placed.set(entry.key, a.worker);
+      else placed.delete(entry.key);
+      const where = parsePlacementKey(entry.key);
+      if (where) courier.moved(where.kind, where.partition);
+    }
+    const slot = slots.get(entry.key);
+    if (!slot) return; // a kind this worker does not host
     if (!a) slot.assigned = undefined;
     else {
       if (!slot.assigned || slot.assigned.epoch !== a.epoch || slot.assigned.worker !== a.worker) {
@@ -361,9 +401,19 @@ async function startDynamicWorker(kit: Kit, opts: WorkerOptions, registry: Regis
     void reconcile(slot);
   }
 
-  const members = new MembershipView(buckets.workers, lease, log, () => {
+  /** Partitions whose owner was last seen running them, by key: parcels waiting for one go when it starts running. */
+  const serving = new Map<string, string>();
+  const members = new MembershipView(buckets.workers, lease, log, (worker) => {
     // A previous owner's heartbeat may say it let go: look at the partitions waiting for one.
     for (const s of slots.values()) if (!s.runner && s.assigned?.worker === id && s.assigned.prev) void reconcile(s);
+    // A new owner's heartbeat may say it now runs a partition: what this worker's partitions owe it goes now, not
+    // at its next retry (a moved partition drops what reaches it before it runs).
+    for (const h of members.members.get(worker)?.hb.held ?? []) {
+      const key = placementKey(h.k, h.p);
+      if (h.t || placed.get(key) !== worker || serving.get(key) === `${worker}@${h.e}`) continue;
+      serving.set(key, `${worker}@${h.e}`);
+      courier.moved(h.k, h.p);
+    }
   });
   await members.start();
 
@@ -410,6 +460,8 @@ async function startDynamicWorker(kit: Kit, opts: WorkerOptions, registry: Regis
     ended,
     ready() {
       if (leaving) return { ok: false, detail: 'lease lost' };
+      const trouble = troubled(running());
+      if (trouble) return { ok: false, detail: trouble };
       const missing = [...slots.values()].filter((s) => s.assigned?.worker === id && s.runner?.state !== 'running').map((s) => s.key);
       return missing.length === 0 ? { ok: true, detail: `${running().length} partitions` } : { ok: false, detail: `taking ${missing.join(' ')}` };
     },
@@ -446,6 +498,7 @@ async function startDynamicWorker(kit: Kit, opts: WorkerOptions, registry: Regis
     await Promise.all(running().map((r) => r.stop()));
     leaving = true;
     await buckets.workers.delete(id).catch((err: unknown) => log.warn('could not deregister', { err }));
+    courier.close();
     mux.close(new Error('worker closed'));
     log.info('closed');
   }

@@ -3,10 +3,11 @@
  * readiness by polling with a deadline, stopped in teardown (and by the reaper if the test process dies).
  */
 import { randomBytes } from 'node:crypto';
-import { mkdtemp, rm } from 'node:fs/promises';
+import { mkdtemp, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import type { Test } from 'tap';
+import { ANY_PREFIX, natsAuthorization, redisAcl, type Role } from '../../src/auth.js';
 import { loadConfig, type Config } from '../../src/config.js';
 import {
   abortOnExit,
@@ -59,6 +60,8 @@ interface ServerKind {
   stopSignal: NodeJS.Signals;
   scheme: string;
   binary: string;
+  /** Writes what the server reads at start (its config with users and passwords) into its fresh dir. */
+  setup?(storeDir: string): Promise<void>;
   args(port: number, storeDir: string): string[];
   answers(port: number): Promise<boolean>;
 }
@@ -68,6 +71,7 @@ async function startServer(kind: ServerKind, t?: Test): Promise<TestServer> {
   const port = await freePort();
   const storeDir = await mkdtemp(join(tmpdir(), `shop-${kind.scheme}-`));
   reapDirOnExit(storeDir);
+  await kind.setup?.(storeDir);
   let child: Child | undefined;
   let stopped = false;
 
@@ -143,20 +147,93 @@ const REDIS: ServerKind = {
   answers: (port) => redisAnswers(port),
 };
 
-/** A nats-server with JetStream on a free port and a fresh store dir; stopped in `t`'s teardown. */
-export function startNats(t?: Test): Promise<TestServer> {
-  return startServer(NATS, t);
+export interface Login {
+  user: string;
+  password: string;
 }
 
-/** A redis-server with AOF (everysec) on a free port and a fresh dir; restart() keeps the data. Stopped in `t`'s teardown. */
-export function startRedis(t?: Test): Promise<TestServer> {
-  return startServer(REDIS, t);
+/** The users of a test server with auth: one per role, and a second gateway (each gateway process has its own user). */
+export interface TestUsers {
+  worker: Login;
+  gateway: Login;
+  gateway2: Login;
+  admin: Login;
+  /** The Redis ACL user of the workers. */
+  redis: Login;
+}
+
+const TEST_USER_ROLES: [keyof Omit<TestUsers, 'redis'>, string, Role][] = [
+  ['worker', 'worker', 'worker'],
+  ['gateway', 'gateway-0', 'gateway'],
+  ['gateway2', 'gateway-1', 'gateway'],
+  ['admin', 'admin', 'admin'],
+];
+
+function testUsers(): TestUsers {
+  const login = (user: string) => ({ user, password: randomBytes(12).toString('base64url') });
+  const users = Object.fromEntries(TEST_USER_ROLES.map(([key, user]) => [key, login(user)])) as Omit<TestUsers, 'redis'>;
+  return { ...users, redis: login('worker') };
+}
+
+/**
+ * With `users`: the authorization block of src/auth.ts for any stream prefix (tests share a server between random
+ * prefixes), in a config file in the store dir.
+ */
+function natsKind(users?: TestUsers, prefix = ANY_PREFIX): ServerKind {
+  if (!users) return NATS;
+  const config = (dir: string) => join(dir, 'auth.conf');
+  return {
+    ...NATS,
+    setup: (dir) =>
+      writeFile(
+        config(dir),
+        natsAuthorization({ prefix, users: TEST_USER_ROLES.map(([key, , role]) => ({ user: users[key].user, role, password: { value: users[key].password } })) }),
+        { mode: 0o600 },
+      ),
+    args: (port, storeDir) => natsArgs({ port, storeDir, configFile: config(storeDir) }),
+  };
+}
+
+/** With `users`: the default user off, the worker's ACL user of src/auth.ts (any key prefix). */
+function redisKind(users?: TestUsers): ServerKind {
+  if (!users) return REDIS;
+  const acl = (dir: string) => join(dir, 'users.acl');
+  const { user, password } = users.redis;
+  return {
+    ...REDIS,
+    setup: (dir) => writeFile(acl(dir), redisAcl({ user, password, keyPrefix: '' }), { mode: 0o600 }),
+    args: (port, dir) => redisArgs({ port, dir, appendfsync: 'everysec', aclFile: acl(dir) }),
+    answers: (port) => redisAnswers(port, { auth: { user, password } }),
+  };
+}
+
+/**
+ * A nats-server with JetStream on a free port and a fresh store dir; stopped in `t`'s teardown. With `users`, it
+ * requires them, with their permissions for stream prefix `prefix` (default: any prefix).
+ */
+export function startNats(t?: Test, users?: TestUsers, prefix?: string): Promise<TestServer> {
+  return startServer(natsKind(users, prefix), t);
+}
+
+/**
+ * A redis-server with AOF (everysec) on a free port and a fresh dir; restart() keeps the data. Stopped in `t`'s
+ * teardown. With `users`, only users.redis may log in.
+ */
+export function startRedis(t?: Test, users?: TestUsers): Promise<TestServer> {
+  return startServer(redisKind(users), t);
 }
 
 /** Both servers, started in parallel. */
-export async function startServers(t?: Test): Promise<{ nats: TestServer; redis: TestServer }> {
-  const [nats, redis] = await Promise.allSettled([startNats(t), startRedis(t)]);
-  if (nats.status === 'fulfilled' && redis.status === 'fulfilled') return { nats: nats.value, redis: redis.value };
+export async function startServers(t?: Test): Promise<{ nats: TestServer; redis: TestServer }>;
+/**
+ * Both servers with the authorization of src/auth.ts: nobody gets in without one of `users`' passwords. The NATS
+ * permissions are for any stream prefix (each test config has a random one), or for `prefix` only.
+ */
+export async function startServers(t: Test | undefined, opts: { auth: true; prefix?: string }): Promise<{ nats: TestServer; redis: TestServer; users: TestUsers }>;
+export async function startServers(t?: Test, opts: { auth?: boolean; prefix?: string } = {}): Promise<{ nats: TestServer; redis: TestServer; users?: TestUsers }> {
+  const users = opts.auth ? testUsers() : undefined;
+  const [nats, redis] = await Promise.allSettled([startNats(t, users, opts.prefix), startRedis(t, users)]);
+  if (nats.status === 'fulfilled' && redis.status === 'fulfilled') return { nats: nats.value, redis: redis.value, users };
   // Without a `t`, nothing else would stop the one that did start.
   if (!t) await Promise.all([nats, redis].map((r) => (r.status === 'fulfilled' ? r.value.stop() : undefined)));
   throw nats.status === 'rejected' ? nats.reason : (redis as PromiseRejectedResult).reason;

@@ -1,0 +1,198 @@
+#!/usr/bin/env node
+/**
+ * Least privilege: what each role may do on NATS and Redis. The single source of the permission lists; the local
+ * stack's generated nats-server config (src/secrets.ts), the test servers and the committed `nats/auth.conf` for
+ * deployments all come from here.
+ *
+ * Subjects, with P = `<streamPrefix>.` and S = `<streamPrefix>_` (both empty without a prefix), as protocol.ts
+ * names them:
+ *   P<kind>.cmd.<n>          commands, captured by the streams S STOCK|PAYMENT|ORDER (JetStream)
+ *   P<kind>.get.<n>          reads (core request/reply, answered by the partition's owner)
+ *   P_reply.<user>.<process>.<token>   replies to one process of one NATS user (runtime/mux.ts)
+ *   P_saga.<worker>          saga messages between workers (core NATS)
+ *   Pdeadletter.<kind>.<n>   dead letters, stream S DEADLETTER
+ *   P_shop.admin             admin requests (shopctl -> the leading controller in a worker)
+ *   $KV.<bucket>.>           the buckets S SHOP_WORKERS, S SHOP_PLACEMENT, S SHOP_CONTROL (streams KV_<bucket>)
+ *
+ * `node dist/src/auth.js` prints `nats/auth.conf` (`npm run auth-conf` rewrites it); a test fails when the
+ * committed file differs from what this module generates.
+ */
+import { createHash } from 'node:crypto';
+import { realpathSync } from 'node:fs';
+import { fileURLToPath } from 'node:url';
+import { KINDS } from './config.js';
+
+export const ROLES = ['worker', 'gateway', 'admin'] as const;
+export type Role = (typeof ROLES)[number];
+
+export interface Permissions {
+  publish: string[];
+  subscribe: string[];
+}
+
+/** A NATS user of the authorization block: its role decides its permissions. */
+export interface NatsUser {
+  user: string;
+  role: Role;
+  /** The password itself, or the name of an environment variable nats-server reads it from (`$NAME` in its config). */
+  password: { value: string } | { env: string };
+}
+
+/** Stream prefix meaning "any prefix" (one subject token): test servers shared by many random prefixes. */
+export const ANY_PREFIX = '*';
+
+/** KV buckets of dynamic placement (runtime/membership.ts). */
+const BUCKETS = ['SHOP_WORKERS', 'SHOP_PLACEMENT', 'SHOP_CONTROL'] as const;
+/** Streams of the commands, one per kind. */
+const COMMAND_STREAMS = KINDS.map((k) => k.toUpperCase());
+/** The stream of dead letters. */
+const DEADLETTER_STREAM = 'DEADLETTER';
+
+/**
+ * Subject and stream-name builders for a prefix. With ANY_PREFIX a stream or bucket name (one subject token)
+ * becomes `*`: a wildcard matches whole tokens only.
+ */
+function naming(prefix: string) {
+  const any = prefix === ANY_PREFIX;
+  const p = prefix ? `${prefix}.` : '';
+  const stream = (base: string) => (any ? '*' : prefix ? `${prefix}_${base}` : base);
+  return {
+    subject: (rest: string) => `${p}${rest}`,
+    stream,
+    /** The stream of a KV bucket. */
+    kvStream: (bucket: string) => (any ? '*' : `KV_${stream(bucket)}`),
+  };
+}
+
+const unique = (list: string[]) => [...new Set(list)];
+
+/**
+ * What one NATS user of `role` may publish and subscribe to. `user` is its own name: it may hear replies and
+ * nats.js inboxes of its own namespace only (`P_reply.<user>.>`, `_INBOX.<user>.>`).
+ */
+export function permissions(role: Role, { prefix, user }: { prefix: string; user: string }): Permissions {
+  const n = naming(prefix);
+  const ownReplies = n.subject(`_reply.${user}.>`);
+  const ownInbox = `_INBOX.${user}.>`;
+  switch (role) {
+    case 'gateway':
+      return {
+        // Commands (stored by JetStream, acknowledged to the reply subject) and reads. Nothing else: no JetStream
+        // API (streams are created by workers), no KV, no replies, no admin.
+        publish: KINDS.flatMap((k) => [n.subject(`${k}.cmd.*`), n.subject(`${k}.get.*`)]),
+        // Its own replies: command outcomes, stream acknowledgements, read answers (runtime/mux.ts).
+        subscribe: [ownReplies],
+      };
+    case 'worker': {
+      const streams = [...COMMAND_STREAMS, DEADLETTER_STREAM].map(n.stream);
+      const commandStreams = COMMAND_STREAMS.map(n.stream);
+      const kvStreams = BUCKETS.map(n.kvStream);
+      const api = (what: string, names: string[]) => names.map((s) => `$JS.API.${what}.${s}`);
+      return {
+        publish: unique([
+          // Answers to gateways (after each commit), saga messages and dead letters.
+          n.subject('_reply.>'),
+          n.subject('_saga.>'),
+          n.subject('deadletter.>'),
+          // Heartbeats, placement and control (membership.ts, controller.ts): KV puts, creates and updates.
+          ...BUCKETS.map((b) => `$KV.${n.stream(b)}.>`),
+          // Answers to shopctl's admin requests (its nats.js inbox), and flow control of KV watches.
+          '_INBOX.>',
+          '$JS.FC.>',
+          // The JetStream API calls the worker makes (seen in nats-server -DV traces, and read from nats.js 2.29 for
+          // its recovery paths), and no others: no stream delete, no purge of buckets, nothing of other streams.
+          '$JS.API.INFO', // jetstreamManager() checks JetStream is there
+          ...api('STREAM.CREATE', [...streams, ...kvStreams]), // ensureStreams, and the buckets on first use
+          ...api('STREAM.UPDATE', streams), // ensureStreams when a setting changed (duplicate window, size)
+          ...api('STREAM.INFO', [...streams, ...kvStreams]), // opening a bucket; consumers.get() checks the stream
+          ...api('STREAM.PURGE', commandStreams), // trimming applied commands every trimIntervalMs
+          ...api('CONSUMER.CREATE', [...commandStreams, ...kvStreams]).map((s) => `${s}.>`), // ordered consumers, KV watches (CREATE.<stream>.<name>.<filter>)
+          ...api('CONSUMER.MSG.NEXT', commandStreams).map((s) => `${s}.*`), // pulls of the ordered consumers
+          ...api('CONSUMER.INFO', commandStreams).map((s) => `${s}.*`), // an ordered consumer checking itself after missed heartbeats
+          ...api('CONSUMER.DELETE', commandStreams).map((s) => `${s}.*`), // an ordered consumer deleting the one it replaces
+          ...api('DIRECT.GET', kvStreams).map((s) => `${s}.>`), // kv.create() of a deleted key (the leader key) reads it first
+          ...api('STREAM.MSG.GET', kvStreams), // the same for a bucket made without direct get
+        ]),
+        subscribe: [
+          // Reads of the partitions it owns, saga messages, admin requests (the controller in every worker).
+          ...KINDS.map((k) => n.subject(`${k}.get.*`)),
+          n.subject('_saga.>'),
+          n.subject('_shop.admin'),
+          // Its own replies (stream acknowledgements of the outbox) and nats.js inboxes (JetStream API, KV, consumers).
+          ownReplies,
+          ownInbox,
+        ],
+      };
+    }
+    case 'admin':
+      return {
+        // shopctl: admin requests, and the whole JetStream API and KV (status, repairs by an operator).
+        publish: [n.subject('_shop.admin'), '$JS.API.>', '$KV.>'],
+        subscribe: [ownInbox, ownReplies],
+      };
+  }
+}
+
+const quote = (s: string) => JSON.stringify(s);
+const list = (items: string[], indent: string) => `[\n${items.map((i) => `${indent}  ${quote(i)}`).join(',\n')}\n${indent}]`;
+
+/** The `authorization { users = [...] }` block of a nats-server config: one entry per user, with its role's permissions. */
+export function natsAuthorization({ prefix, users }: { prefix: string; users: NatsUser[] }): string {
+  const entries = users.map(({ user, role, password }) => {
+    const p = permissions(role, { prefix, user });
+    const pw = 'env' in password ? `$${password.env}` : quote(password.value);
+    return [
+      '    {',
+      `      # role: ${role}`,
+      `      user: ${quote(user)}`,
+      `      password: ${pw}`,
+      '      permissions: {',
+      `        publish: { allow: ${list(p.publish, '        ')} }`,
+      `        subscribe: { allow: ${list(p.subscribe, '        ')} }`,
+      '      }',
+      '    }',
+    ].join('\n');
+  });
+  return `authorization {\n  users = [\n${entries.join(',\n')}\n  ]\n}\n`;
+}
+
+/** The users of a deployment (nats/auth.conf): one per role, passwords from nats-server's environment. */
+export const DEPLOYMENT_USERS: NatsUser[] = ROLES.map((role) => ({ user: role, role, password: { env: `NATS_${role.toUpperCase()}_PASSWORD` } }));
+
+/** The content of the committed `nats/auth.conf`. */
+export function deploymentAuthConf(): string {
+  return [
+    '# Generated by `npm run auth-conf` (node dist/src/auth.js) from src/auth.ts: do not edit; test/auth.test.ts fails',
+    '# when this file differs from what src/auth.ts generates.',
+    '#',
+    '# NATS users of a deployment without a stream prefix, one per role. Include it in every node\'s config',
+    '# (`include ./auth.conf`) and give nats-server the passwords in its environment: NATS_WORKER_PASSWORD,',
+    '# NATS_GATEWAY_PASSWORD, NATS_ADMIN_PASSWORD. After changing one, `nats-server --signal reload` (or SIGHUP).',
+    natsAuthorization({ prefix: '', users: DEPLOYMENT_USERS }),
+  ].join('\n');
+}
+
+/**
+ * What the worker's Redis user may run: the commit and acquire scripts (EVALSHA, then EVAL when Redis does not
+ * have them yet) and the hash commands they and the store call, INFO for ioredis's ready check, PING, and QUIT.
+ * Nothing that reads or changes the server (CONFIG, FLUSHALL, KEYS, DEBUG, SHUTDOWN, ...).
+ */
+export const REDIS_WORKER_COMMANDS = ['evalsha', 'eval', 'hget', 'hmget', 'hgetall', 'hset', 'hsetnx', 'hdel', 'hincrby', 'info', 'ping', 'quit'] as const;
+
+/**
+ * A Redis ACL file: `user` with `password` (stored as its SHA-256, so the file holds no password), keys under
+ * `keyPrefix` only, REDIS_WORKER_COMMANDS only; the `default` user (no password) off.
+ */
+export function redisAcl({ user, password, keyPrefix }: { user: string; password: string; keyPrefix: string }): string {
+  const sha = createHash('sha256').update(password).digest('hex');
+  return [
+    'user default off resetkeys resetchannels -@all',
+    `user ${user} on #${sha} resetkeys ~${keyPrefix}* resetchannels -@all ${REDIS_WORKER_COMMANDS.map((c) => `+${c}`).join(' ')}`,
+    '',
+  ].join('\n');
+}
+
+// `node dist/src/auth.js`: print nats/auth.conf.
+if (process.argv[1] && realpathSync(process.argv[1]) === fileURLToPath(import.meta.url)) {
+  process.stdout.write(deploymentAuthConf());
+}

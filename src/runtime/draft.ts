@@ -1,0 +1,85 @@
+import type { StateView } from '../actors/types.js';
+
+/** A partition's tables in memory: table -> key -> value. */
+export type Tables = Map<string, Map<string, unknown>>;
+
+/** Changed keys of one batch: table -> key -> new value, or undefined for a delete. */
+export type Changes = Map<string, Map<string, unknown>>;
+
+/**
+ * Batch draft over a partition's live state: writes of the batch land here and reach the live maps (which reads
+ * see) only after the batch has committed. Each command's writes are logged so that a command that throws is taken
+ * back whole. Deleting a key the batch created and the live state does not hold leaves no trace (a saga's ledger
+ * entry made and forgotten within one batch costs Redis nothing).
+ */
+export class Draft implements StateView {
+  readonly batch: Changes = new Map();
+  /** Keys the batch changes. */
+  size = 0;
+  /** This command's writes: the table, the key, and what the draft held for it before (to take them back). */
+  private readonly undo: [table: Map<string, unknown>, key: string, had: boolean, before: unknown][] = [];
+
+  constructor(private readonly live: Tables) {}
+
+  get<T>(table: string, key: string): T | undefined {
+    const t = this.batch.get(table);
+    if (t !== undefined && t.has(key)) return t.get(key) as T | undefined;
+    return this.live.get(table)?.get(key) as T | undefined;
+  }
+
+  set(table: string, key: string, value: unknown): void {
+    if (value === undefined) throw new Error('invariant: undefined value; use delete');
+    this.write(table, key, value);
+  }
+
+  delete(table: string, key: string): void {
+    this.write(table, key, undefined);
+  }
+
+  keepCommand(): void {
+    this.undo.length = 0;
+  }
+
+  dropCommand(): void {
+    for (let i = this.undo.length - 1; i >= 0; i--) {
+      const [t, key, had, before] = this.undo[i]!;
+      const has = t.has(key);
+      if (had) {
+        if (!has) this.size++;
+        t.set(key, before);
+      } else if (has) {
+        t.delete(key);
+        this.size--;
+      }
+    }
+    this.undo.length = 0;
+  }
+
+  publish(): void {
+    for (const [table, changes] of this.batch) {
+      const target = this.live.get(table)!;
+      for (const [k, v] of changes) {
+        if (v === undefined) target.delete(k);
+        else target.set(k, v);
+      }
+    }
+  }
+
+  private write(table: string, key: string, value: unknown): void {
+    let t = this.batch.get(table);
+    if (!t) {
+      if (!this.live.has(table)) throw new Error(`invariant: unknown table ${table}`);
+      this.batch.set(table, (t = new Map()));
+    }
+    const had = t.has(key);
+    this.undo.push([t, key, had, t.get(key)]);
+    if (value === undefined && !this.live.get(table)!.has(key)) {
+      // Nothing committed to delete: drop what the batch wrote, if anything.
+      if (had) t.delete(key), this.size--;
+      return;
+    }
+    if (!had) this.size++;
+    t.set(key, value);
+  }
+}
+
