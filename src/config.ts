@@ -62,6 +62,12 @@ export interface Config {
   queueMax: number;
   /** Most commands and reads one gateway process waits on at once; past it a request is answered 503 at once (backpressure). */
   gatewayInflightMax: number;
+  /**
+   * Largest n a batch_init request (stock, payment or orders) may ask for; a larger one is answered 400 too_large.
+   * It bounds what one request makes the workers create (and hold in memory), not the gateway's work: that is
+   * bounded by a window of commands in flight whatever n is.
+   */
+  batchInitMax: number;
   /** How long the gateway waits for a command's outcome before answering 503. */
   requestDeadlineMs: number;
   /** How long the gateway waits for a read before answering 503. */
@@ -207,6 +213,7 @@ const checks: Record<keyof Config, Check> = {
   batchMax: int(1, 100_000),
   queueMax: int(1, 1_000_000),
   gatewayInflightMax: int(1, 10_000_000),
+  batchInitMax: int(0),
   requestDeadlineMs: int(1, 3_600_000),
   readDeadlineMs: int(1, 3_600_000),
   retryBackoffMs: int(1, 60_000),

@@ -5,6 +5,8 @@ import type { Registry } from 'prom-client';
 import { startAdminHttp, type AdminHttp, type Probe } from './admin/http.js';
 import { adminPortOf, ConfigError, envName, loadConfig, type Config } from './config.js';
 import { connectNats, connectRedis, logNatsStatus } from './connect.js';
+import { exitOnFatal } from './fatal.js';
+import { allOf, natsHealth, redisHealth } from './health.js';
 import { createLog, type Log } from './log.js';
 
 type Lifecycle = 'starting' | 'ready' | 'draining' | 'closed';
@@ -67,6 +69,7 @@ async function adminHttp(config: Config, role: 'worker' | 'gateway', log: Log, n
 
 async function main(role: string | undefined): Promise<void> {
   const config = loadConfig();
+  exitOnFatal(createLog(`${role ?? 'main'}-${process.pid}`, config.logLevel), { role });
   switch (role) {
     case 'supervisor': {
       const { runSupervisor } = await import('./supervisor.js');
@@ -80,8 +83,12 @@ async function main(role: string | undefined): Promise<void> {
         const nc = await connectNats(config, `worker-${config.workerIndex}`);
         logNatsStatus(nc, log);
         const redis = await connectRedis(config);
+        const natsUp = natsHealth(nc);
+        const redisUp = redisHealth(redis);
         let worker: Awaited<ReturnType<typeof startWorker>> | undefined;
-        const admin = await adminHttp(config, 'worker', log, nc, () => worker);
+        const admin = await adminHttp(config, 'worker', log, nc, () =>
+          worker ? { registry: worker.registry, ready: () => allOf(natsUp.probe(), redisUp.probe(), worker!.ready()) } : undefined,
+        );
         worker = await startWorker({ nc, redis, config, log, adminPort: admin.port });
         const w = worker;
         return {
@@ -89,6 +96,8 @@ async function main(role: string | undefined): Promise<void> {
           async close() {
             await w.close();
             await admin.close();
+            natsUp.stop();
+            redisUp.stop();
             await nc.drain();
             await redis.quit();
           },
@@ -102,16 +111,16 @@ async function main(role: string | undefined): Promise<void> {
       await serve(log, async () => {
         const nc = await connectNats(config, 'gateway');
         logNatsStatus(nc, log);
+        const natsUp = natsHealth(nc);
         let gateway: Awaited<ReturnType<typeof createGateway>> | undefined;
-        const admin = await adminHttp(config, 'gateway', log, nc, () =>
-          gateway ? { registry: gateway.registry, ready: () => (nc.isClosed() ? { ok: false, detail: 'NATS connection closed' } : { ok: true }) } : undefined,
-        );
+        const admin = await adminHttp(config, 'gateway', log, nc, () => (gateway ? { registry: gateway.registry, ready: () => natsUp.probe() } : undefined));
         gateway = await createGateway({ nc, config, log });
         const g = gateway;
         return {
           async close() {
             await g.close();
             await admin.close();
+            natsUp.stop();
             await nc.drain();
           },
         };

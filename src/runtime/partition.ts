@@ -1,16 +1,16 @@
 import type { ConsumerMessages, JetStreamClient, JetStreamManager, JsMsg, NatsConnection, Subscription } from 'nats';
 import { setTimeout as delay } from 'node:timers/promises';
 import type { Actor, ReadView } from '../actors/types.js';
-import { decode, encode } from '../codec.js';
 import type { Config, Kind } from '../config.js';
 import type { Log } from '../log.js';
-import { fail, names, type Names, type Reply } from '../protocol.js';
+import { names, type Names } from '../protocol.js';
 import type { BatchLoop, Committed, Inbound, Member, Taken } from './batch.js';
 import type { Courier } from './courier.js';
 import type { Tables } from './draft.js';
 import type { RunnerMetrics } from './metrics.js';
 import type { Mux } from './mux.js';
 import { decodeEntry, PartitionOutbox } from './outbox.js';
+import { serveReads } from './reads.js';
 import { StaleEpochError, type PartitionStore } from './store.js';
 
 /** Longest a runner that lets go waits for its outbox to finish sending. */
@@ -223,28 +223,8 @@ export class PartitionRunner implements Member {
     });
     for (const [field, bytes] of loaded.outbox) this.outbox.send(field, decodeEntry(bytes));
 
-    // A read is one query, or an array of queries (a gateway's reads of this partition from one turn): the answer
-    // is the reply, or the array of replies in the same order.
-    const answer = (query: unknown): Reply => {
-      try {
-        return actor.query(this.view, query);
-      } catch (e) {
-        this.log.error('query failed', { err: e });
-        return fail('internal', 'query failed');
-      }
-    };
-    this.reads = nc.subscribe(this.names.get(this.kind, this.partition), {
-      callback: (err, msg) => {
-        if (err) return this.log.error('read subscription failed', { err });
-        let query: unknown;
-        try {
-          query = decode(msg.data);
-        } catch {
-          return msg.respond(encode(fail('internal', 'undecodable query')));
-        }
-        msg.respond(encode(Array.isArray(query) ? query.map(answer) : answer(query)));
-      },
-    });
+    // Reads are answered from the committed view (runtime/reads.ts: batches, checks, size).
+    this.reads = serveReads({ nc, subject: this.names.get(this.kind, this.partition), answer: (query) => actor.query(this.view, query), log: this.log });
 
     const consumer = await js.consumers.get(this.names.stream(this.kind), {
       filterSubjects: this.subject,

@@ -6,6 +6,7 @@ import { actorOf } from '../actors/index.js';
 import { createWorkerMetrics, type PartitionSample } from '../admin/metrics.js';
 import type { Registry } from 'prom-client';
 import type { Config, Kind } from '../config.js';
+import { faultLog } from '../faults.js';
 import type { Log } from '../log.js';
 import { names } from '../protocol.js';
 import { startController, type Controller } from './controller.js';
@@ -13,7 +14,7 @@ import { MembershipView, openBuckets, watchKv, type Buckets, type Watch } from '
 import type { RunnerMetrics } from './metrics.js';
 import { Mux } from './mux.js';
 import { PartitionRunner } from './partition.js';
-import { fromBytes, parsePlacementKey, placementKey, toBytes, type Assignment, type Heartbeat } from './placement.js';
+import { kvValues, parsePlacementKey, placementKey, toBytes, type Assignment, type Heartbeat } from './placement.js';
 import { BatchLoop } from './batch.js';
 import { warmActorsOnce } from './warm.js';
 import { Courier } from './courier.js';
@@ -118,7 +119,7 @@ export async function startWorker(opts: WorkerOptions): Promise<Worker> {
   await ensureStreams(jsm, config);
   const js = nc.jetstream();
   const n = names(config.streamPrefix);
-  const mux = new Mux(nc, n.inbox(config.natsUser || 'worker', `w${randomBytes(6).toString('hex')}`));
+  const mux = new Mux(nc, n.inbox(config.natsUser || 'worker', `w${randomBytes(6).toString('hex')}`), faultLog(log));
   const dynamic = !opts.partitions && config.placement === 'dynamic';
   const id = dynamic ? `worker-${config.workerIndex}-${randomBytes(3).toString('hex')}` : `worker-${config.workerIndex}`;
   let current: () => Iterable<PartitionRunner> = () => [];
@@ -211,6 +212,7 @@ interface Slot {
 async function startDynamicWorker(kit: Kit, id: string, opts: WorkerOptions, registry: Registry, follow: (locate: (kind: Kind, partition: number) => string | undefined) => void): Promise<Worker> {
   const { nc, config, redis, mux, courier } = kit;
   const log = kit.log.child(id);
+  const fault = faultLog(log);
   const lease = config.workerLeaseMs;
   const interval = config.heartbeatIntervalMs;
   const buckets: Buckets = await openBuckets(kit.js, config);
@@ -378,7 +380,8 @@ async function startDynamicWorker(kit: Kit, id: string, opts: WorkerOptions, reg
   }
 
   function onPlacement(entry: KvEntry): void {
-    const a = entry.operation === 'PUT' ? fromBytes<Assignment>(entry.value) : undefined;
+    // Not an assignment: as if there were none (this worker lets go; the leader writes a good one, at a newer epoch).
+    const a = entry.operation === 'PUT' ? kvValues.assignment(entry.value, fault, entry.key) : undefined;
     if (placed.get(entry.key) !== a?.worker) {
       if (a) placed.set(entry.key, a.worker);
       else placed.delete(entry.key);
@@ -421,7 +424,7 @@ async function startDynamicWorker(kit: Kit, id: string, opts: WorkerOptions, reg
   watches.push(await watchKv(buckets.placement, '>', log, (e) => onPlacement(e)));
   watches.push(
     await watchKv(buckets.control, `drain.${id}`, log, (e) => {
-      if (e.operation !== 'PUT' || draining) return;
+      if (e.operation !== 'PUT' || draining || !kvValues.drain(e.value, fault, e.key)) return;
       log.info('drain requested: handing every partition to other workers, then exiting');
       draining = true;
       beatNow();
