@@ -14,7 +14,11 @@ const FAULT_KINDS_MAX = 256;
 /** Reports one fault. `kind` names what went wrong, from a fixed set in the code (never data from the message). */
 export type Fault = (kind: string, data?: Record<string, unknown>) => void;
 
-export function faultLog(log: Log, intervalMs = FAULT_LOG_INTERVAL_MS, now: () => number = Date.now): Fault {
+/**
+ * `say` starts each line: "ignored" for data dropped where it arrived; a caller that goes on trying (a refused
+ * publish it repeats) says so instead.
+ */
+export function faultLog(log: Log, intervalMs = FAULT_LOG_INTERVAL_MS, now: () => number = Date.now, say = 'ignored'): Fault {
   const seen = new Map<string, { at: number; dropped: number }>();
   return (kind, data) => {
     const t = now();
@@ -25,7 +29,7 @@ export function faultLog(log: Log, intervalMs = FAULT_LOG_INTERVAL_MS, now: () =
     }
     const dropped = last?.dropped ?? 0;
     if (last || seen.size < FAULT_KINDS_MAX) seen.set(kind, { at: t, dropped: 0 });
-    log.warn(`ignored: ${kind}`, { ...data, ...(dropped > 0 ? { alsoIgnoredSinceLastLine: dropped } : {}), nextLineAfterMs: intervalMs });
+    log.warn(`${say}: ${kind}`, { ...data, ...(dropped > 0 ? { alsoIgnoredSinceLastLine: dropped } : {}), nextLineAfterMs: intervalMs });
   };
 }
 

@@ -23,6 +23,7 @@ import { checkCommand, describe, type Door } from '../actors/commands.js';
 import type { Actor, Outgoing, ReplyTo } from '../actors/types.js';
 import { decode, encode } from '../codec.js';
 import type { Config, Kind } from '../config.js';
+import { faultLog, type Fault } from '../faults.js';
 import type { Log } from '../log.js';
 import { BUNDLE_MAX, fail, names, type Names, type Reply } from '../protocol.js';
 import { Delivery, type Box, type Sink } from './delivery.js';
@@ -38,8 +39,6 @@ import { commitTogether, type PartitionStore, type PreparedBatch } from './store
  */
 const BATCH_KEYS_MAX = 5_000;
 const BATCH_SLICE_MS = 10;
-/** Most dead letters logged per partition per minute; the rest are only counted (shop_dead_letters_total). */
-const DEAD_LETTER_LOG_PER_MINUTE = 10;
 /** Longest reply subject a client command may name. */
 const REPLY_SUBJECT_MAX_CHARS = 256;
 
@@ -170,7 +169,8 @@ export class BatchLoop {
   private batchDone: Promise<void> = Promise.resolve();
   /** Where the next batch starts taking messages (round robin over the members). */
   private next = 0;
-  private readonly deadLogged = new Map<Member, { since: number; logged: number; skipped: number }>();
+  /** Dead letters are logged once a minute per partition and reason at most; all are counted (shop_dead_letters_total). */
+  private readonly deadLogs = new WeakMap<Member, Fault>();
 
   constructor(private readonly deps: BatchLoopDeps) {
     this.names = names(deps.config.streamPrefix);
@@ -457,21 +457,9 @@ export class BatchLoop {
   }
 
   private logDead(part: Part, d: DeadLetter): void {
-    const now = Date.now();
-    let seen = this.deadLogged.get(part.member);
-    if (!seen || now - seen.since > 60_000) {
-      if (seen?.skipped) part.member.log.warn('dead letters not logged in the last minute', { count: seen.skipped });
-      this.deadLogged.set(part.member, (seen = { since: now, logged: 0, skipped: 0 }));
-    }
-    if (seen.logged++ >= DEAD_LETTER_LOG_PER_MINUTE) {
-      seen.skipped++;
-      return;
-    }
-    part.member.log.warn('dead letter: a message this partition cannot apply was passed and copied to the dead-letter stream', {
-      seq: d.seq,
-      reason: d.reason,
-      detail: d.detail,
-      stream: this.names.deadLetterStream,
-    });
+    let log = this.deadLogs.get(part.member);
+    if (!log) this.deadLogs.set(part.member, (log = faultLog(part.member.log, undefined, undefined, 'dead letter')));
+    log(`a message this partition cannot apply (${d.reason}) was passed and copied to ${this.names.deadLetterStream}`, { seq: d.seq, detail: d.detail });
   }
+
 }

@@ -81,6 +81,9 @@ export function createShopClient({ nc, config, log }: { nc: NatsConnection; conf
   const n = names(config.streamPrefix);
   // Answers that are not ones (garbage on a reply subject) are dropped and logged at most once a minute per kind.
   const fault = faultLog(log);
+  // A stream that refuses a command (none takes its subject yet: no worker has made it; or it is full) is retried
+  // until the command's deadline: said once a minute per stream, not once per retry.
+  const refused = faultLog(log, undefined, undefined, 'retrying');
   const mux = new Mux(nc, n.inbox(config.natsUser || 'gateway', id), fault);
   const replyCheck = commandReply(fault);
   const ackCheck = parsePubAck(fault);
@@ -100,7 +103,7 @@ export function createShopClient({ nc, config, log }: { nc: NatsConnection; conf
         if (err !== MUX_TIMEOUT) throw err;
         continue; // acknowledgement lost or late: publish again
       }
-      log.warn('the stream refused a command; retrying', { subject, refusal });
+      refused(`the stream refused a command on ${subject.slice(0, subject.lastIndexOf('.'))}.*: ${refusal}`, { subject });
       if (deadline - Date.now() <= config.retryBackoffMs) throw new ShopError('unavailable', `the stream refused ${subject}: ${refusal}`);
       await delay(config.retryBackoffMs);
     }

@@ -159,6 +159,7 @@ async function startStaticWorker(kit: Kit, id: string, partitions: { kind: Kind;
     ),
   );
   await Promise.all(runners.map((r) => r.start()));
+  courier.announce();
   log.info('serving', { partitions: runners.map((r) => `${r.kind}-${r.partition}`).join(' ') });
   return {
     id,
