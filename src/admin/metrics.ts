@@ -71,12 +71,16 @@ export function createWorkerMetrics(sample: () => PartitionSample[], extra?: Run
       for (const [kind, n] of counts) this.set({ kind }, n);
     },
   });
+  const perKind = new Map<Kind, { commands: Counter.Internal; size: Histogram.Internal<'kind'>; commit: Histogram.Internal<'kind'> }>();
   return {
     registry,
     batch(kind, partition, n, commitMs) {
-      commands.inc({ kind }, n);
-      batchSize.observe({ kind }, n);
-      commit.observe({ kind }, commitMs / 1000);
+      // Once per partition of every batch: the labelled series are looked up once per kind, not hashed per call.
+      let series = perKind.get(kind);
+      if (!series) perKind.set(kind, (series = { commands: commands.labels({ kind }), size: batchSize.labels({ kind }), commit: commit.labels({ kind }) }));
+      series.commands.inc(n);
+      series.size.observe(n);
+      series.commit.observe(commitMs / 1000);
       lastCommit.set(Date.now() / 1000);
       extra?.batch(kind, partition, n, commitMs);
     },

@@ -69,6 +69,8 @@ export interface Committed {
   entry: OutboxEntry | null;
   /** Ids of the parcels it applied. */
   parcels: string[];
+  /** Stream messages it applied (or passed as dead letters). */
+  streamMessages: number;
 }
 
 /** What the batch loop needs of a partition; implemented by its runner (runtime/partition.ts). */
@@ -440,7 +442,7 @@ export class BatchLoop {
       }
     }
     if (this.deps.config.faultKillAfter === 'commit' && owed.some((o) => o.entry && (o.entry.replies.length > 0 || o.entry.parcels.length > 0))) process.kill(process.pid, 'SIGKILL');
-    parts.forEach((p, i) => p.member.committed({ draft: p.draft, cursor: p.last, local: p.local, field: owed[i]!.field, entry: owed[i]!.entry, parcels: p.parcels.map((x) => x.id) }));
+    parts.forEach((p, i) => p.member.committed({ draft: p.draft, cursor: p.last, local: p.local, field: owed[i]!.field, entry: owed[i]!.entry, parcels: p.parcels.map((x) => x.id), streamMessages: p.taken.stream.length }));
     this.acknowledge(parts.flatMap((p) => p.parcels));
     return true;
   }

@@ -114,7 +114,6 @@ export function createShopClient({ nc, config, log }: { nc: NatsConnection; conf
    * one acknowledgement and one delivery instead of one each. Each command keeps its own reply subject.
    */
   const open = new Map<string, Bundle>();
-  let flushScheduled = false;
 
   function sendBundle(bundle: Bundle): void {
     try {
@@ -131,10 +130,8 @@ export function createShopClient({ nc, config, log }: { nc: NatsConnection; conf
   }
 
   function flushBundles(): void {
-    flushScheduled = false;
     for (const bundle of open.values()) sendBundle(bundle);
     open.clear();
-    mux.flush(); // already the end of a turn: publish now rather than at the end of the next one
   }
 
   /**
@@ -142,15 +139,18 @@ export function createShopClient({ nc, config, log }: { nc: NatsConnection; conf
    * one answer (the array of replies): one round trip through NATS for all of them.
    */
   const reads = new Map<string, ReadWaiter[]>();
-  let readsScheduled = false;
   let readsWaiting = 0;
 
   function flushReads(): void {
-    readsScheduled = false;
     for (const [subject, batch] of reads) ask(subject, batch);
     reads.clear();
-    mux.flush();
   }
+
+  // The turn's bundles and read batches leave with the mux's flush, in the same socket write as everything else.
+  mux.onFlush(() => {
+    flushBundles();
+    flushReads();
+  });
 
   /** Asks for a batch of reads; every waiter of the batch is settled, whatever happens (this never rejects). */
   function ask(subject: string, batch: ReadWaiter[]): void {
@@ -213,10 +213,7 @@ export function createShopClient({ nc, config, log }: { nc: NatsConnection; conf
       let bundle = open.get(subject);
       if (!bundle) {
         open.set(subject, (bundle = { subject, envelopes: [], tokens: [], deadline }));
-        if (!flushScheduled) {
-          flushScheduled = true;
-          setImmediate(flushBundles);
-        }
+        mux.requestFlush();
       }
       bundle.envelopes.push(envelope);
       bundle.tokens.push(token);
@@ -239,10 +236,7 @@ export function createShopClient({ nc, config, log }: { nc: NatsConnection; conf
           reads.delete(subject);
           ask(subject, batch);
         }
-        if (!readsScheduled) {
-          readsScheduled = true;
-          setImmediate(flushReads);
-        }
+        mux.requestFlush();
       });
     },
 

@@ -69,7 +69,6 @@ export class Courier {
   private readonly outgoing = new Map<string, Pending[]>();
   /** Acknowledgements to send at the end of this turn, by subject. */
   private readonly acks = new Map<string, string[]>();
-  private scheduled = false;
   private readonly subs: Subscription[];
   private readonly sweep: NodeJS.Timeout;
   private readonly ackSubject: string;
@@ -90,6 +89,7 @@ export class Courier {
       o.nc.subscribe(this.ackSubject, { callback: (err, msg) => (err ? undefined : this.acknowledged(msg.data)) }),
       o.nc.subscribe(up, { callback: (err, msg) => (err ? undefined : this.resendTo(msg.subject.slice(o.names.saga('').length, -'.up'.length))) }),
     ];
+    o.mux.onFlush(() => this.flush());
     this.sweep = setInterval(() => this.resendDue(Date.now()), SWEEP_INTERVAL_MS);
     this.sweep.unref();
   }
@@ -165,14 +165,11 @@ export class Courier {
   }
 
   private schedule(): void {
-    if (this.scheduled) return;
-    this.scheduled = true;
-    setImmediate(() => this.flush());
+    this.o.mux.requestFlush();
   }
 
-  /** One message per destination worker (more only past MESSAGE_BYTES_MAX), and one per acknowledgement subject. */
+  /** One message per destination worker (more only past MESSAGE_BYTES_MAX), and one per acknowledgement subject: run by the mux's flush. */
   private flush(): void {
-    this.scheduled = false;
     if (this.closed) return;
     const { mux, names } = this.o;
     for (const [worker, list] of this.outgoing) {
@@ -194,7 +191,6 @@ export class Courier {
     this.outgoing.clear();
     for (const [to, ids] of this.acks) mux.publish(to, encode(ids));
     this.acks.clear();
-    mux.flush(); // already the end of a turn: publish now rather than at the end of the next one
   }
 
   private resendDue(now: number): void {

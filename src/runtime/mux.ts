@@ -59,6 +59,9 @@ export class Mux {
   private readonly sub: Subscription;
   private readonly sweep: NodeJS.Timeout;
   private flushScheduled = false;
+  private flushing = false;
+  /** Run at the start of every flush: see onFlush. */
+  private readonly fills: (() => void)[] = [];
   private seq = 0;
 
   constructor(
@@ -148,9 +151,24 @@ export class Mux {
   }
 
   private schedule(): void {
-    if (this.flushScheduled) return;
+    if (this.flushScheduled || this.flushing) return;
     this.flushScheduled = true;
     setImmediate(() => this.flush());
+  }
+
+  /**
+   * `fill` runs at the start of every flush, before the queue leaves: a caller that collects messages over a turn
+   * (the gateway's bundles and reads, the courier's parcels and acknowledgements) publishes them then, so that
+   * everything one turn sends leaves in one socket write (nats.js writes once per microtask checkpoint, and
+   * separate setImmediate callbacks each get one).
+   */
+  onFlush(fill: () => void): void {
+    this.fills.push(fill);
+  }
+
+  /** A flush at the end of this turn, for a caller whose messages wait in its own `onFlush` fill. */
+  requestFlush(): void {
+    this.schedule();
   }
 
   /** Moves one process's answers to the publish queue: as they are when there is one, else as one batch. */
@@ -202,7 +220,17 @@ export class Mux {
 
   /** Sends the queued publishes now (a caller already running at the end of a turn saves the wait for the next one). */
   flush(): void {
-    this.flushScheduled = false;
+    this.flushing = true;
+    try {
+      for (const fill of this.fills) fill();
+      this.send();
+    } finally {
+      this.flushing = false;
+      this.flushScheduled = false;
+    }
+  }
+
+  private send(): void {
     for (const [inbox, { list }] of this.answers) this.queueAnswers(inbox, list);
     if (this.nc.isClosed()) {
       this.queue.length = 0;

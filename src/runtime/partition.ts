@@ -21,6 +21,13 @@ const OUTBOX_BATCHES_INFLIGHT_MAX = 64;
 export const RESTART_BACKOFF_MAX_MS = 30_000;
 /** How often a partition refused for a stream behind its cursor looks again (an operator may have mended it). */
 const REFUSED_RECHECK_MS = 10_000;
+/**
+ * A trim (one JetStream API call) is skipped until this many stream messages were applied since the last one, or
+ * TRIM_IDLE_INTERVALS trim intervals have passed: with 64 partitions per kind, a purge of every partition every
+ * interval was a steady load of API calls on nats-server for a few messages each.
+ */
+const TRIM_MIN_MESSAGES = 256;
+const TRIM_IDLE_INTERVALS = 12;
 /** Parcels remembered as applied, so that a copy sent again is acknowledged without being applied again. */
 const SEEN_PARCELS_MAX = 8192;
 
@@ -101,14 +108,17 @@ export class PartitionRunner implements Member {
   private outbox: PartitionOutbox | null = null;
   private trimTimer: NodeJS.Timeout | null = null;
   private trimmedTo = 0;
+  /** Stream messages applied since the last trim, and the trim ticks skipped since. */
+  private untrimmed = 0;
+  private trimSkips = 0;
   /** (time, cursor) of recent commits: the stream is trimmed only below a cursor Redis has surely made durable. */
   private commits: [atMs: number, cursor: number][] = [];
   /** The newest cursor committed at least durableAfterMs ago. */
   private durable = 0;
   /** Taken by its owner and not stopped since: a failing partition keeps trying while this holds. */
   private wanted = false;
+  /** Parcels applied and committed lately, oldest first (a Set keeps insertion order). */
   private readonly seenIds = new Set<string>();
-  private readonly seenOrder: string[] = [];
   private trouble: Trouble | undefined;
 
   constructor(private readonly deps: RunnerDeps) {
@@ -194,6 +204,8 @@ export class PartitionRunner implements Member {
     this._cursor = loaded.cursor;
     this._local = loaded.local;
     this.trimmedTo = 0;
+    this.untrimmed = 0;
+    this.trimSkips = 0;
     this.durable = 0;
     this.commits = [];
     this._live = new Map(actor.tables.map((t) => [t, loaded.tables.get(t) ?? new Map()]));
@@ -360,14 +372,15 @@ export class PartitionRunner implements Member {
   committed(c: Committed): void {
     c.draft.publish();
     if (c.cursor > this._cursor) this.commits.push([Date.now(), c.cursor]);
+    this.untrimmed += c.streamMessages;
     this._cursor = c.cursor;
     this._local = c.local;
     this.trouble = undefined;
-    for (const id of c.parcels) {
-      this.seenIds.add(id);
-      this.seenOrder.push(id);
+    for (const id of c.parcels) this.seenIds.add(id);
+    for (const id of this.seenIds) {
+      if (this.seenIds.size <= SEEN_PARCELS_MAX) break;
+      this.seenIds.delete(id);
     }
-    if (this.seenOrder.length > SEEN_PARCELS_MAX) for (const id of this.seenOrder.splice(0, this.seenOrder.length - SEEN_PARCELS_MAX)) this.seenIds.delete(id);
     if (c.entry) this.outbox?.send(c.field, c.entry);
   }
 
@@ -426,6 +439,9 @@ export class PartitionRunner implements Member {
     ({ durable: this.durable, younger: this.commits } = durableCursor(this.commits, Date.now() - durableAfterMs(this.deps.config.redisAppendfsync), this.durable));
     const upTo = this.durable;
     if (upTo <= this.trimmedTo) return;
+    if (this.untrimmed < TRIM_MIN_MESSAGES && ++this.trimSkips < TRIM_IDLE_INTERVALS) return;
+    this.untrimmed = 0;
+    this.trimSkips = 0;
     try {
       await this.deps.jsm.streams.purge(this.names.stream(this.kind), { filter: this.subject, seq: upTo + 1 });
       this.trimmedTo = upTo;
