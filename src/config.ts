@@ -1,6 +1,7 @@
 import { readFileSync, existsSync } from 'node:fs';
 import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
+import type { LogFormat } from './log.js';
 
 /** Every setting, with its unit in the name where it has one. Defaults live in config/default.json. */
 export interface Config {
@@ -96,6 +97,11 @@ export interface Config {
   restartBackoffMs: number;
   shutdownGraceMs: number;
   logLevel: 'debug' | 'info' | 'warn' | 'error';
+  /**
+   * 'json': one JSON object per line, for log collectors; 'pretty': readable lines; 'auto': 'pretty' when stderr is
+   * a terminal, else 'json'. The supervisor hands its children the format it resolved for itself (src/log.ts).
+   */
+  logFormat: LogFormat;
   /**
    * Fault injection, for crash tests only. 'commit': the worker kills itself (SIGKILL) right after committing the
    * first batch that owes messages, before sending any. 'send': right after the first batch's outgoing JetStream
@@ -230,6 +236,7 @@ const checks: Record<keyof Config, Check> = {
   restartBackoffMs: int(0, 600_000),
   shutdownGraceMs: int(0, 600_000),
   logLevel: oneOf('debug', 'info', 'warn', 'error'),
+  logFormat: oneOf('auto', 'json', 'pretty'),
   faultKillAfter: oneOf('none', 'commit', 'send'),
 };
 

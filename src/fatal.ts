@@ -6,13 +6,14 @@
  */
 import type { Log } from './log.js';
 
-export function exitOnFatal(log: Log, context: Record<string, unknown>, exit: (code: number) => void = (code) => process.exit(code)): void {
+export function exitOnFatal(log: Log, context: Record<string, unknown> = {}, exit: (code: number) => void = (code) => process.exit(code)): void {
   let ending = false;
   const die = (what: string) => (err: unknown) => {
     if (ending) return; // a second one while exiting says nothing new
     ending = true;
     try {
-      log.error(`${what}; exiting with code 1`, { ...context, pid: process.pid, err: err instanceof Error ? (err.stack ?? err.message) : String(err) });
+      // The line carries the pid (every line does) and the error with its message and stack (src/log.ts).
+      log.error(`${what}; exiting with code 1`, { ...context, err });
     } finally {
       exit(1);
     }

@@ -67,17 +67,34 @@ async function adminHttp(config: Config, role: 'worker' | 'gateway', log: Log, n
   }
 }
 
+/**
+ * The process's logger: named after its role (and index), with the role and index as fields of every line, in the
+ * configured format. Fields common to every process (pid, hostname) come with every line anyway.
+ */
+function processLog(config: Config, role: string | undefined): Log {
+  const fields: Record<string, unknown> = { role: role ?? 'main' };
+  let name = role ?? 'main';
+  if (role === 'worker') {
+    fields.workerIndex = config.workerIndex;
+    name = `worker-${config.workerIndex}`;
+  } else if (role === 'gateway') {
+    fields.gatewayIndex = config.gatewayIndex;
+    name = `gateway-${config.gatewayIndex}`;
+  }
+  return createLog(name, config.logLevel, { format: config.logFormat, fields });
+}
+
 async function main(role: string | undefined): Promise<void> {
   const config = loadConfig();
-  exitOnFatal(createLog(`${role ?? 'main'}-${process.pid}`, config.logLevel), { role });
+  const log = processLog(config, role);
+  exitOnFatal(log);
   switch (role) {
     case 'supervisor': {
       const { runSupervisor } = await import('./supervisor.js');
-      await runSupervisor(config, createLog('supervisor', config.logLevel));
+      await runSupervisor(config, log);
       return;
     }
     case 'worker': {
-      const log = createLog(`worker-${config.workerIndex}`, config.logLevel);
       const { startWorker } = await import('./runtime/worker.js');
       await serve(log, async () => {
         const nc = await connectNats(config, `worker-${config.workerIndex}`);
@@ -106,7 +123,6 @@ async function main(role: string | undefined): Promise<void> {
       return;
     }
     case 'gateway': {
-      const log = createLog(`gateway-${process.pid}`, config.logLevel);
       const { createGateway } = await import('./http/gateway.js');
       await serve(log, async () => {
         const nc = await connectNats(config, 'gateway');
@@ -130,7 +146,6 @@ async function main(role: string | undefined): Promise<void> {
     case 'controller': {
       // A controller candidate of its own (workers run one each already): for deployments that keep placement
       // decisions out of the worker processes.
-      const log = createLog(`controller-${process.pid}`, config.logLevel);
       const { startController } = await import('./runtime/controller.js');
       await serve(log, async () => {
         const nc = await connectNats(config, 'controller');

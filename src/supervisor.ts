@@ -7,7 +7,7 @@ import { existsSync, mkdirSync, readFileSync } from 'node:fs';
 import { dirname, join, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { ConfigError, envName, type Config } from './config.js';
-import type { Log } from './log.js';
+import { resolveLogFormat, type Log } from './log.js';
 import { ensureLocalSecrets, gatewayUser, type LocalSecrets } from './secrets.js';
 import {
   abortOnExit,
@@ -115,9 +115,11 @@ export function localSecrets(config: Config): LocalSecrets {
 /**
  * Every child of the stack, in start order. Pure apart from resolving paths. With server auth, `secrets` are
  * the local stack's (localSecrets): the servers run with the generated configs, and each child gets its own
- * user and password in SHOP_* variables (a gateway neither the workers' password nor Redis's).
+ * user and password in SHOP_* variables (a gateway neither the workers' password nor Redis's). `logFormat` is the
+ * workers' and gateways' (SHOP_LOG_FORMAT): a child's stderr is a pipe to the supervisor, so 'auto' there would
+ * always mean JSON, even when the supervisor shows the lines on a terminal.
  */
-export function plan(config: Config, secrets?: LocalSecrets): ChildSpec[] {
+export function plan(config: Config, secrets?: LocalSecrets, logFormat: 'json' | 'pretty' = resolveLogFormat(config.logFormat)): ChildSpec[] {
   if (withServerAuth(config) && !secrets) throw new Error('plan: servers with auth (serverAuth) need the local secrets (localSecrets(config))');
   const auth = withServerAuth(config) ? secrets : undefined;
   const children: ChildSpec[] = [];
@@ -141,7 +143,7 @@ export function plan(config: Config, secrets?: LocalSecrets): ChildSpec[] {
     );
   }
   const { natsUrl, redisUrl } = serverUrls(config);
-  const env = { ...configEnv(config), SHOP_NATS_URL: natsUrl, SHOP_REDIS_URL: redisUrl };
+  const env = { ...configEnv(config), SHOP_NATS_URL: natsUrl, SHOP_REDIS_URL: redisUrl, SHOP_LOG_FORMAT: logFormat };
   const c = auth?.credentials;
   const workerAuth: Record<string, string> = c
     ? { SHOP_NATS_USER: 'worker', SHOP_NATS_PASSWORD: c.nats.worker!, SHOP_REDIS_USER: c.redis.user, SHOP_REDIS_PASSWORD: c.redis.password }
@@ -196,7 +198,9 @@ interface Slot {
 export function createSupervisor(config: Config, log: Log, options: SupervisorOptions = {}): Supervisor {
   const secrets = withServerAuth(config) ? localSecrets(config) : undefined;
   if (secrets) log.info(`servers require credentials: ${secrets.paths.dir} (delete it while stopped for new ones)`);
-  const planned = plan(config, secrets);
+  // Children's lines that go to this process's terminal are readable; lines that go elsewhere (options.output) are JSON.
+  const childLogFormat = config.logFormat !== 'auto' ? config.logFormat : options.output ? 'json' : resolveLogFormat('auto');
+  const planned = plan(config, secrets, childLogFormat);
   const specs = options.children ? [...planned.filter((s) => s.role === 'nats' || s.role === 'redis'), ...options.children] : planned;
   const width = Math.max(...specs.map((s) => s.name.length), 5);
   const output =

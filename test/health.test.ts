@@ -5,6 +5,7 @@
 import { spawn } from 'node:child_process';
 import { fileURLToPath } from 'node:url';
 import t, { type Test } from 'tap';
+import { logLines } from './helpers/logs.js';
 import { startServers, testConfig, waitFor, type TestServer } from './helpers/servers.js';
 import { spawnRole, type Child } from './helpers/stack.js';
 
@@ -18,7 +19,8 @@ async function adminUrl(child: Child): Promise<string> {
   let url = '';
   await waitFor(
     () => {
-      url = /admin http listening \{"url":"(http:\/\/[^"]+)"\}/.exec(child.output())?.[1] ?? '';
+      const line = logLines(child.output()).find((l) => l.msg === 'admin http listening');
+      url = typeof line?.url === 'string' ? line.url : '';
       return url !== '';
     },
     { deadlineMs: 20_000, intervalMs: 20, what: `the admin URL in the output of pid ${child.process.pid}` },
@@ -84,6 +86,8 @@ t.test('an uncaught exception or an unhandled rejection ends a process with code
     child.stderr.on('data', (d: Buffer) => (err += d.toString()));
     const code = await new Promise<number | null>((resolve) => child.on('exit', (c) => resolve(c)));
     t.equal(code, 1, `${how}: exit code 1`);
-    t.match(err, new RegExp(`^error fixture ${what}; exiting with code 1 \\{"role":"fixture","pid":${child.pid},"err":"Error: ${message}`, 'm'), `${how}: logged as one line with the role, pid and stack`);
+    const lines = logLines(err);
+    t.match(lines, [{ level: 'error', name: 'fixture', msg: `${what}; exiting with code 1`, role: 'fixture', pid: child.pid, err: { type: 'Error', message, stack: new RegExp(`^Error: ${message}\\n\\s+at `) } }], `${how}: logged as one JSON line with the role, pid, message and stack`);
+    t.equal(lines.length, 1, `${how}: and only that`);
   }
 });

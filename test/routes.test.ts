@@ -1,16 +1,15 @@
 import t from 'tap';
 import { ShopError } from '../src/errors.js';
 import { apiRoutes, BATCH_INIT_INFLIGHT_MAX, createDispatcher, createRouter, parseCount, parseId, route, ID_MAX_CHARS, type HttpResult } from '../src/http/routes.js';
-import { createLog } from '../src/log.js';
 import { BATCH_INIT_CHUNK, partitionOf } from '../src/partition.js';
 import { fail, ok, type Reply } from '../src/protocol.js';
 import { fakeShopClient, type Call } from './fake-shop-client.js';
+import { captureLog } from './helpers/logs.js';
 
 const PARTITIONS = 8;
 
 function setup(answer: (call: Call) => Reply | Promise<Reply> = () => ok({}), { batchInitMax = 10_000_000 } = {}) {
-  const lines: string[] = [];
-  const log = createLog('test', 'debug', (l) => lines.push(l));
+  const { log, lines } = captureLog('test', 'debug');
   const client = fakeShopClient(answer);
   let ids = 0;
   const routes = apiRoutes({ client, config: { partitions: PARTITIONS, batchInitMax }, newId: () => `new-${++ids}` });
@@ -286,7 +285,8 @@ t.test('exceptions: unavailable → 503, anything else → 500 and logged', asyn
     t.equal(res.status, 500);
     t.same(res.body, { error: 'internal', message: String((res.body as { message: string }).message) });
     t.notMatch(JSON.stringify(res.body), /boom/, 'internals are not leaked to the client');
-    t.match(lines.join(''), /boom at the bottom/, 'the error is logged');
+    t.match(lines, [{ level: 'error', msg: 'request failed with an unexpected error', method: 'POST', path: '/stock/add/x/1', err: { type: 'TypeError', message: 'boom at the bottom', stack: /^TypeError: boom at the bottom\n\s+at / } }], 'the error is logged with its request, message and stack');
+    t.equal(lines.length, 1, 'once');
   }
   {
     const { dispatch } = setup(() => ({ ok: true, v: undefined }) as unknown as Reply);

@@ -172,7 +172,7 @@ export function createDispatcher(router: Router, log: Log, observe?: Observe): (
         if (err.code === 'internal') log.error('request failed', { method, path, err });
         return errorResponse(err.code, err.detail);
       }
-      log.error('request failed with an unexpected error', { method, path, err: err instanceof Error ? (err.stack ?? err.message) : String(err) });
+      log.error('request failed with an unexpected error', { method, path, err });
       return errorResponse('internal');
     }
   };

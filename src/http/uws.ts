@@ -77,7 +77,7 @@ export function listenHttp({ host, port, handle, log }: { host: string; port: nu
       p.res.cork(() => write(p.res, result, closing, p.head));
     } catch (err) {
       // A response uWS refuses (a bug here, not the client's doing) costs that request, never the process.
-      log.error('could not write a response', { status: result.status, err: err instanceof Error ? (err.stack ?? err.message) : String(err) });
+      log.error('could not write a response', { status: result.status, err });
     }
     if (live.size === 0) onIdle?.();
   };
@@ -94,7 +94,7 @@ export function listenHttp({ host, port, handle, log }: { host: string; port: nu
     handle(method, path).then(
       (result) => finish(p, result),
       (err: unknown) => {
-        log.error('handler threw past the dispatcher', { method, path, err: err instanceof Error ? (err.stack ?? err.message) : String(err) });
+        log.error('handler threw past the dispatcher', { method, path, err });
         finish(p, errorResponse('internal'));
       },
     );

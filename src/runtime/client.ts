@@ -155,7 +155,7 @@ export function createShopClient({ nc, config, log }: { nc: NatsConnection; conf
   /** Asks for a batch of reads; every waiter of the batch is settled, whatever happens (this never rejects). */
   function ask(subject: string, batch: ReadWaiter[]): void {
     askUntilAnswered(subject, batch).catch((err: unknown) => {
-      log.error('a read failed unexpectedly', { subject, err: err instanceof Error ? (err.stack ?? err.message) : String(err) });
+      log.error('a read failed unexpectedly', { subject, err });
       settleReads(batch, (w) => w.reject(err instanceof Error ? err : new Error(String(err))));
     });
   }
