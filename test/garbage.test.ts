@@ -242,7 +242,7 @@ t.test('garbage in every KV bucket of a running cluster: no process exits, the c
   const out = workers.map((w) => w.output()).join('');
   const faults = logLines(out).filter((l) => /^ignored: an invalid (heartbeat|placement|leader|pin|drain) in a KV bucket/.test(l.msg));
   t.ok(faults.length > 0, 'the invalid values were logged');
-  t.ok(faults.every((l) => l.level === 'warn' && l.role === 'worker'), 'as warnings of the worker that read them');
+  t.ok(faults.every((l) => l.level === 'warn' && l.role === 'worker' && typeof l.workerId === 'string'), 'as warnings of the worker that read them, with its id');
   t.notMatch(out, /unhandled rejection|uncaught exception|fatal/, 'no process died of them');
   await waitFor(async () => (await c.status()).leader !== null, { deadlineMs: 10_000, what: 'a valid leader again' });
   await Promise.all(workers.map((w) => w.kill('SIGTERM')));

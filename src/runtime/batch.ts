@@ -25,7 +25,7 @@ import { decode, encode } from '../codec.js';
 import type { Config, Kind } from '../config.js';
 import { faultLog, type Fault } from '../faults.js';
 import type { Log } from '../log.js';
-import { BUNDLE_MAX, fail, names, type Names, type Reply } from '../protocol.js';
+import { BUNDLE_MAX, fail, ID_MAX_CHARS, names, type Names, type Reply } from '../protocol.js';
 import { Delivery, type Box, type Sink } from './delivery.js';
 import { Draft, type Tables } from './draft.js';
 import type { DeadLetterReason, RunnerMetrics } from './metrics.js';
@@ -120,6 +120,8 @@ class Part implements Box {
   /** Commands for partitions elsewhere, per target, in order. */
   readonly sends = new Map<string, { kind: Kind; partition: number; cmds: unknown[] }>();
   readonly dead: DeadLetter[] = [];
+  /** The order each dead letter was about, where it names one: said in its log line, not stored with it. */
+  readonly deadOrders = new Map<DeadLetter, string>();
   /** Sagas this part decided, by outcome ('' for paid, else the refusal's code): counted once the batch commits. */
   readonly outcomes = new Map<string, number>();
   /** Parcels applied (to acknowledge once committed), and parcels seen before (acknowledged either way). */
@@ -178,6 +180,18 @@ interface InFlight {
   done: string[][];
   started: number;
   results: Promise<CommitResult[] | { failure: unknown }>;
+}
+
+/**
+ * The order a command is about, for the log line of a saga message or an order's command that went wrong: saga
+ * messages name it, an order partition's own commands carry it as their id. Checked, since the command may be
+ * one that failed its schema.
+ */
+function orderOf(kind: Kind, cmd: unknown): string | undefined {
+  if (typeof cmd !== 'object' || cmd === null) return undefined;
+  const { order, id } = cmd as { order?: unknown; id?: unknown };
+  const found = typeof order === 'string' ? order : kind === 'order' ? id : undefined;
+  return typeof found === 'string' && found.length <= ID_MAX_CHARS ? found : undefined;
 }
 
 export class BatchLoop {
@@ -405,7 +419,7 @@ export class BatchLoop {
   private check(part: Part, door: Door, cmd: unknown, seq: number, original: unknown, replyTo: ReplyTo | undefined): boolean {
     const verdict = checkCommand(part.kind, door, cmd);
     if (verdict.ok) return true;
-    this.dead(part, seq, verdict.reason, verdict.detail, encode(original));
+    this.dead(part, seq, verdict.reason, verdict.detail, encode(original), cmd);
     if (replyTo !== undefined) part.replies.push([replyTo, encode(fail('invalid_command', verdict.detail))]);
     return false;
   }
@@ -415,8 +429,11 @@ export class BatchLoop {
     return typeof r === 'string' && r.length <= REPLY_SUBJECT_MAX_CHARS && r.startsWith(this.replyPrefix) && !/[\s*>]/.test(r);
   }
 
-  private dead(part: Part, seq: number, reason: DeadLetterReason, detail: string, data: Uint8Array): void {
-    part.dead.push({ seq, reason, detail, data });
+  private dead(part: Part, seq: number, reason: DeadLetterReason, detail: string, data: Uint8Array, cmd?: unknown): void {
+    const d: DeadLetter = { seq, reason, detail, data };
+    part.dead.push(d);
+    const order = orderOf(part.kind, cmd);
+    if (order !== undefined) part.deadOrders.set(d, order);
   }
 
   /** Where delivered commands' effects go: into the parts of the batch. */
@@ -433,7 +450,7 @@ export class BatchLoop {
       target.cmds.push(out.cmd);
     },
     failed: (part, cmd, seq, replyTo, err) => {
-      this.dead(part, seq, 'invariant', (err as Error)?.message ?? String(err), encode(cmd));
+      this.dead(part, seq, 'invariant', (err as Error)?.message ?? String(err), encode(cmd), cmd);
       if (replyTo !== undefined) part.replies.push([replyTo, encode(fail('internal', `command ${seq} at ${part.kind}.${part.partition} broke an invariant`) satisfies Reply)]);
     },
   };
@@ -536,7 +553,7 @@ export class BatchLoop {
   private logDead(part: Part, d: DeadLetter): void {
     let log = this.deadLogs.get(part.member);
     if (!log) this.deadLogs.set(part.member, (log = faultLog(part.member.log, undefined, undefined, 'dead letter')));
-    log(`a message this partition cannot apply (${d.reason}) was passed and copied to ${this.names.deadLetterStream}`, { seq: d.seq, detail: d.detail });
+    log(`a message this partition cannot apply (${d.reason}) was passed and copied to ${this.names.deadLetterStream}`, { seq: d.seq, detail: d.detail, order: part.deadOrders.get(d) });
   }
 
 }

@@ -74,8 +74,6 @@ interface Placed {
  */
 const NOBODY = '';
 
-const errText = (err: unknown) => (err instanceof Error ? (err.stack ?? err.message) : String(err));
-
 /** Every server of `natsUrl` (a comma-separated list) is on this machine. */
 const isLoopbackUrl = (urls: string) => urls.split(',').every((url) => /^(nats|tls):\/\/([^@/]*@)?(127\.\d+\.\d+\.\d+|localhost|\[::1\])(:\d+)?\/?$/.test(url.trim()));
 
@@ -186,7 +184,7 @@ export async function startController({ nc, config, log: parentLog, id, buckets,
     scheduled = true;
     const run = () => {
       scheduled = false;
-      reconcile().catch((err: unknown) => log.error('reconcile failed', { err: errText(err) }));
+      reconcile().catch((err: unknown) => log.error('reconcile failed', { err }));
     };
     const waitMs = lastReconcile + RECONCILE_MIN_INTERVAL_MS - Date.now();
     if (waitMs <= 0) setImmediate(run);
@@ -272,11 +270,11 @@ export async function startController({ nc, config, log: parentLog, id, buckets,
       const cur = placement.get(key);
       if (!cur || cur.rev < newRev) placement.set(key, { a: next, rev: newRev, at: Date.now() });
       writes++;
-      log.info('placed', { partition: key, worker: next.worker, epoch: next.epoch, ...(next.prev ? { from: next.prev } : {}) });
+      log.info('placed', { ...parsePlacementKey(key), worker: next.worker, epoch: next.epoch, ...(next.prev ? { from: next.prev } : {}) });
       return true;
     } catch (err) {
       // Another controller wrote first (CAS on the revision): its write arrives through the watch; decide again then.
-      log.debug('placement write lost a race', { partition: key, err });
+      log.debug('placement write lost a race', { ...parsePlacementKey(key), err });
       dirty = true;
       return false;
     }
@@ -317,7 +315,7 @@ export async function startController({ nc, config, log: parentLog, id, buckets,
   }
   started = true;
   await tick();
-  const timer = setInterval(() => tick().catch((err: unknown) => log.error('controller tick failed', { err: errText(err) })), interval);
+  const timer = setInterval(() => tick().catch((err: unknown) => log.error('controller tick failed', { err })), interval);
 
   // ---- admin requests -----------------------------------------------------------------------------
 
@@ -325,7 +323,7 @@ export async function startController({ nc, config, log: parentLog, id, buckets,
   const admin: Subscription = nc.subscribe(names(config.streamPrefix).admin, {
     callback: (err, msg) => {
       if (err || !valid()) return; // only the leader answers
-      answer(msg).catch((e: unknown) => log.warn('could not answer an admin request', { err: errText(e) }));
+      answer(msg).catch((e: unknown) => log.warn('could not answer an admin request', { err: e }));
     },
   });
 

@@ -127,7 +127,7 @@ export class PartitionRunner implements Member {
     this.actor = deps.actor;
     this.store = deps.store;
     this.names = names(deps.config.streamPrefix);
-    this.log = deps.log.child(`${this.kind}-${this.partition}`);
+    this.log = deps.log.child({ name: `${this.kind}-${this.partition}`, kind: this.kind, partition: this.partition });
   }
 
   get state(): RunnerState {

@@ -114,14 +114,16 @@ function troubled(runners: Iterable<PartitionRunner>): string | undefined {
  * Dynamic: see startDynamicWorker.
  */
 export async function startWorker(opts: WorkerOptions): Promise<Worker> {
-  const { nc, redis, config, log } = opts;
+  const { nc, redis, config } = opts;
+  const dynamic = !opts.partitions && config.placement === 'dynamic';
+  const id = dynamic ? `worker-${config.workerIndex}-${randomBytes(3).toString('hex')}` : `worker-${config.workerIndex}`;
+  // Every line of the worker, its partitions and its controller names it: `shopctl status` shows the same id.
+  const log = opts.log.child({ workerId: id });
   const jsm = await nc.jetstreamManager();
   await ensureStreams(jsm, config);
   const js = nc.jetstream();
   const n = names(config.streamPrefix);
   const mux = new Mux(nc, n.inbox(config.natsUser || 'worker', `w${randomBytes(6).toString('hex')}`), faultLog(log));
-  const dynamic = !opts.partitions && config.placement === 'dynamic';
-  const id = dynamic ? `worker-${config.workerIndex}-${randomBytes(3).toString('hex')}` : `worker-${config.workerIndex}`;
   let current: () => Iterable<PartitionRunner> = () => [];
   let runnerOf: (kind: Kind, partition: number) => PartitionRunner | undefined = () => undefined;
   // Static placement: partition p of every kind runs on worker p % workerProcesses. Dynamic: the placement this worker follows.
@@ -212,7 +214,7 @@ interface Slot {
  */
 async function startDynamicWorker(kit: Kit, id: string, opts: WorkerOptions, registry: Registry, follow: (locate: (kind: Kind, partition: number) => string | undefined) => void): Promise<Worker> {
   const { nc, config, redis, mux, courier } = kit;
-  const log = kit.log.child(id);
+  const log = kit.log;
   const fault = faultLog(log);
   const lease = config.workerLeaseMs;
   const interval = config.heartbeatIntervalMs;
@@ -318,7 +320,7 @@ async function startDynamicWorker(kit: Kit, id: string, opts: WorkerOptions, reg
         await step(slot);
       } while (slot.again);
     } catch (err) {
-      log.error('placement step failed', { partition: slot.key, err });
+      log.error('placement step failed', { kind: slot.kind, partition: slot.partition, err });
     } finally {
       slot.busy = false;
     }
@@ -347,7 +349,7 @@ async function startDynamicWorker(kit: Kit, id: string, opts: WorkerOptions, reg
       } else if (want === undefined || r.epoch !== want) {
         await r.stop();
         slot.runner = undefined;
-        log.debug('let go', { partition: slot.key, epoch: r.epoch });
+        log.debug('let go', { kind: slot.kind, partition: slot.partition, epoch: r.epoch });
         beatNow();
       }
       if (slot.runner) return;
@@ -358,20 +360,20 @@ async function startDynamicWorker(kit: Kit, id: string, opts: WorkerOptions, reg
     if (now < slot.retryAt) return;
     if (a!.prev && a!.prev !== id && prevHolds(a!.prev, slot) && now - slot.assignedAt < lease) return; // the previous owner still lets go
     const runner = newRunner(kit, slot.kind, slot.partition, slot.store, (fenced) => {
-      log.warn('partition lost to a newer owner', { partition: slot.key, epoch: fenced.epoch });
+      log.warn('partition lost to a newer owner', { kind: slot.kind, partition: slot.partition, epoch: fenced.epoch });
       void reconcile(slot);
     });
     slot.runner = runner;
     try {
       await runner.start(want);
-      log.debug('owned', { partition: slot.key, epoch: want, waitedMs: Date.now() - slot.assignedAt });
+      log.debug('owned', { kind: slot.kind, partition: slot.partition, epoch: want, waitedMs: Date.now() - slot.assignedAt });
     } catch (err) {
       slot.runner = undefined;
       if (err instanceof StaleEpochError) {
-        log.warn('the placement epoch is older than the one in Redis; asking the controller for a newer one', { partition: slot.key, epoch: want, stored: err.stored });
+        log.warn('the placement epoch is older than the one in Redis; asking the controller for a newer one', { kind: slot.kind, partition: slot.partition, epoch: want, stored: err.stored });
         stale.set(slot.key, err.stored);
       } else {
-        log.error('could not take the partition; retrying', { partition: slot.key, err });
+        log.error('could not take the partition; retrying', { kind: slot.kind, partition: slot.partition, err });
         slot.retryAt = Date.now() + config.retryBackoffMs * 10;
         await runner.stop();
       }
