@@ -15,7 +15,13 @@ import { StaleEpochError, type PartitionStore } from './store.js';
 
 /** Longest a runner that lets go waits for its outbox to finish sending. */
 const OUTBOX_DRAIN_MAX_MS = 5000;
-/** Most committed batches whose outbox is still being delivered before the batch loop stops taking this partition's messages. */
+/**
+ * Most committed batches whose outbox is still being delivered before the batch loop stops taking this partition's
+ * clients' commands. Parcels from other partitions are taken whatever the outbox holds: they are what lets the
+ * other side's outbox drain (an answer acknowledged releases the hold that sent it), and refusing them while one's
+ * own parcels wait for the other side to take them was a cycle that stalled every checkout (seen with 4 workers
+ * and 64 partitions). What they add to the outbox is bounded by the sagas in flight.
+ */
 const OUTBOX_BATCHES_INFLIGHT_MAX = 64;
 /** Longest pause between two attempts of a partition that keeps failing to restart. */
 export const RESTART_BACKOFF_MAX_MS = 30_000;
@@ -333,7 +339,11 @@ export class PartitionRunner implements Member {
   // ---- Member: what the batch loop sees -------------------------------------------------------------
 
   ready(): boolean {
-    return this._state === 'running' && (this.queue.length > 0 || this.parcels.length > 0) && (this.outbox?.pending ?? 0) < OUTBOX_BATCHES_INFLIGHT_MAX;
+    return this._state === 'running' && (this.parcels.length > 0 || (this.queue.length > 0 && this.roomInOutbox()));
+  }
+
+  private roomInOutbox(): boolean {
+    return (this.outbox?.pending ?? 0) < OUTBOX_BATCHES_INFLIGHT_MAX;
   }
 
   accepts(): boolean {
@@ -341,8 +351,12 @@ export class PartitionRunner implements Member {
   }
 
   take(max: number): Taken {
-    const stream = this.queue.length <= max ? this.queue : this.queue.slice(0, max);
-    this.queue = stream === this.queue ? [] : this.queue.slice(max);
+    let stream: JsMsg[] = [];
+    // Backpressure on clients' commands only (see OUTBOX_BATCHES_INFLIGHT_MAX).
+    if (this.roomInOutbox() && this.queue.length > 0) {
+      stream = this.queue.length <= max ? this.queue : this.queue.slice(0, max);
+      this.queue = stream === this.queue ? [] : this.queue.slice(max);
+    }
     const last = stream[stream.length - 1];
     if (last) this.streamPending = last.info.pending;
     this.space?.();
