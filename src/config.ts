@@ -1,6 +1,7 @@
 import { readFileSync, existsSync } from 'node:fs';
 import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
+import type { LogFormat } from './log.js';
 
 /** Every setting, with its unit in the name where it has one. Defaults live in config/default.json. */
 export interface Config {
@@ -85,6 +86,12 @@ export interface Config {
   queueMax: number;
   /** Most commands and reads one gateway process waits on at once; past it a request is answered 503 at once (backpressure). */
   gatewayInflightMax: number;
+  /**
+   * Largest n a batch_init request (stock, payment or orders) may ask for; a larger one is answered 400 too_large.
+   * It bounds what one request makes the workers create (and hold in memory), not the gateway's work: that is
+   * bounded by a window of commands in flight whatever n is.
+   */
+  batchInitMax: number;
   /** How long the gateway waits for a command's outcome before answering 503. */
   requestDeadlineMs: number;
   /** How long the gateway waits for a read before answering 503. */
@@ -126,6 +133,11 @@ export interface Config {
   restartBackoffMs: number;
   shutdownGraceMs: number;
   logLevel: 'debug' | 'info' | 'warn' | 'error';
+  /**
+   * 'json': one JSON object per line, for log collectors; 'pretty': readable lines; 'auto': 'pretty' when stderr is
+   * a terminal, else 'json'. The supervisor hands its children the format it resolved for itself (src/log.ts).
+   */
+  logFormat: LogFormat;
   /**
    * Fault injection, for crash tests only. 'commit': the worker kills itself (SIGKILL) right after committing the
    * first batch that owes messages, before sending any. 'send': right after the first batch's outgoing JetStream
@@ -258,6 +270,7 @@ const checks: Record<keyof Config, Check> = {
   batchMax: int(1, 100_000),
   queueMax: int(1, 1_000_000),
   gatewayInflightMax: int(1, 10_000_000),
+  batchInitMax: int(0),
   requestDeadlineMs: int(1, 3_600_000),
   readDeadlineMs: int(1, 3_600_000),
   retryBackoffMs: int(1, 60_000),
@@ -280,6 +293,7 @@ const checks: Record<keyof Config, Check> = {
   restartBackoffMs: int(0, 600_000),
   shutdownGraceMs: int(0, 600_000),
   logLevel: oneOf('debug', 'info', 'warn', 'error'),
+  logFormat: oneOf('auto', 'json', 'pretty'),
   faultKillAfter: oneOf('none', 'commit', 'send'),
 };
 

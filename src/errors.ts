@@ -15,6 +15,11 @@ export const ERRORS = {
   order_full: { status: 400, message: 'The order has the most lines an order may have (1000); check it out, or start another order.' },
   invalid_command: { status: 400, message: 'The partition refused the command as malformed (a client or gateway bug); it was recorded as a dead letter and changed nothing.' },
   checkout_aborted: { status: 400, message: 'The checkout was cancelled before this part of it ran; check out again.' },
+  too_large: {
+    status: 400,
+    message: 'The request asks for more than one request may do; ask for less (split it into several requests), or raise the limit the detail names on every gateway.',
+  },
+  bad_request: { status: 400, message: 'The request is not one this server understands (a malformed or unknown query); check that client and server run the same version.' },
   route_not_found: { status: 404, message: 'No such route. See API.md for the routes this server answers.' },
   method_not_allowed: { status: 405, message: 'This route exists but not for this method. See API.md.' },
   unavailable: { status: 503, message: 'The owner of this key did not answer in time; the request may still take effect. Retry later.' },

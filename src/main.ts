@@ -5,6 +5,8 @@ import type { Registry } from 'prom-client';
 import { startAdminHttp, type AdminHttp, type Probe } from './admin/http.js';
 import { adminPortOf, ConfigError, envName, loadConfig, type Config } from './config.js';
 import { connectNats, connectRedis, logNatsStatus } from './connect.js';
+import { exitOnFatal } from './fatal.js';
+import { allOf, natsHealth, redisHealth } from './health.js';
 import { createLog, type Log } from './log.js';
 
 type Lifecycle = 'starting' | 'ready' | 'draining' | 'closed';
@@ -65,23 +67,45 @@ async function adminHttp(config: Config, role: 'worker' | 'gateway', log: Log, n
   }
 }
 
+/**
+ * The process's logger: named after its role (and index), with the role and index as fields of every line, in the
+ * configured format. Fields common to every process (pid, hostname) come with every line anyway.
+ */
+function processLog(config: Config, role: string | undefined): Log {
+  const fields: Record<string, unknown> = { role: role ?? 'main' };
+  let name = role ?? 'main';
+  if (role === 'worker') {
+    fields.workerIndex = config.workerIndex;
+    name = `worker-${config.workerIndex}`;
+  } else if (role === 'gateway') {
+    fields.gatewayIndex = config.gatewayIndex;
+    name = `gateway-${config.gatewayIndex}`;
+  }
+  return createLog(name, config.logLevel, { format: config.logFormat, fields });
+}
+
 async function main(role: string | undefined): Promise<void> {
   const config = loadConfig();
+  const log = processLog(config, role);
+  exitOnFatal(log);
   switch (role) {
     case 'supervisor': {
       const { runSupervisor } = await import('./supervisor.js');
-      await runSupervisor(config, createLog('supervisor', config.logLevel));
+      await runSupervisor(config, log);
       return;
     }
     case 'worker': {
-      const log = createLog(`worker-${config.workerIndex}`, config.logLevel);
       const { startWorker } = await import('./runtime/worker.js');
       await serve(log, async () => {
         const nc = await connectNats(config, `worker-${config.workerIndex}`);
         logNatsStatus(nc, log);
         const redis = await connectRedis(config, {}, log);
+        const natsUp = natsHealth(nc);
+        const redisUp = redisHealth(redis);
         let worker: Awaited<ReturnType<typeof startWorker>> | undefined;
-        const admin = await adminHttp(config, 'worker', log, nc, () => worker);
+        const admin = await adminHttp(config, 'worker', log, nc, () =>
+          worker ? { registry: worker.registry, ready: () => allOf(natsUp.probe(), redisUp.probe(), worker!.ready()) } : undefined,
+        );
         worker = await startWorker({ nc, redis, config, log, adminPort: admin.port });
         const w = worker;
         return {
@@ -89,6 +113,8 @@ async function main(role: string | undefined): Promise<void> {
           async close() {
             await w.close();
             await admin.close();
+            natsUp.stop();
+            redisUp.stop();
             await nc.drain();
             await redis.quit();
           },
@@ -97,21 +123,20 @@ async function main(role: string | undefined): Promise<void> {
       return;
     }
     case 'gateway': {
-      const log = createLog(`gateway-${process.pid}`, config.logLevel);
       const { createGateway } = await import('./http/gateway.js');
       await serve(log, async () => {
         const nc = await connectNats(config, 'gateway');
         logNatsStatus(nc, log);
+        const natsUp = natsHealth(nc);
         let gateway: Awaited<ReturnType<typeof createGateway>> | undefined;
-        const admin = await adminHttp(config, 'gateway', log, nc, () =>
-          gateway ? { registry: gateway.registry, ready: () => (nc.isClosed() ? { ok: false, detail: 'NATS connection closed' } : { ok: true }) } : undefined,
-        );
+        const admin = await adminHttp(config, 'gateway', log, nc, () => (gateway ? { registry: gateway.registry, ready: () => natsUp.probe() } : undefined));
         gateway = await createGateway({ nc, config, log });
         const g = gateway;
         return {
           async close() {
             await g.close();
             await admin.close();
+            natsUp.stop();
             await nc.drain();
           },
         };
@@ -121,7 +146,6 @@ async function main(role: string | undefined): Promise<void> {
     case 'controller': {
       // A controller candidate of its own (workers run one each already): for deployments that keep placement
       // decisions out of the worker processes.
-      const log = createLog(`controller-${process.pid}`, config.logLevel);
       const { startController } = await import('./runtime/controller.js');
       await serve(log, async () => {
         const nc = await connectNats(config, 'controller');

@@ -18,11 +18,12 @@ export function partitionOf(id: string, partitions: number): number {
  */
 export const BATCH_INIT_CHUNK = 16_384;
 
-/** Ranges [from, to) covering ids "0".."n-1", at most BATCH_INIT_CHUNK ids each. */
-export function batchInitRanges(n: number): { from: number; to: number }[] {
-  const ranges: { from: number; to: number }[] = [];
-  for (let from = 0; from < n; from += BATCH_INIT_CHUNK) ranges.push({ from, to: Math.min(n, from + BATCH_INIT_CHUNK) });
-  return ranges;
+/**
+ * Ranges [from, to) covering ids "0".."n-1", at most BATCH_INIT_CHUNK ids each, made one at a time as they are
+ * taken: n comes from a client, so nothing here may be proportional to it at once.
+ */
+export function* batchInitRanges(n: number): Generator<{ from: number; to: number }> {
+  for (let from = 0; from < n; from += BATCH_INIT_CHUNK) yield { from, to: Math.min(n, from + BATCH_INIT_CHUNK) };
 }
 
 /** Ids "from".."to-1" that hash to this partition: batch_init goes to every partition and each creates its share. */

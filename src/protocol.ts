@@ -1,6 +1,8 @@
+import { Type } from '@sinclair/typebox';
+import { TypeCompiler } from '@sinclair/typebox/compiler';
 import type { Kind } from './config.js';
 import { encode } from './codec.js';
-import type { ErrorCode } from './errors.js';
+import { ERRORS, type ErrorCode } from './errors.js';
 
 /**
  * Names on NATS. One stream per actor kind (STOCK, PAYMENT, ORDER) holding every command to that kind;
@@ -60,6 +62,24 @@ export function names(prefix: string): Names {
 
 /** The outcome of a command or read: a value, or a business failure as a stable code. */
 export type Reply<V = unknown> = { ok: true; v: V } | { ok: false; code: ErrorCode; detail?: string };
+
+/**
+ * The shape of a Reply on the wire, checked where one arrives from another process (the value inside is the
+ * route's to read). Every Reply passes it: a business failure's code is one of the error table's.
+ */
+const ReplySchema = Type.Union([
+  Type.Object({ ok: Type.Literal(true), v: Type.Unknown() }),
+  Type.Object({ ok: Type.Literal(false), code: Type.Union((Object.keys(ERRORS) as ErrorCode[]).map((code) => Type.Literal(code))), detail: Type.Optional(Type.String()) }),
+]);
+const replyCheck = TypeCompiler.Compile(ReplySchema);
+export const isReply = (value: unknown): value is Reply => replyCheck.Check(value);
+
+/**
+ * Longest id anything is asked about. Every id is made by this system (a UUID, or "0".."n-1" from batch_init), so
+ * a longer one cannot exist: the gateway answers it not_found without asking an actor, and an owner refuses a read
+ * of one as a bad request.
+ */
+export const ID_MAX_CHARS = 128;
 
 export const ok = <V>(v: V): Reply<V> => ({ ok: true, v });
 export const fail = (code: ErrorCode, detail?: string): Reply<never> =>

@@ -11,7 +11,7 @@ import { existsSync, mkdirSync, readFileSync, writeFileSync } from 'node:fs';
 import { dirname, join, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { ConfigError, envName, type Config } from './config.js';
-import type { Log } from './log.js';
+import { resolveLogFormat, type Log } from './log.js';
 import { ensureLocalSecrets, gatewayUser, writePrivate, type LocalSecrets } from './secrets.js';
 import {
   currentPrimary,
@@ -254,9 +254,11 @@ function redisGroup(config: Config, p: ReturnType<typeof dataPaths>, auth: Local
 /**
  * Every child of the stack, in start order. Pure apart from resolving paths. With server auth, `secrets` are
  * the local stack's (localSecrets): the servers run with the generated configs, and each child gets its own
- * user and password in SHOP_* variables (a gateway neither the workers' password nor Redis's).
+ * user and password in SHOP_* variables (a gateway neither the workers' password nor Redis's). `logFormat` is the
+ * workers' and gateways' (SHOP_LOG_FORMAT): a child's stderr is a pipe to the supervisor, so 'auto' there would
+ * always mean JSON, even when the supervisor shows the lines on a terminal.
  */
-export function plan(config: Config, secrets?: LocalSecrets): ChildSpec[] {
+export function plan(config: Config, secrets?: LocalSecrets, logFormat: 'json' | 'pretty' = resolveLogFormat(config.logFormat)): ChildSpec[] {
   if (withServerAuth(config) && !secrets) throw new Error('plan: servers with auth (serverAuth) need the local secrets (localSecrets(config))');
   const auth = withServerAuth(config) ? secrets : undefined;
   const children: ChildSpec[] = [];
@@ -280,7 +282,7 @@ export function plan(config: Config, secrets?: LocalSecrets): ChildSpec[] {
     children.push(...redisGroup(config, p, auth));
   }
   const { natsUrl, redisUrl, redisSentinels } = serverUrls(config);
-  const env = { ...configEnv(config), SHOP_NATS_URL: natsUrl, SHOP_REDIS_URL: redisUrl, SHOP_REDIS_SENTINELS: redisSentinels };
+  const env = { ...configEnv(config), SHOP_NATS_URL: natsUrl, SHOP_REDIS_URL: redisUrl, SHOP_REDIS_SENTINELS: redisSentinels, SHOP_LOG_FORMAT: logFormat };
   const c = auth?.credentials;
   const sentinelAuth: Record<string, string> = config.startServers && config.sentinelNodes > 0 && c ? { SHOP_REDIS_SENTINEL_USER: '', SHOP_REDIS_SENTINEL_PASSWORD: c.sentinel } : {};
   const workerAuth: Record<string, string> = c
@@ -336,7 +338,9 @@ interface Slot {
 export function createSupervisor(config: Config, log: Log, options: SupervisorOptions = {}): Supervisor {
   const secrets = withServerAuth(config) ? localSecrets(config) : undefined;
   if (secrets) log.info(`servers require credentials: ${secrets.paths.dir} (delete it while stopped for new ones)`);
-  const planned = plan(config, secrets);
+  // Children's lines that go to this process's terminal are readable; lines that go elsewhere (options.output) are JSON.
+  const childLogFormat = config.logFormat !== 'auto' ? config.logFormat : options.output ? 'json' : resolveLogFormat('auto');
+  const planned = plan(config, secrets, childLogFormat);
   const specs = options.children ? [...planned.filter((s) => s.role === 'nats' || s.role === 'redis'), ...options.children] : planned;
   const width = Math.max(...specs.map((s) => s.name.length), 5);
   const output =

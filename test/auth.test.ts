@@ -237,7 +237,7 @@ t.test('a stack started with serverAuth works end to end, shopctl included, and 
   const nc = await connect({ servers: `nats://127.0.0.1:${natsPort}`, user: 'admin', pass: credentials.nats.admin, inboxPrefix: '_INBOX.admin' });
   t.teardown(() => nc.close());
   const jsm = await nc.jetstreamManager();
-  const purged = await waitFor(async () => (await jsm.streams.info('ORDER')).state.first_seq > 1, { deadlineMs: 10_000, what: 'a trim purge of the ORDER stream' }).then(
+  const purged = await waitFor(async () => (await jsm.streams.info('ORDER')).state.first_seq > 1, { deadlineMs: 30_000, what: 'a trim purge of the ORDER stream (after 12 idle trim intervals, and 2 s for Redis to make the commit durable)' }).then(
     () => true,
     () => false,
   );

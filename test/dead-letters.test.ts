@@ -15,6 +15,7 @@ import { createShopClient } from '../src/runtime/client.js';
 import type { DeadLetterReason, RunnerMetrics } from '../src/runtime/metrics.js';
 import { startWorker } from '../src/runtime/worker.js';
 import { seededRandom } from '../src/random.js';
+import { captureLog } from './helpers/logs.js';
 import { startServers, testConfig, waitFor } from './helpers/servers.js';
 
 const log = createLog('test', 'error');
@@ -129,7 +130,8 @@ t.test('garbage on a worker\'s saga subject: nothing stops, a parcel of bad comm
   const nc = await connect({ servers: config.natsUrl });
   const r = new Redis(config.redisUrl, { maxRetriesPerRequest: null });
   const seen = recorder();
-  const worker = await startWorker({ nc, redis: r, config, log, metrics: seen.metrics });
+  const logged = captureLog('worker', 'warn');
+  const worker = await startWorker({ nc, redis: r, config, log: logged.log, metrics: seen.metrics });
   const client = createShopClient({ nc, config, log });
   t.teardown(async () => {
     await client.close();
@@ -157,6 +159,17 @@ t.test('garbage on a worker\'s saga subject: nothing stops, a parcel of bad comm
   await waitFor(() => acks.includes('p1') && acks.includes('p2'), { deadlineMs: 10_000, what: 'the parcels of bad commands to be acknowledged' });
   await waitFor(() => seen.total() === 4, { deadlineMs: 10_000, what: 'four dead letters' });
   t.same(Object.fromEntries(seen.dead), { invalid: 3, unknown_kind: 1 }, 'too many lines, a wrong-shaped forget, an unreadable parcel (msgpackr reads 0xc1 as a marker, not a list); a debit is no stock command');
+  // Logged once per reason (a minute apart at most); the first of each is a saga message of order "o".
+  const deadLines = logged.lines.filter((l) => l.msg.startsWith('dead letter: '));
+  t.match(
+    deadLines,
+    [
+      { level: 'warn', msg: /\(invalid\)/, kind: 'stock', partition: 0, workerId: worker.id, order: 'o' },
+      { level: 'warn', msg: /\(unknown_kind\)/, kind: 'stock', partition: 0, workerId: worker.id, order: 'o' },
+    ],
+    'the dead letters are logged with their partition, the worker and the order they were about',
+  );
+  t.equal(deadLines.length, 2);
   t.equal(forbidden.length, 0, 'no acknowledgement went to a subject outside the saga acknowledgements');
   t.ok((await client.command('stock', 0, { k: 'create', id: 'x', price: 1 })).ok, 'the partition still serves');
   t.equal(seen.restarts(), 0);

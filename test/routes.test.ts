@@ -1,19 +1,18 @@
 import t from 'tap';
 import { ShopError } from '../src/errors.js';
-import { apiRoutes, createDispatcher, createRouter, parseCount, parseId, route, ID_MAX_CHARS, type HttpResult } from '../src/http/routes.js';
-import { createLog } from '../src/log.js';
+import { apiRoutes, BATCH_INIT_INFLIGHT_MAX, createDispatcher, createRouter, parseCount, parseId, route, ID_MAX_CHARS, type HttpResult } from '../src/http/routes.js';
 import { BATCH_INIT_CHUNK, partitionOf } from '../src/partition.js';
 import { fail, ok, type Reply } from '../src/protocol.js';
 import { fakeShopClient, type Call } from './fake-shop-client.js';
+import { captureLog } from './helpers/logs.js';
 
 const PARTITIONS = 8;
 
-function setup(answer: (call: Call) => Reply | Promise<Reply> = () => ok({})) {
-  const lines: string[] = [];
-  const log = createLog('test', 'debug', (l) => lines.push(l));
+function setup(answer: (call: Call) => Reply | Promise<Reply> = () => ok({}), { batchInitMax = 10_000_000 } = {}) {
+  const { log, lines } = captureLog('test', 'debug');
   const client = fakeShopClient(answer);
   let ids = 0;
-  const routes = apiRoutes({ client, config: { partitions: PARTITIONS }, newId: () => `new-${++ids}` });
+  const routes = apiRoutes({ client, config: { partitions: PARTITIONS, batchInitMax }, newId: () => `new-${++ids}` });
   const dispatch = createDispatcher(createRouter(routes), log);
   return { client, dispatch, lines };
 }
@@ -196,6 +195,62 @@ t.test('a large batch_init is sent in ranges of BATCH_INIT_CHUNK ids to every pa
   t.same([...ranges].sort(), [JSON.stringify([0, BATCH_INIT_CHUNK]), JSON.stringify([BATCH_INIT_CHUNK, 2 * BATCH_INIT_CHUNK]), JSON.stringify([2 * BATCH_INIT_CHUNK, n])].sort());
 });
 
+t.test('batch_init: n up to batchInitMax is sent, a larger n is 400 too_large naming the setting, for every kind', async (t) => {
+  const MAX = 3 * BATCH_INIT_CHUNK;
+  const paths = (n: number) => [`/stock/batch_init/${n}/1/1`, `/payment/batch_init/${n}/1`, `/orders/batch_init/${n}/1/1/1`];
+  for (const path of paths(MAX)) {
+    const { client, dispatch } = setup(undefined, { batchInitMax: MAX });
+    t.equal((await dispatch('POST', path)).status, 200, `${path}: at the maximum`);
+    t.equal(client.calls.length, 3 * PARTITIONS, `${path}: every range to every partition`);
+  }
+  for (const path of [...paths(MAX + 1), ...paths(Number.MAX_SAFE_INTEGER)]) {
+    const { client, dispatch } = setup(undefined, { batchInitMax: MAX });
+    const res = await dispatch('POST', path);
+    t.equal(res.status, 400, `${path}: over the maximum`);
+    t.match(res.body, { error: 'too_large', message: /batchInitMax \(SHOP_BATCH_INIT_MAX\) is 49152/ }, `${path}: names the setting and its value`);
+    t.same(client.calls, [], `${path}: nothing sent`);
+  }
+});
+
+t.test('batch_init makes its commands as earlier ones are answered: at most BATCH_INIT_INFLIGHT_MAX in flight', async (t) => {
+  const waiting: (() => void)[] = [];
+  let most = 0;
+  let inFlight = 0;
+  const { client, dispatch } = setup(
+    () =>
+      new Promise<Reply>((resolve) => {
+        most = Math.max(most, ++inFlight);
+        waiting.push(() => {
+          inFlight--;
+          resolve(ok({}));
+        });
+      }),
+  );
+  const n = 10_000_000; // 611 ranges × 8 partitions = 4,888 commands
+  const commands = Math.ceil(n / BATCH_INIT_CHUNK) * PARTITIONS;
+  const done = dispatch('POST', `/payment/batch_init/${n}/1`);
+  for (let turn = 0; turn < 10; turn++) await new Promise((r) => setImmediate(r));
+  t.equal(client.calls.length, BATCH_INIT_INFLIGHT_MAX, 'only a window of commands is made while none is answered');
+  // Answer whatever waits, turn by turn, until the request is done.
+  let finished = false;
+  void done.then(() => (finished = true));
+  while (!finished) {
+    for (const release of waiting.splice(0)) release();
+    await new Promise((r) => setImmediate(r));
+  }
+  t.equal((await done).status, 200);
+  t.equal(client.calls.length, commands, 'every range to every partition in the end');
+  t.equal(most, BATCH_INIT_INFLIGHT_MAX, 'never more in flight than the window');
+  t.same(client.calls.at(-1)!.msg, { k: 'batchInit', from: 610 * BATCH_INIT_CHUNK, to: n, credit: 1 }, 'the last range ends at n');
+});
+
+t.test('batch_init stops making commands at the first failure', async (t) => {
+  const { client, dispatch } = setup((c) => (c.msg.from === 0 && c.partition === 2 ? fail('overflow', 'p2') : ok({})));
+  const res = await dispatch('POST', `/payment/batch_init/10000000/1`);
+  t.match(res, { status: 400, body: { error: 'overflow' } });
+  t.ok(client.calls.length < 2 * BATCH_INIT_INFLIGHT_MAX, `${client.calls.length} commands made, not all 4,888`);
+});
+
 t.test('actor failures map to their status', async (t) => {
   const cases: [path: string, reply: Reply][] = [
     ['/stock/subtract/x/5', fail('insufficient_stock', 'item x has 2')],
@@ -230,7 +285,8 @@ t.test('exceptions: unavailable → 503, anything else → 500 and logged', asyn
     t.equal(res.status, 500);
     t.same(res.body, { error: 'internal', message: String((res.body as { message: string }).message) });
     t.notMatch(JSON.stringify(res.body), /boom/, 'internals are not leaked to the client');
-    t.match(lines.join(''), /boom at the bottom/, 'the error is logged');
+    t.match(lines, [{ level: 'error', msg: 'request failed with an unexpected error', method: 'POST', path: '/stock/add/x/1', err: { type: 'TypeError', message: 'boom at the bottom', stack: /^TypeError: boom at the bottom\n\s+at / } }], 'the error is logged with its request, message and stack');
+    t.equal(lines.length, 1, 'once');
   }
   {
     const { dispatch } = setup(() => ({ ok: true, v: undefined }) as unknown as Reply);

@@ -156,6 +156,10 @@ t.test('a restart of the whole stack (every process killed with SIGKILL) keeps e
   const again = [0, 1].map((i) => spawnRole('worker', { ...config, workerIndex: i }));
   t.teardown(() => Promise.all(again.map((w) => w.kill('SIGKILL'))));
 
+  // The new workers start, load and take their partitions (slower on a busy machine than a read's deadline).
+  for (let p = 0; p < config.partitions; p++) {
+    await waitFor(async () => (await client.query('payment', p, { k: 'find', id: 'none' }).catch(() => undefined)) !== undefined, { deadlineMs: 60_000, what: `payment.${p} to be served again` });
+  }
   let mismatches = 0;
   for (const [id, credit] of expected) {
     const reply = await client.query<{ credit: number }>('payment', partitionOf(id, config.partitions), { k: 'find', id });

@@ -3,7 +3,7 @@ import t from 'tap';
 import { ACTORS } from '../src/actors/index.js';
 import { readOrder, SAGA_WAITERS_MAX } from '../src/actors/order.js';
 import type { LedgerEntry } from '../src/actors/saga.js';
-import type { ReplyTo, StateView } from '../src/actors/types.js';
+import type { ReadView, ReplyTo } from '../src/actors/types.js';
 import { Delivery, type Box } from '../src/runtime/delivery.js';
 import { Draft, type Tables } from '../src/runtime/draft.js';
 import type { Kind } from '../src/config.js';
@@ -33,7 +33,7 @@ interface Msg {
  * which decides when (and how often) it arrives.
  */
 class World {
-  readonly states = new Map<string, StateView & { tables: Tables }>();
+  readonly states = new Map<string, ReadView & { tables: Tables }>();
   private readonly seqs = new Map<string, number>();
   readonly replies = new Map<number, Reply[]>();
   private out: Msg[] = [];
@@ -49,7 +49,7 @@ class World {
     for (const kind of KINDS) {
       for (let p = 0; p < PARTITIONS; p++) {
         const tables: Tables = new Map(ACTORS[kind].tables.map((t) => [t, new Map()]));
-        this.states.set(`${kind}:${p}`, { tables, get: <T>(t: string, k: string) => tables.get(t)!.get(k) as T | undefined, set: () => {}, delete: () => {} });
+        this.states.set(`${kind}:${p}`, { tables, get: <T>(t: string, k: string) => tables.get(t)!.get(k) as T | undefined });
       }
     }
   }
@@ -157,9 +157,6 @@ t.test('checkout saga under reordering and duplicates: conserved, all-or-nothing
         for (const [saga, entry] of s.tables.get('ledger') ?? []) {
           if ((entry as LedgerEntry<unknown>).s === 'held') throw new Error(`${name} still holds saga ${saga}`);
         }
-        // Nothing is counted as returnable any more: every hold was given back or made final.
-        for (const [id, item] of s.tables.get('items') ?? []) if ((item as { held?: number }).held !== undefined) throw new Error(`${name}: item ${id} still counts held units`);
-        for (const [id, user] of s.tables.get('users') ?? []) if (typeof user !== 'number') throw new Error(`${name}: user ${id} still counts held money`);
       }
       if (sold.size > 0) paidRuns++;
       if ([...world.replies.values()].some((r) => r[0] && !r[0].ok)) refusedRuns++;
@@ -192,7 +189,7 @@ t.test('a repeated hold gets the recorded answer and takes nothing more', async 
   const [second] = world.deliver({ kind: 'payment', partition: p, cmd: debit });
   t.match(first!.cmd, { ok: true });
   t.same(second!.cmd, first!.cmd, 'the recorded answer');
-  t.same(world.state('payment', p).get('users', '1'), [6, 4], 'credit 6, of which 4 held by the running saga and returnable');
+  t.equal(world.state('payment', p).get<number>('users', '1')!, 6);
 });
 
 t.test('checkouts waiting on one running saga are bounded', async (t) => {
@@ -220,15 +217,15 @@ t.test('a top-up that could overflow what a running saga gives back is refused; 
   // The checkout asks for a reserve (no stock: refused) and a debit of 20; the debit is applied first.
   const [reserve, debit] = world.deliver({ kind: 'order', partition: orderP, cmd: { k: 'checkout', id: 'o' }, replyTo: 'client.0' });
   const [held] = world.deliver(debit!);
-  t.same(world.state('payment', userP).get('users', 'u'), [10, 20], 'credit 10, 20 held by the saga');
+  t.same(world.state('payment', userP).get('users', 'u'), 10, 'credit 10, and 20 held by the saga');
 
   // While the saga holds 20, the user's credit may rise only to 2^53-1 minus what the saga may give back.
   world.deliver({ kind: 'payment', partition: userP, cmd: { k: 'addFunds', id: 'u', amount: MAX - 10 }, replyTo: 'client.1' });
   t.match(world.replies.get(1), [{ ok: false, code: 'overflow' }], 'refused: credit plus the held 20 would pass 2^53-1');
-  t.same(world.state('payment', userP).get('users', 'u'), [10, 20], 'and nothing changed');
+  t.same(world.state('payment', userP).get('users', 'u'), 10, 'and nothing changed');
   const fits = MAX - 30;
   world.deliver({ kind: 'payment', partition: userP, cmd: { k: 'addFunds', id: 'u', amount: fits } });
-  t.same(world.state('payment', userP).get('users', 'u'), [MAX - 20, 20], 'the largest top-up that leaves room for the refund');
+  t.same(world.state('payment', userP).get('users', 'u'), MAX - 20, 'the largest top-up that leaves room for the refund');
 
   // The stock refuses; the coordinator releases the debit, which must apply.
   const [refusal] = world.deliver(reserve!);
@@ -236,7 +233,7 @@ t.test('a top-up that could overflow what a running saga gives back is refused; 
   const release = releases.find((m) => (m.cmd as { k: string }).k === 'release')!;
   const [released] = world.deliver(release);
   for (const m of world.deliver(released!)) world.deliver(m); // the saga settles and forgets
-  t.same(world.state('payment', userP).get('users', 'u'), MAX, 'refunded to exactly 2^53-1, nothing held');
+  t.same(world.state('payment', userP).get('users', 'u'), MAX, 'refunded to exactly 2^53-1');
   t.match(world.replies.get(0), [{ ok: false, code: 'insufficient_stock' }], 'the client hears the refusal');
   t.same(readOrder(world.state('order', orderP), 'o')?.saga, undefined, 'the saga has ended');
 });

@@ -64,10 +64,24 @@ t.test('plan lists the servers, then the workers and gateways, with their comman
     t.equal(child.env.SHOP_PARTITIONS, '16', `${child.name} gets the supervisor's settings`);
     t.equal(child.env.SHOP_KINDS, config.kinds.join(','));
   }
-  // A child loading its config from that environment gets the supervisor's config.
+  // A child loading its config from that environment gets the supervisor's config (the log format made concrete).
   const childConfig = loadConfig({ ...worker2!.env });
-  const apart = { natsUrl: '', redisUrl: '', natsUser: '', natsPassword: '', redisUser: '', redisPassword: '' };
+  const apart = { natsUrl: '', redisUrl: '', natsUser: '', natsPassword: '', redisUser: '', redisPassword: '', logFormat: '' };
   t.same({ ...childConfig, workerIndex: 0, ...apart }, { ...config, ...apart });
+});
+
+t.test('plan hands the workers and gateways a log format of their own: their stderr is a pipe to the supervisor', async (t) => {
+  const children = (format?: 'json' | 'pretty', logFormat = 'auto') =>
+    plan(loadConfig({}, { serverAuth: false, logFormat }), undefined, format).filter((c) => c.role === 'worker' || c.role === 'gateway');
+  for (const format of ['json', 'pretty'] as const) {
+    for (const child of children(format)) {
+      t.equal(child.env.SHOP_LOG_FORMAT, format, `${child.name} writes ${format} lines when the supervisor resolved 'auto' to it`);
+      t.equal(loadConfig({ ...child.env }).logFormat, format, 'and loads it as its setting');
+    }
+  }
+  for (const child of children(undefined, 'json')) t.equal(child.env.SHOP_LOG_FORMAT, 'json', `${child.name}: a format set explicitly is kept`);
+  for (const child of children(undefined, 'pretty')) t.equal(child.env.SHOP_LOG_FORMAT, 'pretty', `${child.name}: likewise`);
+  t.throws(() => loadConfig({ SHOP_LOG_FORMAT: 'text' }), /setting logFormat \(SHOP_LOG_FORMAT\) must be one of auto, json, pretty, got "text"/, 'any other format is refused at start');
 });
 
 t.test('plan with serverAuth off: the servers ask for nothing, and the children get no credentials', async (t) => {

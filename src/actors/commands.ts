@@ -12,9 +12,8 @@ import { TypeCompiler, type TypeCheck } from '@sinclair/typebox/compiler';
 import { KINDS, type Kind } from '../config.js';
 import { ERRORS } from '../errors.js';
 import { BATCH_INIT_CHUNK } from '../partition.js';
+import { ID_MAX_CHARS } from '../protocol.js';
 
-/** Longest id of an item, user or order. Every id is made by this system (a UUID, or "0".."n-1" from batch_init). */
-export const ID_MAX_CHARS = 128;
 /** Most lines in one order (keeps every saga message well inside one NATS message). */
 export const ORDER_LINES_MAX = 1000;
 /** A saga id is `<order id>#<command number>`. */

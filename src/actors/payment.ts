@@ -1,6 +1,6 @@
 import { fail, ok, type Reply } from '../protocol.js';
 import type { DebitCmd, PaymentCmd } from './commands.js';
-import { forget, hold, LEDGER, partOf, release, type HoldResult } from './saga.js';
+import { forget, heldBySagas, hold, LEDGER, partOf, release, type HoldResult } from './saga.js';
 import { ownShare } from '../partition.js';
 import type { Actor, ApplyContext, Effects, ReadView, StateView } from './types.js';
 
@@ -8,64 +8,41 @@ export type { DebitCmd, PaymentCmd };
 
 export type PaymentQuery = { k: 'find'; id: string };
 
-/**
- * Users by id. A user is its credit, a plain number (no object per user: 1M users take ~56 MB less heap), or,
- * while running checkouts hold some of its money, `[credit, held]`.
- */
+/** Users by id; a user is its credit, a plain number (no object per user: 1M users take ~56 MB less heap). */
 const USERS = 'users';
-type StoredUser = number | [credit: number, held: number];
-interface User {
-  credit: number;
-  /** Money debited by sagas still running: what a release may give back. */
-  held: number;
-}
-
 const MAX = Number.MAX_SAFE_INTEGER;
 
-function readUser(state: ReadView, id: string): User | undefined {
-  const stored = state.get<StoredUser>(USERS, id);
-  if (stored === undefined) return undefined;
-  return typeof stored === 'number' ? { credit: stored, held: 0 } : { credit: stored[0], held: stored[1] };
-}
-
-/**
- * Credit is a safe integer >= 0, and so is credit + held: every refund can always be paid back. Top-ups (addFunds,
- * batchInit) keep the second bound; a violation here is a bug, so it throws.
- */
-function writeUser(state: StateView, id: string, { credit, held }: User): void {
+function assertCredit(credit: number): number {
   if (!Number.isSafeInteger(credit) || credit < 0) throw new Error(`invariant: credit ${credit} out of range`);
-  if (!Number.isSafeInteger(held) || held < 0 || credit + held > MAX) throw new Error(`invariant: credit ${credit} + held ${held} out of range`);
-  state.set(USERS, id, held === 0 ? credit : ([credit, held] satisfies StoredUser));
+  return credit;
 }
-
-/** Credit `next` for a user that sagas may still refund `held` to: refused when the two could pass 2^53-1. */
-const overflows = (next: number, held: number) => !Number.isSafeInteger(next) || next + held > MAX;
 
 interface Debit {
   user: string;
   amount: number;
 }
 
+/** Money of each user that running sagas hold and may refund. */
+const heldMoney = (state: StateView) => heldBySagas<Debit>(state, ({ user, amount }) => [[user, amount]]);
+
+/**
+ * Credit `next` for a user that sagas may still refund `held` to: refused when the two could pass 2^53-1, so that a
+ * refund can always be applied (invariant: credit + held is a safe integer).
+ */
+const overflows = (next: number, held = 0) => !Number.isSafeInteger(next) || next + held > MAX;
+
 function debit(state: StateView, id: string, amount: number): HoldResult<Debit> {
-  const user = readUser(state, id);
-  if (user === undefined) return { ok: false, code: 'not_found', detail: `user ${id}` };
-  if (user.credit < amount) return { ok: false, code: 'insufficient_credit', detail: `user ${id} has ${user.credit}, the order costs ${amount}` };
-  writeUser(state, id, { credit: user.credit - amount, held: user.held + amount });
+  const credit = state.get<number>(USERS, id);
+  if (credit === undefined) return { ok: false, code: 'not_found', detail: `user ${id}` };
+  if (credit < amount) return { ok: false, code: 'insufficient_credit', detail: `user ${id} has ${credit}, the order costs ${amount}` };
+  state.set(USERS, id, assertCredit(credit - amount));
   return { ok: true, held: { user: id, amount } };
 }
 
-/** A release: the held money returns to the credit. */
 function refund(state: StateView, { user: id, amount }: Debit): void {
-  const user = readUser(state, id);
-  if (user === undefined) throw new Error(`invariant: debited user ${id} vanished`);
-  writeUser(state, id, { credit: user.credit + amount, held: user.held - amount });
-}
-
-/** A forget of a successful debit: the money is spent for good, no longer refundable. */
-function settle(state: StateView, { user: id, amount }: Debit): void {
-  const user = readUser(state, id);
-  if (user === undefined) throw new Error(`invariant: debited user ${id} vanished`);
-  writeUser(state, id, { credit: user.credit, held: user.held - amount });
+  const credit = state.get<number>(USERS, id);
+  if (credit === undefined) throw new Error(`invariant: debited user ${id} vanished`);
+  state.set(USERS, id, assertCredit(credit + amount));
 }
 
 export const payment: Actor<PaymentCmd, PaymentQuery> = {
@@ -75,30 +52,33 @@ export const payment: Actor<PaymentCmd, PaymentQuery> = {
   apply(state: StateView, cmd: PaymentCmd, ctx: ApplyContext): Effects {
     switch (cmd.k) {
       case 'create':
-        writeUser(state, cmd.id, { credit: 0, held: readUser(state, cmd.id)?.held ?? 0 });
+        state.set(USERS, cmd.id, 0);
         return { reply: ok({}) };
       case 'batchInit': {
-        // All of the range or none of it: a user some saga still holds money of keeps it refundable.
+        // All of the range or none of it: a user running sagas hold money of keeps it refundable.
+        const held = heldMoney(state);
         const ids = [...ownShare(cmd, ctx)];
-        const clash = ids.find((id) => overflows(cmd.credit, readUser(state, id)?.held ?? 0));
+        const clash = held.size === 0 ? undefined : ids.find((id) => overflows(cmd.credit, held.get(id)));
         if (clash !== undefined) return { reply: fail('overflow', `user ${clash}: credit plus what running checkouts hold`) };
-        for (const id of ids) writeUser(state, id, { credit: cmd.credit, held: readUser(state, id)?.held ?? 0 });
+        for (const id of ids) state.set(USERS, id, assertCredit(cmd.credit));
         return { reply: ok({}) };
       }
       case 'addFunds': {
-        const user = readUser(state, cmd.id);
-        if (!user) return { reply: fail('not_found', `user ${cmd.id}`) };
-        const next = user.credit + cmd.amount;
-        if (overflows(next, user.held)) return { reply: fail('overflow', `user ${cmd.id}${user.held ? `: credit plus the ${user.held} running checkouts hold` : ''}`) };
-        writeUser(state, cmd.id, { ...user, credit: next });
+        const credit = state.get<number>(USERS, cmd.id);
+        if (credit === undefined) return { reply: fail('not_found', `user ${cmd.id}`) };
+        const next = credit + cmd.amount;
+        if (overflows(next)) return { reply: fail('overflow', `user ${cmd.id}`) };
+        const held = heldMoney(state).get(cmd.id);
+        if (overflows(next, held)) return { reply: fail('overflow', `user ${cmd.id}: credit plus the ${held} running checkouts hold`) };
+        state.set(USERS, cmd.id, assertCredit(next));
         return { reply: ok({ credit: next }) };
       }
       case 'pay': {
-        const user = readUser(state, cmd.id);
-        if (!user) return { reply: fail('not_found', `user ${cmd.id}`) };
-        if (user.credit < cmd.amount) return { reply: fail('insufficient_credit', `user ${cmd.id} has ${user.credit}`) };
-        const next = user.credit - cmd.amount;
-        writeUser(state, cmd.id, { ...user, credit: next });
+        const credit = state.get<number>(USERS, cmd.id);
+        if (credit === undefined) return { reply: fail('not_found', `user ${cmd.id}`) };
+        if (credit < cmd.amount) return { reply: fail('insufficient_credit', `user ${cmd.id} has ${credit}`) };
+        const next = credit - cmd.amount;
+        state.set(USERS, cmd.id, assertCredit(next));
         return { reply: ok({ credit: next }) };
       }
       case 'debit':
@@ -106,13 +86,13 @@ export const payment: Actor<PaymentCmd, PaymentQuery> = {
       case 'release':
         return { send: [release(state, cmd, partOf('payment', ctx.partition), ctx, (held: Debit) => refund(state, held))] };
       case 'forget':
-        forget(state, cmd, (held: Debit) => settle(state, held));
+        forget(state, cmd);
         return {};
     }
   },
 
   query(state: ReadView, query: PaymentQuery): Reply {
-    const user = readUser(state, query.id);
-    return user === undefined ? fail('not_found', `user ${query.id}`) : ok({ credit: user.credit });
+    const credit = state.get<number>(USERS, query.id);
+    return credit === undefined ? fail('not_found', `user ${query.id}`) : ok({ credit });
   },
 };

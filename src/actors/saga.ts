@@ -90,17 +90,25 @@ export function release<H>(state: StateView, cmd: ReleaseCmd, part: Part, ctx: A
   return answer(cmd, part, 'release', { ok: true, at });
 }
 
-/**
- * The sagas have ended: what they hold is final (or was given back); their entries are no longer needed.
- * `settle` hears each hold that becomes final here, so the participant can stop counting it as returnable.
- */
-export function forget<H>(state: StateView, cmd: ForgetCmd, settle: (held: H) => void): void {
+/** The sagas have ended: what they hold is final (or was given back); their entries are no longer needed. */
+export function forget(state: StateView, cmd: ForgetCmd): void {
   for (const [saga, at] of cmd.sagas) {
-    const entry = state.get<LedgerEntry<H>>(LEDGER, saga);
-    if (entry?.at !== at) continue;
-    if (entry.s === 'held') settle(entry.held);
-    state.delete(LEDGER, saga);
+    if (state.get<LedgerEntry<unknown>>(LEDGER, saga)?.at === at) state.delete(LEDGER, saga);
   }
+}
+
+/**
+ * What running sagas hold and may still give back, summed per key by `amounts` over the ledger's `held` entries.
+ * A top-up checks it, so that a release can always be applied: stock or credit plus what is held stays a safe
+ * integer. The ledger holds only the sagas in flight, so the scan is short; it runs only for top-ups.
+ */
+export function heldBySagas<H>(state: StateView, amounts: (held: H) => Iterable<[key: string, amount: number]>): Map<string, number> {
+  const sums = new Map<string, number>();
+  for (const [, entry] of state.entries<LedgerEntry<H>>(LEDGER)) {
+    if (entry.s !== 'held') continue;
+    for (const [key, amount] of amounts(entry.held)) sums.set(key, (sums.get(key) ?? 0) + amount);
+  }
+  return sums;
 }
 
 /**

@@ -10,6 +10,8 @@ export interface ReadView {
 export interface StateView extends ReadView {
   set(table: string, key: string, value: unknown): void;
   delete(table: string, key: string): void;
+  /** Every entry of a table, as the command sees it. For small tables only (a saga ledger), never the entities. */
+  entries<T>(table: string): Iterable<[key: string, value: T]>;
 }
 
 export interface ApplyContext {

@@ -4,6 +4,7 @@
  */
 import { collectDefaultMetrics, Counter, Gauge, Histogram, Registry } from 'prom-client';
 import type { Kind } from '../config.js';
+import { ERRORS } from '../errors.js';
 import type { RunnerMetrics } from '../runtime/metrics.js';
 
 const BATCH_BUCKETS = [1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 4096];
@@ -70,12 +71,16 @@ export function createWorkerMetrics(sample: () => PartitionSample[], extra?: Run
       for (const [kind, n] of counts) this.set({ kind }, n);
     },
   });
+  const perKind = new Map<Kind, { commands: Counter.Internal; size: Histogram.Internal<'kind'>; commit: Histogram.Internal<'kind'> }>();
   return {
     registry,
     batch(kind, partition, n, commitMs) {
-      commands.inc({ kind }, n);
-      batchSize.observe({ kind }, n);
-      commit.observe({ kind }, commitMs / 1000);
+      // Once per partition of every batch: the labelled series are looked up once per kind, not hashed per call.
+      let series = perKind.get(kind);
+      if (!series) perKind.set(kind, (series = { commands: commands.labels({ kind }), size: batchSize.labels({ kind }), commit: commit.labels({ kind }) }));
+      series.commands.inc(n);
+      series.size.observe(n);
+      series.commit.observe(commitMs / 1000);
       lastCommit.set(Date.now() / 1000);
       extra?.batch(kind, partition, n, commitMs);
     },
@@ -93,6 +98,11 @@ export function createWorkerMetrics(sample: () => PartitionSample[], extra?: Run
     },
   };
 }
+
+/** The `method` label's values; any other method counts as "other". */
+export const HTTP_METHODS: ReadonlySet<string> = new Set(['GET', 'POST', 'PUT', 'DELETE', 'PATCH', 'HEAD', 'OPTIONS']);
+/** The `status` label's values: 200 and every status of the error table; any other counts as "other". */
+export const HTTP_STATUSES: ReadonlySet<number> = new Set([200, ...Object.values(ERRORS).map((e) => e.status)]);
 
 export interface GatewayMetrics {
   readonly registry: Registry;
@@ -118,10 +128,14 @@ export function createGatewayMetrics(inFlight: () => number): GatewayMetrics {
   const timers = new Map<string, Histogram.Internal<'route'>>();
   return {
     registry,
-    request(method, route, status, seconds) {
+    request(rawMethod, route, rawStatus, seconds) {
+      // Every label comes from a fixed set (the route from the route table or "unmatched"): a client sending
+      // made-up methods must not make new series, each of which lives as long as the process.
+      const method = HTTP_METHODS.has(rawMethod) ? rawMethod : 'other';
+      const status = HTTP_STATUSES.has(rawStatus) ? String(rawStatus) : 'other';
       const key = `${method} ${status} ${route}`;
       let counter = counters.get(key);
-      if (!counter) counters.set(key, (counter = requests.labels({ route, method, status: String(status) })));
+      if (!counter) counters.set(key, (counter = requests.labels({ route, method, status })));
       counter.inc();
       let timer = timers.get(route);
       if (!timer) timers.set(route, (timer = duration.labels({ route })));

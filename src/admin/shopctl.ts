@@ -98,7 +98,8 @@ program
   .option('--json', 'print {"workers":[{"id","pid","host","partitions"}],"partitions":[{"kind","partition","owner","epoch","lag","state","deadLetters"}]}')
   .action(async (opts: { json?: boolean }) => {
     const config = configFrom(program.opts<Globals>());
-    const detail = await withNats(config, (nc) => readStatus(nc, config));
+    // Invalid values in the buckets are left out of the status and named on stderr, so --json stays parseable.
+    const detail = await withNats(config, (nc) => readStatus(nc, config, (kind, data) => process.stderr.write(`warning: ${kind} ${JSON.stringify(data)}\n`)));
     process.stdout.write((opts.json ? JSON.stringify(detail.status) : formatStatus(detail)) + '\n');
   });
 

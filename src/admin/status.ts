@@ -4,9 +4,10 @@
  */
 import type { JetStreamManager, NatsConnection } from 'nats';
 import type { Config, Kind } from '../config.js';
+import type { Fault } from '../faults.js';
 import { names } from '../protocol.js';
-import { openBuckets } from '../runtime/membership.js';
-import { fromBytes, parsePlacementKey, placementKey, type Assignment, type Heartbeat } from '../runtime/placement.js';
+import { heartbeatOf, openBuckets } from '../runtime/membership.js';
+import { kvValues, parsePlacementKey, placementKey, type Assignment, type Heartbeat } from '../runtime/placement.js';
 
 /** The shape of `shopctl status --json`, exactly. */
 export interface Status {
@@ -48,7 +49,11 @@ async function keysOf(jsm: JetStreamManager, bucket: string): Promise<string[]> 
   return Object.keys(info.state.subjects ?? {}).map((subject) => subject.slice(prefix.length));
 }
 
-export async function readStatus(nc: NatsConnection, config: Config): Promise<StatusDetail> {
+/**
+ * Values in the buckets that are not what they should be are left out (as if absent); `fault` hears each (shopctl
+ * prints them).
+ */
+export async function readStatus(nc: NatsConnection, config: Config, fault: Fault = () => {}): Promise<StatusDetail> {
   const b = await openBuckets(nc.jetstream(), config);
   const jsm = await nc.jetstreamManager();
   const n = names(config.streamPrefix);
@@ -58,15 +63,17 @@ export async function readStatus(nc: NatsConnection, config: Config): Promise<St
     const e = await b.workers.get(key);
     if (!e || e.operation !== 'PUT') continue;
     const ageMs = now - e.created.getTime();
-    if (ageMs <= config.workerLeaseMs) workers.set(key, { heartbeat: fromBytes<Heartbeat>(e.value), ageMs });
+    const heartbeat = ageMs <= config.workerLeaseMs ? heartbeatOf(e, fault) : undefined;
+    if (heartbeat) workers.set(key, { heartbeat, ageMs });
   }
   const placement = new Map<string, Assignment>();
   for (const key of await keysOf(jsm, n.placementBucket)) {
     const e = await b.placement.get(key);
-    if (e && e.operation === 'PUT' && parsePlacementKey(key)) placement.set(key, fromBytes<Assignment>(e.value));
+    const a = e && e.operation === 'PUT' && parsePlacementKey(key) ? kvValues.assignment(e.value, fault, key) : undefined;
+    if (a) placement.set(key, a);
   }
   const leaderEntry = await b.control.get('leader');
-  const leader = leaderEntry && leaderEntry.operation === 'PUT' ? fromBytes<{ id: string }>(leaderEntry.value).id : null;
+  const leader = (leaderEntry && leaderEntry.operation === 'PUT' ? kvValues.leader(leaderEntry.value, fault, 'leader')?.id : undefined) ?? null;
 
   // Lag of a partition that nobody runs right now: the commands of its subject still in the stream (trimmed up to the last owner's cursor).
   const inStream = new Map<string, number>();

@@ -4,11 +4,12 @@
  * knows about uWebSockets.js (see uws.ts), so all of it is testable with a fake ShopClient.
  */
 import { randomInt, randomUUID } from 'node:crypto';
-import type { Config, Kind } from '../config.js';
+import { setImmediate as yieldTurn } from 'node:timers/promises';
+import { envName, type Config, type Kind } from '../config.js';
 import { ShopError, errorResponse, type ErrorCode } from '../errors.js';
 import type { Log } from '../log.js';
 import { batchInitRanges, partitionOf } from '../partition.js';
-import type { Reply } from '../protocol.js';
+import { fail as failed, ID_MAX_CHARS, type Reply } from '../protocol.js';
 import type { ShopClient } from '../runtime/client.js';
 
 export type Method = 'GET' | 'POST';
@@ -20,11 +21,8 @@ export interface HttpResult {
   headers?: Readonly<Record<string, string>>;
 }
 
-/**
- * Longest id the gateway forwards. Every id is made by this system (a UUID, or "0".."n-1" from
- * batch_init), so a longer one cannot exist and is answered not_found without asking an actor.
- */
-export const ID_MAX_CHARS = 128;
+/** Longest id the gateway forwards (a longer one is answered 400 not_found without asking an actor). */
+export { ID_MAX_CHARS };
 /** Longest bad segment echoed back in an error message. */
 const ECHO_MAX_CHARS = 40;
 
@@ -174,7 +172,7 @@ export function createDispatcher(router: Router, log: Log, observe?: Observe): (
         if (err.code === 'internal') log.error('request failed', { method, path, err });
         return errorResponse(err.code, err.detail);
       }
-      log.error('request failed with an unexpected error', { method, path, err: err instanceof Error ? (err.stack ?? err.message) : String(err) });
+      log.error('request failed with an unexpected error', { method, path, err });
       return errorResponse('internal');
     }
   };
@@ -188,13 +186,25 @@ export function createDispatcher(router: Router, log: Log, observe?: Observe): (
   };
 }
 
+/**
+ * Most batch_init commands one request has in flight. Enough to keep every partition's owner busy (each command
+ * creates up to BATCH_INIT_CHUNK / partitions ids), and it bounds what one request holds at a time: n only decides
+ * how long the request runs.
+ */
+export const BATCH_INIT_INFLIGHT_MAX = 64;
+
+/** The commands of a batch_init, made lazily: every range of ids, to every partition. */
+function* batchInitCommands(n: number, partitions: number): Generator<{ partition: number; range: { from: number; to: number } }> {
+  for (const range of batchInitRanges(n)) for (let partition = 0; partition < partitions; partition++) yield { partition, range };
+}
+
 // ---------------------------------------------------------------------------------------------
 // The API. Each handler validates nothing (the matcher did), picks the partition, asks the actor
 // and shapes its reply; a business failure in the reply becomes errorResponse(code, detail).
 
 export interface RouteDeps {
   client: ShopClient;
-  config: Pick<Config, 'partitions'>;
+  config: Pick<Config, 'partitions' | 'batchInitMax'>;
   /** Makes ids for create routes; crypto.randomUUID unless a test passes its own. */
   newId?: () => string;
 }
@@ -213,14 +223,31 @@ function helpers({ client, config, newId = randomUUID }: RouteDeps) {
     query: <V>(kind: Kind, id: string, q: unknown) => client.query<V>(kind, part(id), q),
     /**
      * batch_init of ids "0".."n-1": every partition gets one command per range of BATCH_INIT_CHUNK ids and creates
-     * its share of it; all sent at once, the first failure wins.
+     * its share of it. The commands are made one at a time as earlier ones are answered, at most
+     * BATCH_INIT_INFLIGHT_MAX in flight, each lane yielding a turn between them; the first failure stops the rest.
      */
     async batchInit(kind: Kind, n: number, fields: Record<string, unknown>): Promise<Reply> {
-      const sends = batchInitRanges(n).flatMap((range) =>
-        Array.from({ length: config.partitions }, (_, p) => client.command(kind, p, { k: 'batchInit', ...range, ...fields }, { alone: true })),
-      );
-      const replies = await Promise.all(sends);
-      return replies.find((r) => !r.ok) ?? { ok: true, v: {} };
+      if (n > config.batchInitMax) return failed('too_large', `n is ${n}; batchInitMax (${envName('batchInitMax')}) is ${config.batchInitMax}`);
+      const commands = batchInitCommands(n, config.partitions);
+      let failure: Reply | undefined;
+      let error: { err: unknown } | undefined;
+      const lane = async () => {
+        while (!failure && !error) {
+          const next = commands.next();
+          if (next.done) return;
+          const { partition, range } = next.value;
+          try {
+            const reply = await client.command(kind, partition, { k: 'batchInit', ...range, ...fields }, { alone: true });
+            if (!reply.ok) failure ??= reply;
+          } catch (err) {
+            error ??= { err };
+          }
+          await yieldTurn();
+        }
+      };
+      await Promise.all(Array.from({ length: BATCH_INIT_INFLIGHT_MAX }, lane));
+      if (error) throw error.err;
+      return failure ?? { ok: true, v: {} };
     },
   };
 }

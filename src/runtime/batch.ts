@@ -23,13 +23,14 @@ import { checkCommand, describe, type Door } from '../actors/commands.js';
 import type { Actor, Outgoing, ReplyTo } from '../actors/types.js';
 import { decode, encode } from '../codec.js';
 import type { Config, Kind } from '../config.js';
+import { faultLog, type Fault } from '../faults.js';
 import type { Log } from '../log.js';
-import { BUNDLE_MAX, fail, names, type Names, type Reply } from '../protocol.js';
+import { BUNDLE_MAX, fail, ID_MAX_CHARS, names, type Names, type Reply } from '../protocol.js';
 import { Delivery, type Box, type Sink } from './delivery.js';
 import { Draft, type Tables } from './draft.js';
 import type { DeadLetterReason, RunnerMetrics } from './metrics.js';
 import { emptyEntry, encodeEntry, owesNothing, packCommands, type DeadLetter, type OutboxEntry } from './outbox.js';
-import { commitTogether, type PartitionStore, type PreparedBatch } from './store.js';
+import { commitTogether, type CommitResult, type PartitionStore, type PreparedBatch } from './store.js';
 
 /**
  * A batch ends early once it changes this many keys, or has applied commands for this long, and the loop lets the
@@ -38,8 +39,6 @@ import { commitTogether, type PartitionStore, type PreparedBatch } from './store
  */
 const BATCH_KEYS_MAX = 5_000;
 const BATCH_SLICE_MS = 10;
-/** Most dead letters logged per partition per minute; the rest are only counted (shop_dead_letters_total). */
-const DEAD_LETTER_LOG_PER_MINUTE = 10;
 /** Longest reply subject a client command may name. */
 const REPLY_SUBJECT_MAX_CHARS = 256;
 
@@ -70,6 +69,8 @@ export interface Committed {
   entry: OutboxEntry | null;
   /** Ids of the parcels it applied. */
   parcels: string[];
+  /** Stream messages it applied (or passed as dead letters). */
+  streamMessages: number;
 }
 
 /** What the batch loop needs of a partition; implemented by its runner (runtime/partition.ts). */
@@ -119,16 +120,25 @@ class Part implements Box {
   /** Commands for partitions elsewhere, per target, in order. */
   readonly sends = new Map<string, { kind: Kind; partition: number; cmds: unknown[] }>();
   readonly dead: DeadLetter[] = [];
+  /** The order each dead letter was about, where it names one: said in its log line, not stored with it. */
+  readonly deadOrders = new Map<DeadLetter, string>();
   /** Sagas this part decided, by outcome ('' for paid, else the refusal's code): counted once the batch commits. */
   readonly outcomes = new Map<string, number>();
   /** Parcels applied (to acknowledge once committed), and parcels seen before (acknowledged either way). */
   readonly parcels: Inbound[] = [];
   readonly repeats: Inbound[] = [];
+  /** Cursor and local count the batch starts from: the partition's committed ones, or those of the batch still committing. */
+  readonly fromCursor: number;
+  readonly fromLocal: number;
 
-  constructor(readonly member: Member) {
-    this.draft = new Draft(member.live);
-    this.last = member.cursor;
-    this.local = member.local;
+  /** `below`: this partition's part of the batch still being committed, which this one builds on. */
+  constructor(
+    readonly member: Member,
+    below?: Part,
+  ) {
+    this.draft = new Draft(member.live, below?.draft);
+    this.last = this.fromCursor = below ? below.last : member.cursor;
+    this.local = this.fromLocal = below ? below.local : member.local;
   }
 
   get kind(): Kind {
@@ -145,7 +155,7 @@ class Part implements Box {
   }
   /** It changes something in Redis: a stream message or a command from within the worker was applied. */
   get writes(): boolean {
-    return this.last > this.member.cursor || this.local > this.member.local;
+    return this.last > this.fromCursor || this.local > this.fromLocal;
   }
 }
 
@@ -155,9 +165,34 @@ export interface BatchLoopDeps {
   metrics?: RunnerMetrics | undefined;
   /** Acknowledges parcels applied by a committed batch (the courier). */
   ack(to: string, ids: string[]): void;
+  /** Commits the prepared batches as one transaction: store.ts's commitTogether (tests pass their own). */
+  commit?: (batches: readonly PreparedBatch[]) => Promise<CommitResult[]>;
 }
 
 const key = (kind: Kind, partition: number) => `${kind}.${partition}`;
+
+/** A batch whose commit is in flight. */
+interface InFlight {
+  parts: Map<Member, Part>;
+  /** The parts that write, with what each owes and the done outbox fields its commit deletes. */
+  writing: Part[];
+  owed: { field: string; entry: OutboxEntry | null }[];
+  done: string[][];
+  started: number;
+  results: Promise<CommitResult[] | { failure: unknown }>;
+}
+
+/**
+ * The order a command is about, for the log line of a saga message or an order's command that went wrong: saga
+ * messages name it, an order partition's own commands carry it as their id. Checked, since the command may be
+ * one that failed its schema.
+ */
+function orderOf(kind: Kind, cmd: unknown): string | undefined {
+  if (typeof cmd !== 'object' || cmd === null) return undefined;
+  const { order, id } = cmd as { order?: unknown; id?: unknown };
+  const found = typeof order === 'string' ? order : kind === 'order' ? id : undefined;
+  return typeof found === 'string' && found.length <= ID_MAX_CHARS ? found : undefined;
+}
 
 export class BatchLoop {
   private readonly members = new Map<string, Member>();
@@ -165,12 +200,13 @@ export class BatchLoop {
   private readonly replyPrefix: string;
   private wakeUp: (() => void) | null = null;
   private running = false;
-  /** Members in the batch now being applied or committed. */
-  private readonly busy = new Set<Member>();
-  private batchDone: Promise<void> = Promise.resolve();
+  /** Members in the batches now being applied or committed, with how many they are in. */
+  private readonly busy = new Map<Member, number>();
+  private settledWaiters: (() => void)[] = [];
   /** Where the next batch starts taking messages (round robin over the members). */
   private next = 0;
-  private readonly deadLogged = new Map<Member, { since: number; logged: number; skipped: number }>();
+  /** Dead letters are logged once a minute per partition and reason at most; all are counted (shop_dead_letters_total). */
+  private readonly deadLogs = new WeakMap<Member, Fault>();
 
   constructor(private readonly deps: BatchLoopDeps) {
     this.names = names(deps.config.streamPrefix);
@@ -199,44 +235,72 @@ export class BatchLoop {
 
   /** Resolves once no batch in hand involves the member. */
   async settled(member: Member): Promise<void> {
-    while (this.busy.has(member)) await this.batchDone;
+    while (this.busy.has(member)) await new Promise<void>((r) => this.settledWaiters.push(r));
   }
 
+  /**
+   * Applies a batch while the previous one commits: the next batch's drafts sit on the drafts of the one in flight,
+   * and it is committed only once that one is (or thrown away and applied again, if it was not). One commit in
+   * flight at a time, so a worker's cycle is the longer of applying and committing, not their sum: with many
+   * partitions per batch, or sagas crossing workers, a commit is long and the loop used to wait it out idle.
+   */
   private async loop(): Promise<void> {
+    let inflight: InFlight | null = null;
     for (;;) {
-      const takers = [...this.members.values()].filter((m) => m.ready());
+      let takers = [...this.members.values()].filter((m) => m.ready());
       if (takers.length === 0) {
-        await new Promise<void>((r) => (this.wakeUp = r));
+        // Idle: wait for work; or, with a commit in flight, for it to return or for work to apply meanwhile.
+        const woken = new Promise<boolean>((r) => (this.wakeUp = () => r(true)));
+        const woke = await (inflight ? Promise.race([woken, inflight.results.then(() => false)]) : woken);
         this.wakeUp = null;
-        continue;
+        if (!inflight) continue;
+        if (woke) {
+          takers = [...this.members.values()].filter((m) => m.ready());
+          if (takers.length === 0) continue; // woken for nothing to take (an outbox finished): keep waiting
+        }
       }
-      let done!: () => void;
-      this.batchDone = new Promise<void>((r) => (done = r));
+      let next: Map<Member, Part> | null = null;
       try {
-        const committed = await this.batch(takers);
-        if (!committed) await turn();
+        if (takers.length > 0) next = this.apply(takers, inflight?.parts);
+        if (inflight) {
+          const committed = await this.finish(inflight, next);
+          this.release(inflight.parts.keys());
+          inflight = null;
+          if (!committed && next) {
+            this.release(next.keys()); // thrown away by finish(): its messages are queued again
+            next = null;
+          }
+        }
+        if (next) {
+          inflight = this.start(next);
+          if (!inflight) {
+            this.release(next.keys());
+            await turn(); // it only skipped messages it had applied: nothing to write
+          }
+        }
       } catch (err) {
         // Not the messages (a bad one is a dead letter) nor the actors (a throwing command is one), so a fault of
-        // this code: what the batch took is neither committed nor queued any more. Every partition in it takes
+        // this code: what the batches took is neither committed nor queued any more. Every partition in them takes
         // itself again from Redis and its stream, with a growing pause if it keeps failing.
         this.deps.log.error('batch failed', { err });
-        for (const member of this.busy) member.failed(err);
+        const members = new Set([...(inflight?.parts.keys() ?? []), ...(next?.keys() ?? [])]);
+        for (const member of members) member.failed(err);
+        this.release(members);
+        inflight = null;
         await turn();
-      } finally {
-        this.busy.clear();
-        done();
       }
     }
   }
 
-  /** Applies and commits one batch; false when it had nothing to commit. */
-  private async batch(takers: Member[]): Promise<boolean> {
+  /** Applies one batch (on the drafts of `below`, the batch still committing, where a partition is in both). */
+  private apply(takers: Member[], below: Map<Member, Part> | undefined): Map<Member, Part> {
     const { config } = this.deps;
     const began = performance.now();
     const parts = new Map<Member, Part>();
+    const part = (member: Member) => this.part(parts, member, below);
     const delivery = new Delivery<Part>(config.partitions, (kind, partition) => {
       const target = this.members.get(key(kind, partition));
-      return target?.accepts() ? this.part(parts, target) : undefined;
+      return target?.accepts() ? part(target) : undefined;
     }, this.sink);
     let applied = 0;
     let keysCheckedAt = 0;
@@ -252,31 +316,42 @@ export class BatchLoop {
     const start = this.next++ % takers.length;
     for (let n = 0; n < takers.length && !full(); n++) {
       const member = takers[(start + n) % takers.length]!;
-      const part = this.part(parts, member);
+      const p = part(member);
       const taken = member.take(config.batchMax);
       let s = 0;
-      for (; s < taken.stream.length && !full(); s++) applied += this.applyStream(delivery, part, taken.stream[s]!);
+      for (; s < taken.stream.length && !full(); s++) applied += this.applyStream(delivery, p, taken.stream[s]!);
       let q = 0;
-      for (; q < taken.parcels.length && !full(); q++) applied += this.applyParcel(delivery, part, taken.parcels[q]!);
-      part.taken.stream.push(...(s === taken.stream.length ? taken.stream : taken.stream.slice(0, s)));
-      part.taken.parcels.push(...(q === taken.parcels.length ? taken.parcels : taken.parcels.slice(0, q)));
+      for (; q < taken.parcels.length && !full(); q++) applied += this.applyParcel(delivery, p, taken.parcels[q]!);
+      p.taken.stream.push(...(s === taken.stream.length ? taken.stream : taken.stream.slice(0, s)));
+      p.taken.parcels.push(...(q === taken.parcels.length ? taken.parcels : taken.parcels.slice(0, q)));
       if (s < taken.stream.length || q < taken.parcels.length) member.giveBack({ stream: taken.stream.slice(s), parcels: taken.parcels.slice(q) });
     }
-    return this.commit([...parts.values()]);
+    return parts;
   }
 
-  private part(parts: Map<Member, Part>, member: Member): Part {
+  private part(parts: Map<Member, Part>, member: Member, below: Map<Member, Part> | undefined): Part {
     let part = parts.get(member);
     if (!part) {
-      this.busy.add(member);
-      parts.set(member, (part = new Part(member)));
+      this.busy.set(member, (this.busy.get(member) ?? 0) + 1);
+      parts.set(member, (part = new Part(member, below?.get(member))));
     }
     return part;
   }
 
+  /** The batch no longer involves these members. */
+  private release(members: Iterable<Member>): void {
+    for (const m of members) {
+      const n = (this.busy.get(m) ?? 1) - 1;
+      if (n > 0) this.busy.set(m, n);
+      else this.busy.delete(m);
+    }
+    const wake = this.settledWaiters.splice(0);
+    for (const w of wake) w();
+  }
+
   /** One stream message: a client's command, or a bundle of them. Returns the commands applied (dead letters count). */
   private applyStream(delivery: Delivery<Part>, part: Part, m: JsMsg): number {
-    if (m.seq <= part.member.cursor) return 0; // already applied (a consumer reset can re-deliver)
+    if (m.seq <= part.fromCursor) return 0; // already applied (a consumer reset can re-deliver)
     part.last = m.seq;
     const base = m.seq * BUNDLE_MAX;
     let message: unknown;
@@ -344,7 +419,7 @@ export class BatchLoop {
   private check(part: Part, door: Door, cmd: unknown, seq: number, original: unknown, replyTo: ReplyTo | undefined): boolean {
     const verdict = checkCommand(part.kind, door, cmd);
     if (verdict.ok) return true;
-    this.dead(part, seq, verdict.reason, verdict.detail, encode(original));
+    this.dead(part, seq, verdict.reason, verdict.detail, encode(original), cmd);
     if (replyTo !== undefined) part.replies.push([replyTo, encode(fail('invalid_command', verdict.detail))]);
     return false;
   }
@@ -354,8 +429,11 @@ export class BatchLoop {
     return typeof r === 'string' && r.length <= REPLY_SUBJECT_MAX_CHARS && r.startsWith(this.replyPrefix) && !/[\s*>]/.test(r);
   }
 
-  private dead(part: Part, seq: number, reason: DeadLetterReason, detail: string, data: Uint8Array): void {
-    part.dead.push({ seq, reason, detail, data });
+  private dead(part: Part, seq: number, reason: DeadLetterReason, detail: string, data: Uint8Array, cmd?: unknown): void {
+    const d: DeadLetter = { seq, reason, detail, data };
+    part.dead.push(d);
+    const order = orderOf(part.kind, cmd);
+    if (order !== undefined) part.deadOrders.set(d, order);
   }
 
   /** Where delivered commands' effects go: into the parts of the batch. */
@@ -372,7 +450,7 @@ export class BatchLoop {
       target.cmds.push(out.cmd);
     },
     failed: (part, cmd, seq, replyTo, err) => {
-      this.dead(part, seq, 'invariant', (err as Error)?.message ?? String(err), encode(cmd));
+      this.dead(part, seq, 'invariant', (err as Error)?.message ?? String(err), encode(cmd), cmd);
       if (replyTo !== undefined) part.replies.push([replyTo, encode(fail('internal', `command ${seq} at ${part.kind}.${part.partition} broke an invariant`) satisfies Reply)]);
     },
   };
@@ -391,15 +469,16 @@ export class BatchLoop {
     return { field: `${part.last}.${part.local}`, entry };
   }
 
-  private async commit(all: Part[]): Promise<boolean> {
+  /** Sends a batch's commit; null when it has nothing to write. */
+  private start(all: Map<Member, Part>): InFlight | null {
     // Parcels seen before were committed before: acknowledged whatever happens to this batch.
-    for (const p of all) if (p.repeats.length > 0) this.acknowledge(p.repeats);
+    for (const p of all.values()) if (p.repeats.length > 0) this.acknowledge(p.repeats);
     // A part that only skipped what it had already applied has nothing to write.
-    const parts = all.filter((p) => p.writes);
-    if (parts.length === 0) return false;
-    const owed = parts.map((p) => this.entryOf(p));
-    const done = parts.map((p) => p.member.takeDone());
-    const prepared: PreparedBatch[] = parts.map((p, i) =>
+    const writing = [...all.values()].filter((p) => p.writes);
+    if (writing.length === 0) return null;
+    const owed = writing.map((p) => this.entryOf(p));
+    const done = writing.map((p) => p.member.takeDone());
+    const prepared: PreparedBatch[] = writing.map((p, i) =>
       p.member.store.prepare({
         epoch: p.member.epoch,
         cursor: p.last,
@@ -411,15 +490,29 @@ export class BatchLoop {
       }),
     );
     const started = performance.now();
-    let results;
-    try {
-      results = await commitTogether(prepared);
-    } catch (err) {
-      // A transport failure: nothing of the batch is visible; each partition takes itself again from Redis.
-      for (const p of parts) p.member.failed(err);
-      return true;
-    }
-    if (results.some((r) => r !== 'committed')) {
+    // Settles with the results, or the transport failure: never rejects.
+    const results = (this.deps.commit ?? commitTogether)(prepared).then(
+      (r) => r,
+      (err: unknown) => ({ failure: err }),
+    );
+    return { parts: all, writing, owed, done, started, results };
+  }
+
+  /**
+   * Waits for a batch's commit and acts on it; `next`, applied on top of it meanwhile, is thrown away (its messages
+   * queued again) when it did not commit whole. True when it committed.
+   */
+  private async finish(batch: InFlight, next: Map<Member, Part> | null): Promise<boolean> {
+    const { writing: parts, owed, done, started } = batch;
+    const results = await batch.results;
+    if ('failure' in results || results.some((r) => r !== 'committed')) {
+      // What was applied on top of it goes back first, so that this batch's messages end up ahead of it.
+      for (const p of next?.values() ?? []) p.member.giveBack(p.taken);
+      if ('failure' in results) {
+        // A transport failure: nothing of the batch is visible; each partition takes itself again from Redis.
+        for (const p of parts) p.member.failed(results.failure);
+        return false;
+      }
       // A newer owner holds some partition: nothing was written. It drops its partition; the others apply their
       // messages again in the next batch, where the fenced partition is no longer a local target.
       parts.forEach((p, i) => {
@@ -427,7 +520,8 @@ export class BatchLoop {
         p.member.giveBack(p.taken);
         p.member.giveBackDone(done[i]!);
       });
-      return true;
+      // A part that wrote nothing still took messages (repeats acknowledged, skipped ones): they are gone for good.
+      return false;
     }
     const ms = performance.now() - started;
     const { metrics } = this.deps;
@@ -440,7 +534,7 @@ export class BatchLoop {
       }
     }
     if (this.deps.config.faultKillAfter === 'commit' && owed.some((o) => o.entry && (o.entry.replies.length > 0 || o.entry.parcels.length > 0))) process.kill(process.pid, 'SIGKILL');
-    parts.forEach((p, i) => p.member.committed({ draft: p.draft, cursor: p.last, local: p.local, field: owed[i]!.field, entry: owed[i]!.entry, parcels: p.parcels.map((x) => x.id) }));
+    parts.forEach((p, i) => p.member.committed({ draft: p.draft, cursor: p.last, local: p.local, field: owed[i]!.field, entry: owed[i]!.entry, parcels: p.parcels.map((x) => x.id), streamMessages: p.taken.stream.length }));
     this.acknowledge(parts.flatMap((p) => p.parcels));
     return true;
   }
@@ -457,21 +551,9 @@ export class BatchLoop {
   }
 
   private logDead(part: Part, d: DeadLetter): void {
-    const now = Date.now();
-    let seen = this.deadLogged.get(part.member);
-    if (!seen || now - seen.since > 60_000) {
-      if (seen?.skipped) part.member.log.warn('dead letters not logged in the last minute', { count: seen.skipped });
-      this.deadLogged.set(part.member, (seen = { since: now, logged: 0, skipped: 0 }));
-    }
-    if (seen.logged++ >= DEAD_LETTER_LOG_PER_MINUTE) {
-      seen.skipped++;
-      return;
-    }
-    part.member.log.warn('dead letter: a message this partition cannot apply was passed and copied to the dead-letter stream', {
-      seq: d.seq,
-      reason: d.reason,
-      detail: d.detail,
-      stream: this.names.deadLetterStream,
-    });
+    let log = this.deadLogs.get(part.member);
+    if (!log) this.deadLogs.set(part.member, (log = faultLog(part.member.log, undefined, undefined, 'dead letter')));
+    log(`a message this partition cannot apply (${d.reason}) was passed and copied to ${this.names.deadLetterStream}`, { seq: d.seq, detail: d.detail, order: part.deadOrders.get(d) });
   }
+
 }

@@ -4,9 +4,11 @@ import { setTimeout as delay } from 'node:timers/promises';
 import { decode, encode } from '../codec.js';
 import type { Config, Kind } from '../config.js';
 import { ShopError } from '../errors.js';
+import { faultLog, preview, type Fault } from '../faults.js';
 import type { Log } from '../log.js';
-import { BUNDLE_MAX, bundleRanges, names, type CommandEnvelope, type Reply } from '../protocol.js';
-import { ACK_WAIT_MS, isNoResponders, Mux, MUX_TIMEOUT, pubAck, type Answer } from './mux.js';
+import { BUNDLE_MAX, bundleRanges, isReply, names, type CommandEnvelope, type Reply } from '../protocol.js';
+import { ACK_WAIT_MS, Mux, MUX_TIMEOUT, NOT_AN_ANSWER, parsePubAck, type Parse } from './mux.js';
+import { readAnswer } from './reads.js';
 
 /**
  * Longest wait for one read attempt before it is asked again (reads are idempotent). A request sent while the
@@ -31,13 +33,29 @@ export interface ShopClient {
 }
 
 /** The outcome's reply, or ShopError('unavailable') when its deadline passed. */
-function settle<V>(outcome: Promise<Answer>): Promise<Reply<V>> {
+function settle<V>(outcome: Promise<Reply>): Promise<Reply<V>> {
   return outcome.then(
-    (msg) => decode<Reply<V>>(msg.data),
+    (reply) => reply as Reply<V>,
     (err) => {
       throw err === MUX_TIMEOUT ? new ShopError('unavailable', 'no outcome before the deadline') : err;
     },
   );
+}
+
+/** A command's outcome as a waiter's check: a Reply, or dropped (the command waits on for its real outcome). */
+function commandReply(fault: Fault): Parse<Reply> {
+  return (msg) => {
+    let value: unknown;
+    try {
+      value = decode(msg.data);
+    } catch {
+      fault('a command outcome that is not msgpack', preview(msg.data));
+      return NOT_AN_ANSWER;
+    }
+    if (isReply(value)) return value;
+    fault('a command outcome of the wrong shape', preview(msg.data));
+    return NOT_AN_ANSWER;
+  };
 }
 
 const overloaded = () => new ShopError('unavailable', 'this gateway has gatewayInflightMax requests in flight; retry later');
@@ -61,7 +79,14 @@ interface Bundle {
 export function createShopClient({ nc, config, log }: { nc: NatsConnection; config: Config; log: Log }): ShopClient {
   const id = randomBytes(6).toString('hex');
   const n = names(config.streamPrefix);
-  const mux = new Mux(nc, n.inbox(config.natsUser || 'gateway', id));
+  // Answers that are not ones (garbage on a reply subject) are dropped and logged at most once a minute per kind.
+  const fault = faultLog(log);
+  // A stream that refuses a command (none takes its subject yet: no worker has made it; or it is full) is retried
+  // until the command's deadline: said once a minute per stream, not once per retry.
+  const refused = faultLog(log, undefined, undefined, 'retrying');
+  const mux = new Mux(nc, n.inbox(config.natsUser || 'gateway', id), fault);
+  const replyCheck = commandReply(fault);
+  const ackCheck = parsePubAck(fault);
 
   /** Publishes a message until the stream has stored it; gives up only when the stream refuses it until the deadline. */
   async function store(subject: string, data: Uint8Array, msgId: string, deadline: number): Promise<void> {
@@ -70,14 +95,15 @@ export function createShopClient({ nc, config, log }: { nc: NatsConnection; conf
       if (left <= 0) return; // the outcome's own wait expires
       let refusal: string;
       try {
-        const ack = pubAck(await mux.request(subject, data, Math.min(left, ACK_WAIT_MS), msgId));
+        // An answer that is not an acknowledgement is dropped: as for a lost one, the wait ends and the same id goes again.
+        const ack = await mux.request(subject, data, Math.min(left, ACK_WAIT_MS), msgId, ackCheck);
         if (!ack.error) return;
         refusal = ack.error.description;
       } catch (err) {
         if (err !== MUX_TIMEOUT) throw err;
         continue; // acknowledgement lost or late: publish again
       }
-      log.warn('the stream refused a command; retrying', { subject, refusal });
+      refused(`the stream refused a command on ${subject.slice(0, subject.lastIndexOf('.'))}.*: ${refusal}`, { subject });
       if (deadline - Date.now() <= config.retryBackoffMs) throw new ShopError('unavailable', `the stream refused ${subject}: ${refusal}`);
       await delay(config.retryBackoffMs);
     }
@@ -88,22 +114,24 @@ export function createShopClient({ nc, config, log }: { nc: NatsConnection; conf
    * one acknowledgement and one delivery instead of one each. Each command keeps its own reply subject.
    */
   const open = new Map<string, Bundle>();
-  let flushScheduled = false;
 
   function sendBundle(bundle: Bundle): void {
-    // Usually one message; more only when the bundle is over BUNDLE_BYTES_MAX.
-    for (const { from, to, data } of bundleRanges(bundle.envelopes)) {
-      store(bundle.subject, data, `${id}.${mux.token()}`, bundle.deadline).catch((err: Error) => {
-        for (const token of bundle.tokens.slice(from, to)) mux.cancel(token, err);
-      });
+    try {
+      // Usually one message; more only when the bundle is over BUNDLE_BYTES_MAX.
+      for (const { from, to, data } of bundleRanges(bundle.envelopes)) {
+        store(bundle.subject, data, `${id}.${mux.token()}`, bundle.deadline).catch((err: Error) => {
+          for (const token of bundle.tokens.slice(from, to)) mux.cancel(token, err);
+        });
+      }
+    } catch (err) {
+      // A command that cannot be encoded is a bug in a route: its requests fail (500), the process goes on.
+      for (const token of bundle.tokens) mux.cancel(token, err as Error);
     }
   }
 
   function flushBundles(): void {
-    flushScheduled = false;
     for (const bundle of open.values()) sendBundle(bundle);
     open.clear();
-    mux.flush(); // already the end of a turn: publish now rather than at the end of the next one
   }
 
   /**
@@ -111,37 +139,59 @@ export function createShopClient({ nc, config, log }: { nc: NatsConnection; conf
    * one answer (the array of replies): one round trip through NATS for all of them.
    */
   const reads = new Map<string, ReadWaiter[]>();
-  let readsScheduled = false;
   let readsWaiting = 0;
 
   function flushReads(): void {
-    readsScheduled = false;
-    for (const [subject, batch] of reads) void ask(subject, batch);
+    for (const [subject, batch] of reads) ask(subject, batch);
     reads.clear();
-    mux.flush();
   }
 
-  /** Asks the partition's owner by core NATS request; retries while nobody owns it; `unavailable` past the deadline. */
-  async function ask(subject: string, batch: ReadWaiter[]): Promise<void> {
-    const finish = (each: (w: ReadWaiter, i: number) => void) => {
-      readsWaiting -= batch.length;
-      batch.forEach(each);
-    };
+  // The turn's bundles and read batches leave with the mux's flush, in the same socket write as everything else.
+  mux.onFlush(() => {
+    flushBundles();
+    flushReads();
+  });
+
+  /** Asks for a batch of reads; every waiter of the batch is settled, whatever happens (this never rejects). */
+  function ask(subject: string, batch: ReadWaiter[]): void {
+    askUntilAnswered(subject, batch).catch((err: unknown) => {
+      log.error('a read failed unexpectedly', { subject, err });
+      settleReads(batch, (w) => w.reject(err instanceof Error ? err : new Error(String(err))));
+    });
+  }
+
+  function settleReads(batch: ReadWaiter[], each: (w: ReadWaiter, i: number) => void): void {
+    readsWaiting -= batch.length;
+    batch.forEach(each);
+  }
+
+  /**
+   * Asks the partition's owner by core NATS request; retries while nobody owns it; `unavailable` past the deadline.
+   * An answer too large for one message comes back SPLIT: each half of the batch is asked again on its own.
+   */
+  async function askUntilAnswered(subject: string, batch: ReadWaiter[]): Promise<void> {
     const data = encode(batch.length === 1 ? batch[0]!.query : batch.map((w) => w.query));
+    const check = readAnswer(batch.length, fault);
     const deadline = batch[0]!.deadline;
     for (;;) {
       const left = deadline - Date.now();
-      if (left <= 0) return finish((w) => w.reject(new ShopError('unavailable', `no owner of ${subject} answered`)));
-      let msg: Answer;
+      if (left <= 0) return settleReads(batch, (w) => w.reject(new ShopError('unavailable', `no owner of ${subject} answered`)));
+      let answer;
       try {
-        msg = await mux.request(subject, data, Math.min(left, READ_ATTEMPT_MS));
+        answer = await mux.request(subject, data, Math.min(left, READ_ATTEMPT_MS), undefined, check);
       } catch (err) {
         if (err === MUX_TIMEOUT) continue;
-        return finish((w) => w.reject(err as Error));
+        return settleReads(batch, (w) => w.reject(err as Error));
       }
-      if (!isNoResponders(msg)) {
-        const answer = decode<Reply | Reply[]>(msg.data);
-        return finish((w, i) => w.resolve(batch.length === 1 ? (answer as Reply) : (answer as Reply[])[i]!));
+      if (answer === 'split') {
+        const half = Math.ceil(batch.length / 2);
+        ask(subject, batch.slice(0, half));
+        ask(subject, batch.slice(half));
+        return;
+      }
+      if (answer !== 'no-responders') {
+        const { replies } = answer;
+        return settleReads(batch, (w, i) => w.resolve(replies[i]!));
       }
       await delay(config.retryBackoffMs); // nobody owns the partition right now (start-up or a move)
     }
@@ -153,7 +203,7 @@ export function createShopClient({ nc, config, log }: { nc: NatsConnection; conf
       if (mux.pending() >= config.gatewayInflightMax) return Promise.reject(overloaded());
       const token = mux.token();
       const deadline = Date.now() + config.requestDeadlineMs;
-      const outcome = mux.wait(token, deadline);
+      const outcome = mux.wait(token, deadline, replyCheck);
       const subject = n.cmd(kind, partition);
       const envelope: CommandEnvelope = { c: cmd, r: mux.subject(token) };
       if (opts?.alone) {
@@ -163,10 +213,7 @@ export function createShopClient({ nc, config, log }: { nc: NatsConnection; conf
       let bundle = open.get(subject);
       if (!bundle) {
         open.set(subject, (bundle = { subject, envelopes: [], tokens: [], deadline }));
-        if (!flushScheduled) {
-          flushScheduled = true;
-          setImmediate(flushBundles);
-        }
+        mux.requestFlush();
       }
       bundle.envelopes.push(envelope);
       bundle.tokens.push(token);
@@ -187,12 +234,9 @@ export function createShopClient({ nc, config, log }: { nc: NatsConnection; conf
         readsWaiting++;
         if (batch.length >= BUNDLE_MAX) {
           reads.delete(subject);
-          void ask(subject, batch);
+          ask(subject, batch);
         }
-        if (!readsScheduled) {
-          readsScheduled = true;
-          setImmediate(flushReads);
-        }
+        mux.requestFlush();
       });
     },
 

@@ -11,10 +11,11 @@
 import { headers as natsHeaders, type KvEntry, type Msg, type NatsConnection, type Subscription } from 'nats';
 import { timingSafeEqual } from 'node:crypto';
 import type { Config, Kind } from '../config.js';
+import { faultLog } from '../faults.js';
 import type { Log } from '../log.js';
 import { names } from '../protocol.js';
 import { MembershipView, openBuckets, watchKv, type Buckets, type Watch } from './membership.js';
-import { balance, fromBytes, parsePlacementKey, placementKey, toBytes, type Assignment } from './placement.js';
+import { balance, fromBytes, kvValues, parsePlacementKey, placementKey, toBytes, type Assignment } from './placement.js';
 
 /** How long an admin request waits for its moves to take effect before it answers with what is still pending. */
 export const ADMIN_SETTLE_DEADLINE_MS = 30_000;
@@ -65,11 +66,20 @@ interface Placed {
   at: number;
 }
 
+/**
+ * The worker named by a placement entry whose value is not an assignment, and by a leader entry whose value is not
+ * a leader: no worker or candidate id can be empty, so nobody is it. A broken placement is thus a partition on a
+ * dead worker (the leader writes a good one, at a newer epoch), and a broken leader one that never renews (taken
+ * over by CAS after a lease).
+ */
+const NOBODY = '';
+
 /** Every server of `natsUrl` (a comma-separated list) is on this machine. */
 const isLoopbackUrl = (urls: string) => urls.split(',').every((url) => /^(nats|tls):\/\/([^@/]*@)?(127\.\d+\.\d+\.\d+|localhost|\[::1\])(:\d+)?\/?$/.test(url.trim()));
 
 export async function startController({ nc, config, log: parentLog, id, buckets, elect = true, seed = '', ignore = () => false }: ControllerOptions): Promise<Controller> {
   const log = parentLog.child('controller');
+  const fault = faultLog(log);
   const b = buckets ?? (await openBuckets(nc.jetstream(), config));
   const lease = config.workerLeaseMs;
   const interval = config.heartbeatIntervalMs;
@@ -99,7 +109,9 @@ export async function startController({ nc, config, log: parentLog, id, buckets,
       if (e.operation !== 'PUT') placement.delete(e.key);
       else {
         const cur = placement.get(e.key);
-        if (!cur || cur.rev < e.revision) placement.set(e.key, { a: fromBytes<Assignment>(e.value), rev: e.revision, at: Date.now() });
+        // Not an assignment: a placement on nobody at the epoch last known there, so the leader writes a good one above it.
+        const a = kvValues.assignment(e.value, fault, e.key) ?? { worker: NOBODY, epoch: cur?.a.epoch ?? 0 };
+        if (!cur || cur.rev < e.revision) placement.set(e.key, { a, rev: e.revision, at: Date.now() });
       }
       schedule();
     }),
@@ -112,19 +124,20 @@ export async function startController({ nc, config, log: parentLog, id, buckets,
     if (e.key === 'leader') {
       if (!put) leader = undefined;
       else {
-        const value = fromBytes<{ id: string }>(e.value);
+        const value = kvValues.leader(e.value, fault, e.key) ?? { id: NOBODY };
         if (!leader || leader.rev !== e.revision) leader = { id: value.id, rev: e.revision, seenAt: Date.now() };
         if (value.id !== id && isLeader && elect) {
           isLeader = false;
-          log.info('no longer leading', { leader: value.id });
+          log.info('no longer leading', { leader: value.id || '(an invalid value)' });
         }
       }
     } else if (e.key.startsWith('pin.')) {
       const key = e.key.slice(4);
-      if (put) pins.set(key, fromBytes<{ worker: string }>(e.value).worker);
+      const pin = put ? kvValues.pin(e.value, fault, e.key) : undefined;
+      if (pin) pins.set(key, pin.worker);
       else pins.delete(key);
     } else if (e.key.startsWith('drain.')) {
-      if (put) drains.add(e.key.slice(6));
+      if (put && kvValues.drain(e.value, fault, e.key)) drains.add(e.key.slice(6));
       else drains.delete(e.key.slice(6));
     }
     schedule();
@@ -171,7 +184,7 @@ export async function startController({ nc, config, log: parentLog, id, buckets,
     scheduled = true;
     const run = () => {
       scheduled = false;
-      void reconcile();
+      reconcile().catch((err: unknown) => log.error('reconcile failed', { err }));
     };
     const waitMs = lastReconcile + RECONCILE_MIN_INTERVAL_MS - Date.now();
     if (waitMs <= 0) setImmediate(run);
@@ -257,11 +270,11 @@ export async function startController({ nc, config, log: parentLog, id, buckets,
       const cur = placement.get(key);
       if (!cur || cur.rev < newRev) placement.set(key, { a: next, rev: newRev, at: Date.now() });
       writes++;
-      log.info('placed', { partition: key, worker: next.worker, epoch: next.epoch, ...(next.prev ? { from: next.prev } : {}) });
+      log.info('placed', { ...parsePlacementKey(key), worker: next.worker, epoch: next.epoch, ...(next.prev ? { from: next.prev } : {}) });
       return true;
     } catch (err) {
       // Another controller wrote first (CAS on the revision): its write arrives through the watch; decide again then.
-      log.debug('placement write lost a race', { partition: key, err });
+      log.debug('placement write lost a race', { ...parsePlacementKey(key), err });
       dirty = true;
       return false;
     }
@@ -302,7 +315,7 @@ export async function startController({ nc, config, log: parentLog, id, buckets,
   }
   started = true;
   await tick();
-  const timer = setInterval(() => void tick(), interval);
+  const timer = setInterval(() => tick().catch((err: unknown) => log.error('controller tick failed', { err })), interval);
 
   // ---- admin requests -----------------------------------------------------------------------------
 
@@ -310,7 +323,7 @@ export async function startController({ nc, config, log: parentLog, id, buckets,
   const admin: Subscription = nc.subscribe(names(config.streamPrefix).admin, {
     callback: (err, msg) => {
       if (err || !valid()) return; // only the leader answers
-      void answer(msg);
+      answer(msg).catch((e: unknown) => log.warn('could not answer an admin request', { err: e }));
     },
   });
 

@@ -16,6 +16,7 @@
 import type { NatsConnection, Subscription } from 'nats';
 import { KINDS, type Kind } from '../config.js';
 import { decode, encode } from '../codec.js';
+import { faultLog, type Fault } from '../faults.js';
 import type { Log } from '../log.js';
 import type { Names } from '../protocol.js';
 import type { Mux } from './mux.js';
@@ -30,8 +31,6 @@ const RESEND_MAX_MS = 8000;
 const SWEEP_INTERVAL_MS = 100;
 /** Most bytes of parcels in one message (NATS's max_payload is 1 MiB; one parcel is at most PARCEL_BYTES_MAX). */
 const MESSAGE_BYTES_MAX = 512 * 1024;
-/** Most bad inbound messages logged per minute; the rest are counted in the next line. */
-const BAD_LOG_PER_MINUTE = 10;
 
 interface Entry {
   /** Parcels not yet acknowledged. */
@@ -70,25 +69,27 @@ export class Courier {
   private readonly outgoing = new Map<string, Pending[]>();
   /** Acknowledgements to send at the end of this turn, by subject. */
   private readonly acks = new Map<string, string[]>();
-  private scheduled = false;
   private readonly subs: Subscription[];
   private readonly sweep: NodeJS.Timeout;
   private readonly ackSubject: string;
   private readonly ackPattern: RegExp;
-  private badSeen = 0;
-  private badLoggedAt = 0;
-  private badLogged = 0;
+  /** Bad input from the bus is logged, once a minute per kind of fault at most, and otherwise ignored. */
+  private readonly bad: Fault;
   private closed = false;
 
   constructor(private readonly o: CourierOptions) {
+    this.bad = faultLog(o.log);
     this.ackSubject = o.names.sagaAck(o.self);
     // Acknowledgements go only to another worker's acknowledgement subject, whatever a message claims.
     const saga = o.names.saga('');
     this.ackPattern = new RegExp(`^${saga.replace(/[.*+?^${}()|[\]\\]/g, '\\$&')}[^.*>\\s]+\\.ack$`);
+    const up = o.names.saga('*') + '.up';
     this.subs = [
       o.nc.subscribe(o.names.saga(o.self), { callback: (err, msg) => (err ? undefined : this.receive(msg.data)) }),
       o.nc.subscribe(this.ackSubject, { callback: (err, msg) => (err ? undefined : this.acknowledged(msg.data)) }),
+      o.nc.subscribe(up, { callback: (err, msg) => (err ? undefined : this.resendTo(msg.subject.slice(o.names.saga('').length, -'.up'.length))) }),
     ];
+    o.mux.onFlush(() => this.flush());
     this.sweep = setInterval(() => this.resendDue(Date.now()), SWEEP_INTERVAL_MS);
     this.sweep.unref();
   }
@@ -111,7 +112,7 @@ export class Courier {
 
   /** Acknowledges parcels that a committed batch applied. */
   ack(to: string, ids: readonly string[]): void {
-    if (!this.ackPattern.test(to)) return this.bad(`acknowledgement subject ${JSON.stringify(to.slice(0, 80))}`);
+    if (!this.ackPattern.test(to)) return this.bad('a parcel whose acknowledgement subject is not a worker\'s', { to: to.slice(0, 80) });
     let list = this.acks.get(to);
     if (!list) this.acks.set(to, (list = []));
     list.push(...ids);
@@ -124,6 +125,19 @@ export class Courier {
     for (const p of this.pending.values()) {
       if (p.parcel[0] === kind && p.parcel[1] === partition) this.send(p, now);
     }
+  }
+
+  /**
+   * Tells every worker that this one has taken partitions: what they owe them goes now, not at its next retry (a
+   * worker restarted under the same id, as with static placement, drops what reached it before it ran).
+   */
+  announce(): void {
+    this.o.mux.publish(`${this.o.names.saga(this.o.self)}.up`, new Uint8Array(0));
+  }
+
+  private resendTo(worker: string): void {
+    const now = Date.now();
+    for (const p of this.pending.values()) if (this.o.locate(p.parcel[0], p.parcel[1]) === worker) this.send(p, now);
   }
 
   /** Parcels waiting for an acknowledgement. */
@@ -151,14 +165,11 @@ export class Courier {
   }
 
   private schedule(): void {
-    if (this.scheduled) return;
-    this.scheduled = true;
-    setImmediate(() => this.flush());
+    this.o.mux.requestFlush();
   }
 
-  /** One message per destination worker (more only past MESSAGE_BYTES_MAX), and one per acknowledgement subject. */
+  /** One message per destination worker (more only past MESSAGE_BYTES_MAX), and one per acknowledgement subject: run by the mux's flush. */
   private flush(): void {
-    this.scheduled = false;
     if (this.closed) return;
     const { mux, names } = this.o;
     for (const [worker, list] of this.outgoing) {
@@ -180,7 +191,6 @@ export class Courier {
     this.outgoing.clear();
     for (const [to, ids] of this.acks) mux.publish(to, encode(ids));
     this.acks.clear();
-    mux.flush(); // already the end of a turn: publish now rather than at the end of the next one
   }
 
   private resendDue(now: number): void {
@@ -240,16 +250,5 @@ export class Courier {
         this.o.log.error('taking a parcel failed', { kind, partition, id, err });
       }
     }
-  }
-
-  /** Bad input from the bus is logged, a few lines a minute at most, and otherwise ignored. */
-  private bad(what: string): void {
-    this.badSeen++;
-    const now = Date.now();
-    if (now - this.badLoggedAt > 60_000) {
-      this.badLoggedAt = now;
-      this.badLogged = 0;
-    }
-    if (this.badLogged++ < BAD_LOG_PER_MINUTE) this.o.log.warn(`ignored a bad message on the saga subjects: ${what}`, { seenSoFar: this.badSeen });
   }
 }

@@ -11,6 +11,9 @@ export type Changes = Map<string, Map<string, unknown>>;
  * see) only after the batch has committed. Each command's writes are logged so that a command that throws is taken
  * back whole. Deleting a key the batch created and the live state does not hold leaves no trace (a saga's ledger
  * entry made and forgotten within one batch costs Redis nothing).
+ *
+ * A draft may sit on another batch's draft (`parent`) that is still being committed: the batch loop applies the next
+ * batch while the previous one commits, and such a draft is committed only after its parent was.
  */
 export class Draft implements StateView {
   readonly batch: Changes = new Map();
@@ -19,12 +22,20 @@ export class Draft implements StateView {
   /** This command's writes: the table, the key, and what the draft held for it before (to take them back). */
   private readonly undo: [table: Map<string, unknown>, key: string, had: boolean, before: unknown][] = [];
 
-  constructor(private readonly live: Tables) {}
+  constructor(
+    private readonly live: Tables,
+    private readonly parent?: Draft,
+  ) {}
 
   get<T>(table: string, key: string): T | undefined {
     const t = this.batch.get(table);
     if (t !== undefined && t.has(key)) return t.get(key) as T | undefined;
-    return this.live.get(table)?.get(key) as T | undefined;
+    return this.parent ? this.parent.get<T>(table, key) : (this.live.get(table)?.get(key) as T | undefined);
+  }
+
+  /** The key exists below this draft: committed, or set by the parent batch. */
+  private below(table: string, key: string): boolean {
+    return this.parent ? this.parent.get(table, key) !== undefined : this.live.get(table)!.has(key);
   }
 
   set(table: string, key: string, value: unknown): void {
@@ -34,6 +45,12 @@ export class Draft implements StateView {
 
   delete(table: string, key: string): void {
     this.write(table, key, undefined);
+  }
+
+  *entries<T>(table: string): Iterable<[string, T]> {
+    const batch = this.batch.get(table);
+    for (const [k, v] of this.parent ? this.parent.entries<T>(table) : ((this.live.get(table) ?? []) as Iterable<[string, T]>)) if (!batch?.has(k)) yield [k, v];
+    if (batch) for (const [k, v] of batch) if (v !== undefined) yield [k, v as T];
   }
 
   keepCommand(): void {
@@ -55,6 +72,7 @@ export class Draft implements StateView {
     this.undo.length = 0;
   }
 
+  /** Into the live state; a draft on a parent only after the parent's own publish. */
   publish(): void {
     for (const [table, changes] of this.batch) {
       const target = this.live.get(table)!;
@@ -73,8 +91,8 @@ export class Draft implements StateView {
     }
     const had = t.has(key);
     this.undo.push([t, key, had, t.get(key)]);
-    if (value === undefined && !this.live.get(table)!.has(key)) {
-      // Nothing committed to delete: drop what the batch wrote, if anything.
+    if (value === undefined && !this.below(table, key)) {
+      // Nothing below to delete: drop what the batch wrote, if anything.
       if (had) t.delete(key), this.size--;
       return;
     }

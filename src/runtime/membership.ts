@@ -6,9 +6,10 @@
  */
 import { KvWatchInclude, type JetStreamClient, type KV, type KvEntry, type QueuedIterator } from 'nats';
 import type { Config } from '../config.js';
+import { faultLog, type Fault } from '../faults.js';
 import type { Log } from '../log.js';
 import { names } from '../protocol.js';
-import { fromBytes, type Heartbeat } from './placement.js';
+import { kvValues, type Heartbeat } from './placement.js';
 
 export interface Buckets {
   /** worker id -> Heartbeat */
@@ -85,6 +86,16 @@ export async function watchKv(kv: KV, key: string, log: Log, onEntry: (entry: Kv
   };
 }
 
+/** The heartbeat in a workers-bucket entry, or undefined (reported) when it is not one, or not this key's worker's. */
+export function heartbeatOf(entry: { key: string; value: Uint8Array }, fault: Fault): Heartbeat | undefined {
+  const hb = kvValues.heartbeat(entry.value, fault, entry.key);
+  if (hb && hb.id !== entry.key) {
+    fault('a heartbeat under another worker\'s key (treated as absent)', { key: entry.key, id: hb.id });
+    return undefined;
+  }
+  return hb;
+}
+
 export interface Member {
   hb: Heartbeat;
   /** Local time (ms) its last heartbeat arrived; for a value found when the watch began, the time NATS stored it. */
@@ -95,6 +106,7 @@ export interface Member {
 export class MembershipView {
   readonly members = new Map<string, Member>();
   private watch: Watch | undefined;
+  private readonly fault: Fault;
   /** Local time the last heartbeat of anyone arrived. */
   private lastArrival = Date.now();
 
@@ -103,7 +115,9 @@ export class MembershipView {
     private readonly leaseMs: number,
     private readonly log: Log,
     private readonly onChange: (id: string) => void = () => {},
-  ) {}
+  ) {
+    this.fault = faultLog(log);
+  }
 
   async start(): Promise<void> {
     this.lastArrival = Date.now();
@@ -111,13 +125,17 @@ export class MembershipView {
       if (entry.operation !== 'PUT') {
         this.members.delete(entry.key);
       } else {
+        const hb = heartbeatOf(entry, this.fault);
+        // Not a heartbeat: ignored. What was known of that worker stands and its clock is not restarted, so a bad
+        // write over a live worker's key moves nothing, and a dead worker's key stays dead.
+        if (!hb) return;
         const now = Date.now();
         // Nobody heard from for half a lease, while every live worker puts one each interval: the bucket stored
         // nothing (electing a leader) or this view heard nothing (its connection), not every worker died. Whoever
         // was silent meanwhile gets a fresh lease, as after a stall of this process (forgive).
         if (!initial && now - this.lastArrival > this.leaseMs / 2) this.forgive(now);
         this.lastArrival = now;
-        this.members.set(entry.key, { hb: fromBytes<Heartbeat>(entry.value), seenAt: initial ? Math.min(now, entry.created.getTime()) : now });
+        this.members.set(entry.key, { hb, seenAt: initial ? Math.min(now, entry.created.getTime()) : now });
       }
       this.onChange(entry.key);
     });

@@ -1,5 +1,8 @@
-import { headers as natsHeaders, type MsgHdrs, type NatsConnection, type Subscription } from 'nats';
+import { Type } from '@sinclair/typebox';
+import { TypeCompiler } from '@sinclair/typebox/compiler';
+import { headers as natsHeaders, type Msg, type MsgHdrs, type NatsConnection, type Subscription } from 'nats';
 import { decode, encode } from '../codec.js';
+import { preview, type Fault } from '../faults.js';
 
 /** How often waiters are checked against their deadlines. */
 const SWEEP_INTERVAL_MS = 25;
@@ -13,9 +16,20 @@ export interface Answer {
   headers?: MsgHdrs | undefined;
 }
 
+/**
+ * What a waiter's check returns for an answer it cannot read (undecodable, wrongly shaped): the answer is dropped
+ * and the waiter keeps waiting, for a proper answer or its deadline. Anybody can publish on a reply subject; one
+ * bad message must not decide a request.
+ */
+export const NOT_AN_ANSWER: unique symbol = Symbol('not an answer');
+
+/** Reads an answer for its waiter, or NOT_AN_ANSWER. Reports its own faults (it knows what was wrong). */
+export type Parse<T> = (answer: Answer) => T | typeof NOT_AN_ANSWER;
+
 interface Waiter {
   deadline: number;
-  resolve(answer: Answer): void;
+  parse: Parse<unknown> | undefined;
+  resolve(value: unknown): void;
   reject(err: Error): void;
 }
 
@@ -45,26 +59,28 @@ export class Mux {
   private readonly sub: Subscription;
   private readonly sweep: NodeJS.Timeout;
   private flushScheduled = false;
+  private flushing = false;
+  /** Run at the start of every flush: see onFlush. */
+  private readonly fills: (() => void)[] = [];
   private seq = 0;
 
   constructor(
     private readonly nc: NatsConnection,
     readonly inbox: string,
+    /** Hears answers that are dropped as unreadable (rate-limited by the caller's faultLog); silent without one. */
+    private readonly fault: Fault = () => {},
   ) {
     const skip = inbox.length + 1;
     this.inboxes = inbox.slice(0, inbox.lastIndexOf('.', inbox.lastIndexOf('.') - 1) + 1);
     this.sub = nc.subscribe(`${inbox}.>`, {
+      // Nothing may throw out of here: nats.js would stop reading the connection for good.
       callback: (err, msg) => {
         if (err) return;
-        const token = msg.subject.slice(skip);
-        if (token !== BATCH_TOKEN) return this.answer(token, msg);
-        let list: unknown[];
         try {
-          list = decode<unknown[]>(msg.data);
-        } catch {
-          return; // not ours to read; its waiters hear their deadline
+          this.receive(msg, msg.subject.slice(skip));
+        } catch (e) {
+          this.fault('a reply the mux could not handle', { subject: msg.subject, err: String(e) });
         }
-        for (let i = 0; i + 1 < list.length; i += 2) this.answer(list[i] as string, { data: list[i + 1] as Uint8Array });
       },
     });
     this.sweep = setInterval(() => this.expire(Date.now()), SWEEP_INTERVAL_MS);
@@ -80,16 +96,44 @@ export class Mux {
     return `${this.inbox}.${token}`;
   }
 
+  /** One message on the inbox: an answer for one waiter, or a batch of them (BATCH_TOKEN). */
+  private receive(msg: Msg, token: string): void {
+    if (token !== BATCH_TOKEN) return this.answer(token, msg);
+    let list: unknown;
+    try {
+      list = decode(msg.data);
+    } catch {
+      return this.fault('an undecodable batch of answers', { subject: msg.subject, ...preview(msg.data) }); // its waiters hear their deadline
+    }
+    if (!isBatch(list)) return this.fault('a batch of answers of the wrong shape', { subject: msg.subject, ...preview(msg.data) });
+    for (let i = 0; i < list.length; i += 2) this.answer(list[i] as string, { data: list[i + 1] as Uint8Array });
+  }
+
   private answer(token: string, answer: Answer): void {
     const waiter = this.waiters.get(token);
     if (!waiter) return; // late: its deadline passed, or a copy re-sent after a takeover
+    let value: unknown = answer;
+    if (waiter.parse) {
+      try {
+        value = waiter.parse(answer);
+      } catch (err) {
+        this.fault('an answer its check threw on', { token, err: String(err) });
+        value = NOT_AN_ANSWER;
+      }
+      if (value === NOT_AN_ANSWER) return; // dropped: the waiter keeps waiting
+    }
     this.waiters.delete(token);
-    waiter.resolve(answer);
+    waiter.resolve(value);
   }
 
-  /** Resolves with the first answer sent to `subject(token)`; rejects with MUX_TIMEOUT at `deadline` (epoch ms). */
-  wait(token: string, deadline: number): Promise<Answer> {
-    return new Promise((resolve, reject) => this.waiters.set(token, { deadline, resolve, reject }));
+  /**
+   * Resolves with the first answer sent to `subject(token)` (read by `parse`, which may refuse it: then the wait
+   * goes on); rejects with MUX_TIMEOUT at `deadline` (epoch ms).
+   */
+  wait(token: string, deadline: number): Promise<Answer>;
+  wait<T>(token: string, deadline: number, parse: Parse<T>): Promise<T>;
+  wait(token: string, deadline: number, parse?: Parse<unknown>): Promise<unknown> {
+    return new Promise((resolve, reject) => this.waiters.set(token, { deadline, parse, resolve, reject }));
   }
 
   /** Ends a wait early (its answer no longer matters). */
@@ -107,9 +151,24 @@ export class Mux {
   }
 
   private schedule(): void {
-    if (this.flushScheduled) return;
+    if (this.flushScheduled || this.flushing) return;
     this.flushScheduled = true;
     setImmediate(() => this.flush());
+  }
+
+  /**
+   * `fill` runs at the start of every flush, before the queue leaves: a caller that collects messages over a turn
+   * (the gateway's bundles and reads, the courier's parcels and acknowledgements) publishes them then, so that
+   * everything one turn sends leaves in one socket write (nats.js writes once per microtask checkpoint, and
+   * separate setImmediate callbacks each get one).
+   */
+  onFlush(fill: () => void): void {
+    this.fills.push(fill);
+  }
+
+  /** A flush at the end of this turn, for a caller whose messages wait in its own `onFlush` fill. */
+  requestFlush(): void {
+    this.schedule();
   }
 
   /** Moves one process's answers to the publish queue: as they are when there is one, else as one batch. */
@@ -138,10 +197,12 @@ export class Mux {
     this.schedule();
   }
 
-  /** Publishes with a reply subject of its own and waits up to `timeoutMs` for the first answer. */
-  request(subject: string, data: Uint8Array, timeoutMs: number, msgId?: string): Promise<Answer> {
+  /** Publishes with a reply subject of its own and waits up to `timeoutMs` for the first answer (`parse` accepts). */
+  request(subject: string, data: Uint8Array, timeoutMs: number, msgId?: string): Promise<Answer>;
+  request<T>(subject: string, data: Uint8Array, timeoutMs: number, msgId: string | undefined, parse: Parse<T>): Promise<T>;
+  request(subject: string, data: Uint8Array, timeoutMs: number, msgId?: string, parse?: Parse<unknown>): Promise<unknown> {
     const token = this.token();
-    const answer = this.wait(token, Date.now() + timeoutMs);
+    const answer = parse ? this.wait(token, Date.now() + timeoutMs, parse) : this.wait(token, Date.now() + timeoutMs);
     this.publish(subject, data, this.subject(token), msgId);
     return answer;
   }
@@ -159,7 +220,17 @@ export class Mux {
 
   /** Sends the queued publishes now (a caller already running at the end of a turn saves the wait for the next one). */
   flush(): void {
-    this.flushScheduled = false;
+    this.flushing = true;
+    try {
+      for (const fill of this.fills) fill();
+      this.send();
+    } finally {
+      this.flushing = false;
+      this.flushScheduled = false;
+    }
+  }
+
+  private send(): void {
     for (const [inbox, { list }] of this.answers) this.queueAnswers(inbox, list);
     if (this.nc.isClosed()) {
       this.queue.length = 0;
@@ -197,6 +268,23 @@ export function isNoResponders(msg: Answer): boolean {
   return msg.data.length === 0 && msg.headers?.code === 503;
 }
 
+/** A batch message: token, answer bytes, token, answer bytes, ... */
+function isBatch(list: unknown): list is (string | Uint8Array)[] {
+  if (!Array.isArray(list) || list.length % 2 !== 0) return false;
+  for (let i = 0; i < list.length; i += 2) if (typeof list[i] !== 'string' || !(list[i + 1] instanceof Uint8Array)) return false;
+  return true;
+}
+
+/**
+ * A JetStream publish acknowledgement: stored (stream and sequence) or refused (an error). Anything else, even
+ * `{}`, is not one: taking it for "stored" could lose a command.
+ */
+const PubAckSchema = Type.Union([
+  Type.Object({ stream: Type.String(), seq: Type.Integer(), duplicate: Type.Optional(Type.Boolean()), error: Type.Optional(Type.Undefined()) }),
+  Type.Object({ error: Type.Object({ code: Type.Number(), err_code: Type.Optional(Type.Number()), description: Type.String() }) }),
+]);
+const pubAckCheck = TypeCompiler.Compile(PubAckSchema);
+
 export interface PubAck {
   stream?: string;
   seq?: number;
@@ -209,8 +297,37 @@ export const ACK_WAIT_MS = 2000;
 
 const utf8 = new TextDecoder();
 
-/** Reads a JetStream publish acknowledgement (JSON), or the no-responders status when no stream takes the subject. */
-export function pubAck(msg: Answer): PubAck {
+/** The acknowledgement in an answer, or undefined when the answer is not one. */
+function readPubAck(msg: Answer): PubAck | undefined {
   if (isNoResponders(msg)) return { error: { code: 503, description: 'no stream takes this subject' } };
-  return JSON.parse(utf8.decode(msg.data)) as PubAck;
+  let value: unknown;
+  try {
+    value = JSON.parse(utf8.decode(msg.data));
+  } catch {
+    return undefined;
+  }
+  return pubAckCheck.Check(value) ? value : undefined;
+}
+
+/**
+ * Reads a JetStream publish acknowledgement (JSON), or the no-responders status when no stream takes the subject.
+ * Throws for an answer that is neither: the caller publishes again with the same message id, as for a lost one.
+ */
+export function pubAck(msg: Answer): PubAck {
+  const ack = readPubAck(msg);
+  if (!ack) throw new Error('the answer to a publish is not a JetStream acknowledgement');
+  return ack;
+}
+
+/**
+ * pubAck as a waiter's check: an answer that is not an acknowledgement is dropped and the wait goes on (to the
+ * acknowledgement, or to ACK_WAIT_MS and a publish again with the same message id).
+ */
+export function parsePubAck(fault: Fault): Parse<PubAck> {
+  return (msg) => {
+    const ack = readPubAck(msg);
+    if (ack) return ack;
+    fault('an answer to a publish that is not a JetStream acknowledgement', preview(msg.data));
+    return NOT_AN_ANSWER;
+  };
 }

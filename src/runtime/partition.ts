@@ -1,21 +1,27 @@
 import { ConsumerEvents, type ConsumerMessages, type JetStreamClient, type JetStreamManager, type JsMsg, type NatsConnection, type Subscription } from 'nats';
 import { setTimeout as delay } from 'node:timers/promises';
 import type { Actor, ReadView } from '../actors/types.js';
-import { decode, encode } from '../codec.js';
 import type { Config, Kind } from '../config.js';
 import type { Log } from '../log.js';
-import { fail, names, type Names, type Reply } from '../protocol.js';
+import { names, type Names } from '../protocol.js';
 import type { BatchLoop, Committed, Inbound, Member, Taken } from './batch.js';
 import type { Courier } from './courier.js';
 import type { Tables } from './draft.js';
 import type { RunnerMetrics } from './metrics.js';
 import type { Mux } from './mux.js';
 import { decodeEntry, PartitionOutbox } from './outbox.js';
+import { serveReads } from './reads.js';
 import { StaleEpochError, type PartitionStore } from './store.js';
 
 /** Longest a runner that lets go waits for its outbox to finish sending. */
 const OUTBOX_DRAIN_MAX_MS = 5000;
-/** Most committed batches whose outbox is still being delivered before the batch loop stops taking this partition's messages. */
+/**
+ * Most committed batches whose outbox is still being delivered before the batch loop stops taking this partition's
+ * clients' commands. Parcels from other partitions are taken whatever the outbox holds: they are what lets the
+ * other side's outbox drain (an answer acknowledged releases the hold that sent it), and refusing them while one's
+ * own parcels wait for the other side to take them was a cycle that stalled every checkout (seen with 4 workers
+ * and 64 partitions). What they add to the outbox is bounded by the sagas in flight.
+ */
 const OUTBOX_BATCHES_INFLIGHT_MAX = 64;
 /** Longest pause between two attempts of a partition that keeps failing to restart. */
 export const RESTART_BACKOFF_MAX_MS = 30_000;
@@ -36,6 +42,13 @@ const CONSUMER_PULL_EXPIRES_MS = 5000;
 const CONSUMER_MISSED_HEARTBEATS_MAX = 2;
 /** No message and no news of its pulls for this long: the consumer is taken for gone (see watchConsumer). */
 const CONSUMER_SILENT_MAX_MS = 3 * CONSUMER_PULL_EXPIRES_MS;
+/**
+ * A trim (one JetStream API call) is skipped until this many stream messages were applied since the last one, or
+ * TRIM_IDLE_INTERVALS trim intervals have passed: with 64 partitions per kind, a purge of every partition every
+ * interval was a steady load of API calls on nats-server for a few messages each.
+ */
+const TRIM_MIN_MESSAGES = 256;
+const TRIM_IDLE_INTERVALS = 12;
 /** Parcels remembered as applied, so that a copy sent again is acknowledged without being applied again. */
 const SEEN_PARCELS_MAX = 8192;
 
@@ -120,14 +133,17 @@ export class PartitionRunner implements Member {
   private outbox: PartitionOutbox | null = null;
   private trimTimer: NodeJS.Timeout | null = null;
   private trimmedTo = 0;
+  /** Stream messages applied since the last trim, and the trim ticks skipped since. */
+  private untrimmed = 0;
+  private trimSkips = 0;
   /** (time, cursor) of recent commits: the stream is trimmed only below a cursor Redis has surely made durable. */
   private commits: [atMs: number, cursor: number][] = [];
   /** The newest cursor committed at least durableAfterMs ago. */
   private durable = 0;
   /** Taken by its owner and not stopped since: a failing partition keeps trying while this holds. */
   private wanted = false;
+  /** Parcels applied and committed lately, oldest first (a Set keeps insertion order). */
   private readonly seenIds = new Set<string>();
-  private readonly seenOrder: string[] = [];
   private trouble: Trouble | undefined;
 
   constructor(private readonly deps: RunnerDeps) {
@@ -136,7 +152,7 @@ export class PartitionRunner implements Member {
     this.actor = deps.actor;
     this.store = deps.store;
     this.names = names(deps.config.streamPrefix);
-    this.log = deps.log.child(`${this.kind}-${this.partition}`);
+    this.log = deps.log.child({ name: `${this.kind}-${this.partition}`, kind: this.kind, partition: this.partition });
   }
 
   get state(): RunnerState {
@@ -213,6 +229,8 @@ export class PartitionRunner implements Member {
     this._cursor = loaded.cursor;
     this._local = loaded.local;
     this.trimmedTo = 0;
+    this.untrimmed = 0;
+    this.trimSkips = 0;
     this.durable = 0;
     this.commits = [];
     this._live = new Map(actor.tables.map((t) => [t, loaded.tables.get(t) ?? new Map()]));
@@ -242,28 +260,8 @@ export class PartitionRunner implements Member {
     });
     for (const [field, bytes] of loaded.outbox) this.outbox.send(field, decodeEntry(bytes));
 
-    // A read is one query, or an array of queries (a gateway's reads of this partition from one turn): the answer
-    // is the reply, or the array of replies in the same order.
-    const answer = (query: unknown): Reply => {
-      try {
-        return actor.query(this.view, query);
-      } catch (e) {
-        this.log.error('query failed', { err: e });
-        return fail('internal', 'query failed');
-      }
-    };
-    this.reads = nc.subscribe(this.names.get(this.kind, this.partition), {
-      callback: (err, msg) => {
-        if (err) return this.log.error('read subscription failed', { err });
-        let query: unknown;
-        try {
-          query = decode(msg.data);
-        } catch {
-          return msg.respond(encode(fail('internal', 'undecodable query')));
-        }
-        msg.respond(encode(Array.isArray(query) ? query.map(answer) : answer(query)));
-      },
-    });
+    // Reads are answered from the committed view (runtime/reads.ts: batches, checks, size).
+    this.reads = serveReads({ nc, subject: this.names.get(this.kind, this.partition), answer: (query) => actor.query(this.view, query), log: this.log });
 
     this.queuedSeq = this._cursor;
     await this.openConsumer();
@@ -418,7 +416,11 @@ export class PartitionRunner implements Member {
   // ---- Member: what the batch loop sees -------------------------------------------------------------
 
   ready(): boolean {
-    return this._state === 'running' && (this.queue.length > 0 || this.parcels.length > 0) && (this.outbox?.pending ?? 0) < OUTBOX_BATCHES_INFLIGHT_MAX;
+    return this._state === 'running' && (this.parcels.length > 0 || (this.queue.length > 0 && this.roomInOutbox()));
+  }
+
+  private roomInOutbox(): boolean {
+    return (this.outbox?.pending ?? 0) < OUTBOX_BATCHES_INFLIGHT_MAX;
   }
 
   accepts(): boolean {
@@ -426,8 +428,12 @@ export class PartitionRunner implements Member {
   }
 
   take(max: number): Taken {
-    const stream = this.queue.length <= max ? this.queue : this.queue.slice(0, max);
-    this.queue = stream === this.queue ? [] : this.queue.slice(max);
+    let stream: JsMsg[] = [];
+    // Backpressure on clients' commands only (see OUTBOX_BATCHES_INFLIGHT_MAX).
+    if (this.roomInOutbox() && this.queue.length > 0) {
+      stream = this.queue.length <= max ? this.queue : this.queue.slice(0, max);
+      this.queue = stream === this.queue ? [] : this.queue.slice(max);
+    }
     const last = stream[stream.length - 1];
     if (last) this.streamPending = last.info.pending;
     this.space?.();
@@ -457,14 +463,15 @@ export class PartitionRunner implements Member {
   committed(c: Committed): void {
     c.draft.publish();
     if (c.cursor > this._cursor) this.commits.push([Date.now(), c.cursor]);
+    this.untrimmed += c.streamMessages;
     this._cursor = c.cursor;
     this._local = c.local;
     this.trouble = undefined;
-    for (const id of c.parcels) {
-      this.seenIds.add(id);
-      this.seenOrder.push(id);
+    for (const id of c.parcels) this.seenIds.add(id);
+    for (const id of this.seenIds) {
+      if (this.seenIds.size <= SEEN_PARCELS_MAX) break;
+      this.seenIds.delete(id);
     }
-    if (this.seenOrder.length > SEEN_PARCELS_MAX) for (const id of this.seenOrder.splice(0, this.seenOrder.length - SEEN_PARCELS_MAX)) this.seenIds.delete(id);
     if (c.entry) this.outbox?.send(c.field, c.entry);
   }
 
@@ -523,6 +530,9 @@ export class PartitionRunner implements Member {
     ({ durable: this.durable, younger: this.commits } = durableCursor(this.commits, Date.now() - durableAfterMs(this.deps.config.redisAppendfsync), this.durable));
     const upTo = this.durable;
     if (upTo <= this.trimmedTo) return;
+    if (this.untrimmed < TRIM_MIN_MESSAGES && ++this.trimSkips < TRIM_IDLE_INTERVALS) return;
+    this.untrimmed = 0;
+    this.trimSkips = 0;
     try {
       await this.deps.jsm.streams.purge(this.names.stream(this.kind), { filter: this.subject, seq: upTo + 1 });
       this.trimmedTo = upTo;

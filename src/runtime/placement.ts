@@ -2,49 +2,105 @@
  * Dynamic placement, the pure part: the values kept in the NATS KV buckets and the balancing rule the controller
  * applies. No I/O here; src/runtime/controller.ts and src/runtime/worker.ts do it.
  */
+import { Type, type Static, type TSchema } from '@sinclair/typebox';
+import { TypeCompiler } from '@sinclair/typebox/compiler';
 import { KINDS, type Kind } from '../config.js';
+import { preview, type Fault } from '../faults.js';
 import { fnv1a } from '../partition.js';
 
+const text = new TextDecoder();
+
+// The values kept in the KV buckets. Each is defined once, as a schema; its type is derived from it, and every value
+// read from a bucket is checked against it (kvValues below): anybody with access to NATS can put anything there,
+// and a value of the wrong shape must be ignored where it is read, not crash whoever reads it.
+
+const KindSchema = Type.Union(KINDS.map((k) => Type.Literal(k)));
+
 /** What the placement bucket holds under `<kind>.<partition>`. */
-export interface Assignment {
-  worker: string;
+const AssignmentSchema = Type.Object({
+  worker: Type.String({ minLength: 1 }),
   /** The fencing token: the owner acquires the partition in Redis at this epoch. Raised on every change of owner. */
-  epoch: number;
+  epoch: Type.Integer({ minimum: 1 }),
   /**
    * The owner before this one, while it was alive when the partition moved: the new owner waits (at most a lease)
    * until it has let go, so the two never serve the partition at once.
    */
-  prev?: string;
-}
+  prev: Type.Optional(Type.String()),
+});
+export type Assignment = Static<typeof AssignmentSchema>;
 
 /** One partition as a worker reports it in its heartbeat. */
-export interface Held {
-  k: Kind;
-  p: number;
+const HeldSchema = Type.Object({
+  k: KindSchema,
+  p: Type.Integer({ minimum: 0 }),
   /** Epoch it runs at. */
-  e: number;
+  e: Type.Integer({ minimum: 0 }),
   /** Commands waiting for it (runner.lag()). */
-  lag: number;
+  lag: Type.Number({ minimum: 0 }),
   /** Held but not serving: restarting after failures, or refusing a stream behind its cursor; with the attempts so far. */
-  t?: 'restarting' | 'refused';
-  n?: number;
-}
+  t: Type.Optional(Type.Union([Type.Literal('restarting'), Type.Literal('refused')])),
+  n: Type.Optional(Type.Integer({ minimum: 0 })),
+});
+export type Held = Static<typeof HeldSchema>;
 
 /** What a worker puts under its id in the workers bucket, every heartbeat. */
-export interface Heartbeat {
-  id: string;
-  pid: number;
-  host: string;
-  kinds: Kind[];
+const HeartbeatSchema = Type.Object({
+  id: Type.String({ minLength: 1 }),
+  pid: Type.Integer({ minimum: 0 }),
+  host: Type.String(),
+  kinds: Type.Array(KindSchema),
   /** Its admin HTTP port (0 when it has none). */
-  adminPort: number;
+  adminPort: Type.Integer({ minimum: 0, maximum: 65535 }),
   /** It is leaving (SIGTERM or shopctl drain): give it nothing, move what it holds. */
-  draining: boolean;
+  draining: Type.Boolean(),
   /** Partitions it runs now (a runner that is not stopped or fenced). */
-  held: Held[];
+  held: Type.Array(HeldSchema),
   /** Placement entries it could not take because Redis holds a newer epoch: `<kind>.<partition>` -> stored epoch. */
-  stale: Record<string, number>;
+  stale: Type.Record(Type.String(), Type.Integer({ minimum: 0 })),
+});
+export type Heartbeat = Static<typeof HeartbeatSchema>;
+
+/** The control bucket's `leader`: the leading controller candidate, and when it last renewed (epoch ms). */
+const LeaderSchema = Type.Object({ id: Type.String({ minLength: 1 }), at: Type.Number() });
+export type Leader = Static<typeof LeaderSchema>;
+
+/** The control bucket's `pin.<kind>.<partition>`: shopctl move keeps the partition on this worker. */
+const PinSchema = Type.Object({ worker: Type.String({ minLength: 1 }) });
+export type Pin = Static<typeof PinSchema>;
+
+/** The control bucket's `drain.<worker>`: shopctl drain asked the worker to hand everything over (at: epoch ms). */
+const DrainSchema = Type.Object({ at: Type.Number() });
+export type Drain = Static<typeof DrainSchema>;
+
+/** Reads a KV value: the value if it has its schema's shape, else undefined (reported to `fault` when given). */
+export type KvDecoder<T> = (bytes: Uint8Array, fault?: Fault, key?: string) => T | undefined;
+
+function kvDecoder<S extends TSchema>(schema: S, what: string): KvDecoder<Static<S>> {
+  const check = TypeCompiler.Compile(schema);
+  const kind = `an invalid ${what} in a KV bucket (treated as absent)`;
+  return (bytes, fault, key) => {
+    let value: unknown;
+    try {
+      value = JSON.parse(text.decode(bytes));
+    } catch {
+      fault?.(kind, { key, why: 'not JSON', ...preview(bytes) });
+      return undefined;
+    }
+    if (check.Check(value)) return value;
+    const first = check.Errors(value).First();
+    fault?.(kind, { key, why: first ? `${first.path || '/'}: ${first.message}` : 'wrong shape', ...preview(bytes) });
+    return undefined;
+  };
 }
+
+/** The one decoder of each kind of KV value: every read of a bucket goes through these. */
+export const kvValues = {
+  heartbeat: kvDecoder(HeartbeatSchema, 'heartbeat'),
+  assignment: kvDecoder(AssignmentSchema, 'placement'),
+  leader: kvDecoder(LeaderSchema, 'leader'),
+  pin: kvDecoder(PinSchema, 'pin'),
+  drain: kvDecoder(DrainSchema, 'drain'),
+} as const;
 
 export function placementKey(kind: Kind, partition: number): string {
   return `${kind}.${partition}`;
@@ -57,8 +113,8 @@ export function parsePlacementKey(key: string): { kind: Kind; partition: number 
 }
 
 const utf8 = new TextEncoder();
-const text = new TextDecoder();
 export const toBytes = (value: unknown): Uint8Array => utf8.encode(JSON.stringify(value));
+/** For messages checked by their reader (admin requests and replies); KV values go through kvValues. */
 export const fromBytes = <T>(bytes: Uint8Array): T => JSON.parse(text.decode(bytes)) as T;
 
 /** murmur3's finalizer over FNV-1a: FNV alone spreads similar short strings poorly. */

@@ -6,6 +6,7 @@ import { actorOf } from '../actors/index.js';
 import { createWorkerMetrics, type PartitionSample } from '../admin/metrics.js';
 import type { Registry } from 'prom-client';
 import type { Config, Kind } from '../config.js';
+import { faultLog } from '../faults.js';
 import type { Log } from '../log.js';
 import { names } from '../protocol.js';
 import { startController, type Controller } from './controller.js';
@@ -13,7 +14,7 @@ import { MembershipView, openBuckets, watchKv, type Buckets, type Watch } from '
 import type { RunnerMetrics } from './metrics.js';
 import { Mux } from './mux.js';
 import { PartitionRunner } from './partition.js';
-import { fromBytes, parsePlacementKey, placementKey, toBytes, type Assignment, type Heartbeat } from './placement.js';
+import { kvValues, parsePlacementKey, placementKey, toBytes, type Assignment, type Heartbeat } from './placement.js';
 import { BatchLoop } from './batch.js';
 import { warmActorsOnce } from './warm.js';
 import { Courier } from './courier.js';
@@ -120,14 +121,16 @@ function troubled(runners: Iterable<PartitionRunner>): string | undefined {
  * Dynamic: see startDynamicWorker.
  */
 export async function startWorker(opts: WorkerOptions): Promise<Worker> {
-  const { nc, redis, config, log } = opts;
+  const { nc, redis, config } = opts;
+  const dynamic = !opts.partitions && config.placement === 'dynamic';
+  const id = dynamic ? `worker-${config.workerIndex}-${randomBytes(3).toString('hex')}` : `worker-${config.workerIndex}`;
+  // Every line of the worker, its partitions and its controller names it: `shopctl status` shows the same id.
+  const log = opts.log.child({ workerId: id });
   const jsm = await untilJetStream('reach JetStream', () => nc.jetstreamManager(), log);
   await untilJetStream('create the streams', () => ensureStreams(jsm, config), log);
   const js = nc.jetstream();
   const n = names(config.streamPrefix);
-  const mux = new Mux(nc, n.inbox(config.natsUser || 'worker', `w${randomBytes(6).toString('hex')}`));
-  const dynamic = !opts.partitions && config.placement === 'dynamic';
-  const id = dynamic ? `worker-${config.workerIndex}-${randomBytes(3).toString('hex')}` : `worker-${config.workerIndex}`;
+  const mux = new Mux(nc, n.inbox(config.natsUser || 'worker', `w${randomBytes(6).toString('hex')}`), faultLog(log));
   let current: () => Iterable<PartitionRunner> = () => [];
   let runnerOf: (kind: Kind, partition: number) => PartitionRunner | undefined = () => undefined;
   // Static placement: partition p of every kind runs on worker p % workerProcesses. Dynamic: the placement this worker follows.
@@ -165,6 +168,7 @@ async function startStaticWorker(kit: Kit, id: string, partitions: { kind: Kind;
     ),
   );
   await Promise.all(runners.map((r) => r.start()));
+  courier.announce();
   log.info('serving', { partitions: runners.map((r) => `${r.kind}-${r.partition}`).join(' ') });
   return {
     id,
@@ -217,7 +221,8 @@ interface Slot {
  */
 async function startDynamicWorker(kit: Kit, id: string, opts: WorkerOptions, registry: Registry, follow: (locate: (kind: Kind, partition: number) => string | undefined) => void): Promise<Worker> {
   const { nc, config, redis, mux, courier } = kit;
-  const log = kit.log.child(id);
+  const log = kit.log;
+  const fault = faultLog(log);
   const lease = config.workerLeaseMs;
   const interval = config.heartbeatIntervalMs;
   const buckets: Buckets = await untilJetStream('open the KV buckets', () => openBuckets(kit.js, config), log);
@@ -325,7 +330,7 @@ async function startDynamicWorker(kit: Kit, id: string, opts: WorkerOptions, reg
         await step(slot);
       } while (slot.again);
     } catch (err) {
-      log.error('placement step failed', { partition: slot.key, err });
+      log.error('placement step failed', { kind: slot.kind, partition: slot.partition, err });
     } finally {
       slot.busy = false;
     }
@@ -354,7 +359,7 @@ async function startDynamicWorker(kit: Kit, id: string, opts: WorkerOptions, reg
       } else if (want === undefined || r.epoch !== want) {
         await r.stop();
         slot.runner = undefined;
-        log.debug('let go', { partition: slot.key, epoch: r.epoch });
+        log.debug('let go', { kind: slot.kind, partition: slot.partition, epoch: r.epoch });
         beatNow();
       }
       if (slot.runner) return;
@@ -365,20 +370,20 @@ async function startDynamicWorker(kit: Kit, id: string, opts: WorkerOptions, reg
     if (now < slot.retryAt) return;
     if (a!.prev && a!.prev !== id && prevHolds(a!.prev, slot) && now - slot.assignedAt < lease) return; // the previous owner still lets go
     const runner = newRunner(kit, slot.kind, slot.partition, slot.store, (fenced) => {
-      log.warn('partition lost to a newer owner', { partition: slot.key, epoch: fenced.epoch });
+      log.warn('partition lost to a newer owner', { kind: slot.kind, partition: slot.partition, epoch: fenced.epoch });
       void reconcile(slot);
     });
     slot.runner = runner;
     try {
       await runner.start(want);
-      log.debug('owned', { partition: slot.key, epoch: want, waitedMs: Date.now() - slot.assignedAt });
+      log.debug('owned', { kind: slot.kind, partition: slot.partition, epoch: want, waitedMs: Date.now() - slot.assignedAt });
     } catch (err) {
       slot.runner = undefined;
       if (err instanceof StaleEpochError) {
-        log.warn('the placement epoch is older than the one in Redis; asking the controller for a newer one', { partition: slot.key, epoch: want, stored: err.stored });
+        log.warn('the placement epoch is older than the one in Redis; asking the controller for a newer one', { kind: slot.kind, partition: slot.partition, epoch: want, stored: err.stored });
         stale.set(slot.key, err.stored);
       } else {
-        log.error('could not take the partition; retrying', { partition: slot.key, err });
+        log.error('could not take the partition; retrying', { kind: slot.kind, partition: slot.partition, err });
         slot.retryAt = Date.now() + config.retryBackoffMs * 10;
         await runner.stop();
       }
@@ -388,7 +393,8 @@ async function startDynamicWorker(kit: Kit, id: string, opts: WorkerOptions, reg
   }
 
   function onPlacement(entry: KvEntry): void {
-    const a = entry.operation === 'PUT' ? fromBytes<Assignment>(entry.value) : undefined;
+    // Not an assignment: as if there were none (this worker lets go; the leader writes a good one, at a newer epoch).
+    const a = entry.operation === 'PUT' ? kvValues.assignment(entry.value, fault, entry.key) : undefined;
     if (placed.get(entry.key) !== a?.worker) {
       if (a) placed.set(entry.key, a.worker);
       else placed.delete(entry.key);
@@ -438,7 +444,7 @@ async function startDynamicWorker(kit: Kit, id: string, opts: WorkerOptions, reg
       'watch for a drain',
       () =>
         watchKv(buckets.control, `drain.${id}`, log, (e) => {
-          if (e.operation !== 'PUT' || draining) return;
+          if (e.operation !== 'PUT' || draining || !kvValues.drain(e.value, fault, e.key)) return;
           log.info('drain requested: handing every partition to other workers, then exiting');
           draining = true;
           beatNow();

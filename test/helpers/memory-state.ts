@@ -13,5 +13,6 @@ export function memoryState(tables: readonly string[]): StateView & { tables: Ma
     get: <T>(name: string, key: string) => table(name).get(key) as T | undefined,
     set: (name, key, value) => void table(name).set(key, structuredClone(value)),
     delete: (name, key) => void table(name).delete(key),
+    entries: <T>(name: string) => table(name).entries() as Iterable<[string, T]>,
   };
 }

@@ -1,5 +1,6 @@
 import { Redis } from 'ioredis';
 import { connect } from 'nats';
+import type { Registry } from 'prom-client';
 import type { Test } from 'tap';
 import type { Config } from '../../src/config.js';
 import { createGateway } from '../../src/http/gateway.js';
@@ -13,6 +14,8 @@ export interface System {
   redis: TestServer;
   config: Readonly<Config>;
   url: string;
+  /** The gateway's metrics. */
+  gatewayRegistry: Registry;
   /** fetch against the gateway: status, parsed JSON body (the raw text when not JSON), content type. */
   call(method: 'GET' | 'POST', path: string): Promise<HttpAnswer>;
 }
@@ -47,6 +50,7 @@ export async function startSystem(t: Test, { workers = 2, overrides = {} }: { wo
     redis,
     config,
     url,
+    gatewayRegistry: gateway.registry,
     call: (method, path) => httpCall(url, method, path),
   };
 }
