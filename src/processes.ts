@@ -47,12 +47,15 @@ export function findBinary(name: string, path: string = process.env.PATH ?? ''):
 /** nats-server shuts down gracefully on both, but exits with code 1 after SIGTERM and 0 after SIGINT. */
 export const NATS_STOP_SIGNAL: NodeJS.Signals = 'SIGINT';
 
-/** nats-server arguments: JetStream on, loopback only. Flags override the same settings in `configFile`. */
-export function natsArgs(o: { port: number; storeDir: string; configFile?: string; pidFile?: string }): string[] {
+/**
+ * nats-server arguments: JetStream on, loopback only (or `host`: a node on an address of its own, as the fault tests
+ * run each node in a network namespace). Flags override the same settings in `configFile`.
+ */
+export function natsArgs(o: { port: number; storeDir: string; configFile?: string; pidFile?: string; host?: string }): string[] {
   return [
     ...(o.configFile ? ['-c', o.configFile] : []),
     '-js',
-    '-a', '127.0.0.1',
+    '-a', o.host ?? '127.0.0.1',
     '-p', String(o.port),
     '-sd', o.storeDir,
     ...(o.pidFile ? ['-P', o.pidFile] : []),

@@ -26,14 +26,15 @@ export const portsFrom = (base: number, count: number) => Array.from({ length: c
 
 /**
  * The `cluster {}` block of one nats-server of a local cluster: routes to every node (a node ignores the route to
- * itself), which must log in with the route password.
+ * itself), which must log in with the route password. All on 127.0.0.1, or node i on `hosts[i]` (this node on
+ * `host`): the fault tests give each node an address of its own.
  */
-export function natsClusterBlock({ routePort, routePorts, routePassword }: { routePort: number; routePorts: number[]; routePassword: string }): string {
-  const routes = routePorts.map((p) => `    "nats-route://${NATS_ROUTE_USER}:${routePassword}@127.0.0.1:${p}"`);
+export function natsClusterBlock({ routePort, routePorts, routePassword, host = '127.0.0.1', hosts }: { routePort: number; routePorts: number[]; routePassword: string; host?: string; hosts?: string[] }): string {
+  const routes = routePorts.map((p, i) => `    "nats-route://${NATS_ROUTE_USER}:${routePassword}@${hosts?.[i] ?? '127.0.0.1'}:${p}"`);
   return [
     'cluster {',
     `  name: ${NATS_CLUSTER_NAME}`,
-    `  listen: 127.0.0.1:${routePort}`,
+    `  listen: ${host}:${routePort}`,
     `  authorization { user: ${JSON.stringify(NATS_ROUTE_USER)}, password: ${JSON.stringify(routePassword)} }`,
     '  routes: [',
     routes.join('\n'),

@@ -27,6 +27,7 @@ import {
   sentinelQuorum,
   sentinelReady,
 } from '../../src/topology.js';
+import type { NetLab } from './netns.js';
 import { freePort, startServer, testNatsAuthorization, waitFor, type TestServer, type TestUsers } from './servers.js';
 
 /** How long a cluster may take to elect its JetStream meta leader, or replicas and Sentinels to find each other. */
@@ -57,11 +58,14 @@ export interface NatsCluster {
 /**
  * `nodes` nats-servers (default 3) with JetStream, clustered over loopback routes that require a password; with
  * `users`, the clients of src/auth.ts (any stream prefix, or `prefix`). Ready when JetStream has a meta leader.
+ * With `lab` (test/helpers/netns.ts), node i runs in the lab's namespace i at its address there, so that a node can
+ * be cut off from the others (`lab.cut(i)`).
  */
-export async function startNatsCluster(t: Test, { nodes = 3, users, prefix }: { nodes?: number; users?: TestUsers; prefix?: string } = {}): Promise<NatsCluster> {
+export async function startNatsCluster(t: Test, { nodes = 3, users, prefix, lab }: { nodes?: number; users?: TestUsers; prefix?: string; lab?: NetLab } = {}): Promise<NatsCluster> {
   const clientPorts = await Promise.all(Array.from({ length: nodes }, () => freePort()));
   const routePorts = await Promise.all(Array.from({ length: nodes }, () => freePort()));
   const routePassword = password();
+  const hosts = Array.from({ length: nodes }, (_, i) => lab?.address(i) ?? '127.0.0.1');
   const servers = await Promise.all(
     clientPorts.map((port, i) =>
       startServer(
@@ -70,14 +74,16 @@ export async function startNatsCluster(t: Test, { nodes = 3, users, prefix }: { 
           stopSignal: NATS_STOP_SIGNAL,
           scheme: 'nats',
           binary: 'nats-server',
+          host: hosts[i]!,
+          ...(lab ? { wrap: (command: string, args: string[]) => lab.wrap(i, command, args) } : {}),
           setup: (dir) =>
             writeFile(
               join(dir, 'node.conf'),
-              [natsClusterBlock({ routePort: routePorts[i]!, routePorts, routePassword }), users ? testNatsAuthorization(users, prefix) : ''].join('\n'),
+              [natsClusterBlock({ routePort: routePorts[i]!, routePorts, routePassword, host: hosts[i]!, hosts }), users ? testNatsAuthorization(users, prefix) : ''].join('\n'),
               { mode: 0o600 },
             ),
-          args: (p, dir) => [...natsArgs({ port: p, storeDir: join(dir, 'js'), configFile: join(dir, 'node.conf') }), '-n', `n${i}`],
-          answers: (p) => natsAnswers(p),
+          args: (p, dir) => [...natsArgs({ port: p, storeDir: join(dir, 'js'), configFile: join(dir, 'node.conf'), host: hosts[i]! }), '-n', `n${i}`],
+          answers: (p) => natsAnswers(p, { host: hosts[i]! }),
         },
         t,
         port,

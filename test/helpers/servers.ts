@@ -63,6 +63,10 @@ export interface ServerKind {
   stopSignal: NodeJS.Signals;
   scheme: string;
   binary: string;
+  /** The address it listens on and is reached at (default 127.0.0.1). */
+  host?: string;
+  /** How the command is run: e.g. inside a network namespace (`ip netns exec <ns> <command> <args>`, which execs it: same pid). */
+  wrap?(command: string, args: string[]): { command: string; args: string[] };
   /** Writes what the server reads at start (its config with users and passwords) into its fresh dir. */
   setup?(storeDir: string): Promise<void>;
   /** Its arguments, asked again at every (re)start: they may depend on the moment (which Redis is primary now). */
@@ -82,7 +86,9 @@ export async function startServer(kind: ServerKind, t?: Test, fixedPort?: number
 
   const launch = async () => {
     const what = `${kind.what} on port ${port}`;
-    const c = spawnChild(kind.binary, command, { args: await kind.args(port, storeDir) });
+    const args = await kind.args(port, storeDir);
+    const run = kind.wrap ? kind.wrap(command, args) : { command, args };
+    const c = spawnChild(kind.binary, run.command, { args: run.args });
     child = c;
     const exited = abortOnExit(c, what);
     try {
@@ -103,7 +109,7 @@ export async function startServer(kind: ServerKind, t?: Test, fixedPort?: number
   };
 
   const server: TestServer = {
-    url: `${kind.scheme}://127.0.0.1:${port}`,
+    url: `${kind.scheme}://${kind.host ?? '127.0.0.1'}:${port}`,
     port,
     storeDir,
     get pid() {

@@ -1,0 +1,43 @@
+/**
+ * Fault tests (test/helpers/faults.ts) of Redis on the production topology (a primary, one replica that must have
+ * every commit, three Sentinels), under a checkout storm with stock and credit top-ups: SIGKILL and SIGSTOP of the
+ * primary, each held past the Sentinels' down-after until they have promoted the replica. The killed primary is then
+ * started again (as a replica of the new one, as the supervisor does); the paused one resumed, and the Sentinels make
+ * it a replica. Nothing may be lost or invented, and every answer must hold.
+ */
+import t from 'tap';
+import { runFaults, type Fault } from './helpers/faults.js';
+
+const faults: Fault[] = [
+  {
+    name: 'Redis primary SIGKILL (failover)',
+    async run(shop) {
+      const primary = await shop.redis.primary();
+      const at = performance.now();
+      primary.kill9();
+      const promoted = await shop.redis.waitPrimary(primary, { replicas: 0 });
+      const promotedAt = performance.now();
+      await primary.restart(); // comes back as a replica of the promoted one
+      await shop.redis.waitPrimary(primary, { replicas: 1 });
+      return { at, liftedAt: performance.now(), notes: [`${promoted.url} promoted ${Math.round(promotedAt - at)} ms after the kill; the old primary its replica again ${Math.round(performance.now() - at)} ms after`] };
+    },
+  },
+  {
+    name: 'Redis primary SIGSTOP (failover)',
+    async run(shop) {
+      const primary = await shop.redis.primary();
+      const at = performance.now();
+      primary.pause();
+      const promoted = await shop.redis.waitPrimary(primary, { replicas: 0 });
+      const promotedAt = performance.now();
+      primary.resume(); // the Sentinels make it a replica of the promoted one
+      await shop.redis.waitPrimary(primary, { replicas: 1 });
+      return { at, liftedAt: performance.now(), notes: [`${promoted.url} promoted ${Math.round(promotedAt - at)} ms after the pause; the old primary (resumed then) its replica ${Math.round(performance.now() - at)} ms after`] };
+    },
+  },
+];
+
+t.test('Redis primary faults under a checkout storm with top-ups: nothing lost or invented, every answer holds', async (t) => {
+  const { shop } = await runFaults(t, faults);
+  for (const p of [...shop.workers, ...shop.gateways]) t.same(p.unexpectedExits, [], `${p.role} ${p.index} never exited`);
+});
