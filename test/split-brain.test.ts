@@ -74,7 +74,17 @@ t.test('two controllers at once (a forced split brain): partitions change hands,
   await load.answered(100);
   const b = await startController({ nc: cnc, config: c.config, log, id: 'controller-b', elect: false, ignore: (w) => w === ids[0] });
   const splitAt = performance.now();
-  await waitFor(() => a.writes() + b.writes() >= SPLIT_WRITES, { deadlineMs: 30_000, intervalMs: 20, what: `the two controllers to write ${SPLIT_WRITES} placements` });
+  // Until the fight has moved partitions for real: a partition committed by one worker, then by another.
+  const handedOver = () => {
+    const last = new Map<string, number>();
+    for (const x of commits) {
+      const k = `${x.kind}.${x.partition}`;
+      if (last.has(k) && last.get(k) !== x.worker) return true;
+      last.set(k, x.worker);
+    }
+    return false;
+  };
+  await waitFor(() => a.writes() + b.writes() >= SPLIT_WRITES && handedOver(), { deadlineMs: 60_000, intervalMs: 20, what: `the two controllers to write ${SPLIT_WRITES} placements and a partition to change hands` });
   const splitMs = Math.round(performance.now() - splitAt);
   // The split ends: one controller is left, and everything settles on the workers it sees.
   await b.close();
