@@ -12,6 +12,7 @@
  *   P_saga.<worker>          saga messages between workers (core NATS)
  *   Pdeadletter.<kind>.<n>   dead letters, stream S DEADLETTER
  *   P_shop.admin             admin requests (shopctl -> the leading controller in a worker)
+ *   P_shop.resend            a gateway that reconnected asks the workers for the answers it may have missed
  *   $KV.<bucket>.>           the buckets S SHOP_WORKERS, S SHOP_PLACEMENT, S SHOP_CONTROL (streams KV_<bucket>)
  *
  * `node dist/src/auth.js` prints `nats/auth.conf` (`npm run auth-conf` rewrites it); a test fails when the
@@ -77,9 +78,10 @@ export function permissions(role: Role, { prefix, user }: { prefix: string; user
   switch (role) {
     case 'gateway':
       return {
-        // Commands (stored by JetStream, acknowledged to the reply subject) and reads. Nothing else: no JetStream
-        // API (streams are created by workers), no KV, no replies, no admin.
-        publish: KINDS.flatMap((k) => [n.subject(`${k}.cmd.*`), n.subject(`${k}.get.*`)]),
+        // Commands (stored by JetStream, acknowledged to the reply subject), reads, and after a reconnect the request
+        // to send its answers again. Nothing else: no JetStream API (streams are created by workers), no KV, no
+        // replies, no admin.
+        publish: [...KINDS.flatMap((k) => [n.subject(`${k}.cmd.*`), n.subject(`${k}.get.*`)]), n.subject('_shop.resend')],
         // Its own replies: command outcomes, stream acknowledgements, read answers (runtime/mux.ts).
         subscribe: [ownReplies],
       };
@@ -107,17 +109,19 @@ export function permissions(role: Role, { prefix, user }: { prefix: string; user
           ...api('STREAM.INFO', [...streams, ...kvStreams]), // opening a bucket; consumers.get() checks the stream
           ...api('STREAM.PURGE', commandStreams), // trimming applied commands every trimIntervalMs
           ...api('CONSUMER.CREATE', [...commandStreams, ...kvStreams]).map((s) => `${s}.>`), // ordered consumers, KV watches (CREATE.<stream>.<name>.<filter>)
+          ...api('CONSUMER.CREATE', kvStreams), // a KV watch's consumer re-made by nats.js after its server was lost: the old form, without a name
           ...api('CONSUMER.MSG.NEXT', commandStreams).map((s) => `${s}.*`), // pulls of the ordered consumers
           ...api('CONSUMER.INFO', commandStreams).map((s) => `${s}.*`), // an ordered consumer checking itself after missed heartbeats
           ...api('CONSUMER.DELETE', commandStreams).map((s) => `${s}.*`), // an ordered consumer deleting the one it replaces
           ...api('DIRECT.GET', kvStreams).map((s) => `${s}.>`), // kv.create() of a deleted key (the leader key) reads it first
-          ...api('STREAM.MSG.GET', kvStreams), // the same for a bucket made without direct get
+          ...api('STREAM.MSG.GET', [...commandStreams, ...kvStreams]), // the same for a bucket made without direct get; a runner checking its consumer missed nothing
         ]),
         subscribe: [
           // Reads of the partitions it owns, saga messages, admin requests (the controller in every worker).
           ...KINDS.map((k) => n.subject(`${k}.get.*`)),
           n.subject('_saga.>'),
           n.subject('_shop.admin'),
+          n.subject('_shop.resend'),
           // Its own replies (stream acknowledgements of the outbox) and nats.js inboxes (JetStream API, KV, consumers).
           ownReplies,
           ownInbox,

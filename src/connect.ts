@@ -16,7 +16,7 @@ export function natsServers(config: Pick<Config, 'natsUrl'>): string[] {
 type NatsSettings = Pick<Config, 'natsUrl' | 'natsUser' | 'natsPassword' | 'natsTlsCa' | 'natsTlsCert' | 'natsTlsKey'> & Partial<Pick<Config, 'natsPingIntervalMs'>>;
 
 /** Unanswered pings after which a NATS client takes its server for dead (nats.js's default, stated). */
-const NATS_MAX_PINGS_OUT = 2;
+export const NATS_MAX_PINGS_OUT = 2;
 /**
  * How long one attempt to connect to a NATS server may take before the next server of the list is tried. A paused
  * (or cut-off) server accepts the TCP connection and then says nothing: with nats.js's default (20 s) a worker that

@@ -38,6 +38,8 @@ export interface Names {
   controlBucket: string;
   /** Core NATS subject on which the leading controller answers shopctl's move, drain and rebalance. */
   admin: string;
+  /** Core NATS subject on which a gateway that reconnected asks the workers to send its answers again (runtime/resend.ts). */
+  resend: string;
 }
 
 export function names(prefix: string): Names {
@@ -57,6 +59,7 @@ export function names(prefix: string): Names {
     placementBucket: `${s}SHOP_PLACEMENT`,
     controlBucket: `${s}SHOP_CONTROL`,
     admin: `${p}_shop.admin`,
+    resend: `${p}_shop.resend`,
   };
 }
 

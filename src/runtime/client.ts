@@ -9,6 +9,7 @@ import type { Log } from '../log.js';
 import { BUNDLE_MAX, bundleRanges, isReply, names, type CommandEnvelope, type Reply } from '../protocol.js';
 import { ACK_WAIT_MS, Mux, MUX_TIMEOUT, NOT_AN_ANSWER, parsePubAck, type Parse } from './mux.js';
 import { readAnswer } from './reads.js';
+import { askForLostAnswers } from './resend.js';
 
 /**
  * Longest wait for one read attempt before it is asked again (reads are idempotent). A request sent while the
@@ -85,6 +86,8 @@ export function createShopClient({ nc, config, log }: { nc: NatsConnection; conf
   // until the command's deadline: said once a minute per stream, not once per retry.
   const refused = faultLog(log, undefined, undefined, 'retrying');
   const mux = new Mux(nc, n.inbox(config.natsUser || 'gateway', id), fault);
+  // Outcomes sent while this gateway changed servers were lost: the workers send them again when asked (resend.ts).
+  askForLostAnswers({ nc, subject: n.resend, inbox: mux.inbox, pingIntervalMs: config.natsPingIntervalMs, log });
   const replyCheck = commandReply(fault);
   const ackCheck = parsePubAck(fault);
 

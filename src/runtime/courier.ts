@@ -135,6 +135,17 @@ export class Courier {
     this.o.mux.publish(`${this.o.names.saga(this.o.self)}.up`, new Uint8Array(0));
   }
 
+  /**
+   * This worker's connection moved to another server: parcels and acknowledgements sent or due meanwhile may be
+   * lost. Everything unacknowledged goes now, and the other workers are told to send what they owe this one now.
+   */
+  reconnected(): void {
+    if (this.closed) return;
+    const now = Date.now();
+    for (const p of this.pending.values()) this.send(p, now);
+    this.announce();
+  }
+
   private resendTo(worker: string): void {
     const now = Date.now();
     for (const p of this.pending.values()) if (this.o.locate(p.parcel[0], p.parcel[1]) === worker) this.send(p, now);

@@ -4,6 +4,7 @@
  * Liveness is judged from when heartbeats arrive, never from the bucket's TTL: on NATS 2.9 a key that expires by
  * max_age leaves no delete marker a watcher could see. The TTL only keeps the bucket from growing.
  */
+import { setTimeout as delay } from 'node:timers/promises';
 import { KvWatchInclude, type JetStreamClient, type KV, type KvEntry, type QueuedIterator } from 'nats';
 import type { Config } from '../config.js';
 import { faultLog, type Fault } from '../faults.js';
@@ -44,12 +45,19 @@ export interface Watch {
 /** Longest wait for a watch's initial values before it is treated as caught up. */
 const WATCH_READY_MAX_MS = 2000;
 
+/** Pause before a watch that ended by itself is made again. */
+const REWATCH_PAUSE_MS = 500;
+
 /**
  * Calls `onEntry` for the last value of every key (`initial` true) and then for every change, in order.
- * A failing callback is logged, never ends the watch.
+ * A failing callback is logged, never ends the watch. A watch that ends by itself (nats.js gives up re-creating its
+ * consumer, e.g. while the bucket's stream elects a leader after a node was lost) is made again, from the revision
+ * after the last one seen: nothing is missed and nothing is seen twice.
  */
 export async function watchKv(kv: KV, key: string, log: Log, onEntry: (entry: KvEntry, initial: boolean) => void): Promise<Watch> {
   let initial = true;
+  let stopped = false;
+  let revision = 0;
   let markReady!: () => void;
   const ready = new Promise<void>((r) => (markReady = r));
   const initialized = () => {
@@ -66,23 +74,41 @@ export async function watchKv(kv: KV, key: string, log: Log, onEntry: (entry: Kv
     initialized();
   }, WATCH_READY_MAX_MS);
   fallback.unref();
-  const iter: QueuedIterator<KvEntry> = await kv.watch({ key, include: KvWatchInclude.LastValue, initializedFn: initialized });
-  void (async () => {
+  const follow = async (iter: QueuedIterator<KvEntry>) => {
     try {
       for await (const entry of iter) {
+        revision = Math.max(revision, entry.revision);
         try {
           onEntry(entry, initial);
         } catch (err) {
           log.error('watch callback failed', { key: entry.key, err });
         }
       }
+      if (!stopped) log.warn('watch ended; watching again', { key, from: revision + 1 });
     } catch (err) {
-      log.warn('watch ended', { err });
+      if (!stopped) log.warn('watch ended; watching again', { key, from: revision + 1, err });
     }
-  })();
+    while (!stopped) {
+      await delay(REWATCH_PAUSE_MS);
+      if (stopped) return;
+      try {
+        current = await kv.watch(revision > 0 ? { key, resumeFromRevision: revision + 1 } : { key, include: KvWatchInclude.LastValue, initializedFn: initialized });
+        if (stopped) return current.stop();
+        void follow(current);
+        return;
+      } catch (err) {
+        log.warn('could not watch again yet; retrying', { key, err });
+      }
+    }
+  };
+  let current: QueuedIterator<KvEntry> = await kv.watch({ key, include: KvWatchInclude.LastValue, initializedFn: initialized });
+  void follow(current);
   return {
     ready,
-    stop: () => iter.stop(),
+    stop: () => {
+      stopped = true;
+      current.stop();
+    },
   };
 }
 

@@ -40,6 +40,12 @@ interface Waiter {
 const BATCH_TOKEN = 'B';
 /** Most bytes of answers in one batch message (NATS's max_payload is 1 MiB). */
 const BATCH_BYTES_MAX = 256 * 1024;
+/**
+ * How long a mux that keeps its answers (a worker's) keeps them, to send them again after a reconnect (resend.ts):
+ * longer than it takes to notice a lost server and reconnect to another. At most ANSWERS_KEPT_BYTES_MAX of them.
+ */
+export const ANSWERS_KEPT_MS = 20_000;
+const ANSWERS_KEPT_BYTES_MAX = 16 * 1024 * 1024;
 
 /**
  * Request/reply for many calls over one subscription: call n gets the reply subject `<inbox>.<n>` (the inbox is
@@ -63,12 +69,19 @@ export class Mux {
   /** Run at the start of every flush: see onFlush. */
   private readonly fills: (() => void)[] = [];
   private seq = 0;
+  /** With keepAnswers: the answer messages sent lately, oldest first from `keptFrom`, and their bytes. */
+  private readonly kept: [atMs: number, inbox: string, subject: string, data: Uint8Array][] = [];
+  private keptFrom = 0;
+  private keptBytes = 0;
+  private closed = false;
 
   constructor(
     private readonly nc: NatsConnection,
     readonly inbox: string,
     /** Hears answers that are dropped as unreadable (rate-limited by the caller's faultLog); silent without one. */
     private readonly fault: Fault = () => {},
+    /** Keep the answers sent to other processes' waiters for ANSWERS_KEPT_MS, for resendAnswers. */
+    private readonly keepAnswers = false,
   ) {
     const skip = inbox.length + 1;
     this.inboxes = inbox.slice(0, inbox.lastIndexOf('.', inbox.lastIndexOf('.') - 1) + 1);
@@ -174,8 +187,41 @@ export class Mux {
   /** Moves one process's answers to the publish queue: as they are when there is one, else as one batch. */
   private queueAnswers(inbox: string, list: (string | Uint8Array)[]): void {
     this.answers.delete(inbox);
-    if (list.length === 2) this.queue.push([`${inbox}.${list[0] as string}`, list[1] as Uint8Array, undefined, undefined]);
-    else this.queue.push([`${inbox}.${BATCH_TOKEN}`, encode(list), undefined, undefined]);
+    const [subject, data] = list.length === 2 ? [`${inbox}.${list[0] as string}`, list[1] as Uint8Array] : [`${inbox}.${BATCH_TOKEN}`, encode(list)];
+    this.queue.push([subject, data, undefined, undefined]);
+    if (this.keepAnswers) this.keep(inbox, subject, data);
+  }
+
+  private keep(inbox: string, subject: string, data: Uint8Array): void {
+    const now = Date.now();
+    this.kept.push([now, inbox, subject, data]);
+    this.keptBytes += data.length;
+    while (this.keptFrom < this.kept.length && (this.kept[this.keptFrom]![0] < now - ANSWERS_KEPT_MS || this.keptBytes > ANSWERS_KEPT_BYTES_MAX)) {
+      this.keptBytes -= this.kept[this.keptFrom]![3].length;
+      this.keptFrom++;
+    }
+    if (this.keptFrom > 1024 && this.keptFrom * 2 > this.kept.length) {
+      this.kept.splice(0, this.keptFrom);
+      this.keptFrom = 0;
+    }
+  }
+
+  /**
+   * Publishes again the kept answers sent within the last `ms` (to `inbox` only, or all): after a reconnect they may
+   * have been lost (resend.ts). A copy of an answer its waiter already had is dropped there. Returns how many.
+   */
+  resendAnswers(ms: number, inbox?: string): number {
+    if (this.closed) return 0;
+    const since = Date.now() - ms;
+    let sent = 0;
+    for (let i = this.kept.length - 1; i >= this.keptFrom && this.kept[i]![0] >= since; i--) {
+      const [, to, subject, data] = this.kept[i]!;
+      if (inbox !== undefined && to !== inbox) continue;
+      this.queue.push([subject, data, undefined, undefined]);
+      sent++;
+    }
+    if (sent > 0) this.schedule();
+    return sent;
   }
 
   /**
@@ -212,6 +258,8 @@ export class Mux {
   }
 
   close(err: Error): void {
+    this.closed = true;
+    this.kept.length = 0;
     clearInterval(this.sweep);
     this.flush();
     this.sub.unsubscribe();

@@ -23,8 +23,13 @@ const OUTBOX_DRAIN_MAX_MS = 5000;
  * and 64 partitions). What they add to the outbox is bounded by the sagas in flight.
  */
 const OUTBOX_BATCHES_INFLIGHT_MAX = 64;
-/** Longest pause between two attempts of a partition that keeps failing to restart. */
-export const RESTART_BACKOFF_MAX_MS = 30_000;
+/**
+ * Longest pause between two attempts of a partition that keeps failing to restart. Short: what fails a restart is
+ * Redis or NATS being away (an attempt then waits in the client, or for WAIT's timeout, and costs nothing), and
+ * a partition must serve again within a second of their return. With 30 s, a Redis failover of 5 s had partitions
+ * sleeping for seconds after the new primary and its replica were there.
+ */
+export const RESTART_BACKOFF_MAX_MS = 1000;
 /** How often a partition refused for a stream behind its cursor looks again (an operator may have mended it). */
 const REFUSED_RECHECK_MS = 10_000;
 /**
@@ -42,6 +47,17 @@ const CONSUMER_PULL_EXPIRES_MS = 5000;
 const CONSUMER_MISSED_HEARTBEATS_MAX = 2;
 /** No message and no news of its pulls for this long: the consumer is taken for gone (see watchConsumer). */
 const CONSUMER_SILENT_MAX_MS = 3 * CONSUMER_PULL_EXPIRES_MS;
+/**
+ * Longest wait for a new stream consumer before the attempt is given up and made again: a little over the JetStream
+ * API's timeout (nats.js's default, 5 s). An attempt that got no answer by then waits another 5 s inside nats.js
+ * before it asks again; a fresh one asks at once.
+ */
+const CONSUMER_OPEN_MAX_MS = 6000;
+/**
+ * No message for this long: the runner asks the stream for the last command of its subject, and a command stored
+ * this long ago and not delivered means the consumer is stuck (see watchConsumer).
+ */
+const CONSUMER_UNDELIVERED_MAX_MS = 5000;
 /**
  * A trim (one JetStream API call) is skipped until this many stream messages were applied since the last one, or
  * TRIM_IDLE_INTERVALS trim intervals have passed: with 64 partitions per kind, a purge of every partition every
@@ -129,6 +145,10 @@ export class PartitionRunner implements Member {
   private queuedSeq = 0;
   /** When the consumer last gave a sign of life: a message, or news of a pull. */
   private consumerHeardAt = 0;
+  /** When the consumer last delivered a message (or was made). */
+  private deliveredAt = 0;
+  /** Replaces the consumer now (set while one runs; see watchConsumer). */
+  private replaceConsumer: ((why: string) => void) | null = null;
   private reads: Subscription | null = null;
   private outbox: PartitionOutbox | null = null;
   private trimTimer: NodeJS.Timeout | null = null;
@@ -273,12 +293,32 @@ export class PartitionRunner implements Member {
     this.log.debug('owned', { epoch: this._epoch, cursor: this._cursor, ...this.size(), outbox: loaded.outbox.length });
   }
 
-  /** An ordered consumer from the message after the last one queued, pumping into the queue. */
+  /**
+   * An ordered consumer from the message after the last one queued, pumping into the queue. Given up after
+   * CONSUMER_OPEN_MAX_MS: when the server does not answer its creation (its stream electing a leader), nats.js
+   * retries by itself for minutes before it says so.
+   */
   private async openConsumer(): Promise<void> {
     const { js, config } = this.deps;
-    const consumer = await js.consumers.get(this.names.stream(this.kind), { filterSubjects: this.subject, opt_start_seq: this.queuedSeq + 1 });
-    if (!this.active) return;
-    const messages = await consumer.consume({ max_messages: Math.min(config.queueMax, config.batchMax * 2), expires: CONSUMER_PULL_EXPIRES_MS });
+    const stream = this.names.stream(this.kind);
+    let late = false;
+    const made = (async () => {
+      const consumer = await js.consumers.get(stream, { filterSubjects: this.subject, opt_start_seq: this.queuedSeq + 1 });
+      const messages = await consumer.consume({ max_messages: Math.min(config.queueMax, config.batchMax * 2), expires: CONSUMER_PULL_EXPIRES_MS });
+      if (late) messages.stop();
+      return messages;
+    })();
+    let timer: NodeJS.Timeout | undefined;
+    const messages = await Promise.race([
+      made,
+      new Promise<never>((_, reject) => {
+        timer = setTimeout(() => {
+          late = true;
+          made.catch(() => {});
+          reject(new Error(`no stream consumer of ${stream} within ${CONSUMER_OPEN_MAX_MS} ms`));
+        }, CONSUMER_OPEN_MAX_MS);
+      }),
+    ]).finally(() => clearTimeout(timer));
     if (!this.active) return messages.stop();
     this.messages = messages;
     void this.pump(messages);
@@ -289,10 +329,15 @@ export class PartitionRunner implements Member {
    * Replaces the consumer when it falls silent: when its server misses CONSUMER_MISSED_HEARTBEATS_MAX heartbeats, or
    * when neither a message nor any news of its pulls (each ends at least every CONSUMER_PULL_EXPIRES_MS) came for
    * CONSUMER_SILENT_MAX_MS. The second covers a reconnect: nats.js then stops watching heartbeats until it has asked
-   * the consumer's server about it, which never answers if that server is the one that went away.
+   * the consumer's server about it, which never answers if that server is the one that went away. And when it
+   * delivered nothing for CONSUMER_UNDELIVERED_MAX_MS while the stream holds a command for this partition, stored
+   * that long ago, that it has not delivered: a consumer made while its stream elected a leader was seen to stay
+   * alive and deliver nothing.
    */
   private async watchConsumer(messages: ConsumerMessages): Promise<void> {
     this.consumerHeardAt = Date.now();
+    this.deliveredAt = Date.now();
+    let asking = false;
     let replacing = false;
     const replace = (why: string) => {
       if (replacing || messages !== this.messages || !this.active) return;
@@ -312,11 +357,23 @@ export class PartitionRunner implements Member {
         }
       })();
     };
+    this.replaceConsumer = replace;
     const watchdog = setInterval(() => {
       if (messages !== this.messages || !this.active) return clearInterval(watchdog);
       // Held back by a full queue (backpressure), the pump asks for nothing: its silence is ours.
       if (this.queue.length >= this.deps.config.queueMax) this.consumerHeardAt = Date.now();
-      if (Date.now() - this.consumerHeardAt > CONSUMER_SILENT_MAX_MS) replace(`was silent for ${CONSUMER_SILENT_MAX_MS} ms (its server is gone?)`);
+      if (Date.now() - this.consumerHeardAt > CONSUMER_SILENT_MAX_MS) return replace(`was silent for ${CONSUMER_SILENT_MAX_MS} ms (its server is gone?)`);
+      if (asking || this.queue.length > 0 || Date.now() - this.deliveredAt < CONSUMER_UNDELIVERED_MAX_MS) return;
+      asking = true;
+      void this.deps.jsm.streams
+        .getMessage(this.names.stream(this.kind), { last_by_subj: this.subject })
+        .then(
+          (last) => {
+            if (last.seq > this.queuedSeq && Date.now() - last.time.getTime() > CONSUMER_UNDELIVERED_MAX_MS) replace(`has not delivered command ${last.seq}, stored ${Date.now() - last.time.getTime()} ms ago`);
+          },
+          () => {}, // none stored (trimmed), or no answer now: asked again at the next tick
+        )
+        .finally(() => (asking = false));
     }, CONSUMER_PULL_EXPIRES_MS / 2);
     watchdog.unref();
     try {
@@ -329,6 +386,15 @@ export class PartitionRunner implements Member {
       // the consumer stopped: nothing to watch
     }
     clearInterval(watchdog);
+  }
+
+  /**
+   * This process's NATS connection moved to another server. The consumer may have lived on the server that went
+   * away, and after a reconnect nats.js waits for that server to tell it about its consumer before it watches the
+   * heartbeats again: a new consumer now, instead of CONSUMER_SILENT_MAX_MS of reading nothing.
+   */
+  reconnected(): void {
+    this.replaceConsumer?.('may have lived on the server this process lost');
   }
 
   /**
@@ -391,7 +457,7 @@ export class PartitionRunner implements Member {
         // A replaced consumer may still hand over what it had; the new one starts after the last message queued.
         if (messages !== this.messages || m.seq <= this.queuedSeq) continue;
         this.queuedSeq = m.seq;
-        this.consumerHeardAt = Date.now();
+        this.consumerHeardAt = this.deliveredAt = Date.now();
         this.queue.push(m);
         this.deps.loop.wake();
         // Backpressure: stop pulling from the stream while the queue is full.

@@ -1,5 +1,5 @@
 import type { Redis } from 'ioredis';
-import type { KvEntry, NatsConnection } from 'nats';
+import type { KvEntry, NatsConnection, Subscription } from 'nats';
 import { randomBytes } from 'node:crypto';
 import { hostname } from 'node:os';
 import { actorOf } from '../actors/index.js';
@@ -13,6 +13,7 @@ import { startController, type Controller } from './controller.js';
 import { MembershipView, openBuckets, watchKv, type Buckets, type Watch } from './membership.js';
 import type { RunnerMetrics } from './metrics.js';
 import { Mux } from './mux.js';
+import { resendAnswers } from './resend.js';
 import { PartitionRunner } from './partition.js';
 import { kvValues, parsePlacementKey, placementKey, toBytes, type Assignment, type Heartbeat } from './placement.js';
 import { BatchLoop } from './batch.js';
@@ -88,6 +89,8 @@ interface Kit {
   log: Log;
   redis: Redis;
   mux: Mux;
+  /** The requests of gateways to send their answers again (resend.ts), ended with the mux. */
+  resends: Subscription;
   courier: Courier;
   loop: BatchLoop;
   js: ReturnType<NatsConnection['jetstream']>;
@@ -130,7 +133,9 @@ export async function startWorker(opts: WorkerOptions): Promise<Worker> {
   await untilJetStream('create the streams', () => ensureStreams(jsm, config), log);
   const js = nc.jetstream();
   const n = names(config.streamPrefix);
-  const mux = new Mux(nc, n.inbox(config.natsUser || 'worker', `w${randomBytes(6).toString('hex')}`), faultLog(log));
+  const mux = new Mux(nc, n.inbox(config.natsUser || 'worker', `w${randomBytes(6).toString('hex')}`), faultLog(log), true);
+  // Answers lost while this worker or a gateway changed servers go again (resend.ts).
+  const resends = resendAnswers({ nc, mux, subject: n.resend, replies: n.replies, pingIntervalMs: config.natsPingIntervalMs, log });
   let current: () => Iterable<PartitionRunner> = () => [];
   let runnerOf: (kind: Kind, partition: number) => PartitionRunner | undefined = () => undefined;
   // Static placement: partition p of every kind runs on worker p % workerProcesses. Dynamic: the placement this worker follows.
@@ -149,9 +154,18 @@ export async function startWorker(opts: WorkerOptions): Promise<Worker> {
     log,
   });
   const loop = new BatchLoop({ config, log, metrics, ack: (to, ids) => courier.ack(to, ids) });
+  // After a reconnect: a consumer that lived on the server this process lost would read nothing for a while
+  // (PartitionRunner.reconnected), and parcels sent meanwhile may be lost (Courier.reconnected).
+  void (async () => {
+    for await (const s of nc.status()) {
+      if (s.type !== 'reconnect') continue;
+      for (const r of current()) r.reconnected();
+      courier.reconnected();
+    }
+  })().catch(() => {});
   const warmMs = warmActorsOnce();
   if (warmMs) log.debug('actors warmed before taking partitions', { ms: warmMs });
-  const kit: Kit = { nc, config, log, redis, mux, courier, loop, js, jsm, metrics };
+  const kit: Kit = { nc, config, log, redis, mux, resends, courier, loop, js, jsm, metrics };
   const worker = dynamic
     ? await startDynamicWorker(kit, id, opts, metrics.registry, (follow) => (locate = follow))
     : await startStaticWorker(kit, id, opts.partitions ?? ownedPartitions(config), metrics.registry);
@@ -185,6 +199,7 @@ async function startStaticWorker(kit: Kit, id: string, partitions: { kind: Kind;
     async close() {
       await Promise.all(runners.map((r) => r.stop()));
       courier.close();
+      kit.resends.unsubscribe();
       mux.close(new Error('worker closed'));
     },
   };
@@ -521,6 +536,7 @@ async function startDynamicWorker(kit: Kit, id: string, opts: WorkerOptions, reg
     leaving = true;
     await buckets.workers.delete(id).catch((err: unknown) => log.warn('could not deregister', { err }));
     courier.close();
+    kit.resends.unsubscribe();
     mux.close(new Error('worker closed'));
     log.info('closed');
   }
