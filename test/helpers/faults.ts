@@ -15,8 +15,11 @@ import { readStatus, type StatusDetail } from '../../src/admin/status.js';
 import { loadConfig, type Config, type Kind } from '../../src/config.js';
 import { connectNats } from '../../src/connect.js';
 import { partitionOf } from '../../src/partition.js';
+import { names } from '../../src/protocol.js';
 import { placementKey } from '../../src/runtime/placement.js';
 import { replicasOnline } from '../../src/topology.js';
+import { seedShop, type Shop } from './cluster.js';
+import { httpCall } from './http.js';
 import { pool } from './pool.js';
 import { startNatsCluster, startRedisHA, type NatsCluster, type RedisHA } from './ha.js';
 import { startNetLab, type NetLab } from './netns.js';
@@ -54,6 +57,8 @@ export interface FaultShop {
   gateways: Proc[];
   /** http://127.0.0.1:<port> of each gateway. */
   gatewayUrls: string[];
+  /** The test's own connection, as the admin user. */
+  look: NatsConnection;
   /** shopctl status, read over an admin connection. */
   status(): Promise<StatusDetail>;
   /**
@@ -105,7 +110,7 @@ export async function startFaultShop(t: Test, { netns = false, partitions = 8 }:
     requestDeadlineMs: profile.requestDeadlineMs,
     readDeadlineMs: profile.readDeadlineMs,
     trimIntervalMs: profile.trimIntervalMs,
-    logLevel: 'warn',
+    logLevel: 'info',
     logFormat: 'json',
   });
   const gatewayPorts = await Promise.all(Array.from({ length: config.gatewayProcesses }, () => freePort()));
@@ -151,6 +156,7 @@ export async function startFaultShop(t: Test, { netns = false, partitions = 8 }:
     workers,
     gateways,
     gatewayUrls,
+    look,
     status,
     settled,
     async whole(what) {
@@ -169,6 +175,16 @@ export async function startFaultShop(t: Test, { netns = false, partitions = 8 }:
   return shop;
 }
 
+/** The message of the last error a process logged (its reason to exit, as a rule). */
+function lastError(output: string): string {
+  const line = output.trim().split('\n').reverse().find((l) => l.includes('"level":"error"') || l.includes('"level":"fatal"'));
+  try {
+    return line ? String((JSON.parse(line) as { msg?: string }).msg) : 'no error logged';
+  } catch {
+    return line!.slice(0, 200);
+  }
+}
+
 /** A worker or gateway process, started again whenever it exits (as the supervisor would), SIGKILLed in teardown. */
 function supervise(t: Test, role: 'worker' | 'gateway', index: number, config: Config): Proc {
   let child = spawnRole(role, config);
@@ -180,7 +196,7 @@ function supervise(t: Test, role: 'worker' | 'gateway', index: number, config: C
     void c.exited.then((how) => {
       if (stopping) return;
       if (expected > 0) expected--;
-      else unexpectedExits.push(`${role} ${index} exited (${how}); its last output:\n${c.output().split('\n').slice(-20).join('\n')}`);
+      else unexpectedExits.push(`${role} ${index} exited (${how}) at ${Math.round(performance.now())} ms: ${lastError(c.output())}`);
       child = spawnRole(role, config);
       follow(child);
       const w = waiters;
@@ -218,27 +234,6 @@ function supervise(t: Test, role: 'worker' | 'gateway', index: number, config: C
 
 // ---- the storm ---------------------------------------------------------------------------------------
 
-export interface Shop {
-  items: number;
-  stock: number;
-  users: number;
-  credit: number;
-  orders: number;
-  price: number;
-}
-
-/** batch_init of items, users and orders (each order: two random lines of quantity 1), through gateway 0. */
-export async function seedShop(url: string, shop: Shop): Promise<void> {
-  for (const path of [
-    `/stock/batch_init/${shop.items}/${shop.stock}/${shop.price}`,
-    `/payment/batch_init/${shop.users}/${shop.credit}`,
-    `/orders/batch_init/${shop.orders}/${shop.items}/${shop.users}/${shop.price}`,
-  ]) {
-    const r = await fetch(url + path, { method: 'POST' });
-    if (r.status !== 200) throw new Error(`${path}: ${r.status} ${await r.text()}`);
-  }
-}
-
 export type Op = 'checkout' | 'add' | 'funds';
 
 /** One request of the storm and its answer. Times are performance.now() ms. */
@@ -248,7 +243,7 @@ export interface Req {
   id: string;
   /** Units or credit added (top-ups). */
   amount: number;
-  /** The gateway that answered (or was asked last). */
+  /** The gateway asked first (a refused connection sends the request on to the next one). */
   gateway: number;
   sent: number;
   /** When the answer (or the error) came; undefined while it waits. */
@@ -310,7 +305,7 @@ export function startStorm(urls: string[], shop: Shop, { rate = 200, inFlightMax
     const path = req.op === 'checkout' ? `/orders/checkout/${req.id}` : req.op === 'add' ? `/stock/add/${req.id}/${req.amount}` : `/payment/add_funds/${req.id}/${req.amount}`;
     for (let tries = 0; tries < urls.length; tries++) {
       try {
-        const res = await fetch(urls[req.gateway]! + path, { method: 'POST', signal: AbortSignal.timeout(CLIENT_TIMEOUT_MS) });
+        const res = await fetch(urls[(req.gateway + tries) % urls.length]! + path, { method: 'POST', signal: AbortSignal.timeout(CLIENT_TIMEOUT_MS) });
         const text = await res.text();
         req.status = res.status;
         if (res.status >= 400) req.error = errorCode(text);
@@ -318,10 +313,7 @@ export function startStorm(urls: string[], shop: Shop, { rate = 200, inFlightMax
         break;
       } catch (err) {
         const code = errCode(err);
-        if (code === 'ECONNREFUSED' && tries + 1 < urls.length) {
-          req.gateway = (req.gateway + 1) % urls.length; // nothing reached that gateway: ask the next
-          continue;
-        }
+        if (code === 'ECONNREFUSED' && tries + 1 < urls.length) continue; // nothing reached that gateway: ask the next
         req.status = 0;
         req.error = code;
         break;
@@ -581,21 +573,43 @@ export function partitionsOf(status: StatusDetail, pid: number): Set<string> {
   return new Set(status.status.partitions.filter((p) => p.owner === id).map((p) => placementKey(p.kind as Kind, p.partition)));
 }
 
-/** One fault's phase: from just before it until the storm was healthy again. */
-export interface Phase {
-  name: string;
-  /** performance.now() when the fault began, was lifted, and when the storm was healthy again. */
-  at: number;
-  liftedAt: number;
-  healthyAt: number;
-  /** Which requests it affected, when that can be told (a worker's partitions, a gateway); undefined: all. */
-  affected?: (r: Req) => boolean;
-  /** Figures to report besides the windows. */
-  notes: string[];
+/** What the shop looks like when a fault test gives up waiting: what waits, the status, the processes' warnings. */
+async function diagnosis(shop: FaultShop, storm: Storm): Promise<string> {
+  const now = performance.now();
+  const waiting = storm.requests.filter((r) => r.done === undefined);
+  const byWhat = new Map<string, number>();
+  for (const r of waiting) byWhat.set(`${r.op} via gateway ${r.gateway}`, (byWhat.get(`${r.op} via gateway ${r.gateway}`) ?? 0) + 1);
+  const lines = [`waiting: ${[...byWhat].map(([k, n]) => `${n}× ${k}`).join(', ') || 'none'}; oldest ${Math.round(now - Math.min(now, ...waiting.map((r) => r.sent)))} ms`];
+  const parts = new Map<string, number>();
+  for (const r of waiting) {
+    const key = r.op === 'checkout' ? placementKey('order', partitionOf(r.id, shop.config.partitions)) : r.op === 'add' ? placementKey('stock', partitionOf(r.id, shop.config.partitions)) : placementKey('payment', partitionOf(r.id, shop.config.partitions));
+    parts.set(key, (parts.get(key) ?? 0) + 1);
+  }
+  lines.push(`waiting per partition: ${[...parts].sort().map(([k, n]) => `${k}=${n}`).join(' ')}`);
+  const sample = waiting.filter((r) => r.op === 'checkout').slice(0, 6);
+  const found = await Promise.all(sample.map((r) => httpCall(shop.gatewayUrls[0]!, 'GET', `/orders/find/${r.id}`).then((a) => `${r.id} waited ${Math.round(now - r.sent)} ms: ${a.status} paid=${a.body?.paid}`, (e: Error) => `${r.id}: ${e.message}`)));
+  lines.push(`waiting checkouts read back: ${found.join('; ')}`);
+  try {
+    const s = await shop.status();
+    lines.push(`status: workers ${[...s.workers.keys()].join(' ')}; leader ${s.leader}; not running: ${s.status.partitions.filter((p) => p.state !== 'running').map((p) => `${p.kind}.${p.partition} ${p.state} (owner ${p.owner}, lag ${p.lag})`).join(', ') || 'none'}; lag: ${s.status.partitions.filter((p) => p.lag > 0).map((p) => `${p.kind}.${p.partition}=${p.lag}`).join(' ')}`);
+  } catch (err) {
+    lines.push(`status: ${(err as Error).message}`);
+  }
+  try {
+    const jsm = await shop.look.jetstreamManager({ timeout: 2000 });
+    for (const kind of shop.config.kinds) {
+      const info = await jsm.streams.info(names(shop.config.streamPrefix).stream(kind));
+      lines.push(`stream ${kind}: leader ${info.cluster?.leader}, replicas ${(info.cluster?.replicas ?? []).map((r) => `${r.name}${r.current ? '' : ' behind'}${r.offline ? ' offline' : ''}`).join(' ')}, last seq ${info.state.last_seq}, messages ${info.state.messages}`);
+    }
+  } catch (err) {
+    lines.push(`streams: ${(err as Error).message}`);
+  }
+  for (const p of [...shop.workers, ...shop.gateways]) {
+    const tail = p.child.output().trim().split('\n').filter((l) => !l.includes('"placed"')).slice(-25);
+    lines.push(`--- ${p.role} ${p.index} (pid ${p.pid}):`, ...tail.map((l) => l.slice(0, 400)));
+  }
+  return lines.join('\n');
 }
-
-/** The requests sent during a phase (from a second before the fault until the storm was healthy again). */
-export const during = (reqs: readonly Req[], p: Phase) => reqs.filter((r) => r.sent >= p.at - 1000 && r.sent <= p.healthyAt);
 
 // ---- a sequence of faults under one storm --------------------------------------------------------------
 
@@ -624,27 +638,32 @@ export interface FaultReport {
 }
 
 /** The shop of the fault tests: few enough items and users that top-ups and refusals meet on the same ones. */
-export const FAULT_SHOP: Shop = { items: 100, stock: 10, users: 100, credit: 10, orders: 200_000, price: 1 };
+export const FAULT_SHOP: Shop = { items: 100, stock: 10, users: 100, credit: 10, orders: 50_000, price: 1 };
 
 /**
  * Starts the shop, a storm, and runs `faults` one after the other, each once the shop is whole again and the storm
  * healthy; then stops the storm, audits, asserts that nothing was lost or invented and every answer holds, and
  * reports each fault's windows (t.comment). Resolves with the reports for assertions of the caller.
  */
-export async function runFaults(t: Test, faults: Fault[], { netns = false, rate = 200 }: { netns?: boolean; rate?: number } = {}): Promise<{ shop: FaultShop; reports: FaultReport[]; audit: AuditResult }> {
+export async function runFaults(t: Test, faults: Fault[], { netns = false, rate = 100 }: { netns?: boolean; rate?: number } = {}): Promise<{ shop: FaultShop; reports: FaultReport[]; audit: AuditResult }> {
   const shop = await startFaultShop(t, { netns });
   if (netns && shop.labUnavailable) t.comment(`no network namespaces here (${shop.labUnavailable}): a cut node is a paused one (SIGSTOP)`);
   else if (shop.lab) t.comment(`each nats-server in a network namespace of its own on ${shop.lab.subnet}`);
-  await seedShop(shop.gatewayUrls[0]!, FAULT_SHOP);
+  await seedShop({ call: (method, path) => httpCall(shop.gatewayUrls[0]!, method, path) }, FAULT_SHOP);
   const storm = startStorm(shop.gatewayUrls, FAULT_SHOP, { rate });
   t.teardown(() => storm.stop());
   const runs: { fault: Fault; run: FaultRun; healthyAt: number }[] = [];
   for (const fault of faults) {
-    await shop.whole(`before ${fault.name}`);
-    await storm.healthy(performance.now(), `before ${fault.name}`);
-    const run = await fault.run(shop, storm);
-    const healthyAt = await storm.healthy(run.liftedAt, `after ${fault.name}`);
-    runs.push({ fault, run, healthyAt });
+    try {
+      await shop.whole(`before ${fault.name}`);
+      await storm.healthy(performance.now(), `before ${fault.name}`);
+      const run = await fault.run(shop, storm);
+      const healthyAt = await storm.healthy(run.liftedAt, `after ${fault.name}`);
+      runs.push({ fault, run, healthyAt });
+    } catch (err) {
+      if (err instanceof Error) err.message += `\n${await diagnosis(shop, storm)}`;
+      throw err;
+    }
   }
   await shop.whole('after the faults');
   const requests = await storm.stop();
