@@ -61,6 +61,10 @@ export function redisNodeConf(o: { port: number; dir: string; appendfsync: strin
     'appendonly yes',
     `appendfsync ${o.appendfsync}`,
     'save ""',
+    // A replica that (re)joins gets its full copy at once: Redis waits 5 s by default for more replicas to share
+    // the transfer, and with WAIT nothing is acknowledged until a replica is online (measured: a failover's
+    // write stop was that much longer).
+    'repl-diskless-sync-delay 0',
     'daemonize no',
     'supervised no',
     'logfile ""',

@@ -47,8 +47,12 @@ class FakeMember implements Member {
     this.store = { prepare: (w) => ({ name, cursor: w.cursor }) as unknown as PreparedBatch } as PartitionStore;
   }
 
-  push(seq: number, cmd: unknown): void {
-    this.queue.push({ seq, data: encode({ c: cmd, r: `${names}x.${seq}` }), info: { pending: 0 } } as unknown as JsMsg);
+  /** Message ids committed so far (the runner keeps them for a while). */
+  readonly messageIds = new Set<string>();
+
+  push(seq: number, cmd: unknown, msgId?: string): void {
+    const headers = msgId === undefined ? undefined : { get: (h: string) => (h === 'Nats-Msg-Id' ? msgId : '') };
+    this.queue.push({ seq, data: encode({ c: cmd, r: `${names}x.${seq}` }), info: { pending: 0 }, headers } as unknown as JsMsg);
   }
   ready = () => this.state === 'running' && this.queue.length > 0;
   accepts = () => this.state === 'running';
@@ -60,6 +64,7 @@ class FakeMember implements Member {
     if (this.state === 'running') this.queue.unshift(...taken.stream);
   }
   seen = () => false;
+  seenMessage = (id: string) => this.messageIds.has(id);
   takeDone = () => [];
   giveBackDone(): void {}
   committed(c: Committed): void {
@@ -67,6 +72,7 @@ class FakeMember implements Member {
     this.cursor = c.cursor;
     this.local = c.local;
     this.commits.push(c);
+    for (const id of c.messageIds) this.messageIds.add(id);
   }
   fenced(): void {
     this.state = 'fenced';
@@ -168,4 +174,28 @@ t.test('a commit that fails (transport): its partitions restart; another partiti
   calls[1]!.settle(['committed']);
   await waitFor(() => b.commits.length === 1, { deadlineMs: 5000, what: 'the commit' });
   t.equal(b.stock('x'), 5, 'applied once');
+});
+
+t.test('a second copy of a stream message (the same Nats-Msg-Id, stored twice) is passed: in the same batch or a later one, the cursor moves over it', async (t) => {
+  const { loop, calls } = rig();
+  const a = new FakeMember('stock', 0);
+  a.live.get('items')!.set('x', { stock: 0, price: 1 });
+  a.push(1, add('x', 3), 'g.1');
+  a.push(2, add('x', 3), 'g.1');
+  a.push(3, add('x', 5), 'g.2');
+  loop.add(a);
+  await waitFor(() => calls.length === 1, { deadlineMs: 5000, what: 'the first commit' });
+  t.same(calls[0]!.parts, [{ name: 'stock.0', cursor: 3 }], 'the cursor covers the copy');
+  calls[0]!.settle(['committed']);
+  await waitFor(() => a.commits.length === 1, { deadlineMs: 5000, what: 'the first batch to be committed' });
+  t.equal(a.stock('x'), 8, 'the copy in the same batch changed nothing: 3 + 5');
+  t.same(a.commits[0]!.messageIds, ['g.1', 'g.2'], 'the batch names the ids it applied');
+  a.push(4, add('x', 5), 'g.2');
+  a.push(5, add('x', 1), 'g.3');
+  loop.wake();
+  await waitFor(() => calls.length === 2, { deadlineMs: 5000, what: 'the second commit' });
+  calls[1]!.settle(['committed']);
+  await waitFor(() => a.commits.length === 2, { deadlineMs: 5000, what: 'the second batch to be committed' });
+  t.equal(a.stock('x'), 9, 'the copy of a message of an earlier batch changed nothing: 8 + 1');
+  t.equal(a.cursor, 5);
 });

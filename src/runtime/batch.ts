@@ -26,6 +26,9 @@ import type { Config, Kind } from '../config.js';
 import { faultLog, type Fault } from '../faults.js';
 import type { Log } from '../log.js';
 import { BUNDLE_MAX, fail, ID_MAX_CHARS, names, type Names, type Reply } from '../protocol.js';
+
+/** The header JetStream de-duplicates publishes by. */
+const MSG_ID_HEADER = 'Nats-Msg-Id';
 import { Delivery, type Box, type Sink } from './delivery.js';
 import { Draft, type Tables } from './draft.js';
 import type { DeadLetterReason, RunnerMetrics } from './metrics.js';
@@ -71,6 +74,8 @@ export interface Committed {
   parcels: string[];
   /** Stream messages it applied (or passed as dead letters). */
   streamMessages: number;
+  /** Their message ids (Nats-Msg-Id), where they have one. */
+  messageIds: string[];
 }
 
 /** What the batch loop needs of a partition; implemented by its runner (runtime/partition.ts). */
@@ -97,6 +102,8 @@ export interface Member {
   giveBack(taken: Taken): void;
   /** A parcel this partition has applied and committed already. */
   seen(parcelId: string): boolean;
+  /** A stream message with this id (Nats-Msg-Id) was applied and committed lately: a second copy of it. */
+  seenMessage(messageId: string): boolean;
   /** Outbox fields that are done, for this commit to delete; and back, when the commit did not happen. */
   takeDone(): string[];
   giveBackDone(fields: string[]): void;
@@ -120,6 +127,8 @@ class Part implements Box {
   /** Commands for partitions elsewhere, per target, in order. */
   readonly sends = new Map<string, { kind: Kind; partition: number; cmds: unknown[] }>();
   readonly dead: DeadLetter[] = [];
+  /** Message ids of the stream messages it applied. */
+  readonly messageIds: string[] = [];
   /** The order each dead letter was about, where it names one: said in its log line, not stored with it. */
   readonly deadOrders = new Map<DeadLetter, string>();
   /** Sagas this part decided, by outcome ('' for paid, else the refusal's code): counted once the batch commits. */
@@ -207,6 +216,7 @@ export class BatchLoop {
   private next = 0;
   /** Dead letters are logged once a minute per partition and reason at most; all are counted (shop_dead_letters_total). */
   private readonly deadLogs = new WeakMap<Member, Fault>();
+  private readonly copyLogs = new WeakMap<Member, Fault>();
 
   constructor(private readonly deps: BatchLoopDeps) {
     this.names = names(deps.config.streamPrefix);
@@ -353,6 +363,17 @@ export class BatchLoop {
   private applyStream(delivery: Delivery<Part>, part: Part, m: JsMsg): number {
     if (m.seq <= part.fromCursor) return 0; // already applied (a consumer reset can re-deliver)
     part.last = m.seq;
+    // A second copy of a message in the stream: nats-server 2.9 does not de-duplicate deterministically across a
+    // stream leader change (nats-server PR 6415), so a publish repeated after a lost acknowledgement can be stored
+    // twice. Passed, with the cursor moving over it.
+    const id = m.headers?.get(MSG_ID_HEADER);
+    if (id) {
+      if (part.member.seenMessage(id) || part.messageIds.includes(id)) {
+        this.copies(part, m.seq, id);
+        return 0;
+      }
+      part.messageIds.push(id);
+    }
     const base = m.seq * BUNDLE_MAX;
     let message: unknown;
     try {
@@ -427,6 +448,13 @@ export class BatchLoop {
   /** A reply subject a client command may name: one of the reply inboxes, nothing else a worker may publish to. */
   private replySubject(r: unknown): boolean {
     return typeof r === 'string' && r.length <= REPLY_SUBJECT_MAX_CHARS && r.startsWith(this.replyPrefix) && !/[\s*>]/.test(r);
+  }
+
+  /** A second copy of a stream message, passed: said once a minute per partition at most. */
+  private copies(part: Part, seq: number, id: string): void {
+    let log = this.copyLogs.get(part.member);
+    if (!log) this.copyLogs.set(part.member, (log = faultLog(part.member.log)));
+    log('a second copy of a stream message it applied (passed; JetStream stored a repeated publish twice)', { seq, id });
   }
 
   private dead(part: Part, seq: number, reason: DeadLetterReason, detail: string, data: Uint8Array, cmd?: unknown): void {
@@ -534,7 +562,7 @@ export class BatchLoop {
       }
     }
     if (this.deps.config.faultKillAfter === 'commit' && owed.some((o) => o.entry && (o.entry.replies.length > 0 || o.entry.parcels.length > 0))) process.kill(process.pid, 'SIGKILL');
-    parts.forEach((p, i) => p.member.committed({ draft: p.draft, cursor: p.last, local: p.local, field: owed[i]!.field, entry: owed[i]!.entry, parcels: p.parcels.map((x) => x.id), streamMessages: p.taken.stream.length }));
+    parts.forEach((p, i) => p.member.committed({ draft: p.draft, cursor: p.last, local: p.local, field: owed[i]!.field, entry: owed[i]!.entry, parcels: p.parcels.map((x) => x.id), streamMessages: p.taken.stream.length, messageIds: p.messageIds }));
     this.acknowledge(parts.flatMap((p) => p.parcels));
     return true;
   }

@@ -9,6 +9,7 @@ import type { Courier } from './courier.js';
 import type { Tables } from './draft.js';
 import type { RunnerMetrics } from './metrics.js';
 import type { Mux } from './mux.js';
+import { ACK_WAIT_MS } from './mux.js';
 import { decodeEntry, PartitionOutbox } from './outbox.js';
 import { serveReads } from './reads.js';
 import { StaleEpochError, type PartitionStore } from './store.js';
@@ -38,7 +39,7 @@ const REFUSED_RECHECK_MS = 10_000;
  * was made): when that server dies, this bounds how long the partition reads nothing (nats.js's default, 30 s, was
  * the whole of a 30 s request deadline on a NATS cluster that lost a node).
  */
-const CONSUMER_PULL_EXPIRES_MS = 5000;
+const CONSUMER_PULL_EXPIRES_MS = 3000;
 /**
  * Heartbeats of the ordered consumer missed in a row after which this runner makes a new one, from the message after
  * the last it queued. nats.js re-creates an ordered consumer only once the server says it is gone; while the one
@@ -48,11 +49,15 @@ const CONSUMER_MISSED_HEARTBEATS_MAX = 2;
 /** No message and no news of its pulls for this long: the consumer is taken for gone (see watchConsumer). */
 const CONSUMER_SILENT_MAX_MS = 3 * CONSUMER_PULL_EXPIRES_MS;
 /**
- * Longest wait for a new stream consumer before the attempt is given up and made again: a little over the JetStream
- * API's timeout (nats.js's default, 5 s). An attempt that got no answer by then waits another 5 s inside nats.js
- * before it asks again; a fresh one asks at once.
+ * How long one JetStream API call of making a consumer may take (nats.js's default is 5 s). While the stream elects a
+ * leader nothing answers; a short wait asks again soon after the new leader is there.
  */
-const CONSUMER_OPEN_MAX_MS = 6000;
+const CONSUMER_API_TIMEOUT_MS = 2000;
+/**
+ * Longest wait for a new stream consumer before the attempt is given up and made again: a little over the API
+ * timeout. An attempt that got no answer by then waits on inside nats.js before it asks again; a fresh one asks at once.
+ */
+const CONSUMER_OPEN_MAX_MS = CONSUMER_API_TIMEOUT_MS + 500;
 /**
  * No message for this long: the runner asks the stream for the last command of its subject, and a command stored
  * this long ago and not delivered means the consumer is stuck (see watchConsumer).
@@ -147,6 +152,8 @@ export class PartitionRunner implements Member {
   private consumerHeardAt = 0;
   /** When the consumer last delivered a message (or was made). */
   private deliveredAt = 0;
+  /** The JetStream client its consumers are made with (CONSUMER_API_TIMEOUT_MS). */
+  private consumerJs: JetStreamClient | undefined;
   /** Replaces the consumer now (set while one runs; see watchConsumer). */
   private replaceConsumer: ((why: string) => void) | null = null;
   private reads: Subscription | null = null;
@@ -164,6 +171,11 @@ export class PartitionRunner implements Member {
   private wanted = false;
   /** Parcels applied and committed lately, oldest first (a Set keeps insertion order). */
   private readonly seenIds = new Set<string>();
+  /**
+   * Message ids of the stream messages applied and committed lately, with when (oldest first): a gateway repeats a
+   * publish until its request deadline, so a second copy can only come within that (plus an acknowledgement wait).
+   */
+  private readonly recentMessages = new Map<string, number>();
   private trouble: Trouble | undefined;
 
   constructor(private readonly deps: RunnerDeps) {
@@ -299,7 +311,8 @@ export class PartitionRunner implements Member {
    * retries by itself for minutes before it says so.
    */
   private async openConsumer(): Promise<void> {
-    const { js, config } = this.deps;
+    const { config } = this.deps;
+    const js = (this.consumerJs ??= this.deps.nc.jetstream({ timeout: CONSUMER_API_TIMEOUT_MS }));
     const stream = this.names.stream(this.kind);
     let late = false;
     const made = (async () => {
@@ -370,6 +383,7 @@ export class PartitionRunner implements Member {
         .then(
           (last) => {
             if (last.seq > this.queuedSeq && Date.now() - last.time.getTime() > CONSUMER_UNDELIVERED_MAX_MS) replace(`has not delivered command ${last.seq}, stored ${Date.now() - last.time.getTime()} ms ago`);
+            else this.deliveredAt = Date.now(); // nothing missed: an idle partition asks once per CONSUMER_UNDELIVERED_MAX_MS
           },
           () => {}, // none stored (trimmed), or no answer now: asked again at the next tick
         )
@@ -518,6 +532,10 @@ export class PartitionRunner implements Member {
     return this.seenIds.has(parcelId);
   }
 
+  seenMessage(messageId: string): boolean {
+    return this.recentMessages.has(messageId);
+  }
+
   takeDone(): string[] {
     return this.outbox?.takeDone() ?? [];
   }
@@ -534,6 +552,13 @@ export class PartitionRunner implements Member {
     this._local = c.local;
     this.trouble = undefined;
     for (const id of c.parcels) this.seenIds.add(id);
+    const now = Date.now();
+    for (const id of c.messageIds) this.recentMessages.set(id, now);
+    const keepAfter = now - this.deps.config.requestDeadlineMs - ACK_WAIT_MS;
+    for (const [id, at] of this.recentMessages) {
+      if (at >= keepAfter) break;
+      this.recentMessages.delete(id);
+    }
     for (const id of this.seenIds) {
       if (this.seenIds.size <= SEEN_PARCELS_MAX) break;
       this.seenIds.delete(id);
