@@ -6,17 +6,30 @@
  * it a replica. Nothing may be lost or invented, and every answer must hold.
  */
 import t from 'tap';
+import { SENTINEL_FAILOVER_TIMEOUT_MS } from '../src/topology.js';
 import { runFaults, type Fault } from './helpers/faults.js';
+import { waitFor } from './helpers/servers.js';
+
+/** When the Sentinels last promoted a replica (performance.now()). */
+let promotedAt = -Infinity;
+
+/**
+ * Sentinels fail the same primary over again only twice their failover timeout after the last failover of it: a
+ * second fault sooner would measure that wait (10–20 s), not the failover. Each fault here is one primary loss.
+ */
+const readyForAnotherFailover = () =>
+  waitFor(() => performance.now() - promotedAt >= 2 * SENTINEL_FAILOVER_TIMEOUT_MS, { deadlineMs: 3 * SENTINEL_FAILOVER_TIMEOUT_MS, intervalMs: 100, what: 'the Sentinels to be ready for another failover' });
 
 const faults: Fault[] = [
   {
     name: 'Redis primary SIGKILL (failover)',
     async run(shop) {
+      await readyForAnotherFailover();
       const primary = await shop.redis.primary();
       const at = performance.now();
       primary.kill9();
       const promoted = await shop.redis.waitPrimary(primary, { replicas: 0 });
-      const promotedAt = performance.now();
+      promotedAt = performance.now();
       await primary.restart(); // comes back as a replica of the promoted one
       await shop.redis.waitPrimary(primary, { replicas: 1 });
       return { at, liftedAt: performance.now(), notes: [`${promoted.url} promoted ${Math.round(promotedAt - at)} ms after the kill; the old primary its replica again ${Math.round(performance.now() - at)} ms after`] };
@@ -25,11 +38,12 @@ const faults: Fault[] = [
   {
     name: 'Redis primary SIGSTOP (failover)',
     async run(shop) {
+      await readyForAnotherFailover();
       const primary = await shop.redis.primary();
       const at = performance.now();
       primary.pause();
       const promoted = await shop.redis.waitPrimary(primary, { replicas: 0 });
-      const promotedAt = performance.now();
+      promotedAt = performance.now();
       primary.resume(); // the Sentinels make it a replica of the promoted one
       await shop.redis.waitPrimary(primary, { replicas: 1 });
       return { at, liftedAt: performance.now(), notes: [`${promoted.url} promoted ${Math.round(promotedAt - at)} ms after the pause; the old primary (resumed then) its replica ${Math.round(performance.now() - at)} ms after`] };

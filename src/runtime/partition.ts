@@ -9,7 +9,6 @@ import type { Courier } from './courier.js';
 import type { Tables } from './draft.js';
 import type { RunnerMetrics } from './metrics.js';
 import type { Mux } from './mux.js';
-import { ACK_WAIT_MS } from './mux.js';
 import { decodeEntry, PartitionOutbox } from './outbox.js';
 import { serveReads } from './reads.js';
 import { StaleEpochError, type PartitionStore } from './store.js';
@@ -70,6 +69,8 @@ const CONSUMER_UNDELIVERED_MAX_MS = 5000;
  */
 const TRIM_MIN_MESSAGES = 256;
 const TRIM_IDLE_INTERVALS = 12;
+/** Most stream message ids a partition remembers (about 10 MB), see recentMessages. */
+const RECENT_MESSAGES_MAX = 100_000;
 /** Parcels remembered as applied, so that a copy sent again is acknowledged without being applied again. */
 const SEEN_PARCELS_MAX = 8192;
 
@@ -172,8 +173,9 @@ export class PartitionRunner implements Member {
   /** Parcels applied and committed lately, oldest first (a Set keeps insertion order). */
   private readonly seenIds = new Set<string>();
   /**
-   * Message ids of the stream messages applied and committed lately, with when (oldest first): a gateway repeats a
-   * publish until its request deadline, so a second copy can only come within that (plus an acknowledgement wait).
+   * Message ids of the stream messages applied and committed within JetStream's duplicate window, with when (oldest
+   * first), at most RECENT_MESSAGES_MAX: a second copy of one is passed (BatchLoop). Not only repeats within a
+   * request deadline: a command a node stored while cut off from the others reappeared after the cut healed.
    */
   private readonly recentMessages = new Map<string, number>();
   private trouble: Trouble | undefined;
@@ -554,9 +556,9 @@ export class PartitionRunner implements Member {
     for (const id of c.parcels) this.seenIds.add(id);
     const now = Date.now();
     for (const id of c.messageIds) this.recentMessages.set(id, now);
-    const keepAfter = now - this.deps.config.requestDeadlineMs - ACK_WAIT_MS;
+    const keepAfter = now - this.deps.config.duplicateWindowMs;
     for (const [id, at] of this.recentMessages) {
-      if (at >= keepAfter) break;
+      if (at >= keepAfter && this.recentMessages.size <= RECENT_MESSAGES_MAX) break;
       this.recentMessages.delete(id);
     }
     for (const id of this.seenIds) {

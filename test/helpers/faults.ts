@@ -688,5 +688,7 @@ export async function runFaults(t: Test, faults: Fault[], { netns = false, rate 
     return report;
   });
   for (const p of [...shop.workers, ...shop.gateways]) for (const exit of p.unexpectedExits) t.comment(`unexpected: ${exit}`);
+  const copies = shop.workers.reduce((n, w) => n + w.child.output().split('a second copy of a stream message').length - 1, 0);
+  if (copies > 0) t.comment(`workers passed second copies of stream messages (logged at most once a minute per partition): ${copies} lines`);
   return { shop, reports, audit };
 }
