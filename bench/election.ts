@@ -10,7 +10,7 @@
  */
 import { StringCodec } from 'nats';
 import { loadConfig } from '../src/config.js';
-import { connectNats } from '../src/connect.js';
+import { connectNats } from '../src/transport/connect.js';
 import { startNatsCluster } from '../test/helpers/ha.js';
 
 const rounds = Number(process.argv[2] ?? 5);

@@ -4,7 +4,7 @@ import type { NatsConnection } from 'nats';
 import type { Registry } from 'prom-client';
 import { startAdminHttp, type AdminHttp, type Probe } from './admin/http.js';
 import { adminPortOf, ConfigError, envName, loadConfig, type Config } from './config.js';
-import { connectNats, connectRedis, logNatsStatus } from './connect.js';
+import { connectNats, connectRedis, logNatsStatus } from './transport/connect.js';
 import { exitOnFatal } from './fatal.js';
 import { allOf, natsHealth, redisHealth } from './health.js';
 import { createLog, type Log } from './log.js';

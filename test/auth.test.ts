@@ -15,7 +15,7 @@ import { promisify } from 'node:util';
 import t, { type Test } from 'tap';
 import { deploymentAuthConf } from '../src/auth.js';
 import { envName, loadConfig, type Config } from '../src/config.js';
-import { natsOptions } from '../src/connect.js';
+import { natsOptions } from '../src/transport/connect.js';
 import { createLog } from '../src/log.js';
 import { names } from '../src/protocol.js';
 import { encodeEntry } from '../src/runtime/outbox.js';

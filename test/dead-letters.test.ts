@@ -11,7 +11,7 @@ import { decode, encode } from '../src/codec.js';
 import type { Kind } from '../src/config.js';
 import { createLog } from '../src/log.js';
 import { BUNDLE_MAX, names } from '../src/protocol.js';
-import { createShopClient } from '../src/runtime/client.js';
+import { createShopClient } from '../src/transport/shop-client.js';
 import type { DeadLetterReason, RunnerMetrics } from '../src/runtime/metrics.js';
 import { startWorker } from '../src/runtime/worker.js';
 import { seededRandom } from '../src/random.js';

@@ -6,7 +6,7 @@
 import { createServer, type Server } from 'node:net';
 import t, { type Test } from 'tap';
 import { loadConfig } from '../src/config.js';
-import { connectNats } from '../src/connect.js';
+import { connectNats } from '../src/transport/connect.js';
 import { createGateway } from '../src/http/gateway.js';
 import { createLog } from '../src/log.js';
 import { names } from '../src/protocol.js';

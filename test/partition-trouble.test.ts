@@ -13,7 +13,7 @@ import { encode } from '../src/codec.js';
 import type { Config } from '../src/config.js';
 import { createLog } from '../src/log.js';
 import { names } from '../src/protocol.js';
-import { createShopClient } from '../src/runtime/client.js';
+import { createShopClient } from '../src/transport/shop-client.js';
 import type { RunnerMetrics } from '../src/runtime/metrics.js';
 import { durableCursor, durableAfterMs } from '../src/runtime/partition.js';
 import { createPartitionStore } from '../src/runtime/store.js';

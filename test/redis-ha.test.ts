@@ -5,7 +5,7 @@
 import { connect } from 'nats';
 import t from 'tap';
 import { decode } from '../src/codec.js';
-import { connectRedis } from '../src/connect.js';
+import { connectRedis } from '../src/transport/connect.js';
 import { createGateway } from '../src/http/gateway.js';
 import { createLog } from '../src/log.js';
 import { partitionOf } from '../src/partition.js';

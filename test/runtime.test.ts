@@ -6,7 +6,7 @@ import type { Config } from '../src/config.js';
 import { createLog } from '../src/log.js';
 import { partitionOf } from '../src/partition.js';
 import { names, type Reply } from '../src/protocol.js';
-import { createShopClient, type ShopClient } from '../src/runtime/client.js';
+import { createShopClient, type ShopClient } from '../src/transport/shop-client.js';
 import { encodeEntry } from '../src/runtime/outbox.js';
 import { commitTogether, createPartitionStore, StaleEpochError } from '../src/runtime/store.js';
 import { startWorker } from '../src/runtime/worker.js';
@@ -172,7 +172,7 @@ t.test("a process's answers to another process's waiters from one turn travel as
   const nats = await startNats(t);
   const nc = await connect({ servers: nats.url });
   t.teardown(() => nc.close());
-  const { Mux } = await import('../src/runtime/mux.js');
+  const { Mux } = await import('../src/transport/mux.js');
   const n = names('');
   const gateway = new Mux(nc, n.inbox('gateway', 'g1'));
   const worker = new Mux(nc, n.inbox('worker', 'w1'));

@@ -9,7 +9,7 @@ import { join } from 'node:path';
 import { promisify } from 'node:util';
 import t, { type Test } from 'tap';
 import { loadConfig, type Config } from '../src/config.js';
-import { connectNats, connectRedis } from '../src/connect.js';
+import { connectNats, connectRedis } from '../src/transport/connect.js';
 import { abortOnExit, findBinary, freePort, natsAnswers, reapDirOnExit, spawnChild, stopChild, tcpAccepts, waitFor } from '../src/processes.js';
 
 const run = promisify(execFile);

@@ -9,7 +9,7 @@
 import { Command, InvalidArgumentError } from 'commander';
 import type { NatsConnection } from 'nats';
 import { ConfigError, KINDS, loadConfig, type Config, type Kind } from '../config.js';
-import { connectNats } from '../connect.js';
+import { connectNats } from '../transport/connect.js';
 import { adminRequest, type AdminRequest } from '../runtime/controller.js';
 import { readLocalCredentials, secretPaths } from '../secrets.js';
 import { serverUrls, withServerAuth } from '../supervisor.js';

@@ -4,7 +4,7 @@ import type { Config } from '../config.js';
 import type { Log } from '../log.js';
 import type { Registry } from 'prom-client';
 import { createGatewayMetrics } from '../admin/metrics.js';
-import { createShopClient, type ShopClient } from '../runtime/client.js';
+import { createShopClient, type ShopClient } from '../transport/shop-client.js';
 import { apiRoutes, createDispatcher, createRouter } from './routes.js';
 import { listenHttp, type HttpServer } from './uws.js';
 

@@ -10,7 +10,7 @@ import { ShopError, errorResponse, type ErrorCode } from '../errors.js';
 import type { Log } from '../log.js';
 import { batchInitRanges, partitionOf } from '../partition.js';
 import { fail as failed, ID_MAX_CHARS, type Reply } from '../protocol.js';
-import type { ShopClient } from '../runtime/client.js';
+import type { ShopClient } from '../transport/shop-client.js';
 
 export type Method = 'GET' | 'POST';
 

@@ -16,7 +16,7 @@ import { setTimeout as delay } from 'node:timers/promises';
 import { decode, encode } from '../codec.js';
 import type { Log } from '../log.js';
 import type { Courier, Parcel } from './courier.js';
-import { ACK_WAIT_MS, pubAck, type Mux } from './mux.js';
+import { ACK_WAIT_MS, pubAck, type Mux } from '../transport/mux.js';
 
 /** A message the partition could not apply, as it goes to the dead-letter stream. */
 export interface DeadLetter {

@@ -8,9 +8,9 @@ import type { BatchLoop, Committed, Inbound, Member, Taken } from './batch.js';
 import type { Courier } from './courier.js';
 import type { Tables } from './draft.js';
 import type { RunnerMetrics } from './metrics.js';
-import type { Mux } from './mux.js';
+import type { Mux } from '../transport/mux.js';
 import { decodeEntry, PartitionOutbox } from './outbox.js';
-import { serveReads } from './reads.js';
+import { serveReads } from '../transport/reads.js';
 import { StaleEpochError, type PartitionStore } from './store.js';
 
 /** Longest a runner that lets go waits for its outbox to finish sending. */

@@ -12,7 +12,7 @@ import { names } from '../protocol.js';
 import { startController, type Controller } from './controller.js';
 import { MembershipView, openBuckets, watchKv, type Buckets, type Watch } from './membership.js';
 import type { RunnerMetrics } from './metrics.js';
-import { Mux } from './mux.js';
+import { Mux } from '../transport/mux.js';
 import { PartitionRunner } from './partition.js';
 import { kvValues, parsePlacementKey, placementKey, toBytes, type Assignment, type Heartbeat } from './placement.js';
 import { BatchLoop } from './batch.js';
