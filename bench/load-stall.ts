@@ -17,7 +17,7 @@ import { join } from 'node:path';
 import { Redis } from 'ioredis';
 import { encode } from '../src/codec.js';
 import { freePort, redisAnswers, redisArgs, reapDirOnExit, spawnChild, stopChild, waitFor } from '../src/processes.js';
-import { createPartitionStore } from '../src/runtime/store.js';
+import { createPartitionStore } from '../src/datapath/store.js';
 
 /** Tick of the watching timer: a stall is how much later than this a tick comes. */
 const TICK_MS = 10;

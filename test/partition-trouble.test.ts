@@ -14,9 +14,9 @@ import type { Config } from '../src/config.js';
 import { createLog } from '../src/log.js';
 import { names } from '../src/protocol.js';
 import { createShopClient } from '../src/transport/shop-client.js';
-import type { RunnerMetrics } from '../src/runtime/metrics.js';
-import { durableCursor, durableAfterMs } from '../src/runtime/partition.js';
-import { createPartitionStore } from '../src/runtime/store.js';
+import type { RunnerMetrics } from '../src/datapath/runner-metrics.js';
+import { durableCursor, durableAfterMs } from '../src/datapath/runner.js';
+import { createPartitionStore } from '../src/datapath/store.js';
 import { startWorker, type Worker } from '../src/runtime/worker.js';
 import { startRedis, startServers, testConfig, waitFor, type TestServer } from './helpers/servers.js';
 

@@ -9,7 +9,7 @@ import { connectRedis } from '../src/transport/connect.js';
 import { createGateway } from '../src/http/gateway.js';
 import { createLog } from '../src/log.js';
 import { partitionOf } from '../src/partition.js';
-import { createPartitionStore, ReplicationTimeoutError, type BatchWrite } from '../src/runtime/store.js';
+import { createPartitionStore, ReplicationTimeoutError, type BatchWrite } from '../src/datapath/store.js';
 import { startRedisHA, type RedisHA } from './helpers/ha.js';
 import { httpCall } from './helpers/http.js';
 import { randomToken, startNats, testConfig, waitFor } from './helpers/servers.js';

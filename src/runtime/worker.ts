@@ -11,16 +11,16 @@ import type { Log } from '../log.js';
 import { names } from '../protocol.js';
 import { startController, type Controller } from './controller.js';
 import { MembershipView, openBuckets, watchKv, type Buckets, type Watch } from './membership.js';
-import type { RunnerMetrics } from './metrics.js';
+import type { RunnerMetrics } from '../datapath/runner-metrics.js';
 import { Mux } from '../transport/mux.js';
-import { PartitionRunner } from './partition.js';
+import { PartitionRunner } from '../datapath/runner.js';
 import { kvValues, parsePlacementKey, placementKey, toBytes, type Assignment, type Heartbeat } from './placement.js';
-import { BatchLoop } from './batch.js';
-import { warmActorsOnce } from './warm.js';
-import { Courier } from './courier.js';
-import type { Inbound } from './batch.js';
-import { createPartitionStore, StaleEpochError, type PartitionStore } from './store.js';
-import { ensureStreams, untilJetStream } from './streams.js';
+import { BatchLoop } from '../datapath/batch-loop.js';
+import { warmActorsOnce } from '../datapath/warm-up.js';
+import { Courier } from '../datapath/courier.js';
+import type { Inbound } from '../datapath/batch-loop.js';
+import { createPartitionStore, StaleEpochError, type PartitionStore } from '../datapath/store.js';
+import { ensureStreams, untilJetStream } from '../datapath/streams.js';
 
 /** Why a dynamic worker stopped on its own: shopctl drained it, or it lost its lease (its heartbeats failed too long). */
 export type WorkerEnd = 'drained' | 'lease-lost';

@@ -26,9 +26,9 @@ import type { Config, Kind } from '../config.js';
 import { faultLog, type Fault } from '../faults.js';
 import type { Log } from '../log.js';
 import { BUNDLE_MAX, fail, ID_MAX_CHARS, names, type Names, type Reply } from '../protocol.js';
-import { Delivery, type Box, type Sink } from './delivery.js';
+import { Delivery, type Box, type Sink } from './local-delivery.js';
 import { Draft, type Tables } from './draft.js';
-import type { DeadLetterReason, RunnerMetrics } from './metrics.js';
+import type { DeadLetterReason, RunnerMetrics } from './runner-metrics.js';
 import { emptyEntry, encodeEntry, owesNothing, packCommands, type DeadLetter, type OutboxEntry } from './outbox.js';
 import { commitTogether, type CommitResult, type PartitionStore, type PreparedBatch } from './store.js';
 
