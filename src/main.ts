@@ -95,7 +95,7 @@ async function main(role: string | undefined): Promise<void> {
       return;
     }
     case 'worker': {
-      const { startWorker } = await import('./runtime/worker.js');
+      const { startWorker } = await import('./placement/worker.js');
       await serve(log, async () => {
         const nc = await connectNats(config, `worker-${config.workerIndex}`);
         logNatsStatus(nc, log);
@@ -146,7 +146,7 @@ async function main(role: string | undefined): Promise<void> {
     case 'controller': {
       // A controller candidate of its own (workers run one each already): for deployments that keep placement
       // decisions out of the worker processes.
-      const { startController } = await import('./runtime/controller.js');
+      const { startController } = await import('./placement/controller.js');
       await serve(log, async () => {
         const nc = await connectNats(config, 'controller');
         logNatsStatus(nc, log);

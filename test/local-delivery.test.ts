@@ -7,7 +7,7 @@ import { createLog } from '../src/log.js';
 import { names } from '../src/protocol.js';
 import { Draft } from '../src/datapath/draft.js';
 import { createPartitionStore } from '../src/datapath/store.js';
-import { startWorker } from '../src/runtime/worker.js';
+import { startWorker } from '../src/placement/worker.js';
 import { httpCall, oneOrderShop } from './helpers/http.js';
 import { startServers, testConfig, waitFor } from './helpers/servers.js';
 import { spawnRole } from './helpers/stack.js';

@@ -17,7 +17,7 @@ import { createShopClient } from '../src/transport/shop-client.js';
 import type { RunnerMetrics } from '../src/datapath/runner-metrics.js';
 import { durableCursor, durableAfterMs } from '../src/datapath/runner.js';
 import { createPartitionStore } from '../src/datapath/store.js';
-import { startWorker, type Worker } from '../src/runtime/worker.js';
+import { startWorker, type Worker } from '../src/placement/worker.js';
 import { startRedis, startServers, testConfig, waitFor, type TestServer } from './helpers/servers.js';
 
 const log = createLog('test', 'error');

@@ -9,7 +9,7 @@ import { names, type Reply } from '../src/protocol.js';
 import { createShopClient, type ShopClient } from '../src/transport/shop-client.js';
 import { encodeEntry } from '../src/datapath/outbox.js';
 import { commitTogether, createPartitionStore, StaleEpochError } from '../src/datapath/store.js';
-import { startWorker } from '../src/runtime/worker.js';
+import { startWorker } from '../src/placement/worker.js';
 import { startNats, startServers, testConfig, waitFor } from './helpers/servers.js';
 import { spawnRole } from './helpers/stack.js';
 
