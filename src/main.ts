@@ -2,11 +2,11 @@
 /** One build, one entry point: the role (supervisor, worker, gateway, controller) comes from the command line. */
 import type { NatsConnection } from 'nats';
 import type { Registry } from 'prom-client';
-import { startAdminHttp, type AdminHttp, type Probe } from './admin/http.js';
+import { startAdminHttp, type AdminHttp, type Probe } from './monitoring/admin-http.js';
 import { adminPortOf, ConfigError, envName, loadConfig, type Config } from './config.js';
 import { connectNats, connectRedis, logNatsStatus } from './transport/connect.js';
 import { exitOnFatal } from './fatal.js';
-import { allOf, natsHealth, redisHealth } from './health.js';
+import { allOf, natsHealth, redisHealth } from './monitoring/health.js';
 import { createLog, type Log } from './log.js';
 
 type Lifecycle = 'starting' | 'ready' | 'draining' | 'closed';

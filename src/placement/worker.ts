@@ -3,7 +3,7 @@ import type { KvEntry, NatsConnection } from 'nats';
 import { randomBytes } from 'node:crypto';
 import { hostname } from 'node:os';
 import { actorOf } from '../actors/index.js';
-import { createWorkerMetrics, type PartitionSample } from '../admin/metrics.js';
+import { createWorkerMetrics, type PartitionSample } from '../monitoring/metrics.js';
 import type { Registry } from 'prom-client';
 import type { Config, Kind } from '../config.js';
 import { faultLog } from '../faults.js';
