@@ -90,7 +90,7 @@ async function main(role: string | undefined): Promise<void> {
   exitOnFatal(log);
   switch (role) {
     case 'supervisor': {
-      const { runSupervisor } = await import('./supervisor.js');
+      const { runSupervisor } = await import('./stack/supervisor.js');
       await runSupervisor(config, log);
       return;
     }

@@ -20,7 +20,7 @@ import { createLog } from '../src/log.js';
 import { names } from '../src/protocol.js';
 import { encodeEntry } from '../src/datapath/outbox.js';
 import { createPartitionStore } from '../src/datapath/store.js';
-import { createSupervisor } from '../src/supervisor.js';
+import { createSupervisor } from '../src/stack/supervisor.js';
 import { httpCall } from './helpers/http.js';
 import { freePort, randomToken, startServers, testConfig, waitFor, type Login } from './helpers/servers.js';
 

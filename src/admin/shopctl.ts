@@ -11,8 +11,8 @@ import type { NatsConnection } from 'nats';
 import { ConfigError, KINDS, loadConfig, type Config, type Kind } from '../config.js';
 import { connectNats } from '../transport/connect.js';
 import { adminRequest, type AdminRequest } from '../placement/controller.js';
-import { readLocalCredentials, secretPaths } from '../secrets.js';
-import { serverUrls, withServerAuth } from '../supervisor.js';
+import { readLocalCredentials, secretPaths } from '../stack/secrets.js';
+import { serverUrls, withServerAuth } from '../stack/supervisor.js';
 import { formatStatus, readStatus } from './status.js';
 
 interface Globals {

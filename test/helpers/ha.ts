@@ -15,7 +15,7 @@ import { connect, type NatsConnection } from 'nats';
 import type { Test } from 'tap';
 import { redisAcl, type RedisLogin } from '../../src/auth.js';
 import type { Config } from '../../src/config.js';
-import { NATS_STOP_SIGNAL, natsAnswers, natsArgs, redisAnswers } from '../../src/processes.js';
+import { NATS_STOP_SIGNAL, natsAnswers, natsArgs, redisAnswers } from '../../src/stack/processes.js';
 import {
   currentPrimary,
   jetstreamClusterReady,
@@ -26,7 +26,7 @@ import {
   sentinelPrimary,
   sentinelQuorum,
   sentinelReady,
-} from '../../src/topology.js';
+} from '../../src/stack/topology.js';
 import { freePort, startServer, testNatsAuthorization, waitFor, type TestServer, type TestUsers } from './servers.js';
 
 /** How long a cluster may take to elect its JetStream meta leader, or replicas and Sentinels to find each other. */

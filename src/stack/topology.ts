@@ -7,7 +7,7 @@
  * Every node listens on 127.0.0.1 only. Passwords are only ever in files (0600, in a 0700 directory), never on a
  * command line: argv is world-readable in /proc.
  */
-import type { RedisLogin } from './auth.js';
+import type { RedisLogin } from '../auth.js';
 
 /** The cluster (and JetStream domain of names) the local nats-servers form. */
 export const NATS_CLUSTER_NAME = 'shop';

@@ -10,8 +10,8 @@
 import { existsSync, mkdirSync, readFileSync, writeFileSync } from 'node:fs';
 import { dirname, join, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
-import { ConfigError, envName, type Config } from './config.js';
-import { resolveLogFormat, type Log } from './log.js';
+import { ConfigError, envName, type Config } from '../config.js';
+import { resolveLogFormat, type Log } from '../log.js';
 import { ensureLocalSecrets, gatewayUser, writePrivate, type LocalSecrets } from './secrets.js';
 import {
   currentPrimary,
@@ -87,12 +87,12 @@ const SIGNAL_REPEAT_MIN_MS = 1000;
 
 const here = dirname(fileURLToPath(import.meta.url));
 
-/** main.js next to this module: dist/src/main.js when compiled. */
-const MAIN_JS = join(here, 'main.js');
+/** main.js one folder up from this module: dist/src/main.js when compiled. */
+const MAIN_JS = join(here, '..', 'main.js');
 
-/** nats/local.conf at the package root, from both src/ and dist/src/. */
+/** nats/local.conf at the package root, from both src/stack/ and dist/src/stack/. */
 function natsConfigFile(): string {
-  for (const up of ['..', '../..']) {
+  for (const up of ['../..', '../../..']) {
     const file = resolve(here, up, 'nats', 'local.conf');
     if (existsSync(file)) return file;
   }

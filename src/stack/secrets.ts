@@ -8,8 +8,8 @@
 import { randomBytes } from 'node:crypto';
 import { chmodSync, existsSync, mkdirSync, readFileSync, renameSync, statSync, writeFileSync } from 'node:fs';
 import { join, resolve } from 'node:path';
-import { natsAuthorization, redisAcl, type NatsUser, type RedisLogin } from './auth.js';
-import { ConfigError, type Config } from './config.js';
+import { natsAuthorization, redisAcl, type NatsUser, type RedisLogin } from '../auth.js';
+import { ConfigError, type Config } from '../config.js';
 import { natsClusterBlock, portsFrom } from './topology.js';
 
 /** Bytes of randomness per password (base64url: 32 characters). */
