@@ -5,7 +5,7 @@
  */
 import { OrderOutcomes } from './audit.js';
 import { LARGE_AMOUNT, type BenchOptions, type ScenarioName } from './options.js';
-import { seededRandom } from '../src/random.js';
+import { seededRandom } from '../src/actors/random.js';
 
 export interface Op {
   method: 'GET' | 'POST';

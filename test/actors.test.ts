@@ -3,7 +3,7 @@ import t from 'tap';
 import { payment, type PaymentCmd } from '../src/actors/payment.js';
 import { stock, type StockCmd } from '../src/actors/stock.js';
 import type { ApplyContext } from '../src/actors/types.js';
-import { fnv1a, partitionOf } from '../src/partition.js';
+import { fnv1a, partitionOf } from '../src/partitioning.js';
 import { memoryState } from './helpers/memory-state.js';
 
 const ctx = (seq: number, partition = 0, partitions = 1): ApplyContext => ({ partition, partitions, seq });

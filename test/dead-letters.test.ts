@@ -14,7 +14,7 @@ import { BUNDLE_MAX, names } from '../src/protocol.js';
 import { createShopClient } from '../src/transport/shop-client.js';
 import type { DeadLetterReason, RunnerMetrics } from '../src/datapath/runner-metrics.js';
 import { startWorker } from '../src/placement/worker.js';
-import { seededRandom } from '../src/random.js';
+import { seededRandom } from '../src/actors/random.js';
 import { captureLog } from './helpers/logs.js';
 import { startServers, testConfig, waitFor } from './helpers/servers.js';
 

@@ -8,7 +8,7 @@ import t from 'tap';
 import { ORDER_LINES_MAX } from '../src/actors/order.js';
 import { decode, encode } from '../src/codec.js';
 import { createLog } from '../src/log.js';
-import { partitionOf } from '../src/partition.js';
+import { partitionOf } from '../src/partitioning.js';
 import { ID_MAX_CHARS, names, ok, type Reply } from '../src/protocol.js';
 import { createShopClient } from '../src/transport/shop-client.js';
 import { NATS_MAX_PAYLOAD_DEFAULT_BYTES, READ_REPLY_BYTES_MAX } from '../src/transport/reads.js';

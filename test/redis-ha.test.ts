@@ -8,7 +8,7 @@ import { decode } from '../src/codec.js';
 import { connectRedis } from '../src/transport/connect.js';
 import { createGateway } from '../src/http/gateway.js';
 import { createLog } from '../src/log.js';
-import { partitionOf } from '../src/partition.js';
+import { partitionOf } from '../src/partitioning.js';
 import { createPartitionStore, ReplicationTimeoutError, type BatchWrite } from '../src/datapath/store.js';
 import { startRedisHA, type RedisHA } from './helpers/ha.js';
 import { httpCall } from './helpers/http.js';

@@ -4,7 +4,7 @@ import t, { type Test } from 'tap';
 import { encode } from '../src/codec.js';
 import type { Config } from '../src/config.js';
 import { createLog } from '../src/log.js';
-import { partitionOf } from '../src/partition.js';
+import { partitionOf } from '../src/partitioning.js';
 import { names, type Reply } from '../src/protocol.js';
 import { createShopClient, type ShopClient } from '../src/transport/shop-client.js';
 import { encodeEntry } from '../src/datapath/outbox.js';

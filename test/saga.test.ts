@@ -7,7 +7,7 @@ import type { ReadView, ReplyTo } from '../src/actors/types.js';
 import { Delivery, type Box } from '../src/datapath/local-delivery.js';
 import { Draft, type Tables } from '../src/datapath/draft.js';
 import type { Kind } from '../src/config.js';
-import { partitionOf } from '../src/partition.js';
+import { partitionOf } from '../src/partitioning.js';
 import type { Reply } from '../src/protocol.js';
 
 /**

@@ -11,7 +11,7 @@ import { Type, type Static, type TObject } from '@sinclair/typebox';
 import { TypeCompiler, type TypeCheck } from '@sinclair/typebox/compiler';
 import { KINDS, type Kind } from '../config.js';
 import { ERRORS } from '../errors.js';
-import { BATCH_INIT_CHUNK } from '../partition.js';
+import { BATCH_INIT_CHUNK } from '../partitioning.js';
 import { ID_MAX_CHARS } from '../protocol.js';
 
 /** Most lines in one order (keeps every saga message well inside one NATS message). */

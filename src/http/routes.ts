@@ -8,7 +8,7 @@ import { setImmediate as yieldTurn } from 'node:timers/promises';
 import { envName, type Config, type Kind } from '../config.js';
 import { ShopError, errorResponse, type ErrorCode } from '../errors.js';
 import type { Log } from '../log.js';
-import { batchInitRanges, partitionOf } from '../partition.js';
+import { batchInitRanges, partitionOf } from '../partitioning.js';
 import { fail as failed, ID_MAX_CHARS, type Reply } from '../protocol.js';
 import type { ShopClient } from '../transport/shop-client.js';
 

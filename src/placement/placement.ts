@@ -6,7 +6,7 @@ import { Type, type Static, type TSchema } from '@sinclair/typebox';
 import { TypeCompiler } from '@sinclair/typebox/compiler';
 import { KINDS, type Kind } from '../config.js';
 import { preview, type Fault } from '../faults.js';
-import { fnv1a } from '../partition.js';
+import { fnv1a } from '../partitioning.js';
 
 const text = new TextDecoder();
 
