@@ -58,7 +58,7 @@ export interface Config {
   gatewayIndex: number;
   /**
    * 'dynamic': workers register in NATS KV, a leader-elected controller places partitions and moves them when a
-   * worker dies, joins or drains (src/runtime/controller.ts). 'static': partition p belongs to worker p % workerProcesses.
+   * worker dies, joins or drains (src/placement/controller.ts). 'static': partition p belongs to worker p % workerProcesses.
    */
   placement: 'dynamic' | 'static';
   /** Dynamic placement: how often a worker renews its registration (and the leader its leadership). */

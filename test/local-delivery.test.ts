@@ -14,7 +14,7 @@ import { spawnRole } from './helpers/stack.js';
 
 /**
  * A worker that runs the order, stock and payment partitions of a checkout applies the saga's messages between
- * them within one batch and commits it as one transaction (runtime/batch.ts).
+ * them within one batch and commits it as one transaction (datapath/batch-loop.ts).
  */
 
 const log = createLog('test', 'warn');

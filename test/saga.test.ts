@@ -29,7 +29,7 @@ interface Msg {
 
 /**
  * Every partition of every kind in memory, each command delivered through the worker's own in-memory delivery
- * (runtime/delivery.ts) with nothing routed locally: every saga message it makes goes back to the test's network,
+ * (datapath/local-delivery.ts) with nothing routed locally: every saga message it makes goes back to the test's network,
  * which decides when (and how often) it arrives.
  */
 class World {

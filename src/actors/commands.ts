@@ -1,7 +1,7 @@
 /**
  * The commands every actor kind takes, as schemas: one source for their TypeScript types (`Static<>`) and for the
  * check a partition runs on every message before an actor sees it (`checkCommand`). A message that fails it is a
- * dead letter (runtime/batch.ts), never a reason to stop the partition.
+ * dead letter (datapath/batch-loop.ts), never a reason to stop the partition.
  *
  * Two doors, each with its own commands: clients (gateways, through the kind's stream) send `client` commands;
  * other partitions send `saga` commands (the checkout's holds, releases, forgets and answers). A saga command that

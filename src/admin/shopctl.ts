@@ -22,7 +22,7 @@ interface Globals {
   password?: string;
 }
 
-/** A command gives up on NATS after this many attempts per server (not 0 or 1: see connect.ts). */
+/** A command gives up on NATS after this many attempts per server (not 0 or 1: see transport/connect.ts). */
 const SHOPCTL_RECONNECT_ATTEMPTS = 2;
 /** How long shopctl waits for one NATS server to let it in. */
 const SHOPCTL_CONNECT_TIMEOUT_MS = 5000;

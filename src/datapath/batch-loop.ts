@@ -5,7 +5,7 @@
  *
  * A command one partition of the batch sends to another partition this worker runs (a checkout's reserve, debit,
  * answers, releases and forgets, when order, stock and payment partitions share the worker) is applied in the same
- * batch, in memory (runtime/delivery.ts), instead of leaving through the outbox: a whole checkout is then one stream
+ * batch, in memory (datapath/local-delivery.ts), instead of leaving through the outbox: a whole checkout is then one stream
  * message in, one commit and one reply out. Each partition still has one writer and applies its commands one at a
  * time; what changes is the transport, which the saga does not depend on (it tolerates any order and repeats). The
  * commit being atomic across the batch's partitions is what makes this exact: a crash before it loses the commands
@@ -73,7 +73,7 @@ export interface Committed {
   streamMessages: number;
 }
 
-/** What the batch loop needs of a partition; implemented by its runner (runtime/partition.ts). */
+/** What the batch loop needs of a partition; implemented by its runner (datapath/runner.ts). */
 export interface Member {
   readonly kind: Kind;
   readonly partition: number;

@@ -260,7 +260,7 @@ export class PartitionRunner implements Member {
     });
     for (const [field, bytes] of loaded.outbox) this.outbox.send(field, decodeEntry(bytes));
 
-    // Reads are answered from the committed view (runtime/reads.ts: batches, checks, size).
+    // Reads are answered from the committed view (transport/reads.ts: batches, checks, size).
     this.reads = serveReads({ nc, subject: this.names.get(this.kind, this.partition), answer: (query) => actor.query(this.view, query), log: this.log });
 
     this.queuedSeq = this._cursor;

@@ -1,6 +1,6 @@
 /**
  * Prometheus metrics of a worker and of a gateway, one registry per process (built by a factory, so tests can
- * build several in one process). Served as text by src/admin/http.ts on /metrics.
+ * build several in one process). Served as text by src/monitoring/admin-http.ts on /metrics.
  */
 import { collectDefaultMetrics, Counter, Gauge, Histogram, Registry } from 'prom-client';
 import type { Kind } from '../config.js';

@@ -217,7 +217,7 @@ interface Slot {
  * If its own heartbeats fail for workerLeaseMs less one interval, the controller may already have given its
  * partitions away: it stops every runner and `ended` resolves with 'lease-lost' (main.js exits; the supervisor
  * starts a fresh worker under a new id). On `drain` (shopctl) it gives everything away and `ended` resolves with
- * 'drained'. Every worker also runs a controller candidate (src/runtime/controller.ts).
+ * 'drained'. Every worker also runs a controller candidate (src/placement/controller.ts).
  */
 async function startDynamicWorker(kit: Kit, id: string, opts: WorkerOptions, registry: Registry, follow: (locate: (kind: Kind, partition: number) => string | undefined) => void): Promise<Worker> {
   const { nc, config, redis, mux, courier } = kit;

@@ -5,7 +5,7 @@
  *
  * With natsNodes > 1, redisReplicas and sentinelNodes (the cluster profile, `SHOP_PROFILE=cluster npm start`) the
  * servers are the production topology on one machine: a JetStream cluster, a Redis primary with replicas, and
- * Sentinels that promote a replica when the primary dies (src/topology.ts).
+ * Sentinels that promote a replica when the primary dies (src/stack/topology.ts).
  */
 import { existsSync, mkdirSync, readFileSync, writeFileSync } from 'node:fs';
 import { dirname, join, resolve } from 'node:path';
