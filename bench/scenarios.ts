@@ -136,7 +136,7 @@ function checkoutEach(
   };
 }
 
-/** Random orders, repeats allowed: a repeat of a paid order answers 200 and charges nothing (API.md), so 4xx is an error. */
+/** Random orders, repeats allowed: a repeat of a paid order answers 200 and charges nothing (docs/api.md), so 4xx is an error. */
 function wdmStress(o: BenchOptions, random: () => number): Scenario {
   const outcomes = new OrderOutcomes(o.orders);
   return {
