@@ -67,7 +67,7 @@ export interface ScaleConfig {
   partitions: number;
 }
 
-/** The shapes that answer "does a second worker help, do more partitions cost": see README, Performance. */
+/** The shapes that answer "does a second worker help, do more partitions cost": see docs/perf/README.md. */
 export const DEFAULT_SCALE_CONFIGS: readonly ScaleConfig[] = Object.freeze(
   [
     [1, 2],
