@@ -28,18 +28,27 @@ export const RESTART_BACKOFF_MAX_MS = 30_000;
 /** How often a partition refused for a stream behind its cursor looks again (an operator may have mended it). */
 const REFUSED_RECHECK_MS = 10_000;
 /**
- * How long one pull of the ordered consumer lasts; the server sends heartbeats every half of it, and two missed
- * heartbeats make nats.js re-create the consumer. An ordered consumer lives on one server (the stream leader when it
+ * How long one pull of the ordered consumer lasts. An ordered consumer lives on one server (the stream leader when it
  * was made): when that server dies, this bounds how long the partition reads nothing (nats.js's default, 30 s, was
  * the whole of a 30 s request deadline on a NATS cluster that lost a node).
  */
 const CONSUMER_PULL_EXPIRES_MS = 5000;
 /**
- * Heartbeats of the ordered consumer missed in a row after which this runner makes a new one, from the message after
- * the last it queued. nats.js re-creates an ordered consumer only once the server says it is gone; while the one
- * server it lived on is down, nothing says so, and the partition would read nothing until that server is back.
+ * How often the server sends a heartbeat on a pull that has nothing to deliver; two missed make nats.js pull again.
+ * Short, not nats.js's half of the expiry, because nats-server 2.9 sometimes drops a waiting pull without a word
+ * (consumer info says 0 waiting while the client counts one outstanding; seen at 64 partitions per kind, around
+ * pull expiries): nothing more comes on that consumer until nats.js notices. At 2.5 s that was 5 s in which every
+ * command of the partition waited, and under a closed-loop benchmark every client ended up waiting on it: seconds
+ * without a single checkout answered. Costs an idle partition two small messages a second.
  */
-const CONSUMER_MISSED_HEARTBEATS_MAX = 2;
+const CONSUMER_HEARTBEAT_MS = 500;
+/**
+ * Heartbeats of the ordered consumer missed in a row after which this runner makes a new one, from the message after
+ * the last it queued (3 s). nats.js re-creates an ordered consumer only once the server says it is gone; while the
+ * one server it lived on is down, nothing says so, and the partition would read nothing until that server is back.
+ * A dropped pull (above) is mended by nats.js's own pull after two.
+ */
+const CONSUMER_MISSED_HEARTBEATS_MAX = 6;
 /** No message and no news of its pulls for this long: the consumer is taken for gone (see watchConsumer). */
 const CONSUMER_SILENT_MAX_MS = 3 * CONSUMER_PULL_EXPIRES_MS;
 /**
@@ -278,7 +287,7 @@ export class PartitionRunner implements Member {
     const { js, config } = this.deps;
     const consumer = await js.consumers.get(this.names.stream(this.kind), { filterSubjects: this.subject, opt_start_seq: this.queuedSeq + 1 });
     if (!this.active) return;
-    const messages = await consumer.consume({ max_messages: Math.min(config.queueMax, config.batchMax * 2), expires: CONSUMER_PULL_EXPIRES_MS });
+    const messages = await consumer.consume({ max_messages: Math.min(config.queueMax, config.batchMax * 2), expires: CONSUMER_PULL_EXPIRES_MS, idle_heartbeat: CONSUMER_HEARTBEAT_MS });
     if (!this.active) return messages.stop();
     this.messages = messages;
     void this.pump(messages);
