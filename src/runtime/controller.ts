@@ -263,15 +263,53 @@ export async function startController({ nc, config, log: parentLog, id, buckets,
   await tick();
   const timer = clock.setInterval(() => tick().catch((err: unknown) => log.error('controller tick failed', { err })), config.heartbeatIntervalMs);
 
-  // ---- admin requests -----------------------------------------------------------------------------
+  const admin = serveAdmin({ nc, config, log, clock, control: b.control, members, placement, pins, drains, writes: () => writes, reconcile, forget, leading: valid, closed: () => phase === 'closed' });
 
-  const token = config.adminToken;
-  const admin: Subscription = nc.subscribe(names(config.streamPrefix).admin, {
+  return {
+    id,
+    leading: valid,
+    writes: () => writes,
+    async close() {
+      if (phase === 'closed') return;
+      phase = 'closed';
+      clock.clearInterval(timer);
+      admin.unsubscribe();
+      for (const w of watches) w.stop();
+      members.stop();
+      await decide({ kind: 'close' });
+    },
+  };
+}
+
+/** What the admin requests work on: the controller's view and its reconcile. */
+interface AdminContext {
+  nc: NatsConnection;
+  config: Config;
+  log: Log;
+  clock: Clock;
+  control: Buckets['control'];
+  members: MembershipView;
+  placement: ReadonlyMap<string, Placed>;
+  pins: Map<string, string>;
+  drains: Set<string>;
+  writes: () => number;
+  reconcile: () => Promise<number>;
+  forget: (key: string) => Promise<boolean>;
+  /** Only the leader answers. */
+  leading: () => boolean;
+  closed: () => boolean;
+}
+
+/** Answers shopctl's move, drain and rebalance on the admin subject, while this controller leads. */
+function serveAdmin(ctx: AdminContext): Subscription {
+  const sub = ctx.nc.subscribe(names(ctx.config.streamPrefix).admin, {
     callback: (err, msg) => {
-      if (err || !valid()) return; // only the leader answers
-      answer(msg).catch((e: unknown) => log.warn('could not answer an admin request', { err: e }));
+      if (err || !ctx.leading()) return; // only the leader answers
+      answer(msg).catch((e: unknown) => ctx.log.warn('could not answer an admin request', { err: e }));
     },
   });
+  const { config, log, clock, control, members, placement, pins, drains, writes, reconcile, forget } = ctx;
+  const token = config.adminToken;
 
   function authorised(msg: Msg): string | undefined {
     if (token) {
@@ -320,14 +358,14 @@ export async function startController({ nc, config, log: parentLog, id, buckets,
   async function until(pendingOf: () => string[], deadline: number): Promise<string[]> {
     for (;;) {
       const pending = pendingOf();
-      if (pending.length === 0 || clock.now() >= deadline || phase === 'closed') return pending;
+      if (pending.length === 0 || clock.now() >= deadline || ctx.closed()) return pending;
       await clock.sleep(SETTLE_POLL_MS);
     }
   }
 
   async function perform(req: AdminRequest, started: number): Promise<AdminReply> {
     const deadline = started + ADMIN_SETTLE_DEADLINE_MS;
-    const before = writes;
+    const before = writes();
     switch (req.op) {
       case 'move': {
         const { kind, partition } = req;
@@ -339,17 +377,17 @@ export async function startController({ nc, config, log: parentLog, id, buckets,
         if (hb.draining || drains.has(worker)) throw new Error(`worker ${worker} is draining`);
         const key = placementKey(kind, partition);
         const from = placement.get(key)?.a.worker;
-        await b.control.put(`pin.${key}`, toBytes({ worker }));
+        await control.put(`pin.${key}`, toBytes({ worker }));
         pins.set(key, worker);
         await reconcile();
         const pending = await until(() => (placement.get(key)?.a.worker === worker ? settled((k) => k === key) : [key]), deadline);
         if (pending.length > 0) return { ok: false, error: `${key} is not yet running on ${worker} after ${ADMIN_SETTLE_DEADLINE_MS} ms` };
-        return { ok: true, message: `moved ${kind} ${partition}: ${from ?? 'nobody'} -> ${worker} (epoch ${placement.get(key)!.a.epoch})`, moves: writes - before, ms: clock.now() - started };
+        return { ok: true, message: `moved ${kind} ${partition}: ${from ?? 'nobody'} -> ${worker} (epoch ${placement.get(key)!.a.epoch})`, moves: writes() - before, ms: clock.now() - started };
       }
       case 'drain': {
         const worker = resolveWorker(req.worker);
         const held = placement.size === 0 ? 0 : [...placement.values()].filter((p) => p.a.worker === worker).length;
-        await b.control.put(`drain.${worker}`, toBytes({ at: clock.now() }));
+        await control.put(`drain.${worker}`, toBytes({ at: clock.now() }));
         drains.add(worker);
         await reconcile();
         const pending = await until(() => {
@@ -358,7 +396,7 @@ export async function startController({ nc, config, log: parentLog, id, buckets,
           return [...still, ...(hb && members.alive(worker) ? hb.held.map((h) => placementKey(h.k, h.p)) : [])];
         }, deadline);
         if (pending.length > 0) return { ok: false, error: `${worker} still holds ${[...new Set(pending)].join(' ')} after ${ADMIN_SETTLE_DEADLINE_MS} ms (does another worker host those kinds?)` };
-        return { ok: true, message: `drained ${worker}: ${held} partitions moved; it exits now`, moves: writes - before, ms: clock.now() - started };
+        return { ok: true, message: `drained ${worker}: ${held} partitions moved; it exits now`, moves: writes() - before, ms: clock.now() - started };
       }
       case 'rebalance': {
         await Promise.all([...pins.keys()].map((key) => forget(`pin.${key}`)));
@@ -366,27 +404,13 @@ export async function startController({ nc, config, log: parentLog, id, buckets,
         await reconcile();
         const pending = await until(() => settled(), deadline);
         if (pending.length > 0) return { ok: false, error: `not settled after ${ADMIN_SETTLE_DEADLINE_MS} ms: ${pending.join(' ')}` };
-        return { ok: true, message: `balanced: ${writes - before} partitions moved`, moves: writes - before, ms: clock.now() - started };
+        return { ok: true, message: `balanced: ${writes() - before} partitions moved`, moves: writes() - before, ms: clock.now() - started };
       }
       default:
         throw new Error(`unknown admin op ${JSON.stringify((req as { op: unknown }).op)}; known: move, drain, rebalance`);
     }
   }
-
-  return {
-    id,
-    leading: valid,
-    writes: () => writes,
-    async close() {
-      if (phase === 'closed') return;
-      phase = 'closed';
-      clock.clearInterval(timer);
-      admin.unsubscribe();
-      for (const w of watches) w.stop();
-      members.stop();
-      await decide({ kind: 'close' });
-    },
-  };
+  return sub;
 }
 
 /** Sends one admin request to the leading controller and returns its answer. */
