@@ -8,7 +8,7 @@
  *   npm run build && node dist/bench/load-stall.js [entities (600000)] [rounds (3)]
  *
  * A stall longer than a worker's lease less one heartbeat interval makes the worker give up its partitions
- * (README, Placement): the load must stay well below that however large the partition.
+ * (docs/cluster.md, Placement and failover): the load must stay well below that however large the partition.
  */
 import { monitorEventLoopDelay } from 'node:perf_hooks';
 import { mkdtemp, rm } from 'node:fs/promises';

@@ -97,7 +97,7 @@ t.test('a stream behind the committed cursor (its store rolled back, or made ane
   t.match(fourth.ready().detail, /was made anew since this partition last ran/);
   await fourth.close();
 
-  // The README's recovery: accept the loss, start the partition at the new stream's beginning.
+  // The recovery of docs/operations.md: accept the loss, start the partition at the new stream's beginning.
   await redis.hset(store.keys.meta, 'cursor', '0');
   await redis.hdel(store.keys.meta, 'stream');
   const fifth = await start();

@@ -350,7 +350,7 @@ export class PartitionRunner implements Member {
     const why = recreated
       ? `stream ${streamName} was made anew since this partition last ran (its last sequence is ${lastSeq}, the partition's committed cursor ${this._cursor})`
       : `stream ${streamName}'s last sequence is ${lastSeq}, below this partition's committed cursor ${this._cursor}`;
-    const error = `${why}: the stream lost commands this partition had applied, and reading on would skip new ones. Restore the NATS store, or accept the loss and reset the cursor (README, "A partition refuses its stream")`;
+    const error = `${why}: the stream lost commands this partition had applied, and reading on would skip new ones. Restore the NATS store, or accept the loss and reset the cursor (docs/operations.md, "A partition refuses its stream")`;
     this.trouble = { state: 'refused', attempts: (this.trouble?.attempts ?? 0) + 1, error };
     this.setState('refused');
     if (this.trouble.attempts === 1) this.log.error(`refusing to serve: ${error}`, { stream: streamName, lastSeq, cursor: this._cursor, recreated });
