@@ -1,7 +1,7 @@
 /**
  * How long a JetStream R3 stream and KV bucket take to accept writes again when the node leading them is killed
  * (SIGKILL) or paused (SIGSTOP), on this machine: a 3-node cluster of its own (free ports, temporary dirs, the test
- * helpers), one client connected to all three with the settings every process uses (connect.ts, the cluster
+ * helpers), one client connected to all three with the settings every process uses (src/transport/connect.ts, the cluster
  * profile's ping interval), writing every 50 ms to each with a 1 s timeout. Per round: the write gap (last write
  * stored before the fault to the first stored after), and when the new leader was first seen. The figures size the
  * cluster profile's lease (docs/architecture.md, "NATS cluster").
@@ -10,7 +10,7 @@
  */
 import { StringCodec } from 'nats';
 import { loadConfig } from '../src/config.js';
-import { connectNats } from '../src/connect.js';
+import { connectNats } from '../src/transport/connect.js';
 import { startNatsCluster } from '../test/helpers/ha.js';
 
 const rounds = Number(process.argv[2] ?? 5);

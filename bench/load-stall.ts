@@ -8,7 +8,7 @@
  *   npm run build && node dist/bench/load-stall.js [entities (600000)] [rounds (3)]
  *
  * A stall longer than a worker's lease less one heartbeat interval makes the worker give up its partitions
- * (README, Placement): the load must stay well below that however large the partition.
+ * (docs/cluster.md, Placement and failover): the load must stay well below that however large the partition.
  */
 import { monitorEventLoopDelay } from 'node:perf_hooks';
 import { mkdtemp, rm } from 'node:fs/promises';
@@ -16,8 +16,8 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { Redis } from 'ioredis';
 import { encode } from '../src/codec.js';
-import { freePort, redisAnswers, redisArgs, reapDirOnExit, spawnChild, stopChild, waitFor } from '../src/processes.js';
-import { createPartitionStore } from '../src/runtime/store.js';
+import { freePort, redisAnswers, redisArgs, reapDirOnExit, spawnChild, stopChild, waitFor } from '../src/stack/processes.js';
+import { createPartitionStore } from '../src/datapath/store.js';
 
 /** Tick of the watching timer: a stall is how much later than this a tick comes. */
 const TICK_MS = 10;

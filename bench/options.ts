@@ -67,7 +67,7 @@ export interface ScaleConfig {
   partitions: number;
 }
 
-/** The shapes that answer "does a second worker help, do more partitions cost": see README, Performance. */
+/** The shapes that answer "does a second worker help, do more partitions cost": see docs/perf/README.md. */
 export const DEFAULT_SCALE_CONFIGS: readonly ScaleConfig[] = Object.freeze(
   [
     [1, 2],
@@ -213,7 +213,7 @@ export function createProgram(): Command {
     .description('Load generator for the webshop API: closed or open loop, HDR latency percentiles, a report directory, a conservation audit.')
     .usage('<scenario> [options]')
     .argument('<scenario>', `one of: ${[...SCENARIOS, SCALE].join(', ')}`)
-    .addOption(new Option('--url <url>', 'the API to load (must answer the API of /work/shared/API.md)').default(DEFAULT_URL).argParser(parseUrl))
+    .addOption(new Option('--url <url>', 'the API to load (must answer the API of docs/api.md)').default(DEFAULT_URL).argParser(parseUrl))
     .option('--start', 'start the local stack (nats, redis, workers, gateway) on free ports with a fresh data directory; stop it in order after the run', false)
     .addOption(new Option('-c, --connections <n>', 'closed loop: requests in flight at once; in every model the connections of the pool').default(DEFAULT_CONNECTIONS).argParser(count(1, 100_000)))
     .addOption(new Option('-d, --duration <time>', 'stop after this long: 30, 30s, 500ms, 2m (default: reads, mixed 30s; wdm-stress 60s; checkout-fresh, contention: until every order is checked out)').argParser(parseDuration))

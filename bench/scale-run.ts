@@ -11,6 +11,7 @@ import { createInterface } from 'node:readline';
 import { join, relative, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { loadConfig } from '../src/config.js';
+import { fitModel, predict, renderModel } from './model.js';
 import { configLabel, type ScaleConfig, type ScaleOptions } from './options.js';
 import { clockTicksPerS, cpuDelta, procAvailable, snapshotTree, type TreeSnapshot } from './proc.js';
 import { machine, reportDirName, type Report } from './report.js';
@@ -177,7 +178,9 @@ export async function runScale(o: ScaleOptions, command: string): Promise<number
   };
   const write = async (r: ScaleReport) => {
     await writeFile(join(dir, 'report.json'), JSON.stringify(r, null, 2) + '\n');
-    await writeFile(join(dir, 'report.md'), renderScaleMarkdown(r, (d) => relative(dir, d) + '/'));
+    const fit = fitModel(r.configs);
+    const model = fit ? `\n## Scale-out model\n\nFrom this run's CPU per checkout (bench/model.ts; \`node dist/bench/model.js report.json\` prints it again):\n\n\`\`\`\n${renderModel(fit, predict(fit))}\`\`\`\n` : '';
+    await writeFile(join(dir, 'report.md'), renderScaleMarkdown(r, (d) => relative(dir, d) + '/') + model);
   };
 
   // Ctrl-C: the run in progress stops its load and still reports (it gets the signal too), no further run
@@ -215,6 +218,8 @@ export async function runScale(o: ScaleOptions, command: string): Promise<number
   const final = report();
   await write(final);
   process.stdout.write('\n' + renderSummary(final));
+  const fit = fitModel(final.configs);
+  if (fit) process.stdout.write('\nscale-out model (bench/model.ts)\n' + renderModel(fit, predict(fit)));
   process.stdout.write(`report: ${relative(process.cwd(), dir) || dir}/ (report.md, report.json; each run's own report under r<round>-<config>/)\n`);
   if (runs.some((r) => r.figures && !r.figures.audit.startsWith('PASS'))) return 1;
   if (runs.some((r) => !r.figures)) return 2;

@@ -5,7 +5,7 @@
  */
 import { OrderOutcomes } from './audit.js';
 import { LARGE_AMOUNT, type BenchOptions, type ScenarioName } from './options.js';
-import { seededRandom } from '../src/random.js';
+import { seededRandom } from '../src/actors/random.js';
 
 export interface Op {
   method: 'GET' | 'POST';
@@ -57,8 +57,8 @@ export interface Scenario {
  * in the system changes that a client could see (the checkouts do pass through the order stream and a commit).
  * They bring the code on both sides out of V8's interpreter: the generator's load loop and HTTP client, and the
  * system's HTTP, command and reply paths. Without them the first half second of a run measures the JIT (at about
- * half the rate and twice the latency; README, Performance). The saga's own code is warmed by the worker at start
- * (src/runtime/warm.ts), never by these.
+ * half the rate and twice the latency; docs/perf/README.md). The saga's own code is warmed by the worker at start
+ * (src/datapath/warm-up.ts), never by these.
  */
 export const PRIME_REQUESTS = 20_000;
 
@@ -136,7 +136,7 @@ function checkoutEach(
   };
 }
 
-/** Random orders, repeats allowed: a repeat of a paid order answers 200 and charges nothing (API.md), so 4xx is an error. */
+/** Random orders, repeats allowed: a repeat of a paid order answers 200 and charges nothing (docs/api.md), so 4xx is an error. */
 function wdmStress(o: BenchOptions, random: () => number): Scenario {
   const outcomes = new OrderOutcomes(o.orders);
   return {

@@ -10,8 +10,8 @@ import { join } from 'node:path';
 import { Pool } from 'undici';
 import { loadConfig } from '../src/config.js';
 import { createLog } from '../src/log.js';
-import { freePort, freePortRange, reapDirOnExit, waitFor } from '../src/processes.js';
-import { createSupervisor } from '../src/supervisor.js';
+import { freePort, freePortRange, reapDirOnExit, waitFor } from '../src/stack/processes.js';
+import { createSupervisor } from '../src/stack/supervisor.js';
 import { call } from './http.js';
 
 /** How long the workers may take to own their partitions after the gateway listens. */

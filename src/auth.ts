@@ -1,14 +1,14 @@
 #!/usr/bin/env node
 /**
  * Least privilege: what each role may do on NATS and Redis. The single source of the permission lists; the local
- * stack's generated nats-server config (src/secrets.ts), the test servers and the committed `nats/auth.conf` for
+ * stack's generated nats-server config (src/stack/secrets.ts), the test servers and the committed `nats/auth.conf` for
  * deployments all come from here.
  *
  * Subjects, with P = `<streamPrefix>.` and S = `<streamPrefix>_` (both empty without a prefix), as protocol.ts
  * names them:
  *   P<kind>.cmd.<n>          commands, captured by the streams S STOCK|PAYMENT|ORDER (JetStream)
  *   P<kind>.get.<n>          reads (core request/reply, answered by the partition's owner)
- *   P_reply.<user>.<process>.<token>   replies to one process of one NATS user (runtime/mux.ts)
+ *   P_reply.<user>.<process>.<token>   replies to one process of one NATS user (transport/mux.ts)
  *   P_saga.<worker>          saga messages between workers (core NATS)
  *   Pdeadletter.<kind>.<n>   dead letters, stream S DEADLETTER
  *   P_shop.admin             admin requests (shopctl -> the leading controller in a worker)
@@ -42,7 +42,7 @@ export interface NatsUser {
 /** Stream prefix meaning "any prefix" (one subject token): test servers shared by many random prefixes. */
 export const ANY_PREFIX = '*';
 
-/** KV buckets of dynamic placement (runtime/membership.ts). */
+/** KV buckets of dynamic placement (placement/membership.ts). */
 const BUCKETS = ['SHOP_WORKERS', 'SHOP_PLACEMENT', 'SHOP_CONTROL'] as const;
 /** Streams of the commands, one per kind. */
 const COMMAND_STREAMS = KINDS.map((k) => k.toUpperCase());
@@ -82,7 +82,7 @@ export function permissions(role: Role, { prefix, user }: { prefix: string; user
         // to send its answers again. Nothing else: no JetStream API (streams are created by workers), no KV, no
         // replies, no admin.
         publish: [...KINDS.flatMap((k) => [n.subject(`${k}.cmd.*`), n.subject(`${k}.get.*`)]), n.subject('_shop.resend')],
-        // Its own replies: command outcomes, stream acknowledgements, read answers (runtime/mux.ts).
+        // Its own replies: command outcomes, stream acknowledgements, read answers (transport/mux.ts).
         subscribe: [ownReplies],
       };
     case 'worker': {

@@ -3,23 +3,40 @@ import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import type { LogFormat } from './log.js';
 
-/** Every setting, with its unit in the name where it has one. Defaults live in config/default.json. */
+/**
+ * Every setting, with its unit in the name where it has one. Defaults live in config/default.json, profiles in
+ * config/<profile>.json. Each member's doc comment is its entry in docs/settings.md (scripts/settings-doc.ts).
+ */
 export interface Config {
-  /** NATS servers: one URL or a comma-separated list (`nats://a:4222,nats://b:4222`; `tls://` asks for TLS). */
+  /**
+   * NATS for workers and gateways: one URL or a comma-separated list (`nats://a:4222,nats://b:4222`; `tls://` asks
+   * for TLS). A process waits for its first connection going round the list, and reconnects forever. With
+   * `startServers`, the supervisor gives its children every node it starts.
+   */
   natsUrl: string;
-  /** NATS user and password of this process (empty: connect without credentials). */
+  /**
+   * This process's NATS user (empty: connect without credentials). Letters, digits, `-` and `_`: it is also a subject
+   * token (its reply inboxes are `_reply.<user>.<process>`). Set per child by the supervisor with `serverAuth`.
+   */
   natsUser: string;
+  /** The NATS password of `natsUser` (empty: none; a password needs a user). */
   natsPassword: string;
-  /** PEM files for NATS over TLS (empty: none): the CA that signed the servers' certificates, and a client certificate and key. */
+  /** PEM file: the CA that signed the NATS servers' certificates (empty: none). Any of the three TLS files turns TLS on. */
   natsTlsCa: string;
+  /** PEM file: a client certificate for NATS (empty: none); goes with `natsTlsKey`. */
   natsTlsCert: string;
+  /** PEM file: the key of `natsTlsCert` (empty: none). */
   natsTlsKey: string;
   /**
    * How often a NATS client pings its server; after two unanswered pings it takes the server for dead and moves to
-   * another of `natsUrl`. A server that is paused (or cut off) is noticed only this way: its TCP connection stays open.
+   * another of `natsUrl`. A server that is paused (or cut off) is noticed only this way: its TCP connection stays
+   * open. A connection attempt gives up after 3 s.
    */
   natsPingIntervalMs: number;
-  /** `redis://` or `rediss://` (TLS). With `redisSentinels`, only its credentials and TLS matter: the Sentinels name the primary. */
+  /**
+   * Redis for workers, `redis://` or `rediss://` (TLS). With `startServers`, `redis://127.0.0.1:<redisPort>`. With
+   * `redisSentinels`, only its credentials and TLS matter: the Sentinels name the primary.
+   */
   redisUrl: string;
   /**
    * Redis Sentinels, `host:port,host:port,...`: workers ask them for the current primary of `redisMasterName` and
@@ -28,44 +45,62 @@ export interface Config {
   redisSentinels: string;
   /** The name the Sentinels monitor the primary under. */
   redisMasterName: string;
-  /** User and password the workers log in to the Sentinels with (empty: none). */
+  /** User the workers log in to the Sentinels with (empty: none; the cluster profile's Sentinels require the generated password). */
   redisSentinelUser: string;
+  /** Password of `redisSentinelUser` (empty: none). */
   redisSentinelPassword: string;
   /**
    * A commit (and the acquire that fences older owners) counts as done only once this many replicas have it
-   * (Redis WAIT right after the script); fewer within `redisWaitTimeoutMs` fail the batch like a lost connection.
-   * 0: no WAIT (one Redis, or asynchronous replication accepted).
+   * (Redis WAIT right after the script, in the same round trip); fewer within `redisWaitTimeoutMs` fail the batch
+   * like a lost connection, and its partitions restart from Redis. 0: no WAIT (one Redis, or asynchronous
+   * replication accepted).
    */
   redisWaitReplicas: number;
   /** How long a commit waits for `redisWaitReplicas` replicas before it counts as failed. */
   redisWaitTimeoutMs: number;
-  /** Redis ACL user and password (empty: none). */
+  /** The workers' Redis ACL user (empty: none). Gateways never connect to Redis. */
   redisUser: string;
+  /** Password of `redisUser` (empty: none). */
   redisPassword: string;
-  /** PEM files for Redis over TLS (empty: none). */
+  /** PEM file: the CA of the Redis servers' certificates (empty: none). */
   redisTlsCa: string;
+  /** PEM file: a client certificate for Redis (empty: none); goes with `redisTlsKey`. */
   redisTlsCert: string;
+  /** PEM file: the key of `redisTlsCert` (empty: none). */
   redisTlsKey: string;
+  /** Address the gateways listen on for HTTP. */
   httpHost: string;
+  /** HTTP port of the gateways, shared by all of them (SO_REUSEPORT); 0: the OS picks one. */
   httpPort: number;
-  /** Partitions per actor kind; fixed for a deployment's life (keys hash onto them). */
+  /**
+   * Partitions per actor kind; fixed for a deployment's life (ids hash onto them; there is no re-partitioning). It
+   * bounds the useful worker processes (3 × partitions runners in all); fewer partitions mean fewer, bigger
+   * messages and batches per checkout (docs/perf/). For a deployment that will grow past a few workers pick 8 to 64
+   * from the start.
+   */
   partitions: number;
+  /**
+   * Worker processes the supervisor starts (static placement: partition p runs on worker p % workerProcesses). One
+   * per 2 cores: on 2 cores, 1 worker is faster than 2; 2 give failover to a live worker instead of a restart.
+   */
   workerProcesses: number;
+  /** Gateway processes the supervisor starts; they share `httpPort`. */
   gatewayProcesses: number;
-  /** Which worker this process is (static placement: partition p belongs to worker p % workerProcesses; dynamic: part of its name and admin port). */
+  /** Which worker this process is (static placement: partition p belongs to worker p % workerProcesses; dynamic: part of its name and admin port). Set per worker by the supervisor; below `workerProcesses`. */
   workerIndex: number;
-  /** Which gateway this process is (its admin port). */
+  /** Which gateway this process is (its admin port). Set per gateway by the supervisor; below `gatewayProcesses`. */
   gatewayIndex: number;
   /**
    * 'dynamic': workers register in NATS KV, a leader-elected controller places partitions and moves them when a
-   * worker dies, joins or drains (src/runtime/controller.ts). 'static': partition p belongs to worker p % workerProcesses.
+   * worker dies, joins or drains (src/placement/controller.ts). 'static': partition p belongs to worker p % workerProcesses.
    */
   placement: 'dynamic' | 'static';
-  /** Dynamic placement: how often a worker renews its registration (and the leader its leadership). */
+  /** Dynamic placement: how often a worker renews its registration in the `SHOP_WORKERS` bucket (and the leader its leadership). */
   heartbeatIntervalMs: number;
   /**
-   * Dynamic placement: a worker (or leader) not heard from for this long is dead and its partitions move. A worker
-   * whose own heartbeats have failed for this long less one heartbeat interval stops serving by itself and exits.
+   * Dynamic placement: a worker (or leader) not heard from for this long is dead and its partitions move (at least
+   * 3 heartbeat intervals). A worker whose own heartbeats have failed for this long less one heartbeat interval stops
+   * serving by itself and exits.
    */
   workerLeaseMs: number;
   /** Loopback address of every process's admin HTTP (/healthz, /readyz, /metrics). */
@@ -74,13 +109,16 @@ export interface Config {
   adminPort: number;
   /** When set, admin requests (shopctl move/drain/rebalance) must carry it; when empty they are answered only over a loopback NATS URL. */
   adminToken: string;
-  /** Actor kinds this deployment runs (and this worker hosts). */
+  /** Actor kinds this deployment runs (and this worker hosts): a comma-separated list of `stock`, `payment`, `order`. */
   kinds: readonly Kind[];
-  /** Prepended to stream names and subjects, so tests and deployments can share one NATS server. */
+  /** Prepended to stream names and subjects, so tests and deployments can share one NATS server (`t1` → `t1_STOCK`, `t1.stock.cmd.7`). */
   streamPrefix: string;
   /** Prepended to every Redis key. */
   redisPrefix: string;
-  /** Most stream messages (a command, or a bundle of up to BUNDLE_MAX) applied in one batch, i.e. one Redis commit. */
+  /**
+   * Most stream messages (a command, or a bundle of up to BUNDLE_MAX) applied in one batch, i.e. one Redis commit;
+   * a batch also ends after 5,000 changed keys or 10 ms.
+   */
   batchMax: number;
   /** Most stream messages buffered per partition before the reader stops pulling from the stream. */
   queueMax: number;
@@ -89,49 +127,66 @@ export interface Config {
   /**
    * Largest n a batch_init request (stock, payment or orders) may ask for; a larger one is answered 400 too_large.
    * It bounds what one request makes the workers create (and hold in memory), not the gateway's work: that is
-   * bounded by a window of commands in flight whatever n is.
+   * bounded by a window of commands in flight whatever n is. The default is ten times the largest load measured
+   * (1,000,000 of each kind: 13.8 s, worker 418 MiB): ten times that of one kind costs its worker about ten times
+   * the time and memory (orders: 6.8 s → over a minute), about what one request should ask of one 2-core machine,
+   * while n = 2^53 would ask for more than any has. Raise it (on every gateway) for bigger workers.
    */
   batchInitMax: number;
-  /** How long the gateway waits for a command's outcome before answering 503. */
+  /** How long the gateway waits for a command's outcome before answering 503 ("may still take effect"). */
   requestDeadlineMs: number;
   /** How long the gateway waits for a read before answering 503. */
   readDeadlineMs: number;
-  /** Pause between retries of a publish or read that found no owner. */
+  /** Pause between retries of a publish or read that found no owner (or a refused publish). */
   retryBackoffMs: number;
   /** JetStream duplicate window: a re-published Nats-Msg-Id within it is dropped. */
   duplicateWindowMs: number;
   /** Stream size limit: bounds the backlog of unapplied commands (applied ones are trimmed); past it publishes are refused, never old commands dropped. JetStream reserves it from the server's storage. */
   streamMaxBytes: number;
-  /** Copies of every stream: 1 on one machine, 3 on a 3-node NATS cluster. */
+  /** Copies of every stream and KV bucket: 1 on one machine, 3 on a 3-node NATS cluster. */
   streamReplicas: number;
-  /** How often an owner purges the commands below its committed cursor from the stream. */
+  /**
+   * How often an owner looks at purging the commands below its committed cursor from the stream; it purges once 256
+   * messages were applied since the last purge or 12 intervals have passed, and never past a cursor Redis may still
+   * lose (see `redisAppendfsync`).
+   */
   trimIntervalMs: number;
-  /** Local stack (npm start) only: */
+  /** Local stack (npm start) only: where nats-server and redis-server keep their data, and the generated credentials (`secrets/`). */
   dataDir: string;
-  /** nats-server of node 0; node i listens on natsPort + i. */
+  /** Local stack only: the port of nats-server node 0; node i listens on natsPort + i. */
   natsPort: number;
-  /** nats-servers the supervisor starts: 1, or a JetStream cluster of natsNodes (3 for R3 streams). */
+  /** Local stack only: nats-servers the supervisor starts: 1, or a JetStream cluster of natsNodes (3 for R3 streams). */
   natsNodes: number;
-  /** With natsNodes > 1: the cluster (route) port of node 0; node i on natsClusterPort + i. */
+  /** Local stack only, with natsNodes > 1: the cluster (route) port of node 0; node i on natsClusterPort + i. */
   natsClusterPort: number;
-  /** The Redis primary the supervisor starts; its replica i listens on redisPort + 1 + i. */
+  /** Local stack only: the port of the Redis primary the supervisor starts; its replica i listens on redisPort + 1 + i. */
   redisPort: number;
-  /** Redis replicas the supervisor starts (0: none). */
+  /** Local stack only: Redis replicas the supervisor starts (0: none). */
   redisReplicas: number;
-  /** Redis Sentinels the supervisor starts (0: none; a failover needs a majority of them); Sentinel i on sentinelPort + i. */
+  /** Local stack only: Redis Sentinels the supervisor starts (0: none; a failover needs a majority of them); Sentinel i on sentinelPort + i. */
   sentinelNodes: number;
+  /** Local stack only: the port of Sentinel 0. */
   sentinelPort: number;
-  /** How long the Sentinels must not hear from the primary before they fail over. */
+  /** Local stack only: how long the Sentinels must not hear from the primary before they fail over. */
   sentinelDownAfterMs: number;
+  /** Whether the supervisor starts nats-server and redis-server (off: it runs only workers and gateways against `natsUrl` and `redisUrl`). */
   startServers: boolean;
   /**
    * Whether the servers the supervisor starts require credentials (generated on first start under
-   * `<dataDir>/secrets/`). On by default; off exists only to measure what authorization costs.
+   * `<dataDir>/secrets/`, docs/security.md). On by default; off exists only to measure what authorization costs:
+   * never turn it off otherwise.
    */
   serverAuth: boolean;
+  /**
+   * The AOF fsync policy of the redis-server the supervisor starts. `everysec`: a power loss can lose about the last
+   * second or two of commits; `always` fsyncs every commit, at a cost in throughput.
+   */
   redisAppendfsync: 'always' | 'everysec' | 'no';
+  /** First pause before the supervisor restarts a crashed child; it doubles up to 10 s (reset after 10 s of uptime). */
   restartBackoffMs: number;
+  /** How long a child may take to stop before the supervisor sends SIGKILL; gateways drain in-flight requests within it. */
   shutdownGraceMs: number;
+  /** The lowest level logged. */
   logLevel: 'debug' | 'info' | 'warn' | 'error';
   /**
    * 'json': one JSON object per line, for log collectors; 'pretty': readable lines; 'auto': 'pretty' when stderr is
@@ -140,8 +195,8 @@ export interface Config {
   logFormat: LogFormat;
   /**
    * Fault injection, for crash tests only. 'commit': the worker kills itself (SIGKILL) right after committing the
-   * first batch that owes messages, before sending any. 'send': right after the first batch's outgoing JetStream
-   * commands are stored, before the next commit. 'none' in every real deployment.
+   * first batch that owes messages, before sending any. 'send': right after the first outbox entry is delivered
+   * (every saga message acknowledged by its receiver, every dead letter stored). 'none' in every real deployment.
    */
   faultKillAfter: 'none' | 'commit' | 'send';
 }
@@ -202,6 +257,7 @@ const bool: Check = (key, value) => {
   if (value === false || value === 'false' || value === '0') return false;
   throw new ConfigError(`setting ${key} (${envName(key)}) must be true or false, got ${JSON.stringify(value)}`);
 };
+/** A comma-separated list of actor kinds, at least one. */
 const kinds: Check = (key, value) => {
   const list = Array.isArray(value) ? value : String(value).split(',').map((s) => s.trim()).filter(Boolean);
   for (const k of list) {
@@ -213,6 +269,7 @@ const kinds: Check = (key, value) => {
   return Object.freeze([...new Set(list)]);
 };
 
+/** A plain name: letters, digits, `_` and `-` (or empty). */
 const name = /^[A-Za-z0-9_-]*$/;
 /** A comma-separated list of nats:// or tls:// URLs. */
 const natsUrls: Check = (key, value) => {

@@ -5,7 +5,7 @@
  * context such as `name`, `role`, `kind`, `partition`, then the call's data and `msg`), what a log collector reads.
  * `pretty`: one readable line per event (pino-pretty), for a person at a terminal. `auto` picks `pretty` when stderr
  * is a terminal and `json` otherwise; the supervisor of `npm start` resolves it for its children, whose stderr is a
- * pipe to it (src/supervisor.ts).
+ * pipe to it (src/stack/supervisor.ts).
  *
  * Lines are written synchronously: a process that logs an error and exits at once (src/fatal.ts) loses nothing.
  */

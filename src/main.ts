@@ -2,11 +2,11 @@
 /** One build, one entry point: the role (supervisor, worker, gateway, controller) comes from the command line. */
 import type { NatsConnection } from 'nats';
 import type { Registry } from 'prom-client';
-import { startAdminHttp, type AdminHttp, type Probe } from './admin/http.js';
+import { startAdminHttp, type AdminHttp, type Probe } from './monitoring/admin-http.js';
 import { adminPortOf, ConfigError, envName, loadConfig, type Config } from './config.js';
-import { connectNats, connectRedis, logNatsStatus } from './connect.js';
+import { connectNats, connectRedis, logNatsStatus } from './transport/connect.js';
 import { exitOnFatal } from './fatal.js';
-import { allOf, natsHealth, redisHealth } from './health.js';
+import { allOf, natsHealth, redisHealth } from './monitoring/health.js';
 import { createLog, type Log } from './log.js';
 
 type Lifecycle = 'starting' | 'ready' | 'draining' | 'closed';
@@ -90,12 +90,12 @@ async function main(role: string | undefined): Promise<void> {
   exitOnFatal(log);
   switch (role) {
     case 'supervisor': {
-      const { runSupervisor } = await import('./supervisor.js');
+      const { runSupervisor } = await import('./stack/supervisor.js');
       await runSupervisor(config, log);
       return;
     }
     case 'worker': {
-      const { startWorker } = await import('./runtime/worker.js');
+      const { startWorker } = await import('./placement/worker.js');
       await serve(log, async () => {
         const nc = await connectNats(config, `worker-${config.workerIndex}`);
         logNatsStatus(nc, log);
@@ -146,7 +146,7 @@ async function main(role: string | undefined): Promise<void> {
     case 'controller': {
       // A controller candidate of its own (workers run one each already): for deployments that keep placement
       // decisions out of the worker processes.
-      const { startController } = await import('./runtime/controller.js');
+      const { startController } = await import('./placement/controller.js');
       await serve(log, async () => {
         const nc = await connectNats(config, 'controller');
         logNatsStatus(nc, log);

@@ -22,7 +22,7 @@ export interface Names {
   inbox(user: string, processId: string): string;
   /** Where every process's inbox lives: `_reply.` after any stream prefix. */
   replies: string;
-  /** Core NATS subject on which a worker takes saga messages from other workers' partitions (see runtime/courier.ts). */
+  /** Core NATS subject on which a worker takes saga messages from other workers' partitions (see datapath/courier.ts). */
   saga(workerId: string): string;
   /** Core NATS subject on which a worker hears that its saga messages were applied and committed. */
   sagaAck(workerId: string): string;
@@ -38,7 +38,7 @@ export interface Names {
   controlBucket: string;
   /** Core NATS subject on which the leading controller answers shopctl's move, drain and rebalance. */
   admin: string;
-  /** Core NATS subject on which a gateway that reconnected asks the workers to send its answers again (runtime/resend.ts). */
+  /** Core NATS subject on which a gateway that reconnected asks the workers to send its answers again (transport/resend.ts). */
   resend: string;
 }
 
@@ -99,7 +99,7 @@ export interface CommandEnvelope<C = unknown> {
  * Most commands in one stream message. Commands to one partition that leave a process together travel as one
  * message (a bundle: an array of envelopes), applied in order within one batch. A stream command's number within
  * its partition, unique and the same on every replay, is `stream sequence * BUNDLE_MAX + index in the bundle`
- * (a command delivered within the worker numbers -1, -2, ...: see runtime/batch.ts).
+ * (a command delivered within the worker numbers -1, -2, ...: see datapath/batch-loop.ts).
  */
 export const BUNDLE_MAX = 1024;
 

@@ -3,7 +3,7 @@ import t from 'tap';
 import { payment, type PaymentCmd } from '../src/actors/payment.js';
 import { stock, type StockCmd } from '../src/actors/stock.js';
 import type { ApplyContext } from '../src/actors/types.js';
-import { fnv1a, partitionOf } from '../src/partition.js';
+import { fnv1a, partitionOf } from '../src/partitioning.js';
 import { memoryState } from './helpers/memory-state.js';
 
 const ctx = (seq: number, partition = 0, partitions = 1): ApplyContext => ({ partition, partitions, seq });
@@ -260,7 +260,7 @@ t.test('a paid order is kept as a flat string with the saga that paid it, and it
 });
 
 t.test("a worker's warm-up runs whole sagas on scratch state: every checkout paid, or refused and compensated", async (t) => {
-  const { warmActors } = await import('../src/runtime/warm.js');
+  const { warmActors } = await import('../src/datapath/warm-up.js');
   const { commands, paid, refused } = warmActors(30);
   t.same([paid, refused], [20, 10], 'every third checkout lacks credit');
   // Per checkout: 6 to set up, the checkout, reserve, debit, 2 answers, 2 forgets; a refused one also releases the

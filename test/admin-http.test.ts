@@ -1,6 +1,6 @@
 import t from 'tap';
 import { createLog } from '../src/log.js';
-import { startAdminHttp } from '../src/admin/http.js';
+import { startAdminHttp } from '../src/monitoring/admin-http.js';
 import { startCluster } from './helpers/cluster.js';
 import { waitFor } from './helpers/servers.js';
 

@@ -15,12 +15,12 @@ import { promisify } from 'node:util';
 import t, { type Test } from 'tap';
 import { deploymentAuthConf } from '../src/auth.js';
 import { envName, loadConfig, type Config } from '../src/config.js';
-import { natsOptions } from '../src/connect.js';
+import { natsOptions } from '../src/transport/connect.js';
 import { createLog } from '../src/log.js';
 import { names } from '../src/protocol.js';
-import { encodeEntry } from '../src/runtime/outbox.js';
-import { createPartitionStore } from '../src/runtime/store.js';
-import { createSupervisor } from '../src/supervisor.js';
+import { encodeEntry } from '../src/datapath/outbox.js';
+import { createPartitionStore } from '../src/datapath/store.js';
+import { createSupervisor } from '../src/stack/supervisor.js';
 import { httpCall } from './helpers/http.js';
 import { freePort, randomToken, startServers, testConfig, waitFor, type Login } from './helpers/servers.js';
 

@@ -10,9 +10,9 @@ import { actorOf } from '../src/actors/index.js';
 import { encode } from '../src/codec.js';
 import { loadConfig, type Kind } from '../src/config.js';
 import { createLog } from '../src/log.js';
-import { BatchLoop, type Committed, type Member, type Taken } from '../src/runtime/batch.js';
-import type { Tables } from '../src/runtime/draft.js';
-import type { CommitResult, PartitionStore, PreparedBatch } from '../src/runtime/store.js';
+import { BatchLoop, type Committed, type Member, type Taken } from '../src/datapath/batch-loop.js';
+import type { Tables } from '../src/datapath/draft.js';
+import type { CommitResult, PartitionStore, PreparedBatch } from '../src/datapath/store.js';
 import { waitFor } from './helpers/servers.js';
 
 const config = loadConfig({ SHOP_PROFILE: 'test' }, { partitions: 2 });

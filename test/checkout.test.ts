@@ -1,8 +1,8 @@
 import { Redis } from 'ioredis';
 import t from 'tap';
 import { LEDGER } from '../src/actors/saga.js';
-import { partitionOf } from '../src/partition.js';
-import { partitionKeyTag } from '../src/runtime/store.js';
+import { partitionOf } from '../src/partitioning.js';
+import { partitionKeyTag } from '../src/datapath/store.js';
 import { pool } from './helpers/pool.js';
 import { waitFor } from './helpers/servers.js';
 import { startSystem, type System } from './helpers/system.js';

@@ -14,10 +14,10 @@ import { connect } from 'nats';
 import t, { type Test } from 'tap';
 import { envName, loadConfig, type Config } from '../src/config.js';
 import { createLog } from '../src/log.js';
-import { freePort, freePortRange, pidAlive } from '../src/processes.js';
-import { completeCredentials, readLocalCredentials, secretPaths } from '../src/secrets.js';
-import { createSupervisor, plan } from '../src/supervisor.js';
-import { replicasOnline, sentinelPrimary } from '../src/topology.js';
+import { freePort, freePortRange, pidAlive } from '../src/stack/processes.js';
+import { completeCredentials, readLocalCredentials, secretPaths } from '../src/stack/secrets.js';
+import { createSupervisor, plan } from '../src/stack/supervisor.js';
+import { replicasOnline, sentinelPrimary } from '../src/stack/topology.js';
 import { httpCall } from './helpers/http.js';
 import { waitFor } from './helpers/servers.js';
 

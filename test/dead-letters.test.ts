@@ -11,10 +11,10 @@ import { decode, encode } from '../src/codec.js';
 import type { Kind } from '../src/config.js';
 import { createLog } from '../src/log.js';
 import { BUNDLE_MAX, names } from '../src/protocol.js';
-import { createShopClient } from '../src/runtime/client.js';
-import type { DeadLetterReason, RunnerMetrics } from '../src/runtime/metrics.js';
-import { startWorker } from '../src/runtime/worker.js';
-import { seededRandom } from '../src/random.js';
+import { createShopClient } from '../src/transport/shop-client.js';
+import type { DeadLetterReason, RunnerMetrics } from '../src/datapath/runner-metrics.js';
+import { startWorker } from '../src/placement/worker.js';
+import { seededRandom } from '../src/actors/random.js';
 import { captureLog } from './helpers/logs.js';
 import { startServers, testConfig, waitFor } from './helpers/servers.js';
 

@@ -11,9 +11,9 @@ import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { parse, parseAllDocuments } from 'yaml';
 import type { IContainer } from 'kubernetes-models/v1';
-import { createGatewayMetrics, createWorkerMetrics } from '../src/admin/metrics.js';
+import { createGatewayMetrics, createWorkerMetrics } from '../src/monitoring/metrics.js';
 import { adminPortOf, loadConfig } from '../src/config.js';
-import { findBinary } from '../src/processes.js';
+import { findBinary } from '../src/stack/processes.js';
 import {
   appRole,
   configMaps,

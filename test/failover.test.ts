@@ -6,7 +6,7 @@ import { Redis } from 'ioredis';
 import t from 'tap';
 import { actorOf } from '../src/actors/index.js';
 import type { Kind } from '../src/config.js';
-import { createPartitionStore } from '../src/runtime/store.js';
+import { createPartitionStore } from '../src/datapath/store.js';
 import { audit, p99During, seedShop, startCluster, storm, timeUntilServing, type Shop } from './helpers/cluster.js';
 import { logLines } from './helpers/logs.js';
 import { waitFor } from './helpers/servers.js';

@@ -1,7 +1,7 @@
 /** A test double of our own ShopClient interface: records every call and answers from a function the test gives. */
 import type { Kind } from '../src/config.js';
 import type { Reply } from '../src/protocol.js';
-import type { ShopClient } from '../src/runtime/client.js';
+import type { ShopClient } from '../src/transport/shop-client.js';
 
 export interface Call {
   op: 'command' | 'query';

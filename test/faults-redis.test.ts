@@ -6,7 +6,7 @@
  * it a replica. Nothing may be lost or invented, and every answer must hold.
  */
 import t from 'tap';
-import { SENTINEL_FAILOVER_TIMEOUT_MS } from '../src/topology.js';
+import { SENTINEL_FAILOVER_TIMEOUT_MS } from '../src/stack/topology.js';
 import { runFaults, type Fault } from './helpers/faults.js';
 import { waitFor } from './helpers/servers.js';
 

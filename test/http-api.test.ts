@@ -1,7 +1,7 @@
 import t from 'tap';
 import { startSystem } from './helpers/system.js';
 
-/** Every endpoint of API.md through real HTTP, real workers, real NATS and Redis. */
+/** Every endpoint of docs/api.md through real HTTP, real workers, real NATS and Redis. */
 t.test('the HTTP API end to end', async (t) => {
   const sys = await startSystem(t);
   const { call } = sys;

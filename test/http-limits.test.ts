@@ -6,7 +6,7 @@
 import http from 'node:http';
 import fc from 'fast-check';
 import t from 'tap';
-import { HTTP_METHODS, HTTP_STATUSES } from '../src/admin/metrics.js';
+import { HTTP_METHODS, HTTP_STATUSES } from '../src/monitoring/metrics.js';
 import { ID_MAX_CHARS } from '../src/protocol.js';
 import { startSystem } from './helpers/system.js';
 

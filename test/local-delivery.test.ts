@@ -5,16 +5,16 @@ import type { Config, Kind } from '../src/config.js';
 import { createGateway } from '../src/http/gateway.js';
 import { createLog } from '../src/log.js';
 import { names } from '../src/protocol.js';
-import { Draft } from '../src/runtime/draft.js';
-import { createPartitionStore } from '../src/runtime/store.js';
-import { startWorker } from '../src/runtime/worker.js';
+import { Draft } from '../src/datapath/draft.js';
+import { createPartitionStore } from '../src/datapath/store.js';
+import { startWorker } from '../src/placement/worker.js';
 import { httpCall, oneOrderShop } from './helpers/http.js';
 import { startServers, testConfig, waitFor } from './helpers/servers.js';
 import { spawnRole } from './helpers/stack.js';
 
 /**
  * A worker that runs the order, stock and payment partitions of a checkout applies the saga's messages between
- * them within one batch and commits it as one transaction (runtime/batch.ts).
+ * them within one batch and commits it as one transaction (datapath/batch-loop.ts).
  */
 
 const log = createLog('test', 'warn');

@@ -6,7 +6,7 @@
 import { createServer, type Server } from 'node:net';
 import t, { type Test } from 'tap';
 import { loadConfig } from '../src/config.js';
-import { connectNats } from '../src/connect.js';
+import { connectNats } from '../src/transport/connect.js';
 import { createGateway } from '../src/http/gateway.js';
 import { createLog } from '../src/log.js';
 import { names } from '../src/protocol.js';
@@ -15,7 +15,7 @@ import { audit, seedShop, storm, type Shop } from './helpers/cluster.js';
 import { startNatsCluster } from './helpers/ha.js';
 import { httpCall } from './helpers/http.js';
 import { freePort, startRedis, startServer, startServers, testConfig, waitFor } from './helpers/servers.js';
-import { natsAnswers, natsArgs } from '../src/processes.js';
+import { natsAnswers, natsArgs } from '../src/stack/processes.js';
 import { spawnRole, type Child } from './helpers/stack.js';
 
 /** An in-process gateway on `config`, closed in teardown; with the shop's workers and when their heartbeats were stored. */

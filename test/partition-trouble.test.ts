@@ -13,11 +13,11 @@ import { encode } from '../src/codec.js';
 import type { Config } from '../src/config.js';
 import { createLog } from '../src/log.js';
 import { names } from '../src/protocol.js';
-import { createShopClient } from '../src/runtime/client.js';
-import type { RunnerMetrics } from '../src/runtime/metrics.js';
-import { durableCursor, durableAfterMs } from '../src/runtime/partition.js';
-import { createPartitionStore } from '../src/runtime/store.js';
-import { startWorker, type Worker } from '../src/runtime/worker.js';
+import { createShopClient } from '../src/transport/shop-client.js';
+import type { RunnerMetrics } from '../src/datapath/runner-metrics.js';
+import { durableCursor, durableAfterMs } from '../src/datapath/runner.js';
+import { createPartitionStore } from '../src/datapath/store.js';
+import { startWorker, type Worker } from '../src/placement/worker.js';
 import { startRedis, startServers, testConfig, waitFor, type TestServer } from './helpers/servers.js';
 
 const log = createLog('test', 'error');
@@ -97,7 +97,7 @@ t.test('a stream behind the committed cursor (its store rolled back, or made ane
   t.match(fourth.ready().detail, /was made anew since this partition last ran/);
   await fourth.close();
 
-  // The README's recovery: accept the loss, start the partition at the new stream's beginning.
+  // The recovery of docs/operations.md: accept the loss, start the partition at the new stream's beginning.
   await redis.hset(store.keys.meta, 'cursor', '0');
   await redis.hdel(store.keys.meta, 'stream');
   const fifth = await start();

@@ -1,7 +1,7 @@
 import fc from 'fast-check';
 import t from 'tap';
 import { loadConfig } from '../src/config.js';
-import { balance, parsePlacementKey, placementKey } from '../src/runtime/placement.js';
+import { balance, parsePlacementKey, placementKey } from '../src/placement/placement.js';
 
 const workerIds: fc.Arbitrary<string[]> = fc.uniqueArray(fc.constantFrom('w-a', 'w-b', 'w-c', 'w-d', 'w-e', 'w-f'), { minLength: 1, maxLength: 6 });
 

@@ -8,10 +8,10 @@ import t from 'tap';
 import { ORDER_LINES_MAX } from '../src/actors/order.js';
 import { decode, encode } from '../src/codec.js';
 import { createLog } from '../src/log.js';
-import { partitionOf } from '../src/partition.js';
+import { partitionOf } from '../src/partitioning.js';
 import { ID_MAX_CHARS, names, ok, type Reply } from '../src/protocol.js';
-import { createShopClient } from '../src/runtime/client.js';
-import { NATS_MAX_PAYLOAD_DEFAULT_BYTES, READ_REPLY_BYTES_MAX } from '../src/runtime/reads.js';
+import { createShopClient } from '../src/transport/shop-client.js';
+import { NATS_MAX_PAYLOAD_DEFAULT_BYTES, READ_REPLY_BYTES_MAX } from '../src/transport/reads.js';
 import { startSystem } from './helpers/system.js';
 
 t.test('the largest possible reply fits in one message: READ_REPLY_BYTES_MAX holds, below the server default max_payload', async (t) => {

@@ -5,11 +5,11 @@
 import { connect } from 'nats';
 import t from 'tap';
 import { decode } from '../src/codec.js';
-import { connectRedis } from '../src/connect.js';
+import { connectRedis } from '../src/transport/connect.js';
 import { createGateway } from '../src/http/gateway.js';
 import { createLog } from '../src/log.js';
-import { partitionOf } from '../src/partition.js';
-import { createPartitionStore, ReplicationTimeoutError, type BatchWrite } from '../src/runtime/store.js';
+import { partitionOf } from '../src/partitioning.js';
+import { createPartitionStore, ReplicationTimeoutError, type BatchWrite } from '../src/datapath/store.js';
 import { startRedisHA, type RedisHA } from './helpers/ha.js';
 import { httpCall } from './helpers/http.js';
 import { randomToken, startNats, testConfig, waitFor } from './helpers/servers.js';

@@ -1,7 +1,7 @@
 import t from 'tap';
 import { ShopError } from '../src/errors.js';
 import { apiRoutes, BATCH_INIT_INFLIGHT_MAX, createDispatcher, createRouter, parseCount, parseId, route, ID_MAX_CHARS, type HttpResult } from '../src/http/routes.js';
-import { BATCH_INIT_CHUNK, partitionOf } from '../src/partition.js';
+import { BATCH_INIT_CHUNK, partitionOf } from '../src/partitioning.js';
 import { fail, ok, type Reply } from '../src/protocol.js';
 import { fakeShopClient, type Call } from './fake-shop-client.js';
 import { captureLog } from './helpers/logs.js';

@@ -4,12 +4,12 @@ import t, { type Test } from 'tap';
 import { encode } from '../src/codec.js';
 import type { Config } from '../src/config.js';
 import { createLog } from '../src/log.js';
-import { partitionOf } from '../src/partition.js';
+import { partitionOf } from '../src/partitioning.js';
 import { names, type Reply } from '../src/protocol.js';
-import { createShopClient, type ShopClient } from '../src/runtime/client.js';
-import { encodeEntry } from '../src/runtime/outbox.js';
-import { commitTogether, createPartitionStore, StaleEpochError } from '../src/runtime/store.js';
-import { startWorker } from '../src/runtime/worker.js';
+import { createShopClient, type ShopClient } from '../src/transport/shop-client.js';
+import { encodeEntry } from '../src/datapath/outbox.js';
+import { commitTogether, createPartitionStore, StaleEpochError } from '../src/datapath/store.js';
+import { startWorker } from '../src/placement/worker.js';
 import { startNats, startServers, testConfig, waitFor } from './helpers/servers.js';
 import { spawnRole } from './helpers/stack.js';
 
@@ -172,7 +172,7 @@ t.test("a process's answers to another process's waiters from one turn travel as
   const nats = await startNats(t);
   const nc = await connect({ servers: nats.url });
   t.teardown(() => nc.close());
-  const { Mux } = await import('../src/runtime/mux.js');
+  const { Mux } = await import('../src/transport/mux.js');
   const n = names('');
   const gateway = new Mux(nc, n.inbox('gateway', 'g1'));
   const worker = new Mux(nc, n.inbox('worker', 'w1'));
@@ -292,7 +292,7 @@ t.test('a gateway past gatewayInflightMax answers unavailable at once instead of
   const { nats, redis } = await startServers(t);
   const config = testConfig(nats, redis, { partitions: 1, workerProcesses: 1, gatewayInflightMax: 2, requestDeadlineMs: 60_000 });
   const { nc } = await connections(t, config);
-  const { ensureStreams } = await import('../src/runtime/streams.js');
+  const { ensureStreams } = await import('../src/datapath/streams.js');
   await ensureStreams(await nc.jetstreamManager(), config);
   const client = createShopClient({ nc, config, log });
   // No worker runs: these two wait for an owner.

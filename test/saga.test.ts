@@ -4,10 +4,10 @@ import { ACTORS } from '../src/actors/index.js';
 import { readOrder, SAGA_WAITERS_MAX } from '../src/actors/order.js';
 import type { LedgerEntry } from '../src/actors/saga.js';
 import type { ReadView, ReplyTo } from '../src/actors/types.js';
-import { Delivery, type Box } from '../src/runtime/delivery.js';
-import { Draft, type Tables } from '../src/runtime/draft.js';
+import { Delivery, type Box } from '../src/datapath/local-delivery.js';
+import { Draft, type Tables } from '../src/datapath/draft.js';
 import type { Kind } from '../src/config.js';
-import { partitionOf } from '../src/partition.js';
+import { partitionOf } from '../src/partitioning.js';
 import type { Reply } from '../src/protocol.js';
 
 /**
@@ -29,7 +29,7 @@ interface Msg {
 
 /**
  * Every partition of every kind in memory, each command delivered through the worker's own in-memory delivery
- * (runtime/delivery.ts) with nothing routed locally: every saga message it makes goes back to the test's network,
+ * (datapath/local-delivery.ts) with nothing routed locally: every saga message it makes goes back to the test's network,
  * which decides when (and how often) it arrives.
  */
 class World {

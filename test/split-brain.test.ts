@@ -9,9 +9,9 @@ import { connect } from 'nats';
 import t from 'tap';
 import type { Kind } from '../src/config.js';
 import { createLog } from '../src/log.js';
-import { startController } from '../src/runtime/controller.js';
-import type { RunnerMetrics } from '../src/runtime/metrics.js';
-import { startWorker, type Worker } from '../src/runtime/worker.js';
+import { startController } from '../src/placement/controller.js';
+import type { RunnerMetrics } from '../src/datapath/runner-metrics.js';
+import { startWorker, type Worker } from '../src/placement/worker.js';
 import { audit, seedShop, startCluster, storm, type Shop } from './helpers/cluster.js';
 import { waitFor } from './helpers/servers.js';
 

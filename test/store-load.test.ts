@@ -5,7 +5,7 @@
 import { Redis } from 'ioredis';
 import t from 'tap';
 import { encode } from '../src/codec.js';
-import { createPartitionStore } from '../src/runtime/store.js';
+import { createPartitionStore } from '../src/datapath/store.js';
 import { randomToken, startRedis } from './helpers/servers.js';
 
 /** Entities in the partition's one table (stock items, as batch_init stores them). */

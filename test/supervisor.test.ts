@@ -10,8 +10,10 @@ import { fileURLToPath } from 'node:url';
 import t, { type Test } from 'tap';
 import { loadConfig, type Config } from '../src/config.js';
 import { createLog } from '../src/log.js';
-import { completeCredentials, readLocalCredentials, secretPaths } from '../src/secrets.js';
-import { createSupervisor, plan, type ChildSpec } from '../src/supervisor.js';
+import { completeCredentials, readLocalCredentials, secretPaths } from '../src/stack/secrets.js';
+import { createSupervisor, plan, type ChildSpec } from '../src/stack/supervisor.js';
+import { FakeClock } from './helpers/clock.js';
+import { captureLog } from './helpers/logs.js';
 import { freePort, pidAlive, randomToken, waitFor } from './helpers/servers.js';
 
 const quiet = createLog('supervisor', 'warn');
@@ -219,9 +221,9 @@ async function runFixture(t: Test, graceMs: number) {
 t.test('supervisor process: ready line, prefixed output, restarts with backoff, ordered stop on SIGINT, exit 0', async (t) => {
   const run = await runFixture(t, 1000);
   await run.until('the ready line', new RegExp(`ready: http://127\\.0\\.0\\.1:${run.httpPort} \\(nats nats://127\\.0\\.0\\.1:${run.natsPort}, redis redis://127\\.0\\.0\\.1:${run.redisPort}\\)`));
-  t.ok(await import('../src/processes.js').then((p) => p.natsAnswers(run.natsPort)), 'nats answers');
+  t.ok(await import('../src/stack/processes.js').then((p) => p.natsAnswers(run.natsPort)), 'nats answers');
   const { redis } = readLocalCredentials({ dataDir: run.dataDir })!;
-  t.ok(await import('../src/processes.js').then((p) => p.redisAnswers(run.redisPort, { auth: { user: redis.user, password: redis.password } })), 'redis answers the generated user');
+  t.ok(await import('../src/stack/processes.js').then((p) => p.redisAnswers(run.redisPort, { auth: { user: redis.user, password: redis.password } })), 'redis answers the generated user');
   await run.until('the second restart of the crashing worker', /worker-0 exited unexpectedly \(code 3\) after \d+ ms; restart #2 in 200 ms/);
   t.match(run.out().stderr, /worker-0 exited unexpectedly \(code 3\) after \d+ ms; restart #1 in 100 ms/, 'the first restart waited restartBackoffMs');
   const { stdout } = run.out();
@@ -258,4 +260,28 @@ t.test('supervisor process: a second signal kills everything at once', async (t)
   const pids = run.pids();
   await waitFor(() => pids.every((pid) => !pidAlive(pid)), { deadlineMs: 5000, what: 'every child to be gone' });
   t.pass('every child is gone');
+});
+
+t.test('restart pauses run on the injected clock: a crashing child waits 100, 200, 400 ms of fake time, and stop cancels the next', async (t) => {
+  const clock = new FakeClock();
+  const { log, lines } = captureLog('supervisor', 'warn');
+  const config = loadConfig({ SHOP_PROFILE: 'test' }, { startServers: false, restartBackoffMs: 100 });
+  const crasher: ChildSpec = { name: 'crasher', role: 'worker', command: process.execPath, args: ['-e', 'process.exit(3)'], env: {} };
+  const supervisor = createSupervisor(config, log, { children: [crasher], output: () => {}, clock });
+  t.teardown(() => supervisor.stop());
+  await supervisor.start();
+  const restarts = () => lines.filter((l) => l.msg.startsWith('crasher exited unexpectedly')).map((l) => l.msg);
+  for (const [i, delayMs] of [100, 200, 400].entries()) {
+    await waitFor(() => restarts().length === i + 1, { deadlineMs: 10_000, what: `crash #${i + 1} of the child` });
+    t.match(restarts()[i], new RegExp(`\\(code 3\\) after \\d+ ms; restart #${i + 1} in ${delayMs} ms$`));
+    t.same(clock.delays(), [delayMs], 'the restart waits on the fake clock');
+    clock.advance(delayMs - 1);
+    t.same(supervisor.pids(), {}, 'not relaunched before its time');
+    clock.advance(1);
+  }
+  await waitFor(() => restarts().length === 4, { deadlineMs: 10_000, what: 'crash #4' });
+  await supervisor.stop();
+  t.same(clock.delays(), [], 'stopping cancels the pending restart');
+  clock.advance(10_000);
+  t.same(supervisor.pids(), {}, 'and nothing is launched after the stop');
 });

@@ -9,8 +9,8 @@ import { join } from 'node:path';
 import { promisify } from 'node:util';
 import t, { type Test } from 'tap';
 import { loadConfig, type Config } from '../src/config.js';
-import { connectNats, connectRedis } from '../src/connect.js';
-import { abortOnExit, findBinary, freePort, natsAnswers, reapDirOnExit, spawnChild, stopChild, tcpAccepts, waitFor } from '../src/processes.js';
+import { connectNats, connectRedis } from '../src/transport/connect.js';
+import { abortOnExit, findBinary, freePort, natsAnswers, reapDirOnExit, spawnChild, stopChild, tcpAccepts, waitFor } from '../src/stack/processes.js';
 
 const run = promisify(execFile);
 

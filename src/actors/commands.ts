@@ -1,7 +1,7 @@
 /**
  * The commands every actor kind takes, as schemas: one source for their TypeScript types (`Static<>`) and for the
  * check a partition runs on every message before an actor sees it (`checkCommand`). A message that fails it is a
- * dead letter (runtime/batch.ts), never a reason to stop the partition.
+ * dead letter (datapath/batch-loop.ts), never a reason to stop the partition.
  *
  * Two doors, each with its own commands: clients (gateways, through the kind's stream) send `client` commands;
  * other partitions send `saga` commands (the checkout's holds, releases, forgets and answers). A saga command that
@@ -11,7 +11,7 @@ import { Type, type Static, type TObject } from '@sinclair/typebox';
 import { TypeCompiler, type TypeCheck } from '@sinclair/typebox/compiler';
 import { KINDS, type Kind } from '../config.js';
 import { ERRORS } from '../errors.js';
-import { BATCH_INIT_CHUNK } from '../partition.js';
+import { BATCH_INIT_CHUNK } from '../partitioning.js';
 import { ID_MAX_CHARS } from '../protocol.js';
 
 /** Most lines in one order (keeps every saga message well inside one NATS message). */

@@ -1,7 +1,7 @@
 import type { ErrorCode } from '../errors.js';
-import { fnv1a, ownShare, partitionOf } from '../partition.js';
+import { fnv1a, ownShare, partitionOf } from '../partitioning.js';
 import { fail, ok, type Reply } from '../protocol.js';
-import { seededRandom } from '../random.js';
+import { seededRandom } from './random.js';
 import { ORDER_LINES_MAX, type DebitCmd, type ForgetCmd, type OrderCmd, type ReleaseCmd, type ReserveCmd, type SagaAnswer } from './commands.js';
 import { mergeForgets, parsePart, partOf, type Part, type SagaRef } from './saga.js';
 import type { Actor, ApplyContext, Effects, Outgoing, ReadView, ReplyTo, StateView } from './types.js';

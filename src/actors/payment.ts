@@ -1,7 +1,7 @@
 import { fail, ok, type Reply } from '../protocol.js';
 import type { DebitCmd, PaymentCmd } from './commands.js';
 import { forget, heldBySagas, hold, LEDGER, partOf, release, type HoldResult } from './saga.js';
-import { ownShare } from '../partition.js';
+import { ownShare } from '../partitioning.js';
 import type { Actor, ApplyContext, Effects, ReadView, StateView } from './types.js';
 
 export type { DebitCmd, PaymentCmd };

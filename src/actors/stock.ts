@@ -1,4 +1,4 @@
-import { ownShare } from '../partition.js';
+import { ownShare } from '../partitioning.js';
 import { fail, ok, type Reply } from '../protocol.js';
 import type { ReserveCmd, StockCmd } from './commands.js';
 import { forget, heldBySagas, hold, LEDGER, partOf, release, type HoldResult } from './saga.js';

@@ -9,10 +9,10 @@
 import { Command, InvalidArgumentError } from 'commander';
 import type { NatsConnection } from 'nats';
 import { ConfigError, KINDS, loadConfig, type Config, type Kind } from '../config.js';
-import { connectNats } from '../connect.js';
-import { adminRequest, type AdminRequest } from '../runtime/controller.js';
-import { readLocalCredentials, secretPaths } from '../secrets.js';
-import { serverUrls, withServerAuth } from '../supervisor.js';
+import { connectNats } from '../transport/connect.js';
+import { adminRequest, type AdminRequest } from '../placement/controller.js';
+import { readLocalCredentials, secretPaths } from '../stack/secrets.js';
+import { serverUrls, withServerAuth } from '../stack/supervisor.js';
 import { formatStatus, readStatus } from './status.js';
 
 interface Globals {
@@ -22,7 +22,7 @@ interface Globals {
   password?: string;
 }
 
-/** A command gives up on NATS after this many attempts per server (not 0 or 1: see connect.ts). */
+/** A command gives up on NATS after this many attempts per server (not 0 or 1: see transport/connect.ts). */
 const SHOPCTL_RECONNECT_ATTEMPTS = 2;
 /** How long shopctl waits for one NATS server to let it in. */
 const SHOPCTL_CONNECT_TIMEOUT_MS = 5000;

@@ -6,8 +6,8 @@ import type { JetStreamManager, NatsConnection } from 'nats';
 import type { Config, Kind } from '../config.js';
 import type { Fault } from '../faults.js';
 import { names } from '../protocol.js';
-import { heartbeatOf, openBuckets } from '../runtime/membership.js';
-import { kvValues, parsePlacementKey, placementKey, type Assignment, type Heartbeat } from '../runtime/placement.js';
+import { heartbeatOf, openBuckets } from '../placement/membership.js';
+import { kvValues, parsePlacementKey, placementKey, type Assignment, type Heartbeat } from '../placement/placement.js';
 
 /** The shape of `shopctl status --json`, exactly. */
 export interface Status {

@@ -3,8 +3,8 @@ import type { NatsConnection } from 'nats';
 import type { Config } from '../config.js';
 import type { Log } from '../log.js';
 import type { Registry } from 'prom-client';
-import { createGatewayMetrics } from '../admin/metrics.js';
-import { createShopClient, type ShopClient } from '../runtime/client.js';
+import { createGatewayMetrics } from '../monitoring/metrics.js';
+import { createShopClient, type ShopClient } from '../transport/shop-client.js';
 import { apiRoutes, createDispatcher, createRouter } from './routes.js';
 import { listenHttp, type HttpServer } from './uws.js';
 

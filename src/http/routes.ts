@@ -1,5 +1,5 @@
 /**
- * The HTTP API of API.md as plain async functions: a route table, a matcher that validates every
+ * The HTTP API of docs/api.md as plain async functions: a route table, a matcher that validates every
  * path segment before anything reaches an actor, and the stock and payment handlers. Nothing here
  * knows about uWebSockets.js (see uws.ts), so all of it is testable with a fake ShopClient.
  */
@@ -8,9 +8,9 @@ import { setImmediate as yieldTurn } from 'node:timers/promises';
 import { envName, type Config, type Kind } from '../config.js';
 import { ShopError, errorResponse, type ErrorCode } from '../errors.js';
 import type { Log } from '../log.js';
-import { batchInitRanges, partitionOf } from '../partition.js';
+import { batchInitRanges, partitionOf } from '../partitioning.js';
 import { fail as failed, ID_MAX_CHARS, type Reply } from '../protocol.js';
-import type { ShopClient } from '../runtime/client.js';
+import type { ShopClient } from '../transport/shop-client.js';
 
 export type Method = 'GET' | 'POST';
 
@@ -109,7 +109,7 @@ export interface Router {
  * Matching: a path matches a pattern with the same number of segments and equal literals.
  * No match → 404 route_not_found; matches only under other methods → 405 method_not_allowed
  * (with Allow). Then numbers are checked (400 bad_number), then ids (400 not_found: an empty,
- * over-long or badly encoded id names nothing that can exist, and unknown ids are 400 per API.md).
+ * over-long or badly encoded id names nothing that can exist, and unknown ids are 400 per docs/api.md).
  */
 export function createRouter(routes: readonly Route[]): Router {
   const table = routes.map(compile);

@@ -15,7 +15,7 @@ import { createGateway } from '../../src/http/gateway.js';
 import { createLog } from '../../src/log.js';
 import { encode } from '../../src/codec.js';
 import { names } from '../../src/protocol.js';
-import { placementKey } from '../../src/runtime/placement.js';
+import { placementKey } from '../../src/placement/placement.js';
 import { startServers, testConfig, waitFor, type TestServer } from './servers.js';
 import { configEnv, spawnRole, type Child } from './stack.js';
 import { pool } from './pool.js';

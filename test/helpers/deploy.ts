@@ -421,7 +421,7 @@ export function dashboardProblems(dashboard: { panels?: Panel[]; templating?: { 
           problems.push(`${at}: ${metric} is a ${known.type}; query ${metric}_bucket, _sum or _count`);
           continue;
         } else {
-          problems.push(`${at}: metric ${metric} is not exported by the worker or the gateway (src/admin/metrics.ts)`);
+          problems.push(`${at}: metric ${metric} is not exported by the worker or the gateway (src/monitoring/metrics.ts)`);
           continue;
         }
         for (const l of metricLabels) available.add(l);

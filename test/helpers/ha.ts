@@ -1,7 +1,7 @@
 /**
  * The production topology's servers for tests, on free ports in temp dirs: a JetStream cluster of nats-servers
  * (startNatsCluster) and a Redis primary with replicas watched by Sentinels (startRedisHA). Built from the same
- * config texts and probes as the supervisor's cluster profile (src/topology.ts). Readiness is waited for with a
+ * config texts and probes as the supervisor's cluster profile (src/stack/topology.ts). Readiness is waited for with a
  * deadline, never a sleep; everything is stopped in the test's teardown (and by the reaper if the test dies).
  *
  * For fault tests: every node is a TestServer (kill9, pause/resume, restart, stop); `natsCluster.leaderOf(stream)`
@@ -15,7 +15,7 @@ import { connect, type NatsConnection } from 'nats';
 import type { Test } from 'tap';
 import { redisAcl, type RedisLogin } from '../../src/auth.js';
 import type { Config } from '../../src/config.js';
-import { NATS_STOP_SIGNAL, natsAnswers, natsArgs, redisAnswers } from '../../src/processes.js';
+import { NATS_STOP_SIGNAL, natsAnswers, natsArgs, redisAnswers } from '../../src/stack/processes.js';
 import {
   currentPrimary,
   jetstreamClusterReady,
@@ -26,7 +26,7 @@ import {
   sentinelPrimary,
   sentinelQuorum,
   sentinelReady,
-} from '../../src/topology.js';
+} from '../../src/stack/topology.js';
 import type { NetLab } from './netns.js';
 import { freePort, startServer, testNatsAuthorization, waitFor, type TestServer, type TestUsers } from './servers.js';
 

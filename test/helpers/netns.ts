@@ -16,7 +16,7 @@ import { execFile, execFileSync, spawn } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
 import { promisify } from 'node:util';
 import type { Test } from 'tap';
-import { findBinary } from '../../src/processes.js';
+import { findBinary } from '../../src/stack/processes.js';
 
 const run = promisify(execFile);
 

@@ -5,7 +5,7 @@ import type { Test } from 'tap';
 import type { Config } from '../../src/config.js';
 import { createGateway } from '../../src/http/gateway.js';
 import { createLog } from '../../src/log.js';
-import { startWorker } from '../../src/runtime/worker.js';
+import { startWorker } from '../../src/placement/worker.js';
 import { startServers, testConfig, type TestServer } from './servers.js';
 import { httpCall, type HttpAnswer } from './http.js';
 

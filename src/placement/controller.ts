@@ -13,9 +13,13 @@ import { timingSafeEqual } from 'node:crypto';
 import type { Config, Kind } from '../config.js';
 import { faultLog } from '../faults.js';
 import type { Log } from '../log.js';
+import { systemClock, type Clock } from '../clock.js';
 import { names } from '../protocol.js';
 import { MembershipView, openBuckets, watchKv, type Buckets, type Watch } from './membership.js';
-import { balance, fromBytes, kvValues, parsePlacementKey, placementKey, toBytes, type Assignment } from './placement.js';
+import { electionStep, leads, newElection, type ElectionEvent, type ElectionLimits } from './election.js';
+import { ranLate } from './liveness.js';
+import { decidePlacement, type Placed } from './moves.js';
+import { fromBytes, kvValues, parsePlacementKey, placementKey, toBytes, type Assignment } from './placement.js';
 
 /** How long an admin request waits for its moves to take effect before it answers with what is still pending. */
 export const ADMIN_SETTLE_DEADLINE_MS = 30_000;
@@ -48,6 +52,8 @@ export interface ControllerOptions {
   seed?: string;
   /** Workers this controller treats as absent: a controller cut off from some workers (tests of a split brain). */
   ignore?: (worker: string) => boolean;
+  /** Time for leases, renewals and the pace of decisions; default the wall clock. */
+  clock?: Clock;
 }
 
 export interface Controller {
@@ -57,13 +63,6 @@ export interface Controller {
   /** Placement writes done (for tests and metrics). */
   writes(): number;
   close(): Promise<void>;
-}
-
-interface Placed {
-  a: Assignment;
-  rev: number;
-  /** Local time this assignment was first seen. */
-  at: number;
 }
 
 /**
@@ -77,30 +76,30 @@ const NOBODY = '';
 /** Every server of `natsUrl` (a comma-separated list) is on this machine. */
 const isLoopbackUrl = (urls: string) => urls.split(',').every((url) => /^(nats|tls):\/\/([^@/]*@)?(127\.\d+\.\d+\.\d+|localhost|\[::1\])(:\d+)?\/?$/.test(url.trim()));
 
-export async function startController({ nc, config, log: parentLog, id, buckets, elect = true, seed = '', ignore = () => false }: ControllerOptions): Promise<Controller> {
+/** The controller's own lifecycle: nothing is decided before every watch has delivered what is there, nor after close. */
+type ControllerPhase = 'starting' | 'running' | 'closed';
+
+/** Reconciling: one pass at a time; a change seen during a pass (or a lost write race) asks for another. */
+type Pass = { phase: 'idle' } | { phase: 'reconciling'; again: boolean };
+type Reconciling = Extract<Pass, { phase: 'reconciling' }>;
+
+export async function startController({ nc, config, log: parentLog, id, buckets, elect = true, seed = '', ignore = () => false, clock = systemClock }: ControllerOptions): Promise<Controller> {
   const log = parentLog.child('controller');
   const fault = faultLog(log);
   const b = buckets ?? (await openBuckets(nc.jetstream(), config));
   const lease = config.workerLeaseMs;
-  const interval = config.heartbeatIntervalMs;
+  const limits: ElectionLimits = { leaseMs: lease, intervalMs: config.heartbeatIntervalMs };
   const placement = new Map<string, Placed>();
   const pins = new Map<string, string>(); // placement key -> worker
   const drains = new Set<string>();
-  let leader: { id: string; rev: number; seenAt: number } | undefined;
-  let myRev = 0;
-  let renewedAt = 0;
-  let isLeader = false;
-  let closed = false;
-  let writes = 0;
-  let lastTick = Date.now();
-  /** Nothing is decided before every watch has delivered what is there. */
-  let started = false;
-
-  let running = false;
-  let dirty = false;
+  let phase: ControllerPhase = 'starting';
+  let election = newElection(id);
+  let pass: Pass = { phase: 'idle' };
   let scheduled = false;
+  let writes = 0;
+  let lastTick = clock.now();
 
-  const members = new MembershipView(b.workers, lease, log, () => schedule());
+  const members = new MembershipView(b.workers, lease, log, () => schedule(), clock);
   await members.start();
 
   const watches: Watch[] = [];
@@ -111,7 +110,7 @@ export async function startController({ nc, config, log: parentLog, id, buckets,
         const cur = placement.get(e.key);
         // Not an assignment: a placement on nobody at the epoch last known there, so the leader writes a good one above it.
         const a = kvValues.assignment(e.value, fault, e.key) ?? { worker: NOBODY, epoch: cur?.a.epoch ?? 0 };
-        if (!cur || cur.rev < e.revision) placement.set(e.key, { a, rev: e.revision, at: Date.now() });
+        if (!cur || cur.rev < e.revision) placement.set(e.key, { a, rev: e.revision, at: clock.now() });
       }
       schedule();
     }),
@@ -122,15 +121,8 @@ export async function startController({ nc, config, log: parentLog, id, buckets,
   function onControl(e: KvEntry) {
     const put = e.operation === 'PUT';
     if (e.key === 'leader') {
-      if (!put) leader = undefined;
-      else {
-        const value = kvValues.leader(e.value, fault, e.key) ?? { id: NOBODY };
-        if (!leader || leader.rev !== e.revision) leader = { id: value.id, rev: e.revision, seenAt: Date.now() };
-        if (value.id !== id && isLeader && elect) {
-          isLeader = false;
-          log.info('no longer leading', { leader: value.id || '(an invalid value)' });
-        }
-      }
+      const key = put ? { id: (kvValues.leader(e.value, fault, e.key) ?? { id: NOBODY }).id, rev: e.revision } : undefined;
+      if (elect) void decide({ kind: 'observed', key, now: clock.now() });
     } else if (e.key.startsWith('pin.')) {
       const key = e.key.slice(4);
       const pin = put ? kvValues.pin(e.value, fault, e.key) : undefined;
@@ -143,139 +135,99 @@ export async function startController({ nc, config, log: parentLog, id, buckets,
     schedule();
   }
 
-  const valid = () => isLeader && (!elect || Date.now() - renewedAt < lease - interval);
+  // ---- leadership: election.ts decides, this performs its writes --------------------------------------
 
-  async function lead(): Promise<void> {
-    if (!elect) {
-      isLeader = true;
-      renewedAt = Date.now();
-      return;
-    }
-    const now = Date.now();
-    const value = toBytes({ id, at: now });
-    try {
-      if (isLeader) {
-        myRev = await b.control.update('leader', value, myRev);
-        renewedAt = now;
-      } else if (!leader) {
-        myRev = await b.control.create('leader', value);
-        renewedAt = now;
-        isLeader = true;
-        log.info('leading (no leader before)');
-      } else if (leader.id === id || now - leader.seenAt > lease) {
-        // Our own key from before a restart of this candidate, or a leader silent for a lease: take it by CAS.
-        myRev = await b.control.update('leader', value, leader.rev);
-        renewedAt = now;
-        isLeader = true;
-        log.info('leading', { after: leader.id });
+  /** Without election (a forced split brain) every controller leads from its first tick on. */
+  const valid = () => (elect ? leads(election, clock.now(), limits) : phase !== 'starting');
+
+  async function decide(event: ElectionEvent): Promise<void> {
+    const step = electionStep(election, event, limits);
+    election = step.state;
+    for (const action of step.actions) {
+      switch (action.do) {
+        case 'log':
+          log[action.level](action.msg, action.fields);
+          break;
+        case 'write': {
+          const { claim } = action;
+          const value = toBytes({ id, at: claim.at });
+          let rev: number;
+          try {
+            rev = claim.op === 'create' ? await b.control.create('leader', value) : await b.control.update('leader', value, claim.rev);
+          } catch (err) {
+            await decide({ kind: 'refused', claim, err });
+            break;
+          }
+          await decide({ kind: 'written', claim, rev });
+          break;
+        }
+        case 'resign':
+          // Hand over at once instead of after a lease: a candidate that sees the key deleted creates it.
+          await b.control.delete('leader', { previousSeq: action.rev }).catch(() => {});
+          break;
       }
-    } catch (err) {
-      if (isLeader) log.warn('lost the leadership: could not renew it', { err });
-      isLeader = false;
     }
   }
 
-  // ---- reconciling ---------------------------------------------------------------------------------
-
+  // ---- reconciling: moves.ts decides, this writes -----------------------------------------------------
 
   let lastReconcile = 0;
   function schedule(): void {
-    if (scheduled || closed || !started) return;
+    if (scheduled || phase !== 'running') return;
     scheduled = true;
     const run = () => {
       scheduled = false;
       reconcile().catch((err: unknown) => log.error('reconcile failed', { err }));
     };
-    const waitMs = lastReconcile + RECONCILE_MIN_INTERVAL_MS - Date.now();
+    const waitMs = lastReconcile + RECONCILE_MIN_INTERVAL_MS - clock.now();
     if (waitMs <= 0) setImmediate(run);
-    else setTimeout(run, waitMs);
+    else clock.setTimeout(run, waitMs);
   }
-
-  const alive = (worker: string, now: number) => !ignore(worker) && members.alive(worker, now);
-  const eligible = (kind: Kind, now: number) =>
-    members
-      .live(now)
-      .filter((m) => !ignore(m.hb.id) && m.hb.kinds.includes(kind) && !m.hb.draining && !drains.has(m.hb.id))
-      .map((m) => m.hb.id);
-  /** A move not yet done: its (live) new owner does not run the partition yet. Moved again only after a lease. */
-  const inFlight = (key: string, cur: Placed, now: number) => {
-    const parsed = parsePlacementKey(key)!;
-    const hb = members.members.get(cur.a.worker)?.hb;
-    return alive(cur.a.worker, now) && now - cur.at < lease && !hb?.held.some((h) => h.k === parsed.kind && h.p === parsed.partition && h.e === cur.a.epoch);
-  };
 
   /** Computes the placement and writes what differs. Returns the number of placement writes that succeeded. */
   async function reconcile(): Promise<number> {
-    if (running) {
-      dirty = true;
+    if (pass.phase === 'reconciling') {
+      pass.again = true;
       return 0;
     }
-    running = true;
+    const current: Reconciling = { phase: 'reconciling', again: false };
+    pass = current;
     let done = 0;
     try {
       do {
-        dirty = false;
-        if (!valid() || closed) break;
-        const waitMs = lastReconcile + RECONCILE_MIN_INTERVAL_MS - Date.now();
-        if (waitMs > 0) await new Promise((r) => setTimeout(r, waitMs));
-        lastReconcile = Date.now();
-        done += await reconcileOnce();
-      } while (dirty);
+        current.again = false;
+        if (!valid() || phase === 'closed') break;
+        const waitMs = lastReconcile + RECONCILE_MIN_INTERVAL_MS - clock.now();
+        if (waitMs > 0) await clock.sleep(waitMs);
+        lastReconcile = clock.now();
+        done += await reconcileOnce(current);
+      } while (current.again);
     } finally {
-      running = false;
+      pass = { phase: 'idle' };
     }
     return done;
   }
 
-  async function reconcileOnce(): Promise<number> {
-    const now = Date.now();
-    const jobs: Promise<boolean>[] = [];
-    for (const kind of config.kinds) {
-      const current: (string | undefined)[] = [];
-      const kindPins = new Map<number, string>();
-      for (let p = 0; p < config.partitions; p++) {
-        const key = placementKey(kind, p);
-        current.push(placement.get(key)?.a.worker);
-        const pin = pins.get(key);
-        if (pin !== undefined) kindPins.set(p, pin);
-      }
-      const desired = balance({ kind, partitions: config.partitions, current, eligible: eligible(kind, now), pins: kindPins, seed });
-      for (let p = 0; p < config.partitions; p++) {
-        const key = placementKey(kind, p);
-        const want = desired[p];
-        if (want === undefined) continue;
-        const cur = placement.get(key);
-        // The owner found Redis at a newer epoch than the placement (e.g. the bucket was recreated): raise it.
-        const stale = cur ? members.members.get(cur.a.worker)?.hb.stale[key] : undefined;
-        const staleEpoch = stale !== undefined && stale >= cur!.a.epoch ? stale : 0;
-        if (cur && cur.a.worker === want && staleEpoch === 0) continue;
-        // One move at a time per partition: no thrashing while controllers (or operators) disagree.
-        if (cur && staleEpoch === 0 && inFlight(key, cur, now)) continue;
-        const next: Assignment = { worker: want, epoch: Math.max(cur?.a.epoch ?? 0, staleEpoch) + 1 };
-        if (cur && cur.a.worker !== want && alive(cur.a.worker, now)) next.prev = cur.a.worker;
-        jobs.push(write(key, next, cur?.rev));
-      }
-    }
-    // Pins and drains of workers that are gone are forgotten.
-    for (const [key, worker] of pins) if (!members.members.has(worker)) jobs.push(forget(`pin.${key}`));
-    for (const worker of drains) if (!members.members.has(worker)) jobs.push(forget(`drain.${worker}`));
+  async function reconcileOnce(current: Reconciling): Promise<number> {
+    const view = { kinds: config.kinds, partitions: config.partitions, seed, leaseMs: lease, placement, pins, drains, liveness: members.snapshot, ignore };
+    const jobs = decidePlacement(view, clock.now()).map((action) => (action.do === 'place' ? write(action.key, action.next, action.rev, current) : forget(action.key)));
     const results = await Promise.all(jobs);
     return results.filter(Boolean).length;
   }
 
-  async function write(key: string, next: Assignment, rev: number | undefined): Promise<boolean> {
+  async function write(key: string, next: Assignment, rev: number | undefined, current: Reconciling): Promise<boolean> {
     try {
       const data = toBytes(next);
       const newRev = rev === undefined ? await b.placement.create(key, data) : await b.placement.update(key, data, rev);
       const cur = placement.get(key);
-      if (!cur || cur.rev < newRev) placement.set(key, { a: next, rev: newRev, at: Date.now() });
+      if (!cur || cur.rev < newRev) placement.set(key, { a: next, rev: newRev, at: clock.now() });
       writes++;
       log.info('placed', { ...parsePlacementKey(key), worker: next.worker, epoch: next.epoch, ...(next.prev ? { from: next.prev } : {}) });
       return true;
     } catch (err) {
       // Another controller wrote first (CAS on the revision): its write arrives through the watch; decide again then.
       log.debug('placement write lost a race', { ...parsePlacementKey(key), err });
-      dirty = true;
+      current.again = true;
       return false;
     }
   }
@@ -298,34 +250,66 @@ export async function startController({ nc, config, log: parentLog, id, buckets,
     if (ticking) return;
     ticking = true;
     try {
-      await tickOnce();
+      const now = clock.now();
+      if (ranLate(lastTick, now, lease)) members.forgive(now);
+      lastTick = now;
+      if (elect) await decide({ kind: 'tick', now });
+      await reconcile();
     } finally {
       ticking = false;
     }
   }
-
-  async function tickOnce(): Promise<void> {
-    const now = Date.now();
-    // A tick far later than its interval: this process was not running (a stall, SIGSTOP). Whoever it has not
-    // heard from meanwhile may well be alive: it waits another lease before declaring anyone dead.
-    if (now - lastTick > lease / 2) members.forgive(now);
-    lastTick = now;
-    await lead();
-    await reconcile();
-  }
-  started = true;
+  phase = 'running';
   await tick();
-  const timer = setInterval(() => tick().catch((err: unknown) => log.error('controller tick failed', { err })), interval);
+  const timer = clock.setInterval(() => tick().catch((err: unknown) => log.error('controller tick failed', { err })), config.heartbeatIntervalMs);
 
-  // ---- admin requests -----------------------------------------------------------------------------
+  const admin = serveAdmin({ nc, config, log, clock, control: b.control, members, placement, pins, drains, writes: () => writes, reconcile, forget, leading: valid, closed: () => phase === 'closed' });
 
-  const token = config.adminToken;
-  const admin: Subscription = nc.subscribe(names(config.streamPrefix).admin, {
+  return {
+    id,
+    leading: valid,
+    writes: () => writes,
+    async close() {
+      if (phase === 'closed') return;
+      phase = 'closed';
+      clock.clearInterval(timer);
+      admin.unsubscribe();
+      for (const w of watches) w.stop();
+      members.stop();
+      await decide({ kind: 'close' });
+    },
+  };
+}
+
+/** What the admin requests work on: the controller's view and its reconcile. */
+interface AdminContext {
+  nc: NatsConnection;
+  config: Config;
+  log: Log;
+  clock: Clock;
+  control: Buckets['control'];
+  members: MembershipView;
+  placement: ReadonlyMap<string, Placed>;
+  pins: Map<string, string>;
+  drains: Set<string>;
+  writes: () => number;
+  reconcile: () => Promise<number>;
+  forget: (key: string) => Promise<boolean>;
+  /** Only the leader answers. */
+  leading: () => boolean;
+  closed: () => boolean;
+}
+
+/** Answers shopctl's move, drain and rebalance on the admin subject, while this controller leads. */
+function serveAdmin(ctx: AdminContext): Subscription {
+  const sub = ctx.nc.subscribe(names(ctx.config.streamPrefix).admin, {
     callback: (err, msg) => {
-      if (err || !valid()) return; // only the leader answers
-      answer(msg).catch((e: unknown) => log.warn('could not answer an admin request', { err: e }));
+      if (err || !ctx.leading()) return; // only the leader answers
+      answer(msg).catch((e: unknown) => ctx.log.warn('could not answer an admin request', { err: e }));
     },
   });
+  const { config, log, clock, control, members, placement, pins, drains, writes, reconcile, forget } = ctx;
+  const token = config.adminToken;
 
   function authorised(msg: Msg): string | undefined {
     if (token) {
@@ -340,7 +324,7 @@ export async function startController({ nc, config, log: parentLog, id, buckets,
 
   async function answer(msg: Msg): Promise<void> {
     let reply: AdminReply;
-    const started = Date.now();
+    const started = clock.now();
     try {
       const refusal = authorised(msg);
       if (refusal) reply = { ok: false, error: refusal };
@@ -374,14 +358,14 @@ export async function startController({ nc, config, log: parentLog, id, buckets,
   async function until(pendingOf: () => string[], deadline: number): Promise<string[]> {
     for (;;) {
       const pending = pendingOf();
-      if (pending.length === 0 || Date.now() >= deadline || closed) return pending;
-      await new Promise((r) => setTimeout(r, SETTLE_POLL_MS));
+      if (pending.length === 0 || clock.now() >= deadline || ctx.closed()) return pending;
+      await clock.sleep(SETTLE_POLL_MS);
     }
   }
 
   async function perform(req: AdminRequest, started: number): Promise<AdminReply> {
     const deadline = started + ADMIN_SETTLE_DEADLINE_MS;
-    const before = writes;
+    const before = writes();
     switch (req.op) {
       case 'move': {
         const { kind, partition } = req;
@@ -393,17 +377,17 @@ export async function startController({ nc, config, log: parentLog, id, buckets,
         if (hb.draining || drains.has(worker)) throw new Error(`worker ${worker} is draining`);
         const key = placementKey(kind, partition);
         const from = placement.get(key)?.a.worker;
-        await b.control.put(`pin.${key}`, toBytes({ worker }));
+        await control.put(`pin.${key}`, toBytes({ worker }));
         pins.set(key, worker);
         await reconcile();
         const pending = await until(() => (placement.get(key)?.a.worker === worker ? settled((k) => k === key) : [key]), deadline);
         if (pending.length > 0) return { ok: false, error: `${key} is not yet running on ${worker} after ${ADMIN_SETTLE_DEADLINE_MS} ms` };
-        return { ok: true, message: `moved ${kind} ${partition}: ${from ?? 'nobody'} -> ${worker} (epoch ${placement.get(key)!.a.epoch})`, moves: writes - before, ms: Date.now() - started };
+        return { ok: true, message: `moved ${kind} ${partition}: ${from ?? 'nobody'} -> ${worker} (epoch ${placement.get(key)!.a.epoch})`, moves: writes() - before, ms: clock.now() - started };
       }
       case 'drain': {
         const worker = resolveWorker(req.worker);
         const held = placement.size === 0 ? 0 : [...placement.values()].filter((p) => p.a.worker === worker).length;
-        await b.control.put(`drain.${worker}`, toBytes({ at: Date.now() }));
+        await control.put(`drain.${worker}`, toBytes({ at: clock.now() }));
         drains.add(worker);
         await reconcile();
         const pending = await until(() => {
@@ -412,7 +396,7 @@ export async function startController({ nc, config, log: parentLog, id, buckets,
           return [...still, ...(hb && members.alive(worker) ? hb.held.map((h) => placementKey(h.k, h.p)) : [])];
         }, deadline);
         if (pending.length > 0) return { ok: false, error: `${worker} still holds ${[...new Set(pending)].join(' ')} after ${ADMIN_SETTLE_DEADLINE_MS} ms (does another worker host those kinds?)` };
-        return { ok: true, message: `drained ${worker}: ${held} partitions moved; it exits now`, moves: writes - before, ms: Date.now() - started };
+        return { ok: true, message: `drained ${worker}: ${held} partitions moved; it exits now`, moves: writes() - before, ms: clock.now() - started };
       }
       case 'rebalance': {
         await Promise.all([...pins.keys()].map((key) => forget(`pin.${key}`)));
@@ -420,31 +404,13 @@ export async function startController({ nc, config, log: parentLog, id, buckets,
         await reconcile();
         const pending = await until(() => settled(), deadline);
         if (pending.length > 0) return { ok: false, error: `not settled after ${ADMIN_SETTLE_DEADLINE_MS} ms: ${pending.join(' ')}` };
-        return { ok: true, message: `balanced: ${writes - before} partitions moved`, moves: writes - before, ms: Date.now() - started };
+        return { ok: true, message: `balanced: ${writes() - before} partitions moved`, moves: writes() - before, ms: clock.now() - started };
       }
       default:
         throw new Error(`unknown admin op ${JSON.stringify((req as { op: unknown }).op)}; known: move, drain, rebalance`);
     }
   }
-
-  return {
-    id,
-    leading: valid,
-    writes: () => writes,
-    async close() {
-      if (closed) return;
-      closed = true;
-      clearInterval(timer);
-      admin.unsubscribe();
-      for (const w of watches) w.stop();
-      members.stop();
-      if (isLeader && elect) {
-        isLeader = false;
-        // Hand over at once instead of after a lease: a candidate that sees the key deleted creates it.
-        await b.control.delete('leader', { previousSeq: myRev }).catch(() => {});
-      }
-    },
-  };
+  return sub;
 }
 
 /** Sends one admin request to the leading controller and returns its answer. */

@@ -5,13 +5,15 @@
  *
  * With natsNodes > 1, redisReplicas and sentinelNodes (the cluster profile, `SHOP_PROFILE=cluster npm start`) the
  * servers are the production topology on one machine: a JetStream cluster, a Redis primary with replicas, and
- * Sentinels that promote a replica when the primary dies (src/topology.ts).
+ * Sentinels that promote a replica when the primary dies (src/stack/topology.ts).
  */
 import { existsSync, mkdirSync, readFileSync, writeFileSync } from 'node:fs';
 import { dirname, join, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
-import { ConfigError, envName, type Config } from './config.js';
-import { resolveLogFormat, type Log } from './log.js';
+import { systemClock, type Clock, type Timer } from '../clock.js';
+import { ConfigError, envName, type Config } from '../config.js';
+import { childStep, newChild, type ChildEvent, type ChildState, type RestartPolicy } from './restart.js';
+import { resolveLogFormat, type Log } from '../log.js';
 import { ensureLocalSecrets, gatewayUser, writePrivate, type LocalSecrets } from './secrets.js';
 import {
   currentPrimary,
@@ -87,12 +89,12 @@ const SIGNAL_REPEAT_MIN_MS = 1000;
 
 const here = dirname(fileURLToPath(import.meta.url));
 
-/** main.js next to this module: dist/src/main.js when compiled. */
-const MAIN_JS = join(here, 'main.js');
+/** main.js one folder up from this module: dist/src/main.js when compiled. */
+const MAIN_JS = join(here, '..', 'main.js');
 
-/** nats/local.conf at the package root, from both src/ and dist/src/. */
+/** nats/local.conf at the package root, from both src/stack/ and dist/src/stack/. */
 function natsConfigFile(): string {
-  for (const up of ['..', '../..']) {
+  for (const up of ['../..', '../../..']) {
     const file = resolve(here, up, 'nats', 'local.conf');
     if (existsSync(file)) return file;
   }
@@ -309,6 +311,8 @@ export interface SupervisorOptions {
   children?: ChildSpec[];
   /** Where children's output lines go; default: this process's stdout/stderr, prefixed with the child's name. */
   output?: (name: string, line: string, stream: 'stdout' | 'stderr') => void;
+  /** Time for uptimes and restart pauses; default the wall clock. */
+  clock?: Clock;
 }
 
 export interface Supervisor {
@@ -326,13 +330,9 @@ export interface Supervisor {
 interface Slot {
   spec: ChildSpec;
   child?: Child;
-  startedAt: number;
-  /** The pause before the next restart. */
-  backoffMs: number;
-  restarts: number;
-  timer?: NodeJS.Timeout;
-  /** Restart it when it dies. A server becomes restartable once it has answered the first time. */
-  restartable: boolean;
+  /** Its lifecycle and backoff, as restart.ts decides them. */
+  state: ChildState;
+  timer?: Timer;
 }
 
 export function createSupervisor(config: Config, log: Log, options: SupervisorOptions = {}): Supervisor {
@@ -346,7 +346,9 @@ export function createSupervisor(config: Config, log: Log, options: SupervisorOp
   const output =
     options.output ??
     ((name: string, line: string, stream: 'stdout' | 'stderr') => process[stream].write(`${name.padEnd(width)} | ${line}\n`));
-  const slots: Slot[] = specs.map((spec) => ({ spec, startedAt: 0, backoffMs: config.restartBackoffMs, restarts: 0, restartable: false }));
+  const clock = options.clock ?? systemClock;
+  const policy: RestartPolicy = { baseMs: config.restartBackoffMs, maxMs: RESTART_BACKOFF_MAX_MS, stableMs: STABLE_UPTIME_MS };
+  const slots: Slot[] = specs.map((spec) => ({ spec, state: newChild(policy) }));
   const stopping = new AbortController();
   let state: SupervisorState = 'idle';
   let stopped: Promise<void> | undefined;
@@ -373,7 +375,7 @@ export function createSupervisor(config: Config, log: Log, options: SupervisorOp
       onLine: (line, stream) => output(spec.name, line, stream),
     });
     slot.child = child;
-    slot.startedAt = Date.now();
+    apply(slot, { kind: 'launched', now: clock.now() });
     if (child.pid !== undefined) log.info(`started ${spec.name} (pid ${child.pid})`);
     void child.exited.then((exit) => onExit(slot, child, exit));
     return child;
@@ -382,25 +384,32 @@ export function createSupervisor(config: Config, log: Log, options: SupervisorOp
   function onExit(slot: Slot, child: Child, exit: Exit) {
     if (slot.child !== child) return;
     slot.child = undefined;
-    if (running() && slot.restartable) scheduleRestart(slot, exit);
+    apply(slot, { kind: 'exited', now: clock.now(), exit, supervising: running() });
   }
 
-  function scheduleRestart(slot: Slot, exit: Exit) {
-    const upMs = Date.now() - slot.startedAt;
-    if (upMs >= STABLE_UPTIME_MS) slot.backoffMs = config.restartBackoffMs;
-    const delayMs = slot.backoffMs;
-    slot.backoffMs = Math.min(RESTART_BACKOFF_MAX_MS, Math.max(1, delayMs * 2));
-    slot.restarts++;
-    log.warn(`${slot.spec.name} exited unexpectedly (${describeExit(exit)}) after ${upMs} ms; restart #${slot.restarts} in ${delayMs} ms`);
-    slot.timer = setTimeout(() => {
-      slot.timer = undefined;
-      if (!running()) return;
-      launch(slot).catch((err: unknown) => {
-        // e.g. the binary vanished: count it as another crash, so the backoff keeps growing.
-        slot.startedAt = Date.now();
-        if (running()) scheduleRestart(slot, { code: null, signal: null, error: err as Error });
-      });
-    }, delayMs);
+  /** Decides (restart.ts) and performs: the restarts with their backoff. */
+  function apply(slot: Slot, event: ChildEvent) {
+    const step = childStep(slot.state, event, policy);
+    slot.state = step.state;
+    for (const action of step.actions) {
+      switch (action.do) {
+        case 'schedule':
+          log.warn(`${slot.spec.name} exited unexpectedly (${describeExit(action.exit)}) after ${action.upMs} ms; restart #${action.restart} in ${action.delayMs} ms`);
+          slot.timer = clock.setTimeout(() => {
+            slot.timer = undefined;
+            apply(slot, { kind: 'due', supervising: running() });
+          }, action.delayMs);
+          break;
+        case 'launch':
+          // e.g. the binary vanished: counted as another crash, so the backoff keeps growing.
+          launch(slot).catch((err: unknown) => apply(slot, { kind: 'launch-failed', now: clock.now(), error: err as Error, supervising: running() }));
+          break;
+        case 'cancel':
+          clock.clearTimeout(slot.timer);
+          slot.timer = undefined;
+          break;
+      }
+    }
   }
 
   async function assertPortFree(port: number, key: keyof Config, what: string, host = '127.0.0.1', pidFile?: string) {
@@ -463,7 +472,7 @@ export function createSupervisor(config: Config, log: Log, options: SupervisorOp
         what: `${what} to answer (see its output above)`,
         signal: anySignal(abortOnExit(child, what).signal, stopping.signal),
       });
-      slot.restartable = true;
+      apply(slot, { kind: 'established' });
       log.info(`${slot.spec.name} ready on port ${port}`);
     };
     // nats and redis together; the Sentinels once the Redis servers answer (they must find the primary).
@@ -511,8 +520,8 @@ export function createSupervisor(config: Config, log: Log, options: SupervisorOp
     const hasGateway = apps.some((s) => s.spec.role === 'gateway');
     if (hasGateway && config.httpPort > 0) await assertPortFree(config.httpPort, 'httpPort', 'the HTTP gateway', config.httpHost);
     for (const slot of apps) {
-      slot.restartable = true;
       await launch(slot);
+      apply(slot, { kind: 'established' }); // restarted whenever it dies, from its first launch on
     }
     if (hasGateway && config.httpPort > 0) {
       try {
@@ -536,7 +545,7 @@ export function createSupervisor(config: Config, log: Log, options: SupervisorOp
   async function stopInOrder() {
     setState('draining');
     stopping.abort(new Error('the supervisor is stopping'));
-    for (const slot of slots) clearTimeout(slot.timer);
+    for (const slot of slots) apply(slot, { kind: 'stop' });
     if (secrets && config.startServers && config.sentinelNodes > 0) {
       // Which Redis is primary now (it may not be node 0 after a failover): the next start begins with it.
       const p = dataPaths(config);
@@ -573,7 +582,7 @@ export function createSupervisor(config: Config, log: Log, options: SupervisorOp
     },
     kill() {
       for (const slot of slots) {
-        clearTimeout(slot.timer);
+        apply(slot, { kind: 'stop' });
         slot.child?.process.kill('SIGKILL');
       }
     },
@@ -591,10 +600,11 @@ export function createSupervisor(config: Config, log: Log, options: SupervisorOp
  */
 export async function runSupervisor(config: Config, log: Log, options: SupervisorOptions = {}): Promise<void> {
   const supervisor = createSupervisor(config, log, options);
+  const clock = options.clock ?? systemClock;
   let firstSignalAt = 0;
   const done = new Promise<void>((resolveDone) => {
     const onSignal = (signal: NodeJS.Signals) => {
-      const now = Date.now();
+      const now = clock.now();
       if (!firstSignalAt) {
         firstSignalAt = now;
         log.info(`${signal} received: stopping gateways, workers, ${config.sentinelNodes > 0 ? 'Sentinels, ' : ''}redis, nats in that order (Ctrl-C again to kill everything at once)`);

@@ -3,7 +3,7 @@ import type { ReplyTo } from '../actors/types.js';
 import { encode } from '../codec.js';
 import type { Kind } from '../config.js';
 import type { Reply } from '../protocol.js';
-import { Delivery, type Box } from './delivery.js';
+import { Delivery, type Box } from './local-delivery.js';
 import { Draft, type Tables } from './draft.js';
 
 /** Checkouts run by `warmActors`: enough for V8 to optimize the saga's code. */

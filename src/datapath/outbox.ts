@@ -4,7 +4,7 @@
  *
  * - replies: answers to waiting clients, on core NATS (fire and forget: a lost one is the client's deadline);
  * - parcels: saga messages to partitions of other workers, on core NATS through the courier, each re-sent until the
- *   receiving worker has applied and committed it and says so (runtime/courier.ts);
+ *   receiving worker has applied and committed it and says so (datapath/courier.ts);
  * - dead letters: copies of messages the partition could not apply, for the dead-letter stream (JetStream).
  *
  * An entry is done when every parcel is acknowledged and every dead letter stored. Done fields are deleted by the
@@ -16,7 +16,7 @@ import { setTimeout as delay } from 'node:timers/promises';
 import { decode, encode } from '../codec.js';
 import type { Log } from '../log.js';
 import type { Courier, Parcel } from './courier.js';
-import { ACK_WAIT_MS, pubAck, type Mux } from './mux.js';
+import { ACK_WAIT_MS, pubAck, type Mux } from '../transport/mux.js';
 
 /** A message the partition could not apply, as it goes to the dead-letter stream. */
 export interface DeadLetter {

@@ -6,7 +6,7 @@
  */
 import type { Redis } from 'ioredis';
 import { Events, type NatsConnection } from 'nats';
-import type { Probe } from './admin/http.js';
+import type { Probe } from './admin-http.js';
 
 /** How often each connection is pinged (one ping in flight at a time). */
 export const HEALTH_PING_INTERVAL_MS = 500;

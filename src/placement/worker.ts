@@ -3,28 +3,30 @@ import type { KvEntry, NatsConnection, Subscription } from 'nats';
 import { randomBytes } from 'node:crypto';
 import { hostname } from 'node:os';
 import { actorOf } from '../actors/index.js';
-import { createWorkerMetrics, type PartitionSample } from '../admin/metrics.js';
+import { createWorkerMetrics, type PartitionSample } from '../monitoring/metrics.js';
 import type { Registry } from 'prom-client';
 import type { Config, Kind } from '../config.js';
 import { faultLog } from '../faults.js';
 import type { Log } from '../log.js';
 import { names } from '../protocol.js';
+import { systemClock, type Clock } from '../clock.js';
 import { startController, type Controller } from './controller.js';
+import { draining, newWorker, serving, slotStep, workerStep, type SlotView, type WorkerAction, type WorkerEnd, type WorkerEvent } from './handoff.js';
+import type { LeaseLimits } from './liveness.js';
 import { MembershipView, openBuckets, watchKv, type Buckets, type Watch } from './membership.js';
-import type { RunnerMetrics } from './metrics.js';
-import { Mux } from './mux.js';
-import { resendAnswers } from './resend.js';
-import { PartitionRunner } from './partition.js';
+import type { RunnerMetrics } from '../datapath/runner-metrics.js';
+import { Mux } from '../transport/mux.js';
+import { resendAnswers } from '../transport/resend.js';
+import { PartitionRunner } from '../datapath/runner.js';
 import { kvValues, parsePlacementKey, placementKey, toBytes, type Assignment, type Heartbeat } from './placement.js';
-import { BatchLoop } from './batch.js';
-import { warmActorsOnce } from './warm.js';
-import { Courier } from './courier.js';
-import type { Inbound } from './batch.js';
-import { createPartitionStore, StaleEpochError, type PartitionStore } from './store.js';
-import { ensureStreams, untilJetStream } from './streams.js';
+import { BatchLoop } from '../datapath/batch-loop.js';
+import { warmActorsOnce } from '../datapath/warm-up.js';
+import { Courier } from '../datapath/courier.js';
+import type { Inbound } from '../datapath/batch-loop.js';
+import { createPartitionStore, StaleEpochError, type PartitionStore } from '../datapath/store.js';
+import { ensureStreams, untilJetStream } from '../datapath/streams.js';
 
-/** Why a dynamic worker stopped on its own: shopctl drained it, or it lost its lease (its heartbeats failed too long). */
-export type WorkerEnd = 'drained' | 'lease-lost';
+export type { WorkerEnd } from './handoff.js';
 
 export interface Worker {
   /** Its name in the placement (dynamic) or `worker-<index>` (static). */
@@ -58,6 +60,8 @@ export interface WorkerOptions {
   controller?: boolean;
   /** The port of this process's admin HTTP, announced in the heartbeat (shopctl and tests find /metrics by it). */
   adminPort?: number;
+  /** Dynamic: time for the lease, the handoff and the drain; default the wall clock. */
+  clock?: Clock;
 }
 
 /** Part of shutdownGraceMs a closing worker may spend waiting for its partitions to move, the rest is for stopping. */
@@ -216,8 +220,8 @@ interface Slot {
   assignedAt: number;
   /** A runner not stopped by this worker: running, or in its own restart after a transport failure. */
   runner?: PartitionRunner;
-  busy: boolean;
-  again: boolean;
+  /** Stepped one at a time; a change seen meanwhile asks for another step ('again'). */
+  pass: 'idle' | 'stepping' | 'again';
   /** After a failed start, not again before this time. */
   retryAt: number;
 }
@@ -232,17 +236,21 @@ interface Slot {
  * If its own heartbeats fail for workerLeaseMs less one interval, the controller may already have given its
  * partitions away: it stops every runner and `ended` resolves with 'lease-lost' (main.js exits; the supervisor
  * starts a fresh worker under a new id). On `drain` (shopctl) it gives everything away and `ended` resolves with
- * 'drained'. Every worker also runs a controller candidate (src/runtime/controller.ts).
+ * 'drained'. Every worker also runs a controller candidate (src/placement/controller.ts).
+ *
+ * The decisions are handoff.ts's (workerStep for the lifecycle and lease, slotStep per partition); this performs them.
  */
 async function startDynamicWorker(kit: Kit, id: string, opts: WorkerOptions, registry: Registry, follow: (locate: (kind: Kind, partition: number) => string | undefined) => void): Promise<Worker> {
   const { nc, config, redis, mux, courier } = kit;
   const log = kit.log;
+  const clock = opts.clock ?? systemClock;
   const fault = faultLog(log);
   const lease = config.workerLeaseMs;
   const interval = config.heartbeatIntervalMs;
+  const limits: LeaseLimits = { leaseMs: lease, intervalMs: interval };
   const buckets: Buckets = await untilJetStream('open the KV buckets', () => openBuckets(kit.js, config), log);
   // Heartbeats through a handle of their own with a short timeout: while the bucket elects a leader, a put can hang
-  // for the client's whole timeout (5 s), and the next one must not wait for it (heartbeat()).
+  // for the client's whole timeout (5 s), and the next one must not wait for it (put()).
   const heartbeats = await untilJetStream(
     'bind the workers bucket',
     () => nc.jetstream({ timeout: heartbeatPutTimeoutMs(interval) }).views.kv(names(config.streamPrefix).workersBucket, { bindOnly: true }),
@@ -252,25 +260,58 @@ async function startDynamicWorker(kit: Kit, id: string, opts: WorkerOptions, reg
   for (const kind of config.kinds) {
     for (let p = 0; p < config.partitions; p++) {
       const key = placementKey(kind, p);
-      slots.set(key, { kind, partition: p, key, store: createPartitionStore(redis, config.redisPrefix, kind, p, actorOf(kind).tables, replicationOf(config)), assignedAt: 0, busy: false, again: false, retryAt: 0 });
+      slots.set(key, { kind, partition: p, key, store: createPartitionStore(redis, config.redisPrefix, kind, p, actorOf(kind).tables, replicationOf(config)), assignedAt: 0, pass: 'idle', retryAt: 0 });
     }
   }
   const stale = new Map<string, number>();
-  let draining = false;
-  /** Lease lost or closed: run nothing any more. */
-  let leaving = false;
-  let closed = false;
-  let lastAckAt = Date.now();
+  let state = newWorker(clock.now());
   const adminPort = opts.adminPort ?? 0;
   let endWith!: (end: WorkerEnd) => void;
   const ended = new Promise<WorkerEnd>((r) => (endWith = r));
-  let endedWith: WorkerEnd | undefined;
   let closing: Promise<void> | undefined;
 
   const running = () => [...slots.values()].flatMap((s) => (s.runner ? [s.runner] : []));
   /** The worker of every partition of every kind, as the placement says: where saga parcels go. */
   const placed = new Map<string, string>();
   follow((kind, partition) => placed.get(placementKey(kind, partition)));
+
+  // ---- the lifecycle and the lease: handoff.ts decides, this performs -------------------------------
+
+  function dispatch(event: WorkerEvent): WorkerAction[] {
+    const step = workerStep(state, event, limits);
+    state = step.state;
+    return step.actions;
+  }
+
+  /** Performs the actions; resolves when the heartbeats among them have been put (or failed). */
+  function perform(actions: WorkerAction[]): Promise<void> {
+    const puts: Promise<void>[] = [];
+    for (const action of actions) {
+      switch (action.do) {
+        case 'put':
+          puts.push(put(action.sentAt));
+          break;
+        case 'lose':
+          log.error('lease lost: no heartbeat stored for longer than the lease allows; stopping every partition', { sinceLastMs: action.sinceAckMs, leaseMs: lease });
+          // stop() unsubscribes reads and stops the reader at once; a commit in flight is refused by the epoch in Redis.
+          for (const s of slots.values()) void reconcile(s);
+          break;
+        case 'end':
+          endWith(action.how);
+          break;
+        case 'forgive':
+          members.forgive(clock.now());
+          break;
+        case 'sweep':
+          for (const s of slots.values()) if (s.pass === 'idle') void reconcile(s);
+          break;
+        case 'log':
+          log.info(action.msg);
+          break;
+      }
+    }
+    return Promise.all(puts).then(() => {});
+  }
 
   // ---- heartbeats -----------------------------------------------------------------------------------
 
@@ -280,7 +321,7 @@ async function startDynamicWorker(kit: Kit, id: string, opts: WorkerOptions, reg
     host: hostname(),
     kinds: [...config.kinds],
     adminPort,
-    draining,
+    draining: draining(state),
     held: running()
       .filter((r) => r.state !== 'fenced')
       .map((r) => {
@@ -297,57 +338,39 @@ async function startDynamicWorker(kit: Kit, id: string, opts: WorkerOptions, reg
    * They leave over one connection in order and JetStream stores them in that order. The lease counts from the
    * sending time of the newest put that was stored.
    */
-  async function beat(): Promise<void> {
-    if (leaving || puts >= HEARTBEAT_PUTS_INFLIGHT_MAX) return;
-    const sentAt = Date.now();
-    // A lease that lapsed stays lost: a heartbeat sent after it (say, right after a SIGSTOP ends) must not revive it.
-    if (!checkLease(sentAt)) return;
+  async function put(sentAt: number): Promise<void> {
+    if (puts >= HEARTBEAT_PUTS_INFLIGHT_MAX) return;
     puts++;
     try {
       await heartbeats.put(id, toBytes(heartbeat()));
-      lastAckAt = Math.max(lastAckAt, sentAt);
+      void perform(dispatch({ kind: 'stored', sentAt }));
     } catch (err) {
-      log.warn('heartbeat failed', { err, sinceLastMs: Date.now() - lastAckAt });
+      log.warn('heartbeat failed', { err, sinceLastMs: state.lease.phase === 'held' ? clock.now() - state.lease.ackedAt : undefined });
     } finally {
       puts--;
     }
   }
+  /** A heartbeat, if the lease still holds (a lease that lapsed stays lost: a heartbeat must not revive it). */
+  const beat = () => perform(dispatch({ kind: 'beat', now: clock.now() }));
   /** A heartbeat now, not at the next tick: a handoff waits for it. */
   const beatNow = () => void beat();
-
-  function checkLease(now: number): boolean {
-    if (leaving || now - lastAckAt <= lease - interval) return true;
-    log.error('lease lost: no heartbeat stored for longer than the lease allows; stopping every partition', { sinceLastMs: now - lastAckAt, leaseMs: lease });
-    leaving = true;
-    // stop() unsubscribes reads and stops the reader at once; a commit in flight is refused by the epoch in Redis.
-    for (const s of slots.values()) void reconcile(s);
-    end('lease-lost');
-    return false;
-  }
-
-  function end(how: WorkerEnd) {
-    if (endedWith) return;
-    endedWith = how;
-    endWith(how);
-  }
 
   // ---- the placement --------------------------------------------------------------------------------
 
   async function reconcile(slot: Slot): Promise<void> {
-    if (slot.busy) {
-      slot.again = true;
+    if (slot.pass !== 'idle') {
+      slot.pass = 'again';
       return;
     }
-    slot.busy = true;
     try {
       do {
-        slot.again = false;
+        slot.pass = 'stepping';
         await step(slot);
-      } while (slot.again);
+      } while ((slot.pass as Slot['pass']) === 'again');
     } catch (err) {
       log.error('placement step failed', { kind: slot.kind, partition: slot.partition, err });
     } finally {
-      slot.busy = false;
+      slot.pass = 'idle';
     }
   }
 
@@ -356,55 +379,67 @@ async function startDynamicWorker(kit: Kit, id: string, opts: WorkerOptions, reg
     return m !== undefined && members.alive(prev) && m.hb.held.some((h) => h.k === slot.kind && h.p === slot.partition);
   };
 
+  const viewOf = (slot: Slot): SlotView => ({
+    self: id,
+    assigned: slot.assigned,
+    assignedAt: slot.assignedAt,
+    runner: slot.runner && { state: slot.runner.state, epoch: slot.runner.epoch },
+    stale: stale.get(slot.key),
+    retryAt: slot.retryAt,
+    prevHolds: slot.assigned?.prev !== undefined && prevHolds(slot.assigned.prev, slot),
+    serving: serving(state),
+  });
+
   async function step(slot: Slot): Promise<void> {
-    const a = slot.assigned;
-    const want = !leaving && !closed && a && a.worker === id ? a.epoch : undefined;
-    const r = slot.runner;
-    if (r) {
-      if (r.state === 'fenced') {
-        slot.runner = undefined;
-        beatNow();
-      } else if (r.state === 'stopped') {
-        // Not stopped by us: its restart after a transport failure, retrying, or refused for good by a newer epoch.
-        if ((await slot.store.epoch()) <= r.epoch) return;
-        slot.runner = undefined;
-        beatNow();
-      } else if (r.state === 'starting' || r.state === 'stopping' || r.state === 'idle') {
-        return; // its own restart; looked at again on the next sweep
-      } else if (want === undefined || r.epoch !== want) {
-        await r.stop();
-        slot.runner = undefined;
-        log.debug('let go', { kind: slot.kind, partition: slot.partition, epoch: r.epoch });
-        beatNow();
+    for (;;) {
+      const action = slotStep(viewOf(slot), clock.now(), lease);
+      const r = slot.runner;
+      switch (action.do) {
+        case 'forget':
+          break;
+        case 'check':
+          // Not stopped by us: its restart after a transport failure, retrying, or refused for good by a newer epoch.
+          if ((await slot.store.epoch()) <= r!.epoch) return;
+          break;
+        case 'stop':
+          await r!.stop();
+          log.debug('let go', { kind: slot.kind, partition: slot.partition, epoch: r!.epoch });
+          break;
+        case 'start':
+          return take(slot, action.epoch);
+        case 'wait':
+        case 'nothing':
+          return;
       }
-      if (slot.runner) return;
+      // The runner is gone: say so at once, then see whether the partition is to be taken at a new epoch.
+      slot.runner = undefined;
+      beatNow();
     }
-    if (want === undefined) return;
-    if ((stale.get(slot.key) ?? 0) >= want) return; // told the controller; it raises the epoch
-    const now = Date.now();
-    if (now < slot.retryAt) return;
-    if (a!.prev && a!.prev !== id && prevHolds(a!.prev, slot) && now - slot.assignedAt < lease) return; // the previous owner still lets go
+  }
+
+  async function take(slot: Slot, epoch: number): Promise<void> {
     const runner = newRunner(kit, slot.kind, slot.partition, slot.store, (fenced) => {
       log.warn('partition lost to a newer owner', { kind: slot.kind, partition: slot.partition, epoch: fenced.epoch });
       void reconcile(slot);
     });
     slot.runner = runner;
     try {
-      await runner.start(want);
-      log.debug('owned', { kind: slot.kind, partition: slot.partition, epoch: want, waitedMs: Date.now() - slot.assignedAt });
+      await runner.start(epoch);
+      log.debug('owned', { kind: slot.kind, partition: slot.partition, epoch, waitedMs: clock.now() - slot.assignedAt });
     } catch (err) {
       slot.runner = undefined;
       if (err instanceof StaleEpochError) {
-        log.warn('the placement epoch is older than the one in Redis; asking the controller for a newer one', { kind: slot.kind, partition: slot.partition, epoch: want, stored: err.stored });
+        log.warn('the placement epoch is older than the one in Redis; asking the controller for a newer one', { kind: slot.kind, partition: slot.partition, epoch, stored: err.stored });
         stale.set(slot.key, err.stored);
       } else {
         log.error('could not take the partition; retrying', { kind: slot.kind, partition: slot.partition, err });
-        slot.retryAt = Date.now() + config.retryBackoffMs * 10;
+        slot.retryAt = clock.now() + config.retryBackoffMs * 10;
         await runner.stop();
       }
     }
     beatNow();
-    if (leaving || closed) slot.again = true;
+    // Stopped serving while it started (lease lost, closing): let it go again.
+    if (!serving(state)) slot.pass = 'again';
   }
 
   function onPlacement(entry: KvEntry): void {
@@ -422,7 +457,7 @@ async function startDynamicWorker(kit: Kit, id: string, opts: WorkerOptions, reg
     else {
       if (!slot.assigned || slot.assigned.epoch !== a.epoch || slot.assigned.worker !== a.worker) {
         slot.assigned = a;
-        slot.assignedAt = Date.now();
+        slot.assignedAt = clock.now();
         stale.delete(entry.key);
       }
     }
@@ -430,26 +465,32 @@ async function startDynamicWorker(kit: Kit, id: string, opts: WorkerOptions, reg
   }
 
   /** Partitions whose owner was last seen running them, by key: parcels waiting for one go when it starts running. */
-  const serving = new Map<string, string>();
-  const members = new MembershipView(buckets.workers, lease, log, (worker) => {
-    // A previous owner's heartbeat may say it let go: look at the partitions waiting for one.
-    for (const s of slots.values()) if (!s.runner && s.assigned?.worker === id && s.assigned.prev) void reconcile(s);
-    // A new owner's heartbeat may say it now runs a partition: what this worker's partitions owe it goes now, not
-    // at its next retry (a moved partition drops what reaches it before it runs).
-    for (const h of members.members.get(worker)?.hb.held ?? []) {
-      const key = placementKey(h.k, h.p);
-      if (h.t || placed.get(key) !== worker || serving.get(key) === `${worker}@${h.e}`) continue;
-      serving.set(key, `${worker}@${h.e}`);
-      courier.moved(h.k, h.p);
-    }
-  });
+  const seenServing = new Map<string, string>();
+  const members = new MembershipView(
+    buckets.workers,
+    lease,
+    log,
+    (worker) => {
+      // A previous owner's heartbeat may say it let go: look at the partitions waiting for one.
+      for (const s of slots.values()) if (!s.runner && s.assigned?.worker === id && s.assigned.prev) void reconcile(s);
+      // A new owner's heartbeat may say it now runs a partition: what this worker's partitions owe it goes now, not
+      // at its next retry (a moved partition drops what reaches it before it runs).
+      for (const h of members.members.get(worker)?.hb.held ?? []) {
+        const key = placementKey(h.k, h.p);
+        if (h.t || placed.get(key) !== worker || seenServing.get(key) === `${worker}@${h.e}`) continue;
+        seenServing.set(key, `${worker}@${h.e}`);
+        courier.moved(h.k, h.p);
+      }
+    },
+    clock,
+  );
   await untilJetStream('watch the workers bucket', () => members.start(), log);
 
   // Registered before anything is placed here (retried while the bucket elects a leader).
   await untilJetStream(`register worker ${id} in the ${names(config.streamPrefix).workersBucket} bucket`, async () => {
-    const sentAt = Date.now();
+    const sentAt = clock.now();
     await heartbeats.put(id, toBytes(heartbeat()));
-    lastAckAt = sentAt;
+    void perform(dispatch({ kind: 'stored', sentAt }));
   }, log);
 
   const watches: Watch[] = [];
@@ -459,28 +500,23 @@ async function startDynamicWorker(kit: Kit, id: string, opts: WorkerOptions, reg
       'watch for a drain',
       () =>
         watchKv(buckets.control, `drain.${id}`, log, (e) => {
-          if (e.operation !== 'PUT' || draining || !kvValues.drain(e.value, fault, e.key)) return;
-          log.info('drain requested: handing every partition to other workers, then exiting');
-          draining = true;
+          if (e.operation !== 'PUT' || !kvValues.drain(e.value, fault, e.key)) return;
+          const actions = dispatch({ kind: 'drain', now: clock.now() });
+          if (actions.length === 0) return; // draining already, or closing
+          void perform(actions);
           beatNow();
         }),
       log,
     ),
   );
 
-  let lastTick = Date.now();
-  const timer = setInterval(() => {
-    const now = Date.now();
-    if (!checkLease(now)) return;
-    if (now - lastTick > lease / 2) members.forgive(now);
-    lastTick = now;
-    void beat();
-    for (const s of slots.values()) if (!s.busy) void reconcile(s);
-    if (draining && !closed && running().length === 0 && ![...slots.values()].some((s) => s.assigned?.worker === id)) end('drained');
+  const timer = clock.setInterval(() => {
+    const idle = running().length === 0 && ![...slots.values()].some((s) => s.assigned?.worker === id);
+    void perform(dispatch({ kind: 'tick', now: clock.now(), idle }));
   }, interval);
 
   const controller: Controller | undefined =
-    opts.controller === false ? undefined : await untilJetStream('start the controller', () => startController({ nc, config, log: kit.log, id, buckets, seed: opts.controllerSeed }), log);
+    opts.controller === false ? undefined : await untilJetStream('start the controller', () => startController({ nc, config, log: kit.log, id, buckets, seed: opts.controllerSeed, clock }), log);
   await Promise.all(watches.map((w) => w.ready));
   log.info('registered', { kinds: config.kinds.join(','), leaseMs: lease });
 
@@ -496,7 +532,8 @@ async function startDynamicWorker(kit: Kit, id: string, opts: WorkerOptions, reg
     registry,
     ended,
     ready() {
-      if (leaving) return { ok: false, detail: 'lease lost' };
+      if (state.lease.phase === 'lost') return { ok: false, detail: 'lease lost' };
+      if (state.life.phase === 'closed') return { ok: false, detail: 'closed' };
       const trouble = troubled(running());
       if (trouble) return { ok: false, detail: trouble };
       const missing = [...slots.values()].filter((s) => s.assigned?.worker === id && s.runner?.state !== 'running').map((s) => s.key);
@@ -509,31 +546,31 @@ async function startDynamicWorker(kit: Kit, id: string, opts: WorkerOptions, reg
   };
 
   async function closeNow(): Promise<void> {
-    if (!leaving) {
+    void perform(dispatch({ kind: 'close', now: clock.now() }));
+    if (state.lease.phase === 'held') {
       // Hand the partitions over while still serving them, so a request waits at most for one handoff.
-      draining = true;
       await beat();
-      const deadline = Date.now() + config.shutdownGraceMs * DRAIN_SHARE_OF_GRACE;
-      while (Date.now() < deadline) {
+      const deadline = clock.now() + config.shutdownGraceMs * DRAIN_SHARE_OF_GRACE;
+      while (clock.now() < deadline) {
         const held = running().filter((r) => r.state !== 'fenced');
         if (held.length === 0 || held.every((r) => alone(r.kind))) break;
-        await new Promise((r) => setTimeout(r, DRAIN_POLL_MS));
+        await clock.sleep(DRAIN_POLL_MS);
       }
     }
-    closed = true;
-    clearInterval(timer);
+    void perform(dispatch({ kind: 'stop' }));
+    clock.clearInterval(timer);
     await controller?.close();
     for (const w of watches) w.stop();
     members.stop();
-    const deadline = Date.now() + config.shutdownGraceMs * STOP_SHARE_OF_GRACE;
+    const deadline = clock.now() + config.shutdownGraceMs * STOP_SHARE_OF_GRACE;
     for (;;) {
       await Promise.all([...slots.values()].map((s) => reconcile(s)));
-      if (![...slots.values()].some((s) => s.busy) || Date.now() > deadline) break;
-      await new Promise((r) => setTimeout(r, DRAIN_POLL_MS));
+      if (![...slots.values()].some((s) => s.pass !== 'idle') || clock.now() > deadline) break;
+      await clock.sleep(DRAIN_POLL_MS);
     }
     // Whatever is left (a runner in its own restart) is stopped directly.
     await Promise.all(running().map((r) => r.stop()));
-    leaving = true;
+    void perform(dispatch({ kind: 'closed' }));
     await buckets.workers.delete(id).catch((err: unknown) => log.warn('could not deregister', { err }));
     courier.close();
     kit.resends.unsubscribe();

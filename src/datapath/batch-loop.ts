@@ -5,7 +5,7 @@
  *
  * A command one partition of the batch sends to another partition this worker runs (a checkout's reserve, debit,
  * answers, releases and forgets, when order, stock and payment partitions share the worker) is applied in the same
- * batch, in memory (runtime/delivery.ts), instead of leaving through the outbox: a whole checkout is then one stream
+ * batch, in memory (datapath/local-delivery.ts), instead of leaving through the outbox: a whole checkout is then one stream
  * message in, one commit and one reply out. Each partition still has one writer and applies its commands one at a
  * time; what changes is the transport, which the saga does not depend on (it tolerates any order and repeats). The
  * commit being atomic across the batch's partitions is what makes this exact: a crash before it loses the commands
@@ -26,14 +26,14 @@ import type { Config, Kind } from '../config.js';
 import { faultLog, type Fault } from '../faults.js';
 import type { Log } from '../log.js';
 import { BUNDLE_MAX, fail, ID_MAX_CHARS, names, type Names, type Reply } from '../protocol.js';
+import { Delivery, type Box, type Sink } from './local-delivery.js';
+import { Draft, type Tables } from './draft.js';
+import type { DeadLetterReason, RunnerMetrics } from './runner-metrics.js';
+import { emptyEntry, encodeEntry, owesNothing, packCommands, type DeadLetter, type OutboxEntry } from './outbox.js';
+import { commitTogether, type CommitResult, type PartitionStore, type PreparedBatch } from './store.js';
 
 /** The header JetStream de-duplicates publishes by. */
 const MSG_ID_HEADER = 'Nats-Msg-Id';
-import { Delivery, type Box, type Sink } from './delivery.js';
-import { Draft, type Tables } from './draft.js';
-import type { DeadLetterReason, RunnerMetrics } from './metrics.js';
-import { emptyEntry, encodeEntry, owesNothing, packCommands, type DeadLetter, type OutboxEntry } from './outbox.js';
-import { commitTogether, type CommitResult, type PartitionStore, type PreparedBatch } from './store.js';
 
 /**
  * A batch ends early once it changes this many keys, or has applied commands for this long, and the loop lets the
@@ -78,7 +78,7 @@ export interface Committed {
   messageIds: string[];
 }
 
-/** What the batch loop needs of a partition; implemented by its runner (runtime/partition.ts). */
+/** What the batch loop needs of a partition; implemented by its runner (datapath/runner.ts). */
 export interface Member {
   readonly kind: Kind;
   readonly partition: number;
@@ -115,7 +115,7 @@ export interface Member {
 }
 
 /** One partition's share of a batch. */
-class Part implements Box {
+class Share implements Box {
   readonly draft: Draft;
   readonly taken: Taken = { stream: [], parcels: [] };
   /** Last stream sequence applied (the cursor after the batch). */
@@ -131,7 +131,7 @@ class Part implements Box {
   readonly messageIds: string[] = [];
   /** The order each dead letter was about, where it names one: said in its log line, not stored with it. */
   readonly deadOrders = new Map<DeadLetter, string>();
-  /** Sagas this part decided, by outcome ('' for paid, else the refusal's code): counted once the batch commits. */
+  /** Sagas this share decided, by outcome ('' for paid, else the refusal's code): counted once the batch commits. */
   readonly outcomes = new Map<string, number>();
   /** Parcels applied (to acknowledge once committed), and parcels seen before (acknowledged either way). */
   readonly parcels: Inbound[] = [];
@@ -140,10 +140,10 @@ class Part implements Box {
   readonly fromCursor: number;
   readonly fromLocal: number;
 
-  /** `below`: this partition's part of the batch still being committed, which this one builds on. */
+  /** `below`: this partition's share of the batch still being committed, which this one builds on. */
   constructor(
     readonly member: Member,
-    below?: Part,
+    below?: Share,
   ) {
     this.draft = new Draft(member.live, below?.draft);
     this.last = this.fromCursor = below ? below.last : member.cursor;
@@ -182,9 +182,9 @@ const key = (kind: Kind, partition: number) => `${kind}.${partition}`;
 
 /** A batch whose commit is in flight. */
 interface InFlight {
-  parts: Map<Member, Part>;
-  /** The parts that write, with what each owes and the done outbox fields its commit deletes. */
-  writing: Part[];
+  shares: Map<Member, Share>;
+  /** The shares that write, with what each owes and the done outbox fields its commit deletes. */
+  writing: Share[];
   owed: { field: string; entry: OutboxEntry | null }[];
   done: string[][];
   started: number;
@@ -269,12 +269,12 @@ export class BatchLoop {
           if (takers.length === 0) continue; // woken for nothing to take (an outbox finished): keep waiting
         }
       }
-      let next: Map<Member, Part> | null = null;
+      let next: Map<Member, Share> | null = null;
       try {
-        if (takers.length > 0) next = this.apply(takers, inflight?.parts);
+        if (takers.length > 0) next = this.apply(takers, inflight?.shares);
         if (inflight) {
           const committed = await this.finish(inflight, next);
-          this.release(inflight.parts.keys());
+          this.release(inflight.shares.keys());
           inflight = null;
           if (!committed && next) {
             this.release(next.keys()); // thrown away by finish(): its messages are queued again
@@ -293,7 +293,7 @@ export class BatchLoop {
         // this code: what the batches took is neither committed nor queued any more. Every partition in them takes
         // itself again from Redis and its stream, with a growing pause if it keeps failing.
         this.deps.log.error('batch failed', { err });
-        const members = new Set([...(inflight?.parts.keys() ?? []), ...(next?.keys() ?? [])]);
+        const members = new Set([...(inflight?.shares.keys() ?? []), ...(next?.keys() ?? [])]);
         for (const member of members) member.failed(err);
         this.release(members);
         inflight = null;
@@ -303,14 +303,14 @@ export class BatchLoop {
   }
 
   /** Applies one batch (on the drafts of `below`, the batch still committing, where a partition is in both). */
-  private apply(takers: Member[], below: Map<Member, Part> | undefined): Map<Member, Part> {
+  private apply(takers: Member[], below: Map<Member, Share> | undefined): Map<Member, Share> {
     const { config } = this.deps;
     const began = performance.now();
-    const parts = new Map<Member, Part>();
-    const part = (member: Member) => this.part(parts, member, below);
-    const delivery = new Delivery<Part>(config.partitions, (kind, partition) => {
+    const shares = new Map<Member, Share>();
+    const share = (member: Member) => this.share(shares, member, below);
+    const delivery = new Delivery<Share>(config.partitions, (kind, partition) => {
       const target = this.members.get(key(kind, partition));
-      return target?.accepts() ? part(target) : undefined;
+      return target?.accepts() ? share(target) : undefined;
     }, this.sink);
     let applied = 0;
     let keysCheckedAt = 0;
@@ -320,13 +320,13 @@ export class BatchLoop {
       if (applied - keysCheckedAt < 64) return false; // summing the drafts' sizes on every message costs more than it saves
       keysCheckedAt = applied;
       let keys = 0;
-      for (const p of parts.values()) keys += p.draft.size;
+      for (const p of shares.values()) keys += p.draft.size;
       return keys >= BATCH_KEYS_MAX;
     };
     const start = this.next++ % takers.length;
     for (let n = 0; n < takers.length && !full(); n++) {
       const member = takers[(start + n) % takers.length]!;
-      const p = part(member);
+      const p = share(member);
       const taken = member.take(config.batchMax);
       let s = 0;
       for (; s < taken.stream.length && !full(); s++) applied += this.applyStream(delivery, p, taken.stream[s]!);
@@ -336,16 +336,16 @@ export class BatchLoop {
       p.taken.parcels.push(...(q === taken.parcels.length ? taken.parcels : taken.parcels.slice(0, q)));
       if (s < taken.stream.length || q < taken.parcels.length) member.giveBack({ stream: taken.stream.slice(s), parcels: taken.parcels.slice(q) });
     }
-    return parts;
+    return shares;
   }
 
-  private part(parts: Map<Member, Part>, member: Member, below: Map<Member, Part> | undefined): Part {
-    let part = parts.get(member);
-    if (!part) {
+  private share(shares: Map<Member, Share>, member: Member, below: Map<Member, Share> | undefined): Share {
+    let share = shares.get(member);
+    if (!share) {
       this.busy.set(member, (this.busy.get(member) ?? 0) + 1);
-      parts.set(member, (part = new Part(member, below?.get(member))));
+      shares.set(member, (share = new Share(member, below?.get(member))));
     }
-    return part;
+    return share;
   }
 
   /** The batch no longer involves these members. */
@@ -360,31 +360,30 @@ export class BatchLoop {
   }
 
   /** One stream message: a client's command, or a bundle of them. Returns the commands applied (dead letters count). */
-  private applyStream(delivery: Delivery<Part>, part: Part, m: JsMsg): number {
-    if (m.seq <= part.fromCursor) return 0; // already applied (a consumer reset can re-deliver)
-    part.last = m.seq;
+  private applyStream(delivery: Delivery<Share>, share: Share, m: JsMsg): number {
+    if (m.seq <= share.fromCursor) return 0; // already applied (a consumer reset can re-deliver)
+    share.last = m.seq;
     // A second copy of a message in the stream: nats-server 2.9 does not de-duplicate deterministically across a
-    // stream leader change (nats-server PR 6415), so a publish repeated after a lost acknowledgement can be stored
-    // twice. Passed, with the cursor moving over it.
+    // stream leader change, so a command can be stored twice. Passed, with the cursor moving over it.
     const id = m.headers?.get(MSG_ID_HEADER);
     if (id) {
-      if (part.member.seenMessage(id) || part.messageIds.includes(id)) {
-        this.copies(part, m.seq, id);
+      if (share.member.seenMessage(id) || share.messageIds.includes(id)) {
+        this.copies(share, m.seq, id);
         return 0;
       }
-      part.messageIds.push(id);
+      share.messageIds.push(id);
     }
     const base = m.seq * BUNDLE_MAX;
     let message: unknown;
     try {
       message = decode(m.data);
     } catch (err) {
-      this.dead(part, base, 'undecodable', (err as Error).message, m.data);
+      this.dead(share, base, 'undecodable', (err as Error).message, m.data);
       return 1;
     }
     const envelopes = Array.isArray(message) ? message : [message];
     if (envelopes.length > BUNDLE_MAX) {
-      this.dead(part, base, 'oversized', `a bundle of ${envelopes.length} commands is over BUNDLE_MAX (${BUNDLE_MAX})`, m.data);
+      this.dead(share, base, 'oversized', `a bundle of ${envelopes.length} commands is over BUNDLE_MAX (${BUNDLE_MAX})`, m.data);
       return 1;
     }
     for (let e = 0; e < envelopes.length; e++) {
@@ -392,23 +391,23 @@ export class BatchLoop {
       const seq = base + e;
       const replyTo = typeof envelope === 'object' && envelope !== null ? envelope.r : undefined;
       if (typeof envelope !== 'object' || envelope === null || Array.isArray(envelope) || !('c' in envelope)) {
-        this.dead(part, seq, 'invalid', 'not a command envelope {c, r?}', encode(envelope));
+        this.dead(share, seq, 'invalid', 'not a command envelope {c, r?}', encode(envelope));
       } else if (replyTo !== undefined && !this.replySubject(replyTo)) {
-        this.dead(part, seq, 'invalid', `reply subject ${describe(replyTo)} is not a reply inbox`, encode(envelope));
-      } else if (!this.check(part, 'client', envelope.c, seq, envelope, replyTo as string | undefined)) {
+        this.dead(share, seq, 'invalid', `reply subject ${describe(replyTo)} is not a reply inbox`, encode(envelope));
+      } else if (!this.check(share, 'client', envelope.c, seq, envelope, replyTo as string | undefined)) {
         // refused: a dead letter already
       } else {
-        delivery.deliver(part, envelope.c, seq, replyTo as string | undefined);
+        delivery.deliver(share, envelope.c, seq, replyTo as string | undefined);
       }
-      part.applied++;
+      share.applied++;
     }
     return envelopes.length;
   }
 
   /** One parcel of saga commands from a partition of another worker. */
-  private applyParcel(delivery: Delivery<Part>, part: Part, inbound: Inbound): number {
-    if (part.member.seen(inbound.id)) {
-      part.repeats.push(inbound);
+  private applyParcel(delivery: Delivery<Share>, share: Share, inbound: Inbound): number {
+    if (share.member.seen(inbound.id)) {
+      share.repeats.push(inbound);
       return 0;
     }
     let cmds: unknown;
@@ -418,30 +417,30 @@ export class BatchLoop {
       cmds = err as Error;
     }
     if (Array.isArray(cmds) && cmds.length === 0) {
-      part.repeats.push(inbound); // nothing to apply, nothing to wait for
+      share.repeats.push(inbound); // nothing to apply, nothing to wait for
       return 0;
     }
     // Acknowledged once this batch commits, whatever its commands turn out to be: sending a bad one again helps nobody.
-    part.parcels.push(inbound);
+    share.parcels.push(inbound);
     if (!Array.isArray(cmds)) {
       const [reason, detail]: [DeadLetterReason, string] = cmds instanceof Error ? ['undecodable', cmds.message] : ['invalid', 'not a list of commands'];
-      this.dead(part, part.nextLocal(), reason, `parcel ${inbound.id}: ${detail}`, inbound.commands);
+      this.dead(share, share.nextLocal(), reason, `parcel ${inbound.id}: ${detail}`, inbound.commands);
       return 1;
     }
     for (const cmd of cmds) {
-      const seq = part.nextLocal();
-      if (this.check(part, 'saga', cmd, seq, cmd, undefined)) delivery.deliver(part, cmd, seq);
-      part.applied++;
+      const seq = share.nextLocal();
+      if (this.check(share, 'saga', cmd, seq, cmd, undefined)) delivery.deliver(share, cmd, seq);
+      share.applied++;
     }
     return cmds.length;
   }
 
   /** The command passes its kind's schema for its door; otherwise it becomes a dead letter and its waiter hears why. */
-  private check(part: Part, door: Door, cmd: unknown, seq: number, original: unknown, replyTo: ReplyTo | undefined): boolean {
-    const verdict = checkCommand(part.kind, door, cmd);
+  private check(share: Share, door: Door, cmd: unknown, seq: number, original: unknown, replyTo: ReplyTo | undefined): boolean {
+    const verdict = checkCommand(share.kind, door, cmd);
     if (verdict.ok) return true;
-    this.dead(part, seq, verdict.reason, verdict.detail, encode(original), cmd);
-    if (replyTo !== undefined) part.replies.push([replyTo, encode(fail('invalid_command', verdict.detail))]);
+    this.dead(share, seq, verdict.reason, verdict.detail, encode(original), cmd);
+    if (replyTo !== undefined) share.replies.push([replyTo, encode(fail('invalid_command', verdict.detail))]);
     return false;
   }
 
@@ -451,57 +450,57 @@ export class BatchLoop {
   }
 
   /** A second copy of a stream message, passed: said once a minute per partition at most. */
-  private copies(part: Part, seq: number, id: string): void {
-    let log = this.copyLogs.get(part.member);
-    if (!log) this.copyLogs.set(part.member, (log = faultLog(part.member.log)));
-    log('a second copy of a stream message it applied (passed; JetStream stored a repeated publish twice)', { seq, id });
+  private copies(share: Share, seq: number, id: string): void {
+    let log = this.copyLogs.get(share.member);
+    if (!log) this.copyLogs.set(share.member, (log = faultLog(share.member.log)));
+    log('a second copy of a stream message it applied (passed; JetStream stored a command twice)', { seq, id });
   }
 
-  private dead(part: Part, seq: number, reason: DeadLetterReason, detail: string, data: Uint8Array, cmd?: unknown): void {
+  private dead(share: Share, seq: number, reason: DeadLetterReason, detail: string, data: Uint8Array, cmd?: unknown): void {
     const d: DeadLetter = { seq, reason, detail, data };
-    part.dead.push(d);
-    const order = orderOf(part.kind, cmd);
-    if (order !== undefined) part.deadOrders.set(d, order);
+    share.dead.push(d);
+    const order = orderOf(share.kind, cmd);
+    if (order !== undefined) share.deadOrders.set(d, order);
   }
 
-  /** Where delivered commands' effects go: into the parts of the batch. */
-  private readonly sink: Sink<Part> = {
-    reply: (part, to, reply) => void part.replies.push([to, encode(reply)]),
-    decided: (part, outcome) => {
+  /** Where delivered commands' effects go: into the shares of the batch. */
+  private readonly sink: Sink<Share> = {
+    reply: (share, to, reply) => void share.replies.push([to, encode(reply)]),
+    decided: (share, outcome) => {
       const code = outcome.ok ? '' : outcome.code;
-      part.outcomes.set(code, (part.outcomes.get(code) ?? 0) + 1);
+      share.outcomes.set(code, (share.outcomes.get(code) ?? 0) + 1);
     },
-    send: (part, out: Outgoing) => {
+    send: (share, out: Outgoing) => {
       const k = key(out.kind, out.partition);
-      let target = part.sends.get(k);
-      if (!target) part.sends.set(k, (target = { kind: out.kind, partition: out.partition, cmds: [] }));
+      let target = share.sends.get(k);
+      if (!target) share.sends.set(k, (target = { kind: out.kind, partition: out.partition, cmds: [] }));
       target.cmds.push(out.cmd);
     },
-    failed: (part, cmd, seq, replyTo, err) => {
-      this.dead(part, seq, 'invariant', (err as Error)?.message ?? String(err), encode(cmd), cmd);
-      if (replyTo !== undefined) part.replies.push([replyTo, encode(fail('internal', `command ${seq} at ${part.kind}.${part.partition} broke an invariant`) satisfies Reply)]);
+    failed: (share, cmd, seq, replyTo, err) => {
+      this.dead(share, seq, 'invariant', (err as Error)?.message ?? String(err), encode(cmd), cmd);
+      if (replyTo !== undefined) share.replies.push([replyTo, encode(fail('internal', `command ${seq} at ${share.kind}.${share.partition} broke an invariant`) satisfies Reply)]);
     },
   };
 
-  /** What a part owes once committed: replies, parcels with ids fixed by the batch, dead letters. */
-  private entryOf(part: Part): { field: string; entry: OutboxEntry | null } {
+  /** What a share owes once committed: replies, parcels with ids fixed by the batch, dead letters. */
+  private entryOf(share: Share): { field: string; entry: OutboxEntry | null } {
     const entry = emptyEntry();
-    entry.replies = part.replies;
-    entry.dead = part.dead;
-    const merge = part.actor.mergeOutgoing;
+    entry.replies = share.replies;
+    entry.dead = share.dead;
+    const merge = share.actor.mergeOutgoing;
     let i = 0;
-    for (const { kind, partition, cmds } of part.sends.values()) {
-      for (const data of packCommands(merge ? merge(cmds) : cmds)) entry.parcels.push([kind, partition, `${part.kind}.${part.partition}.${part.last}.${part.local}.${i++}`, data]);
+    for (const { kind, partition, cmds } of share.sends.values()) {
+      for (const data of packCommands(merge ? merge(cmds) : cmds)) entry.parcels.push([kind, partition, `${share.kind}.${share.partition}.${share.last}.${share.local}.${i++}`, data]);
     }
     if (owesNothing(entry)) return { field: '', entry: null };
-    return { field: `${part.last}.${part.local}`, entry };
+    return { field: `${share.last}.${share.local}`, entry };
   }
 
   /** Sends a batch's commit; null when it has nothing to write. */
-  private start(all: Map<Member, Part>): InFlight | null {
+  private start(all: Map<Member, Share>): InFlight | null {
     // Parcels seen before were committed before: acknowledged whatever happens to this batch.
     for (const p of all.values()) if (p.repeats.length > 0) this.acknowledge(p.repeats);
-    // A part that only skipped what it had already applied has nothing to write.
+    // A share that only skipped what it had already applied has nothing to write.
     const writing = [...all.values()].filter((p) => p.writes);
     if (writing.length === 0) return null;
     const owed = writing.map((p) => this.entryOf(p));
@@ -523,37 +522,37 @@ export class BatchLoop {
       (r) => r,
       (err: unknown) => ({ failure: err }),
     );
-    return { parts: all, writing, owed, done, started, results };
+    return { shares: all, writing, owed, done, started, results };
   }
 
   /**
    * Waits for a batch's commit and acts on it; `next`, applied on top of it meanwhile, is thrown away (its messages
    * queued again) when it did not commit whole. True when it committed.
    */
-  private async finish(batch: InFlight, next: Map<Member, Part> | null): Promise<boolean> {
-    const { writing: parts, owed, done, started } = batch;
+  private async finish(batch: InFlight, next: Map<Member, Share> | null): Promise<boolean> {
+    const { writing: shares, owed, done, started } = batch;
     const results = await batch.results;
     if ('failure' in results || results.some((r) => r !== 'committed')) {
       // What was applied on top of it goes back first, so that this batch's messages end up ahead of it.
       for (const p of next?.values() ?? []) p.member.giveBack(p.taken);
       if ('failure' in results) {
         // A transport failure: nothing of the batch is visible; each partition takes itself again from Redis.
-        for (const p of parts) p.member.failed(results.failure);
+        for (const p of shares) p.member.failed(results.failure);
         return false;
       }
       // A newer owner holds some partition: nothing was written. It drops its partition; the others apply their
       // messages again in the next batch, where the fenced partition is no longer a local target.
-      parts.forEach((p, i) => {
+      shares.forEach((p, i) => {
         if (results[i] === 'fenced') return p.member.fenced();
         p.member.giveBack(p.taken);
         p.member.giveBackDone(done[i]!);
       });
-      // A part that wrote nothing still took messages (repeats acknowledged, skipped ones): they are gone for good.
+      // A share that wrote nothing still took messages (repeats acknowledged, skipped ones): they are gone for good.
       return false;
     }
     const ms = performance.now() - started;
     const { metrics } = this.deps;
-    for (const p of parts) {
+    for (const p of shares) {
       metrics?.batch(p.kind, p.partition, p.applied, ms);
       for (const [outcome, n] of p.outcomes) metrics?.sagaOutcome(outcome === '', outcome || undefined, n);
       for (const d of p.dead) {
@@ -562,8 +561,8 @@ export class BatchLoop {
       }
     }
     if (this.deps.config.faultKillAfter === 'commit' && owed.some((o) => o.entry && (o.entry.replies.length > 0 || o.entry.parcels.length > 0))) process.kill(process.pid, 'SIGKILL');
-    parts.forEach((p, i) => p.member.committed({ draft: p.draft, cursor: p.last, local: p.local, field: owed[i]!.field, entry: owed[i]!.entry, parcels: p.parcels.map((x) => x.id), streamMessages: p.taken.stream.length, messageIds: p.messageIds }));
-    this.acknowledge(parts.flatMap((p) => p.parcels));
+    shares.forEach((p, i) => p.member.committed({ draft: p.draft, cursor: p.last, local: p.local, field: owed[i]!.field, entry: owed[i]!.entry, parcels: p.parcels.map((x) => x.id), streamMessages: p.taken.stream.length, messageIds: p.messageIds }));
+    this.acknowledge(shares.flatMap((p) => p.parcels));
     return true;
   }
 
@@ -578,10 +577,10 @@ export class BatchLoop {
     for (const [to, ids] of bySender) this.deps.ack(to, ids);
   }
 
-  private logDead(part: Part, d: DeadLetter): void {
-    let log = this.deadLogs.get(part.member);
-    if (!log) this.deadLogs.set(part.member, (log = faultLog(part.member.log, undefined, undefined, 'dead letter')));
-    log(`a message this partition cannot apply (${d.reason}) was passed and copied to ${this.names.deadLetterStream}`, { seq: d.seq, detail: d.detail, order: part.deadOrders.get(d) });
+  private logDead(share: Share, d: DeadLetter): void {
+    let log = this.deadLogs.get(share.member);
+    if (!log) this.deadLogs.set(share.member, (log = faultLog(share.member.log, undefined, undefined, 'dead letter')));
+    log(`a message this partition cannot apply (${d.reason}) was passed and copied to ${this.names.deadLetterStream}`, { seq: d.seq, detail: d.detail, order: share.deadOrders.get(d) });
   }
 
 }

@@ -10,6 +10,8 @@ import type { Config } from '../config.js';
 import { faultLog, type Fault } from '../faults.js';
 import type { Log } from '../log.js';
 import { names } from '../protocol.js';
+import { systemClock, type Clock } from '../clock.js';
+import { hear, isAlive, liveMembers, newLiveness, type Liveness, type Member } from './liveness.js';
 import { kvValues, type Heartbeat } from './placement.js';
 
 export interface Buckets {
@@ -122,65 +124,63 @@ export function heartbeatOf(entry: { key: string; value: Uint8Array }, fault: Fa
   return hb;
 }
 
-export interface Member {
-  hb: Heartbeat;
-  /** Local time (ms) its last heartbeat arrived; for a value found when the watch began, the time NATS stored it. */
-  seenAt: number;
-}
+export type { Member } from './liveness.js';
 
-/** The workers bucket as a map of members with the time each was last heard from. */
+/** The workers bucket as a map of members with the time each was last heard from: the watch feeding liveness.ts. */
 export class MembershipView {
-  readonly members = new Map<string, Member>();
+  private view: Liveness;
   private watch: Watch | undefined;
   private readonly fault: Fault;
-  /** Local time the last heartbeat of anyone arrived. */
-  private lastArrival = Date.now();
 
   constructor(
     private readonly kv: KV,
     private readonly leaseMs: number,
     private readonly log: Log,
     private readonly onChange: (id: string) => void = () => {},
+    private readonly clock: Clock = systemClock,
   ) {
     this.fault = faultLog(log);
+    this.view = newLiveness(clock.now());
+  }
+
+  get members(): ReadonlyMap<string, Member> {
+    return this.view.members;
+  }
+
+  /** What is known now, for the pure decisions (liveness.ts, moves.ts). */
+  get snapshot(): Liveness {
+    return this.view;
   }
 
   async start(): Promise<void> {
-    this.lastArrival = Date.now();
+    this.view = { ...this.view, lastArrival: this.clock.now() };
     this.watch = await watchKv(this.kv, '>', this.log, (entry, initial) => {
       if (entry.operation !== 'PUT') {
-        this.members.delete(entry.key);
+        this.view = hear(this.view, { kind: 'gone', id: entry.key }, this.leaseMs);
       } else {
         const hb = heartbeatOf(entry, this.fault);
         // Not a heartbeat: ignored. What was known of that worker stands and its clock is not restarted, so a bad
         // write over a live worker's key moves nothing, and a dead worker's key stays dead.
         if (!hb) return;
-        const now = Date.now();
-        // Nobody heard from for half a lease, while every live worker puts one each interval: the bucket stored
-        // nothing (electing a leader) or this view heard nothing (its connection), not every worker died. Whoever
-        // was silent meanwhile gets a fresh lease, as after a stall of this process (forgive).
-        if (!initial && now - this.lastArrival > this.leaseMs / 2) this.forgive(now);
-        this.lastArrival = now;
-        this.members.set(entry.key, { hb, seenAt: initial ? Math.min(now, entry.created.getTime()) : now });
+        this.view = hear(this.view, { kind: 'heartbeat', hb, now: this.clock.now(), initial, storedAt: entry.created.getTime() }, this.leaseMs);
       }
       this.onChange(entry.key);
     });
     await this.watch.ready;
   }
 
-  alive(id: string, now = Date.now()): boolean {
-    const m = this.members.get(id);
-    return m !== undefined && now - m.seenAt <= this.leaseMs;
+  alive(id: string, now = this.clock.now()): boolean {
+    return isAlive(this.view, id, now, this.leaseMs);
   }
 
   /** Live members, by id. */
-  live(now = Date.now()): Member[] {
-    return [...this.members.values()].filter((m) => now - m.seenAt <= this.leaseMs);
+  live(now = this.clock.now()): Member[] {
+    return liveMembers(this.view, now, this.leaseMs);
   }
 
   /** After this process itself was not running for a while (a stall, SIGSTOP): it knows nothing about who died meanwhile, so it starts the clocks again. */
-  forgive(now = Date.now()): void {
-    for (const m of this.members.values()) m.seenAt = Math.max(m.seenAt, now);
+  forgive(now = this.clock.now()): void {
+    this.view = hear(this.view, { kind: 'stalled', now }, this.leaseMs);
   }
 
   stop(): void {

@@ -5,8 +5,8 @@
 import type { Redis, RedisOptions } from 'ioredis';
 import { connect, type ConnectionOptions, type NatsConnection } from 'nats';
 import { readFileSync } from 'node:fs';
-import { ConfigError, envName, type Config } from './config.js';
-import type { Log } from './log.js';
+import { ConfigError, envName, type Config } from '../config.js';
+import type { Log } from '../log.js';
 
 /** The servers of `natsUrl`, a comma-separated list. */
 export function natsServers(config: Pick<Config, 'natsUrl'>): string[] {

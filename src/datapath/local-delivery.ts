@@ -3,8 +3,8 @@
  * the command causes. A command for a partition that `route` finds here is applied at once, in the same pass, and
  * so is whatever that causes in turn, until the sagas rest; a command for anywhere else goes to `sink.send`.
  *
- * The batch loop (runtime/batch.ts: saga messages between the partitions of one worker), the warm-up
- * (runtime/warm.ts) and the saga property test all deliver through this one piece, so what the test proves about
+ * The batch loop (datapath/batch-loop.ts: saga messages between the partitions of one worker), the warm-up
+ * (datapath/warm-up.ts) and the saga property test all deliver through this one piece, so what the test proves about
  * the protocol is what the worker runs.
  */
 import type { Actor, Outgoing, ReplyTo } from '../actors/types.js';

@@ -4,13 +4,13 @@ import type { Actor, ReadView } from '../actors/types.js';
 import type { Config, Kind } from '../config.js';
 import type { Log } from '../log.js';
 import { names, type Names } from '../protocol.js';
-import type { BatchLoop, Committed, Inbound, Member, Taken } from './batch.js';
+import type { BatchLoop, Committed, Inbound, Member, Taken } from './batch-loop.js';
 import type { Courier } from './courier.js';
 import type { Tables } from './draft.js';
-import type { RunnerMetrics } from './metrics.js';
-import type { Mux } from './mux.js';
+import type { RunnerMetrics } from './runner-metrics.js';
+import type { Mux } from '../transport/mux.js';
 import { decodeEntry, PartitionOutbox } from './outbox.js';
-import { serveReads } from './reads.js';
+import { serveReads } from '../transport/reads.js';
 import { StaleEpochError, type PartitionStore } from './store.js';
 
 /** Longest a runner that lets go waits for its outbox to finish sending. */
@@ -33,18 +33,27 @@ export const RESTART_BACKOFF_MAX_MS = 1000;
 /** How often a partition refused for a stream behind its cursor looks again (an operator may have mended it). */
 const REFUSED_RECHECK_MS = 10_000;
 /**
- * How long one pull of the ordered consumer lasts; the server sends heartbeats every half of it, and two missed
- * heartbeats make nats.js re-create the consumer. An ordered consumer lives on one server (the stream leader when it
+ * How long one pull of the ordered consumer lasts. An ordered consumer lives on one server (the stream leader when it
  * was made): when that server dies, this bounds how long the partition reads nothing (nats.js's default, 30 s, was
  * the whole of a 30 s request deadline on a NATS cluster that lost a node).
  */
-const CONSUMER_PULL_EXPIRES_MS = 3000;
+const CONSUMER_PULL_EXPIRES_MS = 5000;
+/**
+ * How often the server sends a heartbeat on a pull that has nothing to deliver; two missed make nats.js pull again.
+ * Short, not nats.js's half of the expiry, because nats-server 2.9 sometimes drops a waiting pull without a word
+ * (consumer info says 0 waiting while the client counts one outstanding; seen at 64 partitions per kind, around
+ * pull expiries): nothing more comes on that consumer until nats.js notices. At 2.5 s that was 5 s in which every
+ * command of the partition waited, and under a closed-loop benchmark every client ended up waiting on it: seconds
+ * without a single checkout answered. Costs an idle partition two small messages a second.
+ */
+const CONSUMER_HEARTBEAT_MS = 500;
 /**
  * Heartbeats of the ordered consumer missed in a row after which this runner makes a new one, from the message after
- * the last it queued. nats.js re-creates an ordered consumer only once the server says it is gone; while the one
- * server it lived on is down, nothing says so, and the partition would read nothing until that server is back.
+ * the last it queued (3 s). nats.js re-creates an ordered consumer only once the server says it is gone; while the
+ * one server it lived on is down, nothing says so, and the partition would read nothing until that server is back.
+ * A dropped pull (above) is mended by nats.js's own pull after two.
  */
-const CONSUMER_MISSED_HEARTBEATS_MAX = 2;
+const CONSUMER_MISSED_HEARTBEATS_MAX = 6;
 /** No message and no news of its pulls for this long: the consumer is taken for gone (see watchConsumer). */
 const CONSUMER_SILENT_MAX_MS = 3 * CONSUMER_PULL_EXPIRES_MS;
 /**
@@ -294,7 +303,7 @@ export class PartitionRunner implements Member {
     });
     for (const [field, bytes] of loaded.outbox) this.outbox.send(field, decodeEntry(bytes));
 
-    // Reads are answered from the committed view (runtime/reads.ts: batches, checks, size).
+    // Reads are answered from the committed view (transport/reads.ts: batches, checks, size).
     this.reads = serveReads({ nc, subject: this.names.get(this.kind, this.partition), answer: (query) => actor.query(this.view, query), log: this.log });
 
     this.queuedSeq = this._cursor;
@@ -319,7 +328,7 @@ export class PartitionRunner implements Member {
     let late = false;
     const made = (async () => {
       const consumer = await js.consumers.get(stream, { filterSubjects: this.subject, opt_start_seq: this.queuedSeq + 1 });
-      const messages = await consumer.consume({ max_messages: Math.min(config.queueMax, config.batchMax * 2), expires: CONSUMER_PULL_EXPIRES_MS });
+      const messages = await consumer.consume({ max_messages: Math.min(config.queueMax, config.batchMax * 2), expires: CONSUMER_PULL_EXPIRES_MS, idle_heartbeat: CONSUMER_HEARTBEAT_MS });
       if (late) messages.stop();
       return messages;
     })();
@@ -423,7 +432,7 @@ export class PartitionRunner implements Member {
     const why = recreated
       ? `stream ${streamName} was made anew since this partition last ran (its last sequence is ${lastSeq}, the partition's committed cursor ${this._cursor})`
       : `stream ${streamName}'s last sequence is ${lastSeq}, below this partition's committed cursor ${this._cursor}`;
-    const error = `${why}: the stream lost commands this partition had applied, and reading on would skip new ones. Restore the NATS store, or accept the loss and reset the cursor (README, "A partition refuses its stream")`;
+    const error = `${why}: the stream lost commands this partition had applied, and reading on would skip new ones. Restore the NATS store, or accept the loss and reset the cursor (docs/operations.md, "A partition refuses its stream")`;
     this.trouble = { state: 'refused', attempts: (this.trouble?.attempts ?? 0) + 1, error };
     this.setState('refused');
     if (this.trouble.attempts === 1) this.log.error(`refusing to serve: ${error}`, { stream: streamName, lastSeq, cursor: this._cursor, recreated });

@@ -1,11 +1,11 @@
 /**
  * Prometheus metrics of a worker and of a gateway, one registry per process (built by a factory, so tests can
- * build several in one process). Served as text by src/admin/http.ts on /metrics.
+ * build several in one process). Served as text by src/monitoring/admin-http.ts on /metrics.
  */
 import { collectDefaultMetrics, Counter, Gauge, Histogram, Registry } from 'prom-client';
 import type { Kind } from '../config.js';
 import { ERRORS } from '../errors.js';
-import type { RunnerMetrics } from '../runtime/metrics.js';
+import type { RunnerMetrics } from '../datapath/runner-metrics.js';
 
 const BATCH_BUCKETS = [1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 4096];
 const COMMIT_BUCKETS_S = [0.0002, 0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1];

@@ -1,12 +1,12 @@
 /**
  * Dynamic placement, the pure part: the values kept in the NATS KV buckets and the balancing rule the controller
- * applies. No I/O here; src/runtime/controller.ts and src/runtime/worker.ts do it.
+ * applies. No I/O here; src/placement/controller.ts and src/placement/worker.ts do it.
  */
 import { Type, type Static, type TSchema } from '@sinclair/typebox';
 import { TypeCompiler } from '@sinclair/typebox/compiler';
 import { KINDS, type Kind } from '../config.js';
 import { preview, type Fault } from '../faults.js';
-import { fnv1a } from '../partition.js';
+import { fnv1a } from '../partitioning.js';
 
 const text = new TextDecoder();
 

@@ -16,7 +16,7 @@
  */
 import type { NatsConnection, Subscription } from 'nats';
 import { decode, encode } from '../codec.js';
-import { NATS_MAX_PINGS_OUT } from '../connect.js';
+import { NATS_MAX_PINGS_OUT } from './connect.js';
 import type { Log } from '../log.js';
 import { ANSWERS_KEPT_MS, type Mux } from './mux.js';
 

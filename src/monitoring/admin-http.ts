@@ -1,7 +1,7 @@
 /**
  * Admin HTTP of one process, on a loopback port: /healthz (the process runs), /readyz (it does its job now:
  * a worker runs every partition the placement gives it and reaches NATS and Redis, a gateway listens and reaches
- * NATS; see src/health.ts), /metrics (Prometheus).
+ * NATS; see src/monitoring/health.ts), /metrics (Prometheus).
  */
 import { createServer, type Server } from 'node:http';
 import type { Registry } from 'prom-client';

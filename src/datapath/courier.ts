@@ -19,7 +19,7 @@ import { decode, encode } from '../codec.js';
 import { faultLog, type Fault } from '../faults.js';
 import type { Log } from '../log.js';
 import type { Names } from '../protocol.js';
-import type { Mux } from './mux.js';
+import type { Mux } from '../transport/mux.js';
 
 /** A saga message for a partition elsewhere: its kind and number, an id unique to the sending batch, its commands (msgpack array). */
 export type Parcel = [kind: Kind, partition: number, id: string, commands: Uint8Array];
