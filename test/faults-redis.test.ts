@@ -20,36 +20,28 @@ let promotedAt = -Infinity;
 const readyForAnotherFailover = () =>
   waitFor(() => performance.now() - promotedAt >= 2 * SENTINEL_FAILOVER_TIMEOUT_MS, { deadlineMs: 3 * SENTINEL_FAILOVER_TIMEOUT_MS, intervalMs: 100, what: 'the Sentinels to be ready for another failover' });
 
-const faults: Fault[] = [
-  {
-    name: 'Redis primary SIGKILL (failover)',
-    async run(shop) {
-      await readyForAnotherFailover();
-      const primary = await shop.redis.primary();
-      const at = performance.now();
-      primary.kill9();
-      const promoted = await shop.redis.waitPrimary(primary, { replicas: 0 });
-      promotedAt = performance.now();
-      await primary.restart(); // comes back as a replica of the promoted one
-      await shop.redis.waitPrimary(primary, { replicas: 1 });
-      return { at, liftedAt: performance.now(), notes: [`${promoted.url} promoted ${Math.round(promotedAt - at)} ms after the kill; the old primary its replica again ${Math.round(performance.now() - at)} ms after`] };
-    },
+/**
+ * The primary lost until the Sentinels have promoted the replica, then back: killed and restarted (as a replica of
+ * the promoted one, as the supervisor starts it), or paused and resumed (the Sentinels make it a replica).
+ */
+const primaryLost = (how: 'SIGKILL' | 'SIGSTOP'): Fault => ({
+  name: `Redis primary ${how} (failover)`,
+  async run(shop) {
+    await readyForAnotherFailover();
+    const primary = await shop.redis.primary();
+    const at = performance.now();
+    if (how === 'SIGKILL') primary.kill9();
+    else primary.pause();
+    const promoted = await shop.redis.waitPrimary(primary, { replicas: 0 });
+    promotedAt = performance.now();
+    if (how === 'SIGKILL') await primary.restart();
+    else primary.resume();
+    await shop.redis.waitPrimary(primary, { replicas: 1 });
+    return { at, liftedAt: performance.now(), notes: [`${promoted.url} promoted ${Math.round(promotedAt - at)} ms after the ${how}; the old primary its replica ${Math.round(performance.now() - at)} ms after`] };
   },
-  {
-    name: 'Redis primary SIGSTOP (failover)',
-    async run(shop) {
-      await readyForAnotherFailover();
-      const primary = await shop.redis.primary();
-      const at = performance.now();
-      primary.pause();
-      const promoted = await shop.redis.waitPrimary(primary, { replicas: 0 });
-      promotedAt = performance.now();
-      primary.resume(); // the Sentinels make it a replica of the promoted one
-      await shop.redis.waitPrimary(primary, { replicas: 1 });
-      return { at, liftedAt: performance.now(), notes: [`${promoted.url} promoted ${Math.round(promotedAt - at)} ms after the pause; the old primary (resumed then) its replica ${Math.round(performance.now() - at)} ms after`] };
-    },
-  },
-];
+});
+
+const faults: Fault[] = [primaryLost('SIGKILL'), primaryLost('SIGSTOP')];
 
 t.test('Redis primary faults under a checkout storm with top-ups: nothing lost or invented, every answer holds', async (t) => {
   const { shop } = await runFaults(t, faults);
