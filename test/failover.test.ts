@@ -98,17 +98,27 @@ t.test('shopctl move of a hot partition under load, again and again: conservatio
   const moves: number[] = [];
   const windows: [number, number][] = [];
   for (let i = 0; i < 6; i++) {
-    const { status } = await c.status();
-    const hot = status.partitions.find((p) => p.kind === 'order' && p.partition === 0)!;
-    const target = status.workers.find((w) => w.id !== hot.owner)!;
+    // A busy machine can delay a heartbeat past the status's view: wait until both workers are in it.
+    let target: { id: string } | undefined;
+    let hotEpoch = 0;
+    await waitFor(
+      async () => {
+        const { status } = await c.status();
+        const hot = status.partitions.find((p) => p.kind === 'order' && p.partition === 0)!;
+        hotEpoch = hot.epoch;
+        target = hot.owner === null ? undefined : status.workers.find((w) => w.id !== hot.owner);
+        return target !== undefined;
+      },
+      { deadlineMs: 30_000, intervalMs: 100, what: 'a live worker other than the hot partition’s owner' },
+    );
     const started = performance.now();
-    const moved = await c.shopctl('move', 'order', '0', target.id);
+    const moved = await c.shopctl('move', 'order', '0', target!.id);
     moves.push(performance.now() - started);
     windows.push([started, performance.now()]);
     t.equal(moved.code, 0, `move ${i + 1}: ${moved.stdout.trim()}${moved.stderr.trim()}`);
     const now = (await c.status()).status.partitions.find((p) => p.kind === 'order' && p.partition === 0)!;
-    t.equal(now.owner, target.id, 'the partition is on the target');
-    t.ok(now.epoch > hot.epoch, 'with a newer epoch');
+    t.equal(now.owner, target!.id, 'the partition is on the target');
+    t.ok(now.epoch > hotEpoch, 'with a newer epoch');
     await load.answered(50);
   }
   const json = await c.shopctl('status', '--json');

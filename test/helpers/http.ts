@@ -1,3 +1,8 @@
+import { waitFor } from './servers.js';
+
+/** How long each setup step of oneOrderShop may take, asked again while the answer is a 5xx. */
+const SETUP_DEADLINE_MS = 30_000;
+
 /** One HTTP request to the gateway, as a test reads it: status, JSON body (or the raw text), content type, timing. */
 export interface HttpAnswer {
   status: number;
@@ -30,12 +35,20 @@ export type CallApi = (method: 'GET' | 'POST', path: string) => Promise<{ status
  * API; `state()` reads back the item's stock, the user's credit and whether the order is paid.
  */
 export async function oneOrderShop(call: CallApi, { stock, credit, quantity }: { stock: number; credit: number; quantity: number }) {
-  const item = (await call('POST', '/stock/item/create/5')).body.item_id as string;
-  await call('POST', `/stock/add/${item}/${stock}`);
-  const user = (await call('POST', '/payment/create_user')).body.user_id as string;
-  await call('POST', `/payment/add_funds/${user}/${credit}`);
-  const order = (await call('POST', `/orders/create/${user}`)).body.order_id as string;
-  await call('POST', `/orders/addItem/${order}/${item}/${quantity}`);
+  // Each step must succeed before the next uses its result: on a busy machine a partition may still be starting
+  // (503); the step is asked again until it is done, within SETUP_DEADLINE_MS (and a refusal is a failed setup).
+  const must = async (method: 'GET' | 'POST', path: string) => {
+    let last = { status: 0, body: undefined as any };
+    await waitFor(async () => (last = await call(method, path)).status < 500, { deadlineMs: SETUP_DEADLINE_MS, what: `${method} ${path} to be answered` });
+    if (last.status !== 200) throw new Error(`setup: ${method} ${path} answered ${last.status} ${JSON.stringify(last.body)}`);
+    return last.body;
+  };
+  const item = (await must('POST', '/stock/item/create/5')).item_id as string;
+  await must('POST', `/stock/add/${item}/${stock}`);
+  const user = (await must('POST', '/payment/create_user')).user_id as string;
+  await must('POST', `/payment/add_funds/${user}/${credit}`);
+  const order = (await must('POST', `/orders/create/${user}`)).order_id as string;
+  await must('POST', `/orders/addItem/${order}/${item}/${quantity}`);
   const state = async () => ({
     stock: (await call('GET', `/stock/find/${item}`)).body.stock as number,
     credit: (await call('GET', `/payment/find_user/${user}`)).body.credit as number,
