@@ -44,6 +44,9 @@ t.test('WAIT: an acknowledged commit is on the replica before the answer; with t
     return raw ? (decode(raw) as { stock: number; price: number }) : undefined;
   };
 
+  // The replica is online but may still be taking its first copy (a busy machine: longer than WAIT_TIMEOUT_MS):
+  // wait until it acknowledges writes at all, then every commit below must wait for it.
+  await waitFor(async () => ((await redis.call('WAIT', 1, 1000)) as number) >= 1, { deadlineMs: 30_000, what: 'the replica to acknowledge writes' });
   // The first script call on a connection sends the script in full (EVAL), the later ones its SHA; WAIT covers both.
   const epoch = await store.acquire();
   for (let i = 1; i <= 20; i++) {
