@@ -199,3 +199,24 @@ t.test('a second copy of a stream message (the same Nats-Msg-Id, stored twice) i
   t.equal(a.stock('x'), 9, 'the copy of a message of an earlier batch changed nothing: 8 + 1');
   t.equal(a.cursor, 5);
 });
+
+t.test('a second copy applied while the batch holding the first is still committing is passed too (the pipelined batch looks below)', async (t) => {
+  const { loop, calls } = rig();
+  const a = new FakeMember('stock', 0);
+  a.live.get('items')!.set('x', { stock: 0, price: 1 });
+  a.push(1, add('x', 3), 'g.1');
+  loop.add(a);
+  await waitFor(() => calls.length === 1, { deadlineMs: 5000, what: 'the first commit' });
+  // The first batch is in flight: the copy arrives now and is applied on top of it.
+  a.push(2, add('x', 3), 'g.1');
+  a.push(3, add('x', 2), 'g.2');
+  loop.wake();
+  await waitFor(() => a.queue.length === 0, { deadlineMs: 5000, what: 'the copy to be taken into the next batch' });
+  calls[0]!.settle(['committed']);
+  await waitFor(() => calls.length === 2, { deadlineMs: 5000, what: 'the second commit' });
+  t.same(calls[1]!.parts, [{ name: 'stock.0', cursor: 3 }], 'the cursor covers the copy');
+  calls[1]!.settle(['committed']);
+  await waitFor(() => a.commits.length === 2, { deadlineMs: 5000, what: 'both batches committed' });
+  t.equal(a.stock('x'), 5, 'applied once: 3 + 2');
+  t.same(a.commits[1]!.messageIds, ['g.2']);
+});

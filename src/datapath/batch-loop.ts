@@ -127,8 +127,9 @@ class Share implements Box {
   /** Commands for partitions elsewhere, per target, in order. */
   readonly sends = new Map<string, { kind: Kind; partition: number; cmds: unknown[] }>();
   readonly dead: DeadLetter[] = [];
-  /** Message ids of the stream messages it applied. */
+  /** Message ids of the stream messages it applied (in order, and as a set to look them up). */
   readonly messageIds: string[] = [];
+  private readonly messageIdSet = new Set<string>();
   /** The order each dead letter was about, where it names one: said in its log line, not stored with it. */
   readonly deadOrders = new Map<DeadLetter, string>();
   /** Sagas this share decided, by outcome ('' for paid, else the refusal's code): counted once the batch commits. */
@@ -143,7 +144,7 @@ class Share implements Box {
   /** `below`: this partition's share of the batch still being committed, which this one builds on. */
   constructor(
     readonly member: Member,
-    below?: Share,
+    private below?: Share,
   ) {
     this.draft = new Draft(member.live, below?.draft);
     this.last = this.fromCursor = below ? below.last : member.cursor;
@@ -161,6 +162,19 @@ class Share implements Box {
   }
   nextLocal(): number {
     return -++this.local;
+  }
+  /** The share below has committed and is in the live maps: read through to them from now on. */
+  detach(): void {
+    this.below = undefined;
+    this.draft.detach();
+  }
+  /** A stream message with this id was applied by this share, or by the share below it that is still committing. */
+  hasMessage(id: string): boolean {
+    return this.messageIdSet.has(id) || (this.below?.hasMessage(id) ?? false);
+  }
+  addMessage(id: string): void {
+    this.messageIds.push(id);
+    this.messageIdSet.add(id);
   }
   /** It changes something in Redis: a stream message or a command from within the worker was applied. */
   get writes(): boolean {
@@ -280,6 +294,10 @@ export class BatchLoop {
             this.release(next.keys()); // thrown away by finish(): its messages are queued again
             next = null;
           }
+          // The batch below is committed and published into the live maps: the next one no longer builds on it.
+          // (Else every batch of a busy worker would hold on to all those before it: a chain that grows while the
+          // loop never idles, and that every read of a draft walks.)
+          for (const p of next?.values() ?? []) p.detach();
         }
         if (next) {
           inflight = this.start(next);
@@ -367,11 +385,11 @@ export class BatchLoop {
     // stream leader change, so a command can be stored twice. Passed, with the cursor moving over it.
     const id = m.headers?.get(MSG_ID_HEADER);
     if (id) {
-      if (share.member.seenMessage(id) || share.messageIds.includes(id)) {
+      if (share.member.seenMessage(id) || share.hasMessage(id)) {
         this.copies(share, m.seq, id);
         return 0;
       }
-      share.messageIds.push(id);
+      share.addMessage(id);
     }
     const base = m.seq * BUNDLE_MAX;
     let message: unknown;

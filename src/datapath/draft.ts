@@ -24,8 +24,13 @@ export class Draft implements StateView {
 
   constructor(
     private readonly live: Tables,
-    private readonly parent?: Draft,
+    private parent?: Draft,
   ) {}
+
+  /** The parent was committed and published into the live maps: read them directly from now on. */
+  detach(): void {
+    this.parent = undefined;
+  }
 
   get<T>(table: string, key: string): T | undefined {
     const t = this.batch.get(table);
