@@ -16,7 +16,7 @@ import { randomToken, startNats, testConfig, waitFor } from './helpers/servers.j
 import { spawnRole } from './helpers/stack.js';
 
 /** How long a commit waits for the replica in these tests. */
-const WAIT_TIMEOUT_MS = 300;
+const WAIT_TIMEOUT_MS = 2000;
 
 const write = (epoch: number, cursor: number, item: string, stock: number): BatchWrite => ({
   epoch,
