@@ -204,14 +204,25 @@ const sha256 = (password: string) => createHash('sha256').update(password).diges
 
 /**
  * A Redis ACL file: `user` with `password` (stored as its SHA-256, so the file holds no password), keys under
- * `keyPrefix` only, REDIS_WORKER_COMMANDS only; the `default` user (no password) off. With `replica` and
+ * `keyPrefix` only, REDIS_WORKER_COMMANDS only; the `default` user off (nobody can log in as it) but with every right
+ * (DEFAULT_USER_ACL: the restart from the AOF needs them). With `replica` and
  * `sentinel` (a primary with replicas watched by Sentinels): the replicas' and the Sentinels' users too, each with
  * its own short list and no keys. Every server of such a group gets the same file: any of them may be the primary.
  */
+/**
+ * The `default` user: off, so no client can log in as it (AUTH and HELLO refuse a disabled user, and a connection
+ * that has not logged in runs nothing), yet with every command, key and channel. Redis 7.0 replays the AOF as this
+ * user and checks each EXEC of the AOF against its rights (redis/redis#14541, fixed in later Redis): a commit script
+ * that writes more than one key is in the AOF as MULTI/EXEC, and with `-@all` here every one of them was dropped,
+ * silently, at each restart of Redis from its own files. A disabled user cannot log in with any password, which is
+ * stricter than `on` with a password nobody is given.
+ */
+export const DEFAULT_USER_ACL = 'user default off resetkeys ~* resetchannels &* +@all';
+
 export function redisAcl({ user, password, keyPrefix, replica, sentinel }: { user: string; password: string; keyPrefix: string; replica?: RedisLogin; sentinel?: RedisLogin }): string {
   const plus = (commands: readonly string[]) => commands.map((c) => `+${c}`).join(' ');
   return [
-    'user default off resetkeys resetchannels -@all',
+    DEFAULT_USER_ACL,
     `user ${user} on #${sha256(password)} resetkeys ~${keyPrefix}* resetchannels -@all ${plus(REDIS_WORKER_COMMANDS)}`,
     ...(replica ? [`user ${replica.user} on #${sha256(replica.password)} resetkeys resetchannels -@all ${plus(REDIS_REPLICA_COMMANDS)}`] : []),
     ...(sentinel ? [`user ${sentinel.user} on #${sha256(sentinel.password)} resetkeys allchannels -@all ${plus(REDIS_SENTINEL_COMMANDS)}`] : []),

@@ -167,6 +167,31 @@ t.test('Redis: nothing without the password, and the worker user only the comman
   t.same([loaded.cursor, loaded.tables.get('items')?.get('i1'), loaded.outbox.length], [7, { stock: 3, price: 5 }, 1], 'load');
 });
 
+t.test('Redis with the ACL: every commit survives a SIGKILL and a restart from its own files (the AOF replays each one)', async (t) => {
+  // A commit script that writes more than one key is replicated to the AOF as MULTI/EXEC of its effects; Redis 7.0
+  // checks EXEC against the default user's rights while it loads the AOF (redis/redis#14541), so with that user
+  // without rights every such commit would be dropped at the restart, silently.
+  const { redis, users } = await startServers(t, { auth: true });
+  const login = { maxRetriesPerRequest: null, username: users.redis.user, password: users.redis.password, disableClientInfo: true };
+  const before = new Redis(redis.url, login);
+  const prefix = `${randomToken()}:`;
+  const store = createPartitionStore(before, prefix, 'stock', 0, ['items']);
+  const epoch = await store.acquire();
+  const COMMITS = 20;
+  for (let cursor = 1; cursor <= COMMITS; cursor++) {
+    const items = new Map<string, unknown>([[`i${cursor}`, { stock: cursor, price: 1 }]]);
+    t.equal(await store.commit({ epoch, cursor, local: 0, changes: new Map([['items', items]]), outboxField: '', outbox: null, cleared: [] }), true);
+  }
+  before.disconnect();
+  redis.kill9();
+  await redis.restart();
+  const after = new Redis(redis.url, login);
+  t.teardown(() => after.disconnect());
+  const loaded = await createPartitionStore(after, prefix, 'stock', 0, ['items']).load();
+  t.equal(loaded.cursor, COMMITS, 'the cursor of the last commit is back');
+  t.equal(loaded.tables.get('items')?.size, COMMITS, 'and every item written');
+});
+
 // ---- the whole stack, with the supervisor's generated credentials ----------------------------------------
 
 const SHOPCTL = join(here, '..', 'src', 'admin', 'shopctl.js');
