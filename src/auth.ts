@@ -92,8 +92,9 @@ export function permissions(role: Role, { prefix, user }: { prefix: string; user
       const api = (what: string, names: string[]) => names.map((s) => `$JS.API.${what}.${s}`);
       return {
         publish: unique([
-          // Answers to gateways (after each commit), saga messages and dead letters.
+          // Answers to gateways (after each commit), saga messages and dead letters; the partitions' trim marks.
           n.subject('_reply.>'),
+          ...KINDS.map((k) => n.subject(`${k}.mark.*`)),
           n.subject('_saga.>'),
           n.subject('deadletter.>'),
           // Heartbeats, placement and control (membership.ts, controller.ts): KV puts, creates and updates.

@@ -12,6 +12,10 @@ export interface Names {
   stream(kind: Kind): string;
   /** JetStream subject of a partition's commands. */
   cmd(kind: Kind, partition: number): string;
+  /** Subject of a partition's trim marks (datapath/marks.ts), in its kind's stream; only workers publish there. */
+  mark(kind: Kind, partition: number): string;
+  /** Every subject of a partition in its kind's stream (commands and marks): what a trim purges. */
+  partitionSubjects(kind: Kind, partition: number): string;
   /** Core NATS subject on which the owner answers reads. */
   get(kind: Kind, partition: number): string;
   /**
@@ -48,6 +52,8 @@ export function names(prefix: string): Names {
   return {
     stream: (kind) => `${s}${kind.toUpperCase()}`,
     cmd: (kind, partition) => `${p}${kind}.cmd.${partition}`,
+    mark: (kind, partition) => `${p}${kind}.mark.${partition}`,
+    partitionSubjects: (kind, partition) => `${p}${kind}.*.${partition}`,
     get: (kind, partition) => `${p}${kind}.get.${partition}`,
     inbox: (user, processId) => `${p}_reply.${user}.${processId}`,
     replies: `${p}_reply.`,

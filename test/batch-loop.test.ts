@@ -32,6 +32,7 @@ class FakeMember implements Member {
   epoch = 1;
   cursor = 0;
   local = 0;
+  commitCount = 0;
   state: 'running' | 'fenced' | 'failed' = 'running';
   queue: JsMsg[] = [];
   readonly commits: Committed[] = [];
@@ -71,6 +72,7 @@ class FakeMember implements Member {
     c.draft.publish();
     this.cursor = c.cursor;
     this.local = c.local;
+    this.commitCount = c.commitCount;
     this.commits.push(c);
     for (const id of c.messageIds) this.messageIds.add(id);
   }

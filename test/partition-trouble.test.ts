@@ -47,7 +47,7 @@ async function setup(t: Test, overrides: Partial<Record<keyof Config, unknown>> 
     (await worker.registry.getSingleMetric('shop_partition_trouble')!.get()).values.map((v) => [v.labels.state, v.value]);
   /** After a restart of nats-server: the connection is back and JetStream answers. */
   const natsBack = () => waitFor(async () => Boolean(await (await nc.jetstreamManager({ timeout: 1000 })).getAccountInfo()), { deadlineMs: 20_000, intervalMs: 50, what: 'JetStream to answer again' });
-  return { config, nc, redis: r, client, start, store, trouble, natsBack, restarts: () => restarts };
+  return { config, nc, redis: r, redisServer: redis, client, start, store, trouble, natsBack, restarts: () => restarts };
 }
 
 t.test('a stream behind the committed cursor (its store rolled back, or made anew) is refused loudly, and served again once mended', async (t) => {
@@ -94,12 +94,12 @@ t.test('a stream behind the committed cursor (its store rolled back, or made ane
   for (let i = 0; i <= cursor + 2; i++) await js.publish(names(config.streamPrefix).cmd('stock', 0), encode({ c: { k: 'add', id: 'x', amount: 0 } }));
   const fourth = await start();
   t.equal(fourth.runner('stock', 0)!.state, 'refused', 'a stream made anew is refused even when it is long enough');
-  t.match(fourth.ready().detail, /was made anew since this partition last ran/);
+  t.match(fourth.ready().detail, /was made anew since this partition last ran \(its newest trim mark is gone, Redis recorded one at \d+/);
   await fourth.close();
 
   // The recovery of docs/operations.md: accept the loss, start the partition at the new stream's beginning.
   await redis.hset(store.keys.meta, 'cursor', '0');
-  await redis.hdel(store.keys.meta, 'stream');
+  await redis.hdel(store.keys.meta, 'mark');
   const fifth = await start();
   t.equal(fifth.runner('stock', 0)!.state, 'running', 'mended: it serves again');
   t.same(await client.command('stock', 0, { k: 'add', id: 'x', amount: 1 }), { ok: true, v: { stock: 6 } }, 'with its state as it was');
@@ -143,6 +143,49 @@ t.test('trimming purges only what Redis has surely made durable', async (t) => {
   for (let i = 0; i < 3; i++) await client.command('stock', 0, { k: 'add', id: 'x', amount: 1 });
   const jsm = await nc.jetstreamManager();
   const n = names(config.streamPrefix);
-  await waitFor(async () => (await jsm.streams.info(n.stream('stock'))).state.messages === 0, { deadlineMs: 10_000, what: 'the applied commands to be trimmed' });
+  // The partition's newest trim mark stays (marks.ts): no command is left.
+  await waitFor(async () => Object.keys((await jsm.streams.info(n.stream('stock'), { subjects_filter: n.cmd('stock', 0) })).state.subjects ?? {}).length === 0, { deadlineMs: 10_000, what: 'the applied commands to be trimmed' });
   t.pass('applied and durable: trimmed');
+});
+
+t.test('a Redis restarted from older files is noticed: the partition refuses to serve what it lost, running or starting', async (t) => {
+  // Durable at once (appendfsync always), trimmed every 100 ms: the commands after the old files are soon only in Redis.
+  const { config, nc, redis, redisServer, client, start, store } = await setup(t, { redisAppendfsync: 'always', trimIntervalMs: 100 });
+  const worker = await start();
+  await client.command('stock', 0, { k: 'create', id: 'x', price: 1 });
+  await client.command('stock', 0, { k: 'add', id: 'x', amount: 1 });
+  // Redis's files as they are now...
+  const backup = await mkdtemp(join(tmpdir(), 'shop-redis-backup-'));
+  t.teardown(() => rm(backup, { recursive: true, force: true }));
+  redisServer.kill9();
+  await cp(redisServer.storeDir, backup, { recursive: true });
+  await redisServer.restart();
+  for (let i = 0; i < 4; i++) t.same(await client.command('stock', 0, { k: 'add', id: 'x', amount: 1 }), { ok: true, v: { stock: 2 + i } }, 'acknowledged');
+  const jsm = await nc.jetstreamManager();
+  const n = names(config.streamPrefix);
+  await waitFor(async () => Object.keys((await jsm.streams.info(n.stream('stock'), { subjects_filter: n.cmd('stock', 0) })).state.subjects ?? {}).length === 0, { deadlineMs: 10_000, what: 'the acknowledged commands to be trimmed from the stream' });
+  const acknowledged = await store.load();
+
+  // ...put back under the running worker: Redis comes back with less than it acknowledged.
+  redisServer.kill9();
+  await rm(redisServer.storeDir, { recursive: true, force: true });
+  await cp(backup, redisServer.storeDir, { recursive: true });
+  await redisServer.restart();
+  const lost = await store.load();
+  t.ok(lost.cursor < acknowledged.cursor && lost.commits < acknowledged.commits, `Redis came back at cursor ${lost.cursor} (${lost.commits} commits), having acknowledged ${acknowledged.cursor} (${acknowledged.commits})`);
+  const pending = client.command('stock', 0, { k: 'add', id: 'x', amount: 1 }).then(
+    (r) => r,
+    (err: Error) => err,
+  );
+  const runner = worker.runner('stock', 0)!;
+  await waitFor(() => runner.state === 'refused', { deadlineMs: 20_000, what: 'the running partition to refuse (its next commit finds fewer commits than it made)' });
+  t.match(worker.ready(), { ok: false, detail: new RegExp(`Redis holds this partition at cursor ${lost.cursor}, but its commands up to \\d+ were committed and then trimmed`) }, '/readyz says Redis lost commits, with the numbers');
+  t.match(await pending, Error, 'the command that found it is not applied on the state Redis gave back');
+  await worker.close();
+
+  // A worker starting afresh (it knows nothing of what was acknowledged) refuses it too: the stream's mark says.
+  const fresh = await start();
+  t.equal(fresh.runner('stock', 0)!.state, 'refused', 'a fresh owner refuses to serve it');
+  t.match(fresh.ready().detail, /Redis lost commits/);
+  t.equal(Number(await redis.hget(store.keys.meta, 'cursor')), lost.cursor, 'and nothing was written over what Redis gave back');
 });

@@ -20,6 +20,7 @@ const WAIT_TIMEOUT_MS = 2000;
 
 const write = (epoch: number, cursor: number, item: string, stock: number): BatchWrite => ({
   epoch,
+  commits: cursor,
   cursor,
   local: 0,
   changes: new Map([['items', new Map([[item, { stock, price: 1 }]])]]),

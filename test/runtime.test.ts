@@ -223,7 +223,7 @@ t.test('acquiring at a placement epoch: an older epoch is refused, a newer one f
   await t.rejects(store.acquire(4), StaleEpochError, 'an older epoch is refused');
   t.equal(await store.epoch(), 5, 'and changes nothing');
   t.equal(await store.acquire(), 6, 'without an epoch the stored one is raised');
-  t.equal(await store.commit({ epoch: 5, cursor: 1, local: 0, changes: new Map(), outboxField: '', outbox: null, cleared: [] }), false, 'the holder of epoch 5 is fenced');
+  t.equal(await store.commit({ epoch: 5, commits: 1, cursor: 1, local: 0, changes: new Map(), outboxField: '', outbox: null, cleared: [] }), false, 'the holder of epoch 5 is fenced');
 });
 
 t.test('a group commit: batches of several partitions in one call, each fenced on its own', async (t) => {
@@ -237,7 +237,7 @@ t.test('a group commit: batches of several partitions in one call, each fenced o
   const calls = () => r.info('commandstats').then((text) => [...text.matchAll(/cmdstat_eval(?:sha)?:calls=(\d+)/g)].reduce((n, m) => n + Number(m[1]), 0));
   const before = await calls();
   const changes = (p: number) => new Map([['items', new Map<string, unknown>([[`i${p}`, { stock: p, price: 1 }], [`gone${p}`, undefined]])]]);
-  const results = await Promise.all(stores.map((s, p) => s.commit({ epoch: 1, cursor: 10 + p, local: 0, changes: changes(p), outboxField: String(10 + p), outbox: encodeEntry({ replies: [[`r${p}`, new Uint8Array([p])]], parcels: [], dead: [] }), cleared: [] })));
+  const results = await Promise.all(stores.map((s, p) => s.commit({ epoch: 1, commits: 1, cursor: 10 + p, local: 0, changes: changes(p), outboxField: String(10 + p), outbox: encodeEntry({ replies: [[`r${p}`, new Uint8Array([p])]], parcels: [], dead: [] }), cleared: [] })));
   t.same(results, [true, false, true], 'partition 1 is fenced, the others commit');
   t.equal((await calls()) - before, 1, 'one script call for the three batches');
   const loaded = await Promise.all(stores.map((s) => s.load()));
@@ -253,8 +253,9 @@ t.test('a transaction: batches of several partitions written together, or none w
   const stores = [0, 1, 2].map((p) => createPartitionStore(r, config.redisPrefix, 'stock', p, ['items']));
   for (const s of stores) await s.acquire(1);
   await stores[1]!.acquire(2); // a newer owner took partition 1
-  const write = (p: number, epoch: number, field: string) => ({
+  const write = (p: number, epoch: number, field: string, commits = 1) => ({
     epoch,
+    commits,
     cursor: 10,
     local: 3,
     changes: new Map([['items', new Map<string, unknown>([[`i${p}`, { stock: p, price: 1 }]])]]),
@@ -267,8 +268,8 @@ t.test('a transaction: batches of several partitions written together, or none w
   t.same(loaded.map((l) => [l.cursor, l.local, l.tables.get('items')!.size, l.outbox.length]), [[0, 0, 0, 0], [0, 0, 0, 0], [0, 0, 0, 0]], 'nothing of any batch was written');
 
   const fields = ['9.2', '10.1', '9.10'];
-  t.same(await commitTogether(fields.map((f) => stores[0]!.prepare(write(0, 1, f)))), ['committed', 'committed', 'committed']);
-  t.same(await commitTogether([stores[0]!.prepare(write(0, 1, '11.3')), stores[2]!.prepare(write(2, 1, '11.3'))]), ['committed', 'committed']);
+  t.same(await commitTogether(fields.map((f, i) => stores[0]!.prepare(write(0, 1, f, 1 + i)))), ['committed', 'committed', 'committed'], 'three batches of one partition in one transaction, each counted after the one before');
+  t.same(await commitTogether([stores[0]!.prepare(write(0, 1, '11.3', 4)), stores[2]!.prepare(write(2, 1, '11.3'))]), ['committed', 'committed']);
   const [zero, , two] = await Promise.all(stores.map((s) => s.load()));
   t.same([zero!.cursor, zero!.local, two!.cursor, two!.local], [10, 3, 10, 3], 'cursor and local count written');
   t.same(zero!.outbox.map(([f]) => f), ['9.2', '9.10', '10.1', '11.3'], 'outbox entries in (cursor, local count) order');

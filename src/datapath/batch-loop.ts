@@ -61,12 +61,33 @@ export interface Taken {
 }
 
 /** A committed batch, as its partition hears of it. */
+/**
+ * Redis did not hold the partition's count of commits: `redis-behind`, fewer than it acknowledged (it lost commits:
+ * restarted from files that miss them, or a replica that never had them); `redis-ahead`, more (the batch was written
+ * already, by a command sent again over a new connection, or by another owner).
+ */
+export class CommitCountError extends Error {
+  override name = 'CommitCountError';
+  constructor(
+    readonly result: 'redis-behind' | 'redis-ahead',
+    readonly committed: number,
+  ) {
+    super(
+      result === 'redis-behind'
+        ? `Redis holds fewer commits of this partition than the ${committed} it acknowledged: it lost some (restarted from files that miss them, or a replica that never had them). The partition takes itself again from what Redis holds, and serves only if its stream still has every command since (docs/operations.md, "A partition refuses its stream")`
+        : `Redis holds more commits of this partition than the ${committed} this owner made: the batch was written already, or by another owner. The partition takes itself again from what Redis holds`,
+    );
+  }
+}
+
 export interface Committed {
   /** Publish it: the batch's writes become what reads see. */
   draft: Draft;
   /** Last stream sequence applied, and the count of commands delivered within the worker. */
   cursor: number;
   local: number;
+  /** The partition's count of commits, this one included. */
+  commitCount: number;
   /** The outbox entry the batch stored, and its field; null when it owes nothing. */
   field: string;
   entry: OutboxEntry | null;
@@ -92,6 +113,8 @@ export interface Member {
   readonly cursor: number;
   /** Commands delivered from within the worker, committed so far. */
   readonly local: number;
+  /** Commits of the partition so far: Redis must hold as many (store.ts checks it with each commit). */
+  readonly commitCount: number;
   /** Has queued messages and room in its outbox: may join the next batch. */
   ready(): boolean;
   /** Runs now: commands the worker's other partitions make for it may be applied to it within a batch. */
@@ -526,6 +549,7 @@ export class BatchLoop {
     const prepared: PreparedBatch[] = writing.map((p, i) =>
       p.member.store.prepare({
         epoch: p.member.epoch,
+        commits: p.member.commitCount + 1,
         cursor: p.last,
         local: p.local,
         changes: p.draft.batch,
@@ -562,6 +586,9 @@ export class BatchLoop {
       // messages again in the next batch, where the fenced partition is no longer a local target.
       shares.forEach((p, i) => {
         if (results[i] === 'fenced') return p.member.fenced();
+        // Redis holds fewer or more commits of the partition than it has acknowledged: it takes itself again from
+        // what Redis holds, where the stream's marks decide whether it may serve (marks.ts).
+        if (results[i] === 'redis-behind' || results[i] === 'redis-ahead') return p.member.failed(new CommitCountError(results[i], p.member.commitCount));
         p.member.giveBack(p.taken);
         p.member.giveBackDone(done[i]!);
       });
@@ -579,7 +606,7 @@ export class BatchLoop {
       }
     }
     if (this.deps.config.faultKillAfter === 'commit' && owed.some((o) => o.entry && (o.entry.replies.length > 0 || o.entry.parcels.length > 0))) process.kill(process.pid, 'SIGKILL');
-    shares.forEach((p, i) => p.member.committed({ draft: p.draft, cursor: p.last, local: p.local, field: owed[i]!.field, entry: owed[i]!.entry, parcels: p.parcels.map((x) => x.id), streamMessages: p.taken.stream.length, messageIds: p.messageIds }));
+    shares.forEach((p, i) => p.member.committed({ draft: p.draft, cursor: p.last, local: p.local, commitCount: p.member.commitCount + 1, field: owed[i]!.field, entry: owed[i]!.entry, parcels: p.parcels.map((x) => x.id), streamMessages: p.taken.stream.length, messageIds: p.messageIds }));
     this.acknowledge(shares.flatMap((p) => p.parcels));
     return true;
   }

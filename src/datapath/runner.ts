@@ -9,6 +9,7 @@ import type { Courier } from './courier.js';
 import type { Tables } from './draft.js';
 import type { RunnerMetrics } from './runner-metrics.js';
 import type { Mux } from '../transport/mux.js';
+import { checkStream, newestMark, publishMark } from './marks.js';
 import { decodeEntry, PartitionOutbox } from './outbox.js';
 import { serveReads } from '../transport/reads.js';
 import { StaleEpochError, type PartitionStore } from './store.js';
@@ -148,6 +149,7 @@ export class PartitionRunner implements Member {
   private _epoch = 0;
   private _cursor = 0;
   private _local = 0;
+  private _commitCount = 0;
   private _live: Tables = new Map();
   /** Commands in the stream not yet delivered to this runner, as of the last batch (the consumer's pending count). */
   private streamPending = 0;
@@ -210,6 +212,9 @@ export class PartitionRunner implements Member {
   get local(): number {
     return this._local;
   }
+  get commitCount(): number {
+    return this._commitCount;
+  }
   get live(): Tables {
     return this._live;
   }
@@ -271,6 +276,7 @@ export class PartitionRunner implements Member {
     const loaded = await store.load();
     this._cursor = loaded.cursor;
     this._local = loaded.local;
+    this._commitCount = loaded.commits;
     this.trimmedTo = 0;
     this.untrimmed = 0;
     this.trimSkips = 0;
@@ -278,12 +284,18 @@ export class PartitionRunner implements Member {
     this.commits = [];
     this._live = new Map(actor.tables.map((t) => [t, loaded.tables.get(t) ?? new Map()]));
 
-    const stream = await jsm.streams.info(this.names.stream(this.kind));
-    const recorded = await store.markStream(stream.created);
-    if (stream.state.last_seq < this._cursor || recorded !== stream.created) {
-      this.refuse(stream.state.last_seq, recorded !== stream.created);
+    // Does the stream still hold every command after the cursor Redis gave back, and is it the stream this partition
+    // read before? (marks.ts)
+    const streamName = this.names.stream(this.kind);
+    const markSubject = this.names.mark(this.kind, this.partition);
+    const [stream, mark] = await Promise.all([jsm.streams.info(streamName), newestMark(jsm, streamName, markSubject)]);
+    const verdict = checkStream({ stream: streamName, lastSeq: stream.state.last_seq, mark, cursor: this._cursor, recordedMark: loaded.mark });
+    if (!verdict.ok) {
+      this.refuse(verdict.error, { why: verdict.why, lastSeq: stream.state.last_seq, cursor: this._cursor, mark, recordedMark: loaded.mark });
       return;
     }
+    // A partition that never marked this stream marks it now, so that a stream made anew is known for one.
+    if (!mark || loaded.mark === 0) await store.recordMark(await publishMark(nc, markSubject, this._cursor));
     if (this._state !== 'starting') throw new Error('stopped while starting');
 
     this.outbox = new PartitionOutbox({
@@ -423,19 +435,15 @@ export class PartitionRunner implements Member {
   }
 
   /**
-   * The stream holds less than this partition has applied: its store was lost or rolled back, or it was made anew.
-   * Reading on would skip every command numbered up to the cursor, silently. Refuse, loudly, and look again every
-   * REFUSED_RECHECK_MS, so a partition an operator has mended serves again by itself.
+   * The stream and Redis do not hold together everything this partition applied (marks.ts: the stream lost commands
+   * or was made anew, or Redis lost commits the stream no longer has). Reading on would skip commands, or serve state
+   * without them, silently. Refuse, loudly, and look again every REFUSED_RECHECK_MS, so a partition an operator has
+   * mended serves again by itself.
    */
-  private refuse(lastSeq: number, recreated: boolean): void {
-    const streamName = this.names.stream(this.kind);
-    const why = recreated
-      ? `stream ${streamName} was made anew since this partition last ran (its last sequence is ${lastSeq}, the partition's committed cursor ${this._cursor})`
-      : `stream ${streamName}'s last sequence is ${lastSeq}, below this partition's committed cursor ${this._cursor}`;
-    const error = `${why}: the stream lost commands this partition had applied, and reading on would skip new ones. Restore the NATS store, or accept the loss and reset the cursor (docs/operations.md, "A partition refuses its stream")`;
+  private refuse(error: string, details: Record<string, unknown>): void {
     this.trouble = { state: 'refused', attempts: (this.trouble?.attempts ?? 0) + 1, error };
     this.setState('refused');
-    if (this.trouble.attempts === 1) this.log.error(`refusing to serve: ${error}`, { stream: streamName, lastSeq, cursor: this._cursor, recreated });
+    if (this.trouble.attempts === 1) this.log.error(`refusing to serve: ${error}`, { stream: this.names.stream(this.kind), ...details });
     this.deps.metrics?.partitionRestart?.(this.kind, this.partition);
     void delay(REFUSED_RECHECK_MS).then(() => {
       if (this._state === 'refused') void this.retry();
@@ -561,6 +569,7 @@ export class PartitionRunner implements Member {
     this.untrimmed += c.streamMessages;
     this._cursor = c.cursor;
     this._local = c.local;
+    this._commitCount = c.commitCount;
     this.trouble = undefined;
     for (const id of c.parcels) this.seenIds.add(id);
     const now = Date.now();
@@ -636,7 +645,10 @@ export class PartitionRunner implements Member {
     this.untrimmed = 0;
     this.trimSkips = 0;
     try {
-      await this.deps.jsm.streams.purge(this.names.stream(this.kind), { filter: this.subject, seq: upTo + 1 });
+      // The mark first (marks.ts): the stream then always says how far it was trimmed. The purge takes this
+      // partition's commands and older marks up to upTo (`<kind>.*.<n>`), never the new mark, stored after them.
+      await this.deps.store.recordMark(await publishMark(this.deps.nc, this.names.mark(this.kind, this.partition), upTo));
+      await this.deps.jsm.streams.purge(this.names.stream(this.kind), { filter: this.names.partitionSubjects(this.kind, this.partition), seq: upTo + 1 });
       this.trimmedTo = upTo;
     } catch (err) {
       this.log.warn('trim failed', { err });

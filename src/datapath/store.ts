@@ -13,9 +13,13 @@ import { compareFields } from './outbox.js';
  * none of its batches is written. Transactions of one call do not affect each other.
  * KEYS: per batch: meta, outbox, then one hash per table.
  * ARGV: one argument per transaction, a msgpack array of batches, each a msgpack array of strings (packArgs) read
- *       with Redis's cmsgpack: key count, epoch, cursor, local count, outbox field ('' for none), outbox value,
- *       clear count, cleared fields..., then per table: set count, (key, value)..., delete count, key...
- * Returns one result per batch: 1 committed, 0 fenced, 2 withheld (another partition of its transaction was fenced).
+ *       with Redis's cmsgpack: key count, epoch, commits, cursor, local count, outbox field ('' for none), outbox
+ *       value, clear count, cleared fields..., then per table: set count, (key, value)..., delete count, key...
+ * `commits` is the partition's count of commits after this one: Redis must hold one less (meta field `n`), or the
+ * batch is not written. Fewer: Redis lost commits it had acknowledged (restarted from files that miss them, a
+ * replica that never had them); more: this batch or another owner's was written already.
+ * Returns one result per batch: 1 committed, 0 fenced, 2 withheld (another partition of its transaction was refused),
+ * 3 Redis behind (fewer commits than acknowledged), 4 Redis ahead.
  */
 const COMMIT_LUA = `
 local results = {}
@@ -25,19 +29,26 @@ for x = 1, #ARGV do
   local fenced = {}
   local any = false
   local kk = k
+  local counted = {}
   for b = 1, #txn do
-    if redis.call('HGET', KEYS[kk + 1], 'epoch') ~= txn[b][2] then fenced[b] = true; any = true end
+    local meta = counted[KEYS[kk + 1]] or redis.call('HMGET', KEYS[kk + 1], 'epoch', 'n')
+    local n = tonumber(meta[2] or '0')
+    local wanted = tonumber(txn[b][3]) - 1
+    counted[KEYS[kk + 1]] = { meta[1], txn[b][3] }
+    if meta[1] ~= txn[b][2] then fenced[b] = 0; any = true
+    elseif n < wanted then fenced[b] = 3; any = true
+    elseif n > wanted then fenced[b] = 4; any = true end
     kk = kk + tonumber(txn[b][1])
   end
   for b = 1, #txn do
     local a = txn[b]
     local nkeys = tonumber(a[1])
     if any then
-      results[#results + 1] = fenced[b] and 0 or 2
+      results[#results + 1] = fenced[b] or 2
     else
-      redis.call('HSET', KEYS[k + 1], 'cursor', a[3], 'local', a[4])
-      if a[5] ~= '' then redis.call('HSET', KEYS[k + 2], a[5], a[6]) end
-      local i = 7
+      redis.call('HSET', KEYS[k + 1], 'n', a[3], 'cursor', a[4], 'local', a[5])
+      if a[6] ~= '' then redis.call('HSET', KEYS[k + 2], a[6], a[7]) end
+      local i = 8
       local n = tonumber(a[i]); i = i + 1
       if n > 0 then redis.call('HDEL', KEYS[k + 2], unpack(a, i, i + n - 1)); i = i + n end
       for t = k + 3, k + nkeys do
@@ -109,6 +120,10 @@ export class StaleEpochError extends Error {
 
 export interface Loaded {
   cursor: number;
+  /** Commits of the partition so far (the commit script checks the next one against it). */
+  commits: number;
+  /** Stream sequence of the newest trim mark recorded (marks.ts), 0 for none. */
+  mark: number;
   /** Commands delivered to the partition from within its worker so far (they number as -1, -2, ...). */
   local: number;
   tables: Tables;
@@ -132,16 +147,15 @@ export interface PartitionStore {
   clearOutbox(fields: string[]): Promise<void>;
   /** The epoch stored now (for status and tests). */
   epoch(): Promise<number>;
-  /**
-   * Records which stream this partition reads (its creation time) unless one is recorded already; returns the one
-   * recorded. A different one means the stream was made anew since the partition last ran (its store was lost).
-   */
-  markStream(created: string): Promise<string>;
+  /** Records the stream sequence of the newest trim mark this partition published (marks.ts). */
+  recordMark(seq: number): Promise<void>;
 }
 
 /** What one partition's batch writes. */
 export interface BatchWrite {
   epoch: number;
+  /** The partition's count of commits after this batch: Redis must hold one less. */
+  commits: number;
   cursor: number;
   /** The partition's count of commands delivered from within its worker, after this batch. */
   local: number;
@@ -162,9 +176,14 @@ export interface PreparedBatch {
   readonly args: Buffer;
 }
 
-/** committed; fenced (a newer epoch holds the partition: nothing written); withheld (another batch of the transaction was fenced: nothing written). */
-export type CommitResult = 'committed' | 'fenced' | 'withheld';
-const RESULTS: Record<number, CommitResult> = { 0: 'fenced', 1: 'committed', 2: 'withheld' };
+/**
+ * committed; fenced (a newer epoch holds the partition); withheld (another batch of the transaction was refused);
+ * redis-behind (Redis holds fewer commits of the partition than were acknowledged: it lost some); redis-ahead (it
+ * holds more: this batch was written already, by a command sent again over a new connection, or by another owner).
+ * Nothing is written unless committed.
+ */
+export type CommitResult = 'committed' | 'fenced' | 'withheld' | 'redis-behind' | 'redis-ahead';
+const RESULTS: Record<number, CommitResult> = { 0: 'fenced', 1: 'committed', 2: 'withheld', 3: 'redis-behind', 4: 'redis-ahead' };
 
 type Arg = string | Buffer;
 // ioredis flattens array arguments, so a batch of any size goes as one array, never as spread call arguments.
@@ -402,8 +421,8 @@ export function createPartitionStore(
   if (!acquireFn) acquires.set(redis, (acquireFn = scriptRunner<number>(redis, ACQUIRE_LUA, replication)));
   const acquireScript = acquireFn;
 
-  const prepare = ({ epoch, cursor, local, changes, outboxField, outbox, cleared }: BatchWrite): PreparedBatch => {
-    const args: (string | Uint8Array)[] = [String(2 + tableKeys.length), String(epoch), String(cursor), String(local), outboxField, outbox ?? '', String(cleared.length), ...cleared];
+  const prepare = ({ epoch, commits: count, cursor, local, changes, outboxField, outbox, cleared }: BatchWrite): PreparedBatch => {
+    const args: (string | Uint8Array)[] = [String(2 + tableKeys.length), String(epoch), String(count), String(cursor), String(local), outboxField, outbox ?? '', String(cleared.length), ...cleared];
     for (const name of tables) {
       const changed = changes.get(name);
       const dels: string[] = [];
@@ -435,7 +454,7 @@ export function createPartitionStore(
     async load() {
       // The outbox is small (at most OUTBOX_BATCHES_INFLIGHT_MAX entries): one HGETALL. The tables may hold millions
       // of entries: in chunks, decoded as they come, so the event loop never waits on one big reply and decode.
-      const [[cursor, local], outboxRaw] = await Promise.all([redis.hmget(keys.meta, 'cursor', 'local'), redis.hgetallBuffer(keys.outbox)]);
+      const [[cursor, local, commits, mark], outboxRaw] = await Promise.all([redis.hmget(keys.meta, 'cursor', 'local', 'n', 'mark'), redis.hgetallBuffer(keys.outbox)]);
       const loaded: Tables = new Map();
       for (const [i, name] of tables.entries()) {
         const map = new Map<string, unknown>();
@@ -446,7 +465,7 @@ export function createPartitionStore(
       }
       const outbox = Object.entries(outboxRaw as Record<string, Buffer>).map(([field, v]): [string, Uint8Array] => [field, v]);
       outbox.sort(([a], [b]) => compareFields(a, b));
-      return { cursor: Number(cursor ?? 0), local: Number(local ?? 0), tables: loaded, outbox };
+      return { cursor: Number(cursor ?? 0), local: Number(local ?? 0), commits: Number(commits ?? 0), mark: Number(mark ?? 0), tables: loaded, outbox };
     },
 
     prepare,
@@ -464,9 +483,8 @@ export function createPartitionStore(
       return Number((await redis.hget(keys.meta, 'epoch')) ?? 0);
     },
 
-    async markStream(created) {
-      await redis.hsetnx(keys.meta, 'stream', created);
-      return (await redis.hget(keys.meta, 'stream')) ?? created;
+    async recordMark(seq) {
+      await redis.hset(keys.meta, 'mark', String(seq));
     },
   };
 }

@@ -38,7 +38,8 @@ export function streamConfig(config: Config, kind: Kind): Partial<StreamConfig> 
   const n = names(config.streamPrefix);
   return {
     name: n.stream(kind),
-    subjects: [n.cmd(kind, 0).replace(/\.0$/, '.*')],
+    // Commands, and the partitions' trim marks (marks.ts).
+    subjects: [n.cmd(kind, 0).replace(/\.0$/, '.*'), n.mark(kind, 0).replace(/\.0$/, '.*')],
     storage: StorageType.File,
     retention: RetentionPolicy.Limits,
     // Past the size limit new publishes are refused (the gateway answers 503); an unapplied command is never dropped.
