@@ -23,6 +23,7 @@ import { names } from '../src/protocol.js';
 import { freePort, freePortRange } from '../src/stack/processes.js';
 import { readLocalCredentials } from '../src/stack/secrets.js';
 import { createSupervisor, type Supervisor } from '../src/stack/supervisor.js';
+import { liveReplicas } from '../src/stack/topology.js';
 import { seedShop } from './helpers/cluster.js';
 import { auditStorm, FAULT_SHOP, startStorm, type Req, type Storm } from './helpers/faults.js';
 import { httpCall } from './helpers/http.js';
@@ -168,6 +169,9 @@ t.test('the cluster profile: the Redis primary SIGKILLed and restarted from its 
     await killChild(stack, 'redis-0');
     await Promise.all(workersOf(stack).map((w) => killChild(stack, w)));
   });
+  // Its replica had every WAITed write; its own files might not have had them all: it came back as a replica.
+  t.same(await liveReplicas([config.redisPort], readLocalCredentials(config)!.redisSentinel), [config.redisPort], 'the old primary came back as a replica of the promoted one');
+  t.ok(stack.output.some((l) => /the Sentinels promote a replica before it starts again/.test(l)), 'the supervisor had the Sentinels promote its replica first');
   await round(t, () => stack, all, 'the whole cluster stack stopped and started again', async () => {
     await stack.supervisor.stop();
     stack = await startStack(t, config);

@@ -16,11 +16,14 @@ import { childStep, newChild, type ChildEvent, type ChildState, type RestartPoli
 import { resolveLogFormat, type Log } from '../log.js';
 import { ensureLocalSecrets, gatewayUser, writePrivate, type LocalSecrets } from './secrets.js';
 import {
+  askFailover,
   currentPrimary,
   jetstreamClusterReady,
+  liveReplicas,
   portsFrom,
   redisNodeConf,
   replicasOnline,
+  SENTINEL_FAILOVER_TIMEOUT_MS,
   sentinelConf,
   sentinelQuorum,
   sentinelReady,
@@ -66,7 +69,7 @@ export interface ChildSpec {
    * Run before every start of the child (the first and each restart): writes what it reads and returns its
    * arguments, when they depend on the moment (a Redis server replicates whichever primary the Sentinels name now).
    */
-  prepare?: () => Promise<string[]>;
+  prepare?: (log: Log) => Promise<string[]>;
 }
 
 /** Stopped in this order: first what accepts requests, last what holds the data (the Sentinels before Redis, so a stop is not a failover). */
@@ -208,6 +211,24 @@ function redisGroup(config: Config, p: ReturnType<typeof dataPaths>, auth: Local
     recordedPrimary(p.primaryFile, nodePorts) ??
     nodePorts[0]!;
   const remember = (port: number) => writeFileSync(p.primaryFile, `${port}\n`);
+  /**
+   * The primary died and is about to start again before the Sentinels noticed. Started as the primary, it would be
+   * whatever its files hold, and its replicas would copy that over what they had: every WAITed write is on a replica,
+   * but a primary's files may miss some (Redis restarted from an older copy, a disk that lost its last writes). So
+   * when a replica is up, the Sentinels promote it first (SENTINEL FAILOVER) and this node comes back as its replica,
+   * taking a copy of it; a node never comes back as the primary over a replica that has its writes. Alone (no replica
+   * up, or no failover within SENTINEL_FAILOVER_TIMEOUT_MS), it starts as the primary: the only copy there is.
+   */
+  const handOver = async (port: number, name: string, log: Log): Promise<number> => {
+    const replicas = await liveReplicas(nodePorts.filter((other) => other !== port), c.redisSentinel);
+    if (replicas.length === 0 || !(await askFailover(sentinelPorts, config.redisMasterName, c.sentinel))) return port;
+    log.warn(`${name} was the Redis primary: the Sentinels promote a replica before it starts again, as a replica (its files may miss writes the replicas have)`);
+    let promoted = port;
+    await waitFor(async () => (promoted = (await primaryNow(sentinelPorts)) ?? port) !== port, { deadlineMs: SENTINEL_FAILOVER_TIMEOUT_MS, intervalMs: 100, what: `the Sentinels to promote a replica of ${name}` }).catch((err: Error) =>
+      log.warn(`${err.message}; ${name} starts as the primary`),
+    );
+    return promoted;
+  };
   const nodes: ChildSpec[] = p.redis.map((r, i) => ({
     name: r.name,
     role: 'redis',
@@ -216,9 +237,10 @@ function redisGroup(config: Config, p: ReturnType<typeof dataPaths>, auth: Local
     env: {},
     port: r.port,
     pidFile: r.pidFile,
-    async prepare() {
+    async prepare(log) {
       writePrivate(auth.paths.redisNodeConfig(i), redisNodeConf({ port: r.port, dir: r.dir, appendfsync: config.redisAppendfsync, pidFile: r.pidFile, aclFile: auth.paths.redisAcl, replica: c.redisReplica }));
-      const primary = await primaryNow(sentinelPorts);
+      let primary = await primaryNow(sentinelPorts);
+      if (primary === r.port) primary = await handOver(r.port, r.name, log);
       remember(primary);
       return primary === r.port ? [auth.paths.redisNodeConfig(i)] : [auth.paths.redisNodeConfig(i), '--replicaof', '127.0.0.1', String(primary)];
     },
@@ -361,7 +383,7 @@ export function createSupervisor(config: Config, log: Log, options: SupervisorOp
 
   /** Runs the child's prepare step (if any), then starts it. */
   async function launch(slot: Slot): Promise<Child> {
-    const args = (await slot.spec.prepare?.()) ?? slot.spec.args;
+    const args = (await slot.spec.prepare?.(log)) ?? slot.spec.args;
     return spawn(slot, args);
   }
 

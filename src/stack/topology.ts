@@ -212,6 +212,24 @@ export async function currentPrimary(q: PrimaryQuery): Promise<number | undefine
   return undefined;
 }
 
+/** The nodes among `ports` that answer as a replica now (`ROLE`): each holds what its primary's WAITed writes held. */
+export async function liveReplicas(ports: number[], login?: RedisLogin): Promise<number[]> {
+  const roles = await Promise.all(ports.map((port) => withClient(port, login, (c) => c.call('ROLE')).catch(() => undefined)));
+  return ports.filter((_, i) => Array.isArray(roles[i]) && (roles[i] as unknown[])[0] === 'slave');
+}
+
+/**
+ * Asks the Sentinels to promote a replica now (`SENTINEL FAILOVER`, no agreement needed), one after the other until
+ * one takes it on (or says one is under way). False when none did.
+ */
+export async function askFailover(sentinels: number[], masterName: string, password?: string): Promise<boolean> {
+  for (const port of sentinels) {
+    const reply = await withClient(port, password ? { password } : undefined, (c) => c.call('SENTINEL', 'FAILOVER', masterName)).catch((err: Error) => err);
+    if (reply === 'OK' || (reply instanceof Error && /INPROG/.test(reply.message))) return true;
+  }
+  return false;
+}
+
 /** True when the primary on `port` has at least `replicas` replicas online (they take its writes, WAIT counts them). */
 export async function replicasOnline(port: number, replicas: number, login?: RedisLogin): Promise<boolean> {
   const info = await redisInfo(port, 'replication', login);
