@@ -7,6 +7,7 @@ import { adminPortOf, ConfigError, envName, loadConfig, type Config } from './co
 import { connectNats, connectRedis, logNatsStatus } from './transport/connect.js';
 import { exitOnFatal } from './fatal.js';
 import { allOf, natsHealth, redisHealth } from './monitoring/health.js';
+import { connectionMetrics } from './monitoring/metrics.js';
 import { createLog, type Log } from './log.js';
 
 type Lifecycle = 'starting' | 'ready' | 'draining' | 'closed';
@@ -107,6 +108,7 @@ async function main(role: string | undefined): Promise<void> {
           worker ? { registry: worker.registry, ready: () => allOf(natsUp.probe(), redisUp.probe(), worker!.ready()) } : undefined,
         );
         worker = await startWorker({ nc, redis, config, log, adminPort: admin.port });
+        connectionMetrics(worker.registry, { nats: () => natsUp.probe().ok, redis: () => redisUp.probe().ok });
         const w = worker;
         return {
           ended: w.ended,
@@ -131,6 +133,7 @@ async function main(role: string | undefined): Promise<void> {
         let gateway: Awaited<ReturnType<typeof createGateway>> | undefined;
         const admin = await adminHttp(config, 'gateway', log, nc, () => (gateway ? { registry: gateway.registry, ready: () => natsUp.probe() } : undefined));
         gateway = await createGateway({ nc, config, log });
+        connectionMetrics(gateway.registry, { nats: () => natsUp.probe().ok });
         const g = gateway;
         return {
           async close() {

@@ -3,7 +3,7 @@ import type { KvEntry, NatsConnection, Subscription } from 'nats';
 import { randomBytes } from 'node:crypto';
 import { hostname } from 'node:os';
 import { actorOf } from '../actors/index.js';
-import { createWorkerMetrics, type PartitionSample } from '../monitoring/metrics.js';
+import { createWorkerMetrics, type PartitionSample, type StreamSample } from '../monitoring/metrics.js';
 import type { Registry } from 'prom-client';
 import type { Config, Kind } from '../config.js';
 import { faultLog } from '../faults.js';
@@ -113,6 +113,13 @@ function newRunner(kit: Kit, kind: Kind, partition: number, store: PartitionStor
 const sampleOf = (runners: Iterable<PartitionRunner>): PartitionSample[] =>
   [...runners].filter((r) => r.state === 'running' || r.health()).map((r) => ({ kind: r.kind, partition: r.partition, epoch: r.epoch, lag: r.lag(), trouble: r.health()?.state }));
 
+/** The fill of the kinds' command streams, one stream-info request each (the dead-letter stream drops its oldest when full). */
+async function streamSamples(jsm: Kit['jsm'], config: Config): Promise<StreamSample[]> {
+  const n = names(config.streamPrefix);
+  const infos = await Promise.all(config.kinds.map((k) => n.stream(k)).map((s) => jsm.streams.info(s).catch(() => undefined)));
+  return infos.flatMap((i) => (i ? [{ stream: i.config.name, bytes: i.state.bytes, maxBytes: i.config.max_bytes }] : []));
+}
+
 /** Partitions held but not serving (restarting after failures, or refusing a stream behind their cursor), for readiness. */
 function troubled(runners: Iterable<PartitionRunner>): string | undefined {
   const list = [...runners].flatMap((r) => {
@@ -144,7 +151,7 @@ export async function startWorker(opts: WorkerOptions): Promise<Worker> {
   let runnerOf: (kind: Kind, partition: number) => PartitionRunner | undefined = () => undefined;
   // Static placement: partition p of every kind runs on worker p % workerProcesses. Dynamic: the placement this worker follows.
   let locate = (_kind: Kind, partition: number): string | undefined => `worker-${partition % config.workerProcesses}`;
-  const metrics = createWorkerMetrics(() => sampleOf(current()), opts.metrics);
+  const metrics = createWorkerMetrics(() => sampleOf(current()), opts.metrics, { partitions: config.partitions, kinds: config.kinds, streams: () => streamSamples(jsm, config) });
   const courier = new Courier({
     nc,
     mux,
