@@ -146,6 +146,11 @@ async function main(role: string | undefined): Promise<void> {
       });
       return;
     }
+    case 'monitor': {
+      const { runMonitor } = await import('./stack/monitor.js');
+      await runMonitor(config, log);
+      return;
+    }
     case 'controller': {
       // A controller candidate of its own (workers run one each already): for deployments that keep placement
       // decisions out of the worker processes.
@@ -164,7 +169,7 @@ async function main(role: string | undefined): Promise<void> {
       return;
     }
     default:
-      throw new ConfigError(`usage: main.js supervisor|worker|gateway|controller (got ${JSON.stringify(role)})`);
+      throw new ConfigError(`usage: main.js supervisor|worker|gateway|controller|monitor (got ${JSON.stringify(role)})`);
   }
 }
 
