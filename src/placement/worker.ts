@@ -13,7 +13,8 @@ import { systemClock, type Clock } from '../clock.js';
 import { startController, type Controller } from './controller.js';
 import { draining, newWorker, serving, slotStep, workerStep, type SlotView, type WorkerAction, type WorkerEnd, type WorkerEvent } from './handoff.js';
 import type { LeaseLimits } from './liveness.js';
-import { MembershipView, openBuckets, watchKv, type Buckets, type Watch } from './membership.js';
+import { MembershipView, openBuckets, openControlBucket, watchKv, type Buckets, type Watch } from './membership.js';
+import { claimLayout, LayoutMismatchError } from '../transport/layout.js';
 import type { RunnerMetrics } from '../datapath/runner-metrics.js';
 import { Mux } from '../transport/mux.js';
 import { resendAnswers } from '../transport/resend.js';
@@ -141,8 +142,13 @@ export async function startWorker(opts: WorkerOptions): Promise<Worker> {
   // Every line of the worker, its partitions and its controller names it: `shopctl status` shows the same id.
   const log = opts.log.child({ workerId: id });
   const jsm = await untilJetStream('reach JetStream', () => nc.jetstreamManager(), log);
-  await untilJetStream('create the streams', () => ensureStreams(jsm, config), log);
   const js = nc.jetstream();
+  // The first worker of a cluster writes its layout; one whose partitions differ from the cluster's refuses to start,
+  // before it changes anything (the streams' settings are the next step).
+  const control = await untilJetStream('open the control bucket', () => openControlBucket(js, config), log);
+  const layout = await untilJetStream('read the cluster layout', () => claimLayout(control, config, `worker ${id}`, log).catch((err: unknown) => (err instanceof LayoutMismatchError ? err : Promise.reject(err))), log);
+  if (layout instanceof LayoutMismatchError) throw layout;
+  await untilJetStream('create the streams', () => ensureStreams(jsm, config), log);
   const n = names(config.streamPrefix);
   const mux = new Mux(nc, n.inbox(config.natsUser || 'worker', `w${randomBytes(6).toString('hex')}`), faultLog(log), true);
   // Answers lost while this worker or a gateway changed servers go again (resend.ts).
