@@ -8,17 +8,20 @@
  */
 import { mkdtemp, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
-import { join } from 'node:path';
+import { dirname, join } from 'node:path';
+import { fileURLToPath } from 'node:url';
 import t from 'tap';
-import { loadConfig } from '../src/config.js';
+import { envName, loadConfig } from '../src/config.js';
 import { createLog } from '../src/log.js';
-import { findBinary, freePort, freePortRange } from '../src/stack/processes.js';
+import { findBinary, freePort, freePortRange, spawnChild, stopChild } from '../src/stack/processes.js';
 import { PROMETHEUS_MISSING, startMonitor } from '../src/stack/monitor.js';
 import { createSupervisor } from '../src/stack/supervisor.js';
 import { httpCall } from './helpers/http.js';
 import { alertRules, dashboardQueries, instantQuery, substituteVariables } from './helpers/prometheus.js';
 import { promqlNames } from './helpers/promql.js';
 import { waitFor } from './helpers/servers.js';
+
+const MAIN = join(dirname(fileURLToPath(import.meta.url)), '..', 'src', 'main.js');
 
 /** Scrape and rule-evaluation interval of the test's Prometheus. */
 const SCRAPE_S = 1;
@@ -65,7 +68,7 @@ t.test('every dashboard panel and every alert expression answers on a live scrap
   const call = (method: 'GET' | 'POST', path: string) => httpCall(url, method, path);
   await waitFor(async () => (await call('POST', '/payment/create_user')).status === 200, { deadlineMs: STACK_DEADLINE_MS, what: 'the stack to take commands' });
 
-  const prometheus = await startMonitor(config, { port: await freePort(), intervalS: SCRAPE_S });
+  const prometheus = await startMonitor(config, { dir: join(dataDir, 'prometheus-test'), port: await freePort(), intervalS: SCRAPE_S });
   t.teardown(() => prometheus.stop());
 
   // The load: checkouts that succeed and some refused for stock or credit, top-ups, reads, bad requests (4xx).
@@ -148,4 +151,27 @@ t.test('every dashboard panel and every alert expression answers on a live scrap
   );
   t.same(health.filter((r) => r.health !== 'ok').map((r) => `${r.name}: ${r.health} ${r.lastError ?? ''}`), [], 'every rule evaluates without error in Prometheus');
   t.same(health.map((r) => r.name).sort(), rules.map((r) => r.alert).sort(), 'Prometheus loaded every rule of alerts.yml');
+
+  // `npm run monitor` itself (main.js monitor) with the stack's settings: its URL, the stack's admin ports, Ctrl-C.
+  const monitorPort = await freePort();
+  const env = { PATH: process.env.PATH ?? '', SHOP_LOG_FORMAT: 'json', ...Object.fromEntries(Object.entries({ dataDir, adminPort: config.adminPort, workerProcesses: 2, gatewayProcesses: 1, monitorPort }).map(([k, v]) => [envName(k), String(v)])) };
+  const monitor = spawnChild('monitor', process.execPath, { args: [MAIN, 'monitor'], env });
+  t.teardown(() => stopChild(monitor, 10_000));
+  const monitorUrl = `http://127.0.0.1:${monitorPort}`;
+  await waitFor(() => monitor.tail().some((l) => l.includes(`Prometheus: ${monitorUrl}`)), { deadlineMs: STACK_DEADLINE_MS, what: `npm run monitor to log its URL (${monitor.tail().join(' ')})` });
+  // Its targets appear once the scrape manager has read the config, shortly after it is ready.
+  let scraped: string[] = [];
+  await waitFor(
+    async () => {
+      const active = (await (await fetch(`${monitorUrl}/api/v1/targets`)).json()) as { data: { activeTargets: { scrapeUrl: string }[] } };
+      scraped = active.data.activeTargets.map((x) => x.scrapeUrl).sort();
+      return scraped.length >= 3;
+    },
+    { deadlineMs: STACK_DEADLINE_MS, what: `npm run monitor to list the 3 targets (so far: ${scraped.join(" ")})` },
+  );
+  const admin = (i: number) => `http://${config.adminHost}:${config.adminPort + i}/metrics`;
+  t.same(scraped, [0, 1, 2].map(admin).sort(), 'npm run monitor scrapes the stack\'s workers and gateway on their admin ports');
+  monitor.process.kill('SIGINT');
+  t.same(await monitor.exited, { code: 0, signal: null }, 'and stops on Ctrl-C');
+  t.ok(monitor.tail().some((l) => /prometheus stopped/.test(l)), 'with Prometheus');
 });
