@@ -35,6 +35,13 @@ stop_system_services() {
   esac
 }
 
+# As root: apt-get install of the packages given (options first, e.g. --no-install-recommends).
+apt_install() {
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update
+  apt-get install -y "$@"
+}
+
 missing=()
 for bin in nats-server redis-server; do
   have "$bin" || missing+=("$bin")
@@ -43,9 +50,7 @@ done
 if [ "${#missing[@]}" -gt 0 ]; then
   if [ "$(id -u)" -eq 0 ]; then
     echo "ensure-deps: ${missing[*]} not found; installing the Debian packages nats-server and redis-server" >&2
-    export DEBIAN_FRONTEND=noninteractive
-    apt-get update
-    apt-get install -y nats-server redis-server
+    apt_install nats-server redis-server
     stop_system_services "${missing[@]}"
   else
     echo "ensure-deps: ${missing[*]} not found (looked on PATH and in /usr/sbin). Install them with:" >&2
@@ -58,9 +63,7 @@ fi
 if [ "${1:-}" = test ] && ! have docker-compose; then
   if [ "$(id -u)" -eq 0 ]; then
     echo "ensure-deps: docker-compose not found; installing the Debian package docker-compose" >&2
-    export DEBIAN_FRONTEND=noninteractive
-    apt-get update
-    apt-get install -y --no-install-recommends docker-compose
+    apt_install --no-install-recommends docker-compose
   else
     # The other tests need no docker-compose: they run, and test/deploy.test.ts fails with this command.
     echo "ensure-deps: docker-compose not found; test/deploy.test.ts will fail until it is installed with:" >&2
@@ -72,9 +75,7 @@ fi
 if { [ "${1:-}" = test ] || [ "${1:-}" = monitor ]; } && ! have prometheus; then
   if [ "$(id -u)" -eq 0 ]; then
     echo "ensure-deps: prometheus not found; installing the Debian package prometheus" >&2
-    export DEBIAN_FRONTEND=noninteractive
-    apt-get update
-    apt-get install -y --no-install-recommends prometheus
+    apt_install --no-install-recommends prometheus
     # It starts a system Prometheus on :9090, the port of npm run monitor.
     stop_system_services prometheus
   else
