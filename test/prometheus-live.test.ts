@@ -112,9 +112,9 @@ t.test('every dashboard panel and every alert expression answers on a live scrap
       for (const p of panels) if ((await seriesOf(p.query)) === 0) empty.push(`${p.panel} [${p.legend}]: ${p.query}`);
       return empty.length === 0 && counts.paid > 0 && counts.refused > 0;
     },
-    { deadlineMs: SERIES_DEADLINE_MS, intervalMs: 1000, what: `every panel to have series (still empty: ${empty.join('; ') || 'targets not up yet'})` },
+    { deadlineMs: SERIES_DEADLINE_MS, intervalMs: 1000, what: 'the 3 targets to be up and every panel to have series' },
   ).catch((err: Error) => {
-    err.message += `; still empty: ${empty.join('; ')}`;
+    err.message += `; still empty: ${empty.join('; ') || 'none (were the targets up?)'}`;
     throw err;
   });
   loading = false;
