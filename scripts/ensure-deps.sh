@@ -2,7 +2,9 @@
 # Run before `npm start` and `npm test` (prestart/pretest): makes sure nats-server and redis-server
 # (the Debian packages) are installed and node_modules matches package-lock.json.
 # `ensure-deps.sh test` (npm test, .ci/run) also wants Debian's docker-compose: test/deploy.test.ts checks
-# deploy/docker-compose.yml with `docker-compose config`, which needs no container engine.
+# deploy/docker-compose.yml with `docker-compose config`, which needs no container engine. `test` and `monitor`
+# (npm run monitor) want Debian's prometheus (2.42, with promtool): test/monitoring.test.ts runs `promtool` on the
+# alert rules, test/prometheus-live.test.ts scrapes a real stack with it.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
@@ -33,6 +35,13 @@ stop_system_services() {
   esac
 }
 
+# As root: apt-get install of the packages given (options first, e.g. --no-install-recommends).
+apt_install() {
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update
+  apt-get install -y "$@"
+}
+
 missing=()
 for bin in nats-server redis-server; do
   have "$bin" || missing+=("$bin")
@@ -41,9 +50,7 @@ done
 if [ "${#missing[@]}" -gt 0 ]; then
   if [ "$(id -u)" -eq 0 ]; then
     echo "ensure-deps: ${missing[*]} not found; installing the Debian packages nats-server and redis-server" >&2
-    export DEBIAN_FRONTEND=noninteractive
-    apt-get update
-    apt-get install -y nats-server redis-server
+    apt_install nats-server redis-server
     stop_system_services "${missing[@]}"
   else
     echo "ensure-deps: ${missing[*]} not found (looked on PATH and in /usr/sbin). Install them with:" >&2
@@ -56,13 +63,25 @@ fi
 if [ "${1:-}" = test ] && ! have docker-compose; then
   if [ "$(id -u)" -eq 0 ]; then
     echo "ensure-deps: docker-compose not found; installing the Debian package docker-compose" >&2
-    export DEBIAN_FRONTEND=noninteractive
-    apt-get update
-    apt-get install -y --no-install-recommends docker-compose
+    apt_install --no-install-recommends docker-compose
   else
     # The other tests need no docker-compose: they run, and test/deploy.test.ts fails with this command.
     echo "ensure-deps: docker-compose not found; test/deploy.test.ts will fail until it is installed with:" >&2
     echo 'sudo apt-get update && sudo apt-get install -y --no-install-recommends docker-compose'
+  fi
+fi
+
+# Without recommends: the package recommends prometheus-node-exporter, which the shop does not use.
+if { [ "${1:-}" = test ] || [ "${1:-}" = monitor ]; } && ! have prometheus; then
+  if [ "$(id -u)" -eq 0 ]; then
+    echo "ensure-deps: prometheus not found; installing the Debian package prometheus" >&2
+    apt_install --no-install-recommends prometheus
+    # It starts a system Prometheus on :9090, the port of npm run monitor.
+    stop_system_services prometheus
+  else
+    echo "ensure-deps: prometheus not found; the monitoring tests and npm run monitor need it. Install it with:" >&2
+    echo 'sudo apt-get update && sudo apt-get install -y --no-install-recommends prometheus'
+    if [ "${1:-}" = monitor ]; then exit 1; fi
   fi
 fi
 

@@ -79,11 +79,16 @@ export function permissions(role: Role, { prefix, user }: { prefix: string; user
     case 'gateway':
       return {
         // Commands (stored by JetStream, acknowledged to the reply subject), reads, and after a reconnect the request
-        // to send its answers again. Nothing else: no JetStream API (streams are created by workers), no KV, no
-        // replies, no admin.
-        publish: [...KINDS.flatMap((k) => [n.subject(`${k}.cmd.*`), n.subject(`${k}.get.*`)]), n.subject('_shop.resend')],
-        // Its own replies: command outcomes, stream acknowledgements, read answers (transport/mux.ts).
-        subscribe: [ownReplies],
+        // to send its answers again; the layout record. Nothing else: no other JetStream API (streams are created by
+        // workers), no other KV, no replies, no admin.
+        publish: [
+          ...KINDS.flatMap((k) => [n.subject(`${k}.cmd.*`), n.subject(`${k}.get.*`)]),
+          n.subject('_shop.resend'),
+          // The cluster's layout (transport/layout.ts), read at start with a direct get of its one subject.
+          `$JS.API.DIRECT.GET.${n.kvStream('SHOP_CONTROL')}.$KV.${n.stream('SHOP_CONTROL')}.layout`,
+        ],
+        // Its own replies: command outcomes, stream acknowledgements, read answers (transport/mux.ts); the layout's answer.
+        subscribe: [ownReplies, ownInbox],
       };
     case 'worker': {
       const streams = [...COMMAND_STREAMS, DEADLETTER_STREAM].map(n.stream);

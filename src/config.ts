@@ -169,6 +169,8 @@ export interface Config {
   sentinelPort: number;
   /** Local stack only: how long the Sentinels must not hear from the primary before they fail over. */
   sentinelDownAfterMs: number;
+  /** Local stack only: the port `npm run monitor` serves Prometheus on (on 127.0.0.1), scraping the stack's admin ports. */
+  monitorPort: number;
   /** Whether the supervisor starts nats-server and redis-server (off: it runs only workers and gateways against `natsUrl` and `redisUrl`). */
   startServers: boolean;
   /**
@@ -344,6 +346,7 @@ const checks: Record<keyof Config, Check> = {
   sentinelNodes: int(0, 7),
   sentinelPort: int(0, 65535),
   sentinelDownAfterMs: int(100, 600_000),
+  monitorPort: int(1, 65535),
   startServers: bool,
   serverAuth: bool,
   redisAppendfsync: oneOf('always', 'everysec', 'no'),

@@ -7,6 +7,8 @@ import { adminPortOf, ConfigError, envName, loadConfig, type Config } from './co
 import { connectNats, connectRedis, logNatsStatus } from './transport/connect.js';
 import { exitOnFatal } from './fatal.js';
 import { allOf, natsHealth, redisHealth } from './monitoring/health.js';
+import { connectionMetrics } from './monitoring/metrics.js';
+import { checkLayout, claimLayout } from './transport/layout.js';
 import { createLog, type Log } from './log.js';
 
 type Lifecycle = 'starting' | 'ready' | 'draining' | 'closed';
@@ -43,6 +45,9 @@ async function serve(log: Log, start: () => Promise<{ close(): Promise<void>; en
     process.exit(code);
   });
 }
+
+/** How often a gateway that found no layout in the cluster (no worker yet) looks again. */
+const LAYOUT_RECHECK_MS = 5000;
 
 /** How long a worker that ends by itself (drained, lease lost) may take to close before it exits anyway. */
 const ENDED_CLOSE_DEADLINE_MS = 5000;
@@ -107,6 +112,7 @@ async function main(role: string | undefined): Promise<void> {
           worker ? { registry: worker.registry, ready: () => allOf(natsUp.probe(), redisUp.probe(), worker!.ready()) } : undefined,
         );
         worker = await startWorker({ nc, redis, config, log, adminPort: admin.port });
+        connectionMetrics(worker.registry, { nats: () => natsUp.probe().ok, redis: () => redisUp.probe().ok });
         const w = worker;
         return {
           ended: w.ended,
@@ -127,13 +133,23 @@ async function main(role: string | undefined): Promise<void> {
       await serve(log, async () => {
         const nc = await connectNats(config, 'gateway');
         logNatsStatus(nc, log);
+        // A gateway whose partition count differs from the cluster's refuses: it would route ids elsewhere.
+        let refuse: (why: string) => void = () => {};
+        const refused = new Promise<string>((resolve) => (refuse = resolve));
+        const layout = await checkLayout(nc, config, `gateway ${config.gatewayIndex}`, log, LAYOUT_RECHECK_MS, (why) => {
+          log.error(why);
+          refuse('its partitions differ from the cluster\'s');
+        });
         const natsUp = natsHealth(nc);
         let gateway: Awaited<ReturnType<typeof createGateway>> | undefined;
         const admin = await adminHttp(config, 'gateway', log, nc, () => (gateway ? { registry: gateway.registry, ready: () => natsUp.probe() } : undefined));
         gateway = await createGateway({ nc, config, log });
+        connectionMetrics(gateway.registry, { nats: () => natsUp.probe().ok });
         const g = gateway;
         return {
+          ended: refused,
           async close() {
+            layout.stop();
             await g.close();
             await admin.close();
             natsUp.stop();
@@ -143,13 +159,20 @@ async function main(role: string | undefined): Promise<void> {
       });
       return;
     }
+    case 'monitor': {
+      const { runMonitor } = await import('./stack/monitor.js');
+      await runMonitor(config, log);
+      return;
+    }
     case 'controller': {
       // A controller candidate of its own (workers run one each already): for deployments that keep placement
       // decisions out of the worker processes.
       const { startController } = await import('./placement/controller.js');
+      const { openControlBucket } = await import('./placement/membership.js');
       await serve(log, async () => {
         const nc = await connectNats(config, 'controller');
         logNatsStatus(nc, log);
+        await claimLayout(await openControlBucket(nc.jetstream(), config), config, 'controller', log);
         const controller = await startController({ nc, config, log, id: `controller-${process.pid}-${Date.now().toString(36)}` });
         return {
           async close() {
@@ -161,7 +184,7 @@ async function main(role: string | undefined): Promise<void> {
       return;
     }
     default:
-      throw new ConfigError(`usage: main.js supervisor|worker|gateway|controller (got ${JSON.stringify(role)})`);
+      throw new ConfigError(`usage: main.js supervisor|worker|gateway|controller|monitor (got ${JSON.stringify(role)})`);
   }
 }
 

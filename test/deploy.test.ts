@@ -11,8 +11,8 @@ import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { parse, parseAllDocuments } from 'yaml';
 import type { IContainer } from 'kubernetes-models/v1';
-import { createGatewayMetrics, createWorkerMetrics } from '../src/monitoring/metrics.js';
-import { adminPortOf, loadConfig } from '../src/config.js';
+import { connectionMetrics, createGatewayMetrics, createWorkerMetrics } from '../src/monitoring/metrics.js';
+import { adminPortOf, KINDS, loadConfig } from '../src/config.js';
 import { findBinary } from '../src/stack/processes.js';
 import {
   appRole,
@@ -33,6 +33,7 @@ import {
   type MetricCatalogue,
 } from './helpers/deploy.js';
 import { promqlNames } from './helpers/promql.js';
+import { alertRules } from './helpers/prometheus.js';
 
 function packageRoot(): string {
   for (let dir = dirname(fileURLToPath(import.meta.url)); ; dir = dirname(dir)) {
@@ -208,13 +209,23 @@ function targetLabels(configs: { scrape_configs?: { static_configs?: { labels?: 
   return labels;
 }
 
-t.test('deploy/monitoring: the dashboard queries only metrics and labels the code exports', async (t) => {
-  const metrics: MetricCatalogue = new Map();
-  for (const registry of [createWorkerMetrics(() => []).registry, createGatewayMetrics(() => 0).registry]) {
+/** Every metric the worker and gateway processes export (as main.ts builds their registries), and Prometheus's `up`. */
+function metricCatalogue(): MetricCatalogue {
+  const worker = createWorkerMetrics(() => [], undefined, { partitions: 2, kinds: KINDS, streams: async () => [] });
+  connectionMetrics(worker.registry, { nats: () => true, redis: () => true });
+  const gateway = createGatewayMetrics(() => 0);
+  connectionMetrics(gateway.registry, { nats: () => true });
+  const metrics: MetricCatalogue = new Map([['up', { type: 'gauge', labels: [] }]]);
+  for (const registry of [worker.registry, gateway.registry]) {
     for (const m of registry.getMetricsAsArray()) {
       metrics.set(m.name, { type: String(m.type), labels: [...((m as unknown as { labelNames?: readonly string[] }).labelNames ?? [])] });
     }
   }
+  return metrics;
+}
+
+t.test('deploy/monitoring: the dashboard queries only metrics and labels the code exports', async (t) => {
+  const metrics = metricCatalogue();
   const prometheus = ['prometheus.yml', 'prometheus-kubernetes.yml'].map((f) => parse(readFileSync(join(root, 'deploy/monitoring', f), 'utf8')));
   const options = { metrics, targetLabels: targetLabels(prometheus) };
   const dashboard = JSON.parse(readFileSync(join(root, 'deploy/monitoring/shop-dashboard.json'), 'utf8'));
@@ -256,6 +267,20 @@ t.test('deploy/monitoring: the dashboard queries only metrics and labels the cod
   const fixed = structuredClone(dashboard);
   fixed.panels.find((p: { targets?: unknown[] }) => p.targets?.length).datasource = { type: 'prometheus', uid: 'P1809F7CD0C75ACF3' };
   t.match(dashboardProblems(fixed, options).join('\n'), /not the variable \$\{datasource\}/, 'found: a panel bound to one datasource');
+});
+
+t.test('deploy/monitoring: the alert rules query only metrics and labels the code exports', async (t) => {
+  const prometheus = ['prometheus.yml', 'prometheus-kubernetes.yml'].map((f) => parse(readFileSync(join(root, 'deploy/monitoring', f), 'utf8')));
+  const options = { metrics: metricCatalogue(), targetLabels: targetLabels(prometheus) };
+  // The rules as a dashboard of one panel each, so that the dashboard's check reads them.
+  const asDashboard = (rules: { alert: string; expr: string }[]) => ({
+    templating: { list: [{ name: 'datasource', type: 'datasource', query: 'prometheus' }] },
+    panels: rules.map((r) => ({ title: r.alert, datasource: '${datasource}', targets: [{ expr: r.expr }] })),
+  });
+  const rules = alertRules();
+  t.same(dashboardProblems(asDashboard(rules), options), [], 'every alert expression reads');
+  const broken = rules.map((r) => (r.alert === 'ShopRedisUnreachable' ? { ...r, expr: r.expr.replace('shop_connection_up', 'shop_redis_up') } : r));
+  t.match(dashboardProblems(asDashboard(broken), options).join('\n'), /ShopRedisUnreachable.*metric shop_redis_up is not exported/, 'found: an alert on a metric the code does not export');
 });
 
 /** Debian's docker-compose (1.29), or the command that installs it. */
@@ -331,11 +356,18 @@ t.test('deploy/docker-compose.yml: docker-compose config accepts it with the cre
     ...(c.dns_sd_configs ?? []).flatMap((d) => d.names.map((n) => `${n}:${d.port}`)),
   ]);
   t.same(targets.sort(), expected.sort(), 'deploy/monitoring/prometheus.yml scrapes exactly the app containers, on their admin ports');
+
+  // Its Prometheus reads deploy/monitoring/ as /etc/prometheus: prometheus.yml, and alerts.yml beside it.
+  const prometheusService = resolved.services.prometheus as { command?: string[]; volumes?: ({ source?: string; target?: string } | string)[] } | undefined;
+  t.ok(prometheusService, 'the compose file runs Prometheus');
+  const mounts = (prometheusService?.volumes ?? []).map((v) => (typeof v === 'string' ? v : `${v.source}:${v.target}`));
+  t.ok(mounts.some((m) => m.startsWith(`${join(root, 'deploy/monitoring')}:/etc/prometheus:`)), `deploy/monitoring is mounted at /etc/prometheus (${mounts.join(', ')})`);
+  t.ok(prometheusService?.command?.includes('--config.file=/etc/prometheus/prometheus.yml'), 'with prometheus.yml as its config, which loads alerts.yml');
 });
 
 t.test('deploy/: every YAML file also parses as YAML 1.1, as kubectl and docker-compose read it', async (t) => {
   // The yaml package reads YAML 1.2 and accepts some plain scalars (a `?` in a flow mapping) that kubectl refuses.
-  const yamlFiles = [...files.map((f) => join(k8sDir, f)), join(k8sDir, 'kustomization.yaml'), join(root, 'deploy/docker-compose.yml'), join(root, 'deploy/monitoring/prometheus.yml'), join(root, 'deploy/monitoring/prometheus-kubernetes.yml')];
+  const yamlFiles = [...files.map((f) => join(k8sDir, f)), join(k8sDir, 'kustomization.yaml'), join(root, 'deploy/docker-compose.yml'), ...['prometheus.yml', 'prometheus-kubernetes.yml', 'alerts.yml', 'alerts.test.yml'].map((f) => join(root, 'deploy/monitoring', f))];
   const script = 'import sys, yaml\nfor f in sys.argv[1:]:\n    with open(f) as s:\n        list(yaml.safe_load_all(s))\n';
   const check = spawnSync('python3', ['-c', script, ...yamlFiles], { encoding: 'utf8', timeout: SPAWN_TIMEOUT_MS });
   if (check.error || /No module named 'yaml'/.test(check.stderr ?? '')) {

@@ -6,6 +6,7 @@ import { existsSync, readdirSync, readFileSync } from 'node:fs';
 import { dirname, join, relative, resolve } from 'node:path';
 import t from 'tap';
 import { readSettings, readSources, repoRoot, SETTINGS_DOC_PATH, settingsDoc } from '../scripts/settings-doc.js';
+import { anchors, withoutCode } from './helpers/markdown.js';
 
 const ROOT = repoRoot();
 
@@ -40,23 +41,6 @@ t.test('the generator reads every setting, and fails on what it cannot document'
   t.throws(() => settingsDoc({ ...sources, configTs: undocumented }), /setting readDeadlineMs has no doc comment/);
   t.throws(() => settingsDoc({ ...sources, profiles: { ...sources.profiles, extra: { nope: 1 } } }), /config\/extra\.json sets nope, which is no setting/);
 });
-
-/** GitHub's anchors of a Markdown file's headings. */
-function anchors(md: string): Set<string> {
-  const seen = new Map<string, number>();
-  const out = new Set<string>();
-  for (const line of withoutCode(md).split('\n')) {
-    const m = /^#{1,6}\s+(.*)$/.exec(line);
-    if (!m) continue;
-    const base = m[1]!.trim().toLowerCase().replace(/[^\p{L}\p{N} _-]/gu, '').replace(/ /g, '-');
-    const n = seen.get(base) ?? 0;
-    seen.set(base, n + 1);
-    out.add(n === 0 ? base : `${base}-${n}`);
-  }
-  return out;
-}
-
-const withoutCode = (md: string) => md.replace(/^```[\s\S]*?^```/gm, '');
 
 function markdownFiles(): string[] {
   const docs = (dir: string): string[] =>

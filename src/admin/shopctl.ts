@@ -99,7 +99,9 @@ program
   .action(async (opts: { json?: boolean }) => {
     const config = configFrom(program.opts<Globals>());
     // Invalid values in the buckets are left out of the status and named on stderr, so --json stays parseable.
-    const detail = await withNats(config, (nc) => readStatus(nc, config, (kind, data) => process.stderr.write(`warning: ${kind} ${JSON.stringify(data)}\n`)));
+    const detail = await withNats(config, (nc) => readStatus(nc, config, (kind, data) => process.stderr.write(`warning: ${kind} ${JSON.stringify(data)}\n`), 'this shopctl'));
+    // The cluster's partitions are shown, whatever this shopctl's setting; a different setting is named on stderr.
+    if (detail.note) process.stderr.write(`shopctl: ${detail.note}\n`);
     process.stdout.write((opts.json ? JSON.stringify(detail.status) : formatStatus(detail)) + '\n');
   });
 

@@ -8,6 +8,7 @@ import type { Fault } from '../faults.js';
 import { names } from '../protocol.js';
 import { heartbeatOf, openBuckets } from '../placement/membership.js';
 import { kvValues, parsePlacementKey, placementKey, type Assignment, type Heartbeat } from '../placement/placement.js';
+import { LAYOUT_KEY, layoutMismatch, layoutOf, parseLayout, type Layout } from '../transport/layout.js';
 
 /** The shape of `shopctl status --json`, exactly. */
 export interface Status {
@@ -36,6 +37,12 @@ export interface StatusDetail {
   moving: Set<string>;
   /** The dead-letter stream's name. */
   deadLetterStream: string;
+  /**
+   * The partitions per kind shown: the cluster's (its layout record), or this process's setting when the cluster
+   * has none yet; and what to say when this process's setting differs from the cluster's.
+   */
+  partitions: number;
+  note?: string;
 }
 
 /**
@@ -51,9 +58,9 @@ async function keysOf(jsm: JetStreamManager, bucket: string): Promise<string[]> 
 
 /**
  * Values in the buckets that are not what they should be are left out (as if absent); `fault` hears each (shopctl
- * prints them).
+ * prints them). The partitions are the cluster's (its layout record); `note` says when `who`'s setting differs.
  */
-export async function readStatus(nc: NatsConnection, config: Config, fault: Fault = () => {}): Promise<StatusDetail> {
+export async function readStatus(nc: NatsConnection, config: Config, fault: Fault = () => {}, who = 'this process'): Promise<StatusDetail> {
   const b = await openBuckets(nc.jetstream(), config);
   const jsm = await nc.jetstreamManager();
   const n = names(config.streamPrefix);
@@ -72,6 +79,15 @@ export async function readStatus(nc: NatsConnection, config: Config, fault: Faul
     const a = e && e.operation === 'PUT' && parsePlacementKey(key) ? kvValues.assignment(e.value, fault, key) : undefined;
     if (a) placement.set(key, a);
   }
+  const layoutEntry = await b.control.get(LAYOUT_KEY);
+  const cluster: Layout | undefined = layoutEntry && layoutEntry.operation === 'PUT' ? parseLayout(layoutEntry.value) : undefined;
+  const partitionCount = cluster?.partitions ?? config.partitions;
+  const differs = cluster && layoutMismatch(layoutOf(config), cluster, who, config);
+  const note = !cluster
+    ? `the cluster has no layout record yet (no worker has started): showing ${who}'s setting of ${config.partitions} partitions per kind`
+    : differs
+      ? `${differs}. Shown: the cluster's ${cluster.partitions}`
+      : undefined;
   const leaderEntry = await b.control.get('leader');
   const leader = (leaderEntry && leaderEntry.operation === 'PUT' ? kvValues.leader(leaderEntry.value, fault, 'leader')?.id : undefined) ?? null;
 
@@ -100,7 +116,7 @@ export async function readStatus(nc: NatsConnection, config: Config, fault: Faul
   const partitions: Status['partitions'] = [];
   const moving = new Set<string>();
   for (const kind of config.kinds) {
-    for (let p = 0; p < config.partitions; p++) {
+    for (let p = 0; p < partitionCount; p++) {
       const key = placementKey(kind, p);
       const a = placement.get(key);
       const h = held.get(key);
@@ -118,7 +134,7 @@ export async function readStatus(nc: NatsConnection, config: Config, fault: Faul
       .sort((x, y) => (x.id < y.id ? -1 : 1)),
     partitions,
   };
-  return { status, leader, workers, moving, deadLetterStream: n.deadLetterStream };
+  return { status, leader, workers, moving, deadLetterStream: n.deadLetterStream, partitions: partitionCount, ...(note ? { note } : {}) };
 }
 
 /** Left-aligned columns, two spaces apart, with a header row. */
@@ -128,7 +144,7 @@ export function table(header: string[], rows: (string | number)[][]): string {
   return cells.map((r) => r.map((c, i) => (i === r.length - 1 ? c : c.padEnd(widths[i]!))).join('  ')).join('\n');
 }
 
-export function formatStatus({ status, leader, workers, moving, deadLetterStream: deadLetterStreamHint }: StatusDetail): string {
+export function formatStatus({ status, leader, workers, moving, deadLetterStream: deadLetterStreamHint, partitions }: StatusDetail): string {
   const out: string[] = [];
   out.push(
     table(
@@ -145,7 +161,7 @@ export function formatStatus({ status, leader, workers, moving, deadLetterStream
   out.push(table(['KIND', 'PARTITION', 'OWNER', 'EPOCH', 'LAG', 'DEAD', 'STATE'], status.partitions.map((p) => [p.kind, p.partition, p.owner ?? '-', p.epoch, p.lag, p.deadLetters, p.state])));
   const running = status.partitions.length - moving.size;
   out.push('');
-  out.push(`${running}/${status.partitions.length} partitions running at their placement epoch; leader: ${leader ?? 'none'}`);
+  out.push(`${running}/${status.partitions.length} partitions running at their placement epoch (${partitions} per kind); leader: ${leader ?? 'none'}`);
   const deadLetters = status.partitions.reduce((sum, p) => sum + p.deadLetters, 0);
   if (deadLetters > 0) out.push(`${deadLetters} dead letters (messages a partition could not apply): nats stream view ${deadLetterStreamHint}`);
   const troubled = status.partitions.filter((p) => p.state === 'restarting' || p.state === 'refused');

@@ -5,7 +5,7 @@
 import { collectDefaultMetrics, Counter, Gauge, Histogram, Registry } from 'prom-client';
 import type { Kind } from '../config.js';
 import { ERRORS } from '../errors.js';
-import type { RunnerMetrics } from '../datapath/runner-metrics.js';
+import { DEAD_LETTER_REASONS, type RunnerMetrics } from '../datapath/runner-metrics.js';
 
 const BATCH_BUCKETS = [1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 4096];
 const COMMIT_BUCKETS_S = [0.0002, 0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1];
@@ -21,13 +21,31 @@ export interface PartitionSample {
   trouble?: 'restarting' | 'refused' | undefined;
 }
 
+/** A JetStream stream's fill, read at scrape time. */
+export interface StreamSample {
+  stream: string;
+  bytes: number;
+  /** Its max_bytes (-1: no limit). */
+  maxBytes: number;
+}
+
 export interface WorkerMetrics extends RunnerMetrics {
   readonly registry: Registry;
 }
 
-export function createWorkerMetrics(sample: () => PartitionSample[], extra?: RunnerMetrics): WorkerMetrics {
+/** What a worker knows about the deployment, for the gauges the alert rules compare against (deploy/monitoring/alerts.yml). */
+export interface WorkerShape {
+  /** Partitions per kind of the cluster, and the kinds this worker runs. */
+  partitions: number;
+  kinds: readonly Kind[];
+  /** The command streams' sizes; a failing read leaves them out of that scrape. */
+  streams(): Promise<StreamSample[]>;
+}
+
+export function createWorkerMetrics(sample: () => PartitionSample[], extra?: RunnerMetrics, shape?: WorkerShape): WorkerMetrics {
   const registry = new Registry();
   collectDefaultMetrics({ register: registry });
+  if (shape) shapeMetrics(registry, shape);
   const commands = new Counter({ name: 'shop_commands_total', help: 'Commands applied and committed, by actor kind', labelNames: ['kind'], registers: [registry] });
   const batchSize = new Histogram({ name: 'shop_batch_commands', help: 'Commands per committed batch (one Redis commit each)', labelNames: ['kind'], buckets: BATCH_BUCKETS, registers: [registry] });
   const commit = new Histogram({ name: 'shop_commit_duration_seconds', help: 'Latency of one batch commit to Redis', labelNames: ['kind'], buckets: COMMIT_BUCKETS_S, registers: [registry] });
@@ -35,6 +53,12 @@ export function createWorkerMetrics(sample: () => PartitionSample[], extra?: Run
   const sagas = new Counter({ name: 'shop_saga_outcomes_total', help: 'Checkouts decided by this process: paid, or refused with a code', labelNames: ['outcome'], registers: [registry] });
   const deadLetters = new Counter({ name: 'shop_dead_letters_total', help: 'Messages a partition could not apply and passed as dead letters, by kind and reason', labelNames: ['kind', 'reason'], registers: [registry] });
   const restarts = new Counter({ name: 'shop_partition_restarts_total', help: 'Restarts of a partition from its committed state after a failure, by kind', labelNames: ['kind'], registers: [registry] });
+  // Every series of a known label set starts at 0, so that a rate or increase over it is 0 rather than no series
+  // (a dashboard panel with nothing to draw, an alert that cannot tell "none" from "not scraped").
+  for (const kind of shape?.kinds ?? []) {
+    restarts.inc({ kind }, 0);
+    for (const reason of DEAD_LETTER_REASONS) deadLetters.inc({ kind, reason }, 0);
+  }
   /** A gauge with one series per owned partition, read from the sample at scrape time. */
   const perPartition = (name: string, help: string, value: (s: PartitionSample) => number) =>
     new Gauge({
@@ -97,6 +121,40 @@ export function createWorkerMetrics(sample: () => PartitionSample[], extra?: Run
       extra?.partitionRestart?.(kind, partition);
     },
   };
+}
+
+/** Gauges of the deployment's shape: the partitions each kind should have running, and how full the streams are. */
+function shapeMetrics(registry: Registry, shape: WorkerShape): void {
+  const expected = new Gauge({ name: 'shop_cluster_partitions', help: 'Partitions per kind of the cluster (each should be owned and running on some worker), for the kinds this process runs', labelNames: ['kind'], registers: [registry] });
+  for (const kind of shape.kinds) expected.set({ kind }, shape.partitions);
+  const bytes = new Gauge({ name: 'shop_stream_bytes', help: 'Bytes stored in a JetStream stream of the shop', labelNames: ['stream'], registers: [registry] });
+  new Gauge({
+    name: 'shop_stream_max_bytes',
+    help: 'The max_bytes limit of a JetStream stream of the shop (past it the stream refuses new messages)',
+    labelNames: ['stream'],
+    registers: [registry],
+    async collect() {
+      this.reset();
+      bytes.reset();
+      for (const s of await shape.streams().catch(() => [])) {
+        bytes.set({ stream: s.stream }, s.bytes);
+        if (s.maxBytes > 0) this.set({ stream: s.stream }, s.maxBytes);
+      }
+    },
+  });
+}
+
+/** A connection's state as the readiness probes see it: 1 up, 0 down (src/monitoring/health.ts). */
+export function connectionMetrics(registry: Registry, connections: Record<string, () => boolean>): void {
+  new Gauge({
+    name: 'shop_connection_up',
+    help: 'Whether this process reaches a server it needs (nats, redis): 1 when connected and answering pings, else 0',
+    labelNames: ['server'],
+    registers: [registry],
+    collect() {
+      for (const [server, up] of Object.entries(connections)) this.set({ server }, up() ? 1 : 0);
+    },
+  });
 }
 
 /** The `method` label's values; any other method counts as "other". */

@@ -19,7 +19,7 @@ export interface Buckets {
   workers: KV;
   /** `<kind>.<partition>` -> Assignment */
   placement: KV;
-  /** `leader`, `pin.<kind>.<partition>`, `drain.<worker>` */
+  /** `leader`, `pin.<kind>.<partition>`, `drain.<worker>`, `layout` (transport/layout.ts) */
   control: KV;
 }
 
@@ -33,9 +33,14 @@ export async function openBuckets(js: JetStreamClient, config: Config): Promise<
   const [workers, placement, control] = await Promise.all([
     js.views.kv(n.workersBucket, { history: 1, replicas, ttl: Math.max(WORKER_TTL_LEASES * config.workerLeaseMs, 10_000), description: 'live shop workers (heartbeats)' }),
     js.views.kv(n.placementBucket, { history: 1, replicas, description: 'partition -> owning worker and epoch' }),
-    js.views.kv(n.controlBucket, { history: 1, replicas, description: 'placement controller: leader, pins, drains' }),
+    openControlBucket(js, config),
   ]);
   return { workers, placement, control };
+}
+
+/** The control bucket alone (static placement has no other): the leader, pins, drains and the cluster's layout. */
+export function openControlBucket(js: JetStreamClient, config: Config): Promise<KV> {
+  return js.views.kv(names(config.streamPrefix).controlBucket, { history: 1, replicas: config.streamReplicas, description: 'placement controller: leader, pins, drains; the cluster layout' });
 }
 
 export interface Watch {

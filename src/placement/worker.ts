@@ -3,7 +3,7 @@ import type { KvEntry, NatsConnection, Subscription } from 'nats';
 import { randomBytes } from 'node:crypto';
 import { hostname } from 'node:os';
 import { actorOf } from '../actors/index.js';
-import { createWorkerMetrics, type PartitionSample } from '../monitoring/metrics.js';
+import { createWorkerMetrics, type PartitionSample, type StreamSample } from '../monitoring/metrics.js';
 import type { Registry } from 'prom-client';
 import type { Config, Kind } from '../config.js';
 import { faultLog } from '../faults.js';
@@ -13,7 +13,8 @@ import { systemClock, type Clock } from '../clock.js';
 import { startController, type Controller } from './controller.js';
 import { draining, newWorker, serving, slotStep, workerStep, type SlotView, type WorkerAction, type WorkerEnd, type WorkerEvent } from './handoff.js';
 import type { LeaseLimits } from './liveness.js';
-import { MembershipView, openBuckets, watchKv, type Buckets, type Watch } from './membership.js';
+import { MembershipView, openBuckets, openControlBucket, watchKv, type Buckets, type Watch } from './membership.js';
+import { claimLayout, LayoutMismatchError } from '../transport/layout.js';
 import type { RunnerMetrics } from '../datapath/runner-metrics.js';
 import { Mux } from '../transport/mux.js';
 import { resendAnswers } from '../transport/resend.js';
@@ -113,6 +114,13 @@ function newRunner(kit: Kit, kind: Kind, partition: number, store: PartitionStor
 const sampleOf = (runners: Iterable<PartitionRunner>): PartitionSample[] =>
   [...runners].filter((r) => r.state === 'running' || r.health()).map((r) => ({ kind: r.kind, partition: r.partition, epoch: r.epoch, lag: r.lag(), trouble: r.health()?.state }));
 
+/** The fill of the kinds' command streams, one stream-info request each (the dead-letter stream drops its oldest when full). */
+async function streamSamples(jsm: Kit['jsm'], config: Config): Promise<StreamSample[]> {
+  const n = names(config.streamPrefix);
+  const infos = await Promise.all(config.kinds.map((k) => n.stream(k)).map((s) => jsm.streams.info(s).catch(() => undefined)));
+  return infos.flatMap((i) => (i ? [{ stream: i.config.name, bytes: i.state.bytes, maxBytes: i.config.max_bytes }] : []));
+}
+
 /** Partitions held but not serving (restarting after failures, or refusing a stream behind their cursor), for readiness. */
 function troubled(runners: Iterable<PartitionRunner>): string | undefined {
   const list = [...runners].flatMap((r) => {
@@ -134,8 +142,13 @@ export async function startWorker(opts: WorkerOptions): Promise<Worker> {
   // Every line of the worker, its partitions and its controller names it: `shopctl status` shows the same id.
   const log = opts.log.child({ workerId: id });
   const jsm = await untilJetStream('reach JetStream', () => nc.jetstreamManager(), log);
-  await untilJetStream('create the streams', () => ensureStreams(jsm, config), log);
   const js = nc.jetstream();
+  // The first worker of a cluster writes its layout; one whose partitions differ from the cluster's refuses to start,
+  // before it changes anything (the streams' settings are the next step).
+  const control = await untilJetStream('open the control bucket', () => openControlBucket(js, config), log);
+  const layout = await untilJetStream('read the cluster layout', () => claimLayout(control, config, `worker ${id}`, log).catch((err: unknown) => (err instanceof LayoutMismatchError ? err : Promise.reject(err))), log);
+  if (layout instanceof LayoutMismatchError) throw layout;
+  await untilJetStream('create the streams', () => ensureStreams(jsm, config), log);
   const n = names(config.streamPrefix);
   const mux = new Mux(nc, n.inbox(config.natsUser || 'worker', `w${randomBytes(6).toString('hex')}`), faultLog(log), true);
   // Answers lost while this worker or a gateway changed servers go again (resend.ts).
@@ -144,7 +157,7 @@ export async function startWorker(opts: WorkerOptions): Promise<Worker> {
   let runnerOf: (kind: Kind, partition: number) => PartitionRunner | undefined = () => undefined;
   // Static placement: partition p of every kind runs on worker p % workerProcesses. Dynamic: the placement this worker follows.
   let locate = (_kind: Kind, partition: number): string | undefined => `worker-${partition % config.workerProcesses}`;
-  const metrics = createWorkerMetrics(() => sampleOf(current()), opts.metrics);
+  const metrics = createWorkerMetrics(() => sampleOf(current()), opts.metrics, { partitions: config.partitions, kinds: config.kinds, streams: () => streamSamples(jsm, config) });
   const courier = new Courier({
     nc,
     mux,
