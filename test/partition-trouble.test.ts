@@ -50,6 +50,24 @@ async function setup(t: Test, overrides: Partial<Record<keyof Config, unknown>> 
   return { config, nc, redis: r, redisServer: redis, client, start, store, trouble, natsBack, restarts: () => restarts };
 }
 
+/**
+ * Kills `server` (a crash), copies its files aside and starts it again; the function returned kills it again and
+ * starts it from the copy: the server comes back with what it held at the copy.
+ */
+async function filesAside(t: Test, server: TestServer): Promise<() => Promise<void>> {
+  const backup = await mkdtemp(join(tmpdir(), 'shop-backup-'));
+  t.teardown(() => rm(backup, { recursive: true, force: true }));
+  server.kill9();
+  await cp(server.storeDir, backup, { recursive: true });
+  await server.restart();
+  return async () => {
+    server.kill9();
+    await rm(server.storeDir, { recursive: true, force: true });
+    await cp(backup, server.storeDir, { recursive: true });
+    await server.restart();
+  };
+}
+
 t.test('a stream behind the committed cursor (its store rolled back, or made anew) is refused loudly, and served again once mended', async (t) => {
   const { startNats } = await import('./helpers/servers.js');
   const nats = await startNats(t);
@@ -58,21 +76,14 @@ t.test('a stream behind the committed cursor (its store rolled back, or made ane
   await client.command('stock', 0, { k: 'create', id: 'x', price: 1 });
   await client.command('stock', 0, { k: 'add', id: 'x', amount: 1 });
   // A backup of the NATS store, taken now...
-  const backup = await mkdtemp(join(tmpdir(), 'shop-nats-backup-'));
-  t.teardown(() => rm(backup, { recursive: true, force: true }));
-  nats.kill9();
-  await cp(nats.storeDir, backup, { recursive: true });
-  await nats.restart();
+  const putBack = await filesAside(t, nats);
   await natsBack();
   for (let i = 0; i < 4; i++) await client.command('stock', 0, { k: 'add', id: 'x', amount: 1 });
   await first.close();
   const cursor = (await store.load()).cursor;
 
   // ...and put back: the stream is the same one, but it ends before what the partition has applied.
-  nats.kill9();
-  await rm(nats.storeDir, { recursive: true, force: true });
-  await cp(backup, nats.storeDir, { recursive: true });
-  await nats.restart();
+  await putBack();
   await natsBack();
   const second = await start();
   const lastSeq = (await (await nc.jetstreamManager()).streams.info(names(config.streamPrefix).stream('stock'))).state.last_seq;
@@ -155,11 +166,7 @@ t.test('a Redis restarted from older files is noticed: the partition refuses to 
   await client.command('stock', 0, { k: 'create', id: 'x', price: 1 });
   await client.command('stock', 0, { k: 'add', id: 'x', amount: 1 });
   // Redis's files as they are now...
-  const backup = await mkdtemp(join(tmpdir(), 'shop-redis-backup-'));
-  t.teardown(() => rm(backup, { recursive: true, force: true }));
-  redisServer.kill9();
-  await cp(redisServer.storeDir, backup, { recursive: true });
-  await redisServer.restart();
+  const putBack = await filesAside(t, redisServer);
   for (let i = 0; i < 4; i++) t.same(await client.command('stock', 0, { k: 'add', id: 'x', amount: 1 }), { ok: true, v: { stock: 2 + i } }, 'acknowledged');
   const jsm = await nc.jetstreamManager();
   const n = names(config.streamPrefix);
@@ -167,10 +174,7 @@ t.test('a Redis restarted from older files is noticed: the partition refuses to 
   const acknowledged = await store.load();
 
   // ...put back under the running worker: Redis comes back with less than it acknowledged.
-  redisServer.kill9();
-  await rm(redisServer.storeDir, { recursive: true, force: true });
-  await cp(backup, redisServer.storeDir, { recursive: true });
-  await redisServer.restart();
+  await putBack();
   const lost = await store.load();
   t.ok(lost.cursor < acknowledged.cursor && lost.commits < acknowledged.commits, `Redis came back at cursor ${lost.cursor} (${lost.commits} commits), having acknowledged ${acknowledged.cursor} (${acknowledged.commits})`);
   const pending = client.command('stock', 0, { k: 'add', id: 'x', amount: 1 }).then(

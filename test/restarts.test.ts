@@ -135,45 +135,47 @@ async function round(t: Test, stack: () => Stack, all: Req[], what: string, faul
   t.same(audit.violations, [], `after ${what}: nothing lost or invented per item and per user, every order answered 2xx is paid`);
 }
 
-t.test("npm start's stack: redis-server and nats-server SIGKILLed and restarted from their files, then the whole stack cold-restarted; nothing lost", async (t) => {
+/** A stack of `npm start` (or of the cluster profile) seeded with FAULT_SHOP; `current` follows its cold restarts. */
+interface Seeded {
+  config: Config;
+  current: Stack;
+  /** Every request of the rounds so far. */
+  all: Req[];
+}
+
+async function seededStack(t: Test, cluster: boolean): Promise<Seeded> {
   const dataDir = await mkdtemp(join(tmpdir(), 'shop-restarts-'));
   t.teardown(() => rm(dataDir, { recursive: true, force: true }));
-  const config = await stackConfig(dataDir, false);
-  let stack = await startStack(t, config);
-  await seedShop({ call: (method, path) => httpCall(stack.url, method, path) }, FAULT_SHOP);
-  const all: Req[] = [];
+  const config = await stackConfig(dataDir, cluster);
+  const current = await startStack(t, config);
+  await seedShop({ call: (method, path) => httpCall(current.url, method, path) }, FAULT_SHOP);
+  return { config, current, all: [] };
+}
 
-  await round(t, () => stack, all, 'redis-server SIGKILLed (restarted at once from its AOF) and the workers with it', async () => {
-    await killChild(stack, 'redis');
-    await Promise.all(workersOf(stack).map((w) => killChild(stack, w)));
-  });
-  await round(t, () => stack, all, 'nats-server SIGKILLed (restarted at once from its store) and the workers with it', async () => {
-    await killChild(stack, 'nats');
-    await Promise.all(workersOf(stack).map((w) => killChild(stack, w)));
-  });
-  await round(t, () => stack, all, 'the whole stack stopped (as by Ctrl-C) and started again', async () => {
-    await stack.supervisor.stop();
-    stack = await startStack(t, config);
-  });
+/** SIGKILLs the server `name`, then every worker once the server runs again: they load from what it gave back. */
+const killWithWorkers = (s: Seeded, name: string) => async () => {
+  await killChild(s.current, name);
+  await Promise.all(workersOf(s.current).map((w) => killChild(s.current, w)));
+};
+
+/** Stops the whole stack as Ctrl-C does, and starts it again on the same data. */
+const coldRestart = (t: Test, s: Seeded) => async () => {
+  await s.current.supervisor.stop();
+  s.current = await startStack(t, s.config);
+};
+
+t.test("npm start's stack: redis-server and nats-server SIGKILLed and restarted from their files, then the whole stack cold-restarted; nothing lost", async (t) => {
+  const s = await seededStack(t, false);
+  await round(t, () => s.current, s.all, 'redis-server SIGKILLed (restarted at once from its AOF) and the workers with it', killWithWorkers(s, 'redis'));
+  await round(t, () => s.current, s.all, 'nats-server SIGKILLed (restarted at once from its store) and the workers with it', killWithWorkers(s, 'nats'));
+  await round(t, () => s.current, s.all, 'the whole stack stopped (as by Ctrl-C) and started again', coldRestart(t, s));
 });
 
 t.test('the cluster profile: the Redis primary SIGKILLed and restarted from its files, then the whole stack cold-restarted; nothing lost', async (t) => {
-  const dataDir = await mkdtemp(join(tmpdir(), 'shop-restarts-cluster-'));
-  t.teardown(() => rm(dataDir, { recursive: true, force: true }));
-  const config = await stackConfig(dataDir, true);
-  let stack = await startStack(t, config);
-  await seedShop({ call: (method, path) => httpCall(stack.url, method, path) }, FAULT_SHOP);
-  const all: Req[] = [];
-
-  await round(t, () => stack, all, 'the Redis primary SIGKILLed (before the Sentinels act) and the workers with it', async () => {
-    await killChild(stack, 'redis-0');
-    await Promise.all(workersOf(stack).map((w) => killChild(stack, w)));
-  });
+  const s = await seededStack(t, true);
+  await round(t, () => s.current, s.all, 'the Redis primary SIGKILLed (before the Sentinels act) and the workers with it', killWithWorkers(s, 'redis-0'));
   // Its replica had every WAITed write; its own files might not have had them all: it came back as a replica.
-  t.same(await liveReplicas([config.redisPort], readLocalCredentials(config)!.redisSentinel), [config.redisPort], 'the old primary came back as a replica of the promoted one');
-  t.ok(stack.output.some((l) => /the Sentinels promote a replica before it starts again/.test(l)), 'the supervisor had the Sentinels promote its replica first');
-  await round(t, () => stack, all, 'the whole cluster stack stopped and started again', async () => {
-    await stack.supervisor.stop();
-    stack = await startStack(t, config);
-  });
+  t.same(await liveReplicas([s.config.redisPort], readLocalCredentials(s.config)!.redisSentinel), [s.config.redisPort], 'the old primary came back as a replica of the promoted one');
+  t.ok(s.current.output.some((l) => /the Sentinels promote a replica before it starts again/.test(l)), 'the supervisor had the Sentinels promote its replica first');
+  await round(t, () => s.current, s.all, 'the whole cluster stack stopped and started again', coldRestart(t, s));
 });
