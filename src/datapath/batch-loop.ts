@@ -60,7 +60,6 @@ export interface Taken {
   parcels: Inbound[];
 }
 
-/** A committed batch, as its partition hears of it. */
 /**
  * Redis did not hold the partition's count of commits: `redis-behind`, fewer than it acknowledged (it lost commits:
  * restarted from files that miss them, or a replica that never had them); `redis-ahead`, more (the batch was written
@@ -80,6 +79,7 @@ export class CommitCountError extends Error {
   }
 }
 
+/** A committed batch, as its partition hears of it. */
 export interface Committed {
   /** Publish it: the batch's writes become what reads see. */
   draft: Draft;
