@@ -25,7 +25,7 @@ import { decode, encode } from '../codec.js';
 import type { Config, Kind } from '../config.js';
 import { faultLog, type Fault } from '../faults.js';
 import type { Log } from '../log.js';
-import { BUNDLE_MAX, fail, ID_MAX_CHARS, names, type Names, type Reply } from '../protocol.js';
+import { BUNDLE_MAX, STREAM_MESSAGE_BYTES_MAX, fail, ID_MAX_CHARS, names, type Names, type Reply } from '../protocol.js';
 import { Delivery, type Box, type Sink } from './local-delivery.js';
 import { Draft, type Tables } from './draft.js';
 import type { DeadLetterReason, RunnerMetrics } from './runner-metrics.js';
@@ -394,7 +394,7 @@ export class BatchLoop {
     const base = m.seq * BUNDLE_MAX;
     let message: unknown;
     try {
-      message = decode(m.data);
+      message = decode(m.data, STREAM_MESSAGE_BYTES_MAX);
     } catch (err) {
       this.dead(share, base, 'undecodable', (err as Error).message, m.data);
       return 1;

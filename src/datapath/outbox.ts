@@ -38,8 +38,10 @@ export interface OutboxEntry {
 export const emptyEntry = (): OutboxEntry => ({ replies: [], parcels: [], dead: [] });
 export const owesNothing = (e: OutboxEntry) => e.replies.length === 0 && e.parcels.length === 0 && e.dead.length === 0;
 export const encodeEntry = (e: OutboxEntry): Uint8Array => encode(e);
+/** Most bytes of one outbox entry read back from Redis (its largest string). */
+const OUTBOX_ENTRY_BYTES_MAX = 512 * 1024 * 1024;
 export const decodeEntry = (bytes: Uint8Array): OutboxEntry => {
-  const e = decode<Partial<OutboxEntry>>(bytes);
+  const e = decode<Partial<OutboxEntry>>(bytes, OUTBOX_ENTRY_BYTES_MAX);
   return { replies: e.replies ?? [], parcels: e.parcels ?? [], dead: e.dead ?? [] };
 };
 

@@ -2,7 +2,7 @@ import { DiscardPolicy, RetentionPolicy, StorageType, nanos, type JetStreamManag
 import { setTimeout as delay } from 'node:timers/promises';
 import type { Config, Kind } from '../config.js';
 import type { Log } from '../log.js';
-import { names } from '../protocol.js';
+import { names, STREAM_MESSAGE_BYTES_MAX } from '../protocol.js';
 
 /**
  * How long a process keeps retrying the JetStream calls it needs to start (streams, buckets, watches). A JetStream
@@ -44,6 +44,8 @@ export function streamConfig(config: Config, kind: Kind): Partial<StreamConfig> 
     // Past the size limit new publishes are refused (the gateway answers 503); an unapplied command is never dropped.
     discard: DiscardPolicy.New,
     max_bytes: config.streamMaxBytes,
+    // Refused at publish: nothing longer is a command (checked again before decoding, datapath/batch-loop.ts).
+    max_msg_size: STREAM_MESSAGE_BYTES_MAX,
     duplicate_window: nanos(config.duplicateWindowMs),
     num_replicas: config.streamReplicas,
   };

@@ -34,9 +34,17 @@ interface ResendRequest {
   ms: number;
 }
 
-function isResendRequest(value: unknown, replies: string): value is ResendRequest {
+/** Longest inbox a resend request may name, and most bytes of a request (checked before decoding). */
+const RESEND_INBOX_MAX_CHARS = 256;
+export const RESEND_REQUEST_BYTES_MAX = 512;
+
+export function isResendRequest(value: unknown, replies: string): value is ResendRequest {
   const r = value as ResendRequest;
-  return typeof r === 'object' && r !== null && typeof r.inbox === 'string' && r.inbox.startsWith(replies) && r.inbox.length <= 256 && Number.isFinite(r.ms) && r.ms > 0;
+  return (
+    typeof r === 'object' && r !== null && !Array.isArray(r) && Object.keys(r).length === 2 &&
+    typeof r.inbox === 'string' && r.inbox.startsWith(replies) && r.inbox.length <= RESEND_INBOX_MAX_CHARS && !/[\s*>]/.test(r.inbox) &&
+    typeof r.ms === 'number' && Number.isFinite(r.ms) && r.ms > 0
+  );
 }
 
 /** Calls `each(ms)` on every reconnect, with the time since the disconnect was noticed plus `beforeMs`. */
@@ -64,7 +72,7 @@ export function resendAnswers({ nc, mux, subject, replies, pingIntervalMs, log }
       if (err) return;
       let request: unknown;
       try {
-        request = decode(msg.data);
+        request = decode(msg.data, RESEND_REQUEST_BYTES_MAX);
       } catch {
         return; // not one: nothing to send
       }
