@@ -5,12 +5,15 @@
  * is thrown away and every message is applied again, in order, exactly once.
  */
 import type { JsMsg } from 'nats';
+import { Packr } from 'msgpackr';
 import t from 'tap';
 import { actorOf } from '../src/actors/index.js';
 import { encode } from '../src/codec.js';
 import { loadConfig, type Kind } from '../src/config.js';
 import { createLog } from '../src/log.js';
+import { BUNDLE_MAX } from '../src/protocol.js';
 import { BatchLoop, type Committed, type Member, type Taken } from '../src/datapath/batch-loop.js';
+import { decodeEntry, type OutboxEntry } from '../src/datapath/outbox.js';
 import type { Tables } from '../src/datapath/draft.js';
 import type { CommitResult, PartitionStore, PreparedBatch } from '../src/datapath/store.js';
 import { waitFor } from './helpers/servers.js';
@@ -37,23 +40,49 @@ class FakeMember implements Member {
   readonly commits: Committed[] = [];
   readonly store: PartitionStore;
 
+  /** What each prepared batch owed (its outbox entry), in order. */
+  readonly owed: OutboxEntry[] = [];
+
+  /** `throws`: the actor throws this for a command on the item `boom` (a bug, or a value the checks let through). */
   constructor(
     readonly kind: Kind,
     readonly partition: number,
+    throws?: unknown,
   ) {
-    this.actor = actorOf(kind);
+    const actor = actorOf(kind);
+    this.actor =
+      throws === undefined
+        ? actor
+        : {
+            ...actor,
+            apply: (draft: Parameters<typeof actor.apply>[0], cmd: unknown, ctx: Parameters<typeof actor.apply>[2]) => {
+              if ((cmd as { id?: unknown }).id === 'boom') throw throws;
+              return actor.apply(draft, cmd as never, ctx);
+            },
+          };
     this.live = new Map(this.actor.tables.map((name: string) => [name, new Map()]));
     const name = `${kind}.${partition}`;
-    this.store = { prepare: (w) => ({ name, cursor: w.cursor }) as unknown as PreparedBatch } as PartitionStore;
+    this.store = {
+      prepare: (w) => {
+        if (w.outbox) this.owed.push(decodeEntry(w.outbox));
+        return { name, cursor: w.cursor } as unknown as PreparedBatch;
+      },
+    } as PartitionStore;
   }
 
   /** Message ids committed so far (the runner keeps them for a while). */
   readonly messageIds = new Set<string>();
 
   push(seq: number, cmd: unknown, msgId?: string): void {
-    const headers = msgId === undefined ? undefined : { get: (h: string) => (h === 'Nats-Msg-Id' ? msgId : '') };
-    this.queue.push({ seq, data: encode({ c: cmd, r: `${names}x.${seq}` }), info: { pending: 0 }, headers } as unknown as JsMsg);
+    this.pushRaw(seq, encode({ c: cmd, r: `${names}x.${seq}` }), msgId);
   }
+  pushRaw(seq: number, data: Uint8Array, msgId?: string): void {
+    const headers = msgId === undefined ? undefined : { get: (h: string) => (h === 'Nats-Msg-Id' ? msgId : '') };
+    this.queue.push({ seq, data, info: { pending: 0 }, headers } as unknown as JsMsg);
+  }
+  /** Reply subjects answered and dead letters stored, over every batch prepared. */
+  answered = () => this.owed.flatMap((e) => e.replies.map(([to]) => to));
+  deadLetters = () => this.owed.flatMap((e) => e.dead);
   ready = () => this.state === 'running' && this.queue.length > 0;
   accepts = () => this.state === 'running';
   take(max: number): Taken {
@@ -219,4 +248,73 @@ t.test('a second copy applied while the batch holding the first is still committ
   await waitFor(() => a.commits.length === 2, { deadlineMs: 5000, what: 'both batches committed' });
   t.equal(a.stock('x'), 5, 'applied once: 3 + 2');
   t.same(a.commits[1]!.messageIds, ['g.2']);
+});
+
+/** A command whose `k` is a BigInt (msgpackr's BigInt extension 0x42), with a reply subject: what issue 19 published. */
+function bigIntCommand(seq: number): Uint8Array {
+  const packr = new Packr({ useRecords: false, useBigIntExtension: true } as ConstructorParameters<typeof Packr>[0]);
+  return packr.pack({ c: { k: 2n ** 70n, id: 'x', amount: 1 }, r: `${names}x.${seq}` });
+}
+
+/** Commits every batch the loop sends, as they come, until `done()`. */
+async function commitAll(calls: Call[], done: () => boolean, what: string): Promise<void> {
+  let settled = 0;
+  await waitFor(() => {
+    while (settled < calls.length) calls[settled++]!.settle(calls[settled - 1]!.parts.map(() => 'committed'));
+    return done();
+  }, { deadlineMs: 5000, what });
+}
+
+t.test('add 1, poison (a BigInt in k), add 3, add 4: the poison is one dead letter, every other command is applied once and answered', async (t) => {
+  const { loop, calls } = rig();
+  const a = new FakeMember('stock', 0);
+  a.live.get('items')!.set('x', { stock: 0, price: 1 });
+  a.push(1, add('x', 1));
+  a.pushRaw(2, bigIntCommand(2));
+  a.push(3, add('x', 3));
+  a.push(4, add('x', 4));
+  loop.add(a);
+  await commitAll(calls, () => a.cursor === 4, 'the batch to be committed');
+  t.equal(a.stock('x'), 8, '1 + 3 + 4');
+  t.same(a.answered().sort(), [1, 3, 4].map((s) => `${names}x.${s}`), 'the clients of 1, 3 and 4 are answered');
+  t.same(a.deadLetters().map((d) => [d.seq, d.reason]), [[2 * BUNDLE_MAX, 'undecodable']], 'the poison is one dead letter');
+  t.equal(a.state, 'running');
+  t.equal(await loop.settled(a, 1000), true, 'no batch holds the partition any more');
+});
+
+t.test('a command whose actor throws what has no text (an object without a prototype) is one dead letter; the batch around it is applied and answered', async (t) => {
+  const { loop, calls } = rig();
+  const a = new FakeMember('stock', 0, Object.create(null));
+  a.live.get('items')!.set('x', { stock: 0, price: 1 });
+  a.live.get('items')!.set('boom', { stock: 0, price: 1 });
+  loop.add(a);
+  // Twice: once on an idle partition, once on top of a batch in flight.
+  a.push(1, add('x', 1));
+  a.push(2, add('boom', 1));
+  a.push(3, add('x', 3));
+  loop.wake();
+  await waitFor(() => calls.length === 1, { deadlineMs: 5000, what: 'the first commit' });
+  a.push(4, add('boom', 1));
+  a.push(5, add('x', 4));
+  loop.wake();
+  await waitFor(() => a.queue.length === 0, { deadlineMs: 5000, what: 'the second batch to be applied' });
+  await commitAll(calls, () => a.cursor === 5, 'both batches to be committed');
+  t.equal(a.stock('x'), 8, '1 + 3 + 4');
+  t.equal(a.stock('boom'), 0, 'nothing of the throwing commands is kept');
+  t.same(a.answered().sort(), [1, 2, 3, 4, 5].map((s) => `${names}x.${s}`), 'every client is answered (the poisons with an internal error)');
+  t.same(a.deadLetters().map((d) => [d.seq, d.reason, d.detail]), [2, 4].map((s) => [s * BUNDLE_MAX, 'invariant', 'a thrown object with no text']));
+  t.equal(await loop.settled(a, 1000), true, 'no batch holds the partition any more');
+});
+
+t.test('settled() has a deadline: a commit that never returns does not hold a partition that lets go', async (t) => {
+  const { loop, calls } = rig();
+  const a = new FakeMember('stock', 0);
+  a.live.get('items')!.set('x', { stock: 0, price: 1 });
+  a.push(1, add('x', 1));
+  loop.add(a);
+  await waitFor(() => calls.length === 1, { deadlineMs: 5000, what: 'the commit' });
+  loop.remove(a);
+  t.equal(await loop.settled(a, 50), false, 'gives up after its deadline while the commit hangs');
+  calls[0]!.settle(['committed']);
+  t.equal(await loop.settled(a, 5000), true, 'and settles once the commit returns');
 });

@@ -42,6 +42,8 @@ const MSG_ID_HEADER = 'Nats-Msg-Id';
  */
 const BATCH_KEYS_MAX = 5_000;
 const BATCH_SLICE_MS = 10;
+/** Longest a partition that lets go waits for the batches in hand that involve it (settled()). */
+export const SETTLE_DEADLINE_MS = 10_000;
 /** Longest reply subject a client command may name. */
 const REPLY_SUBJECT_MAX_CHARS = 256;
 
@@ -194,6 +196,27 @@ export interface BatchLoopDeps {
 
 const key = (kind: Kind, partition: number) => `${kind}.${partition}`;
 
+/** Most bytes of a message kept in a dead letter when it is stored as it arrived (a command that threw). */
+export const DEAD_LETTER_RAW_BYTES_MAX = 64 * 1024;
+
+/** What was thrown, as text, whatever it is (an object without a prototype has no toString). */
+export function errorText(err: unknown): string {
+  try {
+    return err instanceof Error ? err.message : String(err);
+  } catch {
+    return `a thrown ${typeof err} with no text`;
+  }
+}
+
+/** A value's copy for a dead letter: encoded, or (a value that cannot be) why not. */
+function copyOf(value: unknown): Uint8Array {
+  try {
+    return encode(value);
+  } catch (err) {
+    return encode(`(could not be encoded: ${errorText(err)})`);
+  }
+}
+
 /** A batch whose commit is in flight. */
 interface InFlight {
   shares: Map<Member, Share>;
@@ -257,9 +280,23 @@ export class BatchLoop {
     this.wakeUp?.();
   }
 
-  /** Resolves once no batch in hand involves the member. */
-  async settled(member: Member): Promise<void> {
-    while (this.busy.has(member)) await new Promise<void>((r) => this.settledWaiters.push(r));
+  /**
+   * Resolves true once no batch in hand involves the member, or false after `deadlineMs` (a commit that hangs:
+   * the caller lets go anyway, and a commit that lands later is refused by the next owner's epoch).
+   */
+  async settled(member: Member, deadlineMs = SETTLE_DEADLINE_MS): Promise<boolean> {
+    const deadline = performance.now() + deadlineMs;
+    while (this.busy.has(member)) {
+      const left = deadline - performance.now();
+      if (left <= 0) return false;
+      let timer: NodeJS.Timeout | undefined;
+      await new Promise<void>((r) => {
+        this.settledWaiters.push(r);
+        timer = setTimeout(r, left);
+      });
+      clearTimeout(timer);
+    }
+    return true;
   }
 
   /**
@@ -285,7 +322,7 @@ export class BatchLoop {
       }
       let next: Map<Member, Share> | null = null;
       try {
-        if (takers.length > 0) next = this.apply(takers, inflight?.shares);
+        if (takers.length > 0) this.apply(takers, inflight?.shares, (next = new Map()));
         if (inflight) {
           const committed = await this.finish(inflight, next);
           this.release(inflight.shares.keys());
@@ -320,11 +357,13 @@ export class BatchLoop {
     }
   }
 
-  /** Applies one batch (on the drafts of `below`, the batch still committing, where a partition is in both). */
-  private apply(takers: Member[], below: Map<Member, Share> | undefined): Map<Member, Share> {
+  /**
+   * Applies one batch into `shares` (on the drafts of `below`, the batch still committing, where a partition is in
+   * both). Filled as it goes, so that if this throws the loop still knows every member it involved.
+   */
+  private apply(takers: Member[], below: Map<Member, Share> | undefined, shares: Map<Member, Share>): void {
     const { config } = this.deps;
     const began = performance.now();
-    const shares = new Map<Member, Share>();
     const share = (member: Member) => this.share(shares, member, below);
     const delivery = new Delivery<Share>(config.partitions, (kind, partition) => {
       const target = this.members.get(key(kind, partition));
@@ -354,7 +393,6 @@ export class BatchLoop {
       p.taken.parcels.push(...(q === taken.parcels.length ? taken.parcels : taken.parcels.slice(0, q)));
       if (s < taken.stream.length || q < taken.parcels.length) member.giveBack({ stream: taken.stream.slice(s), parcels: taken.parcels.slice(q) });
     }
-    return shares;
   }
 
   private share(shares: Map<Member, Share>, member: Member, below: Map<Member, Share> | undefined): Share {
@@ -405,21 +443,38 @@ export class BatchLoop {
       return 1;
     }
     for (let e = 0; e < envelopes.length; e++) {
-      const envelope = envelopes[e] as { c?: unknown; r?: unknown } | null;
       const seq = base + e;
-      const replyTo = typeof envelope === 'object' && envelope !== null ? envelope.r : undefined;
-      if (typeof envelope !== 'object' || envelope === null || Array.isArray(envelope) || !('c' in envelope)) {
-        this.dead(share, seq, 'invalid', 'not a command envelope {c, r?}', encode(envelope));
-      } else if (replyTo !== undefined && !this.replySubject(replyTo)) {
-        this.dead(share, seq, 'invalid', `reply subject ${describe(replyTo)} is not a reply inbox`, encode(envelope));
-      } else if (!this.check(share, 'client', envelope.c, seq, envelope, replyTo as string | undefined)) {
-        // refused: a dead letter already
-      } else {
-        delivery.deliver(share, envelope.c, seq, replyTo as string | undefined);
+      const deadBefore = share.dead.length;
+      try {
+        this.applyEnvelope(delivery, share, envelopes[e], seq);
+      } catch (err) {
+        // Isolation: whatever one command does, it is one dead letter and the batch goes on (issue 19).
+        this.poisoned(share, seq, 'while being checked or applied', err, deadBefore, m.data);
       }
       share.applied++;
     }
     return envelopes.length;
+  }
+
+  private applyEnvelope(delivery: Delivery<Share>, share: Share, value: unknown, seq: number): void {
+    const envelope = value as { c?: unknown; r?: unknown } | null;
+    const replyTo = typeof envelope === 'object' && envelope !== null ? envelope.r : undefined;
+    if (typeof envelope !== 'object' || envelope === null || Array.isArray(envelope) || !('c' in envelope)) {
+      this.dead(share, seq, 'invalid', 'not a command envelope {c, r?}', copyOf(envelope));
+    } else if (replyTo !== undefined && !this.replySubject(replyTo)) {
+      this.dead(share, seq, 'invalid', `reply subject ${describe(replyTo)} is not a reply inbox`, copyOf(envelope));
+    } else if (this.check(share, 'client', envelope.c, seq, envelope, replyTo as string | undefined)) {
+      delivery.deliver(share, envelope.c, seq, replyTo as string | undefined);
+    }
+  }
+
+  /**
+   * A command that threw out of the checks, the actor's delivery or its own dead-lettering: whatever dead letters it
+   * had begun are replaced by one, holding `raw` (the message as it arrived, capped) and why.
+   */
+  private poisoned(share: Share, seq: number, when: string, err: unknown, deadBefore: number, raw: Uint8Array): void {
+    for (const d of share.dead.splice(deadBefore)) share.deadOrders.delete(d);
+    this.dead(share, seq, 'invalid', `threw ${when}: ${errorText(err)}`, raw.subarray(0, DEAD_LETTER_RAW_BYTES_MAX));
   }
 
   /** One parcel of saga commands from a partition of another worker. */
@@ -447,7 +502,12 @@ export class BatchLoop {
     }
     for (const cmd of cmds) {
       const seq = share.nextLocal();
-      if (this.check(share, 'saga', cmd, seq, cmd, undefined)) delivery.deliver(share, cmd, seq);
+      const deadBefore = share.dead.length;
+      try {
+        if (this.check(share, 'saga', cmd, seq, cmd, undefined)) delivery.deliver(share, cmd, seq);
+      } catch (err) {
+        this.poisoned(share, seq, `in parcel ${inbound.id}`, err, deadBefore, inbound.commands);
+      }
       share.applied++;
     }
     return cmds.length;
@@ -457,7 +517,7 @@ export class BatchLoop {
   private check(share: Share, door: Door, cmd: unknown, seq: number, original: unknown, replyTo: ReplyTo | undefined): boolean {
     const verdict = checkCommand(share.kind, door, cmd);
     if (verdict.ok) return true;
-    this.dead(share, seq, verdict.reason, verdict.detail, encode(original), cmd);
+    this.dead(share, seq, verdict.reason, verdict.detail, copyOf(original), cmd);
     if (replyTo !== undefined) share.replies.push([replyTo, encode(fail('invalid_command', verdict.detail))]);
     return false;
   }
@@ -495,7 +555,7 @@ export class BatchLoop {
       target.cmds.push(out.cmd);
     },
     failed: (share, cmd, seq, replyTo, err) => {
-      this.dead(share, seq, 'invariant', (err as Error)?.message ?? String(err), encode(cmd), cmd);
+      this.dead(share, seq, 'invariant', errorText(err), copyOf(cmd), cmd);
       if (replyTo !== undefined) share.replies.push([replyTo, encode(fail('internal', `command ${seq} at ${share.kind}.${share.partition} broke an invariant`) satisfies Reply)]);
     },
   };

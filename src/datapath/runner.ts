@@ -460,7 +460,7 @@ export class PartitionRunner implements Member {
     this.messages = null;
     this.space?.();
     this.deps.loop.remove(this);
-    await this.deps.loop.settled(this);
+    if (!(await this.deps.loop.settled(this))) this.log.warn('letting go with a batch still committing after SETTLE_DEADLINE_MS (its commit, if it lands, is refused by a newer epoch or its outbox is sent by the next owner)');
     // Let the outbox finish, within a bound: what is still unsent then stays in Redis for the next owner to send.
     const outbox = this.outbox;
     if (outbox) {
