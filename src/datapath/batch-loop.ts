@@ -112,8 +112,19 @@ export interface Member {
   committed(c: Committed): void;
   /** A newer owner holds the partition (the commit was refused): drop it. */
   fenced(): void;
-  /** The commit failed for a transport reason: nothing of the batch is visible; take the partition again. */
-  failed(err: unknown): void;
+  /**
+   * The commit failed for a transport reason, or (`fault`) applying the batch threw: nothing of the batch is
+   * visible; take the partition again.
+   */
+  failed(err: unknown, fault?: boolean): void;
+  /**
+   * Poison accounting (datapath/runner.ts). The message first in line has failed to commit over several starts: it
+   * must be applied in a batch of its own, after `takeAlone()` has recorded the attempt (false: the partition is lost).
+   */
+  suspect?(): boolean;
+  takeAlone?(): Promise<boolean>;
+  /** Why the stream message `seq` is to be passed undecoded, as a dead letter; undefined for any other. */
+  quarantined?(seq: number): string | undefined;
 }
 
 /** One partition's share of a batch. */
@@ -195,6 +206,9 @@ export interface BatchLoopDeps {
 }
 
 const key = (kind: Kind, partition: number) => `${kind}.${partition}`;
+
+/** With faultKillAfter 'poison', a client command about this id kills the worker (the poison tests). */
+export const FAULT_POISON_ID = 'fault-poison';
 
 /** Most bytes of a message kept in a dead letter when it is stored as it arrived (a command that threw). */
 export const DEAD_LETTER_RAW_BYTES_MAX = 64 * 1024;
@@ -320,9 +334,28 @@ export class BatchLoop {
           if (takers.length === 0) continue; // woken for nothing to take (an outbox finished): keep waiting
         }
       }
+      // A partition whose first message failed to commit over several starts: that message goes in a batch alone,
+      // once the attempt is recorded in Redis (so that if it takes the worker down again, the next start passes it).
+      let alone = false;
+      const suspect = takers.find((m) => m.suspect?.());
+      if (suspect) {
+        try {
+          if (!(await suspect.takeAlone!())) continue;
+        } catch (err) {
+          suspect.failed(err);
+          continue;
+        }
+        takers = [suspect];
+        alone = true;
+      }
       let next: Map<Member, Share> | null = null;
+      let applying = false;
       try {
-        if (takers.length > 0) this.apply(takers, inflight?.shares, (next = new Map()));
+        if (takers.length > 0) {
+          applying = true;
+          this.apply(takers, inflight?.shares, (next = new Map()), alone);
+          applying = false;
+        }
         if (inflight) {
           const committed = await this.finish(inflight, next);
           this.release(inflight.shares.keys());
@@ -349,7 +382,8 @@ export class BatchLoop {
         // itself again from Redis and its stream, with a growing pause if it keeps failing.
         this.deps.log.error('batch failed', { err });
         const members = new Set([...(inflight?.shares.keys() ?? []), ...(next?.keys() ?? [])]);
-        for (const member of members) member.failed(err);
+        // Those whose messages were being applied count it against the message first in line (poison accounting).
+        for (const member of members) member.failed(err, applying && next?.has(member));
         this.release(members);
         inflight = null;
         await turn();
@@ -361,7 +395,7 @@ export class BatchLoop {
    * Applies one batch into `shares` (on the drafts of `below`, the batch still committing, where a partition is in
    * both). Filled as it goes, so that if this throws the loop still knows every member it involved.
    */
-  private apply(takers: Member[], below: Map<Member, Share> | undefined, shares: Map<Member, Share>): void {
+  private apply(takers: Member[], below: Map<Member, Share> | undefined, shares: Map<Member, Share>, alone = false): void {
     const { config } = this.deps;
     const began = performance.now();
     const share = (member: Member) => this.share(shares, member, below);
@@ -384,7 +418,11 @@ export class BatchLoop {
     for (let n = 0; n < takers.length && !full(); n++) {
       const member = takers[(start + n) % takers.length]!;
       const p = share(member);
-      const taken = member.take(config.batchMax);
+      const taken = member.take(alone ? 1 : config.batchMax);
+      if (alone && taken.parcels.length > 0) {
+        member.giveBack({ stream: [], parcels: taken.parcels });
+        taken.parcels = [];
+      }
       let s = 0;
       for (; s < taken.stream.length && !full(); s++) applied += this.applyStream(delivery, p, taken.stream[s]!);
       let q = 0;
@@ -419,6 +457,12 @@ export class BatchLoop {
   private applyStream(delivery: Delivery<Share>, share: Share, m: JsMsg): number {
     if (m.seq <= share.fromCursor) return 0; // already applied (a consumer reset can re-deliver)
     share.last = m.seq;
+    const base = m.seq * BUNDLE_MAX;
+    const quarantined = share.member.quarantined?.(m.seq);
+    if (quarantined !== undefined) {
+      this.dead(share, base, 'quarantined', quarantined, m.data.subarray(0, DEAD_LETTER_RAW_BYTES_MAX));
+      return 1;
+    }
     // A second copy of a message in the stream: nats-server 2.9 does not de-duplicate deterministically across a
     // stream leader change, so a command can be stored twice. Passed, with the cursor moving over it.
     const id = m.headers?.get(MSG_ID_HEADER);
@@ -429,7 +473,6 @@ export class BatchLoop {
       }
       share.addMessage(id);
     }
-    const base = m.seq * BUNDLE_MAX;
     let message: unknown;
     try {
       message = decode(m.data, STREAM_MESSAGE_BYTES_MAX);
@@ -464,6 +507,7 @@ export class BatchLoop {
     } else if (replyTo !== undefined && !this.replySubject(replyTo)) {
       this.dead(share, seq, 'invalid', `reply subject ${describe(replyTo)} is not a reply inbox`, copyOf(envelope));
     } else if (this.check(share, 'client', envelope.c, seq, envelope, replyTo as string | undefined)) {
+      if (this.deps.config.faultKillAfter === 'poison' && (envelope.c as { id?: unknown }).id === FAULT_POISON_ID) process.kill(process.pid, 'SIGKILL');
       delivery.deliver(share, envelope.c, seq, replyTo as string | undefined);
     }
   }

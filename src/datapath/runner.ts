@@ -1,4 +1,5 @@
 import { ConsumerEvents, type ConsumerMessages, type JetStreamClient, type JetStreamManager, type JsMsg, type NatsConnection, type Subscription } from 'nats';
+import { randomUUID } from 'node:crypto';
 import { setTimeout as delay } from 'node:timers/promises';
 import type { Actor, ReadView } from '../actors/types.js';
 import type { Config, Kind } from '../config.js';
@@ -80,6 +81,15 @@ const TRIM_MIN_MESSAGES = 256;
 const TRIM_IDLE_INTERVALS = 12;
 /** Most stream message ids a partition remembers (about 10 MB), see recentMessages. */
 const RECENT_MESSAGES_MAX = 100_000;
+/**
+ * Poison accounting: starts at one cursor (counted in Redis, datapath/store.ts `attempt`) after which the message
+ * at cursor + 1 is taken in a batch alone; and attempts of it alone after which it is quarantined, passed as a dead
+ * letter without being decoded. A start by the same runner after a failure it saw itself (Redis or NATS away) does
+ * not count, a start by another process (this one died, or the partition moved) or after a batch that threw does.
+ * So a message that kills its worker takes its partition down twice at most: once in a batch, once alone.
+ */
+export const POISON_STARTS_MAX = 2;
+export const POISON_SOLOS_MAX = 1;
 /** Parcels remembered as applied, so that a copy sent again is acknowledged without being applied again. */
 const SEEN_PARCELS_MAX = 8192;
 
@@ -188,6 +198,12 @@ export class PartitionRunner implements Member {
    */
   private readonly recentMessages = new Map<string, number>();
   private trouble: Trouble | undefined;
+  /** Who records the attempts of this runner (see POISON_STARTS_MAX); whether its last batch threw. */
+  private readonly attemptToken = randomUUID();
+  private faulted = false;
+  /** The stream message to take alone (0: none), and the one to quarantine, with why. */
+  private suspectSeq = 0;
+  private quarantine: { seq: number; why: string } | null = null;
 
   constructor(private readonly deps: RunnerDeps) {
     this.kind = deps.actor.kind;
@@ -285,6 +301,7 @@ export class PartitionRunner implements Member {
       return;
     }
     if (this._state !== 'starting') throw new Error('stopped while starting');
+    await this.countAttempt();
 
     this.outbox = new PartitionOutbox({
       nc,
@@ -314,6 +331,24 @@ export class PartitionRunner implements Member {
     this.setState('running');
     this.deps.loop.add(this);
     this.log.debug('owned', { epoch: this._epoch, cursor: this._cursor, ...this.size(), outbox: loaded.outbox.length });
+  }
+
+  /** Records this start against the message at cursor + 1, and decides from the count how to take it. */
+  private async countAttempt(): Promise<void> {
+    const attempts = await this.store.attempt(this._epoch, this._cursor, this.attemptToken, this.faulted ? 'fault' : 'start');
+    this.faulted = false;
+    if (!attempts) throw new StaleEpochError(this._epoch, await this.store.epoch());
+    const seq = this._cursor + 1;
+    this.suspectSeq = 0;
+    this.quarantine = null;
+    if (attempts.solos >= POISON_SOLOS_MAX) {
+      const why = `stream message ${seq} was taken ${attempts.starts - 1} times without being committed (${attempts.solos} of them alone): a poison message, quarantined without being decoded`;
+      this.quarantine = { seq, why };
+      this.log.error(`passing ${why}`, { seq, ...attempts });
+    } else if (attempts.starts >= POISON_STARTS_MAX) {
+      this.suspectSeq = seq;
+      this.log.warn('the message after the cursor was not committed by the last starts: it is taken alone', { seq, ...attempts });
+    }
   }
 
   /**
@@ -518,6 +553,25 @@ export class PartitionRunner implements Member {
     return this._state === 'running';
   }
 
+  suspect(): boolean {
+    if (this.suspectSeq === 0 || this._state !== 'running') return false;
+    const first = this.queue[0];
+    if (first && first.seq > this.suspectSeq) this.suspectSeq = 0; // not in the stream any more (trimmed): nothing to take alone
+    return first?.seq === this.suspectSeq && this.roomInOutbox();
+  }
+
+  async takeAlone(): Promise<boolean> {
+    const seq = this.suspectSeq;
+    this.suspectSeq = 0;
+    if ((await this.store.attempt(this._epoch, seq - 1, this.attemptToken, 'solo')) !== null) return true;
+    this.fenced();
+    return false;
+  }
+
+  quarantined(seq: number): string | undefined {
+    return this.quarantine?.seq === seq ? this.quarantine.why : undefined;
+  }
+
   take(max: number): Taken {
     let stream: JsMsg[] = [];
     // Backpressure on clients' commands only (see OUTBOX_BATCHES_INFLIGHT_MAX).
@@ -587,8 +641,9 @@ export class PartitionRunner implements Member {
     void this.release().then(() => this.deps.onFenced?.(this));
   }
 
-  failed(err: unknown): void {
+  failed(err: unknown, fault?: boolean): void {
     if (this._state !== 'running') return;
+    if (fault) this.faulted = true;
     const attempts = (this.trouble?.attempts ?? 0) + 1;
     this.trouble = { state: 'restarting', attempts, error: (err as Error)?.message ?? String(err) };
     this.log.error('batch failed; restarting the partition from its committed state', { err, attempts });

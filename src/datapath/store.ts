@@ -35,7 +35,12 @@ for x = 1, #ARGV do
     if any then
       results[#results + 1] = fenced[b] and 0 or 2
     else
-      redis.call('HSET', KEYS[k + 1], 'cursor', a[3], 'local', a[4])
+      if redis.call('HGET', KEYS[k + 1], 'cursor') ~= a[3] then
+        -- The cursor moves: this owner now attempts the message after it (poison accounting, see ATTEMPT_LUA).
+        redis.call('HSET', KEYS[k + 1], 'cursor', a[3], 'local', a[4], 'attempts', a[3] .. ':1:0::start')
+      else
+        redis.call('HSET', KEYS[k + 1], 'cursor', a[3], 'local', a[4])
+      end
       if a[5] ~= '' then redis.call('HSET', KEYS[k + 2], a[5], a[6]) end
       local i = 7
       local n = tonumber(a[i]); i = i + 1
@@ -137,7 +142,47 @@ export interface PartitionStore {
    * recorded. A different one means the stream was made anew since the partition last ran (its store was lost).
    */
   markStream(created: string): Promise<string>;
+  /**
+   * Records an attempt at the message after `cursor` (poison accounting, datapath/runner.ts), fenced by `epoch`:
+   * `start` counts a start unless the last one at this cursor was made by `token` (a runner that restarts in the same
+   * process after a failure it saw, such as a lost Redis connection); `fault` counts one whatever the token (the batch
+   * threw); `solo` counts an attempt of the message alone. Counts restart from zero at another cursor. Returns the
+   * counts at this cursor, or null when a newer epoch holds the partition.
+   */
+  attempt(epoch: number, cursor: number, token: string, what: 'start' | 'fault' | 'solo'): Promise<Attempts | null>;
 }
+
+/** Attempts at the message after a cursor that did not commit it: starts, and starts that took it alone. */
+export interface Attempts {
+  starts: number;
+  solos: number;
+}
+
+/**
+ * KEYS: meta. ARGV: epoch, cursor, token, what. The record is `cursor:starts:solos:token:last` in the meta hash's
+ * `attempts`; a commit that moves the cursor writes `cursor:1:0::start` (its owner attempts the next message, and
+ * nobody's start matches the empty token). The same runner starting again at the same cursor after a failure it saw
+ * survived its last attempt: that one does not count, and if it was an attempt alone, it is taken back.
+ */
+const ATTEMPT_LUA = `
+if redis.call('HGET', KEYS[1], 'epoch') ~= ARGV[1] then return false end
+local starts, solos, token, last = 0, 0, '', ''
+local rec = redis.call('HGET', KEYS[1], 'attempts')
+if rec then
+  local c, s, o, t, l = string.match(rec, '^(%d+):(%d+):(%d+):([^:]*):(%a*)$')
+  if c == ARGV[2] then starts = tonumber(s); solos = tonumber(o); token = t; last = l end
+end
+if ARGV[4] == 'solo' then
+  solos = solos + 1; last = 'solo'
+elseif ARGV[4] == 'fault' or token ~= ARGV[3] then
+  starts = starts + 1; last = 'start'
+else
+  if last == 'solo' and solos > 0 then solos = solos - 1 end
+  last = 'start'
+end
+redis.call('HSET', KEYS[1], 'attempts', ARGV[2] .. ':' .. starts .. ':' .. solos .. ':' .. ARGV[3] .. ':' .. last)
+return {starts, solos}
+`;
 
 /** What one partition's batch writes. */
 export interface BatchWrite {
@@ -467,6 +512,11 @@ export function createPartitionStore(
     async markStream(created) {
       await redis.hsetnx(keys.meta, 'stream', created);
       return (await redis.hget(keys.meta, 'stream')) ?? created;
+    },
+
+    async attempt(epoch, cursor, token, what) {
+      const counts = (await redis.eval(ATTEMPT_LUA, 1, keys.meta, String(epoch), String(cursor), token, what)) as [number, number] | null;
+      return counts ? { starts: counts[0], solos: counts[1] } : null;
     },
   };
 }
