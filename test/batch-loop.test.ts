@@ -318,3 +318,21 @@ t.test('settled() has a deadline: a commit that never returns does not hold a pa
   calls[0]!.settle(['committed']);
   t.equal(await loop.settled(a, 5000), true, 'and settles once the commit returns');
 });
+
+t.test('a bundle of batchInit commands (millions of keys in one batch) is refused command by command; a batchInit alone and the bundle\'s other commands apply', async (t) => {
+  const { loop, calls } = rig();
+  const a = new FakeMember('stock', 0);
+  a.live.get('items')!.set('x', { stock: 0, price: 1 });
+  const init = (from: number) => ({ k: 'batchInit', from, to: from + 10, stock: 5, price: 1 });
+  const bundle = [{ c: init(0), r: `${names}x.b0` }, { c: add('x', 2), r: `${names}x.b1` }, { c: init(10), r: `${names}x.b2` }];
+  a.pushRaw(1, encode(bundle));
+  a.push(2, init(100));
+  loop.add(a);
+  await commitAll(calls, () => a.cursor === 2, 'the batch to be committed');
+  t.same(a.deadLetters().map((d) => [d.seq, d.reason]), [[BUNDLE_MAX, 'oversized'], [BUNDLE_MAX + 2, 'oversized']], 'each batchInit of the bundle is one dead letter');
+  t.equal(a.stock('x'), 2, 'the add between them applied');
+  const created = (from: number) => Array.from({ length: 10 }, (_, i) => a.stock(String(from + i))).filter((s) => s === 5).length;
+  t.ok(created(100) > 0, 'the batchInit alone applied (to the ids of this partition)');
+  t.same([created(0), created(10)], [0, 0], 'those of the bundle did not');
+  t.same(a.answered().sort(), [`${names}x.2`, `${names}x.b0`, `${names}x.b1`, `${names}x.b2`], 'every client is answered');
+});

@@ -20,6 +20,7 @@
 import type { JsMsg } from 'nats';
 import { setImmediate as turn } from 'node:timers/promises';
 import { checkCommand, describe, type Door } from '../actors/commands.js';
+import { BATCH_INIT_CHUNK } from '../partitioning.js';
 import type { Actor, Outgoing, ReplyTo } from '../actors/types.js';
 import { decode, encode } from '../codec.js';
 import type { Config, Kind } from '../config.js';
@@ -489,7 +490,7 @@ export class BatchLoop {
       const seq = base + e;
       const deadBefore = share.dead.length;
       try {
-        this.applyEnvelope(delivery, share, envelopes[e], seq);
+        this.applyEnvelope(delivery, share, envelopes[e], seq, envelopes.length > 1);
       } catch (err) {
         // Isolation: whatever one command does, it is one dead letter and the batch goes on (issue 19).
         this.poisoned(share, seq, 'while being checked or applied', err, deadBefore, m.data);
@@ -499,14 +500,22 @@ export class BatchLoop {
     return envelopes.length;
   }
 
-  private applyEnvelope(delivery: Delivery<Share>, share: Share, value: unknown, seq: number): void {
+  private applyEnvelope(delivery: Delivery<Share>, share: Share, value: unknown, seq: number, inBundle: boolean): void {
     const envelope = value as { c?: unknown; r?: unknown } | null;
     const replyTo = typeof envelope === 'object' && envelope !== null ? envelope.r : undefined;
     if (typeof envelope !== 'object' || envelope === null || Array.isArray(envelope) || !('c' in envelope)) {
       this.dead(share, seq, 'invalid', 'not a command envelope {c, r?}', copyOf(envelope));
     } else if (replyTo !== undefined && !this.replySubject(replyTo)) {
       this.dead(share, seq, 'invalid', `reply subject ${describe(replyTo)} is not a reply inbox`, copyOf(envelope));
-    } else if (this.check(share, 'client', envelope.c, seq, envelope, replyTo as string | undefined)) {
+    } else if (!this.check(share, 'client', envelope.c, seq, envelope, replyTo as string | undefined)) {
+      // refused: a dead letter already
+    } else if (inBundle && (envelope.c as { k: string }).k === 'batchInit') {
+      // The key budget of a batch: a batchInit writes up to BATCH_INIT_CHUNK keys, and a batch is cut only between
+      // messages, so one bundle of them would be one batch of millions of keys (seconds without a heartbeat).
+      const detail = `a batchInit travels alone in its stream message (it writes up to ${BATCH_INIT_CHUNK} keys); this one came in a bundle of several commands`;
+      this.dead(share, seq, 'oversized', detail, copyOf(envelope), envelope.c);
+      if (replyTo !== undefined) share.replies.push([replyTo as string, encode(fail('invalid_command', detail))]);
+    } else {
       if (this.deps.config.faultKillAfter === 'poison' && (envelope.c as { id?: unknown }).id === FAULT_POISON_ID) process.kill(process.pid, 'SIGKILL');
       delivery.deliver(share, envelope.c, seq, replyTo as string | undefined);
     }
