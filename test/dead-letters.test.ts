@@ -136,6 +136,8 @@ t.test('garbage on every command subject between valid commands: every partition
   t.ok(Number(copy.header.get('Shop-Seq')) > 0, 'and its command number');
   t.equal(copy.data.length, STREAM_MESSAGE_BYTES_MAX, 'and carries the message as it arrived');
   await t.rejects(js.publish(n.cmd('stock', 0), new Uint8Array(STREAM_MESSAGE_BYTES_MAX + 1)), /maximum/, 'a message over the streams\' max_msg_size is refused at publish');
+  await t.rejects(js.publish(n.cmd('stock', config.partitions), encode({ c: { k: 'add', id: 'x', amount: 1 } })), /503|no responders/i, 'a command for a partition the shop does not have is refused at publish');
+  t.equal((await jsm.streams.info(n.stream('stock'))).state.consumer_count, config.partitions, 'one consumer per partition');
 });
 
 t.test('garbage on a worker\'s saga subject: nothing stops, a parcel of bad commands is acknowledged and its commands are dead letters', async (t) => {

@@ -60,6 +60,7 @@ t.test('a message that kills its worker: taken alone on the next start, quaranti
   t.ok((await client.command('stock', 0, { k: 'add', id: 'x', amount: 1 })).ok, 'the partition serves on');
   t.equal(third.process.exitCode, null, 'and its worker lives');
   t.equal(workers.length, 3);
+  t.equal((await jsm.streams.info(n.stream('stock'))).state.consumer_count, 1, 'the consumers of the two dead workers were deleted on takeover');
 });
 
 t.test('the attempt record: who counts, who does not, and a commit that moves the cursor starts it over', async (t) => {

@@ -324,6 +324,7 @@ export class PartitionRunner implements Member {
     this.reads = serveReads({ nc, subject: this.names.get(this.kind, this.partition), answer: (query) => actor.query(this.view, query), log: this.log });
 
     this.queuedSeq = this._cursor;
+    await this.dropOldConsumers();
     await this.openConsumer();
     if (this._state !== 'starting') throw new Error('stopped while starting');
     this.trimTimer = setInterval(() => void this.trim(), config.trimIntervalMs);
@@ -348,6 +349,25 @@ export class PartitionRunner implements Member {
     } else if (attempts.starts >= POISON_STARTS_MAX) {
       this.suspectSeq = seq;
       this.log.warn('the message after the cursor was not committed by the last starts: it is taken alone', { seq, ...attempts });
+    }
+  }
+
+  /**
+   * Deletes the consumers earlier owners left on this partition's subject: a worker that died leaves its ordered
+   * consumers behind for nats.js's inactive threshold, 5 minutes (which nats.js 2.29 sets only on a consumer that
+   * starts at the stream's first message, so not on ours): after 11 worker restarts every command stream had 24.
+   * The owner that was fenced reads nothing more from its own. Best effort: a failure is said and ignored.
+   */
+  private async dropOldConsumers(): Promise<void> {
+    const { jsm } = this.deps;
+    const stream = this.names.stream(this.kind);
+    try {
+      for (const c of await jsm.consumers.list(stream).next()) {
+        const filters = c.config.filter_subjects ?? (c.config.filter_subject ? [c.config.filter_subject] : []);
+        if (filters.length === 1 && filters[0] === this.subject) await jsm.consumers.delete(stream, c.name).catch(() => false);
+      }
+    } catch (err) {
+      this.log.warn('could not delete the stream consumers of earlier owners', { err });
     }
   }
 

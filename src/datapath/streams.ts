@@ -38,7 +38,9 @@ export function streamConfig(config: Config, kind: Kind): Partial<StreamConfig> 
   const n = names(config.streamPrefix);
   return {
     name: n.stream(kind),
-    subjects: [n.cmd(kind, 0).replace(/\.0$/, '.*')],
+    // The subject of each partition that exists, not a wildcard: a command for a partition the shop does not have is
+    // refused at publish (no stream takes it) instead of filling the stream for good.
+    subjects: Array.from({ length: config.partitions }, (_, p) => n.cmd(kind, p)),
     storage: StorageType.File,
     retention: RetentionPolicy.Limits,
     // Past the size limit new publishes are refused (the gateway answers 503); an unapplied command is never dropped.
