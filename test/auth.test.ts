@@ -232,6 +232,8 @@ t.test('a stack started with serverAuth works end to end, shopctl included, and 
     { deadlineMs: 15_000, what: 'shopctl status to show both workers and every partition placed' },
   );
   t.equal(status.partitions.length, 12, 'shopctl status lists every partition');
+  t.same(JSON.parse((await shopctl('dead-letters', '--json')).stdout), [], 'shopctl dead-letters reads the dead-letter stream with the admin\'s rights (none here)');
+  t.match((await shopctl('dead-letters', '--purge')).stdout, /purged 0 dead letters/, 'and purges it');
   const moved = await shopctl('move', 'stock', '0', status.workers[0]!.id);
   t.match(moved.stdout, /stock 0/, 'shopctl move is answered by the leader');
   await t.rejects(

@@ -15,6 +15,7 @@ import { BUNDLE_MAX, names, STREAM_MESSAGE_BYTES_MAX } from '../src/protocol.js'
 import { createShopClient } from '../src/transport/shop-client.js';
 import type { DeadLetterReason, RunnerMetrics } from '../src/datapath/runner-metrics.js';
 import { startWorker } from '../src/placement/worker.js';
+import { purgeDeadLetters, readDeadLetters } from '../src/admin/dead-letters.js';
 import { seededRandom } from '../src/actors/random.js';
 import { captureLog } from './helpers/logs.js';
 import { startServers, testConfig, waitFor } from './helpers/servers.js';
@@ -131,6 +132,14 @@ t.test('garbage on every command subject between valid commands: every partition
 
   const jsm = await nc.jetstreamManager();
   await waitFor(async () => (await jsm.streams.info(n.deadLetterStream)).state.messages === sent, { deadlineMs: 10_000, what: 'every dead letter to be copied to the dead-letter stream' });
+  // What shopctl dead-letters shows: JSON when the payload decodes, hex when it does not.
+  const listed = await readDeadLetters(nc, config, { kind: 'stock', partition: 0, limit: 1000 });
+  t.equal(listed.length, garbage('stock', n.replies).length, 'shopctl dead-letters lists those of one partition');
+  t.match(listed.find((d) => d.detail.includes('k: "nope"')), { partition: 'stock.0', reason: 'unknown_kind', json: '{"c":{"k":"nope"}}' }, 'a payload that decodes, as JSON');
+  t.match(listed.find((d) => d.bytes === 2000), { reason: 'undecodable', hex: /^(dc){256}…$/ }, 'one that does not, as hex');
+  t.equal(await purgeDeadLetters(nc, config, { kind: 'stock', partition: 0 }), listed.length, 'and purges them');
+  t.same(await readDeadLetters(nc, config, { kind: 'stock', partition: 0 }), [], 'gone');
+  sent -= listed.length;
   const copy = await jsm.streams.getMessage(n.deadLetterStream, { last_by_subj: n.deadLetter('order', 1) });
   t.same([copy.header.get('Shop-Partition'), copy.header.get('Shop-Reason')], ['order.1', 'undecodable'], 'a copy names its partition and reason');
   t.ok(Number(copy.header.get('Shop-Seq')) > 0, 'and its command number');
