@@ -63,6 +63,9 @@ export function names(prefix: string): Names {
   };
 }
 
+/** Headers of a dead-letter copy (datapath/outbox.ts writes them, shopctl dead-letters reads them). */
+export const DEAD_LETTER_HEADERS = { partition: 'Shop-Partition', seq: 'Shop-Seq', reason: 'Shop-Reason', detail: 'Shop-Detail' } as const;
+
 /** The outcome of a command or read: a value, or a business failure as a stable code. */
 export type Reply<V = unknown> = { ok: true; v: V } | { ok: false; code: ErrorCode; detail?: string };
 

@@ -6,8 +6,7 @@
 import type { NatsConnection } from 'nats';
 import { decode } from '../codec.js';
 import type { Config, Kind } from '../config.js';
-import { DEAD_LETTER_HEADERS } from '../datapath/outbox.js';
-import { names } from '../protocol.js';
+import { DEAD_LETTER_HEADERS, names } from '../protocol.js';
 
 /** Most dead letters one listing reads, and most payload bytes it shows as hex. */
 export const DEAD_LETTERS_LIST_MAX = 10_000;

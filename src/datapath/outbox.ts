@@ -15,6 +15,7 @@ import { headers as natsHeaders, type NatsConnection } from 'nats';
 import { setTimeout as delay } from 'node:timers/promises';
 import { decode, encode } from '../codec.js';
 import type { Log } from '../log.js';
+import { DEAD_LETTER_HEADERS } from '../protocol.js';
 import type { Courier, Parcel } from './courier.js';
 import { ACK_WAIT_MS, pubAck, type Mux } from '../transport/mux.js';
 
@@ -69,8 +70,6 @@ export function packCommands(cmds: readonly unknown[]): Uint8Array[] {
  */
 const OUTBOX_CLEAR_IDLE_MS = 250;
 
-/** Headers of a dead-letter copy. */
-export const DEAD_LETTER_HEADERS = { partition: 'Shop-Partition', seq: 'Shop-Seq', reason: 'Shop-Reason', detail: 'Shop-Detail' } as const;
 
 export interface PartitionOutboxDeps {
   /** For dead letters: JetStream publishes, rare, each acknowledged on its own. */
