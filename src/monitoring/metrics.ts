@@ -62,16 +62,17 @@ export function createWorkerMetrics(sample: () => PartitionSample[], extra?: Run
       for (const s of sample()) if (s.trouble) this.set({ kind: s.kind, partition: String(s.partition), state: s.trouble }, 1);
     },
   });
-  // Since the process started, never reset (prom-client's nodejs_eventloop_lag_max_seconds is reset by each scrape):
-  // what one partition's input may cost the others and the heartbeat (the lease) at worst.
+  // What one partition's input may cost the others and the heartbeat (the lease) at worst, between two scrapes
+  // (max_over_time of it gives any window; the first scrape covers everything since the worker started).
   const loopDelay = monitorEventLoopDelay({ resolution: EVENT_LOOP_RESOLUTION_MS });
   loopDelay.enable();
   new Gauge({
     name: 'shop_event_loop_delay_max_seconds',
-    help: `Longest event-loop delay of this worker since it started (perf_hooks.monitorEventLoopDelay, ${EVENT_LOOP_RESOLUTION_MS} ms resolution)`,
+    help: `Longest event-loop delay of this worker since the previous scrape (perf_hooks.monitorEventLoopDelay, ${EVENT_LOOP_RESOLUTION_MS} ms resolution)`,
     registers: [registry],
     collect() {
       this.set(loopDelay.max / 1e9);
+      loopDelay.reset();
     },
   });
   new Gauge({
