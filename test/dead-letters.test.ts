@@ -4,7 +4,6 @@
  * letters (counted, copied to the dead-letter stream), and nothing restarts.
  */
 import { Redis } from 'ioredis';
-import { Packr } from 'msgpackr';
 import { connect } from 'nats';
 import t from 'tap';
 import { ORDER_LINES_MAX } from '../src/actors/commands.js';
@@ -18,6 +17,7 @@ import { startWorker } from '../src/placement/worker.js';
 import { purgeDeadLetters, readDeadLetters } from '../src/admin/dead-letters.js';
 import { seededRandom } from '../src/actors/random.js';
 import { captureLog } from './helpers/logs.js';
+import { crafted } from './helpers/msgpack-garbage.js';
 import { startServers, testConfig, waitFor } from './helpers/servers.js';
 
 const log = createLog('test', 'error');
@@ -33,13 +33,6 @@ function recorder() {
     partitionRestart: () => void restarts++,
   };
   return { metrics, dead, restarts: () => restarts, total: () => [...dead.values()].reduce((a, b) => a + b, 0) };
-}
-
-/** A value holding itself many times over (msgpackr's structured clone writes it with reference extensions). */
-function shared(): unknown {
-  let v: unknown = { k: 'add', id: 'x', amount: 1 };
-  for (let i = 0; i < 12; i++) v = [v, v, v, v];
-  return v;
 }
 
 /** Garbage of every sort, each with the reason it must be refused for. */
@@ -69,10 +62,7 @@ function garbage(kind: Kind, inboxes: string): [Uint8Array, DeadLetterReason][] 
     [encode(Array.from({ length: BUNDLE_MAX + 1 }, () => ({ c: valid }))), 'oversized'],
     [bytes(64), 'undecodable'],
     // Issue 19's crafted messages: each used to hold the event loop for seconds, or to throw out of the batch.
-    [new Uint8Array(2000).fill(0xdc), 'undecodable'], // nested array16 headers
-    [Buffer.concat(Array.from({ length: 8 }, () => Uint8Array.of(0xdd, 0x02, 0, 0, 0))), 'undecodable'], // nested array32 headers
-    [new Packr({ structuredClone: true, useRecords: false }).pack({ c: shared() }), 'undecodable'], // reference extensions
-    [new Packr({ useRecords: false, useBigIntExtension: true } as ConstructorParameters<typeof Packr>[0]).pack({ c: { ...valid, k: 2n ** 70n } }), 'undecodable'],
+    ...crafted().map(([, bytes]): [Uint8Array, DeadLetterReason] => [bytes, 'undecodable']),
     [bytes(STREAM_MESSAGE_BYTES_MAX), 'undecodable'], // at the command streams' max_msg_size
   ];
 }
