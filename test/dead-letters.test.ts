@@ -46,6 +46,7 @@ function garbage(kind: Kind, inboxes: string): [Uint8Array, DeadLetterReason][] 
     [Uint8Array.of(0xc1), 'undecodable'], // a byte msgpack never uses
     [Uint8Array.of(0x92, 0x01), 'undecodable'], // an array cut short
     [encode(5), 'invalid'],
+    [encode([]), 'invalid'], // an empty bundle
     [encode('stock'), 'invalid'],
     [encode({ a: 1 }), 'invalid'],
     [encode({ c: null }), 'unknown_kind'],

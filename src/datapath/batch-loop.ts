@@ -482,6 +482,10 @@ export class BatchLoop {
       return 1;
     }
     const envelopes = Array.isArray(message) ? message : [message];
+    if (envelopes.length === 0) {
+      this.dead(share, base, 'invalid', 'an empty bundle: not one command', m.data);
+      return 1;
+    }
     if (envelopes.length > BUNDLE_MAX) {
       this.dead(share, base, 'oversized', `a bundle of ${envelopes.length} commands is over BUNDLE_MAX (${BUNDLE_MAX})`, m.data);
       return 1;
