@@ -133,12 +133,18 @@ function rig() {
   return { loop, calls };
 }
 
+/** A rig with one stock partition holding the item x (stock 0); its actor throws `throws` on the item boom. */
+function rigWithX(throws?: unknown) {
+  const { loop, calls } = rig();
+  const a = new FakeMember('stock', 0, throws);
+  a.live.get('items')!.set('x', { stock: 0, price: 1 });
+  return { loop, calls, a };
+}
+
 const add = (id: string, amount: number) => ({ k: 'add', id, amount });
 
 t.test('the next batch is applied while the previous one commits, on its drafts, and commits after it', async (t) => {
-  const { loop, calls } = rig();
-  const a = new FakeMember('stock', 0);
-  a.live.get('items')!.set('x', { stock: 0, price: 1 });
+  const { loop, calls, a } = rigWithX();
   a.push(1, add('x', 1));
   loop.add(a);
   await waitFor(() => calls.length === 1, { deadlineMs: 5000, what: 'the first commit' });
@@ -206,9 +212,7 @@ t.test('a commit that fails (transport): its partitions restart; another partiti
 });
 
 t.test('a second copy of a stream message (the same Nats-Msg-Id, stored twice) is passed: in the same batch or a later one, the cursor moves over it', async (t) => {
-  const { loop, calls } = rig();
-  const a = new FakeMember('stock', 0);
-  a.live.get('items')!.set('x', { stock: 0, price: 1 });
+  const { loop, calls, a } = rigWithX();
   a.push(1, add('x', 3), 'g.1');
   a.push(2, add('x', 3), 'g.1');
   a.push(3, add('x', 5), 'g.2');
@@ -230,9 +234,7 @@ t.test('a second copy of a stream message (the same Nats-Msg-Id, stored twice) i
 });
 
 t.test('a second copy applied while the batch holding the first is still committing is passed too (the pipelined batch looks below)', async (t) => {
-  const { loop, calls } = rig();
-  const a = new FakeMember('stock', 0);
-  a.live.get('items')!.set('x', { stock: 0, price: 1 });
+  const { loop, calls, a } = rigWithX();
   a.push(1, add('x', 3), 'g.1');
   loop.add(a);
   await waitFor(() => calls.length === 1, { deadlineMs: 5000, what: 'the first commit' });
@@ -266,9 +268,7 @@ async function commitAll(calls: Call[], done: () => boolean, what: string): Prom
 }
 
 t.test('add 1, poison (a BigInt in k), add 3, add 4: the poison is one dead letter, every other command is applied once and answered', async (t) => {
-  const { loop, calls } = rig();
-  const a = new FakeMember('stock', 0);
-  a.live.get('items')!.set('x', { stock: 0, price: 1 });
+  const { loop, calls, a } = rigWithX();
   a.push(1, add('x', 1));
   a.pushRaw(2, bigIntCommand(2));
   a.push(3, add('x', 3));
@@ -283,9 +283,7 @@ t.test('add 1, poison (a BigInt in k), add 3, add 4: the poison is one dead lett
 });
 
 t.test('a command whose actor throws what has no text (an object without a prototype) is one dead letter; the batch around it is applied and answered', async (t) => {
-  const { loop, calls } = rig();
-  const a = new FakeMember('stock', 0, Object.create(null));
-  a.live.get('items')!.set('x', { stock: 0, price: 1 });
+  const { loop, calls, a } = rigWithX(Object.create(null));
   a.live.get('items')!.set('boom', { stock: 0, price: 1 });
   loop.add(a);
   // Twice: once on an idle partition, once on top of a batch in flight.
@@ -307,9 +305,7 @@ t.test('a command whose actor throws what has no text (an object without a proto
 });
 
 t.test('settled() has a deadline: a commit that never returns does not hold a partition that lets go', async (t) => {
-  const { loop, calls } = rig();
-  const a = new FakeMember('stock', 0);
-  a.live.get('items')!.set('x', { stock: 0, price: 1 });
+  const { loop, calls, a } = rigWithX();
   a.push(1, add('x', 1));
   loop.add(a);
   await waitFor(() => calls.length === 1, { deadlineMs: 5000, what: 'the commit' });
@@ -320,9 +316,7 @@ t.test('settled() has a deadline: a commit that never returns does not hold a pa
 });
 
 t.test('a bundle of batchInit commands (millions of keys in one batch) is refused command by command; a batchInit alone and the bundle\'s other commands apply', async (t) => {
-  const { loop, calls } = rig();
-  const a = new FakeMember('stock', 0);
-  a.live.get('items')!.set('x', { stock: 0, price: 1 });
+  const { loop, calls, a } = rigWithX();
   const init = (from: number) => ({ k: 'batchInit', from, to: from + 10, stock: 5, price: 1 });
   const bundle = [{ c: init(0), r: `${names}x.b0` }, { c: add('x', 2), r: `${names}x.b1` }, { c: init(10), r: `${names}x.b2` }];
   a.pushRaw(1, encode(bundle));
