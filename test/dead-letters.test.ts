@@ -14,7 +14,7 @@ import { BUNDLE_MAX, names, STREAM_MESSAGE_BYTES_MAX } from '../src/protocol.js'
 import { createShopClient } from '../src/transport/shop-client.js';
 import type { DeadLetterReason, RunnerMetrics } from '../src/datapath/runner-metrics.js';
 import { startWorker } from '../src/placement/worker.js';
-import { purgeDeadLetters, readDeadLetters } from '../src/admin/dead-letters.js';
+import { formatDeadLetters, purgeDeadLetters, readDeadLetters } from '../src/admin/dead-letters.js';
 import { seededRandom } from '../src/actors/random.js';
 import { captureLog } from './helpers/logs.js';
 import { crafted } from './helpers/msgpack-garbage.js';
@@ -128,6 +128,8 @@ t.test('garbage on every command subject between valid commands: every partition
   t.equal(listed.length, garbage('stock', n.replies).length, 'shopctl dead-letters lists those of one partition');
   t.match(listed.find((d) => d.detail.includes('k: "nope"')), { partition: 'stock.0', reason: 'unknown_kind', json: '{"c":{"k":"nope"}}' }, 'a payload that decodes, as JSON');
   t.match(listed.find((d) => d.bytes === 2000), { reason: 'undecodable', hex: /^(dc){256}…$/ }, 'one that does not, as hex');
+  t.match(formatDeadLetters(listed), /^#\d+ \S+ stock\.0 command \d+: undecodable: .*\n  \d+ bytes: hex [0-9a-f]+/m, 'as text: one entry per dead letter, its payload below');
+  t.equal(formatDeadLetters([]), 'no dead letters');
   t.equal(await purgeDeadLetters(nc, config, { kind: 'stock', partition: 0 }), listed.length, 'and purges them');
   t.same(await readDeadLetters(nc, config, { kind: 'stock', partition: 0 }), [], 'gone');
   sent -= listed.length;
