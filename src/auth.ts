@@ -118,7 +118,8 @@ export function permissions(role: Role, { prefix, user }: { prefix: string; user
           ...api('CONSUMER.CREATE', kvStreams), // a KV watch's consumer re-made by nats.js after its server was lost: the old form, without a name
           ...api('CONSUMER.MSG.NEXT', commandStreams).map((s) => `${s}.*`), // pulls of the ordered consumers
           ...api('CONSUMER.INFO', commandStreams).map((s) => `${s}.*`), // an ordered consumer checking itself after missed heartbeats
-          ...api('CONSUMER.DELETE', commandStreams).map((s) => `${s}.*`), // an ordered consumer deleting the one it replaces
+          ...api('CONSUMER.DELETE', commandStreams).map((s) => `${s}.*`), // an ordered consumer deleting the one it replaces; a new owner those of earlier owners
+          ...api('CONSUMER.LIST', commandStreams), // a new owner finding the consumers earlier owners left (runner.ts dropOldConsumers)
           ...api('DIRECT.GET', kvStreams).map((s) => `${s}.>`), // kv.create() of a deleted key (the leader key) reads it first
           ...api('STREAM.MSG.GET', [...commandStreams, ...kvStreams]), // the same for a bucket made without direct get; a runner checking its consumer missed nothing
         ]),
@@ -136,9 +137,11 @@ export function permissions(role: Role, { prefix, user }: { prefix: string; user
     }
     case 'admin':
       return {
-        // shopctl: admin requests, and the whole JetStream API and KV (status, repairs by an operator).
+        // shopctl: admin requests, and the whole JetStream API and KV (status, repairs by an operator). The NATS CLI
+        // (`nats stream ls --user admin ...`) takes its replies on `_INBOX.<random>`: the admin may hear any inbox,
+        // as the one user that may already read and change everything through the JetStream API.
         publish: [n.subject('_shop.admin'), '$JS.API.>', '$KV.>'],
-        subscribe: [ownInbox, ownReplies],
+        subscribe: ['_INBOX.>', ownReplies],
       };
   }
 }

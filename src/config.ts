@@ -198,9 +198,11 @@ export interface Config {
   /**
    * Fault injection, for crash tests only. 'commit': the worker kills itself (SIGKILL) right after committing the
    * first batch that owes messages, before sending any. 'send': right after the first outbox entry is delivered
-   * (every saga message acknowledged by its receiver, every dead letter stored). 'none' in every real deployment.
+   * (every saga message acknowledged by its receiver, every dead letter stored). 'poison': when it is about to
+   * apply a client command about the id `fault-poison` (a message that kills its worker, for the poison tests).
+   * 'none' in every real deployment.
    */
-  faultKillAfter: 'none' | 'commit' | 'send';
+  faultKillAfter: 'none' | 'commit' | 'send' | 'poison';
 }
 
 export const KINDS = ['stock', 'payment', 'order'] as const;
@@ -354,7 +356,7 @@ const checks: Record<keyof Config, Check> = {
   shutdownGraceMs: int(0, 600_000),
   logLevel: oneOf('debug', 'info', 'warn', 'error'),
   logFormat: oneOf('auto', 'json', 'pretty'),
-  faultKillAfter: oneOf('none', 'commit', 'send'),
+  faultKillAfter: oneOf('none', 'commit', 'send', 'poison'),
 };
 
 /**

@@ -69,6 +69,9 @@ export function names(prefix: string): Names {
   };
 }
 
+/** Headers of a dead-letter copy (datapath/outbox.ts writes them, shopctl dead-letters reads them). */
+export const DEAD_LETTER_HEADERS = { partition: 'Shop-Partition', seq: 'Shop-Seq', reason: 'Shop-Reason', detail: 'Shop-Detail' } as const;
+
 /** The outcome of a command or read: a value, or a business failure as a stable code. */
 export type Reply<V = unknown> = { ok: true; v: V } | { ok: false; code: ErrorCode; detail?: string };
 
@@ -114,6 +117,11 @@ export type StreamMessage = CommandEnvelope | CommandEnvelope[];
 
 /** Most bytes in one bundle, well below NATS's max_payload (1 MiB): a bundle past it is split in two. */
 export const BUNDLE_BYTES_MAX = 256 * 1024;
+/**
+ * Most bytes in one message on a command subject: the command streams' `max_msg_size`, and the cap a partition
+ * checks before decoding one. A bundle is at most BUNDLE_BYTES_MAX, and one client command is far smaller.
+ */
+export const STREAM_MESSAGE_BYTES_MAX = BUNDLE_BYTES_MAX;
 
 /**
  * Encodes envelopes for one subject as few messages as possible, none over BUNDLE_MAX commands or

@@ -120,6 +120,14 @@ t.test('NATS: no way in without a password, and each role only what it needs', a
   void wjsm.streams.delete(stream).catch(() => {}); // no answer comes: the server dropped the request
   await t.resolves(deleteRefused, 'a worker cannot delete a stream');
   t.equal((await (await admin.jetstreamManager()).streams.info(stream)).config.name, stream, 'the stream is still there');
+  // The NATS CLI of docs/operations.md (`nats stream ls --user admin ...`) takes its replies on nats.js's and its own
+  // default inbox, `_INBOX.<random>`: with the admin's credentials that works as written.
+  const cli = await connect({ servers: nats.url, user: users.admin.user, pass: users.admin.password, maxReconnectAttempts: 0 });
+  t.teardown(() => cli.close());
+  const listed: string[] = [];
+  for await (const info of (await cli.jetstreamManager()).streams.list()) listed.push(info.config.name);
+  t.ok(listed.includes(stream), 'the admin lists the streams with the default _INBOX prefix');
+  await refusesSubscribe(t, gateway, '_INBOX.>', 'a gateway cannot hear every inbox');
   await refusesPublish(t, worker, `$JS.API.STREAM.PURGE.KV_${s}SHOP_PLACEMENT`, 'a worker cannot purge a bucket');
 
   // The admin role (shopctl) writes the placement; the controller in a worker writes the control bucket the way it
@@ -249,6 +257,8 @@ t.test('a stack started with serverAuth works end to end, shopctl included, and 
     { deadlineMs: 15_000, what: 'shopctl status to show both workers and every partition placed' },
   );
   t.equal(status.partitions.length, 12, 'shopctl status lists every partition');
+  t.same(JSON.parse((await shopctl('dead-letters', '--json')).stdout), [], 'shopctl dead-letters reads the dead-letter stream with the admin\'s rights (none here)');
+  t.match((await shopctl('dead-letters', '--purge')).stdout, /purged 0 dead letters/, 'and purges it');
   const moved = await shopctl('move', 'stock', '0', status.workers[0]!.id);
   t.match(moved.stdout, /stock 0/, 'shopctl move is answered by the leader');
   await t.rejects(

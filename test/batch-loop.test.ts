@@ -5,12 +5,15 @@
  * is thrown away and every message is applied again, in order, exactly once.
  */
 import type { JsMsg } from 'nats';
+import { Packr } from 'msgpackr';
 import t from 'tap';
 import { actorOf } from '../src/actors/index.js';
 import { encode } from '../src/codec.js';
 import { loadConfig, type Kind } from '../src/config.js';
 import { createLog } from '../src/log.js';
+import { BUNDLE_MAX } from '../src/protocol.js';
 import { BatchLoop, type Committed, type Member, type Taken } from '../src/datapath/batch-loop.js';
+import { decodeEntry, type OutboxEntry } from '../src/datapath/outbox.js';
 import type { Tables } from '../src/datapath/draft.js';
 import type { CommitResult, PartitionStore, PreparedBatch } from '../src/datapath/store.js';
 import { waitFor } from './helpers/servers.js';
@@ -38,23 +41,49 @@ class FakeMember implements Member {
   readonly commits: Committed[] = [];
   readonly store: PartitionStore;
 
+  /** What each prepared batch owed (its outbox entry), in order. */
+  readonly owed: OutboxEntry[] = [];
+
+  /** `throws`: the actor throws this for a command on the item `boom` (a bug, or a value the checks let through). */
   constructor(
     readonly kind: Kind,
     readonly partition: number,
+    throws?: unknown,
   ) {
-    this.actor = actorOf(kind);
+    const actor = actorOf(kind);
+    this.actor =
+      throws === undefined
+        ? actor
+        : {
+            ...actor,
+            apply: (draft: Parameters<typeof actor.apply>[0], cmd: unknown, ctx: Parameters<typeof actor.apply>[2]) => {
+              if ((cmd as { id?: unknown }).id === 'boom') throw throws;
+              return actor.apply(draft, cmd as never, ctx);
+            },
+          };
     this.live = new Map(this.actor.tables.map((name: string) => [name, new Map()]));
     const name = `${kind}.${partition}`;
-    this.store = { prepare: (w) => ({ name, cursor: w.cursor }) as unknown as PreparedBatch } as PartitionStore;
+    this.store = {
+      prepare: (w) => {
+        if (w.outbox) this.owed.push(decodeEntry(w.outbox));
+        return { name, cursor: w.cursor } as unknown as PreparedBatch;
+      },
+    } as PartitionStore;
   }
 
   /** Message ids committed so far (the runner keeps them for a while). */
   readonly messageIds = new Set<string>();
 
   push(seq: number, cmd: unknown, msgId?: string): void {
-    const headers = msgId === undefined ? undefined : { get: (h: string) => (h === 'Nats-Msg-Id' ? msgId : '') };
-    this.queue.push({ seq, data: encode({ c: cmd, r: `${names}x.${seq}` }), info: { pending: 0 }, headers } as unknown as JsMsg);
+    this.pushRaw(seq, encode({ c: cmd, r: `${names}x.${seq}` }), msgId);
   }
+  pushRaw(seq: number, data: Uint8Array, msgId?: string): void {
+    const headers = msgId === undefined ? undefined : { get: (h: string) => (h === 'Nats-Msg-Id' ? msgId : '') };
+    this.queue.push({ seq, data, info: { pending: 0 }, headers } as unknown as JsMsg);
+  }
+  /** Reply subjects answered and dead letters stored, over every batch prepared. */
+  answered = () => this.owed.flatMap((e) => e.replies.map(([to]) => to));
+  deadLetters = () => this.owed.flatMap((e) => e.dead);
   ready = () => this.state === 'running' && this.queue.length > 0;
   accepts = () => this.state === 'running';
   take(max: number): Taken {
@@ -106,12 +135,18 @@ function rig() {
   return { loop, calls };
 }
 
+/** A rig with one stock partition holding the item x (stock 0); its actor throws `throws` on the item boom. */
+function rigWithX(throws?: unknown) {
+  const { loop, calls } = rig();
+  const a = new FakeMember('stock', 0, throws);
+  a.live.get('items')!.set('x', { stock: 0, price: 1 });
+  return { loop, calls, a };
+}
+
 const add = (id: string, amount: number) => ({ k: 'add', id, amount });
 
 t.test('the next batch is applied while the previous one commits, on its drafts, and commits after it', async (t) => {
-  const { loop, calls } = rig();
-  const a = new FakeMember('stock', 0);
-  a.live.get('items')!.set('x', { stock: 0, price: 1 });
+  const { loop, calls, a } = rigWithX();
   a.push(1, add('x', 1));
   loop.add(a);
   await waitFor(() => calls.length === 1, { deadlineMs: 5000, what: 'the first commit' });
@@ -179,9 +214,7 @@ t.test('a commit that fails (transport): its partitions restart; another partiti
 });
 
 t.test('a second copy of a stream message (the same Nats-Msg-Id, stored twice) is passed: in the same batch or a later one, the cursor moves over it', async (t) => {
-  const { loop, calls } = rig();
-  const a = new FakeMember('stock', 0);
-  a.live.get('items')!.set('x', { stock: 0, price: 1 });
+  const { loop, calls, a } = rigWithX();
   a.push(1, add('x', 3), 'g.1');
   a.push(2, add('x', 3), 'g.1');
   a.push(3, add('x', 5), 'g.2');
@@ -203,9 +236,7 @@ t.test('a second copy of a stream message (the same Nats-Msg-Id, stored twice) i
 });
 
 t.test('a second copy applied while the batch holding the first is still committing is passed too (the pipelined batch looks below)', async (t) => {
-  const { loop, calls } = rig();
-  const a = new FakeMember('stock', 0);
-  a.live.get('items')!.set('x', { stock: 0, price: 1 });
+  const { loop, calls, a } = rigWithX();
   a.push(1, add('x', 3), 'g.1');
   loop.add(a);
   await waitFor(() => calls.length === 1, { deadlineMs: 5000, what: 'the first commit' });
@@ -221,4 +252,83 @@ t.test('a second copy applied while the batch holding the first is still committ
   await waitFor(() => a.commits.length === 2, { deadlineMs: 5000, what: 'both batches committed' });
   t.equal(a.stock('x'), 5, 'applied once: 3 + 2');
   t.same(a.commits[1]!.messageIds, ['g.2']);
+});
+
+/** A command whose `k` is a BigInt (msgpackr's BigInt extension 0x42), with a reply subject: what issue 19 published. */
+function bigIntCommand(seq: number): Uint8Array {
+  const packr = new Packr({ useRecords: false, useBigIntExtension: true } as ConstructorParameters<typeof Packr>[0]);
+  return packr.pack({ c: { k: 2n ** 70n, id: 'x', amount: 1 }, r: `${names}x.${seq}` });
+}
+
+/** Commits every batch the loop sends, as they come, until `done()`. */
+async function commitAll(calls: Call[], done: () => boolean, what: string): Promise<void> {
+  let settled = 0;
+  await waitFor(() => {
+    while (settled < calls.length) calls[settled++]!.settle(calls[settled - 1]!.parts.map(() => 'committed'));
+    return done();
+  }, { deadlineMs: 5000, what });
+}
+
+t.test('add 1, poison (a BigInt in k), add 3, add 4: the poison is one dead letter, every other command is applied once and answered', async (t) => {
+  const { loop, calls, a } = rigWithX();
+  a.push(1, add('x', 1));
+  a.pushRaw(2, bigIntCommand(2));
+  a.push(3, add('x', 3));
+  a.push(4, add('x', 4));
+  loop.add(a);
+  await commitAll(calls, () => a.cursor === 4, 'the batch to be committed');
+  t.equal(a.stock('x'), 8, '1 + 3 + 4');
+  t.same(a.answered().sort(), [1, 3, 4].map((s) => `${names}x.${s}`), 'the clients of 1, 3 and 4 are answered');
+  t.same(a.deadLetters().map((d) => [d.seq, d.reason]), [[2 * BUNDLE_MAX, 'undecodable']], 'the poison is one dead letter');
+  t.equal(a.state, 'running');
+  t.equal(await loop.settled(a, 1000), true, 'no batch holds the partition any more');
+});
+
+t.test('a command whose actor throws what has no text (an object without a prototype) is one dead letter; the batch around it is applied and answered', async (t) => {
+  const { loop, calls, a } = rigWithX(Object.create(null));
+  a.live.get('items')!.set('boom', { stock: 0, price: 1 });
+  loop.add(a);
+  // Twice: once on an idle partition, once on top of a batch in flight.
+  a.push(1, add('x', 1));
+  a.push(2, add('boom', 1));
+  a.push(3, add('x', 3));
+  loop.wake();
+  await waitFor(() => calls.length === 1, { deadlineMs: 5000, what: 'the first commit' });
+  a.push(4, add('boom', 1));
+  a.push(5, add('x', 4));
+  loop.wake();
+  await waitFor(() => a.queue.length === 0, { deadlineMs: 5000, what: 'the second batch to be applied' });
+  await commitAll(calls, () => a.cursor === 5, 'both batches to be committed');
+  t.equal(a.stock('x'), 8, '1 + 3 + 4');
+  t.equal(a.stock('boom'), 0, 'nothing of the throwing commands is kept');
+  t.same(a.answered().sort(), [1, 2, 3, 4, 5].map((s) => `${names}x.${s}`), 'every client is answered (the poisons with an internal error)');
+  t.same(a.deadLetters().map((d) => [d.seq, d.reason, d.detail]), [2, 4].map((s) => [s * BUNDLE_MAX, 'invariant', 'a thrown object with no text']));
+  t.equal(await loop.settled(a, 1000), true, 'no batch holds the partition any more');
+});
+
+t.test('settled() has a deadline: a commit that never returns does not hold a partition that lets go', async (t) => {
+  const { loop, calls, a } = rigWithX();
+  a.push(1, add('x', 1));
+  loop.add(a);
+  await waitFor(() => calls.length === 1, { deadlineMs: 5000, what: 'the commit' });
+  loop.remove(a);
+  t.equal(await loop.settled(a, 50), false, 'gives up after its deadline while the commit hangs');
+  calls[0]!.settle(['committed']);
+  t.equal(await loop.settled(a, 5000), true, 'and settles once the commit returns');
+});
+
+t.test('a bundle of batchInit commands (millions of keys in one batch) is refused command by command; a batchInit alone and the bundle\'s other commands apply', async (t) => {
+  const { loop, calls, a } = rigWithX();
+  const init = (from: number) => ({ k: 'batchInit', from, to: from + 10, stock: 5, price: 1 });
+  const bundle = [{ c: init(0), r: `${names}x.b0` }, { c: add('x', 2), r: `${names}x.b1` }, { c: init(10), r: `${names}x.b2` }];
+  a.pushRaw(1, encode(bundle));
+  a.push(2, init(100));
+  loop.add(a);
+  await commitAll(calls, () => a.cursor === 2, 'the batch to be committed');
+  t.same(a.deadLetters().map((d) => [d.seq, d.reason]), [[BUNDLE_MAX, 'oversized'], [BUNDLE_MAX + 2, 'oversized']], 'each batchInit of the bundle is one dead letter');
+  t.equal(a.stock('x'), 2, 'the add between them applied');
+  const created = (from: number) => Array.from({ length: 10 }, (_, i) => a.stock(String(from + i))).filter((s) => s === 5).length;
+  t.ok(created(100) > 0, 'the batchInit alone applied (to the ids of this partition)');
+  t.same([created(0), created(10)], [0, 0], 'those of the bundle did not');
+  t.same(a.answered().sort(), [`${names}x.2`, `${names}x.b0`, `${names}x.b1`, `${names}x.b2`], 'every client is answered');
 });

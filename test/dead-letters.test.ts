@@ -10,12 +10,14 @@ import { ORDER_LINES_MAX } from '../src/actors/commands.js';
 import { decode, encode } from '../src/codec.js';
 import type { Kind } from '../src/config.js';
 import { createLog } from '../src/log.js';
-import { BUNDLE_MAX, names } from '../src/protocol.js';
+import { BUNDLE_MAX, names, STREAM_MESSAGE_BYTES_MAX } from '../src/protocol.js';
 import { createShopClient } from '../src/transport/shop-client.js';
 import type { DeadLetterReason, RunnerMetrics } from '../src/datapath/runner-metrics.js';
 import { startWorker } from '../src/placement/worker.js';
+import { formatDeadLetters, purgeDeadLetters, readDeadLetters } from '../src/admin/dead-letters.js';
 import { seededRandom } from '../src/actors/random.js';
 import { captureLog } from './helpers/logs.js';
+import { crafted } from './helpers/msgpack-garbage.js';
 import { startServers, testConfig, waitFor } from './helpers/servers.js';
 
 const log = createLog('test', 'error');
@@ -41,9 +43,10 @@ function garbage(kind: Kind, inboxes: string): [Uint8Array, DeadLetterReason][] 
   const saga = kind === 'order' ? { k: 'answer', saga: 'o#1', order: 'o', part: 'stock:0', phase: 'hold', ok: true, at: 1 } : { k: 'release', saga: 'o#1', order: 'o', from: 0 };
   return [
     [Uint8Array.of(0xc0), 'invalid'], // msgpack nil: not an envelope
-    [Uint8Array.of(0xc1), 'invalid'], // a byte msgpack never uses: msgpackr reads it as a marker object, not an envelope
+    [Uint8Array.of(0xc1), 'undecodable'], // a byte msgpack never uses
     [Uint8Array.of(0x92, 0x01), 'undecodable'], // an array cut short
     [encode(5), 'invalid'],
+    [encode([]), 'invalid'], // an empty bundle
     [encode('stock'), 'invalid'],
     [encode({ a: 1 }), 'invalid'],
     [encode({ c: null }), 'unknown_kind'],
@@ -59,7 +62,9 @@ function garbage(kind: Kind, inboxes: string): [Uint8Array, DeadLetterReason][] 
     [encode({ c: valid, r: `${inboxes}x.*` }), 'invalid'],
     [encode(Array.from({ length: BUNDLE_MAX + 1 }, () => ({ c: valid }))), 'oversized'],
     [bytes(64), 'undecodable'],
-    [bytes(900_000), 'undecodable'], // near max_payload
+    // Issue 19's crafted messages: each used to hold the event loop for seconds, or to throw out of the batch.
+    ...crafted().map(([, bytes]): [Uint8Array, DeadLetterReason] => [bytes, 'undecodable']),
+    [bytes(STREAM_MESSAGE_BYTES_MAX), 'undecodable'], // at the command streams' max_msg_size
   ];
 }
 
@@ -118,10 +123,23 @@ t.test('garbage on every command subject between valid commands: every partition
 
   const jsm = await nc.jetstreamManager();
   await waitFor(async () => (await jsm.streams.info(n.deadLetterStream)).state.messages === sent, { deadlineMs: 10_000, what: 'every dead letter to be copied to the dead-letter stream' });
+  // What shopctl dead-letters shows: JSON when the payload decodes, hex when it does not.
+  const listed = await readDeadLetters(nc, config, { kind: 'stock', partition: 0, limit: 1000 });
+  t.equal(listed.length, garbage('stock', n.replies).length, 'shopctl dead-letters lists those of one partition');
+  t.match(listed.find((d) => d.detail.includes('k: "nope"')), { partition: 'stock.0', reason: 'unknown_kind', json: '{"c":{"k":"nope"}}' }, 'a payload that decodes, as JSON');
+  t.match(listed.find((d) => d.bytes === 2000), { reason: 'undecodable', hex: /^(dc){256}…$/ }, 'one that does not, as hex');
+  t.match(formatDeadLetters(listed), /^#\d+ \S+ stock\.0 command \d+: undecodable: .*\n  \d+ bytes: hex [0-9a-f]+/m, 'as text: one entry per dead letter, its payload below');
+  t.equal(formatDeadLetters([]), 'no dead letters');
+  t.equal(await purgeDeadLetters(nc, config, { kind: 'stock', partition: 0 }), listed.length, 'and purges them');
+  t.same(await readDeadLetters(nc, config, { kind: 'stock', partition: 0 }), [], 'gone');
+  sent -= listed.length;
   const copy = await jsm.streams.getMessage(n.deadLetterStream, { last_by_subj: n.deadLetter('order', 1) });
   t.same([copy.header.get('Shop-Partition'), copy.header.get('Shop-Reason')], ['order.1', 'undecodable'], 'a copy names its partition and reason');
   t.ok(Number(copy.header.get('Shop-Seq')) > 0, 'and its command number');
-  t.equal(copy.data.length, 900_000, 'and carries the message as it arrived');
+  t.equal(copy.data.length, STREAM_MESSAGE_BYTES_MAX, 'and carries the message as it arrived');
+  await t.rejects(js.publish(n.cmd('stock', 0), new Uint8Array(STREAM_MESSAGE_BYTES_MAX + 1)), /maximum/, 'a message over the streams\' max_msg_size is refused at publish');
+  await t.rejects(js.publish(n.cmd('stock', config.partitions), encode({ c: { k: 'add', id: 'x', amount: 1 } })), /503|no responders/i, 'a command for a partition the shop does not have is refused at publish');
+  t.equal((await jsm.streams.info(n.stream('stock'))).state.consumer_count, config.partitions, 'one consumer per partition');
 });
 
 t.test('garbage on a worker\'s saga subject: nothing stops, a parcel of bad commands is acknowledged and its commands are dead letters', async (t) => {
@@ -158,7 +176,7 @@ t.test('garbage on a worker\'s saga subject: nothing stops, a parcel of bad comm
   nc.publish(subject, encode(['$KV.SHOP_PLACEMENT.stock.0', 'stock', 0, 'p3', encode([{ k: 'forget', sagas: [] }])]));
   await waitFor(() => acks.includes('p1') && acks.includes('p2'), { deadlineMs: 10_000, what: 'the parcels of bad commands to be acknowledged' });
   await waitFor(() => seen.total() === 4, { deadlineMs: 10_000, what: 'four dead letters' });
-  t.same(Object.fromEntries(seen.dead), { invalid: 3, unknown_kind: 1 }, 'too many lines, a wrong-shaped forget, an unreadable parcel (msgpackr reads 0xc1 as a marker, not a list); a debit is no stock command');
+  t.same(Object.fromEntries(seen.dead), { invalid: 2, unknown_kind: 1, undecodable: 1 }, 'too many lines, a wrong-shaped forget; a debit is no stock command; an unreadable parcel (0xc1, a byte msgpack never uses)');
   // Logged once per reason (a minute apart at most); the first of each is a saga message of order "o".
   const deadLines = logged.lines.filter((l) => l.msg.startsWith('dead letter: '));
   t.match(
@@ -166,10 +184,11 @@ t.test('garbage on a worker\'s saga subject: nothing stops, a parcel of bad comm
     [
       { level: 'warn', msg: /\(invalid\)/, kind: 'stock', partition: 0, workerId: worker.id, order: 'o' },
       { level: 'warn', msg: /\(unknown_kind\)/, kind: 'stock', partition: 0, workerId: worker.id, order: 'o' },
+      { level: 'warn', msg: /\(undecodable\)/, kind: 'stock', partition: 0, workerId: worker.id },
     ],
     'the dead letters are logged with their partition, the worker and the order they were about',
   );
-  t.equal(deadLines.length, 2);
+  t.equal(deadLines.length, 3, 'one line per reason');
   t.equal(forbidden.length, 0, 'no acknowledgement went to a subject outside the saga acknowledgements');
   t.ok((await client.command('stock', 0, { k: 'create', id: 'x', price: 1 })).ok, 'the partition still serves');
   t.equal(seen.restarts(), 0);

@@ -126,6 +126,11 @@ export function checkCommand(kind: Kind, door: Door, value: unknown): { ok: true
 
 /** A value in an error message: its JSON, cut short. */
 export function describe(value: unknown): string {
-  const text = JSON.stringify(value) ?? String(value);
+  let text: string;
+  try {
+    text = JSON.stringify(value) ?? String(value);
+  } catch {
+    text = `(a ${typeof value} that has no JSON)`; // a BigInt, a cycle, an object without a prototype
+  }
   return text.length > 40 ? text.slice(0, 40) + '…' : text;
 }

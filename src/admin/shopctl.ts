@@ -14,6 +14,7 @@ import { adminRequest, type AdminRequest } from '../placement/controller.js';
 import { readLocalCredentials, secretPaths } from '../stack/secrets.js';
 import { serverUrls, withServerAuth } from '../stack/supervisor.js';
 import { formatStatus, readStatus } from './status.js';
+import { DEAD_LETTERS_LIST_MAX, formatDeadLetters, purgeDeadLetters, readDeadLetters } from './dead-letters.js';
 
 interface Globals {
   nats?: string;
@@ -123,6 +124,27 @@ program
   .command('rebalance')
   .description('forget manual moves and balance every kind over the live workers with as few moves as possible')
   .action(() => request(program.opts<Globals>(), { op: 'rebalance' }));
+
+program
+  .command('dead-letters')
+  .description('the messages partitions could not apply (oldest first): partition, reason, and the payload as JSON, or hex when it does not decode; --purge deletes them')
+  .option('--kind <kind>', `only those of one kind: ${KINDS.join(', ')}`, kindArg)
+  .option('--partition <n>', 'only those of one partition (with --kind)', partitionArg)
+  .option('--limit <n>', `most to list (up to ${DEAD_LETTERS_LIST_MAX})`, partitionArg, 100)
+  .option('--json', 'print [{"seq","time","subject","partition","command","reason","detail","bytes","json"|"hex"}]')
+  .option('--purge', 'delete them (those of --kind / --partition only, when given)')
+  .action(async (opts: { kind?: Kind; partition?: number; limit: number; json?: boolean; purge?: boolean }) => {
+    if (opts.partition !== undefined && opts.kind === undefined) throw new InvalidArgumentError('--partition needs --kind');
+    const config = configFrom(program.opts<Globals>());
+    const filter = { ...(opts.kind !== undefined ? { kind: opts.kind } : {}), ...(opts.partition !== undefined ? { partition: opts.partition } : {}) };
+    if (opts.purge) {
+      const purged = await withNats(config, (nc) => purgeDeadLetters(nc, config, filter));
+      process.stdout.write(`purged ${purged} dead letters\n`);
+      return;
+    }
+    const list = await withNats(config, (nc) => readDeadLetters(nc, config, { ...filter, limit: opts.limit }));
+    process.stdout.write((opts.json ? JSON.stringify(list) : formatDeadLetters(list)) + '\n');
+  });
 
 program.parseAsync().catch((err: unknown) => {
   process.stderr.write(`shopctl: ${err instanceof ConfigError ? 'config error: ' : ''}${(err as Error).message}\n`);

@@ -20,12 +20,13 @@
 import type { JsMsg } from 'nats';
 import { setImmediate as turn } from 'node:timers/promises';
 import { checkCommand, describe, type Door } from '../actors/commands.js';
+import { BATCH_INIT_CHUNK } from '../partitioning.js';
 import type { Actor, Outgoing, ReplyTo } from '../actors/types.js';
 import { decode, encode } from '../codec.js';
 import type { Config, Kind } from '../config.js';
 import { faultLog, type Fault } from '../faults.js';
 import type { Log } from '../log.js';
-import { BUNDLE_MAX, fail, ID_MAX_CHARS, names, type Names, type Reply } from '../protocol.js';
+import { BUNDLE_MAX, STREAM_MESSAGE_BYTES_MAX, fail, ID_MAX_CHARS, names, type Names, type Reply } from '../protocol.js';
 import { Delivery, type Box, type Sink } from './local-delivery.js';
 import { Draft, type Tables } from './draft.js';
 import type { DeadLetterReason, RunnerMetrics } from './runner-metrics.js';
@@ -42,6 +43,8 @@ const MSG_ID_HEADER = 'Nats-Msg-Id';
  */
 const BATCH_KEYS_MAX = 5_000;
 const BATCH_SLICE_MS = 10;
+/** Longest a partition that lets go waits for the batches in hand that involve it (settled()). */
+export const SETTLE_DEADLINE_MS = 10_000;
 /** Longest reply subject a client command may name. */
 const REPLY_SUBJECT_MAX_CHARS = 256;
 
@@ -133,8 +136,19 @@ export interface Member {
   committed(c: Committed): void;
   /** A newer owner holds the partition (the commit was refused): drop it. */
   fenced(): void;
-  /** The commit failed for a transport reason: nothing of the batch is visible; take the partition again. */
-  failed(err: unknown): void;
+  /**
+   * The commit failed for a transport reason, or (`fault`) applying the batch threw: nothing of the batch is
+   * visible; take the partition again.
+   */
+  failed(err: unknown, fault?: boolean): void;
+  /**
+   * Poison accounting (datapath/runner.ts). The message first in line has failed to commit over several starts: it
+   * must be applied in a batch of its own, after `takeAlone()` has recorded the attempt (false: the partition is lost).
+   */
+  suspect?(): boolean;
+  takeAlone?(): Promise<boolean>;
+  /** Why the stream message `seq` is to be passed undecoded, as a dead letter; undefined for any other. */
+  quarantined?(seq: number): string | undefined;
 }
 
 /** One partition's share of a batch. */
@@ -217,6 +231,30 @@ export interface BatchLoopDeps {
 
 const key = (kind: Kind, partition: number) => `${kind}.${partition}`;
 
+/** With faultKillAfter 'poison', a client command about this id kills the worker (the poison tests). */
+export const FAULT_POISON_ID = 'fault-poison';
+
+/** Most bytes of a message kept in a dead letter when it is stored as it arrived (a command that threw). */
+export const DEAD_LETTER_RAW_BYTES_MAX = 64 * 1024;
+
+/** What was thrown, as text, whatever it is (an object without a prototype has no toString). */
+export function errorText(err: unknown): string {
+  try {
+    return err instanceof Error ? err.message : String(err);
+  } catch {
+    return `a thrown ${typeof err} with no text`;
+  }
+}
+
+/** A value's copy for a dead letter: encoded, or (a value that cannot be) why not. */
+function copyOf(value: unknown): Uint8Array {
+  try {
+    return encode(value);
+  } catch (err) {
+    return encode(`(could not be encoded: ${errorText(err)})`);
+  }
+}
+
 /** A batch whose commit is in flight. */
 interface InFlight {
   shares: Map<Member, Share>;
@@ -280,9 +318,23 @@ export class BatchLoop {
     this.wakeUp?.();
   }
 
-  /** Resolves once no batch in hand involves the member. */
-  async settled(member: Member): Promise<void> {
-    while (this.busy.has(member)) await new Promise<void>((r) => this.settledWaiters.push(r));
+  /**
+   * Resolves true once no batch in hand involves the member, or false after `deadlineMs` (a commit that hangs:
+   * the caller lets go anyway, and a commit that lands later is refused by the next owner's epoch).
+   */
+  async settled(member: Member, deadlineMs = SETTLE_DEADLINE_MS): Promise<boolean> {
+    const deadline = performance.now() + deadlineMs;
+    while (this.busy.has(member)) {
+      const left = deadline - performance.now();
+      if (left <= 0) return false;
+      let timer: NodeJS.Timeout | undefined;
+      await new Promise<void>((r) => {
+        this.settledWaiters.push(r);
+        timer = setTimeout(r, left);
+      });
+      clearTimeout(timer);
+    }
+    return true;
   }
 
   /**
@@ -306,9 +358,28 @@ export class BatchLoop {
           if (takers.length === 0) continue; // woken for nothing to take (an outbox finished): keep waiting
         }
       }
+      // A partition whose first message failed to commit over several starts: that message goes in a batch alone,
+      // once the attempt is recorded in Redis (so that if it takes the worker down again, the next start passes it).
+      let alone = false;
+      const suspect = takers.find((m) => m.suspect?.());
+      if (suspect) {
+        try {
+          if (!(await suspect.takeAlone!())) continue;
+        } catch (err) {
+          suspect.failed(err);
+          continue;
+        }
+        takers = [suspect];
+        alone = true;
+      }
       let next: Map<Member, Share> | null = null;
+      let applying = false;
       try {
-        if (takers.length > 0) next = this.apply(takers, inflight?.shares);
+        if (takers.length > 0) {
+          applying = true;
+          this.apply(takers, inflight?.shares, (next = new Map()), alone);
+          applying = false;
+        }
         if (inflight) {
           const committed = await this.finish(inflight, next);
           this.release(inflight.shares.keys());
@@ -335,7 +406,8 @@ export class BatchLoop {
         // itself again from Redis and its stream, with a growing pause if it keeps failing.
         this.deps.log.error('batch failed', { err });
         const members = new Set([...(inflight?.shares.keys() ?? []), ...(next?.keys() ?? [])]);
-        for (const member of members) member.failed(err);
+        // Those whose messages were being applied count it against the message first in line (poison accounting).
+        for (const member of members) member.failed(err, applying && next?.has(member));
         this.release(members);
         inflight = null;
         await turn();
@@ -343,11 +415,13 @@ export class BatchLoop {
     }
   }
 
-  /** Applies one batch (on the drafts of `below`, the batch still committing, where a partition is in both). */
-  private apply(takers: Member[], below: Map<Member, Share> | undefined): Map<Member, Share> {
+  /**
+   * Applies one batch into `shares` (on the drafts of `below`, the batch still committing, where a partition is in
+   * both). Filled as it goes, so that if this throws the loop still knows every member it involved.
+   */
+  private apply(takers: Member[], below: Map<Member, Share> | undefined, shares: Map<Member, Share>, alone = false): void {
     const { config } = this.deps;
     const began = performance.now();
-    const shares = new Map<Member, Share>();
     const share = (member: Member) => this.share(shares, member, below);
     const delivery = new Delivery<Share>(config.partitions, (kind, partition) => {
       const target = this.members.get(key(kind, partition));
@@ -368,7 +442,11 @@ export class BatchLoop {
     for (let n = 0; n < takers.length && !full(); n++) {
       const member = takers[(start + n) % takers.length]!;
       const p = share(member);
-      const taken = member.take(config.batchMax);
+      const taken = member.take(alone ? 1 : config.batchMax);
+      if (alone && taken.parcels.length > 0) {
+        member.giveBack({ stream: [], parcels: taken.parcels });
+        taken.parcels = [];
+      }
       let s = 0;
       for (; s < taken.stream.length && !full(); s++) applied += this.applyStream(delivery, p, taken.stream[s]!);
       let q = 0;
@@ -377,7 +455,6 @@ export class BatchLoop {
       p.taken.parcels.push(...(q === taken.parcels.length ? taken.parcels : taken.parcels.slice(0, q)));
       if (s < taken.stream.length || q < taken.parcels.length) member.giveBack({ stream: taken.stream.slice(s), parcels: taken.parcels.slice(q) });
     }
-    return shares;
   }
 
   private share(shares: Map<Member, Share>, member: Member, below: Map<Member, Share> | undefined): Share {
@@ -404,6 +481,12 @@ export class BatchLoop {
   private applyStream(delivery: Delivery<Share>, share: Share, m: JsMsg): number {
     if (m.seq <= share.fromCursor) return 0; // already applied (a consumer reset can re-deliver)
     share.last = m.seq;
+    const base = m.seq * BUNDLE_MAX;
+    const quarantined = share.member.quarantined?.(m.seq);
+    if (quarantined !== undefined) {
+      this.dead(share, base, 'quarantined', quarantined, m.data.subarray(0, DEAD_LETTER_RAW_BYTES_MAX));
+      return 1;
+    }
     // A second copy of a message in the stream: nats-server 2.9 does not de-duplicate deterministically across a
     // stream leader change, so a command can be stored twice. Passed, with the cursor moving over it.
     const id = m.headers?.get(MSG_ID_HEADER);
@@ -414,35 +497,64 @@ export class BatchLoop {
       }
       share.addMessage(id);
     }
-    const base = m.seq * BUNDLE_MAX;
     let message: unknown;
     try {
-      message = decode(m.data);
+      message = decode(m.data, STREAM_MESSAGE_BYTES_MAX);
     } catch (err) {
       this.dead(share, base, 'undecodable', (err as Error).message, m.data);
       return 1;
     }
     const envelopes = Array.isArray(message) ? message : [message];
+    if (envelopes.length === 0) {
+      this.dead(share, base, 'invalid', 'an empty bundle: not one command', m.data);
+      return 1;
+    }
     if (envelopes.length > BUNDLE_MAX) {
       this.dead(share, base, 'oversized', `a bundle of ${envelopes.length} commands is over BUNDLE_MAX (${BUNDLE_MAX})`, m.data);
       return 1;
     }
     for (let e = 0; e < envelopes.length; e++) {
-      const envelope = envelopes[e] as { c?: unknown; r?: unknown } | null;
       const seq = base + e;
-      const replyTo = typeof envelope === 'object' && envelope !== null ? envelope.r : undefined;
-      if (typeof envelope !== 'object' || envelope === null || Array.isArray(envelope) || !('c' in envelope)) {
-        this.dead(share, seq, 'invalid', 'not a command envelope {c, r?}', encode(envelope));
-      } else if (replyTo !== undefined && !this.replySubject(replyTo)) {
-        this.dead(share, seq, 'invalid', `reply subject ${describe(replyTo)} is not a reply inbox`, encode(envelope));
-      } else if (!this.check(share, 'client', envelope.c, seq, envelope, replyTo as string | undefined)) {
-        // refused: a dead letter already
-      } else {
-        delivery.deliver(share, envelope.c, seq, replyTo as string | undefined);
+      const deadBefore = share.dead.length;
+      try {
+        this.applyEnvelope(delivery, share, envelopes[e], seq, envelopes.length > 1);
+      } catch (err) {
+        // Isolation: whatever one command does, it is one dead letter and the batch goes on (issue 19).
+        this.poisoned(share, seq, 'while being checked or applied', err, deadBefore, m.data);
       }
       share.applied++;
     }
     return envelopes.length;
+  }
+
+  private applyEnvelope(delivery: Delivery<Share>, share: Share, value: unknown, seq: number, inBundle: boolean): void {
+    const envelope = value as { c?: unknown; r?: unknown } | null;
+    const replyTo = typeof envelope === 'object' && envelope !== null ? envelope.r : undefined;
+    if (typeof envelope !== 'object' || envelope === null || Array.isArray(envelope) || !('c' in envelope)) {
+      this.dead(share, seq, 'invalid', 'not a command envelope {c, r?}', copyOf(envelope));
+    } else if (replyTo !== undefined && !this.replySubject(replyTo)) {
+      this.dead(share, seq, 'invalid', `reply subject ${describe(replyTo)} is not a reply inbox`, copyOf(envelope));
+    } else if (!this.check(share, 'client', envelope.c, seq, envelope, replyTo as string | undefined)) {
+      // refused: a dead letter already
+    } else if (inBundle && (envelope.c as { k: string }).k === 'batchInit') {
+      // The key budget of a batch: a batchInit writes up to BATCH_INIT_CHUNK keys, and a batch is cut only between
+      // messages, so one bundle of them would be one batch of millions of keys (seconds without a heartbeat).
+      const detail = `a batchInit travels alone in its stream message (it writes up to ${BATCH_INIT_CHUNK} keys); this one came in a bundle of several commands`;
+      this.dead(share, seq, 'oversized', detail, copyOf(envelope), envelope.c);
+      if (replyTo !== undefined) share.replies.push([replyTo as string, encode(fail('invalid_command', detail))]);
+    } else {
+      if (this.deps.config.faultKillAfter === 'poison' && (envelope.c as { id?: unknown }).id === FAULT_POISON_ID) process.kill(process.pid, 'SIGKILL');
+      delivery.deliver(share, envelope.c, seq, replyTo as string | undefined);
+    }
+  }
+
+  /**
+   * A command that threw out of the checks, the actor's delivery or its own dead-lettering: whatever dead letters it
+   * had begun are replaced by one, holding `raw` (the message as it arrived, capped) and why.
+   */
+  private poisoned(share: Share, seq: number, when: string, err: unknown, deadBefore: number, raw: Uint8Array): void {
+    for (const d of share.dead.splice(deadBefore)) share.deadOrders.delete(d);
+    this.dead(share, seq, 'invalid', `threw ${when}: ${errorText(err)}`, raw.subarray(0, DEAD_LETTER_RAW_BYTES_MAX));
   }
 
   /** One parcel of saga commands from a partition of another worker. */
@@ -470,7 +582,12 @@ export class BatchLoop {
     }
     for (const cmd of cmds) {
       const seq = share.nextLocal();
-      if (this.check(share, 'saga', cmd, seq, cmd, undefined)) delivery.deliver(share, cmd, seq);
+      const deadBefore = share.dead.length;
+      try {
+        if (this.check(share, 'saga', cmd, seq, cmd, undefined)) delivery.deliver(share, cmd, seq);
+      } catch (err) {
+        this.poisoned(share, seq, `in parcel ${inbound.id}`, err, deadBefore, inbound.commands);
+      }
       share.applied++;
     }
     return cmds.length;
@@ -480,7 +597,7 @@ export class BatchLoop {
   private check(share: Share, door: Door, cmd: unknown, seq: number, original: unknown, replyTo: ReplyTo | undefined): boolean {
     const verdict = checkCommand(share.kind, door, cmd);
     if (verdict.ok) return true;
-    this.dead(share, seq, verdict.reason, verdict.detail, encode(original), cmd);
+    this.dead(share, seq, verdict.reason, verdict.detail, copyOf(original), cmd);
     if (replyTo !== undefined) share.replies.push([replyTo, encode(fail('invalid_command', verdict.detail))]);
     return false;
   }
@@ -518,7 +635,7 @@ export class BatchLoop {
       target.cmds.push(out.cmd);
     },
     failed: (share, cmd, seq, replyTo, err) => {
-      this.dead(share, seq, 'invariant', (err as Error)?.message ?? String(err), encode(cmd), cmd);
+      this.dead(share, seq, 'invariant', errorText(err), copyOf(cmd), cmd);
       if (replyTo !== undefined) share.replies.push([replyTo, encode(fail('internal', `command ${seq} at ${share.kind}.${share.partition} broke an invariant`) satisfies Reply)]);
     },
   };

@@ -48,12 +48,16 @@ export class Delivery<B extends Box> {
 
   /** Applies `cmd` to `box` as command number `seq`, then everything it causes here, until nothing is left. */
   deliver(box: B, cmd: unknown, seq: number, replyTo?: ReplyTo): void {
-    this.applyOne(box, cmd, seq, replyTo);
-    for (let i = 0; i < this.queue.length; i++) {
-      const [to, next] = this.queue[i]!;
-      this.applyOne(to, next, to.nextLocal(), undefined);
+    try {
+      this.applyOne(box, cmd, seq, replyTo);
+      for (let i = 0; i < this.queue.length; i++) {
+        const [to, next] = this.queue[i]!;
+        this.applyOne(to, next, to.nextLocal(), undefined);
+      }
+    } finally {
+      // A throw out of a sink leaves nothing queued for the next command's pass.
+      this.queue.length = 0;
     }
-    this.queue.length = 0;
   }
 
   private applyOne(box: B, cmd: unknown, seq: number, replyTo: ReplyTo | undefined): void {

@@ -15,6 +15,7 @@ import { headers as natsHeaders, type NatsConnection } from 'nats';
 import { setTimeout as delay } from 'node:timers/promises';
 import { decode, encode } from '../codec.js';
 import type { Log } from '../log.js';
+import { DEAD_LETTER_HEADERS } from '../protocol.js';
 import type { Courier, Parcel } from './courier.js';
 import { ACK_WAIT_MS, pubAck, type Mux } from '../transport/mux.js';
 
@@ -38,8 +39,10 @@ export interface OutboxEntry {
 export const emptyEntry = (): OutboxEntry => ({ replies: [], parcels: [], dead: [] });
 export const owesNothing = (e: OutboxEntry) => e.replies.length === 0 && e.parcels.length === 0 && e.dead.length === 0;
 export const encodeEntry = (e: OutboxEntry): Uint8Array => encode(e);
+/** Most bytes of one outbox entry read back from Redis (its largest string). */
+const OUTBOX_ENTRY_BYTES_MAX = 512 * 1024 * 1024;
 export const decodeEntry = (bytes: Uint8Array): OutboxEntry => {
-  const e = decode<Partial<OutboxEntry>>(bytes);
+  const e = decode<Partial<OutboxEntry>>(bytes, OUTBOX_ENTRY_BYTES_MAX);
   return { replies: e.replies ?? [], parcels: e.parcels ?? [], dead: e.dead ?? [] };
 };
 
@@ -67,8 +70,6 @@ export function packCommands(cmds: readonly unknown[]): Uint8Array[] {
  */
 const OUTBOX_CLEAR_IDLE_MS = 250;
 
-/** Headers of a dead-letter copy. */
-export const DEAD_LETTER_HEADERS = { partition: 'Shop-Partition', seq: 'Shop-Seq', reason: 'Shop-Reason', detail: 'Shop-Detail' } as const;
 
 export interface PartitionOutboxDeps {
   /** For dead letters: JetStream publishes, rare, each acknowledged on its own. */

@@ -13,5 +13,5 @@ export interface RunnerMetrics {
 }
 
 /** Why a message became a dead letter: a fixed set, so the metric's label values stay bounded. */
-export const DEAD_LETTER_REASONS = ['undecodable', 'invalid', 'unknown_kind', 'invariant', 'oversized'] as const;
+export const DEAD_LETTER_REASONS = ['undecodable', 'invalid', 'unknown_kind', 'invariant', 'oversized', 'quarantined'] as const;
 export type DeadLetterReason = (typeof DEAD_LETTER_REASONS)[number];

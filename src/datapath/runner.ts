@@ -1,4 +1,5 @@
 import { ConsumerEvents, type ConsumerMessages, type JetStreamClient, type JetStreamManager, type JsMsg, type NatsConnection, type Subscription } from 'nats';
+import { randomUUID } from 'node:crypto';
 import { setTimeout as delay } from 'node:timers/promises';
 import type { Actor, ReadView } from '../actors/types.js';
 import type { Config, Kind } from '../config.js';
@@ -81,6 +82,15 @@ const TRIM_MIN_MESSAGES = 256;
 const TRIM_IDLE_INTERVALS = 12;
 /** Most stream message ids a partition remembers (about 10 MB), see recentMessages. */
 const RECENT_MESSAGES_MAX = 100_000;
+/**
+ * Poison accounting: starts at one cursor (counted in Redis, datapath/store.ts `attempt`) after which the message
+ * at cursor + 1 is taken in a batch alone; and attempts of it alone after which it is quarantined, passed as a dead
+ * letter without being decoded. A start by the same runner after a failure it saw itself (Redis or NATS away) does
+ * not count, a start by another process (this one died, or the partition moved) or after a batch that threw does.
+ * So a message that kills its worker takes its partition down twice at most: once in a batch, once alone.
+ */
+export const POISON_STARTS_MAX = 2;
+export const POISON_SOLOS_MAX = 1;
 /** Parcels remembered as applied, so that a copy sent again is acknowledged without being applied again. */
 const SEEN_PARCELS_MAX = 8192;
 
@@ -190,6 +200,12 @@ export class PartitionRunner implements Member {
    */
   private readonly recentMessages = new Map<string, number>();
   private trouble: Trouble | undefined;
+  /** Who records the attempts of this runner (see POISON_STARTS_MAX); whether its last batch threw. */
+  private readonly attemptToken = randomUUID();
+  private faulted = false;
+  /** The stream message to take alone (0: none), and the one to quarantine, with why. */
+  private suspectSeq = 0;
+  private quarantine: { seq: number; why: string } | null = null;
 
   constructor(private readonly deps: RunnerDeps) {
     this.kind = deps.actor.kind;
@@ -297,6 +313,7 @@ export class PartitionRunner implements Member {
     // A partition that never marked this stream marks it now, so that a stream made anew is known for one.
     if (!mark || loaded.mark === 0) await store.recordMark(await publishMark(nc, markSubject, this._cursor));
     if (this._state !== 'starting') throw new Error('stopped while starting');
+    await this.countAttempt();
 
     this.outbox = new PartitionOutbox({
       nc,
@@ -319,6 +336,7 @@ export class PartitionRunner implements Member {
     this.reads = serveReads({ nc, subject: this.names.get(this.kind, this.partition), answer: (query) => actor.query(this.view, query), log: this.log });
 
     this.queuedSeq = this._cursor;
+    await this.dropOldConsumers();
     await this.openConsumer();
     if (this._state !== 'starting') throw new Error('stopped while starting');
     this.trimTimer = setInterval(() => void this.trim(), config.trimIntervalMs);
@@ -326,6 +344,43 @@ export class PartitionRunner implements Member {
     this.setState('running');
     this.deps.loop.add(this);
     this.log.debug('owned', { epoch: this._epoch, cursor: this._cursor, ...this.size(), outbox: loaded.outbox.length });
+  }
+
+  /** Records this start against the message at cursor + 1, and decides from the count how to take it. */
+  private async countAttempt(): Promise<void> {
+    const attempts = await this.store.attempt(this._epoch, this._cursor, this.attemptToken, this.faulted ? 'fault' : 'start');
+    this.faulted = false;
+    if (!attempts) throw new StaleEpochError(this._epoch, await this.store.epoch());
+    const seq = this._cursor + 1;
+    this.suspectSeq = 0;
+    this.quarantine = null;
+    if (attempts.solos >= POISON_SOLOS_MAX) {
+      const why = `stream message ${seq} was taken ${attempts.starts - 1} times without being committed (${attempts.solos} of them alone): a poison message, quarantined without being decoded`;
+      this.quarantine = { seq, why };
+      this.log.error(`passing ${why}`, { seq, ...attempts });
+    } else if (attempts.starts >= POISON_STARTS_MAX) {
+      this.suspectSeq = seq;
+      this.log.warn('the message after the cursor was not committed by the last starts: it is taken alone', { seq, ...attempts });
+    }
+  }
+
+  /**
+   * Deletes the consumers earlier owners left on this partition's subject: a worker that died leaves its ordered
+   * consumers behind for nats.js's inactive threshold, 5 minutes (which nats.js 2.29 sets only on a consumer that
+   * starts at the stream's first message, so not on ours): after 11 worker restarts every command stream had 24.
+   * The owner that was fenced reads nothing more from its own. Best effort: a failure is said and ignored.
+   */
+  private async dropOldConsumers(): Promise<void> {
+    const { jsm } = this.deps;
+    const stream = this.names.stream(this.kind);
+    try {
+      for (const c of await jsm.consumers.list(stream).next()) {
+        const filters = c.config.filter_subjects ?? (c.config.filter_subject ? [c.config.filter_subject] : []);
+        if (filters.length === 1 && filters[0] === this.subject) await jsm.consumers.delete(stream, c.name).catch(() => false);
+      }
+    } catch (err) {
+      this.log.warn('could not delete the stream consumers of earlier owners', { err });
+    }
   }
 
   /**
@@ -468,7 +523,7 @@ export class PartitionRunner implements Member {
     this.messages = null;
     this.space?.();
     this.deps.loop.remove(this);
-    await this.deps.loop.settled(this);
+    if (!(await this.deps.loop.settled(this))) this.log.warn('letting go with a batch still committing after SETTLE_DEADLINE_MS (its commit, if it lands, is refused by a newer epoch or its outbox is sent by the next owner)');
     // Let the outbox finish, within a bound: what is still unsent then stays in Redis for the next owner to send.
     const outbox = this.outbox;
     if (outbox) {
@@ -524,6 +579,25 @@ export class PartitionRunner implements Member {
 
   accepts(): boolean {
     return this._state === 'running';
+  }
+
+  suspect(): boolean {
+    if (this.suspectSeq === 0 || this._state !== 'running') return false;
+    const first = this.queue[0];
+    if (first && first.seq > this.suspectSeq) this.suspectSeq = 0; // not in the stream any more (trimmed): nothing to take alone
+    return first?.seq === this.suspectSeq && this.roomInOutbox();
+  }
+
+  async takeAlone(): Promise<boolean> {
+    const seq = this.suspectSeq;
+    this.suspectSeq = 0;
+    if ((await this.store.attempt(this._epoch, seq - 1, this.attemptToken, 'solo')) !== null) return true;
+    this.fenced();
+    return false;
+  }
+
+  quarantined(seq: number): string | undefined {
+    return this.quarantine?.seq === seq ? this.quarantine.why : undefined;
   }
 
   take(max: number): Taken {
@@ -596,8 +670,9 @@ export class PartitionRunner implements Member {
     void this.release().then(() => this.deps.onFenced?.(this));
   }
 
-  failed(err: unknown): void {
+  failed(err: unknown, fault?: boolean): void {
     if (this._state !== 'running') return;
+    if (fault) this.faulted = true;
     const attempts = (this.trouble?.attempts ?? 0) + 1;
     this.trouble = { state: 'restarting', attempts, error: (err as Error)?.message ?? String(err) };
     this.log.error('batch failed; restarting the partition from its committed state', { err, attempts });

@@ -30,11 +30,13 @@ for x = 1, #ARGV do
   local any = false
   local kk = k
   local counted = {}
+  local cursors = {}
   for b = 1, #txn do
-    local meta = counted[KEYS[kk + 1]] or redis.call('HMGET', KEYS[kk + 1], 'epoch', 'n')
+    local meta = counted[KEYS[kk + 1]] or redis.call('HMGET', KEYS[kk + 1], 'epoch', 'n', 'cursor')
     local n = tonumber(meta[2] or '0')
     local wanted = tonumber(txn[b][3]) - 1
-    counted[KEYS[kk + 1]] = { meta[1], txn[b][3] }
+    counted[KEYS[kk + 1]] = { meta[1], txn[b][3], txn[b][4] }
+    cursors[b] = meta[3]
     if meta[1] ~= txn[b][2] then fenced[b] = 0; any = true
     elseif n < wanted then fenced[b] = 3; any = true
     elseif n > wanted then fenced[b] = 4; any = true end
@@ -46,7 +48,12 @@ for x = 1, #ARGV do
     if any then
       results[#results + 1] = fenced[b] or 2
     else
-      redis.call('HSET', KEYS[k + 1], 'n', a[3], 'cursor', a[4], 'local', a[5])
+      if cursors[b] ~= a[4] then
+        -- The cursor moves: this owner now attempts the message after it (poison accounting, see ATTEMPT_LUA).
+        redis.call('HSET', KEYS[k + 1], 'n', a[3], 'cursor', a[4], 'local', a[5], 'attempts', a[4] .. ':1:0::start')
+      else
+        redis.call('HSET', KEYS[k + 1], 'n', a[3], 'cursor', a[4], 'local', a[5])
+      end
       if a[6] ~= '' then redis.call('HSET', KEYS[k + 2], a[6], a[7]) end
       local i = 8
       local n = tonumber(a[i]); i = i + 1
@@ -149,7 +156,47 @@ export interface PartitionStore {
   epoch(): Promise<number>;
   /** Records the stream sequence of the newest trim mark this partition published (marks.ts). */
   recordMark(seq: number): Promise<void>;
+  /**
+   * Records an attempt at the message after `cursor` (poison accounting, datapath/runner.ts), fenced by `epoch`:
+   * `start` counts a start unless the last one at this cursor was made by `token` (a runner that restarts in the same
+   * process after a failure it saw, such as a lost Redis connection); `fault` counts one whatever the token (the batch
+   * threw); `solo` counts an attempt of the message alone. Counts restart from zero at another cursor. Returns the
+   * counts at this cursor, or null when a newer epoch holds the partition.
+   */
+  attempt(epoch: number, cursor: number, token: string, what: 'start' | 'fault' | 'solo'): Promise<Attempts | null>;
 }
+
+/** Attempts at the message after a cursor that did not commit it: starts, and starts that took it alone. */
+export interface Attempts {
+  starts: number;
+  solos: number;
+}
+
+/**
+ * KEYS: meta. ARGV: epoch, cursor, token, what. The record is `cursor:starts:solos:token:last` in the meta hash's
+ * `attempts`; a commit that moves the cursor writes `cursor:1:0::start` (its owner attempts the next message, and
+ * nobody's start matches the empty token). The same runner starting again at the same cursor after a failure it saw
+ * survived its last attempt: that one does not count, and if it was an attempt alone, it is taken back.
+ */
+const ATTEMPT_LUA = `
+if redis.call('HGET', KEYS[1], 'epoch') ~= ARGV[1] then return false end
+local starts, solos, token, last = 0, 0, '', ''
+local rec = redis.call('HGET', KEYS[1], 'attempts')
+if rec then
+  local c, s, o, t, l = string.match(rec, '^(%d+):(%d+):(%d+):([^:]*):(%a*)$')
+  if c == ARGV[2] then starts = tonumber(s); solos = tonumber(o); token = t; last = l end
+end
+if ARGV[4] == 'solo' then
+  solos = solos + 1; last = 'solo'
+elseif ARGV[4] == 'fault' or token ~= ARGV[3] then
+  starts = starts + 1; last = 'start'
+else
+  if last == 'solo' and solos > 0 then solos = solos - 1 end
+  last = 'start'
+end
+redis.call('HSET', KEYS[1], 'attempts', ARGV[2] .. ':' .. starts .. ':' .. solos .. ':' .. ARGV[3] .. ':' .. last)
+return {starts, solos}
+`;
 
 /** What one partition's batch writes. */
 export interface BatchWrite {
@@ -485,6 +532,11 @@ export function createPartitionStore(
 
     async recordMark(seq) {
       await redis.hset(keys.meta, 'mark', String(seq));
+    },
+
+    async attempt(epoch, cursor, token, what) {
+      const counts = (await redis.eval(ATTEMPT_LUA, 1, keys.meta, String(epoch), String(cursor), token, what)) as [number, number] | null;
+      return counts ? { starts: counts[0], solos: counts[1] } : null;
     },
   };
 }

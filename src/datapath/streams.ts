@@ -2,7 +2,7 @@ import { DiscardPolicy, RetentionPolicy, StorageType, nanos, type JetStreamManag
 import { setTimeout as delay } from 'node:timers/promises';
 import type { Config, Kind } from '../config.js';
 import type { Log } from '../log.js';
-import { names } from '../protocol.js';
+import { names, STREAM_MESSAGE_BYTES_MAX } from '../protocol.js';
 
 /**
  * How long a process keeps retrying the JetStream calls it needs to start (streams, buckets, watches). A JetStream
@@ -38,13 +38,17 @@ export function streamConfig(config: Config, kind: Kind): Partial<StreamConfig> 
   const n = names(config.streamPrefix);
   return {
     name: n.stream(kind),
-    // Commands, and the partitions' trim marks (marks.ts).
-    subjects: [n.cmd(kind, 0).replace(/\.0$/, '.*'), n.mark(kind, 0).replace(/\.0$/, '.*')],
+    // The subjects of each partition that exists, not a wildcard: a command for a partition the shop does not have is
+    // refused at publish (no stream takes it) instead of filling the stream for good. Its commands, and its trim
+    // marks (marks.ts).
+    subjects: Array.from({ length: config.partitions }, (_, p) => [n.cmd(kind, p), n.mark(kind, p)]).flat(),
     storage: StorageType.File,
     retention: RetentionPolicy.Limits,
     // Past the size limit new publishes are refused (the gateway answers 503); an unapplied command is never dropped.
     discard: DiscardPolicy.New,
     max_bytes: config.streamMaxBytes,
+    // Refused at publish: nothing longer is a command (checked again before decoding, datapath/batch-loop.ts).
+    max_msg_size: STREAM_MESSAGE_BYTES_MAX,
     duplicate_window: nanos(config.duplicateWindowMs),
     num_replicas: config.streamReplicas,
   };

@@ -2,6 +2,7 @@
  * Prometheus metrics of a worker and of a gateway, one registry per process (built by a factory, so tests can
  * build several in one process). Served as text by src/monitoring/admin-http.ts on /metrics.
  */
+import { monitorEventLoopDelay } from 'node:perf_hooks';
 import { collectDefaultMetrics, Counter, Gauge, Histogram, Registry } from 'prom-client';
 import type { Kind } from '../config.js';
 import { ERRORS } from '../errors.js';
@@ -9,6 +10,8 @@ import { DEAD_LETTER_REASONS, type RunnerMetrics } from '../datapath/runner-metr
 
 const BATCH_BUCKETS = [1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 4096];
 const COMMIT_BUCKETS_S = [0.0002, 0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1];
+/** Sampling interval of the event-loop delay monitor: a delay is seen to within this. */
+const EVENT_LOOP_RESOLUTION_MS = 10;
 const HTTP_BUCKETS_S = [0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10];
 
 /** What the worker's lag and ownership gauges read at scrape time. */
@@ -81,6 +84,19 @@ export function createWorkerMetrics(sample: () => PartitionSample[], extra?: Run
     collect() {
       this.reset();
       for (const s of sample()) if (s.trouble) this.set({ kind: s.kind, partition: String(s.partition), state: s.trouble }, 1);
+    },
+  });
+  // What one partition's input may cost the others and the heartbeat (the lease) at worst, between two scrapes
+  // (max_over_time of it gives any window; the first scrape covers everything since the worker started).
+  const loopDelay = monitorEventLoopDelay({ resolution: EVENT_LOOP_RESOLUTION_MS });
+  loopDelay.enable();
+  new Gauge({
+    name: 'shop_event_loop_delay_max_seconds',
+    help: `Longest event-loop delay of this worker since the previous scrape (perf_hooks.monitorEventLoopDelay, ${EVENT_LOOP_RESOLUTION_MS} ms resolution)`,
+    registers: [registry],
+    collect() {
+      this.set(loopDelay.max / 1e9);
+      loopDelay.reset();
     },
   });
   new Gauge({

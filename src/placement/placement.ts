@@ -75,10 +75,17 @@ export type Drain = Static<typeof DrainSchema>;
 /** Reads a KV value: the value if it has its schema's shape, else undefined (reported to `fault` when given). */
 export type KvDecoder<T> = (bytes: Uint8Array, fault?: Fault, key?: string) => T | undefined;
 
+/** Most bytes of a KV value the shop reads (every one it writes is a small JSON object): checked before parsing. */
+export const KV_VALUE_BYTES_MAX = 64 * 1024;
+
 function kvDecoder<S extends TSchema>(schema: S, what: string): KvDecoder<Static<S>> {
   const check = TypeCompiler.Compile(schema);
   const kind = `an invalid ${what} in a KV bucket (treated as absent)`;
   return (bytes, fault, key) => {
+    if (bytes.length > KV_VALUE_BYTES_MAX) {
+      fault?.(kind, { key, why: `${bytes.length} bytes, over KV_VALUE_BYTES_MAX (${KV_VALUE_BYTES_MAX})`, ...preview(bytes) });
+      return undefined;
+    }
     let value: unknown;
     try {
       value = JSON.parse(text.decode(bytes));

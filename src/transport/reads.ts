@@ -18,6 +18,8 @@ import { isNoResponders, NOT_AN_ANSWER, type Parse } from './mux.js';
 
 /** Most queries in one read request: a gateway sends at most BUNDLE_MAX per partition and turn. */
 export const READ_QUERIES_MAX = BUNDLE_MAX;
+/** Most bytes of a read request, checked before decoding: READ_QUERIES_MAX queries of an id of ID_MAX_CHARS and their keys. */
+export const READ_REQUEST_BYTES_MAX = READ_QUERIES_MAX * (ID_MAX_CHARS * 4 + 32);
 
 /** nats-server's default max_payload, used until the server has said its own. */
 export const NATS_MAX_PAYLOAD_DEFAULT_BYTES = 1024 * 1024;
@@ -68,7 +70,7 @@ export function serveReads({ nc, subject, answer, log }: ServeReadsOptions): Sub
   const replyTo = (msg: Msg): Uint8Array => {
     let request: unknown;
     try {
-      request = decode(msg.data);
+      request = decode(msg.data, READ_REQUEST_BYTES_MAX);
     } catch {
       fault('a read that is not msgpack', { subject, ...preview(msg.data) });
       return encode(badQuery());

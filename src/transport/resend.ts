@@ -34,9 +34,20 @@ interface ResendRequest {
   ms: number;
 }
 
-function isResendRequest(value: unknown, replies: string): value is ResendRequest {
+/** Longest inbox a resend request may name, and most bytes of a request (checked before decoding). */
+const RESEND_INBOX_MAX_CHARS = 256;
+export const RESEND_REQUEST_BYTES_MAX = 512;
+/** A worker sends an inbox's answers again at most once in this time, and remembers this many inboxes for it. */
+const RESEND_MIN_INTERVAL_MS = 1000;
+const RESEND_INBOXES_MAX = 4096;
+
+export function isResendRequest(value: unknown, replies: string): value is ResendRequest {
   const r = value as ResendRequest;
-  return typeof r === 'object' && r !== null && typeof r.inbox === 'string' && r.inbox.startsWith(replies) && r.inbox.length <= 256 && Number.isFinite(r.ms) && r.ms > 0;
+  return (
+    typeof r === 'object' && r !== null && !Array.isArray(r) && Object.keys(r).length === 2 &&
+    typeof r.inbox === 'string' && r.inbox.startsWith(replies) && r.inbox.length <= RESEND_INBOX_MAX_CHARS && !/[\s*>]/.test(r.inbox) &&
+    typeof r.ms === 'number' && Number.isFinite(r.ms) && r.ms > 0
+  );
 }
 
 /** Calls `each(ms)` on every reconnect, with the time since the disconnect was noticed plus `beforeMs`. */
@@ -59,16 +70,22 @@ export function resendAnswers({ nc, mux, subject, replies, pingIntervalMs, log }
     const sent = mux.resendAnswers(ms);
     if (sent > 0) log.info('reconnected: sent the answers of the last moments again', { ms, messages: sent });
   });
+  // A gateway asks once per reconnect: more often is a loop or an attacker making every worker send its answers again.
+  const lastAsked = new Map<string, number>();
   return nc.subscribe(subject, {
     callback: (err, msg) => {
       if (err) return;
       let request: unknown;
       try {
-        request = decode(msg.data);
+        request = decode(msg.data, RESEND_REQUEST_BYTES_MAX);
       } catch {
         return; // not one: nothing to send
       }
       if (!isResendRequest(request, replies)) return;
+      const now = Date.now();
+      if (now - (lastAsked.get(request.inbox) ?? -Infinity) < RESEND_MIN_INTERVAL_MS) return;
+      if (lastAsked.size >= RESEND_INBOXES_MAX) lastAsked.clear();
+      lastAsked.set(request.inbox, now);
       const sent = mux.resendAnswers(Math.min(ANSWERS_KEPT_MS, request.ms), request.inbox);
       if (sent > 0) log.info('a gateway reconnected: sent its answers of the last moments again', { inbox: request.inbox, ms: request.ms, messages: sent });
     },
