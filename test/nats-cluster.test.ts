@@ -121,7 +121,13 @@ t.test('a 3-node cluster with R3 streams: workers keep their leases through a SI
   await answered(200, 'before any fault');
 
   const bucket = names(config.streamPrefix).workersBucket;
-  const ids = (await c.status()).map((w) => w.id);
+  // Both workers registered (the second may still be starting: it checks the cluster's layout and takes its
+  // partitions after the first serves).
+  let ids: string[] = [];
+  await waitFor(async () => (ids = (await c.status()).map((w) => w.id)).length === 2, {
+    deadlineMs: 30_000,
+    what: `both workers to register (worker 1's output: ${workers[1]!.output().slice(-3000)})`,
+  });
   t.equal(ids.length, 2, 'two workers registered');
   /** Resolves with the ms from `since` until every worker's heartbeat was stored again after it. */
   const heartbeatsStoredAfter = async (since: number) => {

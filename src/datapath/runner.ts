@@ -32,6 +32,8 @@ const OUTBOX_BATCHES_INFLIGHT_MAX = 64;
  * sleeping for seconds after the new primary and its replica were there.
  */
 export const RESTART_BACKOFF_MAX_MS = 1000;
+/** Longest a starting partition spends deleting the stream consumers earlier owners left (dropOldConsumers). */
+const CONSUMER_CLEANUP_MAX_MS = 1000;
 /** How often a partition refused for a stream behind its cursor looks again (an operator may have mended it). */
 const REFUSED_RECHECK_MS = 10_000;
 /**
@@ -297,7 +299,9 @@ export class PartitionRunner implements Member {
     this.untrimmed = 0;
     this.trimSkips = 0;
     this.durable = 0;
-    this.commits = [];
+    // What an earlier owner committed counts as committed now: once Redis has surely made it durable, this owner may
+    // trim it (a partition that moved, and then had no command of its own, used to keep its predecessor's forever).
+    this.commits = [[Date.now(), loaded.cursor]];
     this._live = new Map(actor.tables.map((t) => [t, loaded.tables.get(t) ?? new Map()]));
 
     // Does the stream still hold every command after the cursor Redis gave back, and is it the stream this partition
@@ -368,19 +372,24 @@ export class PartitionRunner implements Member {
    * Deletes the consumers earlier owners left on this partition's subject: a worker that died leaves its ordered
    * consumers behind for nats.js's inactive threshold, 5 minutes (which nats.js 2.29 sets only on a consumer that
    * starts at the stream's first message, so not on ours): after 11 worker restarts every command stream had 24.
-   * The owner that was fenced reads nothing more from its own. Best effort: a failure is said and ignored.
+   * The owner that was fenced reads nothing more from its own. Best effort, and at most CONSUMER_CLEANUP_MAX_MS
+   * before this partition makes its own consumer: while the stream elects a leader every call would wait for its
+   * timeout, one after the other, and a partition took tens of seconds to start (the NATS fault tests' windows went
+   * from 8 to 44 s). Nothing is deleted once that time is up, so its own new consumer is never among them.
    */
   private async dropOldConsumers(): Promise<void> {
-    const { jsm } = this.deps;
     const stream = this.names.stream(this.kind);
-    try {
+    let late = false;
+    const work = (async () => {
+      const jsm = await this.deps.nc.jetstreamManager({ timeout: CONSUMER_CLEANUP_MAX_MS, checkAPI: false });
       for (const c of await jsm.consumers.list(stream).next()) {
+        if (late) return;
         const filters = c.config.filter_subjects ?? (c.config.filter_subject ? [c.config.filter_subject] : []);
         if (filters.length === 1 && filters[0] === this.subject) await jsm.consumers.delete(stream, c.name).catch(() => false);
       }
-    } catch (err) {
-      this.log.warn('could not delete the stream consumers of earlier owners', { err });
-    }
+    })().catch((err: unknown) => this.log.warn('could not delete the stream consumers of earlier owners', { err }));
+    await Promise.race([work, delay(CONSUMER_CLEANUP_MAX_MS)]);
+    late = true;
   }
 
   /**
