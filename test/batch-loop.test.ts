@@ -101,7 +101,7 @@ class FakeMember implements Member {
     c.draft.publish();
     this.cursor = c.cursor;
     this.local = c.local;
-    this.commitCount = c.commitCount;
+    this.commitCount++;
     this.commits.push(c);
     for (const id of c.messageIds) this.messageIds.add(id);
   }

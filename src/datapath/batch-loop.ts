@@ -89,8 +89,6 @@ export interface Committed {
   /** Last stream sequence applied, and the count of commands delivered within the worker. */
   cursor: number;
   local: number;
-  /** The partition's count of commits, this one included. */
-  commitCount: number;
   /** The outbox entry the batch stored, and its field; null when it owes nothing. */
   field: string;
   entry: OutboxEntry | null;
@@ -116,7 +114,7 @@ export interface Member {
   readonly cursor: number;
   /** Commands delivered from within the worker, committed so far. */
   readonly local: number;
-  /** Commits of the partition so far: Redis must hold as many (store.ts checks it with each commit). */
+  /** Commits of the partition so far (one more with each `committed`): Redis must hold as many (store.ts checks it). */
   readonly commitCount: number;
   /** Has queued messages and room in its outbox: may join the next batch. */
   ready(): boolean;
@@ -723,7 +721,7 @@ export class BatchLoop {
       }
     }
     if (this.deps.config.faultKillAfter === 'commit' && owed.some((o) => o.entry && (o.entry.replies.length > 0 || o.entry.parcels.length > 0))) process.kill(process.pid, 'SIGKILL');
-    shares.forEach((p, i) => p.member.committed({ draft: p.draft, cursor: p.last, local: p.local, commitCount: p.member.commitCount + 1, field: owed[i]!.field, entry: owed[i]!.entry, parcels: p.parcels.map((x) => x.id), streamMessages: p.taken.stream.length, messageIds: p.messageIds }));
+    shares.forEach((p, i) => p.member.committed({ draft: p.draft, cursor: p.last, local: p.local, field: owed[i]!.field, entry: owed[i]!.entry, parcels: p.parcels.map((x) => x.id), streamMessages: p.taken.stream.length, messageIds: p.messageIds }));
     this.acknowledge(shares.flatMap((p) => p.parcels));
     return true;
   }

@@ -652,7 +652,7 @@ export class PartitionRunner implements Member {
     this.untrimmed += c.streamMessages;
     this._cursor = c.cursor;
     this._local = c.local;
-    this._commitCount = c.commitCount;
+    this._commitCount++;
     this.trouble = undefined;
     for (const id of c.parcels) this.seenIds.add(id);
     const now = Date.now();

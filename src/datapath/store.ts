@@ -26,7 +26,7 @@ local results = {}
 local k = 0
 for x = 1, #ARGV do
   local txn = cmsgpack.unpack(ARGV[x])
-  local fenced = {}
+  local refused = {}
   local any = false
   local kk = k
   local counted = {}
@@ -37,16 +37,16 @@ for x = 1, #ARGV do
     local wanted = tonumber(txn[b][3]) - 1
     counted[KEYS[kk + 1]] = { meta[1], txn[b][3], txn[b][4] }
     cursors[b] = meta[3]
-    if meta[1] ~= txn[b][2] then fenced[b] = 0; any = true
-    elseif n < wanted then fenced[b] = 3; any = true
-    elseif n > wanted then fenced[b] = 4; any = true end
+    if meta[1] ~= txn[b][2] then refused[b] = 0; any = true
+    elseif n < wanted then refused[b] = 3; any = true
+    elseif n > wanted then refused[b] = 4; any = true end
     kk = kk + tonumber(txn[b][1])
   end
   for b = 1, #txn do
     local a = txn[b]
     local nkeys = tonumber(a[1])
     if any then
-      results[#results + 1] = fenced[b] or 2
+      results[#results + 1] = refused[b] or 2
     else
       if cursors[b] ~= a[4] then
         -- The cursor moves: this owner now attempts the message after it (poison accounting, see ATTEMPT_LUA).

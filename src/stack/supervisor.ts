@@ -224,7 +224,7 @@ function redisGroup(config: Config, p: ReturnType<typeof dataPaths>, auth: Local
     if (replicas.length === 0 || !(await askFailover(sentinelPorts, config.redisMasterName, c.sentinel))) return port;
     log.warn(`${name} was the Redis primary: the Sentinels promote a replica before it starts again, as a replica (its files may miss writes the replicas have)`);
     let promoted = port;
-    await waitFor(async () => (promoted = (await primaryNow(sentinelPorts)) ?? port) !== port, { deadlineMs: SENTINEL_FAILOVER_TIMEOUT_MS, intervalMs: 100, what: `the Sentinels to promote a replica of ${name}` }).catch((err: Error) =>
+    await waitFor(async () => (promoted = await primaryNow(sentinelPorts)) !== port, { deadlineMs: SENTINEL_FAILOVER_TIMEOUT_MS, intervalMs: 100, what: `the Sentinels to promote a replica of ${name}` }).catch((err: Error) =>
       log.warn(`${err.message}; ${name} starts as the primary`),
     );
     return promoted;
