@@ -14,6 +14,7 @@
  *   P_shop.admin             admin requests (shopctl -> the leading controller in a worker)
  *   P_shop.resend            a gateway that reconnected asks the workers for the answers it may have missed
  *   P_shop.pulse.<worker>    a worker's heartbeat on core NATS: liveness without a JetStream leader (membership.ts)
+ *   P_shop.pulse.<worker>.probe   answered by that worker while its process lives (the leader asks when pulses are late)
  *   $KV.<bucket>.>           the buckets S SHOP_WORKERS, S SHOP_PLACEMENT, S SHOP_CONTROL (streams KV_<bucket>)
  *   $JS.EVENT.ADVISORY.STREAM.LEADER_ELECTED.S <kind>   a command stream's new leader (transport/stream-leaders.ts)
  *
@@ -108,8 +109,9 @@ export function permissions(role: Role, { prefix, user }: { prefix: string; user
           ...KINDS.map((k) => n.subject(`${k}.mark.*`)),
           n.subject('_saga.>'),
           n.subject('deadletter.>'),
-          // Its pulses (membership.ts: the heartbeat on core NATS).
+          // Its pulses (membership.ts: the heartbeat on core NATS), and the leader's probes of a worker whose pulses are late.
           n.subject('_shop.pulse.*'),
+          n.subject('_shop.pulse.*.probe'),
           // Heartbeats, placement and control (membership.ts, controller.ts): KV puts, creates and updates.
           ...BUCKETS.map((b) => `$KV.${n.stream(b)}.>`),
           // Answers to shopctl's admin requests (its nats.js inbox), and flow control of KV watches.
@@ -138,6 +140,7 @@ export function permissions(role: Role, { prefix, user }: { prefix: string; user
           n.subject('_shop.admin'),
           n.subject('_shop.resend'),
           n.subject('_shop.pulse.*'), // every worker's pulses: who is alive (and its own, for its lease)
+          n.subject('_shop.pulse.*.probe'), // the leader's probe, answered while this process lives
           ...leaderNews(n), // a command stream's new leader: its partitions' consumers go again at once
           // Its own replies (stream acknowledgements of the outbox) and nats.js inboxes (JetStream API, KV, consumers).
           ownReplies,

@@ -40,6 +40,8 @@ export interface Names {
   pulse(workerId: string): string;
   /** Every worker's pulses. */
   pulses: string;
+  /** Core NATS subject a worker answers on while its process lives: asked when its pulses are late (membership.ts). */
+  probe(workerId: string): string;
   /** KV bucket of the placement: `<kind>.<partition>` -> { worker, epoch }. */
   placementBucket: string;
   /** KV bucket of the controller: `leader`, `pin.<kind>.<partition>`, `drain.<worker>`. */
@@ -68,6 +70,7 @@ export function names(prefix: string): Names {
     workersBucket: `${s}SHOP_WORKERS`,
     pulse: (workerId) => `${p}_shop.pulse.${workerId}`,
     pulses: `${p}_shop.pulse.*`,
+    probe: (workerId) => `${p}_shop.pulse.${workerId}.probe`,
     placementBucket: `${s}SHOP_PLACEMENT`,
     controlBucket: `${s}SHOP_CONTROL`,
     admin: `${p}_shop.admin`,

@@ -47,6 +47,37 @@ t.test('kill -9 of a worker in a checkout storm: its partitions are owned and se
   await Promise.all(workers.map((w) => w.kill('SIGTERM')));
 });
 
+t.test('kill -9 of a worker whose lease is long: the leader finds its process gone by a probe and moves its partitions without waiting out the lease', async (t) => {
+  const LEASE_MS = 10_000;
+  const c = await startCluster(t, { workerLeaseMs: LEASE_MS });
+  const workers = [0, 1].map((i) => c.spawnWorker(i));
+  await c.waitSettled('two workers to share the partitions');
+  await seedShop(c, SHOP);
+  const load = storm(c, SHOP);
+  await load.answered(200);
+
+  const before = await c.status();
+  const victim = before.status.workers.find((w) => w.id !== before.leader)!;
+  const victimChild = workers.find((w) => w.process.pid === victim.pid)!;
+  const survivor = workers.find((w) => w !== victimChild)!;
+  const theirs = before.status.partitions.filter((p) => p.owner === victim.id);
+  const killedAt = performance.now();
+  victimChild.process.kill('SIGKILL');
+  const servingMs = await timeUntilServing(c.nc, c.config, theirs, killedAt);
+  t.ok(servingMs < LEASE_MS, `its ${theirs.length} partitions answer again ${Math.round(servingMs)} ms after the kill, within its ${LEASE_MS} ms lease`);
+  const probed = logLines(survivor.output()).find((l) => l.msg.includes('nothing answers its probe'));
+  t.ok(probed, 'the leader said it found the worker gone by its probe');
+  t.equal(probed?.worker, victim.id, 'that worker');
+
+  await load.answered(100);
+  const result = await audit(c, SHOP, await load.stop());
+  t.comment(`kill -9 with a ${LEASE_MS} ms lease: serving again after ${Math.round(servingMs)} ms; ` + JSON.stringify(result));
+  t.equal(result.failed, 0, 'no checkout failed');
+  t.equal(result.wrong, 0, 'every answer is the committed outcome of its order');
+  t.ok(result.stockConserved && result.creditConserved, 'stock and credit are conserved');
+  await survivor.kill('SIGTERM');
+});
+
 t.test('a third worker under load takes a fair share; drained, its partitions leave before it exits, and no request fails', async (t) => {
   const c = await startCluster(t);
   [0, 1].forEach((i) => c.spawnWorker(i));

@@ -31,6 +31,8 @@ const SETTLE_POLL_MS = 20;
  * a partition back and forth; costs a failover at most this much.
  */
 const RECONCILE_MIN_INTERVAL_MS = 50;
+/** Heartbeat intervals without a pulse after which the leader asks whether a worker's process still lives. */
+const PROBE_AFTER_INTERVALS = 3;
 
 export type AdminRequest =
   | { op: 'move'; kind: Kind; partition: number; worker: string }
@@ -99,7 +101,8 @@ export async function startController({ nc, config, log: parentLog, id, buckets,
   let writes = 0;
   let lastTick = clock.now();
 
-  const members = new MembershipView(b.workers, lease, log, () => schedule(), clock, { nc, subject: names(config.streamPrefix).pulses });
+  const n = names(config.streamPrefix);
+  const members = new MembershipView(b.workers, lease, log, () => schedule(), clock, { nc, subject: n.pulses, probe: n.probe });
   await members.start();
 
   const watches: Watch[] = [];
@@ -253,6 +256,8 @@ export async function startController({ nc, config, log: parentLog, id, buckets,
       const now = clock.now();
       if (ranLate(lastTick, now, lease)) members.forgive(now);
       lastTick = now;
+      // A worker whose pulses are late by PROBE_AFTER_INTERVALS: is its process still there? (membership.ts)
+      if (valid()) void members.probeSilent(PROBE_AFTER_INTERVALS * config.heartbeatIntervalMs, config.heartbeatIntervalMs).catch(() => {});
       if (elect) await decide({ kind: 'tick', now });
       await reconcile();
     } finally {

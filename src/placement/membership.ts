@@ -12,7 +12,7 @@
  * max_age leaves no delete marker a watcher could see. The TTL only keeps the bucket from growing.
  */
 import { setTimeout as delay } from 'node:timers/promises';
-import { KvWatchInclude, type JetStreamClient, type KV, type KvEntry, type NatsConnection, type QueuedIterator, type Subscription } from 'nats';
+import { ErrorCode, KvWatchInclude, type JetStreamClient, type KV, type KvEntry, type NatsConnection, type QueuedIterator, type Subscription } from 'nats';
 import type { Config } from '../config.js';
 import { faultLog, type Fault } from '../faults.js';
 import type { Log } from '../log.js';
@@ -143,7 +143,12 @@ export interface PulseSource {
   nc: NatsConnection;
   /** Every worker's pulse subject (names().pulses); the worker's id is its last token. */
   subject: string;
+  /** A worker's probe subject (names().probe): see probeSilent. */
+  probe?: (workerId: string) => string;
 }
+
+/** Probes in a row that found nobody before a silent worker counts as gone (one could fall in a reconnect). */
+const PROBES_UNANSWERED_MAX = 2;
 
 /** A worker's pulse when it leaves: an empty message (its key in the bucket is deleted as well). */
 export const GONE_PULSE = new Uint8Array(0);
@@ -154,6 +159,9 @@ export class MembershipView {
   private watch: Watch | undefined;
   private pulses: Subscription | undefined;
   private readonly fault: Fault;
+  /** Workers with a probe in flight, and the probes in a row that found nobody (probeSilent). */
+  private readonly probing = new Set<string>();
+  private readonly unanswered = new Map<string, number>();
 
   constructor(
     private readonly kv: KV,
@@ -212,6 +220,42 @@ export class MembershipView {
       this.view = hear(this.view, { kind: 'heartbeat', hb, now: this.clock.now(), initial, storedAt }, this.leaseMs);
     }
     this.onChange(id);
+  }
+
+  /**
+   * Asks every worker whose pulses are late (silent for over `lateMs`, still within its lease) whether its process
+   * lives: each answers on its probe subject while its NATS connection is up. A process that died (SIGKILL, a crash)
+   * closed that connection, and NATS answers "no responders" at once; twice in a row and it is gone, without waiting
+   * out its lease. A paused process, or one behind a cut link, still holds its subscription: the probe goes unanswered
+   * (a timeout, not "no responders") and the lease decides, as for a stalled one. Returns the workers found gone.
+   */
+  async probeSilent(lateMs: number, timeoutMs: number, now = this.clock.now()): Promise<string[]> {
+    const source = this.pulseSource;
+    if (!source?.probe) return [];
+    const late = liveMembers(this.view, now, this.leaseMs).filter((m) => now - m.seenAt > lateMs && !this.probing.has(m.hb.id));
+    const gone = await Promise.all(
+      late.map(async (m) => {
+        const id = m.hb.id;
+        this.probing.add(id);
+        try {
+          await source.nc.request(source.probe!(id), undefined, { timeout: timeoutMs });
+          this.unanswered.delete(id);
+        } catch (err) {
+          if ((err as { code?: string }).code !== ErrorCode.NoResponders) return undefined; // a timeout: maybe paused, the lease decides
+          const n = (this.unanswered.get(id) ?? 0) + 1;
+          this.unanswered.set(id, n);
+          if (n < PROBES_UNANSWERED_MAX || this.view.members.get(id)?.seenAt !== m.seenAt) return undefined;
+          this.unanswered.delete(id);
+          this.log.warn('a worker whose pulses stopped is gone: nothing answers its probe', { worker: id, silentMs: Math.round(this.clock.now() - m.seenAt) });
+          this.heard(id, undefined, false, this.clock.now());
+          return id;
+        } finally {
+          this.probing.delete(id);
+        }
+        return undefined;
+      }),
+    );
+    return gone.filter((id): id is string => id !== undefined);
   }
 
   alive(id: string, now = this.clock.now()): boolean {

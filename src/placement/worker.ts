@@ -273,6 +273,9 @@ async function startDynamicWorker(kit: Kit, id: string, opts: WorkerOptions, reg
   const limits: LeaseLimits = { leaseMs: lease, intervalMs: interval };
   const n = names(config.streamPrefix);
   const pulseSubject = n.pulse(id);
+  // Answered while this process lives (and its connection is up): the leader asks when its pulses are late, and takes
+  // a "no responders" for a death without waiting out the lease (membership.ts probeSilent).
+  const probes = nc.subscribe(n.probe(id), { callback: (_err, msg) => msg.respond() });
   const buckets: Buckets = await untilJetStream('open the KV buckets', () => openBuckets(kit.js, config), log);
   // Heartbeats through a handle of their own with a short timeout: while the bucket elects a leader, a put can hang
   // for the client's whole timeout (5 s), and the next one must not wait for it (put()).
@@ -618,6 +621,7 @@ async function startDynamicWorker(kit: Kit, id: string, opts: WorkerOptions, reg
     // Whatever is left (a runner in its own restart) is stopped directly.
     await Promise.all(running().map((r) => r.stop()));
     void perform(dispatch({ kind: 'closed' }));
+    probes.unsubscribe();
     try {
       nc.publish(pulseSubject, GONE_PULSE); // the others stop waiting for its lease at once
     } catch {
