@@ -97,6 +97,22 @@ export function logNatsStatus(nc: NatsConnection, log: Log): void {
 type RedisSettings = Pick<Config, 'redisUrl' | 'redisUser' | 'redisPassword' | 'redisTlsCa' | 'redisTlsCert' | 'redisTlsKey'> &
   Partial<Pick<Config, 'redisSentinels' | 'redisMasterName' | 'redisSentinelUser' | 'redisSentinelPassword'>>;
 
+/**
+ * Behind Sentinels: how long ending a connection to a primary that was failed over may wait for the server to close
+ * it before it is dropped. ioredis waits 2 s by default (`disconnectTimeout`), and a paused primary never closes: on
+ * +switch-master the client would reach the new primary 2 s after the Sentinels named it. A live server closes at
+ * once, and what was sent unanswered goes out again over the new connection either way.
+ */
+export const SENTINEL_SWITCH_DISCONNECT_MS = 100;
+/**
+ * Behind Sentinels: the longest wait between two attempts to reach the primary after the connection was lost. Each
+ * attempt asks the Sentinels who the primary is, so a connection whose primary died reaches the promoted replica at
+ * most this long after the Sentinels name it (ioredis's default grows to 2 s, and +switch-master cannot cut a wait
+ * that is already running short: the connection it would end is gone). Cheap: one Sentinel question and one refused
+ * connection per attempt, logged once.
+ */
+export const SENTINEL_RETRY_MAX_MS = 200;
+
 /** `host:port,...` as ioredis's sentinel list. */
 export function sentinelList(sentinels: string): { host: string; port: number }[] {
   return sentinels
@@ -140,11 +156,18 @@ export function redisOptions(config: RedisSettings, extra: RedisOptions = {}): R
     if (config.redisSentinelUser) options.sentinelUsername = config.redisSentinelUser;
     if (config.redisSentinelPassword) options.sentinelPassword = config.redisSentinelPassword;
     // A failover the client would not notice by itself: a primary demoted to replica (SENTINEL FAILOVER) keeps its
-    // connections, and would refuse every commit with READONLY. Subscribing to the Sentinels' +switch-master makes
-    // the client reconnect (to the new primary) as soon as they announce one; READONLY does the same for what
-    // slipped through. The command that met READONLY fails (a batch then restarts from Redis): it was not applied.
+    // connections, and would refuse every commit with READONLY; a paused (or cut-off) one keeps them open and answers
+    // nothing. Subscribing to the Sentinels' +switch-master makes the client drop its connection (within
+    // SENTINEL_SWITCH_DISCONNECT_MS) and reconnect to the new primary as soon as they announce one; READONLY does the
+    // same for what slipped through. The command that met READONLY fails (a batch then restarts from Redis): it was
+    // not applied. A command left unanswered on the old connection goes out again on the new one, and the commit path
+    // counts it for nothing (store.ts: a lost connection between a script and its WAIT fails the batch, and the
+    // commit script refuses a batch already written by its count of commits). A connection that was lost before the
+    // switch (a dead primary) retries within SENTINEL_RETRY_MAX_MS, asking the Sentinels each time.
     options.failoverDetector = true;
+    options.disconnectTimeout = SENTINEL_SWITCH_DISCONNECT_MS;
     options.reconnectOnError = (err) => (err.message.startsWith('READONLY') ? 1 : false);
+    options.retryStrategy ??= (attempts) => Math.min(attempts * 50, SENTINEL_RETRY_MAX_MS);
     if (options.tls) options.enableTLSForSentinelMode = true;
   }
   return options;
