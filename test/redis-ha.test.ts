@@ -1,11 +1,13 @@
 /**
- * Redis with replicas and Sentinels: a commit counts only once a replica has it (WAIT); a connection through the Sentinels follows their +switch-master
+ * Redis with replicas and Sentinels: a commit counts only once a replica has it (WAIT); with the cluster profile's
+ * replicas, losing one of them does not stop commits; a connection through the Sentinels follows their +switch-master
  * at once, whether the old primary is paused or dead; and workers follow a failover (SENTINEL FAILOVER, and SIGKILL of
  * the primary) without losing anything they acknowledged.
  */
 import { connect } from 'nats';
 import t from 'tap';
 import { decode } from '../src/codec.js';
+import { loadConfig } from '../src/config.js';
 import { SENTINEL_FAILOVER_TIMEOUT_MS } from '../src/stack/topology.js';
 import { connectRedis } from '../src/transport/connect.js';
 import { createGateway } from '../src/http/gateway.js';
@@ -71,6 +73,33 @@ t.test('WAIT: an acknowledged commit is on the replica before the answer; with t
   await waitFor(async () => (await replicaValue(store.keys.table('items'), 'a'))?.stock === 21, { deadlineMs: 10_000, what: 'the replica to catch up' });
   t.ok(await store.commit(write(epoch + 1, 22, 'a', 22)), 'with the replica back, commits are acknowledged again');
   t.same(await replicaValue(store.keys.table('items'), 'a'), { stock: 22, price: 1 }, 'and are on the replica');
+});
+
+t.test("with the cluster profile's replicas, WAIT for one of them: a replica killed or paused does not stop commits", async (t) => {
+  const profile = loadConfig({ SHOP_PROFILE: 'cluster' });
+  const ha = await startRedisHA(t, { replicas: profile.redisReplicas, sentinels: 0 });
+  const [primary, ...replicas] = ha.nodes;
+  const redis = await connectRedis({ redisUrl: primary!.url, redisUser: ha.worker.user, redisPassword: ha.worker.password, redisTlsCa: '', redisTlsCert: '', redisTlsKey: '' });
+  t.teardown(() => redis.disconnect());
+  const store = createPartitionStore(redis, `${randomToken()}:`, 'stock', 0, ['items'], { waitReplicas: profile.redisWaitReplicas, waitTimeoutMs: WAIT_TIMEOUT_MS });
+  await waitFor(async () => ((await redis.call('WAIT', replicas.length, 1000)) as number) >= replicas.length, { deadlineMs: 30_000, what: 'the replicas to acknowledge writes' });
+  const epoch = await store.acquire();
+  let n = 0;
+  /** Commits `count` batches, each of which must be acknowledged (WAITed by a replica) within WAIT_TIMEOUT_MS. */
+  const commitSome = async (count: number, what: string) => {
+    let acknowledged = 0;
+    for (let i = 0; i < count; i++) if (await store.commit(write(epoch, ++n, 'a', n)).catch(() => false)) acknowledged++;
+    t.equal(acknowledged, count, `${count} commits acknowledged ${what}`);
+  };
+  await commitSome(20, 'with every replica up');
+  replicas[0]!.kill9();
+  await commitSome(20, `with replica ${replicas[0]!.url} killed (SIGKILL)`);
+  await replicas[0]!.restart();
+  await waitFor(() => ((redis.call('WAIT', replicas.length, 1000)) as Promise<number>).then((acked) => acked >= replicas.length), { deadlineMs: 30_000, what: 'the killed replica to be back' });
+  replicas.at(-1)!.pause();
+  t.teardown(() => replicas.at(-1)!.resume());
+  await commitSome(20, `with replica ${replicas.at(-1)!.url} paused (SIGSTOP)`);
+  replicas.at(-1)!.resume();
 });
 
 t.test('a connection through the Sentinels follows their +switch-master at once: the old primary paused (its connection stays open) or killed', async (t) => {
