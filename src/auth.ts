@@ -13,7 +13,9 @@
  *   Pdeadletter.<kind>.<n>   dead letters, stream S DEADLETTER
  *   P_shop.admin             admin requests (shopctl -> the leading controller in a worker)
  *   P_shop.resend            a gateway that reconnected asks the workers for the answers it may have missed
+ *   P_shop.pulse.<worker>    a worker's heartbeat on core NATS: liveness without a JetStream leader (membership.ts)
  *   $KV.<bucket>.>           the buckets S SHOP_WORKERS, S SHOP_PLACEMENT, S SHOP_CONTROL (streams KV_<bucket>)
+ *   $JS.EVENT.ADVISORY.STREAM.LEADER_ELECTED.S <kind>   a command stream's new leader (transport/stream-leaders.ts)
  *
  * `node dist/src/auth.js` prints `nats/auth.conf` (`npm run auth-conf` rewrites it); a test fails when the
  * committed file differs from what this module generates.
@@ -67,6 +69,9 @@ function naming(prefix: string) {
 
 const unique = (list: string[]) => [...new Set(list)];
 
+/** JetStream's advisories of a command stream's new leader (transport/stream-leaders.ts). */
+const leaderNews = (n: ReturnType<typeof naming>) => COMMAND_STREAMS.map((s) => `$JS.EVENT.ADVISORY.STREAM.LEADER_ELECTED.${n.stream(s)}`);
+
 /**
  * What one NATS user of `role` may publish and subscribe to. `user` is its own name: it may hear replies and
  * nats.js inboxes of its own namespace only (`P_reply.<user>.>`, `_INBOX.<user>.>`).
@@ -87,8 +92,9 @@ export function permissions(role: Role, { prefix, user }: { prefix: string; user
           // The cluster's layout (transport/layout.ts), read at start with a direct get of its one subject.
           `$JS.API.DIRECT.GET.${n.kvStream('SHOP_CONTROL')}.$KV.${n.stream('SHOP_CONTROL')}.layout`,
         ],
-        // Its own replies: command outcomes, stream acknowledgements, read answers (transport/mux.ts); the layout's answer.
-        subscribe: [ownReplies, ownInbox],
+        // Its own replies: command outcomes, stream acknowledgements, read answers (transport/mux.ts); the layout's
+        // answer; news of a command stream's new leader (transport/stream-leaders.ts).
+        subscribe: [ownReplies, ownInbox, ...leaderNews(n)],
       };
     case 'worker': {
       const streams = [...COMMAND_STREAMS, DEADLETTER_STREAM].map(n.stream);
@@ -102,6 +108,8 @@ export function permissions(role: Role, { prefix, user }: { prefix: string; user
           ...KINDS.map((k) => n.subject(`${k}.mark.*`)),
           n.subject('_saga.>'),
           n.subject('deadletter.>'),
+          // Its pulses (membership.ts: the heartbeat on core NATS).
+          n.subject('_shop.pulse.*'),
           // Heartbeats, placement and control (membership.ts, controller.ts): KV puts, creates and updates.
           ...BUCKETS.map((b) => `$KV.${n.stream(b)}.>`),
           // Answers to shopctl's admin requests (its nats.js inbox), and flow control of KV watches.
@@ -129,6 +137,8 @@ export function permissions(role: Role, { prefix, user }: { prefix: string; user
           n.subject('_saga.>'),
           n.subject('_shop.admin'),
           n.subject('_shop.resend'),
+          n.subject('_shop.pulse.*'), // every worker's pulses: who is alive (and its own, for its lease)
+          ...leaderNews(n), // a command stream's new leader: its partitions' consumers go again at once
           // Its own replies (stream acknowledgements of the outbox) and nats.js inboxes (JetStream API, KV, consumers).
           ownReplies,
           ownInbox,

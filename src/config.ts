@@ -30,7 +30,8 @@ export interface Config {
   /**
    * How often a NATS client pings its server; after two unanswered pings it takes the server for dead and moves to
    * another of `natsUrl`. A server that is paused (or cut off) is noticed only this way: its TCP connection stays
-   * open. A connection attempt gives up after 3 s.
+   * open. It then dials the next server at once (a server it dialed last not before this long), and a connection
+   * attempt gives up after 2 intervals (0.5 to 3 s).
    */
   natsPingIntervalMs: number;
   /**
@@ -95,12 +96,16 @@ export interface Config {
    * worker dies, joins or drains (src/placement/controller.ts). 'static': partition p belongs to worker p % workerProcesses.
    */
   placement: 'dynamic' | 'static';
-  /** Dynamic placement: how often a worker renews its registration in the `SHOP_WORKERS` bucket (and the leader its leadership). */
+  /**
+   * Dynamic placement: how often a worker sends its heartbeat (a pulse on core NATS, and a put in the `SHOP_WORKERS`
+   * bucket), and the leading controller renews its leadership.
+   */
   heartbeatIntervalMs: number;
   /**
    * Dynamic placement: a worker (or leader) not heard from for this long is dead and its partitions move (at least
-   * 3 heartbeat intervals). A worker whose own heartbeats have failed for this long less one heartbeat interval stops
-   * serving by itself and exits.
+   * 3 heartbeat intervals). A worker that has heard none of its own heartbeats back for this long less one heartbeat
+   * interval stops serving by itself and exits. Liveness rides on core NATS, so no JetStream election need fit in it;
+   * on a NATS cluster it must outlast a client's move to another server (natsPingIntervalMs × 3) and a heartbeat.
    */
   workerLeaseMs: number;
   /** Loopback address of every process's admin HTTP (/healthz, /readyz, /metrics). */

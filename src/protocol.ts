@@ -36,6 +36,10 @@ export interface Names {
   deadLetter(kind: Kind, partition: number): string;
   /** KV bucket of live workers: worker id -> heartbeat (dynamic placement). */
   workersBucket: string;
+  /** Core NATS subject of one worker's pulses: its heartbeat, heard without any JetStream leader (membership.ts). */
+  pulse(workerId: string): string;
+  /** Every worker's pulses. */
+  pulses: string;
   /** KV bucket of the placement: `<kind>.<partition>` -> { worker, epoch }. */
   placementBucket: string;
   /** KV bucket of the controller: `leader`, `pin.<kind>.<partition>`, `drain.<worker>`. */
@@ -62,6 +66,8 @@ export function names(prefix: string): Names {
     deadLetterStream: `${s}DEADLETTER`,
     deadLetter: (kind, partition) => `${p}deadletter.${kind}.${partition}`,
     workersBucket: `${s}SHOP_WORKERS`,
+    pulse: (workerId) => `${p}_shop.pulse.${workerId}`,
+    pulses: `${p}_shop.pulse.*`,
     placementBucket: `${s}SHOP_PLACEMENT`,
     controlBucket: `${s}SHOP_CONTROL`,
     admin: `${p}_shop.admin`,

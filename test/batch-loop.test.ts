@@ -4,7 +4,6 @@
  * commits, on top of its drafts; it commits only after that one did; when that one is refused or fails, the next
  * is thrown away and every message is applied again, in order, exactly once.
  */
-import type { JsMsg } from 'nats';
 import { Packr } from 'msgpackr';
 import t from 'tap';
 import { actorOf } from '../src/actors/index.js';
@@ -12,7 +11,7 @@ import { encode } from '../src/codec.js';
 import { loadConfig, type Kind } from '../src/config.js';
 import { createLog } from '../src/log.js';
 import { BUNDLE_MAX } from '../src/protocol.js';
-import { BatchLoop, type Committed, type Member, type Taken } from '../src/datapath/batch-loop.js';
+import { BatchLoop, type Committed, type Member, type StreamMessage, type Taken } from '../src/datapath/batch-loop.js';
 import { decodeEntry, type OutboxEntry } from '../src/datapath/outbox.js';
 import type { Tables } from '../src/datapath/draft.js';
 import type { CommitResult, PartitionStore, PreparedBatch } from '../src/datapath/store.js';
@@ -37,7 +36,7 @@ class FakeMember implements Member {
   local = 0;
   commitCount = 0;
   state: 'running' | 'fenced' | 'failed' = 'running';
-  queue: JsMsg[] = [];
+  queue: StreamMessage[] = [];
   readonly commits: Committed[] = [];
   readonly store: PartitionStore;
 
@@ -79,7 +78,7 @@ class FakeMember implements Member {
   }
   pushRaw(seq: number, data: Uint8Array, msgId?: string): void {
     const headers = msgId === undefined ? undefined : { get: (h: string) => (h === 'Nats-Msg-Id' ? msgId : '') };
-    this.queue.push({ seq, data, info: { pending: 0 }, headers } as unknown as JsMsg);
+    this.queue.push({ seq, data, pending: 0, headers: headers as StreamMessage['headers'] });
   }
   /** Reply subjects answered and dead letters stored, over every batch prepared. */
   answered = () => this.owed.flatMap((e) => e.replies.map(([to]) => to));

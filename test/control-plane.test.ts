@@ -151,6 +151,22 @@ t.test('liveness: a worker is alive for a lease after its last heartbeat arrived
   t.equal(hear(view, { kind: 'gone', id: 'a' }, LEASE_MS), view, 'deleting what is not there changes nothing');
 });
 
+t.test('liveness: a heartbeat heard again on its other path, or late, changes nothing; unnumbered ones always count', async (t) => {
+  const clock = new FakeClock();
+  const beat = (seq: number | undefined, held: Heartbeat['held']) => ({ kind: 'heartbeat' as const, hb: hb('a', { ...(seq === undefined ? {} : { seq }), held }), now: clock.now(), initial: false, storedAt: clock.now() });
+  let view = hear(newLiveness(clock.now()), beat(1, [{ k: 'stock', p: 0, e: 1, lag: 0 }]), LEASE_MS);
+  clock.advance(100);
+  view = hear(view, beat(2, []), LEASE_MS); // the pulse: it let go of stock.0
+  const after = view;
+  clock.advance(100);
+  t.equal(hear(view, beat(2, []), LEASE_MS), after, 'the same heartbeat from the bucket: nothing new');
+  t.equal(hear(view, beat(1, [{ k: 'stock', p: 0, e: 1, lag: 0 }]), LEASE_MS), after, 'an older one, late: it does not say the partition is held again');
+  view = hear(view, beat(3, []), LEASE_MS);
+  t.equal(view.members.get('a')!.seenAt, clock.now(), 'a newer one restarts its clock');
+  view = hear(view, beat(undefined, []), LEASE_MS);
+  t.equal(view.members.get('a')!.hb.seq, undefined, 'a heartbeat without a number (an older worker) counts');
+});
+
 t.test('liveness: a value found when the watch began counts from when NATS stored it', async (t) => {
   const clock = new FakeClock();
   let view = newLiveness(clock.now());

@@ -1,8 +1,11 @@
 /**
- * The pure parts of the stream marks (src/datapath/marks.ts): the start check of a partition, and the marks' payload
- * (only workers may publish them, but nothing from the bus is trusted).
+ * The stream marks (src/datapath/marks.ts): the start check of a partition, the marks' payload (only workers may
+ * publish them, but nothing from the bus is trusted), and their record in Redis (a real redis-server).
  */
+import { Redis } from 'ioredis';
 import t from 'tap';
+import { createPartitionStore } from '../src/datapath/store.js';
+import { randomToken, startRedis } from './helpers/servers.js';
 import { checkStream, decodeMark, encodeMark } from '../src/datapath/marks.js';
 
 const base = { stream: 'STOCK', lastSeq: 100, mark: { seq: 90, upTo: 80 }, cursor: 85, recordedMark: 90 };
@@ -33,4 +36,19 @@ t.test("a mark's payload: the cursor in decimal, anything else is no mark", asyn
   const bytes = (s: string) => new TextEncoder().encode(s);
   for (const bad of ['', '-1', '1.5', '1e3', ' 1', 'x', '99999999999999999', '1'.repeat(17)]) t.equal(decodeMark(bytes(bad)), undefined, `${JSON.stringify(bad)} is not a mark`);
   t.equal(decodeMark(new Uint8Array([0xc0])), undefined, 'nor are msgpack bytes');
+});
+
+t.test('a mark is recorded only by the owner at the epoch Redis holds, and the record never goes down', async (t) => {
+  const server = await startRedis(t);
+  const redis = new Redis(server.url, { maxRetriesPerRequest: null });
+  t.teardown(() => redis.disconnect());
+  const store = createPartitionStore(redis, `${randomToken()}:`, 'payment', 1, ['users', 'ledger']);
+  const old = await store.acquire(); // the owner that is about to lose the partition
+  const now = await store.acquire(); // its successor
+  t.ok(await store.recordMark(now, 891), 'the owner records its mark');
+  // The deposed owner trims once more before it notices: its mark would be one the new owner's next purge takes,
+  // and the partition would refuse its stream as made anew at its next start (a NATS cut-off in CI, 2026-12-06).
+  t.notOk(await store.recordMark(old, 905), 'a deposed owner records nothing');
+  t.ok(await store.recordMark(now, 870), 'an older mark landing late is accepted...');
+  t.equal((await store.load()).mark, 891, '...and changes nothing: the newest mark stands');
 });

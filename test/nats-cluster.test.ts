@@ -17,6 +17,8 @@ import { httpCall } from './helpers/http.js';
 import { freePort, startRedis, startServer, startServers, testConfig, waitFor } from './helpers/servers.js';
 import { natsAnswers, natsArgs } from '../src/stack/processes.js';
 import { spawnRole, type Child } from './helpers/stack.js';
+import { connect } from 'nats';
+import { watchStreamLeaders } from '../src/transport/stream-leaders.js';
 
 /** An in-process gateway on `config`, closed in teardown; with the shop's workers and when their heartbeats were stored. */
 async function gatewayOn(t: Test, config: ReturnType<typeof testConfig>) {
@@ -176,4 +178,28 @@ t.test('a 3-node cluster with R3 streams: workers keep their leases through a SI
   t.equal(result.wrong, 0, 'every answer is the committed outcome of its order');
   t.ok(result.stockConserved, 'stock is conserved');
   t.ok(result.creditConserved, 'credit is conserved');
+});
+
+t.test('a stream that elects a new leader says so at once (nats-server 2.9 advisory), to the watchers of that stream only', async (t) => {
+  const cluster = await startNatsCluster(t);
+  await cluster.ready();
+  const nc = await connect({ servers: cluster.url });
+  t.teardown(() => nc.close());
+  const jsm = await nc.jetstreamManager();
+  await waitFor(async () => (await jsm.streams.add({ name: 'ONE', subjects: ['one.>'], num_replicas: 3 }).then(() => true, () => false)), { deadlineMs: 30_000, what: 'stream ONE' });
+  await jsm.streams.add({ name: 'TWO', subjects: ['two.>'], num_replicas: 3 });
+  await cluster.caughtUp(['ONE', 'TWO']);
+  const leaders = watchStreamLeaders(nc, ['ONE', 'TWO']);
+  t.teardown(() => leaders.close());
+  const heard: string[] = [];
+  leaders.onElected('ONE', () => heard.push('ONE'));
+  leaders.onElected('TWO', () => heard.push('TWO'));
+  await nc.flush();
+  const before = await cluster.leaderOf('ONE');
+  const steppedAt = Date.now();
+  await nc.request('$JS.API.STREAM.LEADER.STEPDOWN.ONE', undefined, { timeout: 5000 });
+  await waitFor(async () => heard.length > 0, { deadlineMs: 15_000, what: 'the advisory of ONE\'s new leader' });
+  const after = await cluster.leaderOf('ONE');
+  t.same(heard, ['ONE'], `heard ${Date.now() - steppedAt} ms after the step-down; TWO kept its leader`);
+  t.not(after, before, `the leader moved (n${before} -> n${after})`);
 });

@@ -17,7 +17,7 @@
  *
  * The loop talks to a partition only through `Member`, which the partition runner implements.
  */
-import type { JsMsg } from 'nats';
+import type { MsgHdrs } from 'nats';
 import { setImmediate as turn } from 'node:timers/promises';
 import { checkCommand, describe, type Door } from '../actors/commands.js';
 import { BATCH_INIT_CHUNK } from '../partitioning.js';
@@ -57,9 +57,21 @@ export interface Inbound {
   commands: Uint8Array;
 }
 
+/**
+ * A command message of a partition's stream, as its consumer delivers it, or as the runner reads it directly while
+ * the consumer is being made again (runner.ts readWithoutConsumer). `pending`: what the stream holds after it for the
+ * partition, when the consumer said so.
+ */
+export interface StreamMessage {
+  seq: number;
+  data: Uint8Array;
+  headers?: MsgHdrs | undefined;
+  pending?: number | undefined;
+}
+
 /** What a batch took from a partition's queues. */
 export interface Taken {
-  stream: JsMsg[];
+  stream: StreamMessage[];
   parcels: Inbound[];
 }
 
@@ -476,7 +488,7 @@ export class BatchLoop {
   }
 
   /** One stream message: a client's command, or a bundle of them. Returns the commands applied (dead letters count). */
-  private applyStream(delivery: Delivery<Share>, share: Share, m: JsMsg): number {
+  private applyStream(delivery: Delivery<Share>, share: Share, m: StreamMessage): number {
     if (m.seq <= share.fromCursor) return 0; // already applied (a consumer reset can re-deliver)
     share.last = m.seq;
     const base = m.seq * BUNDLE_MAX;

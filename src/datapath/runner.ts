@@ -1,16 +1,17 @@
-import { ConsumerEvents, type ConsumerMessages, type JetStreamClient, type JetStreamManager, type JsMsg, type NatsConnection, type Subscription } from 'nats';
+import { ConsumerEvents, type ConsumerMessages, type JetStreamClient, type JetStreamManager, type NatsConnection, type Subscription } from 'nats';
 import { randomUUID } from 'node:crypto';
 import { setTimeout as delay } from 'node:timers/promises';
 import type { Actor, ReadView } from '../actors/types.js';
 import type { Config, Kind } from '../config.js';
 import type { Log } from '../log.js';
 import { names, type Names } from '../protocol.js';
-import type { BatchLoop, Committed, Inbound, Member, Taken } from './batch-loop.js';
+import type { BatchLoop, Committed, Inbound, Member, StreamMessage, Taken } from './batch-loop.js';
 import type { Courier } from './courier.js';
 import type { Tables } from './draft.js';
 import type { RunnerMetrics } from './runner-metrics.js';
 import type { Mux } from '../transport/mux.js';
 import { checkStream, newestMark, publishMark } from './marks.js';
+import { nextLeader, type StreamLeaders } from '../transport/stream-leaders.js';
 import { decodeEntry, PartitionOutbox } from './outbox.js';
 import { serveReads } from '../transport/reads.js';
 import { StaleEpochError, type PartitionStore } from './store.js';
@@ -53,18 +54,22 @@ const CONSUMER_PULL_EXPIRES_MS = 5000;
 const CONSUMER_HEARTBEAT_MS = 500;
 /**
  * Heartbeats of the ordered consumer missed in a row after which this runner makes a new one, from the message after
- * the last it queued (3 s). nats.js re-creates an ordered consumer only once the server says it is gone; while the
+ * the last it queued (1.5 s). nats.js re-creates an ordered consumer only once the server says it is gone; while the
  * one server it lived on is down, nothing says so, and the partition would read nothing until that server is back.
- * A dropped pull (above) is mended by nats.js's own pull after two.
+ * A dropped pull (above) is mended by nats.js's own pull after two. A consumer replaced that was alive after all
+ * costs little: readWithoutConsumer reads on meanwhile.
  */
-const CONSUMER_MISSED_HEARTBEATS_MAX = 6;
+const CONSUMER_MISSED_HEARTBEATS_MAX = 3;
 /** No message and no news of its pulls for this long: the consumer is taken for gone (see watchConsumer). */
 const CONSUMER_SILENT_MAX_MS = 3 * CONSUMER_PULL_EXPIRES_MS;
 /**
  * How long one JetStream API call of making a consumer may take (nats.js's default is 5 s). While the stream elects a
- * leader nothing answers; a short wait asks again soon after the new leader is there.
+ * leader, or the cluster its meta leader (which places every new consumer), nothing answers; a short wait asks again
+ * soon after they are there.
  */
-const CONSUMER_API_TIMEOUT_MS = 2000;
+const CONSUMER_API_TIMEOUT_MS = 1000;
+/** How often readWithoutConsumer asks again when the stream has nothing new for the partition (or no leader). */
+const DIRECT_READ_IDLE_MS = 100;
 /**
  * Longest wait for a new stream consumer before the attempt is given up and made again: a little over the API
  * timeout. An attempt that got no answer by then waits on inside nats.js before it asks again; a fresh one asks at once.
@@ -135,6 +140,8 @@ export interface RunnerDeps {
   metrics?: RunnerMetrics | undefined;
   /** Called once when the partition is lost to a newer owner. */
   onFenced?: (runner: PartitionRunner) => void;
+  /** News of its stream's new leader: a consumer that lived on the old one, or waits to be made, goes at once. */
+  leaders?: StreamLeaders | undefined;
 }
 
 /** Why a partition does not serve although this worker holds it, for status, readiness and metrics. */
@@ -166,7 +173,7 @@ export class PartitionRunner implements Member {
   /** Commands in the stream not yet delivered to this runner, as of the last batch (the consumer's pending count). */
   private streamPending = 0;
   private readonly names: Names;
-  private queue: JsMsg[] = [];
+  private queue: StreamMessage[] = [];
   private parcels: Inbound[] = [];
   private space: (() => void) | null = null;
   private messages: ConsumerMessages | null = null;
@@ -176,6 +183,8 @@ export class PartitionRunner implements Member {
   private consumerHeardAt = 0;
   /** When the consumer last delivered a message (or was made). */
   private deliveredAt = 0;
+  /** The JetStream API of readWithoutConsumer (CONSUMER_API_TIMEOUT_MS). */
+  private readerJsm: JetStreamManager | undefined;
   /** The JetStream client its consumers are made with (CONSUMER_API_TIMEOUT_MS). */
   private consumerJs: JetStreamClient | undefined;
   /** Replaces the consumer now (set while one runs; see watchConsumer). */
@@ -315,7 +324,7 @@ export class PartitionRunner implements Member {
       return;
     }
     // A partition that never marked this stream marks it now, so that a stream made anew is known for one.
-    if (!mark || loaded.mark === 0) await store.recordMark(await publishMark(nc, markSubject, this._cursor));
+    if (!mark || loaded.mark === 0) await this.recordMark(await publishMark(nc, markSubject, this._cursor));
     if (this._state !== 'starting') throw new Error('stopped while starting');
     await this.countAttempt();
 
@@ -351,6 +360,11 @@ export class PartitionRunner implements Member {
   }
 
   /** Records this start against the message at cursor + 1, and decides from the count how to take it. */
+  /** Records a mark it published, as the owner at its epoch (store.ts: a deposed owner's mark is not recorded). */
+  private async recordMark(seq: number): Promise<void> {
+    if (!(await this.store.recordMark(this._epoch, seq))) throw new StaleEpochError(this._epoch, await this.store.epoch());
+  }
+
   private async countAttempt(): Promise<void> {
     const attempts = await this.store.attempt(this._epoch, this._cursor, this.attemptToken, this.faulted ? 'fault' : 'start');
     this.faulted = false;
@@ -446,13 +460,17 @@ export class PartitionRunner implements Member {
       this.log.warn(`the stream consumer ${why}; reading on through a new one`, { from: this.queuedSeq + 1 });
       messages.stop();
       this.messages = null;
+      void this.readWithoutConsumer();
       void (async () => {
         while (this.active && this.messages === null) {
+          const leader = nextLeader(this.deps.leaders, this.names.stream(this.kind));
           try {
             await this.openConsumer();
           } catch (err) {
             this.log.warn('could not make a new stream consumer yet; retrying', { err });
-            await delay(this.deps.config.retryBackoffMs * 10);
+            await Promise.race([delay(this.deps.config.retryBackoffMs * 10), leader.elected]);
+          } finally {
+            leader.stop();
           }
         }
       })();
@@ -490,12 +508,48 @@ export class PartitionRunner implements Member {
   }
 
   /**
+   * Reads the partition's commands one by one from the stream's leader (a message get by subject, after the last one
+   * queued) while its consumer is being made again: a stream has a leader again seconds before a new consumer can be
+   * made (nats-server 2.9 places each consumer through the cluster's meta leader, and was seen to refuse or lose new
+   * ones for 4-8 s after a node was lost, placing some on the node that was gone). Stops as soon as the consumer is
+   * back, which starts after the last message queued either way.
+   */
+  private async readWithoutConsumer(): Promise<void> {
+    const stream = this.names.stream(this.kind);
+    const jsm = (this.readerJsm ??= await this.deps.nc.jetstreamManager({ timeout: CONSUMER_API_TIMEOUT_MS, checkAPI: false }));
+    while (this.active && this.messages === null) {
+      if (this.queue.length >= this.deps.config.queueMax) {
+        await delay(DIRECT_READ_IDLE_MS);
+        continue;
+      }
+      let stored;
+      try {
+        stored = await jsm.streams.getMessage(stream, { seq: this.queuedSeq + 1, next_by_subj: this.subject } as unknown as { seq: number });
+      } catch {
+        await delay(DIRECT_READ_IDLE_MS); // nothing after the cursor yet, or no leader to ask
+        continue;
+      }
+      if (this.messages !== null || !this.active) return; // the consumer is back: it delivers this one
+      if (stored.seq <= this.queuedSeq) continue;
+      this.queuedSeq = stored.seq;
+      this.deliveredAt = Date.now();
+      this.queue.push({ seq: stored.seq, data: stored.data, headers: stored.header });
+      this.deps.loop.wake();
+    }
+  }
+
+  /**
    * This process's NATS connection moved to another server. The consumer may have lived on the server that went
    * away, and after a reconnect nats.js waits for that server to tell it about its consumer before it watches the
    * heartbeats again: a new consumer now, instead of CONSUMER_SILENT_MAX_MS of reading nothing.
    */
   reconnected(): void {
     this.replaceConsumer?.('may have lived on the server this process lost');
+  }
+
+  /** Its stream elected a new leader (stream-leaders.ts): the consumer may have lived on the old one. */
+  streamLeaderElected(): void {
+    this.replaceConsumer?.('may have lived on the old leader of its stream');
   }
 
   /**
@@ -555,7 +609,7 @@ export class PartitionRunner implements Member {
         if (messages !== this.messages || m.seq <= this.queuedSeq) continue;
         this.queuedSeq = m.seq;
         this.consumerHeardAt = this.deliveredAt = Date.now();
-        this.queue.push(m);
+        this.queue.push({ seq: m.seq, data: m.data, headers: m.headers, pending: m.info.pending });
         this.deps.loop.wake();
         // Backpressure: stop pulling from the stream while the queue is full.
         while (this.queue.length >= this.deps.config.queueMax && this.active) {
@@ -610,14 +664,14 @@ export class PartitionRunner implements Member {
   }
 
   take(max: number): Taken {
-    let stream: JsMsg[] = [];
+    let stream: StreamMessage[] = [];
     // Backpressure on clients' commands only (see OUTBOX_BATCHES_INFLIGHT_MAX).
     if (this.roomInOutbox() && this.queue.length > 0) {
       stream = this.queue.length <= max ? this.queue : this.queue.slice(0, max);
       this.queue = stream === this.queue ? [] : this.queue.slice(max);
     }
     const last = stream[stream.length - 1];
-    if (last) this.streamPending = last.info.pending;
+    if (last?.pending !== undefined) this.streamPending = last.pending;
     this.space?.();
     const parcels = this.parcels;
     this.parcels = [];
@@ -731,7 +785,7 @@ export class PartitionRunner implements Member {
     try {
       // The mark first (marks.ts): the stream then always says how far it was trimmed. The purge takes this
       // partition's commands and older marks up to upTo (`<kind>.*.<n>`), never the new mark, stored after them.
-      await this.deps.store.recordMark(await publishMark(this.deps.nc, this.names.mark(this.kind, this.partition), upTo));
+      await this.recordMark(await publishMark(this.deps.nc, this.names.mark(this.kind, this.partition), upTo));
       await this.deps.jsm.streams.purge(this.names.stream(this.kind), { filter: this.names.partitionSubjects(this.kind, this.partition), seq: upTo + 1 });
       this.trimmedTo = upTo;
     } catch (err) {

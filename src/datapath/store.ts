@@ -154,8 +154,11 @@ export interface PartitionStore {
   clearOutbox(fields: string[]): Promise<void>;
   /** The epoch stored now (for status and tests). */
   epoch(): Promise<number>;
-  /** Records the stream sequence of the newest trim mark this partition published (marks.ts). */
-  recordMark(seq: number): Promise<void>;
+  /**
+   * Records the stream sequence of the newest trim mark this partition published (marks.ts), fenced by `epoch` and
+   * never lowered. false: a newer owner holds the partition, nothing was written.
+   */
+  recordMark(epoch: number, seq: number): Promise<boolean>;
   /**
    * Records an attempt at the message after `cursor` (poison accounting, datapath/runner.ts), fenced by `epoch`:
    * `start` counts a start unless the last one at this cursor was made by `token` (a runner that restarts in the same
@@ -178,6 +181,18 @@ export interface Attempts {
  * nobody's start matches the empty token). The same runner starting again at the same cursor after a failure it saw
  * survived its last attempt: that one does not count, and if it was an attempt alone, it is taken back.
  */
+/**
+ * The trim mark's record, fenced by the epoch: an owner that lost the partition and has not noticed yet may still
+ * publish a mark and trim; recorded, its mark could be one the new owner's purge then takes, and the partition would
+ * find its stream "made anew" at its next start (seen in a NATS cut-off, where every worker lost its lease). Never
+ * lowered: marks are recorded in the order the stream stored them, whichever write lands last.
+ */
+const RECORD_MARK_LUA = `
+if redis.call('HGET', KEYS[1], 'epoch') ~= ARGV[1] then return 0 end
+if tonumber(redis.call('HGET', KEYS[1], 'mark') or '0') < tonumber(ARGV[2]) then redis.call('HSET', KEYS[1], 'mark', ARGV[2]) end
+return 1
+`;
+
 const ATTEMPT_LUA = `
 if redis.call('HGET', KEYS[1], 'epoch') ~= ARGV[1] then return false end
 local starts, solos, token, last = 0, 0, '', ''
@@ -530,8 +545,8 @@ export function createPartitionStore(
       return Number((await redis.hget(keys.meta, 'epoch')) ?? 0);
     },
 
-    async recordMark(seq) {
-      await redis.hset(keys.meta, 'mark', String(seq));
+    async recordMark(epoch, seq) {
+      return (await redis.eval(RECORD_MARK_LUA, 1, keys.meta, String(epoch), String(seq))) === 1;
     },
 
     async attempt(epoch, cursor, token, what) {

@@ -99,7 +99,7 @@ export async function startController({ nc, config, log: parentLog, id, buckets,
   let writes = 0;
   let lastTick = clock.now();
 
-  const members = new MembershipView(b.workers, lease, log, () => schedule(), clock);
+  const members = new MembershipView(b.workers, lease, log, () => schedule(), clock, { nc, subject: names(config.streamPrefix).pulses });
   await members.start();
 
   const watches: Watch[] = [];

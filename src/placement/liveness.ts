@@ -1,7 +1,8 @@
 /**
  * Who is alive, the pure part: the workers as heard from through their heartbeats (with the silence rule), and a
  * worker's own lease (self-fencing). State + event → new state; the time is always passed in. The I/O shells are
- * MembershipView (membership.ts: the watch of the workers bucket) and the dynamic worker (worker.ts: its puts).
+ * MembershipView (membership.ts: the pulses and the watch of the workers bucket) and the dynamic worker (worker.ts:
+ * its pulses and puts).
  */
 import type { Heartbeat } from './placement.js';
 
@@ -40,8 +41,10 @@ export function hear(view: Liveness, event: Heard, leaseMs: number): Liveness {
       return forgiven(view, event.now);
     case 'heartbeat': {
       const { hb, now, initial } = event;
-      // The silence rule. Nobody heard from for half a lease, while every live worker puts one each interval: the
-      // bucket stored nothing (electing a leader) or this view heard nothing (its connection), not every worker died.
+      // Heard already, by its other path (pulse or bucket), or a newer one was: nothing new, not even of its life.
+      if (isOlder(hb, view.members.get(hb.id)?.hb)) return view;
+      // The silence rule. Nobody heard from for half a lease, while every live worker pulses each interval: this view
+      // heard nothing (its connection to NATS moving to another server), not every worker died.
       // Whoever was silent meanwhile gets a fresh lease, as after a stall of this process.
       const base = !initial && now - view.lastArrival > leaseMs / 2 ? forgiven(view, now) : view;
       const members = new Map(base.members);
@@ -50,6 +53,9 @@ export function hear(view: Liveness, event: Heard, leaseMs: number): Liveness {
     }
   }
 }
+
+/** `hb` is the same heartbeat as `known` or an older one (heartbeats without numbers, from older workers, never are). */
+const isOlder = (hb: Heartbeat, known: Heartbeat | undefined) => hb.seq !== undefined && known?.seq !== undefined && hb.seq <= known.seq;
 
 /** Every clock restarted at `now`: nobody is declared dead before another lease has passed. */
 function forgiven(view: Liveness, now: number): Liveness {
@@ -75,9 +81,10 @@ export const ranLate = (lastTick: number, now: number, leaseMs: number): boolean
 // ---- a worker's own lease --------------------------------------------------------------------------------
 
 /**
- * A worker's lease on its partitions, from its own heartbeats: held while a heartbeat it sent is stored at least
- * every lease − interval (the controller declares it dead a lease after the last one arrives, and one interval is the
- * margin); lost for good after that, even if a later put succeeds (say, right after a SIGSTOP ends).
+ * A worker's lease on its partitions, from its own heartbeats: held while a heartbeat it sent comes back at least
+ * every lease − interval (its pulse through its NATS server, or its put stored by the bucket; the controller declares
+ * it dead a lease after the last one arrives, and one interval is the margin); lost for good after that, even if a
+ * later one comes back (say, right after a SIGSTOP ends).
  */
 export type Lease = { phase: 'held'; ackedAt: number } | { phase: 'lost'; at: number; sinceAckMs: number };
 
@@ -88,7 +95,7 @@ export interface LeaseLimits {
 
 export const newLease = (now: number): Lease => ({ phase: 'held', ackedAt: now });
 
-/** A heartbeat sent at `sentAt` was stored. Puts may be acknowledged out of order: the newest sending time counts. */
+/** A heartbeat sent at `sentAt` came back. They may come back out of order: the newest sending time counts. */
 export const leaseStored = (lease: Lease, sentAt: number): Lease => (lease.phase === 'held' ? { phase: 'held', ackedAt: Math.max(lease.ackedAt, sentAt) } : lease);
 
 /** The lease at `now`: lost once no heartbeat has been stored for longer than lease − interval. */

@@ -1,11 +1,18 @@
 /**
- * The KV buckets of dynamic placement and a live view of the workers bucket.
+ * The KV buckets of dynamic placement, and who is alive: a live view of the workers' heartbeats.
+ *
+ * A worker's heartbeat travels two paths. Its pulse on core NATS is what keeps it alive: core subjects need no
+ * JetStream leader, and a client moves to another server within its ping interval, so a lease can be a couple of
+ * seconds where the bucket alone needed one longer than a JetStream election (4-10 s, bench/election.ts). Its put
+ * in the workers bucket is the record: what a view starting now finds at once (who is there, what each holds), and
+ * what `shopctl status` reads. Both feed the same view; a heartbeat's number (`seq`) keeps one heard late on a path
+ * from undoing a newer one.
  *
  * Liveness is judged from when heartbeats arrive, never from the bucket's TTL: on NATS 2.9 a key that expires by
  * max_age leaves no delete marker a watcher could see. The TTL only keeps the bucket from growing.
  */
 import { setTimeout as delay } from 'node:timers/promises';
-import { KvWatchInclude, type JetStreamClient, type KV, type KvEntry, type QueuedIterator } from 'nats';
+import { KvWatchInclude, type JetStreamClient, type KV, type KvEntry, type NatsConnection, type QueuedIterator, type Subscription } from 'nats';
 import type { Config } from '../config.js';
 import { faultLog, type Fault } from '../faults.js';
 import type { Log } from '../log.js';
@@ -131,10 +138,21 @@ export function heartbeatOf(entry: { key: string; value: Uint8Array }, fault: Fa
 
 export type { Member } from './liveness.js';
 
-/** The workers bucket as a map of members with the time each was last heard from: the watch feeding liveness.ts. */
+/** Where a view hears the workers' pulses. */
+export interface PulseSource {
+  nc: NatsConnection;
+  /** Every worker's pulse subject (names().pulses); the worker's id is its last token. */
+  subject: string;
+}
+
+/** A worker's pulse when it leaves: an empty message (its key in the bucket is deleted as well). */
+export const GONE_PULSE = new Uint8Array(0);
+
+/** The workers' pulses and bucket as a map of members with the time each was last heard from, for liveness.ts. */
 export class MembershipView {
   private view: Liveness;
   private watch: Watch | undefined;
+  private pulses: Subscription | undefined;
   private readonly fault: Fault;
 
   constructor(
@@ -143,6 +161,7 @@ export class MembershipView {
     private readonly log: Log,
     private readonly onChange: (id: string) => void = () => {},
     private readonly clock: Clock = systemClock,
+    private readonly pulseSource?: PulseSource,
   ) {
     this.fault = faultLog(log);
     this.view = newLiveness(clock.now());
@@ -159,19 +178,40 @@ export class MembershipView {
 
   async start(): Promise<void> {
     this.view = { ...this.view, lastArrival: this.clock.now() };
+    if (this.pulseSource) this.pulses = this.listen(this.pulseSource);
     this.watch = await watchKv(this.kv, '>', this.log, (entry, initial) => {
-      if (entry.operation !== 'PUT') {
-        this.view = hear(this.view, { kind: 'gone', id: entry.key }, this.leaseMs);
-      } else {
-        const hb = heartbeatOf(entry, this.fault);
-        // Not a heartbeat: ignored. What was known of that worker stands and its clock is not restarted, so a bad
-        // write over a live worker's key moves nothing, and a dead worker's key stays dead.
-        if (!hb) return;
-        this.view = hear(this.view, { kind: 'heartbeat', hb, now: this.clock.now(), initial, storedAt: entry.created.getTime() }, this.leaseMs);
-      }
-      this.onChange(entry.key);
+      this.heard(entry.key, entry.operation === 'PUT' ? entry.value : undefined, initial, entry.created.getTime());
     });
     await this.watch.ready;
+  }
+
+  /** The pulses, as they come (a subscription's callback: no queue between NATS and the view). */
+  private listen({ nc, subject }: PulseSource): Subscription {
+    return nc.subscribe(subject, {
+      callback: (err, msg) => {
+        if (err) return;
+        const id = msg.subject.slice(msg.subject.lastIndexOf('.') + 1);
+        try {
+          this.heard(id, msg.data.length === 0 ? undefined : msg.data, false, this.clock.now());
+        } catch (e) {
+          this.log.error('pulse callback failed', { id, err: e });
+        }
+      },
+    });
+  }
+
+  /** `value` under `id` (undefined: the worker left), from either path. */
+  private heard(id: string, value: Uint8Array | undefined, initial: boolean, storedAt: number): void {
+    if (value === undefined) {
+      this.view = hear(this.view, { kind: 'gone', id }, this.leaseMs);
+    } else {
+      const hb = heartbeatOf({ key: id, value }, this.fault);
+      // Not a heartbeat: ignored. What was known of that worker stands and its clock is not restarted, so a bad
+      // write over a live worker's key moves nothing, and a dead worker's key stays dead.
+      if (!hb) return;
+      this.view = hear(this.view, { kind: 'heartbeat', hb, now: this.clock.now(), initial, storedAt }, this.leaseMs);
+    }
+    this.onChange(id);
   }
 
   alive(id: string, now = this.clock.now()): boolean {
@@ -190,5 +230,6 @@ export class MembershipView {
 
   stop(): void {
     this.watch?.stop();
+    this.pulses?.unsubscribe();
   }
 }

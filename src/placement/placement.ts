@@ -43,9 +43,16 @@ const HeldSchema = Type.Object({
 });
 export type Held = Static<typeof HeldSchema>;
 
-/** What a worker puts under its id in the workers bucket, every heartbeat. */
+/** What a worker says every heartbeat: as a pulse on core NATS, and under its id in the workers bucket. */
 const HeartbeatSchema = Type.Object({
   id: Type.String({ minLength: 1 }),
+  /**
+   * Its number among this worker's heartbeats, counting up: the same heartbeat arrives twice (pulse and bucket), and
+   * one delayed on a path must not undo a newer one heard on the other (say, list a partition the worker let go).
+   */
+  seq: Type.Optional(Type.Integer({ minimum: 0 })),
+  /** When the worker sent it, on its own clock: its lease counts from the newest one it hears back. */
+  at: Type.Optional(Type.Number()),
   pid: Type.Integer({ minimum: 0 }),
   host: Type.String(),
   kinds: Type.Array(KindSchema),

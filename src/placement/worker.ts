@@ -13,11 +13,12 @@ import { systemClock, type Clock } from '../clock.js';
 import { startController, type Controller } from './controller.js';
 import { draining, newWorker, serving, slotStep, workerStep, type SlotView, type WorkerAction, type WorkerEnd, type WorkerEvent } from './handoff.js';
 import type { LeaseLimits } from './liveness.js';
-import { MembershipView, openBuckets, openControlBucket, watchKv, type Buckets, type Watch } from './membership.js';
+import { GONE_PULSE, MembershipView, openBuckets, openControlBucket, watchKv, type Buckets, type Watch } from './membership.js';
 import { claimLayout, LayoutMismatchError } from '../transport/layout.js';
 import type { RunnerMetrics } from '../datapath/runner-metrics.js';
 import { Mux } from '../transport/mux.js';
 import { resendAnswers } from '../transport/resend.js';
+import { watchStreamLeaders, type StreamLeaders } from '../transport/stream-leaders.js';
 import { PartitionRunner } from '../datapath/runner.js';
 import { kvValues, parsePlacementKey, placementKey, toBytes, type Assignment, type Heartbeat } from './placement.js';
 import { BatchLoop } from '../datapath/batch-loop.js';
@@ -101,14 +102,15 @@ interface Kit {
   js: ReturnType<NatsConnection['jetstream']>;
   jsm: Awaited<ReturnType<NatsConnection['jetstreamManager']>>;
   metrics: RunnerMetrics;
+  leaders: StreamLeaders;
 }
 
 /** How many replicas must have each commit, from the settings. */
 const replicationOf = (config: Config) => ({ waitReplicas: config.redisWaitReplicas, waitTimeoutMs: config.redisWaitTimeoutMs });
 
 function newRunner(kit: Kit, kind: Kind, partition: number, store: PartitionStore, onFenced: (r: PartitionRunner) => void): PartitionRunner {
-  const { nc, js, jsm, mux, courier, loop, config, log, metrics } = kit;
-  return new PartitionRunner({ nc, js, jsm, mux, courier, loop, config, log, metrics, actor: actorOf(kind), partition, store, onFenced });
+  const { nc, js, jsm, mux, courier, loop, config, log, metrics, leaders } = kit;
+  return new PartitionRunner({ nc, js, jsm, mux, courier, loop, config, log, metrics, leaders, actor: actorOf(kind), partition, store, onFenced });
 }
 
 const sampleOf = (runners: Iterable<PartitionRunner>): PartitionSample[] =>
@@ -180,9 +182,16 @@ export async function startWorker(opts: WorkerOptions): Promise<Worker> {
       courier.reconnected();
     }
   })().catch(() => {});
+  // A stream's new leader: the consumers of its partitions here go at once (stream-leaders.ts).
+  const leaders = watchStreamLeaders(nc, config.kinds.map((k) => n.stream(k)));
+  for (const kind of config.kinds) {
+    leaders.onElected(n.stream(kind), () => {
+      for (const r of current()) if (r.kind === kind) r.streamLeaderElected();
+    });
+  }
   const warmMs = warmActorsOnce();
   if (warmMs) log.debug('actors warmed before taking partitions', { ms: warmMs });
-  const kit: Kit = { nc, config, log, redis, mux, resends, courier, loop, js, jsm, metrics };
+  const kit: Kit = { nc, config, log, redis, mux, resends, courier, loop, js, jsm, metrics, leaders };
   const worker = dynamic
     ? await startDynamicWorker(kit, id, opts, metrics.registry, (follow) => (locate = follow))
     : await startStaticWorker(kit, id, opts.partitions ?? ownedPartitions(config), metrics.registry);
@@ -217,6 +226,7 @@ async function startStaticWorker(kit: Kit, id: string, partitions: { kind: Kind;
       await Promise.all(runners.map((r) => r.stop()));
       courier.close();
       kit.resends.unsubscribe();
+      kit.leaders.close();
       mux.close(new Error('worker closed'));
     },
   };
@@ -261,12 +271,14 @@ async function startDynamicWorker(kit: Kit, id: string, opts: WorkerOptions, reg
   const lease = config.workerLeaseMs;
   const interval = config.heartbeatIntervalMs;
   const limits: LeaseLimits = { leaseMs: lease, intervalMs: interval };
+  const n = names(config.streamPrefix);
+  const pulseSubject = n.pulse(id);
   const buckets: Buckets = await untilJetStream('open the KV buckets', () => openBuckets(kit.js, config), log);
   // Heartbeats through a handle of their own with a short timeout: while the bucket elects a leader, a put can hang
   // for the client's whole timeout (5 s), and the next one must not wait for it (put()).
   const heartbeats = await untilJetStream(
     'bind the workers bucket',
-    () => nc.jetstream({ timeout: heartbeatPutTimeoutMs(interval) }).views.kv(names(config.streamPrefix).workersBucket, { bindOnly: true }),
+    () => nc.jetstream({ timeout: heartbeatPutTimeoutMs(interval) }).views.kv(n.workersBucket, { bindOnly: true }),
     log,
   );
   const slots = new Map<string, Slot>();
@@ -305,7 +317,7 @@ async function startDynamicWorker(kit: Kit, id: string, opts: WorkerOptions, reg
           puts.push(put(action.sentAt));
           break;
         case 'lose':
-          log.error('lease lost: no heartbeat stored for longer than the lease allows; stopping every partition', { sinceLastMs: action.sinceAckMs, leaseMs: lease });
+          log.error('lease lost: none of its heartbeats came back for longer than the lease allows; stopping every partition', { sinceLastMs: action.sinceAckMs, leaseMs: lease });
           // stop() unsubscribes reads and stops the reader at once; a commit in flight is refused by the epoch in Redis.
           for (const s of slots.values()) void reconcile(s);
           break;
@@ -328,8 +340,11 @@ async function startDynamicWorker(kit: Kit, id: string, opts: WorkerOptions, reg
 
   // ---- heartbeats -----------------------------------------------------------------------------------
 
-  const heartbeat = (): Heartbeat => ({
+  let beats = 0;
+  const heartbeat = (sentAt: number): Heartbeat => ({
     id,
+    seq: beats++,
+    at: sentAt,
     pid: process.pid,
     host: hostname(),
     kinds: [...config.kinds],
@@ -346,22 +361,36 @@ async function startDynamicWorker(kit: Kit, id: string, opts: WorkerOptions, reg
 
   let puts = 0;
   /**
-   * Puts the heartbeat, without waiting for the puts still in flight (at most HEARTBEAT_PUTS_INFLIGHT_MAX): one that
-   * hangs (its bucket electing a leader, its server gone) must not hold up the next, which may find the new leader.
-   * They leave over one connection in order and JetStream stores them in that order. The lease counts from the
-   * sending time of the newest put that was stored.
+   * Sends the heartbeat: as a pulse on core NATS (membership.ts), and as a put in the workers bucket, without waiting
+   * for the puts still in flight (at most HEARTBEAT_PUTS_INFLIGHT_MAX): one that hangs (its bucket electing a leader,
+   * its server gone) must not hold up the next, which may find the new leader. The lease counts from the sending time
+   * of the newest heartbeat that came back: its own pulse, heard through its server (heardBack), or its put, stored.
    */
   async function put(sentAt: number): Promise<void> {
+    const bytes = toBytes(heartbeat(sentAt));
+    try {
+      nc.publish(pulseSubject, bytes);
+    } catch (err) {
+      log.debug('pulse not sent (connection closed?)', { err });
+    }
     if (puts >= HEARTBEAT_PUTS_INFLIGHT_MAX) return;
     puts++;
     try {
-      await heartbeats.put(id, toBytes(heartbeat()));
+      await heartbeats.put(id, bytes);
       void perform(dispatch({ kind: 'stored', sentAt }));
     } catch (err) {
-      log.warn('heartbeat failed', { err, sinceLastMs: state.lease.phase === 'held' ? clock.now() - state.lease.ackedAt : undefined });
+      // While the bucket elects a leader its puts fail, and the pulses hold the lease: worth a warning only when they do not.
+      const sinceLastMs = state.lease.phase === 'held' ? clock.now() - state.lease.ackedAt : undefined;
+      const level = sinceLastMs !== undefined && sinceLastMs <= 2 * interval ? 'debug' : 'warn';
+      log[level]('heartbeat not stored in the workers bucket', { err, sinceLastMs });
     } finally {
       puts--;
     }
+  }
+  /** Its own heartbeat, heard back through NATS (the pulse, or the bucket's watch): the lease holds. */
+  function heardBack(): void {
+    const sentAt = members.members.get(id)?.hb.at;
+    if (sentAt !== undefined) void perform(dispatch({ kind: 'stored', sentAt }));
   }
   /** A heartbeat, if the lease still holds (a lease that lapsed stays lost: a heartbeat must not revive it). */
   const beat = () => perform(dispatch({ kind: 'beat', now: clock.now() }));
@@ -484,6 +513,7 @@ async function startDynamicWorker(kit: Kit, id: string, opts: WorkerOptions, reg
     lease,
     log,
     (worker) => {
+      if (worker === id) heardBack();
       // A previous owner's heartbeat may say it let go: look at the partitions waiting for one.
       for (const s of slots.values()) if (!s.runner && s.assigned?.worker === id && s.assigned.prev) void reconcile(s);
       // A new owner's heartbeat may say it now runs a partition: what this worker's partitions owe it goes now, not
@@ -496,15 +526,23 @@ async function startDynamicWorker(kit: Kit, id: string, opts: WorkerOptions, reg
       }
     },
     clock,
+    { nc, subject: n.pulses },
   );
   await untilJetStream('watch the workers bucket', () => members.start(), log);
 
   // Registered before anything is placed here (retried while the bucket elects a leader).
-  await untilJetStream(`register worker ${id} in the ${names(config.streamPrefix).workersBucket} bucket`, async () => {
+  await untilJetStream(`register worker ${id} in the ${n.workersBucket} bucket`, async () => {
     const sentAt = clock.now();
-    await heartbeats.put(id, toBytes(heartbeat()));
+    await heartbeats.put(id, toBytes(heartbeat(sentAt)));
     void perform(dispatch({ kind: 'stored', sentAt }));
   }, log);
+
+  // Heartbeats from now on, while the rest starts: watching the placement can take seconds while a bucket elects a
+  // leader, and a worker that stopped pulsing meanwhile would lose the lease it just took.
+  const timer = clock.setInterval(() => {
+    const idle = running().length === 0 && ![...slots.values()].some((s) => s.assigned?.worker === id);
+    void perform(dispatch({ kind: 'tick', now: clock.now(), idle }));
+  }, interval);
 
   const watches: Watch[] = [];
   watches.push(await untilJetStream('watch the placement', () => watchKv(buckets.placement, '>', log, (e) => onPlacement(e)), log));
@@ -523,10 +561,6 @@ async function startDynamicWorker(kit: Kit, id: string, opts: WorkerOptions, reg
     ),
   );
 
-  const timer = clock.setInterval(() => {
-    const idle = running().length === 0 && ![...slots.values()].some((s) => s.assigned?.worker === id);
-    void perform(dispatch({ kind: 'tick', now: clock.now(), idle }));
-  }, interval);
 
   const controller: Controller | undefined =
     opts.controller === false ? undefined : await untilJetStream('start the controller', () => startController({ nc, config, log: kit.log, id, buckets, seed: opts.controllerSeed, clock }), log);
@@ -584,9 +618,15 @@ async function startDynamicWorker(kit: Kit, id: string, opts: WorkerOptions, reg
     // Whatever is left (a runner in its own restart) is stopped directly.
     await Promise.all(running().map((r) => r.stop()));
     void perform(dispatch({ kind: 'closed' }));
+    try {
+      nc.publish(pulseSubject, GONE_PULSE); // the others stop waiting for its lease at once
+    } catch {
+      // connection closed: its lease runs out instead
+    }
     await buckets.workers.delete(id).catch((err: unknown) => log.warn('could not deregister', { err }));
     courier.close();
     kit.resends.unsubscribe();
+    kit.leaders.close();
     mux.close(new Error('worker closed'));
     log.info('closed');
   }

@@ -25,6 +25,8 @@ export const NATS_MAX_PINGS_OUT = 2;
  * happened to try it again lost its lease before it tried another.
  */
 export const NATS_CONNECT_ATTEMPT_TIMEOUT_MS = 3000;
+/** The least a connection attempt may take with a short ping interval: a TLS handshake with a busy server. */
+const NATS_CONNECT_ATTEMPT_MIN_MS = 500;
 
 export interface NatsConnectOptions {
   /**
@@ -45,6 +47,12 @@ export function natsOptions(config: NatsSettings, name: string, { maxReconnectAt
     // interval, 2 minutes, is far longer than a worker's lease).
     options.pingInterval = config.natsPingIntervalMs;
     options.maxPingOut = NATS_MAX_PINGS_OUT;
+    // And then on to the next server within about as long again: nats.js waits reconnectTimeWait (2 s) before it
+    // dials a server it dialed last, and a connection attempt to a paused or cut-off server ends only at its timeout
+    // (nats.js 2.29 tries the server it lost first when that is the one it connected to at start). A worker's pulses
+    // stop meanwhile (placement/membership.ts), and the cluster's lease is 2 s.
+    options.reconnectTimeWait = config.natsPingIntervalMs;
+    options.timeout = timeoutMs ?? Math.min(NATS_CONNECT_ATTEMPT_TIMEOUT_MS, Math.max(NATS_CONNECT_ATTEMPT_MIN_MS, NATS_MAX_PINGS_OUT * config.natsPingIntervalMs));
   }
   if (maxReconnectAttempts === -1) {
     // Never give up means also after a refused login (nats.js would close for good after two): a server reloading its

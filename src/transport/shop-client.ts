@@ -10,6 +10,7 @@ import { BUNDLE_MAX, bundleRanges, isReply, names, type CommandEnvelope, type Re
 import { ACK_WAIT_MS, Mux, MUX_TIMEOUT, NOT_AN_ANSWER, parsePubAck, type Parse } from './mux.js';
 import { readAnswer } from './reads.js';
 import { askForLostAnswers } from './resend.js';
+import { nextLeader, watchStreamLeaders } from './stream-leaders.js';
 
 /**
  * Longest wait for one read attempt before it is asked again (reads are idempotent). A request sent while the
@@ -90,6 +91,10 @@ export function createShopClient({ nc, config, log }: { nc: NatsConnection; conf
   askForLostAnswers({ nc, subject: n.resend, inbox: mux.inbox, pingIntervalMs: config.natsPingIntervalMs, log });
   const replyCheck = commandReply(fault);
   const ackCheck = parsePubAck(fault);
+  // A publish waiting on a stream that elects a new leader goes again to it at once (stream-leaders.ts).
+  const leaders = watchStreamLeaders(nc, config.kinds.map((k) => n.stream(k)));
+  const streamOf = new Map<string, string>(config.kinds.map((k) => [n.cmd(k, 0).replace(/\.0$/, '.'), n.stream(k)]));
+  const streamOfSubject = (subject: string) => streamOf.get(subject.slice(0, subject.lastIndexOf('.') + 1)) ?? '';
 
   /** Publishes a message until the stream has stored it; gives up only when the stream refuses it until the deadline. */
   async function store(subject: string, data: Uint8Array, msgId: string, deadline: number): Promise<void> {
@@ -97,14 +102,22 @@ export function createShopClient({ nc, config, log }: { nc: NatsConnection; conf
       const left = deadline - Date.now();
       if (left <= 0) return; // the outcome's own wait expires
       let refusal: string;
+      const leader = nextLeader(leaders, streamOfSubject(subject));
       try {
         // An answer that is not an acknowledgement is dropped: as for a lost one, the wait ends and the same id goes again.
-        const ack = await mux.request(subject, data, Math.min(left, ACK_WAIT_MS), msgId, ackCheck);
+        const acked = mux.request(subject, data, Math.min(left, ACK_WAIT_MS), msgId, ackCheck);
+        const ack = await Promise.race([acked, leader.elected]);
+        if (ack === 'elected') {
+          acked.catch(() => {}); // its answer, if one comes, is the same message's: de-duplicated by its id
+          continue; // a new leader: publish to it now
+        }
         if (!ack.error) return;
         refusal = ack.error.description;
       } catch (err) {
         if (err !== MUX_TIMEOUT) throw err;
         continue; // acknowledgement lost or late: publish again
+      } finally {
+        leader.stop();
       }
       refused(`the stream refused a command on ${subject.slice(0, subject.lastIndexOf('.'))}.*: ${refusal}`, { subject });
       if (deadline - Date.now() <= config.retryBackoffMs) throw new ShopError('unavailable', `the stream refused ${subject}: ${refusal}`);
@@ -246,6 +259,7 @@ export function createShopClient({ nc, config, log }: { nc: NatsConnection; conf
     inFlight: () => mux.pending() + readsWaiting,
 
     async close(): Promise<void> {
+      leaders.close();
       mux.close(new ShopError('unavailable', 'gateway shutting down'));
     },
   };

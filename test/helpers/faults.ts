@@ -9,6 +9,8 @@
  * `npm start` does, after its 0.5 s backoff). What each fault test does to the servers (kill, pause, cut, restart) it
  * does itself, with the helpers of ha.ts and netns.ts.
  */
+import { appendFileSync } from 'node:fs';
+import { join } from 'node:path';
 import type { NatsConnection } from 'nats';
 import type { Test } from 'tap';
 import { readStatus, type StatusDetail } from '../../src/admin/status.js';
@@ -185,6 +187,15 @@ function lastError(output: string): string {
   }
 }
 
+/**
+ * With SHOP_FAULT_LOG_DIR set, every worker's and gateway's whole output is kept there when it exits (one file per
+ * role and index, each process appended): what a run that passed slowly did.
+ */
+function keepOutput(role: string, index: number, c: Child): void {
+  const dir = process.env.SHOP_FAULT_LOG_DIR;
+  if (dir) appendFileSync(join(dir, `${role}-${index}.log`), c.output());
+}
+
 /** A worker or gateway process, started again whenever it exits (as the supervisor would), SIGKILLed in teardown. */
 function supervise(t: Test, role: 'worker' | 'gateway', index: number, config: Config): Proc {
   let child = spawnRole(role, config);
@@ -194,6 +205,7 @@ function supervise(t: Test, role: 'worker' | 'gateway', index: number, config: C
   let waiters: (() => void)[] = [];
   const follow = (c: Child) => {
     void c.exited.then((how) => {
+      keepOutput(role, index, c);
       if (stopping) return;
       if (expected > 0) expected--;
       else unexpectedExits.push(`${role} ${index} exited (${how}) at ${Math.round(performance.now())} ms: ${lastError(c.output())}`);
@@ -519,9 +531,14 @@ export interface Window {
   maxMs: number;
   /** What the failed requests were answered (status or error, with counts). */
   failures: string;
+  /** The request that waited longest: what it was, through which gateway, and how it ended. */
+  slowest: string;
 }
 
 /** The unavailability seen by `reqs`: failed and stuck requests, and the longest stretch they cover. */
+const wait = (r: Req) => (r.done ?? performance.now()) - r.sent;
+const describeReq = (r: Req | undefined) => (r ? `${r.op} ${r.id} via gateway ${r.gateway}: ${r.done === undefined ? 'still waiting' : `${r.status ?? 'no answer'}${r.error ? ` ${r.error}` : ''}`}` : 'none');
+
 export function measure(reqs: readonly Req[]): Window {
   const bad = reqs.filter((r) => unknownOutcome(r) || r.done! - r.sent > STUCK_MS);
   const spans = bad.map((r) => [r.sent, r.done ?? performance.now()] as [number, number]).sort((a, b) => a[0] - b[0]);
@@ -545,11 +562,12 @@ export function measure(reqs: readonly Req[]): Window {
     longestMs: Math.round(longest),
     maxMs: Math.round(Math.max(0, ...reqs.map((r) => (r.done ?? performance.now()) - r.sent))),
     failures: [...failures].map(([k, n]) => `${n}× ${k}`).join(', ') || 'none',
+    slowest: describeReq(reqs.reduce<Req | undefined>((a, r) => (!a || wait(r) > wait(a) ? r : a), undefined)),
   };
 }
 
 export const describeWindow = (w: Window) =>
-  `${w.requests} requests: longest stretch of failed or stuck (> ${STUCK_MS} ms) requests ${w.longestMs} ms; ${w.failed} failed (${w.failures}), ${w.stuck} stuck; slowest ${w.maxMs} ms`;
+  `${w.requests} requests: longest stretch of failed or stuck (> ${STUCK_MS} ms) requests ${w.longestMs} ms; ${w.failed} failed (${w.failures}), ${w.stuck} stuck; slowest ${w.maxMs} ms (${w.slowest})`;
 
 /** The partitions (`<kind>.<p>`) a request touches: a checkout its order's, its items' and its user's. */
 export function touches(r: Req, orders: Map<string, OrderState>, partitions: number): string[] {

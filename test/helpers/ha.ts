@@ -46,6 +46,8 @@ export interface NatsCluster {
   url: string;
   /** The index of the node that leads `stream` (a KV bucket's stream is `KV_<bucket>`) now, or undefined. */
   leaderOf(stream: string): Promise<number | undefined>;
+  /** Which node leads the JetStream meta group (which places every stream and consumer), as the first node that answers says. */
+  metaLeader(): Promise<number | undefined>;
   /** Resolves once the cluster has a JetStream meta leader and every node is routed to the others. */
   ready(): Promise<void>;
   /**
@@ -64,6 +66,7 @@ export interface NatsCluster {
 export async function startNatsCluster(t: Test, { nodes = 3, users, prefix, lab }: { nodes?: number; users?: TestUsers; prefix?: string; lab?: NetLab } = {}): Promise<NatsCluster> {
   const clientPorts = await Promise.all(Array.from({ length: nodes }, () => freePort()));
   const routePorts = await Promise.all(Array.from({ length: nodes }, () => freePort()));
+  const monitorPorts = await Promise.all(Array.from({ length: nodes }, () => freePort()));
   const routePassword = password();
   const hosts = Array.from({ length: nodes }, (_, i) => lab?.address(i) ?? '127.0.0.1');
   const servers = await Promise.all(
@@ -82,7 +85,7 @@ export async function startNatsCluster(t: Test, { nodes = 3, users, prefix, lab 
               [natsClusterBlock({ routePort: routePorts[i]!, routePorts, routePassword, host: hosts[i]!, hosts }), users ? testNatsAuthorization(users, prefix) : ''].join('\n'),
               { mode: 0o600 },
             ),
-          args: (p, dir) => [...natsArgs({ port: p, storeDir: join(dir, 'js'), configFile: join(dir, 'node.conf'), host: hosts[i]! }), '-n', `n${i}`],
+          args: (p, dir) => [...natsArgs({ port: p, storeDir: join(dir, 'js'), configFile: join(dir, 'node.conf'), host: hosts[i]! }), '-n', `n${i}`, '-m', String(monitorPorts[i])],
           answers: (p) => natsAnswers(p, { host: hosts[i]! }),
         },
         t,
@@ -106,6 +109,20 @@ export async function startNatsCluster(t: Test, { nodes = 3, users, prefix, lab 
       } finally {
         await nc.close();
       }
+    },
+    async metaLeader() {
+      // Each node's own view, from its monitoring port; the first that names one counts.
+      for (const [i, node] of servers.entries()) {
+        if (node.pid === undefined) continue;
+        try {
+          const res = await fetch(`http://${hosts[i]}:${monitorPorts[i]}/jsz`, { signal: AbortSignal.timeout(500) });
+          const leader = ((await res.json()) as { meta_cluster?: { leader?: string } }).meta_cluster?.leader;
+          if (leader) return Number(leader.slice(1));
+        } catch {
+          // paused, cut off or down: ask the next
+        }
+      }
+      return undefined;
     },
     ready: () =>
       waitFor(() => jetstreamClusterReady(servers.filter((s) => s.pid !== undefined).map((s) => s.url), admin, nodes), {
