@@ -177,8 +177,8 @@ export interface Config {
   sentinelPort: number;
   /**
    * Local stack only: how long the Sentinels must not hear from the primary before they fail over. The cluster
-   * profile's 500 ms is measured: no false alarm on this 2-core machine at 250, 500 or 750 ms beside two busy loops,
-   * nor at 500 ms with a fault test's storm beside them too; a margin for stalls it did not show (docs/architecture.md,
+   * profile's 500 ms is measured on this 2-core machine beside two busy loops and a fault test's storm: no false
+   * alarm at 500 ms (load up to 35), two at 250 ms (a Sentinel took the healthy primary for down; docs/architecture.md,
    * "Redis with Sentinels").
    */
   sentinelDownAfterMs: number;
