@@ -166,13 +166,21 @@ export interface Config {
   natsClusterPort: number;
   /** Local stack only: the port of the Redis primary the supervisor starts; its replica i listens on redisPort + 1 + i. */
   redisPort: number;
-  /** Local stack only: Redis replicas the supervisor starts (0: none). */
+  /**
+   * Local stack only: Redis replicas the supervisor starts (0: none). With `redisWaitReplicas` 1, two keep commits
+   * going through the loss of the primary or of one replica: WAIT always has a replica to count.
+   */
   redisReplicas: number;
   /** Local stack only: Redis Sentinels the supervisor starts (0: none; a failover needs a majority of them); Sentinel i on sentinelPort + i. */
   sentinelNodes: number;
   /** Local stack only: the port of Sentinel 0. */
   sentinelPort: number;
-  /** Local stack only: how long the Sentinels must not hear from the primary before they fail over. */
+  /**
+   * Local stack only: how long the Sentinels must not hear from the primary before they fail over. The cluster
+   * profile's 500 ms is measured on this 2-core machine beside two busy loops and a fault test's storm: no false
+   * alarm at 500 ms (load up to 35), two at 250 ms (a Sentinel took the healthy primary for down; docs/architecture.md,
+   * "Redis with Sentinels").
+   */
   sentinelDownAfterMs: number;
   /** Local stack only: the port `npm run monitor` serves Prometheus on (on 127.0.0.1), scraping the stack's admin ports. */
   monitorPort: number;

@@ -1,7 +1,7 @@
 /**
  * `SHOP_PROFILE=cluster npm start`: the production topology on one machine under the supervisor. Its plan (what runs
  * where, with which credentials, nothing secret on a command line), and the whole stack: ready, a checkout,
- * shopctl status, R3 streams, the replica online and the Sentinels agreeing, and the ordered stop.
+ * shopctl status, R3 streams, the replicas online and the Sentinels agreeing, and the ordered stop.
  */
 import { execFile } from 'node:child_process';
 import { readFileSync, statSync } from 'node:fs';
@@ -23,7 +23,7 @@ import { waitFor } from './helpers/servers.js';
 
 const SHOPCTL = join(fileURLToPath(new URL('.', import.meta.url)), '..', 'src', 'admin', 'shopctl.js');
 
-t.test('plan of the cluster profile: 3 clustered nats-servers, a Redis primary and replica, 3 Sentinels, 3 workers, 2 gateways; no password on a command line', async (t) => {
+t.test('plan of the cluster profile: 3 clustered nats-servers, a Redis primary and two replicas, 3 Sentinels, 3 workers, 2 gateways; no password on a command line', async (t) => {
   const config = loadConfig({ SHOP_PROFILE: 'cluster' }, { dataDir: '/srv/shop' });
   const credentials = completeCredentials(config);
   const children = plan(config, { paths: secretPaths(config), credentials });
@@ -35,6 +35,7 @@ t.test('plan of the cluster profile: 3 clustered nats-servers, a Redis primary a
       ['nats-2', 'nats'],
       ['redis-0', 'redis'],
       ['redis-1', 'redis'],
+      ['redis-2', 'redis'],
       ['sentinel-0', 'sentinel'],
       ['sentinel-1', 'sentinel'],
       ['sentinel-2', 'sentinel'],
@@ -48,7 +49,7 @@ t.test('plan of the cluster profile: 3 clustered nats-servers, a Redis primary a
   const byName = new Map(children.map((c) => [c.name, c]));
   t.match(byName.get('nats-1')!.args.join(' '), /-c \/srv\/shop\/secrets\/nats-1\.conf -js -a 127\.0\.0\.1 -p 4231 -sd \/srv\/shop\/nats-1 .*-n shop-1/, 'each node its config, port, store and name');
   t.same(byName.get('sentinel-2')!.args, ['/srv/shop/secrets/sentinel-2.conf', '--sentinel'], 'a Sentinel is redis-server --sentinel with its config');
-  t.equal(byName.get('redis-1')!.port, 6391, 'the replica on redisPort + 1');
+  t.same([byName.get('redis-1')!.port, byName.get('redis-2')!.port], [6391, 6392], 'the replicas on redisPort + 1 and + 2');
   t.ok(byName.get('redis-0')!.prepare, 'a Redis server decides at each start whose replica it is');
   const secrets = [...Object.values(credentials.nats), credentials.redis.password, credentials.redisReplica.password, credentials.redisSentinel.password, credentials.sentinel, credentials.natsRoute];
   for (const child of children) t.notMatch(child.args.join(' '), new RegExp(secrets.join('|')), `no password in ${child.name}'s arguments`);
@@ -69,7 +70,7 @@ t.test('plan of the cluster profile: 3 clustered nats-servers, a Redis primary a
   t.same(ports(config).filter((p) => ports(one).includes(p)), [], 'the one-node and the cluster stacks share no port but 8000');
 });
 
-t.test('SHOP_PROFILE=cluster under the supervisor: ready, a checkout, shopctl status; R3 streams, the replica online, the Sentinels agree; stopped in order', async (t: Test) => {
+t.test('SHOP_PROFILE=cluster under the supervisor: ready, a checkout, shopctl status; R3 streams, the replicas online, the Sentinels agree; stopped in order', async (t: Test) => {
   const dataDir = await mkdtemp(join(tmpdir(), 'shop-cluster-'));
   t.teardown(() => rm(dataDir, { recursive: true, force: true }));
   const settings: Partial<Record<keyof Config, unknown>> = {
@@ -90,7 +91,7 @@ t.test('SHOP_PROFILE=cluster under the supervisor: ready, a checkout, shopctl st
   await supervisor.start();
   t.equal(supervisor.state, 'ready');
   const pids = supervisor.pids();
-  t.equal(Object.keys(pids).length, 13, `13 children: ${Object.keys(pids).join(' ')}`);
+  t.equal(Object.keys(pids).length, 14, `14 children: ${Object.keys(pids).join(' ')}`);
 
   const url = `http://127.0.0.1:${config.httpPort}`;
   const call = (method: 'GET' | 'POST', path: string) => httpCall(url, method, path);
@@ -121,14 +122,14 @@ t.test('SHOP_PROFILE=cluster under the supervisor: ready, a checkout, shopctl st
   // Sentinel rewrites its config as it learns (with mode 0644): it lives in the secrets dir, which only its owner may enter.
   t.equal(statSync(secretPaths(config).dir).mode & 0o777, 0o700, 'the secrets dir is 0700');
   for (const i of [0, 1, 2]) t.equal(dirname(secretPaths(config).sentinelConfig(i)), secretPaths(config).dir, `sentinel-${i}.conf (with the passwords) is in it`);
-  for (const i of [0, 1]) t.equal(statSync(secretPaths(config).redisNodeConfig(i)).mode & 0o777, 0o600, `redis-${i}.conf (masterauth) is 0600`);
+  for (const i of [0, 1, 2]) t.equal(statSync(secretPaths(config).redisNodeConfig(i)).mode & 0o777, 0o600, `redis-${i}.conf (masterauth) is 0600`);
   t.notMatch(readFileSync(secretPaths(config).redisAcl, 'utf8'), credentials.redisReplica.password, 'the ACL file holds hashes, not passwords');
   const nc = await connect({ servers: [`nats://127.0.0.1:${config.natsPort}`], user: 'admin', pass: credentials.nats.admin, inboxPrefix: '_INBOX.admin' });
   const info = await (await nc.jetstreamManager()).streams.info('ORDER');
   await nc.close();
   t.equal(info.config.num_replicas, 3, 'the streams are R3');
   t.equal(info.cluster?.replicas?.length, 2, 'with a leader and two replicas');
-  t.ok(await replicasOnline(config.redisPort, 1, credentials.redisSentinel), 'the Redis primary has its replica online');
+  t.ok(await replicasOnline(config.redisPort, 2, credentials.redisSentinel), 'the Redis primary has its two replicas online');
   const named = await Promise.all([0, 1, 2].map((i) => sentinelPrimary(config.sentinelPort + i, config.redisMasterName, credentials.sentinel)));
   t.same(named, [config.redisPort, config.redisPort, config.redisPort], 'every Sentinel names the primary');
 

@@ -91,7 +91,7 @@ t.test('deploy/k8s: what a reviewer checks (resources, probes, budgets, selector
   t.same(reviewProblems(manifests, review), [], 'no problems in deploy/k8s');
 
   const replicas = Object.fromEntries(workloads(manifests).map((w) => [w.name, w.replicas]));
-  t.same(replicas, { nats: 3, redis: 2, 'redis-sentinel': 3, worker: 3, gateway: 2 }, 'the topology deploy/README.md describes');
+  t.same(replicas, { nats: 3, redis: 3, 'redis-sentinel': 3, worker: 3, gateway: 2 }, 'the topology deploy/README.md describes');
   t.equal((objectNamed(manifests, 'PodDisruptionBudget', 'nats').spec as { minAvailable?: number }).minAvailable, 2, 'NATS keeps its JetStream quorum of 2 through drains');
   const referenced = new Set(
     workloads(manifests).flatMap((w) => containersOf(w).flatMap((c) => (c.env ?? []).flatMap((e) => (e.valueFrom?.secretKeyRef ? [e.valueFrom.secretKeyRef.key] : [])))),

@@ -1,10 +1,14 @@
 /**
- * Redis with a replica and Sentinels: a commit counts only once the replica has it (WAIT), and workers follow a
- * failover (SENTINEL FAILOVER, and SIGKILL of the primary) without losing anything they acknowledged.
+ * Redis with replicas and Sentinels: a commit counts only once a replica has it (WAIT); with the cluster profile's
+ * replicas, losing one of them does not stop commits; a connection through the Sentinels follows their +switch-master
+ * at once, whether the old primary is paused or dead; and workers follow a failover (SENTINEL FAILOVER, and SIGKILL of
+ * the primary) without losing anything they acknowledged.
  */
 import { connect } from 'nats';
 import t from 'tap';
 import { decode } from '../src/codec.js';
+import { loadConfig } from '../src/config.js';
+import { SENTINEL_FAILOVER_TIMEOUT_MS } from '../src/stack/topology.js';
 import { connectRedis } from '../src/transport/connect.js';
 import { createGateway } from '../src/http/gateway.js';
 import { createLog } from '../src/log.js';
@@ -69,6 +73,87 @@ t.test('WAIT: an acknowledged commit is on the replica before the answer; with t
   await waitFor(async () => (await replicaValue(store.keys.table('items'), 'a'))?.stock === 21, { deadlineMs: 10_000, what: 'the replica to catch up' });
   t.ok(await store.commit(write(epoch + 1, 22, 'a', 22)), 'with the replica back, commits are acknowledged again');
   t.same(await replicaValue(store.keys.table('items'), 'a'), { stock: 22, price: 1 }, 'and are on the replica');
+});
+
+t.test("with the cluster profile's replicas, WAIT for one of them: a replica killed or paused does not stop commits", async (t) => {
+  const profile = loadConfig({ SHOP_PROFILE: 'cluster' });
+  const ha = await startRedisHA(t, { replicas: profile.redisReplicas, sentinels: 0 });
+  const [primary, ...replicas] = ha.nodes;
+  const redis = await connectRedis({ redisUrl: primary!.url, redisUser: ha.worker.user, redisPassword: ha.worker.password, redisTlsCa: '', redisTlsCert: '', redisTlsKey: '' });
+  t.teardown(() => redis.disconnect());
+  const store = createPartitionStore(redis, `${randomToken()}:`, 'stock', 0, ['items'], { waitReplicas: profile.redisWaitReplicas, waitTimeoutMs: WAIT_TIMEOUT_MS });
+  await waitFor(async () => ((await redis.call('WAIT', replicas.length, 1000)) as number) >= replicas.length, { deadlineMs: 30_000, what: 'the replicas to acknowledge writes' });
+  const epoch = await store.acquire();
+  let n = 0;
+  /** Commits `count` batches, each of which must be acknowledged (WAITed by a replica) within WAIT_TIMEOUT_MS. */
+  const commitSome = async (count: number, what: string) => {
+    let acknowledged = 0;
+    for (let i = 0; i < count; i++) if (await store.commit(write(epoch, ++n, 'a', n)).catch(() => false)) acknowledged++;
+    t.equal(acknowledged, count, `${count} commits acknowledged ${what}`);
+  };
+  await commitSome(20, 'with every replica up');
+  replicas[0]!.kill9();
+  await commitSome(20, `with replica ${replicas[0]!.url} killed (SIGKILL)`);
+  await replicas[0]!.restart();
+  await waitFor(() => ((redis.call('WAIT', replicas.length, 1000)) as Promise<number>).then((acked) => acked >= replicas.length), { deadlineMs: 30_000, what: 'the killed replica to be back' });
+  replicas.at(-1)!.pause();
+  t.teardown(() => replicas.at(-1)!.resume());
+  await commitSome(20, `with replica ${replicas.at(-1)!.url} paused (SIGSTOP)`);
+  replicas.at(-1)!.resume();
+});
+
+t.test('a connection through the Sentinels follows their +switch-master at once: the old primary paused (its connection stays open) or killed', async (t) => {
+  const ha = await startRedisHA(t, { replicas: 2, sentinels: 3, downAfterMs: 1000 });
+  const redis = await connectRedis({ ...ha.settings(), redisTlsCa: '', redisTlsCert: '', redisTlsKey: '' } as Parameters<typeof connectRedis>[0]);
+  t.teardown(() => redis.disconnect());
+  const { Redis } = await import('ioredis');
+  const watcher = new Redis({ port: ha.sentinels[0]!.port, host: '127.0.0.1', password: ha.sentinelPassword, maxRetriesPerRequest: null });
+  watcher.on('error', () => {});
+  t.teardown(() => watcher.disconnect());
+  await watcher.subscribe('+switch-master');
+  let switchedAt = 0;
+  watcher.on('message', () => (switchedAt ||= performance.now()));
+  /** performance.now() of every write answered ok; one write in flight at a time, as a partition commits. */
+  const okAt: number[] = [];
+  /** performance.now() of every (re)connection made ready. */
+  const readyAt: number[] = [];
+  redis.on('ready', () => readyAt.push(performance.now()));
+  let stop = false;
+  const writer = (async () => {
+    for (let i = 0; !stop; i++) {
+      const ok = await redis.hincrby('follow', 'n', 1).then(
+        () => true,
+        () => false,
+      );
+      if (ok) okAt.push(performance.now());
+    }
+  })();
+  let lastFailover = -Infinity;
+  for (const how of ['SIGSTOP', 'SIGKILL'] as const) {
+    // The Sentinels fail a primary of the same name over again only 2 × failover-timeout after the last failover.
+    await waitFor(() => performance.now() - lastFailover > 2 * SENTINEL_FAILOVER_TIMEOUT_MS, { deadlineMs: 3 * SENTINEL_FAILOVER_TIMEOUT_MS, intervalMs: 100, what: 'the failover timeout' });
+    const old = await ha.primary();
+    switchedAt = 0;
+    const faultAt = performance.now();
+    if (how === 'SIGKILL') old.kill9();
+    else old.pause();
+    await ha.waitPrimary(old, { replicas: 0 });
+    lastFailover = performance.now();
+    await waitFor(() => switchedAt > 0 && okAt.some((at) => at > switchedAt), { deadlineMs: 10_000, intervalMs: 10, what: `a write answered after +switch-master (${how})` });
+    const followedMs = Math.round(okAt.find((at) => at > switchedAt)! - switchedAt);
+    // ioredis on its own waits 2 s (disconnectTimeout) for a paused server to close the connection it ends, and its
+    // reconnect timer grows to 2 s while a dead primary refuses: either would take longer than this.
+    t.ok(followedMs < 1000, `${how} of the primary: the first write answered ${followedMs} ms after +switch-master (under 1 s)`);
+    // The leader announces the switch again at the failover's end (once the other replica follows the new primary,
+    // up to a second or two later), and the other Sentinels announce it too: none of that drops the new connection.
+    await new Promise((resolve) => setTimeout(resolve, 3000));
+    t.equal(readyAt.filter((at) => at > faultAt).length, 1, `${how}: one connection made from the fault until 3 s after +switch-master (repeated announcements do not drop it)`);
+    if (how === 'SIGKILL') await old.restart();
+    else old.resume();
+    await ha.waitPrimary(old);
+  }
+  stop = true;
+  await writer;
 });
 
 t.test('Sentinel failovers under a stream of writes: the worker follows SENTINEL FAILOVER and a SIGKILL of the primary; every write answered ok is in Redis afterwards', async (t) => {

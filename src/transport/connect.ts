@@ -4,7 +4,9 @@
  */
 import type { Redis, RedisOptions } from 'ioredis';
 import { connect, type ConnectionOptions, type NatsConnection } from 'nats';
+import { lookup } from 'node:dns/promises';
 import { readFileSync } from 'node:fs';
+import { isIP, type Socket } from 'node:net';
 import { ConfigError, envName, type Config } from '../config.js';
 import type { Log } from '../log.js';
 
@@ -105,6 +107,22 @@ export function logNatsStatus(nc: NatsConnection, log: Log): void {
 type RedisSettings = Pick<Config, 'redisUrl' | 'redisUser' | 'redisPassword' | 'redisTlsCa' | 'redisTlsCert' | 'redisTlsKey'> &
   Partial<Pick<Config, 'redisSentinels' | 'redisMasterName' | 'redisSentinelUser' | 'redisSentinelPassword'>>;
 
+/**
+ * Behind Sentinels: how long ending a connection to a primary that was failed over may wait for the server to close
+ * it before it is dropped. ioredis waits 2 s by default (`disconnectTimeout`), and a paused primary never closes: on
+ * +switch-master the client would reach the new primary 2 s after the Sentinels named it. A live server closes at
+ * once, and what was sent unanswered goes out again over the new connection either way.
+ */
+export const SENTINEL_SWITCH_DISCONNECT_MS = 100;
+/**
+ * Behind Sentinels: the longest wait between two attempts to reach the primary after the connection was lost. Each
+ * attempt asks the Sentinels who the primary is, so a connection whose primary died reaches the promoted replica at
+ * most this long after the Sentinels name it (ioredis's default grows to 2 s, and +switch-master cannot cut a wait
+ * that is already running short: the connection it would end is gone). Cheap: one Sentinel question and one refused
+ * connection per attempt, logged once.
+ */
+export const SENTINEL_RETRY_MAX_MS = 200;
+
 /** `host:port,...` as ioredis's sentinel list. */
 export function sentinelList(sentinels: string): { host: string; port: number }[] {
   return sentinels
@@ -148,11 +166,18 @@ export function redisOptions(config: RedisSettings, extra: RedisOptions = {}): R
     if (config.redisSentinelUser) options.sentinelUsername = config.redisSentinelUser;
     if (config.redisSentinelPassword) options.sentinelPassword = config.redisSentinelPassword;
     // A failover the client would not notice by itself: a primary demoted to replica (SENTINEL FAILOVER) keeps its
-    // connections, and would refuse every commit with READONLY. Subscribing to the Sentinels' +switch-master makes
-    // the client reconnect (to the new primary) as soon as they announce one; READONLY does the same for what
-    // slipped through. The command that met READONLY fails (a batch then restarts from Redis): it was not applied.
-    options.failoverDetector = true;
+    // connections, and would refuse every commit with READONLY; a paused (or cut-off) one keeps them open and answers
+    // nothing. connectRedis follows the Sentinels' +switch-master (followSwitchMaster): the client drops its
+    // connection (within SENTINEL_SWITCH_DISCONNECT_MS) and reconnects to the new primary as soon as they announce
+    // one; READONLY does the same for what slipped through. The command that met READONLY fails (a batch then
+    // restarts from Redis): it was not applied. A command left unanswered on the old connection goes out again on the
+    // new one, and the commit path counts it for nothing (store.ts: a lost connection between a script and its WAIT
+    // fails the batch, and the commit script refuses a batch already written by its count of commits). A connection
+    // that was lost before the switch (a dead primary) retries within SENTINEL_RETRY_MAX_MS, asking the Sentinels
+    // each time.
+    options.disconnectTimeout = SENTINEL_SWITCH_DISCONNECT_MS;
     options.reconnectOnError = (err) => (err.message.startsWith('READONLY') ? 1 : false);
+    options.retryStrategy ??= (attempts) => Math.min(attempts * 50, SENTINEL_RETRY_MAX_MS);
     if (options.tls) options.enableTLSForSentinelMode = true;
   }
   return options;
@@ -178,10 +203,78 @@ export async function connectRedis(config: RedisSettings, extra: RedisOptions = 
     lastLogged = err.message;
   });
   redis.on('ready', () => (lastLogged = ''));
+  if (options.sentinels) followSwitchMaster(Redis, redis, config, options, log);
   await new Promise<void>((resolve, reject) => {
     redis.once('ready', resolve);
     redis.once('end', () => reject(lastError ?? new Error('the Redis connection ended before it was ready')));
     redis.connect().catch(() => {}); // a failed attempt is retried by ioredis (retryStrategy); `end` means it gave up
   });
   return redis;
+}
+
+/**
+ * How long after a Sentinel announced a new primary a connection that comes up elsewhere is still dropped (it asked a
+ * Sentinel that had not heard yet). Far below the time the Sentinels leave between two failovers of one primary
+ * (twice their failover timeout, 20 s in the cluster profile), so it never drops a connection to a later primary.
+ */
+const SWITCH_FRESH_MS = 5000;
+
+/** The same host: `announced` (an address or a name, as the Sentinels announce it) is, or resolves to, `address`. */
+async function sameHost(address: string | undefined, announced: string): Promise<boolean> {
+  if (address === undefined) return false;
+  const plain = (a: string) => a.replace(/^::ffff:/, '');
+  if (isIP(announced)) return plain(address) === plain(announced);
+  const found = await lookup(announced, { all: true }).catch(() => []);
+  return found.some((f) => plain(f.address) === plain(address));
+}
+
+/**
+ * Behind Sentinels: ends the client's connection as soon as a Sentinel announces a new primary of its master
+ * (+switch-master, subscribed to on every Sentinel) that the connection is not to; ioredis then reconnects, asking the
+ * Sentinels. This replaces ioredis's own `failoverDetector` (5.9), which the Redis fault test caught three ways: it
+ * ends the connection on any +switch-master, of any master, and so again on the leader's second announcement at the
+ * failover's end (a fresh connection to the new primary dropped a second later, failing the batches in flight); and
+ * when it ends a reconnect that is still asking the Sentinels, ioredis gives up for good (status `end`, every command
+ * "Connection is closed."): a worker's partitions failed every batch until the test's deadline. Here the connection
+ * is ended only while it is up (`connect`, `ready`: nothing is asking the Sentinels then); a reconnect in progress
+ * asks them anyway, and one that reaches the old primary within SWITCH_FRESH_MS of the announcement is ended then.
+ */
+function followSwitchMaster(RedisClient: new (o: RedisOptions) => Redis, redis: Redis, config: RedisSettings, options: RedisOptions, log?: Log): void {
+  const masterName = options.name!;
+  let announced: { host: string; port: number; at: number } | undefined;
+  const check = async (why: string) => {
+    if (!announced || performance.now() - announced.at > SWITCH_FRESH_MS) return;
+    if (redis.status !== 'ready' && redis.status !== 'connect') return;
+    const stream = redis.stream as Socket;
+    const { host, port } = announced;
+    if (stream.remotePort === port && (await sameHost(stream.remoteAddress, host))) return;
+    if (redis.stream !== stream || (redis.status !== 'ready' && redis.status !== 'connect')) return; // moved meanwhile
+    log?.info('the Sentinels announced a new Redis primary: reconnecting to it', { primary: `${host}:${port}`, why });
+    redis.disconnect(true);
+  };
+  const watchers = (options.sentinels ?? []).map(({ host, port }) => {
+    const watcher = new RedisClient({
+      host: host ?? '127.0.0.1',
+      port: port ?? 26379,
+      ...(config.redisSentinelUser ? { username: config.redisSentinelUser } : {}),
+      ...(config.redisSentinelPassword ? { password: config.redisSentinelPassword } : {}),
+      enableReadyCheck: false,
+      maxRetriesPerRequest: null,
+      disableClientInfo: true,
+      // A Sentinel that is down: the others announce the switch; this one is tried again, subscribed again on return.
+      retryStrategy: (attempts) => Math.min(attempts * 100, 1000),
+    });
+    watcher.on('error', () => {});
+    watcher.subscribe('+switch-master').catch(() => {});
+    watcher.on('message', (_channel: string, text: string) => {
+      // `<master name> <old host> <old port> <new host> <new port>`
+      const [name, , , newHost, newPort] = text.split(' ');
+      if (name !== masterName || !newHost || !newPort) return;
+      announced = { host: newHost, port: Number(newPort), at: performance.now() };
+      void check('+switch-master');
+    });
+    return watcher;
+  });
+  redis.on('connect', () => void check('connected to another server after +switch-master'));
+  redis.once('end', () => watchers.forEach((w) => w.disconnect()));
 }

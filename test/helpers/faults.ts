@@ -1,7 +1,7 @@
 /**
  * Fault tests on the production topology: a shop of real processes shaped like the cluster profile (3 clustered
- * nats-servers with R3 streams and buckets, a Redis primary with one replica and 3 Sentinels and every commit WAITed
- * by the replica, 3 workers with dynamic placement and the profile's lease, heartbeats and pings, 2 gateways, every
+ * nats-servers with R3 streams and buckets, a Redis primary with the profile's two replicas and 3 Sentinels and every
+ * commit WAITed by one replica, 3 workers with dynamic placement and the profile's lease, heartbeats and pings, 2 gateways, every
  * process with its own user), a storm of checkouts with stock and credit top-ups that records every answer with its
  * time, the audit per item, per user and per order, and the unavailability measured around each fault.
  *
@@ -68,7 +68,7 @@ export interface FaultShop {
    * none of them `without` (a worker id: one that was killed, whose last heartbeat is still within its lease).
    */
   settled(what: string, opts?: { workers?: number; without?: string; deadlineMs?: number }): Promise<StatusDetail>;
-  /** Resolves once the shop is whole again: streams caught up, the Redis replica online, every partition placed and running. */
+  /** Resolves once the shop is whole again: streams caught up, the Redis replicas online, every partition placed and running. */
   whole(what: string): Promise<void>;
 }
 
@@ -78,8 +78,8 @@ export const RECOVERY_DEADLINE_MS = 60_000;
 
 /**
  * The shop on the production topology; `netns`: run each nats-server in a network namespace of its own (when the
- * test can make them; else `labUnavailable` says why). `sentinelDownAfterMs`: how long the Sentinels wait before a
- * failover (the profile's 3 s).
+ * test can make them; else `labUnavailable` says why). Redis as the profile has it: its replicas, its Sentinels and
+ * their down-after.
  */
 export async function startFaultShop(t: Test, { netns = false, partitions = 8 }: { netns?: boolean; partitions?: number } = {}): Promise<FaultShop> {
   const profile = loadConfig({ SHOP_PROFILE: 'cluster' });
@@ -93,7 +93,7 @@ export async function startFaultShop(t: Test, { netns = false, partitions = 8 }:
   }
   const [nats, redis] = await Promise.all([
     startNatsCluster(t, { users, ...(lab ? { lab } : {}) }),
-    startRedisHA(t, { users, replicas: 1, sentinels: 3, downAfterMs: profile.sentinelDownAfterMs }),
+    startRedisHA(t, { users, replicas: profile.redisReplicas, sentinels: profile.sentinelNodes, downAfterMs: profile.sentinelDownAfterMs }),
   ]);
   const config = testConfig({ url: nats.url, port: nats.nodes[0]!.port }, redis.nodes[0]!, {
     ...redis.settings(),
@@ -163,10 +163,10 @@ export async function startFaultShop(t: Test, { netns = false, partitions = 8 }:
     settled,
     async whole(what) {
       await nats.caughtUp(undefined, RECOVERY_DEADLINE_MS);
-      await waitFor(async () => replicasOnline((await redis.primary()).port, 1, redis.worker), {
+      await waitFor(async () => replicasOnline((await redis.primary()).port, redis.nodes.length - 1, redis.worker), {
         deadlineMs: RECOVERY_DEADLINE_MS,
         intervalMs: 200,
-        what: `${what}: the Redis primary to have its replica online`,
+        what: `${what}: the Redis primary to have its ${redis.nodes.length - 1} replicas online`,
       });
       await settled(`${what}: every partition running`);
       await Promise.all(gatewayUrls.map((url) => waitFor(async () => (await fetch(`${url}/stock/find/none`)).status === 400, { deadlineMs: RECOVERY_DEADLINE_MS, what: `${what}: gateway ${url} to answer` })));
