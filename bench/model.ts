@@ -3,9 +3,12 @@
  * The scale-out model: predicted checkouts/s against cores for 1 to 64 workers, from the CPU per checkout a `scale`
  * report measured per kind of process. `node dist/bench/model.js <scale report.json>` prints it.
  *
- * The model. A checkout's saga goes from its order's partition to the partitions of its two items and of its user:
- * three destinations, each on another worker with probability 1 − 1/W when W workers share the partitions evenly, so
- * a checkout makes h(W) = 3 (1 − 1/W) cross-worker hops on average (0 on one worker, 1.5 on two, 3 at the limit).
+ * The model. A checkout's saga goes from its order's partition to the partitions of its two items and of its user.
+ * The user's payment partition shares the order's worker (co-location: an order lives on its user's partition number
+ * and placement puts partition p of every kind on one worker, docs/architecture.md), so two destinations are left,
+ * each on another worker with probability 1 − 1/W when W workers share the partitions evenly: a checkout makes
+ * h(W) = 2 (1 − 1/W) cross-worker hops on average (0 on one worker, 1 on two, 2 at the limit; before co-location
+ * it was 3 (1 − 1/W)).
  * Each process kind's CPU per checkout is taken to be linear in the hops, cost(W) = local + perHop · h(W), fitted
  * (least squares) to the configurations of the report that share the largest partition count measured on one worker.
  * Then, with one core per worker (a worker is one event loop):
@@ -28,8 +31,11 @@ export type ModelKind = (typeof MODEL_KINDS)[number];
 /** Worker counts the model predicts for. */
 export const MODEL_WORKERS: readonly number[] = [1, 2, 4, 8, 16, 32, 64];
 
-/** Cross-worker destinations a checkout's saga has on average with `workers` workers: 2 items and 1 user. */
-export const hops = (workers: number) => 3 * (1 - 1 / workers);
+/** Destinations of a checkout's saga that can be on another worker: its 2 items (the user is co-located). */
+export const REMOTE_DESTINATIONS = 2;
+
+/** Cross-worker destinations a checkout's saga has on average with `workers` workers. */
+export const hops = (workers: number) => REMOTE_DESTINATIONS * (1 - 1 / workers);
 
 /** CPU ms per checkout of one process kind: `local` on one worker, plus `perHop` per cross-worker hop. */
 export interface KindCost {

@@ -33,3 +33,22 @@ export function* ownShare({ from, to }: { from: number; to: number }, ctx: { par
     if (partitionOf(id, ctx.partitions) === ctx.partition) yield id;
   }
 }
+
+/**
+ * Draws made at most for an id that hashes to a wanted partition, per partition of the kind: a draw lands there with
+ * probability 1 / partitions, so 32 × partitions draws all miss with probability e^-32. Bounded all the same, so
+ * that a draw that can never land (a caller's mistake) costs a bounded time, not a hang.
+ */
+export const PLACED_DRAWS_PER_PARTITION = 32;
+
+/**
+ * An id from `draw` that hashes to `partition`, or (every draw missed, see PLACED_DRAWS_PER_PARTITION) the last one
+ * drawn. What co-locates an order with its user: the order is created on its user's payment partition number, and
+ * placement puts the same partition number of every kind on the same worker, so a checkout's debit never leaves
+ * the worker (docs/architecture.md, "Co-location"). The id still looks like any other: the draws are uuids.
+ */
+export function drawIn(partition: number, partitions: number, draw: () => string): string {
+  let id = draw();
+  for (let n = 1; n < PLACED_DRAWS_PER_PARTITION * partitions && partitionOf(id, partitions) !== partition; n++) id = draw();
+  return id;
+}

@@ -1,5 +1,6 @@
 import fc from 'fast-check';
 import t from 'tap';
+import { order, readOrder } from '../src/actors/order.js';
 import { payment, type PaymentCmd } from '../src/actors/payment.js';
 import { stock, type StockCmd } from '../src/actors/stock.js';
 import type { ApplyContext } from '../src/actors/types.js';
@@ -130,6 +131,31 @@ t.test('batch_init: every id 0..n-1 is created by exactly one partition, with th
   }
   t.equal(seen.size, n);
   t.ok([...seen.values()].every((c) => c === 1), 'no id created twice');
+});
+
+t.test('orders batch_init: each order\'s user hashes to the order\'s partition number, drawn or listed; any user when none does', async (t) => {
+  const partitions = 7;
+  for (const nUsers of [1000, 20, 1]) {
+    let placed = 0;
+    let orders = 0;
+    const users = new Set<string>();
+    for (let p = 0; p < partitions; p++) {
+      const state = memoryState(order.tables);
+      order.apply(state, { k: 'batchInit', from: 0, to: 300, nItems: 5, nUsers, price: 1, seed: 7 }, ctx(1, p, partitions));
+      for (const id of state.tables.get('orders')!.keys()) {
+        const { user } = readOrder(state, id)!;
+        t.ok(Number(user) >= 0 && Number(user) < nUsers, 'a user of 0..n_users-1');
+        users.add(user);
+        orders++;
+        if (partitionOf(user, partitions) === p) placed++;
+      }
+    }
+    t.equal(orders, 300);
+    // With 1 user, only that user's partition can place its orders; the others take any (the only) user.
+    const expected = nUsers === 1 ? [...Array(300).keys()].filter((i) => partitionOf(String(i), partitions) === partitionOf('0', partitions)).length : 300;
+    t.equal(placed, expected, `n_users ${nUsers}: ${placed} of 300 orders on their user's partition`);
+    if (nUsers >= 20) t.ok(users.size > Math.min(nUsers, 300) / 2, `n_users ${nUsers}: the users spread (${users.size} different)`);
+  }
 });
 
 t.test('replay: the same commands on the same state give the same effects', async (t) => {

@@ -144,6 +144,27 @@ function rigWithX(throws?: unknown) {
 
 const add = (id: string, amount: number) => ({ k: 'add', id, amount });
 
+t.test('the replies of a batch\'s partitions are stored as one outbox entry, in one partition\'s outbox, and sent by it once committed', async (t) => {
+  const { loop, calls } = rig();
+  const members = [0, 1, 2].map((p) => new FakeMember('stock', p));
+  for (const m of members) loop.add(m);
+  // Queued together, after every partition joined the loop: one batch takes them all.
+  members.forEach((m, p) => {
+    m.live.get('items')!.set('x', { stock: 0, price: 1 });
+    m.push(1, add('x', p + 1));
+    m.push(2, add('x', 10));
+  });
+  loop.wake();
+  await waitFor(() => calls.length === 1 && members.every((m) => m.queue.length === 0), { deadlineMs: 5000, what: 'the batch of the three partitions' });
+  t.equal(calls[0]!.parts.length, 3, 'one transaction of three partitions');
+  t.same(members.map((m) => m.owed.length), [1, 0, 0], 'one stored outbox entry, not one per partition');
+  t.equal(members[0]!.owed[0]!.replies.length, 6, 'holding every reply of the batch');
+  calls[0]!.settle(['committed', 'committed', 'committed']);
+  await waitFor(() => members.every((m) => m.commits.length === 1), { deadlineMs: 5000, what: 'the commit' });
+  t.same(members.map((m) => m.commits[0]!.entry?.replies.length ?? 0), [6, 0, 0], 'the carrier sends them all');
+  t.same(members.map((m) => m.commits[0]!.field === ''), [false, true, true], 'and only it stores a field');
+});
+
 t.test('the next batch is applied while the previous one commits, on its drafts, and commits after it', async (t) => {
   const { loop, calls, a } = rigWithX();
   a.push(1, add('x', 1));

@@ -38,11 +38,11 @@ const LOCAL: Record<ModelKind, number> = { worker: 0.1, gateway: 0.06, nats: 0.0
 const PER_HOP: Record<ModelKind, number> = { worker: 0.2, gateway: 0, nats: 0.04, redis: 0.05 };
 const linear = (k: ModelKind, h: number) => LOCAL[k] + PER_HOP[k] * h;
 
-t.test('hops: none on one worker, 1.5 on two, towards 3', async (t) => {
+t.test('hops: none on one worker, 1 on two, towards 2 (the two items; the user is co-located with the order)', async (t) => {
   t.equal(hops(1), 0);
-  t.equal(hops(2), 1.5);
-  t.equal(hops(4), 2.25);
-  t.ok(hops(64) < 3 && hops(64) > 2.9);
+  t.equal(hops(2), 1);
+  t.equal(hops(4), 1.5);
+  t.ok(hops(64) < 2 && hops(64) > 1.9);
 });
 
 t.test('the fit recovers costs that are linear in the hops, at the largest partition count measured on one worker and more', async (t) => {
@@ -68,8 +68,8 @@ t.test('predictions: workers bound while few, one Redis primary bounds beyond', 
   const [one, two, many] = rows;
   t.ok(Math.abs(one!.workerBoundPerS - 1000 / 0.1) < 1e-6, 'one worker: 1000 ÷ its ms per checkout');
   t.equal(one!.bound, 'workers');
-  t.ok(Math.abs(two!.ms.worker - (0.1 + 0.2 * 1.5)) < 1e-9);
-  t.ok(Math.abs(two!.workerBoundPerS - 2000 / 0.4) < 1e-6);
+  t.ok(Math.abs(two!.ms.worker - (0.1 + 0.2 * 1)) < 1e-9);
+  t.ok(Math.abs(two!.workerBoundPerS - 2000 / 0.3) < 1e-6);
   t.equal(many!.bound, 'redis', 'at 64 workers a single Redis primary is the bound');
   t.equal(many!.predictedPerS, many!.redisBoundPerS);
   t.ok(Math.abs(many!.cores.redis - 1) < 1e-9, 'the bound Redis keeps its one core busy');

@@ -50,6 +50,19 @@ t.test('balance is stable: the same input gives the same placement, and a balanc
   t.equal(grown.filter((o, p) => o !== current[p]).length, 8, 'and only that share moves');
 });
 
+t.test('balance co-locates: partition p of every kind goes to the same worker, from scratch and as workers join and leave', async (t) => {
+  const place = (current: Map<string, (string | undefined)[]>, eligible: string[]) =>
+    new Map((['order', 'stock', 'payment'] as const).map((kind) => [kind, balance({ kind, partitions: 64, current: current.get(kind) ?? [], eligible, seed: 's' })]));
+  const same = (placed: Map<string, (string | undefined)[]>, what: string) => t.same([placed.get('stock'), placed.get('payment')], [placed.get('order'), placed.get('order')], what);
+  let placed = place(new Map(), ['w-1']);
+  same(placed, 'one worker');
+  for (const eligible of [['w-1', 'w-2'], ['w-1', 'w-2', 'w-3', 'w-4'], ['w-1', 'w-3', 'w-4'], ['w-1', 'w-3', 'w-4', 'w-5']]) {
+    placed = place(placed, eligible);
+    same(placed, `workers ${eligible.join(', ')}`);
+  }
+  t.equal(new Set(placed.get('order')).size, 4, 'and spread over every worker');
+});
+
 t.test('balance: a pin holds while its worker is eligible; no eligible worker leaves everything as it was', async (t) => {
   const current = balance({ kind: 'payment', partitions: 8, current: [], eligible: ['a', 'b'] });
   const onA = current.indexOf('a');

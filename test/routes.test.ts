@@ -108,6 +108,17 @@ t.test('pattern params are typed', async (t) => {
   t.pass();
 });
 
+t.test('orders/create makes an order id that hashes to its user\'s partition number (the debit stays on the order\'s worker)', async (t) => {
+  for (const user of [ID_A, ID_B]) {
+    const { client, dispatch } = setup();
+    const res = await dispatch('POST', `/orders/create/${user}`);
+    const id = (res.body as { order_id: string }).order_id;
+    t.equal(res.status, 200);
+    t.equal(partitionOf(id, PARTITIONS), partitionOf(user, PARTITIONS), `order ${id} of user ${user}`);
+    t.same(client.calls.at(-1), { op: 'command', kind: 'order', partition: partitionOf(user, PARTITIONS), msg: { k: 'create', id, user } });
+  }
+});
+
 t.test('stock routes', async (t) => {
   t.test('create makes the id, sends it to its partition, answers item_id', async (t) => {
     const { client, dispatch } = setup();

@@ -11,10 +11,11 @@ import { partitionOf } from '../src/partitioning.js';
 import type { Reply } from '../src/protocol.js';
 
 /**
- * The whole checkout protocol on pure actors, over a network that delivers messages in any order and
- * delivers some of them twice: what an outbox re-sent after the stream's duplicate window could do.
- * When every message has been delivered, stock and credit must be conserved, every waiting checkout
- * answered with the committed outcome, and no participant may still hold anything.
+ * The whole checkout protocol on pure actors, over a network that delivers messages in any order, delivers some of
+ * them twice (applied, and the acknowledgement lost: the sender sends it again) and loses some (never applied: the
+ * sender's committed outbox still holds it and it is sent again later, after any number of other messages). That is every way the courier and the streams can fail a message short of losing the sender's commit.
+ * When every message has been delivered, stock and credit must be conserved, every waiting checkout answered with
+ * the committed outcome, and no participant may still hold anything.
  */
 
 const PARTITIONS = 3;
@@ -85,12 +86,19 @@ const setup = fc.record({
     { minLength: 1, maxLength: 4 },
   ),
   checkouts: fc.array(fc.nat(), { minLength: 1, maxLength: 8 }),
-  schedule: fc.array(fc.tuple(fc.nat(), fc.integer({ min: 0, max: 2 })), { maxLength: 400 }),
+  /** Per step: which message in flight, and what happens to it (see FATE). */
+  schedule: fc.array(fc.tuple(fc.nat(), fc.integer({ min: 0, max: 5 })), { maxLength: 400 }),
 });
 
-t.test('checkout saga under reordering and duplicates: conserved, all-or-nothing, every waiter answered', async (t) => {
+/** What a step of the schedule does with the message it picks (other values: delivered once). */
+const FATE = { duplicated: 2, lost: 3, resendLost: 4 } as const;
+/** Most copies and losses per run, so that every run ends. */
+const FAULTS_MAX = 60;
+
+t.test('checkout saga under reordering, duplicates and lost messages: conserved, all-or-nothing, every waiter answered', async (t) => {
   let paidRuns = 0;
   let refusedRuns = 0;
+  let lossRuns = 0;
   fc.assert(
     fc.property(setup, ({ stock, prices, credit, orders, checkouts, schedule }) => {
       const world = new World();
@@ -114,18 +122,33 @@ t.test('checkout saga under reordering and duplicates: conserved, all-or-nothing
         const id = `o${c % orders.length}`;
         return { kind: 'order', partition: partitionOf(id, PARTITIONS), cmd: { k: 'checkout', id }, replyTo: `client.${q}` };
       });
+      // Messages lost on the way: not applied, still owed by their sender (its committed outbox, or the stream).
+      const owed: Msg[] = [];
       let dups = 0;
-      for (let step = 0; network.length > 0; step++) {
+      let losses = 0;
+      for (let step = 0; network.length > 0 || owed.length > 0; step++) {
         if (step > 20_000) throw new Error('the saga did not settle');
-        const [pick, dup] = schedule[step] ?? [0, 0];
+        const [pick, fate] = schedule[step] ?? [0, 0];
+        // The sender's resend (its timer, or the receiver announcing it is up): everything still owed goes again. With
+        // nothing else left in flight it must come: a sender re-sends until it hears an acknowledgement.
+        if (fate === FATE.resendLost || network.length === 0) network.push(...owed.splice(0));
         const [msg] = network.splice(pick % network.length, 1);
-        // Deliver a copy again later, as a re-sent outbox would (replies to clients are not re-sent here).
-        if (dup === 2 && dups < 60 && !msg!.replyTo) {
+        // Lost: a saga message only. A client's command is read from its stream in order from the cursor, so one that
+        // is not applied comes again before any later command of its partition, never after them.
+        if (fate === FATE.lost && losses < FAULTS_MAX && !msg!.replyTo) {
+          owed.push(msg!);
+          losses++;
+          continue;
+        }
+        // Applied, and its acknowledgement lost: the sender delivers a copy again later. Not a client's checkout: its
+        // stream message is applied once (the cursor and the message id), and each of its copies would be one more waiter.
+        if (fate === FATE.duplicated && dups < FAULTS_MAX && !msg!.replyTo) {
           network.push(msg!);
           dups++;
         }
         network.push(...world.deliver(msg!));
       }
+      if (losses > 0) lossRuns++;
 
       const sold = new Map<string, number>();
       const charged = new Map<string, number>();
@@ -165,6 +188,7 @@ t.test('checkout saga under reordering and duplicates: conserved, all-or-nothing
   );
   t.ok(paidRuns > 20, `runs where some checkout paid: ${paidRuns}`);
   t.ok(refusedRuns > 20, `runs where some checkout was refused: ${refusedRuns}`);
+  t.ok(lossRuns > 1000, `runs where some message was lost and sent again: ${lossRuns}`);
 });
 
 t.test('a release that overtakes its hold leaves a tombstone: the late hold takes nothing', async (t) => {

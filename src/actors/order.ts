@@ -1,5 +1,5 @@
 import type { ErrorCode } from '../errors.js';
-import { fnv1a, ownShare, partitionOf } from '../partitioning.js';
+import { drawIn, fnv1a, ownShare, partitionOf } from '../partitioning.js';
 import { fail, ok, type Reply } from '../protocol.js';
 import { seededRandom } from './random.js';
 import { ORDER_LINES_MAX, type DebitCmd, type ForgetCmd, type OrderCmd, type ReleaseCmd, type ReserveCmd, type SagaAnswer } from './commands.js';
@@ -98,6 +98,28 @@ function writeOrder(state: StateView, id: string, order: Order): void {
 function withoutSaga(order: Order): Order {
   const { saga: _done, ...rest } = order;
   return rest;
+}
+
+/**
+ * Below this many users per partition on average, batch_init lists a partition's users once per command instead of
+ * drawing them: with so few, a partition may have none (then any user will do) and drawing would mostly miss.
+ */
+const DRAWN_USERS_PER_PARTITION_MIN = 8;
+
+/** The users "0".."nUsers-1" of this partition number, when there are few enough to list (else undefined: drawn). */
+function usersHere(nUsers: number, ctx: ApplyContext): string[] | undefined {
+  if (nUsers >= DRAWN_USERS_PER_PARTITION_MIN * ctx.partitions) return undefined;
+  return [...ownShare({ from: 0, to: nUsers }, ctx)];
+}
+
+/**
+ * batch_init's random user of an order, among the users of the order's own partition number (any user when that
+ * partition has none): the checkout's debit then stays on the order's worker (partitioning.ts, drawIn).
+ */
+function userHere(next: () => number, nUsers: number, ctx: ApplyContext, listed: string[] | undefined): string {
+  const any = () => String(Math.floor(next() * nUsers));
+  if (!listed) return drawIn(ctx.partition, ctx.partitions, any);
+  return listed.length > 0 ? listed[Math.floor(next() * listed.length)]! : any();
 }
 
 /** Starts the checkout: one reserve per stock partition with all its lines, one debit to the user's payment partition. */
@@ -202,11 +224,12 @@ export const order: Actor<OrderCmd, OrderQuery> = {
       case 'batchInit': {
         const total = 2 * cmd.price;
         if (!Number.isSafeInteger(total)) return { reply: fail('overflow', '2 * item_price') };
+        const users = usersHere(cmd.nUsers, ctx);
         for (const id of ownShare(cmd, ctx)) {
           const next = seededRandom(cmd.seed ^ fnv1a(id)); // the same "random" lines on every replay
           const item = () => String(Math.floor(next() * cmd.nItems));
           const items: Order['items'] = [[item(), 1], [item(), 1]];
-          const user = String(Math.floor(next() * cmd.nUsers));
+          const user = userHere(next, cmd.nUsers, ctx, users);
           writeOrder(state, id, { user, items, total, paid: false } satisfies Order);
         }
         return { reply: ok({}) };

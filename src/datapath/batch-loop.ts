@@ -288,6 +288,32 @@ function orderOf(kind: Kind, cmd: unknown): string | undefined {
   return typeof found === 'string' && found.length <= ID_MAX_CHARS ? found : undefined;
 }
 
+/** What a partition's share of a batch owes once committed: its outbox entry and the field it is stored under. */
+interface Owed {
+  field: string;
+  entry: OutboxEntry | null;
+}
+
+const onlyReplies = (e: OutboxEntry) => e.parcels.length === 0 && e.dead.length === 0;
+
+/**
+ * The replies of a batch travel in one stored outbox entry, not in one per partition (issue 20: every order
+ * partition of a batch wrote an entry of replies and deleted it again, the largest fixed cost of a partition). They go
+ * to an entry that is stored anyway (one with parcels or dead letters), else to the first partition's; the other
+ * partitions then owe nothing. Any owner can send a reply (it is a gateway's inbox and bytes), so whoever re-sends
+ * the carrying entry after a crash answers every waiter of the batch: the guarantee that a client waiting across a
+ * crash gets the committed outcome holds as before, because the batch commits as one transaction.
+ */
+export function gatherReplies(owed: Owed[]): Owed[] {
+  const carrier = owed.find((o) => o.entry && !onlyReplies(o.entry)) ?? owed.find((o) => o.entry);
+  if (!carrier) return owed;
+  return owed.map((o) => {
+    if (o === carrier || !o.entry || !onlyReplies(o.entry)) return o;
+    carrier.entry!.replies.push(...o.entry.replies);
+    return { field: '', entry: null };
+  });
+}
+
 export class BatchLoop {
   private readonly members = new Map<string, Member>();
   private readonly names: Names;
@@ -651,7 +677,7 @@ export class BatchLoop {
   };
 
   /** What a share owes once committed: replies, parcels with ids fixed by the batch, dead letters. */
-  private entryOf(share: Share): { field: string; entry: OutboxEntry | null } {
+  private entryOf(share: Share): Owed {
     const entry = emptyEntry();
     entry.replies = share.replies;
     entry.dead = share.dead;
@@ -671,7 +697,7 @@ export class BatchLoop {
     // A share that only skipped what it had already applied has nothing to write.
     const writing = [...all.values()].filter((p) => p.writes);
     if (writing.length === 0) return null;
-    const owed = writing.map((p) => this.entryOf(p));
+    const owed = gatherReplies(writing.map((p) => this.entryOf(p)));
     const done = writing.map((p) => p.member.takeDone());
     const prepared: PreparedBatch[] = writing.map((p, i) =>
       p.member.store.prepare({

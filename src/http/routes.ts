@@ -8,7 +8,7 @@ import { setImmediate as yieldTurn } from 'node:timers/promises';
 import { envName, type Config, type Kind } from '../config.js';
 import { ShopError, errorResponse, type ErrorCode } from '../errors.js';
 import type { Log } from '../log.js';
-import { batchInitRanges, partitionOf } from '../partitioning.js';
+import { batchInitRanges, drawIn, partitionOf } from '../partitioning.js';
 import { fail as failed, ID_MAX_CHARS, type Reply } from '../protocol.js';
 import type { ShopClient } from '../transport/shop-client.js';
 
@@ -219,6 +219,8 @@ function helpers({ client, config, newId = randomUUID }: RouteDeps) {
   const part = (id: string) => partitionOf(id, config.partitions);
   return {
     newId,
+    /** A new id that hashes to the same partition number as `other` (drawIn). */
+    idBeside: (other: string) => drawIn(part(other), config.partitions, newId),
     command: <V>(kind: Kind, id: string, cmd: unknown) => client.command<V>(kind, part(id), cmd),
     query: <V>(kind: Kind, id: string, q: unknown) => client.query<V>(kind, part(id), q),
     /**
@@ -310,13 +312,14 @@ interface OrderView {
 }
 
 export function orderRoutes(deps: RouteDeps): Route[] {
-  const { newId, command, query, batchInit } = helpers(deps);
+  const { idBeside, command, query, batchInit } = helpers(deps);
   return [
     route('POST', '/orders/create/:user_id', async ({ user_id }) => {
       // Users are never deleted, so a user seen here still exists when the order is created.
       const user = await query('payment', user_id, { k: 'find', id: user_id });
       if (!user.ok) return answer(user, () => null);
-      const id = newId();
+      // An id that hashes to the user's partition number: the checkout's debit then stays on the order's worker.
+      const id = idBeside(user_id);
       return answer(await command('order', id, { k: 'create', id, user: user_id }), () => ({ order_id: id }));
     }),
     route('POST', '/orders/batch_init/:n(int)/:n_items(int)/:n_users(int)/:item_price(int)', async ({ n, n_items, n_users, item_price }) => {

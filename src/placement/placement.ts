@@ -142,9 +142,16 @@ function mix(s: string): number {
   return h >>> 0;
 }
 
-/** Rendezvous (highest random weight) score of a worker for a partition: ties between equally good choices go the same way in every controller. */
-export function score(seed: string, kind: Kind, partition: number, worker: string): number {
-  return mix(`${seed}|${kind}.${partition}|${worker}`);
+/**
+ * Rendezvous (highest random weight) score of a worker for a partition: ties between equally good choices go the same
+ * way in every controller. The kind does not count: partition p of every kind scores the same, so from the same
+ * holdings every kind is placed alike and order p, stock p and payment p share a worker. That is what keeps a
+ * checkout's debit on its order's worker (an order is made on its user's partition number: partitioning.ts,
+ * drawIn). It is a preference, not a rule: after moves the kinds may differ for a while, which costs hops, not
+ * correctness.
+ */
+export function score(seed: string, _kind: Kind, partition: number, worker: string): number {
+  return mix(`${seed}|${partition}|${worker}`);
 }
 
 export interface BalanceInput {
