@@ -101,6 +101,15 @@ t.test('election: another leader is taken over only after its revision stood unc
   t.equal(d.state.role.phase, 'leader');
 });
 
+t.test('election: a leader whose process was found gone (its probe answered by nobody) is taken over at once, not after a lease', async (t) => {
+  const clock = new FakeClock();
+  const c = candidate('b');
+  c.on({ kind: 'observed', key: { id: 'a', rev: 4 }, now: clock.now() });
+  clock.advance(LEASE_MS / 2);
+  t.same(c.on({ kind: 'tick', now: clock.now() }), [], 'within its lease: still the leader’s');
+  t.same(c.on({ kind: 'tick', now: clock.now(), gone: true }), [{ do: 'write', claim: { op: 'takeover', rev: 4, after: 'a', at: clock.now() } }], 'gone: CAS on the revision seen');
+});
+
 t.test('election: its own key from before a restart is taken at once; an invalid leader value is a silent leader', async (t) => {
   const clock = new FakeClock();
   const c = candidate('a');

@@ -256,8 +256,17 @@ export async function startController({ nc, config, log: parentLog, id, buckets,
       const now = clock.now();
       if (ranLate(lastTick, now, lease)) members.forgive(now);
       lastTick = now;
-      // A worker whose pulses are late by PROBE_AFTER_INTERVALS: is its process still there? (membership.ts)
-      if (valid()) void members.probeSilent(PROBE_AFTER_INTERVALS * config.heartbeatIntervalMs, config.heartbeatIntervalMs).catch(() => {});
+      // A worker whose pulses are late by PROBE_AFTER_INTERVALS: is its process still there? (membership.ts) The
+      // leader asks about every worker; the others about the leader, and take over at once when it is gone.
+      const lateMs = PROBE_AFTER_INTERVALS * config.heartbeatIntervalMs;
+      if (valid()) void members.probeSilent(lateMs, config.heartbeatIntervalMs).catch(() => {});
+      else if (elect && election.seen && election.seen.id !== id) {
+        const leader = election.seen.id;
+        void members
+          .probeSilent(lateMs, config.heartbeatIntervalMs, [leader])
+          .then((gone) => (gone.includes(leader) && election.seen?.id === leader ? decide({ kind: 'tick', now: clock.now(), gone: true }) : undefined))
+          .catch(() => {});
+      }
       if (elect) await decide({ kind: 'tick', now });
       await reconcile();
     } finally {

@@ -42,8 +42,8 @@ export type Claim =
 export type ElectionEvent =
   /** The watch delivered the `leader` key (undefined: deleted; an id of '' stands for a value that is not a leader). */
   | { kind: 'observed'; key: { id: string; rev: number } | undefined; now: number }
-  /** Time to renew, or to campaign. */
-  | { kind: 'tick'; now: number }
+  /** Time to renew, or to campaign; `gone`: the leader's process was found gone by its probe (membership.ts). */
+  | { kind: 'tick'; now: number; gone?: boolean }
   | { kind: 'written'; claim: Claim; rev: number }
   | { kind: 'refused'; claim: Claim; err: unknown }
   /** The candidate closes: a leader hands over at once instead of after a lease. */
@@ -80,8 +80,9 @@ export function electionStep(state: Election, event: ElectionEvent, limits: Elec
       let claim: Claim | undefined;
       if (role.phase === 'leader') claim = { op: 'renew', rev: role.rev, at };
       else if (!seen) claim = { op: 'create', at };
-      // Its own key from before a restart of this candidate, or a leader silent for a lease: take it by CAS.
-      else if (seen.id === self || at - seen.seenAt > limits.leaseMs) claim = { op: 'takeover', rev: seen.rev, after: seen.id, at };
+      // Its own key from before a restart of this candidate, a leader silent for a lease, or one whose process is
+      // gone (nothing answers its probe): take it by CAS.
+      else if (seen.id === self || at - seen.seenAt > limits.leaseMs || event.gone) claim = { op: 'takeover', rev: seen.rev, after: seen.id, at };
       return { state, actions: claim ? [{ do: 'write', claim }] : [] };
     }
     case 'written': {

@@ -229,10 +229,10 @@ export class MembershipView {
    * out its lease. A paused process, or one behind a cut link, still holds its subscription: the probe goes unanswered
    * (a timeout, not "no responders") and the lease decides, as for a stalled one. Returns the workers found gone.
    */
-  async probeSilent(lateMs: number, timeoutMs: number, now = this.clock.now()): Promise<string[]> {
+  async probeSilent(lateMs: number, timeoutMs: number, only?: readonly string[], now = this.clock.now()): Promise<string[]> {
     const source = this.pulseSource;
     if (!source?.probe) return [];
-    const late = liveMembers(this.view, now, this.leaseMs).filter((m) => now - m.seenAt > lateMs && !this.probing.has(m.hb.id));
+    const late = liveMembers(this.view, now, this.leaseMs).filter((m) => now - m.seenAt > lateMs && !this.probing.has(m.hb.id) && (!only || only.includes(m.hb.id)));
     const gone = await Promise.all(
       late.map(async (m) => {
         const id = m.hb.id;
