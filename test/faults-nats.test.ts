@@ -8,6 +8,7 @@
  */
 import t from 'tap';
 import { setTimeout as delay } from 'node:timers/promises';
+import type { Kind } from '../src/config.js';
 import { names } from '../src/protocol.js';
 import { runFaults, type Fault, type FaultShop } from './helpers/faults.js';
 
@@ -22,8 +23,8 @@ async function orderLeader(shop: FaultShop): Promise<number> {
  * Resolves with the ms from `at` until the ORDER stream has a leader other than node `victim`: the JetStream
  * election's own gap, measured beside the storm's, so that the cost above it is seen.
  */
-async function electedAfter(shop: FaultShop, victim: number, at: number): Promise<number> {
-  const stream = names(shop.config.streamPrefix).stream('order');
+async function electedAfter(shop: FaultShop, victim: number, at: number, kind: Kind = 'order'): Promise<number> {
+  const stream = names(shop.config.streamPrefix).stream(kind);
   const deadline = performance.now() + 60_000;
   while (performance.now() < deadline) {
     const leader = await shop.nats.leaderOf(stream);
@@ -33,10 +34,19 @@ async function electedAfter(shop: FaultShop, victim: number, at: number): Promis
   return NaN;
 }
 
-/** Both elections a node's loss starts, in ms after `at`: the ORDER stream's, and the meta leader's (when it led). */
+/**
+ * The elections a node's loss starts, in ms after `at`: the ORDER stream's, the meta leader's (when it led), and when
+ * the STOCK and PAYMENT streams had a leader off the lost node (at once when theirs was elsewhere).
+ */
 async function elections(shop: FaultShop, victim: number, at: number, ledMeta: boolean): Promise<string> {
-  const [stream, meta] = await Promise.all([electedAfter(shop, victim, at), ledMeta ? metaElectedAfter(shop, victim, at) : Promise.resolve(undefined)]);
-  return `ORDER stream leader elected ${stream} ms after it${meta === undefined ? ' (the meta leader was elsewhere)' : `, JetStream meta leader ${meta} ms after it`}`;
+  const [stream, meta, stock, payment] = await Promise.all([
+    electedAfter(shop, victim, at),
+    ledMeta ? metaElectedAfter(shop, victim, at) : Promise.resolve(undefined),
+    electedAfter(shop, victim, at, 'stock'),
+    electedAfter(shop, victim, at, 'payment'),
+  ]);
+  const metaNote = meta === undefined ? ' (the meta leader was elsewhere)' : `, JetStream meta leader ${meta} ms after it`;
+  return `ORDER stream leader elected ${stream} ms after it${metaNote}; STOCK led off n${victim} ${stock} ms, PAYMENT ${payment} ms after it`;
 }
 
 async function metaElectedAfter(shop: FaultShop, victim: number, at: number): Promise<number> {
