@@ -70,7 +70,7 @@ function naming(prefix: string) {
 
 const unique = (list: string[]) => [...new Set(list)];
 
-/** JetStream's advisories of a command stream's new leader (transport/stream-leaders.ts). */
+/** JetStream's advisories of a command stream's new leader (transport/stream-leaders.ts leaderElectedSubject; spelled here, as this module imports nothing of the app's layers). */
 const leaderNews = (n: ReturnType<typeof naming>) => COMMAND_STREAMS.map((s) => `$JS.EVENT.ADVISORY.STREAM.LEADER_ELECTED.${n.stream(s)}`);
 
 /**
