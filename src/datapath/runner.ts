@@ -511,7 +511,7 @@ export class PartitionRunner implements Member {
    * Reads the partition's commands one by one from the stream's leader (a message get by subject, after the last one
    * queued) while its consumer is being made again: a stream has a leader again seconds before a new consumer can be
    * made (nats-server 2.9 places each consumer through the cluster's meta leader, and was seen to refuse or lose new
-   * ones for 4-8 s after a node was lost, placing some on the node that was gone). Stops as soon as the consumer is
+   * ones for 4-20 s after a node was lost, placing some on the node that was gone). Stops as soon as the consumer is
    * back, which starts after the last message queued either way.
    */
   private async readWithoutConsumer(): Promise<void> {
