@@ -405,7 +405,9 @@ t.test('load: the warm-up is sent but not measured, and the duration counts afte
   const stats = new Stats(scenario.kinds);
   const fake = fakeDispatcher(() => [200, '{}'], 10);
   const result = await startLoad({ dispatcher: fake.dispatcher, scenario, stats, model: { kind: 'closed', concurrency: 4, paceMs: 0 }, warmupMs: 300, durationMs: 300, timeoutMs: 1000 }).done;
-  t.ok(result.elapsedMs >= 300 && result.elapsedMs < 600, `measured ${result.elapsedMs} ms after the warm-up`);
+  // 1 ms of slack below: libuv's timers run on a millisecond clock cached per loop turn, so a 300 ms timer was seen
+  // to end 299.93 ms after it by performance.now() (CI, 2026-12-06).
+  t.ok(result.elapsedMs >= 299 && result.elapsedMs < 600, `measured ${result.elapsedMs} ms after the warm-up`);
   t.ok(fake.paths.length >= 2 * stats.completed - 20, `${fake.paths.length} sent, ${stats.completed} measured: about half was warm-up`);
   t.ok(stats.completed > 50, 'the measured part is recorded');
   const answered = [...scenario.audit!.outcomes.flags].filter((f) => f & ANSWERED_2XX).length;
