@@ -71,6 +71,8 @@ interface ReadWaiter {
 
 interface Bundle {
   subject: string;
+  /** The stream that stores it (its kind's). */
+  stream: string;
   envelopes: CommandEnvelope[];
   /** The waiting commands' reply tokens, failed together if the stream refuses the bundle to the end. */
   tokens: string[];
@@ -93,16 +95,14 @@ export function createShopClient({ nc, config, log }: { nc: NatsConnection; conf
   const ackCheck = parsePubAck(fault);
   // A publish waiting on a stream that elects a new leader goes again to it at once (stream-leaders.ts).
   const leaders = watchStreamLeaders(nc, config.kinds.map((k) => n.stream(k)));
-  const streamOf = new Map<string, string>(config.kinds.map((k) => [n.cmd(k, 0).replace(/\.0$/, '.'), n.stream(k)]));
-  const streamOfSubject = (subject: string) => streamOf.get(subject.slice(0, subject.lastIndexOf('.') + 1)) ?? '';
 
   /** Publishes a message until the stream has stored it; gives up only when the stream refuses it until the deadline. */
-  async function store(subject: string, data: Uint8Array, msgId: string, deadline: number): Promise<void> {
+  async function store(subject: string, stream: string, data: Uint8Array, msgId: string, deadline: number): Promise<void> {
     for (;;) {
       const left = deadline - Date.now();
       if (left <= 0) return; // the outcome's own wait expires
       let refusal: string;
-      const leader = nextLeader(leaders, streamOfSubject(subject));
+      const leader = nextLeader(leaders, stream);
       try {
         // An answer that is not an acknowledgement is dropped: as for a lost one, the wait ends and the same id goes again.
         const acked = mux.request(subject, data, Math.min(left, ACK_WAIT_MS), msgId, ackCheck);
@@ -135,7 +135,7 @@ export function createShopClient({ nc, config, log }: { nc: NatsConnection; conf
     try {
       // Usually one message; more only when the bundle is over BUNDLE_BYTES_MAX.
       for (const { from, to, data } of bundleRanges(bundle.envelopes)) {
-        store(bundle.subject, data, `${id}.${mux.token()}`, bundle.deadline).catch((err: Error) => {
+        store(bundle.subject, bundle.stream, data, `${id}.${mux.token()}`, bundle.deadline).catch((err: Error) => {
           for (const token of bundle.tokens.slice(from, to)) mux.cancel(token, err);
         });
       }
@@ -221,14 +221,15 @@ export function createShopClient({ nc, config, log }: { nc: NatsConnection; conf
       const deadline = Date.now() + config.requestDeadlineMs;
       const outcome = mux.wait(token, deadline, replyCheck);
       const subject = n.cmd(kind, partition);
+      const stream = n.stream(kind);
       const envelope: CommandEnvelope = { c: cmd, r: mux.subject(token) };
       if (opts?.alone) {
-        sendBundle({ subject, envelopes: [envelope], tokens: [token], deadline });
+        sendBundle({ subject, stream, envelopes: [envelope], tokens: [token], deadline });
         return settle(outcome);
       }
       let bundle = open.get(subject);
       if (!bundle) {
-        open.set(subject, (bundle = { subject, envelopes: [], tokens: [], deadline }));
+        open.set(subject, (bundle = { subject, stream, envelopes: [], tokens: [], deadline }));
         mux.requestFlush();
       }
       bundle.envelopes.push(envelope);
