@@ -5,6 +5,7 @@
  */
 import type { KV, Subscription } from 'nats';
 import type { Clock, Timer } from '../clock.js';
+import { untilJetStream } from '../datapath/streams.js';
 import type { Fault } from '../faults.js';
 import type { Log } from '../log.js';
 import type { Controller } from './controller.js';
@@ -14,7 +15,6 @@ import { kvValues } from './placement.js';
 import { runnersOf, type HostedPartition, type Reconciler } from './reconciler.js';
 import { closeKit, type Kit } from './worker-kit.js';
 import { handoverDone } from './worker-rules.js';
-import { untilJetStream } from '../datapath/streams.js';
 
 /** Part of shutdownGraceMs a closing worker may spend waiting for its partitions to move, the rest is for stopping. */
 const DRAIN_SHARE_OF_GRACE = 0.5;
