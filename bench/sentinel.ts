@@ -15,7 +15,9 @@
  *     failover happened). Run it beside the fault tests for the storm too.
  */
 import { spawn, type ChildProcess } from 'node:child_process';
-import { commitTogether, createPartitionStore, type BatchWrite } from '../src/datapath/store.js';
+import { commitTogether } from '../src/datapath/commit-group.js';
+import { createPartitionStore } from '../src/datapath/store.js';
+import type { BatchWrite } from '../src/datapath/store-scripts.js';
 import { connectRedis } from '../src/transport/connect.js';
 import { redisInfo, SENTINEL_FAILOVER_TIMEOUT_MS } from '../src/stack/topology.js';
 import { startRedisHA } from '../test/helpers/ha.js';

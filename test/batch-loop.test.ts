@@ -14,7 +14,9 @@ import { BUNDLE_MAX } from '../src/protocol.js';
 import { BatchLoop, type Committed, type Member, type StreamMessage, type Taken } from '../src/datapath/batch-loop.js';
 import { decodeEntry, type OutboxEntry } from '../src/datapath/outbox.js';
 import type { Tables } from '../src/datapath/draft.js';
-import type { CommitResult, PartitionStore, PreparedBatch } from '../src/datapath/store.js';
+import type { PreparedBatch } from '../src/datapath/commit-group.js';
+import type { PartitionStore } from '../src/datapath/store.js';
+import type { CommitResult } from '../src/datapath/store-scripts.js';
 import { waitFor } from './helpers/servers.js';
 
 const config = loadConfig({ SHOP_PROFILE: 'test' }, { partitions: 2 });

@@ -31,7 +31,9 @@ import { Delivery, type Box, type Sink } from './local-delivery.js';
 import { Draft, type Tables } from './draft.js';
 import type { DeadLetterReason, RunnerMetrics } from './runner-metrics.js';
 import { emptyEntry, encodeEntry, owesNothing, packCommands, type DeadLetter, type OutboxEntry } from './outbox.js';
-import { commitTogether, type CommitResult, type PartitionStore, type PreparedBatch } from './store.js';
+import { commitTogether, type PreparedBatch } from './commit-group.js';
+import type { PartitionStore } from './store.js';
+import type { CommitResult } from './store-scripts.js';
 
 /** The header JetStream de-duplicates publishes by. */
 const MSG_ID_HEADER = 'Nats-Msg-Id';
