@@ -24,7 +24,7 @@ import { kvValues, parsePlacementKey, placementKey, toBytes, type Assignment, ty
 import { BatchLoop } from '../datapath/batch-loop.js';
 import { warmActorsOnce } from '../datapath/warm-up.js';
 import { Courier } from '../datapath/courier.js';
-import type { Inbound } from '../datapath/batch-loop.js';
+import type { Inbound } from '../datapath/participant.js';
 import { createPartitionStore, StaleEpochError, type PartitionStore } from '../datapath/store.js';
 import { ensureStreams, untilJetStream } from '../datapath/streams.js';
 
