@@ -3,7 +3,7 @@
  * `down-after-milliseconds` can be without failing over a primary that is only slow. A group of its own (free ports,
  * temporary dirs, the test helpers): a primary, `replicas` replicas, 3 Sentinels; one client connected through the
  * Sentinels with the workers' options (src/transport/connect.ts) committing one batch after the other with the
- * commit script and `WAIT 1` (src/datapath/store.ts).
+ * commit script and `WAIT 1` (src/datapath/store-scripts.ts, script-runner.ts).
  *
  *   npm run build && node dist/bench/sentinel.js failover <down-after ms (1000)> <rounds per fault (3)> <replicas (2)>
  *     Per round, SIGKILL or SIGSTOP of the primary, held until the Sentinels promoted a replica: the commit gap (last
