@@ -10,7 +10,7 @@ import { COMMIT_LUA, COMMIT_RESULTS, type CommitResult } from './store-scripts.j
 export interface PreparedBatch {
   readonly group: CommitGroup;
   readonly keys: string[];
-  /** packArgs of its arguments */
+  /** Its argument for the commit script (store-scripts.ts commitArgs). */
   readonly args: Buffer;
 }
 
