@@ -631,7 +631,7 @@ export class PartitionRunner implements Participant {
     return true;
   }
 
-  // ---- Participant: what the batch loop sees -------------------------------------------------------------
+  // ---- Participant: what the batch loop sees ----------------------------------------------------------
 
   ready(): boolean {
     return this._state === 'running' && (this.parcels.length > 0 || (this.queue.length > 0 && this.roomInOutbox()));
