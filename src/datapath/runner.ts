@@ -5,7 +5,8 @@ import type { Actor, ReadView } from '../actors/types.js';
 import type { Config, Kind } from '../config.js';
 import type { Log } from '../log.js';
 import { names, type Names } from '../protocol.js';
-import type { BatchLoop, Committed, Inbound, Member, StreamMessage, Taken } from './batch-loop.js';
+import type { BatchLoop } from './batch-loop.js';
+import type { Committed, Inbound, Participant, StreamMessage, Taken } from './participant.js';
 import type { Courier } from './courier.js';
 import type { Tables } from './draft.js';
 import type { RunnerMetrics } from './runner-metrics.js';
@@ -158,7 +159,7 @@ export interface Trouble {
  * worker's batch loop, which applies and commits them (state + cursor + outbox, fenced by epoch); then it makes the
  * batch visible and sends what the batch owes. Reads are answered from the committed state in memory.
  */
-export class PartitionRunner implements Member {
+export class PartitionRunner implements Participant {
   readonly kind: Kind;
   readonly partition: number;
   readonly actor: Actor<unknown, unknown>;
@@ -630,7 +631,7 @@ export class PartitionRunner implements Member {
     return true;
   }
 
-  // ---- Member: what the batch loop sees -------------------------------------------------------------
+  // ---- Participant: what the batch loop sees ----------------------------------------------------------
 
   ready(): boolean {
     return this._state === 'running' && (this.parcels.length > 0 || (this.queue.length > 0 && this.roomInOutbox()));
