@@ -4,7 +4,7 @@
  * time passed in; worker.ts is the I/O shell that performs them (puts heartbeats, starts and stops runners).
  */
 import { leaseAt, leaseStored, newLease, ranLate, type Lease, type LeaseLimits } from './liveness.js';
-import type { RunnerState } from '../datapath/runner.js';
+import type { RunnerState } from '../datapath/lifecycle.js';
 import type { Assignment } from './placement.js';
 
 /** Why a dynamic worker stopped on its own: shopctl drained it, or it lost its lease (its heartbeats failed too long). */

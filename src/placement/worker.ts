@@ -109,8 +109,8 @@ interface Kit {
 const replicationOf = (config: Config) => ({ waitReplicas: config.redisWaitReplicas, waitTimeoutMs: config.redisWaitTimeoutMs });
 
 function newRunner(kit: Kit, kind: Kind, partition: number, store: PartitionStore, onFenced: (r: PartitionRunner) => void): PartitionRunner {
-  const { nc, js, jsm, mux, courier, loop, config, log, metrics, leaders } = kit;
-  return new PartitionRunner({ nc, js, jsm, mux, courier, loop, config, log, metrics, leaders, actor: actorOf(kind), partition, store, onFenced });
+  const { nc, jsm, mux, courier, loop, config, log, metrics, leaders } = kit;
+  return new PartitionRunner({ nc, jsm, mux, courier, loop, config, log, metrics, leaders, actor: actorOf(kind), partition, store, onFenced });
 }
 
 const sampleOf = (runners: Iterable<PartitionRunner>): PartitionSample[] =>
