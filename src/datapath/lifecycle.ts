@@ -11,7 +11,29 @@
  *   starting | running | restarting | refused ─stop→ stopping ─released→ stopped
  */
 
+/**
+ * Longest pause between two attempts of a partition that keeps failing to restart. Short: what fails a restart is
+ * Redis or NATS being away (an attempt then waits in the client, or for WAIT's timeout, and costs nothing), and
+ * a partition must serve again within a second of their return. With 30 s, a Redis failover of 5 s had partitions
+ * sleeping for seconds after the new primary and its replica were there.
+ */
+export const PARTITION_RETRY_MAX_MS = 1000;
+
 export type RunnerState = 'idle' | 'starting' | 'running' | 'restarting' | 'refused' | 'stopping' | 'stopped' | 'fenced';
+
+/** Why a partition does not serve although this worker holds it, for status, readiness and metrics. */
+export interface Trouble {
+  state: 'restarting' | 'refused';
+  /** Restart attempts since the partition last committed. */
+  attempts: number;
+  error: string;
+}
+
+/** The trouble after one more failed attempt (a commit ends it). */
+export const failedAgain = (last: Trouble | undefined, state: Trouble['state'], error: string): Trouble => ({ state, attempts: (last?.attempts ?? 0) + 1, error });
+
+/** The pause before a retry, `attempts` failed attempts in: doubles from `baseMs` (retryBackoffMs) up to PARTITION_RETRY_MAX_MS. */
+export const retryPauseMs = (attempts: number, baseMs: number): number => Math.min(PARTITION_RETRY_MAX_MS, baseMs * 2 ** Math.min(20, attempts - 1));
 
 export type LifecycleEvent =
   /** Taken by its owner, or taken again by its own retry. */

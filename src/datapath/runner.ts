@@ -1,20 +1,21 @@
 import { type JetStreamManager, type NatsConnection, type Subscription } from 'nats';
-import { randomUUID } from 'node:crypto';
 import { setTimeout as delay } from 'node:timers/promises';
 import type { Actor, ReadView } from '../actors/types.js';
 import type { Config, Kind } from '../config.js';
 import type { Log } from '../log.js';
 import { names, type Names } from '../protocol.js';
+import { Applied } from './applied.js';
 import type { BatchLoop, Committed, Inbound, Member, Taken } from './batch-loop.js';
 import { CommandReader } from './command-reader.js';
 import type { Courier } from './courier.js';
 import type { Tables } from './draft.js';
-import { isActive, lifecycleStep, type LifecycleAction, type LifecycleEvent, type RunnerState } from './lifecycle.js';
+import { failedAgain, isActive, lifecycleStep, retryPauseMs, type LifecycleAction, type LifecycleEvent, type RunnerState, type Trouble } from './lifecycle.js';
 import type { RunnerMetrics } from './runner-metrics.js';
 import type { Mux } from '../transport/mux.js';
 import { checkStream, newestMark, publishMark } from './marks.js';
 import type { StreamLeaders } from '../transport/stream-leaders.js';
 import { decodeEntry, PartitionOutbox } from './outbox.js';
+import { PoisonWatch } from './poison.js';
 import { serveReads } from '../transport/reads.js';
 import { StaleEpochError, type PartitionStore } from './store.js';
 import { Trimming } from './trimming.js';
@@ -29,28 +30,8 @@ const OUTBOX_DRAIN_MAX_MS = 5000;
  * and 64 partitions). What they add to the outbox is bounded by the sagas in flight.
  */
 const OUTBOX_BATCHES_INFLIGHT_MAX = 64;
-/**
- * Longest pause between two attempts of a partition that keeps failing to restart. Short: what fails a restart is
- * Redis or NATS being away (an attempt then waits in the client, or for WAIT's timeout, and costs nothing), and
- * a partition must serve again within a second of their return. With 30 s, a Redis failover of 5 s had partitions
- * sleeping for seconds after the new primary and its replica were there.
- */
-const PARTITION_RETRY_MAX_MS = 1000;
 /** How often a partition refused for a stream behind its cursor looks again (an operator may have mended it). */
 const REFUSED_RECHECK_MS = 10_000;
-/** Most stream message ids a partition remembers (about 10 MB), see recentMessages. */
-const RECENT_MESSAGES_MAX = 100_000;
-/**
- * Poison accounting: starts at one cursor (counted in Redis, datapath/store.ts `attempt`) after which the message
- * at cursor + 1 is taken in a batch alone; and attempts of it alone after which it is quarantined, passed as a dead
- * letter without being decoded. A start by the same runner after a failure it saw itself (Redis or NATS away) does
- * not count, a start by another process (this one died, or the partition moved) or after a batch that threw does.
- * So a message that kills its worker takes its partition down twice at most: once in a batch, once alone.
- */
-export const POISON_STARTS_MAX = 2;
-export const POISON_SOLOS_MAX = 1;
-/** Parcels remembered as applied, so that a copy sent again is acknowledged without being applied again. */
-const SEEN_PARCELS_MAX = 8192;
 
 interface RunnerDeps {
   nc: NatsConnection;
@@ -71,14 +52,6 @@ interface RunnerDeps {
   onFenced?: (runner: PartitionRunner) => void;
   /** News of its stream's new leader: a consumer that lived on the old one, or waits to be made, goes at once. */
   leaders?: StreamLeaders | undefined;
-}
-
-/** Why a partition does not serve although this worker holds it, for status, readiness and metrics. */
-export interface Trouble {
-  state: 'restarting' | 'refused';
-  /** Restart attempts since the partition last committed. */
-  attempts: number;
-  error: string;
 }
 
 /**
@@ -110,21 +83,9 @@ export class PartitionRunner implements Member {
   private readonly trimming: Trimming;
   /** Taken by its owner and not stopped since: a failing partition keeps trying while this holds. */
   private wanted = false;
-  /** Parcels applied and committed lately, oldest first (a Set keeps insertion order). */
-  private readonly seenIds = new Set<string>();
-  /**
-   * Message ids of the stream messages applied and committed within JetStream's duplicate window, with when (oldest
-   * first), at most RECENT_MESSAGES_MAX: a second copy of one is passed (BatchLoop). Not only repeats within a
-   * request deadline: a command a node stored while cut off from the others reappeared after the cut healed.
-   */
-  private readonly recentMessages = new Map<string, number>();
+  private readonly applied: Applied;
+  private readonly poison: PoisonWatch;
   private trouble: Trouble | undefined;
-  /** Who records the attempts of this runner (see POISON_STARTS_MAX); whether its last batch threw. */
-  private readonly attemptToken = randomUUID();
-  private faulted = false;
-  /** The stream message to take alone (0: none), and the one to quarantine, with why. */
-  private suspectSeq = 0;
-  private quarantine: { seq: number; why: string } | null = null;
 
   constructor(private readonly deps: RunnerDeps) {
     this.kind = deps.actor.kind;
@@ -137,6 +98,8 @@ export class PartitionRunner implements Member {
     const active = () => this.active;
     const stream = this.names.stream(this.kind);
     this.reader = new CommandReader({ nc, jsm, config, log: this.log, leaders, stream, subject: this.subject, active, wake: () => deps.loop.wake() });
+    this.applied = new Applied(config.duplicateWindowMs);
+    this.poison = new PoisonWatch(deps.store, this.log);
     this.trimming = new Trimming({ jsm, names: this.names, kind: this.kind, partition: this.partition, config, log: this.log, active, mark: (seq) => this.mark(seq) });
   }
 
@@ -274,7 +237,7 @@ export class PartitionRunner implements Member {
     // A partition that never marked this stream marks it now, so that a stream made anew is known for one.
     if (!mark || loaded.mark === 0) await this.mark(this._cursor);
     if (this._state !== 'starting') throw new Error('stopped while starting');
-    await this.countAttempt();
+    if (!(await this.poison.started(this._epoch, this._cursor))) throw new StaleEpochError(this._epoch, await this.store.epoch());
     this.openOutbox(loaded.outbox);
 
     // Reads are answered from the committed view (transport/reads.ts: batches, checks, size).
@@ -317,24 +280,6 @@ export class PartitionRunner implements Member {
     if (!(await this.store.recordMark(this._epoch, published))) throw new StaleEpochError(this._epoch, await this.store.epoch());
   }
 
-  /** Records this start against the message at cursor + 1, and decides from the count how to take it. */
-  private async countAttempt(): Promise<void> {
-    const attempts = await this.store.attempt(this._epoch, this._cursor, this.attemptToken, this.faulted ? 'fault' : 'start');
-    this.faulted = false;
-    if (!attempts) throw new StaleEpochError(this._epoch, await this.store.epoch());
-    const seq = this._cursor + 1;
-    this.suspectSeq = 0;
-    this.quarantine = null;
-    if (attempts.solos >= POISON_SOLOS_MAX) {
-      const why = `stream message ${seq} was taken ${attempts.starts - 1} times without being committed (${attempts.solos} of them alone): a poison message, quarantined without being decoded`;
-      this.quarantine = { seq, why };
-      this.log.error(`passing ${why}`, { seq, ...attempts });
-    } else if (attempts.starts >= POISON_STARTS_MAX) {
-      this.suspectSeq = seq;
-      this.log.warn('the message after the cursor was not committed by the last starts: it is taken alone', { seq, ...attempts });
-    }
-  }
-
   /**
    * This process's NATS connection moved to another server. The consumer may have lived on the server that went
    * away, and after a reconnect nats.js waits for that server to tell it about its consumer before it watches the
@@ -359,7 +304,7 @@ export class PartitionRunner implements Member {
   private refuse(error: string, details: Record<string, unknown>): void {
     const recheck = this.transition({ kind: 'refuse' });
     if (!recheck) return; // stopped meanwhile
-    this.trouble = { state: 'refused', attempts: (this.trouble?.attempts ?? 0) + 1, error };
+    this.trouble = failedAgain(this.trouble, 'refused', error);
     if (this.trouble.attempts === 1) this.log.error(`refusing to serve: ${error}`, { stream: this.names.stream(this.kind), ...details });
     this.deps.metrics?.partitionRestart?.(this.kind, this.partition);
     void this.perform(recheck);
@@ -419,22 +364,17 @@ export class PartitionRunner implements Member {
   }
 
   suspect(): boolean {
-    if (this.suspectSeq === 0 || this._state !== 'running') return false;
-    const first = this.reader.first();
-    if (first && first.seq > this.suspectSeq) this.suspectSeq = 0; // not in the stream any more (trimmed): nothing to take alone
-    return first?.seq === this.suspectSeq && this.roomInOutbox();
+    return this._state === 'running' && this.poison.suspect(this.reader.first()) && this.roomInOutbox();
   }
 
   async takeAlone(): Promise<boolean> {
-    const seq = this.suspectSeq;
-    this.suspectSeq = 0;
-    if ((await this.store.attempt(this._epoch, seq - 1, this.attemptToken, 'solo')) !== null) return true;
+    if (await this.poison.takeAlone(this._epoch)) return true;
     this.fenced();
     return false;
   }
 
   quarantined(seq: number): string | undefined {
-    return this.quarantine?.seq === seq ? this.quarantine.why : undefined;
+    return this.poison.quarantined(seq);
   }
 
   take(max: number): Taken {
@@ -454,11 +394,11 @@ export class PartitionRunner implements Member {
   }
 
   seen(parcelId: string): boolean {
-    return this.seenIds.has(parcelId);
+    return this.applied.parcel(parcelId);
   }
 
   seenMessage(messageId: string): boolean {
-    return this.recentMessages.has(messageId);
+    return this.applied.message(messageId);
   }
 
   takeDone(): string[] {
@@ -476,18 +416,7 @@ export class PartitionRunner implements Member {
     this._local = c.local;
     this._commitCount++;
     this.trouble = undefined;
-    for (const id of c.parcels) this.seenIds.add(id);
-    const now = Date.now();
-    for (const id of c.messageIds) this.recentMessages.set(id, now);
-    const keepAfter = now - this.deps.config.duplicateWindowMs;
-    for (const [id, at] of this.recentMessages) {
-      if (at >= keepAfter && this.recentMessages.size <= RECENT_MESSAGES_MAX) break;
-      this.recentMessages.delete(id);
-    }
-    for (const id of this.seenIds) {
-      if (this.seenIds.size <= SEEN_PARCELS_MAX) break;
-      this.seenIds.delete(id);
-    }
+    this.applied.committed(c.parcels, c.messageIds, Date.now());
     if (c.entry) this.outbox?.send(c.field, c.entry);
   }
 
@@ -501,23 +430,22 @@ export class PartitionRunner implements Member {
   failed(err: unknown, fault?: boolean): void {
     const restart = this.transition({ kind: 'batchFailed' });
     if (!restart) return;
-    if (fault) this.faulted = true;
-    const attempts = (this.trouble?.attempts ?? 0) + 1;
-    this.trouble = { state: 'restarting', attempts, error: (err as Error)?.message ?? String(err) };
-    this.log.error('batch failed; restarting the partition from its committed state', { err, attempts });
+    if (fault) this.poison.threw();
+    this.trouble = failedAgain(this.trouble, 'restarting', (err as Error)?.message ?? String(err));
+    this.log.error('batch failed; restarting the partition from its committed state', { err, attempts: this.trouble.attempts });
     void this.perform(restart);
   }
 
   /**
    * Takes the partition again from Redis and its stream, after a pause that doubles with every attempt since it
-   * last committed (retryBackoffMs up to PARTITION_RETRY_MAX_MS), until it runs, is refused for good by a newer
+   * last committed (retryPauseMs, up to PARTITION_RETRY_MAX_MS), until it runs, is refused for good by a newer
    * epoch, or is stopped.
    */
   private async retry(): Promise<void> {
     const { config, metrics } = this.deps;
     for (;;) {
       const attempts = this.trouble?.attempts ?? 1;
-      await delay(Math.min(PARTITION_RETRY_MAX_MS, config.retryBackoffMs * 2 ** Math.min(20, attempts - 1)));
+      await delay(retryPauseMs(attempts, config.retryBackoffMs));
       if (!this.wanted || (this._state !== 'restarting' && this._state !== 'refused')) return; // stopped meanwhile
       metrics?.partitionRestart?.(this.kind, this.partition);
       const trouble = this.trouble;
@@ -528,7 +456,7 @@ export class PartitionRunner implements Member {
       } catch (err) {
         if (err instanceof StaleEpochError) return this.log.warn('not restarting: a newer owner holds the partition', { epoch: this._epoch });
         if (!this.wanted) return;
-        this.trouble = { state: 'restarting', attempts: (trouble?.attempts ?? 0) + 1, error: (err as Error).message };
+        this.trouble = failedAgain(trouble, 'restarting', (err as Error).message);
         this.transition({ kind: 'restartFailed' });
         this.log.error('restart failed; trying again', { err, attempts: this.trouble.attempts });
       }
