@@ -19,6 +19,9 @@
  */
 export const PARTITION_RETRY_MAX_MS = 1000;
 
+/** How often a partition refused for a stream behind its cursor looks again (an operator may have mended it). */
+export const REFUSED_RECHECK_MS = 10_000;
+
 export type RunnerState = 'idle' | 'starting' | 'running' | 'restarting' | 'refused' | 'stopping' | 'stopped' | 'fenced';
 
 /** Why a partition does not serve although this worker holds it, for status, readiness and metrics. */

@@ -1,4 +1,4 @@
-import { type JetStreamManager, type NatsConnection, type Subscription } from 'nats';
+import type { JetStreamManager, NatsConnection, Subscription } from 'nats';
 import { setTimeout as delay } from 'node:timers/promises';
 import type { Actor, ReadView } from '../actors/types.js';
 import type { Config, Kind } from '../config.js';
@@ -9,29 +9,17 @@ import type { BatchLoop, Committed, Inbound, Member, Taken } from './batch-loop.
 import { CommandReader } from './command-reader.js';
 import type { Courier } from './courier.js';
 import type { Tables } from './draft.js';
-import { failedAgain, isActive, lifecycleStep, retryPauseMs, type LifecycleAction, type LifecycleEvent, type RunnerState, type Trouble } from './lifecycle.js';
+import { failedAgain, isActive, lifecycleStep, REFUSED_RECHECK_MS, retryPauseMs, type LifecycleAction, type LifecycleEvent, type RunnerState, type Trouble } from './lifecycle.js';
 import type { RunnerMetrics } from './runner-metrics.js';
 import type { Mux } from '../transport/mux.js';
-import { checkStream, newestMark, publishMark } from './marks.js';
 import type { StreamLeaders } from '../transport/stream-leaders.js';
-import { decodeEntry, PartitionOutbox } from './outbox.js';
+import type { PartitionOutbox } from './outbox.js';
+import { closeOwnerOutbox, openOwnerOutbox, roomInOutbox } from './owner-outbox.js';
+import { PartitionMarks } from './partition-marks.js';
 import { PoisonWatch } from './poison.js';
 import { serveReads } from '../transport/reads.js';
 import { StaleEpochError, type PartitionStore } from './store.js';
 import { Trimming } from './trimming.js';
-
-/** Longest a runner that lets go waits for its outbox to finish sending. */
-const OUTBOX_DRAIN_MAX_MS = 5000;
-/**
- * Most committed batches whose outbox is still being delivered before the batch loop stops taking this partition's
- * clients' commands. Parcels from other partitions are taken whatever the outbox holds: they are what lets the
- * other side's outbox drain (an answer acknowledged releases the hold that sent it), and refusing them while one's
- * own parcels wait for the other side to take them was a cycle that stalled every checkout (seen with 4 workers
- * and 64 partitions). What they add to the outbox is bounded by the sagas in flight.
- */
-const OUTBOX_BATCHES_INFLIGHT_MAX = 64;
-/** How often a partition refused for a stream behind its cursor looks again (an operator may have mended it). */
-const REFUSED_RECHECK_MS = 10_000;
 
 interface RunnerDeps {
   nc: NatsConnection;
@@ -80,6 +68,7 @@ export class PartitionRunner implements Member {
   private parcels: Inbound[] = [];
   private reads: Subscription | null = null;
   private outbox: PartitionOutbox | null = null;
+  private readonly marks: PartitionMarks;
   private readonly trimming: Trimming;
   /** Taken by its owner and not stopped since: a failing partition keeps trying while this holds. */
   private wanted = false;
@@ -97,10 +86,11 @@ export class PartitionRunner implements Member {
     const { nc, jsm, config, leaders } = deps;
     const active = () => this.active;
     const stream = this.names.stream(this.kind);
-    this.reader = new CommandReader({ nc, jsm, config, log: this.log, leaders, stream, subject: this.subject, active, wake: () => deps.loop.wake() });
+    this.reader = new CommandReader({ nc, jsm, config, log: this.log, leaders, stream, subject: this.names.cmd(this.kind, this.partition), active, wake: () => deps.loop.wake() });
     this.applied = new Applied(config.duplicateWindowMs);
     this.poison = new PoisonWatch(deps.store, this.log);
-    this.trimming = new Trimming({ jsm, names: this.names, kind: this.kind, partition: this.partition, config, log: this.log, active, mark: (seq) => this.mark(seq) });
+    this.marks = new PartitionMarks({ nc, jsm, store: deps.store, stream, subject: this.names.mark(this.kind, this.partition), epoch: () => this._epoch });
+    this.trimming = new Trimming({ jsm, names: this.names, kind: this.kind, partition: this.partition, config, log: this.log, active, mark: (upTo) => this.marks.mark(upTo) });
   }
 
   get state(): RunnerState {
@@ -124,10 +114,6 @@ export class PartitionRunner implements Member {
 
   /** Reads see only committed state. */
   private readonly view: ReadView = { get: <T>(table: string, key: string) => this._live.get(table)?.get(key) as T | undefined };
-
-  get subject(): string {
-    return this.names.cmd(this.kind, this.partition);
-  }
 
   /** Commands waiting for this partition: buffered here, or still in the stream. */
   lag(): number {
@@ -156,37 +142,34 @@ export class PartitionRunner implements Member {
     return step.actions;
   }
 
-  /** Performs the actions of a transition in order; what takes no time is done within the call. */
+  /** Performs the actions of a transition in order; what takes no time is done within the call (a release starts in it). */
   private async perform(actions: LifecycleAction[]): Promise<void> {
     for (const action of actions) {
-      const done = this.act(action);
-      if (done) await done;
-    }
-  }
-
-  private act(action: LifecycleAction): Promise<void> | undefined {
-    switch (action.do) {
-      case 'serve':
-        this.trimming.start();
-        this.deps.loop.add(this);
-        return undefined;
-      case 'drop':
-        this.reader.clear();
-        this.parcels = [];
-        this._live = new Map();
-        return undefined;
-      case 'release':
-        return this.release();
-      case 'retry':
-        return this.retry();
-      case 'recheck':
-        void delay(REFUSED_RECHECK_MS).then(() => {
-          if (this._state === 'refused') void this.retry();
-        });
-        return undefined;
-      case 'tell-owner':
-        this.deps.onFenced?.(this);
-        return undefined;
+      switch (action.do) {
+        case 'serve':
+          this.trimming.start();
+          this.deps.loop.add(this);
+          break;
+        case 'drop':
+          this.reader.clear();
+          this.parcels = [];
+          this._live = new Map();
+          break;
+        case 'release':
+          await this.release();
+          break;
+        case 'retry':
+          await this.retry();
+          break;
+        case 'recheck':
+          void delay(REFUSED_RECHECK_MS).then(() => {
+            if (this._state === 'refused') void this.retry();
+          });
+          break;
+        case 'tell-owner':
+          this.deps.onFenced?.(this);
+          break;
+      }
     }
   }
 
@@ -195,11 +178,10 @@ export class PartitionRunner implements Member {
    * With an epoch (from the placement) it throws StaleEpochError if the partition is held at a newer one.
    */
   async start(epoch?: number): Promise<void> {
-    const { store } = this.deps;
     if (!this.transition({ kind: 'start' })) throw new Error(`the runner of ${this.kind}.${this.partition} cannot start while ${this._state}: make a new one`);
     this.wanted = true;
     try {
-      this._epoch = await store.acquire(epoch);
+      this._epoch = await this.store.acquire(epoch);
     } catch (err) {
       this.transition({ kind: 'startFailed' });
       throw err;
@@ -216,7 +198,7 @@ export class PartitionRunner implements Member {
   }
 
   private async open(): Promise<void> {
-    const { store, actor, jsm, nc } = this.deps;
+    const { store, actor, nc } = this.deps;
     const loaded = await store.load();
     this._cursor = loaded.cursor;
     this._local = loaded.local;
@@ -224,21 +206,12 @@ export class PartitionRunner implements Member {
     this.trimming.reset(loaded.cursor);
     this._live = new Map(actor.tables.map((t) => [t, loaded.tables.get(t) ?? new Map()]));
 
-    // Does the stream still hold every command after the cursor Redis gave back, and is it the stream this partition
-    // read before? (marks.ts)
-    const streamName = this.names.stream(this.kind);
-    const markSubject = this.names.mark(this.kind, this.partition);
-    const [stream, mark] = await Promise.all([jsm.streams.info(streamName), newestMark(jsm, streamName, markSubject)]);
-    const verdict = checkStream({ stream: streamName, lastSeq: stream.state.last_seq, mark, cursor: this._cursor, recordedMark: loaded.mark });
-    if (!verdict.ok) {
-      this.refuse(verdict.error, { why: verdict.why, lastSeq: stream.state.last_seq, cursor: this._cursor, mark, recordedMark: loaded.mark });
-      return;
-    }
-    // A partition that never marked this stream marks it now, so that a stream made anew is known for one.
-    if (!mark || loaded.mark === 0) await this.mark(this._cursor);
+    const refused = await this.marks.check(this._cursor, loaded.mark);
+    if (refused) return this.refuse(refused.error, refused.details);
     if (this._state !== 'starting') throw new Error('stopped while starting');
     if (!(await this.poison.started(this._epoch, this._cursor))) throw new StaleEpochError(this._epoch, await this.store.epoch());
-    this.openOutbox(loaded.outbox);
+    const abandoned = () => !this.active && this._state !== 'stopping'; // the next owner re-sends it
+    this.outbox = openOwnerOutbox({ ...this.deps, names: this.names, kind: this.kind, log: this.log, abandoned, wake: () => this.deps.loop.wake() }, loaded.outbox);
 
     // Reads are answered from the committed view (transport/reads.ts: batches, checks, size).
     this.reads = serveReads({ nc, subject: this.names.get(this.kind, this.partition), answer: (query) => actor.query(this.view, query), log: this.log });
@@ -248,36 +221,6 @@ export class PartitionRunner implements Member {
     if (!serve) throw new Error('stopped while starting');
     void this.perform(serve);
     this.log.debug('owned', { epoch: this._epoch, cursor: this._cursor, ...this.size(), outbox: loaded.outbox.length });
-  }
-
-  /** The outbox of this owner, sending again what the last one left unsent (`left`: field, entry as stored). */
-  private openOutbox(left: readonly [string, Uint8Array][]): void {
-    const { store, nc, config } = this.deps;
-    this.outbox = new PartitionOutbox({
-      nc,
-      mux: this.deps.mux,
-      courier: this.deps.courier,
-      log: this.log,
-      deadLetterSubject: this.names.deadLetter(this.kind, this.partition),
-      name: `${this.kind}.${this.partition}`,
-      clear: (fields) => store.clearOutbox(fields),
-      abandoned: () => !this.active && this._state !== 'stopping', // the next owner re-sends it
-      retryBackoffMs: config.retryBackoffMs,
-      onDone: () => {
-        if (config.faultKillAfter === 'send') process.kill(process.pid, 'SIGKILL');
-        this.deps.loop.wake();
-      },
-    });
-    for (const [field, bytes] of left) this.outbox.send(field, decodeEntry(bytes));
-  }
-
-  /**
-   * Publishes a mark of its stream at `seq` (marks.ts) and records it, as the owner at its epoch (store.ts: a deposed
-   * owner's mark is not recorded, and this throws StaleEpochError).
-   */
-  private async mark(seq: number): Promise<void> {
-    const published = await publishMark(this.deps.nc, this.names.mark(this.kind, this.partition), seq);
-    if (!(await this.store.recordMark(this._epoch, published))) throw new StaleEpochError(this._epoch, await this.store.epoch());
   }
 
   /**
@@ -326,12 +269,7 @@ export class PartitionRunner implements Member {
     this.reader.stop();
     this.deps.loop.remove(this);
     if (!(await this.deps.loop.settled(this))) this.log.warn('letting go with a batch still committing after SETTLE_DEADLINE_MS (its commit, if it lands, is refused by a newer epoch or its outbox is sent by the next owner)');
-    // Let the outbox finish, within a bound: what is still unsent then stays in Redis for the next owner to send.
-    const outbox = this.outbox;
-    if (outbox) {
-      if (!(await outbox.drain(OUTBOX_DRAIN_MAX_MS))) this.log.warn('letting go with outbox messages undelivered; the next owner sends them', { batches: outbox.pending });
-      outbox.close();
-    }
+    if (this.outbox) await closeOwnerOutbox(this.outbox, this.log);
     this.outbox = null;
     this.reader.clear();
     this.parcels = [];
@@ -352,11 +290,7 @@ export class PartitionRunner implements Member {
   // ---- Member: what the batch loop sees -------------------------------------------------------------
 
   ready(): boolean {
-    return this._state === 'running' && (this.parcels.length > 0 || (this.reader.queued > 0 && this.roomInOutbox()));
-  }
-
-  private roomInOutbox(): boolean {
-    return (this.outbox?.pending ?? 0) < OUTBOX_BATCHES_INFLIGHT_MAX;
+    return this._state === 'running' && (this.parcels.length > 0 || (this.reader.queued > 0 && roomInOutbox(this.outbox)));
   }
 
   accepts(): boolean {
@@ -364,7 +298,7 @@ export class PartitionRunner implements Member {
   }
 
   suspect(): boolean {
-    return this._state === 'running' && this.poison.suspect(this.reader.first()) && this.roomInOutbox();
+    return this._state === 'running' && this.poison.suspect(this.reader.first()) && roomInOutbox(this.outbox);
   }
 
   async takeAlone(): Promise<boolean> {
@@ -378,8 +312,8 @@ export class PartitionRunner implements Member {
   }
 
   take(max: number): Taken {
-    // Backpressure on clients' commands only (see OUTBOX_BATCHES_INFLIGHT_MAX).
-    const stream = this.reader.take(this.roomInOutbox() ? max : 0);
+    // Backpressure on clients' commands only (owner-outbox.ts).
+    const stream = this.reader.take(roomInOutbox(this.outbox) ? max : 0);
     const last = stream[stream.length - 1];
     if (last?.pending !== undefined) this.streamPending = last.pending;
     const parcels = this.parcels;
