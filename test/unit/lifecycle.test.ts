@@ -3,7 +3,7 @@
  * and the actions it leads to, or its refusal.
  */
 import t from 'tap';
-import { isActive, lifecycleStep, type LifecycleAction, type LifecycleEvent, type LifecycleStep, type RunnerState } from '../../src/datapath/lifecycle.js';
+import { failedAgain, isActive, lifecycleStep, PARTITION_RETRY_MAX_MS, retryPauseMs, type LifecycleAction, type LifecycleEvent, type LifecycleStep, type RunnerState } from '../../src/datapath/lifecycle.js';
 
 const STATES: RunnerState[] = ['idle', 'starting', 'running', 'restarting', 'refused', 'stopping', 'stopped', 'fenced'];
 const EVENTS: LifecycleEvent['kind'][] = ['start', 'opened', 'startFailed', 'refuse', 'batchFailed', 'restartFailed', 'fence', 'stop', 'released'];
@@ -95,4 +95,19 @@ t.test('active: reading its stream or being made to', async (t) => {
     STATES.filter((s) => isActive(s)),
     ['starting', 'running'],
   );
+});
+
+t.test('the trouble counts failed attempts until a commit ends it', async (t) => {
+  const first = failedAgain(undefined, 'restarting', 'Redis away');
+  t.same(first, { state: 'restarting', attempts: 1, error: 'Redis away' });
+  t.same(failedAgain(first, 'refused', 'stream behind'), { state: 'refused', attempts: 2, error: 'stream behind' }, 'the newest state and error, one attempt more');
+});
+
+t.test('the retry pause doubles from retryBackoffMs up to PARTITION_RETRY_MAX_MS', async (t) => {
+  t.same(
+    [1, 2, 3, 4].map((n) => retryPauseMs(n, 50)),
+    [50, 100, 200, 400],
+  );
+  t.equal(retryPauseMs(6, 50), PARTITION_RETRY_MAX_MS, 'capped');
+  t.equal(retryPauseMs(10_000, 50), PARTITION_RETRY_MAX_MS, 'no overflow however many attempts');
 });
