@@ -96,7 +96,7 @@ export interface Participant {
    */
   failed(err: unknown, fault?: boolean): void;
   /**
-   * Poison accounting (datapath/runner.ts). The message first in line has failed to commit over several starts: it
+   * Poison accounting (datapath/poison.ts). The message first in line has failed to commit over several starts: it
    * must be applied in a batch of its own, after `takeAlone()` has recorded the attempt (false: the partition is lost).
    */
   suspect?(): boolean;

@@ -58,7 +58,7 @@ export interface PartitionStore {
    */
   recordMark(epoch: number, seq: number): Promise<boolean>;
   /**
-   * Records an attempt at the message after `cursor` (poison accounting, datapath/runner.ts), fenced by `epoch`:
+   * Records an attempt at the message after `cursor` (poison accounting, datapath/poison.ts), fenced by `epoch`:
    * `start` counts a start unless the last one at this cursor was made by `token` (a runner that restarts in the same
    * process after a failure it saw, such as a lost Redis connection); `fault` counts one whatever the token (the batch
    * threw); `solo` counts an attempt of the message alone. Counts restart from zero at another cursor. Returns the

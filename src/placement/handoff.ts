@@ -5,7 +5,7 @@
  * reconciler.ts each partition's, starting and stopping runners).
  */
 import { leaseAt, leaseStored, newLease, ranLate, type Lease, type LeaseLimits } from './liveness.js';
-import type { RunnerState } from '../datapath/runner.js';
+import type { RunnerState } from '../datapath/lifecycle.js';
 import type { Assignment } from './placement.js';
 
 /** Why a dynamic worker stopped on its own: shopctl drained it, or it lost its lease (its heartbeats failed too long). */

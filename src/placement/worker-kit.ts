@@ -91,8 +91,8 @@ export const partitionStore = (redis: Redis, config: Config, kind: Kind, partiti
   createPartitionStore(redis, config.redisPrefix, kind, partition, actorOf(kind).tables, replicationOf(config));
 
 export function newRunner(kit: Kit, kind: Kind, partition: number, store: PartitionStore, onFenced: (r: PartitionRunner) => void): PartitionRunner {
-  const { nc, js, jsm, mux, courier, loop, config, log, metrics, leaders } = kit;
-  return new PartitionRunner({ nc, js, jsm, mux, courier, loop, config, log, metrics, leaders, actor: actorOf(kind), partition, store, onFenced });
+  const { nc, jsm, mux, courier, loop, config, log, metrics, leaders } = kit;
+  return new PartitionRunner({ nc, jsm, mux, courier, loop, config, log, metrics, leaders, actor: actorOf(kind), partition, store, onFenced });
 }
 
 /** Partitions held but not serving (restarting after failures, or refusing a stream behind their cursor), for readiness. */

@@ -5,7 +5,7 @@
  * shells (reconciler.ts, placement-follower.ts, heartbeats.ts, drain.ts) perform what these return.
  */
 import type { Kind } from '../config.js';
-import type { RunnerState } from '../datapath/runner.js';
+import type { RunnerState } from '../datapath/lifecycle.js';
 import { StaleEpochError } from '../datapath/store.js';
 import type { Lease } from './liveness.js';
 import { placementKey, type Assignment, type Heartbeat } from './placement.js';
