@@ -1,4 +1,4 @@
-import { ConsumerEvents, type ConsumerMessages, type JetStreamClient, type JetStreamManager, type NatsConnection } from 'nats';
+import { ConsumerEvents, type ConsumerMessages, type JetStreamClient, type JetStreamManager, type NatsConnection, type StoredMsg } from 'nats';
 import { setTimeout as delay } from 'node:timers/promises';
 import type { Config } from '../config.js';
 import type { Log } from '../log.js';
@@ -50,6 +50,29 @@ const CONSUMER_OPEN_MAX_MS = CONSUMER_API_TIMEOUT_MS + 500;
  * this long ago and not delivered means the consumer is stuck (see watchConsumer).
  */
 const CONSUMER_UNDELIVERED_MAX_MS = 5000;
+/**
+ * How long a new consumer is on probation: each message it delivers is queued only once the stream's leader agrees
+ * that it is the partition's next one. nats-server 2.9 places a new consumer on any of the stream's replicas, and a
+ * consumer made while a replica was behind or catching up (after a node was lost, paused, cut off or restarted) was
+ * seen to skip a command the leader had stored and acknowledged, and deliver the ones after it: the partition read
+ * on past it, and its client waited for nothing until its deadline (the NATS fault tests' 503s, 1 to 110 a run).
+ */
+export const CONSUMER_PROBATION_MS = 10_000;
+
+/** What a consumer's delivery is, next to what the stream's leader holds after the last message queued. */
+export type Delivery = 'next' | 'skipped' | 'not-held';
+
+/**
+ * `delivered`: the stream sequence the consumer delivered; `leaderNext`: the sequence of the partition's first
+ * message after the last one queued, by the stream's leader (undefined: it holds none). `skipped`: the consumer passed
+ * a message the leader holds (queue the leader's, make a new consumer); `not-held`: the consumer delivered one the
+ * leader does not hold there (queue nothing, make a new consumer).
+ */
+export function delivery(delivered: number, leaderNext: number | undefined): Delivery {
+  if (leaderNext === delivered) return 'next';
+  return leaderNext !== undefined && leaderNext < delivered ? 'skipped' : 'not-held';
+}
+
 export interface CommandReaderDeps {
   nc: NatsConnection;
   jsm: JetStreamManager;
@@ -64,6 +87,8 @@ export interface CommandReaderDeps {
   active: () => boolean;
   /** Something was queued: the batch loop may take it. */
   wake: () => void;
+  /** Makes the partition's consumer from stream sequence `from` (tests give one of their own). */
+  consume?: (from: number) => Promise<ConsumerMessages>;
 }
 
 /**
@@ -180,9 +205,12 @@ export class CommandReader {
     const js = (this.consumerJs ??= this.deps.nc.jetstream({ timeout: CONSUMER_API_TIMEOUT_MS }));
     const stream = this.deps.stream;
     let late = false;
+    const consume = this.deps.consume ?? (async (from: number) => {
+      const consumer = await js.consumers.get(stream, { filterSubjects: this.subject, opt_start_seq: from });
+      return consumer.consume({ max_messages: Math.min(config.queueMax, config.batchMax * 2), expires: CONSUMER_PULL_EXPIRES_MS, idle_heartbeat: CONSUMER_HEARTBEAT_MS });
+    });
     const made = (async () => {
-      const consumer = await js.consumers.get(stream, { filterSubjects: this.subject, opt_start_seq: this.queuedSeq + 1 });
-      const messages = await consumer.consume({ max_messages: Math.min(config.queueMax, config.batchMax * 2), expires: CONSUMER_PULL_EXPIRES_MS, idle_heartbeat: CONSUMER_HEARTBEAT_MS });
+      const messages = await consume(this.queuedSeq + 1);
       if (late) messages.stop();
       return messages;
     })();
@@ -199,7 +227,7 @@ export class CommandReader {
     ]).finally(() => clearTimeout(timer));
     if (!this.active) return messages.stop();
     this.messages = messages;
-    void this.pump(messages);
+    void this.pump(messages, Date.now() + CONSUMER_PROBATION_MS);
     void this.watchConsumer(messages);
   }
 
@@ -295,17 +323,51 @@ export class CommandReader {
       }
       if (this.messages !== null || !this.active) return; // the consumer is back: it delivers this one
       if (stored.seq <= this.queuedSeq) continue;
-      this.queuedSeq = stored.seq;
-      this.deliveredAt = Date.now();
-      this.queue.push({ seq: stored.seq, data: stored.data, headers: stored.header });
-      this.deps.wake();
+      this.push({ seq: stored.seq, data: stored.data, headers: stored.header });
     }
   }
 
-  private async pump(messages: ConsumerMessages): Promise<void> {
+  /**
+   * Whether the stream's leader holds `delivered` as the partition's next message (see CONSUMER_PROBATION_MS); asks
+   * again until it answers or the consumer is replaced. When the consumer skipped one, queues the leader's copy of it;
+   * either way a consumer that disagrees is replaced (readWithoutConsumer reads on from the leader meanwhile).
+   */
+  private async confirmed(messages: ConsumerMessages, delivered: number): Promise<boolean> {
+    const jsm = (this.readerJsm ??= await this.deps.nc.jetstreamManager({ timeout: CONSUMER_API_TIMEOUT_MS, checkAPI: false }));
+    while (messages === this.messages && this.active) {
+      let next: StoredMsg | undefined;
+      try {
+        next = await jsm.streams.getMessage(this.deps.stream, { seq: this.queuedSeq + 1, next_by_subj: this.subject } as unknown as { seq: number });
+      } catch (err) {
+        if (!isNotFound(err)) {
+          await delay(DIRECT_READ_IDLE_MS); // no leader to ask now: the delivery waits for one
+          continue;
+        }
+      }
+      if (messages !== this.messages) return false;
+      const verdict = delivery(delivered, next?.seq);
+      if (verdict === 'next') return true;
+      if (verdict === 'skipped') this.push({ seq: next!.seq, data: next!.data, headers: next!.header });
+      this.replace(verdict === 'skipped' ? `skipped command ${next!.seq} (it delivered ${delivered} next)` : `delivered command ${delivered}, which its stream's leader does not hold after ${this.queuedSeq}`);
+      return false;
+    }
+    return false;
+  }
+
+  /** Queues a message read from the stream's leader. */
+  private push(m: StreamMessage): void {
+    this.queuedSeq = m.seq;
+    this.deliveredAt = Date.now();
+    this.queue.push(m);
+    this.deps.wake();
+  }
+
+  private async pump(messages: ConsumerMessages, probationUntil: number): Promise<void> {
     try {
       for await (const m of messages) {
         // A replaced consumer may still hand over what it had; the new one starts after the last message queued.
+        if (messages !== this.messages || m.seq <= this.queuedSeq) continue;
+        if (Date.now() < probationUntil && !(await this.confirmed(messages, m.seq))) continue;
         if (messages !== this.messages || m.seq <= this.queuedSeq) continue;
         this.queuedSeq = m.seq;
         this.consumerHeardAt = this.deliveredAt = Date.now();
@@ -321,4 +383,9 @@ export class CommandReader {
       if (this.active) this.deps.log.error('reader failed', { err });
     }
   }
+}
+
+/** A JetStream API answer that the stream holds no such message (404), as against no answer at all. */
+function isNotFound(err: unknown): boolean {
+  return (err as { api_error?: { code?: number } }).api_error?.code === 404 || (err as { code?: string }).code === '404';
 }
