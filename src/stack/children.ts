@@ -26,7 +26,7 @@ export interface ChildrenOptions {
   /** Whether the supervisor is starting or ready (not stopping): a child that dies then may be restarted. */
   isRunning: () => boolean;
   /** Performs a child's prepare step (redis-primary.ts): writes what it reads, returns its arguments for this start. */
-  prepare: (prepare: Prepare, log: Log) => Promise<string[]>;
+  prepare: (prepare: Prepare) => Promise<string[]>;
 }
 
 export interface Children {
@@ -47,7 +47,7 @@ export function createChildren({ specs, log, clock, policy, output, isRunning, p
   const slots: Slot[] = specs.map((spec) => ({ spec, state: newChild(policy) }));
 
   async function launch(slot: Slot): Promise<Child> {
-    const args = slot.spec.prepare ? await prepare(slot.spec.prepare, log) : slot.spec.args;
+    const args = slot.spec.prepare ? await prepare(slot.spec.prepare) : slot.spec.args;
     return spawn(slot, args);
   }
 

@@ -6,13 +6,17 @@
  * With natsNodes > 1, redisReplicas and sentinelNodes (the cluster profile, `SHOP_PROFILE=cluster npm start`) the
  * servers are the production topology on one machine: a JetStream cluster, a Redis primary with replicas, and
  * Sentinels that promote a replica when the primary dies (src/stack/topology.ts).
+ *
+ * This file is the lifecycle (idle → starting → ready → draining → closed) and its order; what runs comes from
+ * plan.ts, the servers' start from start-servers.ts, each child's spawn and restarts from children.ts (as restart.ts
+ * decides them).
  */
 import { readFileSync } from 'node:fs';
 import { systemClock, type Clock } from '../clock.js';
 import type { Config } from '../config.js';
 import { resolveLogFormat, type Log } from '../log.js';
 import { createChildren } from './children.js';
-import { dataPaths, natsConfigFile, plan, serverUrls, withServerAuth, type ChildSpec, type Program } from './plan.js';
+import { dataPaths, natsConfigFile, plan, serverUrls, withServerAuth, type ChildSpec, type Prepare, type Program } from './plan.js';
 import { assertPortFree } from './port-checks.js';
 import { tcpAccepts, waitFor } from './probes.js';
 import { prepareArgs, recordPrimary, type RedisGroup } from './redis-primary.js';
@@ -81,10 +85,8 @@ export function createSupervisor(config: Config, log: Log, options: SupervisorOp
     ((name: string, line: string, stream: 'stdout' | 'stderr') => process[stream].write(`${name.padEnd(width)} | ${line}\n`));
   const policy: RestartPolicy = { baseMs: config.restartBackoffMs, maxMs: PROCESS_RESTART_BACKOFF_MAX_MS, stableMs: STABLE_UPTIME_MS };
   const redisGroup: RedisGroup | undefined = secrets && { config, paths: dataPaths(config), auth: secrets };
-  const prepare = (step: NonNullable<ChildSpec['prepare']>, prepareLog: Log) => {
-    if (!redisGroup) throw new Error(`${step.writes} ${step.index}: a prepare step needs the local secrets (serverAuth)`);
-    return prepareArgs(redisGroup, step, prepareLog);
-  };
+  // Only a replicated Redis group's children have a prepare step, and plan() makes one only with the local secrets.
+  const prepare = async (step: Prepare) => prepareArgs(redisGroup!, step, log);
   const stopping = new AbortController();
   let state: SupervisorState = 'idle';
   let stopped: Promise<void> | undefined;
