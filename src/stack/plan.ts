@@ -149,7 +149,7 @@ function natsNodes(config: Config, p: DataPaths, auth: LocalSecrets | undefined)
  * The Redis servers' and Sentinels' part of plan(): one server, or a replicated group whose start depends on who is
  * primary now (each child's `prepare`, performed by redis-primary.ts).
  */
-export function redisGroup(config: Config, p: DataPaths, auth: LocalSecrets | undefined): ChildSpec[] {
+function redisGroup(config: Config, p: DataPaths, auth: LocalSecrets | undefined): ChildSpec[] {
   if (config.redisReplicas === 0) {
     const [r] = p.redis;
     return [
