@@ -16,7 +16,8 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { Redis } from 'ioredis';
 import { encode } from '../src/codec.js';
-import { freePort, redisAnswers, redisArgs, reapDirOnExit, spawnChild, stopChild, waitFor } from '../src/stack/processes.js';
+import { reapDirOnExit, redisArgs, spawnChild, stopChild } from '../src/stack/processes.js';
+import { freePort, redisAnswers, waitFor } from '../src/stack/probes.js';
 import { createPartitionStore } from '../src/datapath/store.js';
 
 /** Tick of the watching timer: a stall is how much later than this a tick comes. */

@@ -10,7 +10,8 @@ import { join } from 'node:path';
 import { Pool } from 'undici';
 import { loadConfig } from '../src/config.js';
 import { createLog } from '../src/log.js';
-import { freePort, freePortRange, reapDirOnExit, waitFor } from '../src/stack/processes.js';
+import { reapDirOnExit } from '../src/stack/processes.js';
+import { freePort, freePortRange, waitFor } from '../src/stack/probes.js';
 import { createSupervisor } from '../src/stack/supervisor.js';
 import { call } from './http.js';
 

@@ -1,7 +1,9 @@
-import { readFileSync, existsSync } from 'node:fs';
-import { dirname, join } from 'node:path';
-import { fileURLToPath } from 'node:url';
+import { existsSync } from 'node:fs';
+import { join } from 'node:path';
+import { bool, ConfigError, configDir, envName, int, oneOf, readJson, str, type Check } from './config-read.js';
 import type { LogFormat } from './log.js';
+
+export { ConfigError, envName } from './config-read.js';
 
 /**
  * Every setting, with its unit in the name where it has one. Defaults live in config/default.json, profiles in
@@ -221,59 +223,6 @@ export interface Config {
 export const KINDS = ['stock', 'payment', 'order'] as const;
 export type Kind = (typeof KINDS)[number];
 
-export class ConfigError extends Error {
-  override name = 'ConfigError';
-}
-
-const here = dirname(fileURLToPath(import.meta.url));
-/** config/ at the package root, from both src/ (tsx) and dist/src/ (compiled). */
-function configDir(): string {
-  for (const up of ['..', '../..']) {
-    const dir = join(here, up, 'config');
-    if (existsSync(join(dir, 'default.json'))) return dir;
-  }
-  throw new ConfigError(`config/default.json not found above ${here}`);
-}
-
-function readJson(path: string): Record<string, unknown> {
-  try {
-    return JSON.parse(readFileSync(path, 'utf8')) as Record<string, unknown>;
-  } catch (err) {
-    throw new ConfigError(`cannot read ${path}: ${(err as Error).message}`);
-  }
-}
-
-/** natsUrl -> SHOP_NATS_URL */
-export function envName(key: string): string {
-  return 'SHOP_' + key.replace(/[A-Z]/g, (c) => '_' + c).toUpperCase();
-}
-
-type Check = (key: string, value: unknown) => unknown;
-
-const int = (min: number, max = Number.MAX_SAFE_INTEGER): Check => (key, value) => {
-  const n = typeof value === 'string' && /^-?\d+$/.test(value.trim()) ? Number(value) : value;
-  if (typeof n !== 'number' || !Number.isInteger(n) || n < min || n > max) {
-    throw new ConfigError(`setting ${key} (${envName(key)}) must be an integer in ${min}..${max}, got ${JSON.stringify(value)}`);
-  }
-  return n;
-};
-const str = (pattern?: RegExp): Check => (key, value) => {
-  if (typeof value !== 'string' || (pattern && !pattern.test(value))) {
-    throw new ConfigError(`setting ${key} (${envName(key)}) must be a string${pattern ? ` matching ${pattern}` : ''}, got ${JSON.stringify(value)}`);
-  }
-  return value;
-};
-const oneOf = (...allowed: string[]): Check => (key, value) => {
-  if (typeof value !== 'string' || !allowed.includes(value)) {
-    throw new ConfigError(`setting ${key} (${envName(key)}) must be one of ${allowed.join(', ')}, got ${JSON.stringify(value)}`);
-  }
-  return value;
-};
-const bool: Check = (key, value) => {
-  if (value === true || value === 'true' || value === '1') return true;
-  if (value === false || value === 'false' || value === '0') return false;
-  throw new ConfigError(`setting ${key} (${envName(key)}) must be true or false, got ${JSON.stringify(value)}`);
-};
 /** A comma-separated list of actor kinds, at least one. */
 const kinds: Check = (key, value) => {
   const list = Array.isArray(value) ? value : String(value).split(',').map((s) => s.trim()).filter(Boolean);

@@ -16,7 +16,7 @@ import t from 'tap';
 import { envName, loadConfig, type Config } from '../src/config.js';
 import { createLog } from '../src/log.js';
 import { openControlBucket } from '../src/placement/membership.js';
-import { freePort, freePortRange } from '../src/stack/processes.js';
+import { freePort, freePortRange } from '../src/stack/probes.js';
 import { readLocalCredentials } from '../src/stack/secrets.js';
 import { createSupervisor } from '../src/stack/supervisor.js';
 import { claimLayout, LAYOUT_KEY, layoutMismatch, LayoutMismatchError, parseLayout } from '../src/transport/layout.js';

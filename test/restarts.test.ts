@@ -20,7 +20,7 @@ import t, { type Test } from 'tap';
 import { loadConfig, type Config } from '../src/config.js';
 import { createLog } from '../src/log.js';
 import { names } from '../src/protocol.js';
-import { freePort, freePortRange } from '../src/stack/processes.js';
+import { freePort, freePortRange } from '../src/stack/probes.js';
 import { readLocalCredentials } from '../src/stack/secrets.js';
 import { createSupervisor, type Supervisor } from '../src/stack/supervisor.js';
 import { liveReplicas } from '../src/stack/topology.js';

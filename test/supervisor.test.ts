@@ -10,8 +10,9 @@ import { fileURLToPath } from 'node:url';
 import t, { type Test } from 'tap';
 import { loadConfig, type Config } from '../src/config.js';
 import { createLog } from '../src/log.js';
+import { plan, type ChildSpec } from '../src/stack/plan.js';
 import { completeCredentials, readLocalCredentials, secretPaths } from '../src/stack/secrets.js';
-import { createSupervisor, plan, type ChildSpec } from '../src/stack/supervisor.js';
+import { createSupervisor } from '../src/stack/supervisor.js';
 import { FakeClock } from './helpers/clock.js';
 import { captureLog } from './helpers/logs.js';
 import { freePort, pidAlive, randomToken, waitFor } from './helpers/servers.js';
@@ -221,9 +222,9 @@ async function runFixture(t: Test, graceMs: number) {
 t.test('supervisor process: ready line, prefixed output, restarts with backoff, ordered stop on SIGINT, exit 0', async (t) => {
   const run = await runFixture(t, 1000);
   await run.until('the ready line', new RegExp(`ready: http://127\\.0\\.0\\.1:${run.httpPort} \\(nats nats://127\\.0\\.0\\.1:${run.natsPort}, redis redis://127\\.0\\.0\\.1:${run.redisPort}\\)`));
-  t.ok(await import('../src/stack/processes.js').then((p) => p.natsAnswers(run.natsPort)), 'nats answers');
+  t.ok(await import('../src/stack/probes.js').then((p) => p.natsAnswers(run.natsPort)), 'nats answers');
   const { redis } = readLocalCredentials({ dataDir: run.dataDir })!;
-  t.ok(await import('../src/stack/processes.js').then((p) => p.redisAnswers(run.redisPort, { auth: { user: redis.user, password: redis.password } })), 'redis answers the generated user');
+  t.ok(await import('../src/stack/probes.js').then((p) => p.redisAnswers(run.redisPort, { auth: { user: redis.user, password: redis.password } })), 'redis answers the generated user');
   await run.until('the second restart of the crashing worker', /worker-0 exited unexpectedly \(code 3\) after \d+ ms; restart #2 in 200 ms/);
   t.match(run.out().stderr, /worker-0 exited unexpectedly \(code 3\) after \d+ ms; restart #1 in 100 ms/, 'the first restart waited restartBackoffMs');
   const { stdout } = run.out();

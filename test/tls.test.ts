@@ -10,7 +10,8 @@ import { promisify } from 'node:util';
 import t, { type Test } from 'tap';
 import { loadConfig, type Config } from '../src/config.js';
 import { connectNats, connectRedis } from '../src/transport/connect.js';
-import { abortOnExit, findBinary, freePort, natsAnswers, reapDirOnExit, spawnChild, stopChild, tcpAccepts, waitFor } from '../src/stack/processes.js';
+import { abortOnExit, findBinary, reapDirOnExit, spawnChild, stopChild } from '../src/stack/processes.js';
+import { freePort, natsAnswers, tcpAccepts, waitFor } from '../src/stack/probes.js';
 
 const run = promisify(execFile);
 

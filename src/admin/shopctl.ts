@@ -12,7 +12,7 @@ import { ConfigError, KINDS, loadConfig, type Config, type Kind } from '../confi
 import { connectNats } from '../transport/connect.js';
 import { adminRequest, type AdminRequest } from '../placement/admin.js';
 import { readLocalCredentials, secretPaths } from '../stack/secrets.js';
-import { serverUrls, withServerAuth } from '../stack/supervisor.js';
+import { serverUrls, withServerAuth } from '../stack/plan.js';
 import { formatStatus, readStatus } from './status.js';
 import { DEAD_LETTERS_LIST_MAX, formatDeadLetters, purgeDeadLetters, readDeadLetters } from './dead-letters.js';
 

@@ -9,7 +9,8 @@ import { dirname, join, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { ConfigError, envName, type Config } from '../config.js';
 import type { Log } from '../log.js';
-import { abortOnExit, findBinary, MissingBinaryError, spawnChild, stopChild, waitFor, type Child } from './processes.js';
+import { abortOnExit, findBinary, MissingBinaryError, spawnChild, stopChild, type Child } from './processes.js';
+import { waitFor } from './probes.js';
 
 /** How long Prometheus may take to answer /-/ready after it was spawned (it replays its WAL first). */
 const PROMETHEUS_READY_DEADLINE_MS = 60_000;

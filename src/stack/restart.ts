@@ -2,7 +2,7 @@
  * The supervisor's decision about one child, the pure part: whether a child that died is restarted, and after how
  * long (a doubling backoff from config.restartBackoffMs, capped, reset once a child has run long enough), or left
  * down because the supervisor is stopping or the child never worked. State + event → new state + actions, the time
- * passed in; supervisor.ts is the shell that spawns, waits and logs.
+ * passed in; children.ts is the shell that spawns, waits and logs.
  */
 import type { Exit } from './processes.js';
 

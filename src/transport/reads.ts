@@ -2,7 +2,7 @@
  * Reads, both sides. A gateway asks a partition's owner with one core NATS request per partition and event-loop
  * turn, carrying one query or an array of them; the owner answers from committed memory with the reply, or the
  * array of replies in the same order. An array of replies that would not fit in one NATS message is answered
- * SPLIT instead, and the gateway asks each half again (shop-client.ts). One reply always fits (READ_REPLY_BYTES_MAX).
+ * SPLIT instead, and the gateway asks each half again (read-batches.ts). One reply always fits (READ_REPLY_BYTES_MAX).
  *
  * Everything that arrives is checked here: a query that is not one gets a bad_request reply (the subscription
  * goes on), and an answer that is not one is dropped by the gateway, which keeps waiting for a proper one.

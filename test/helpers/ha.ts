@@ -15,7 +15,8 @@ import { connect, type NatsConnection } from 'nats';
 import type { Test } from 'tap';
 import { redisAcl, type RedisLogin } from '../../src/auth.js';
 import type { Config } from '../../src/config.js';
-import { NATS_STOP_SIGNAL, natsAnswers, natsArgs, redisAnswers } from '../../src/stack/processes.js';
+import { NATS_STOP_SIGNAL, natsArgs } from '../../src/stack/processes.js';
+import { natsAnswers, redisAnswers } from '../../src/stack/probes.js';
 import {
   currentPrimary,
   jetstreamClusterReady,

@@ -12,21 +12,18 @@ import { loadConfig, type Config } from '../../src/config.js';
 import {
   abortOnExit,
   findBinary,
-  freePort,
   NATS_STOP_SIGNAL,
-  natsAnswers,
   natsArgs,
   reapDirOnExit,
-  redisAnswers,
   redisArgs,
   spawnChild,
   stopChild,
-  waitFor,
   type Child,
-  type WaitOptions,
 } from '../../src/stack/processes.js';
+import { freePort, natsAnswers, redisAnswers, waitFor, type WaitOptions } from '../../src/stack/probes.js';
 
-export { freePort, pidAlive, waitFor, type WaitOptions } from '../../src/stack/processes.js';
+export { pidAlive } from '../../src/stack/processes.js';
+export { freePort, waitFor, type WaitOptions } from '../../src/stack/probes.js';
 
 /** How long a test server may take to answer after it was spawned. */
 const READY_DEADLINE_MS = 10_000;
