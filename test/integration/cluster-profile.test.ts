@@ -1,7 +1,7 @@
 /**
- * `SHOP_PROFILE=cluster npm start`: the production topology on one machine under the supervisor. Its plan (what runs
- * where, with which credentials, nothing secret on a command line), and the whole stack: ready, a checkout,
- * shopctl status, R3 streams, the replicas online and the Sentinels agreeing, and the ordered stop.
+ * `SHOP_PROFILE=cluster npm start`: the production topology on one machine under the supervisor. The whole stack:
+ * ready, a checkout, shopctl status, R3 streams, the replicas online and the Sentinels agreeing, and the ordered stop.
+ * Its plan (what runs where, with which credentials, nothing secret on a command line) is test/unit/plan.test.ts.
  */
 import { execFile } from 'node:child_process';
 import { readFileSync, statSync } from 'node:fs';
@@ -15,60 +15,13 @@ import t, { type Test } from 'tap';
 import { envName, loadConfig, type Config } from '../../src/config.js';
 import { createLog } from '../../src/log.js';
 import { freePort, freePortRange, pidAlive } from '../../src/stack/processes.js';
-import { completeCredentials, readLocalCredentials, secretPaths } from '../../src/stack/secrets.js';
-import { createSupervisor, plan } from '../../src/stack/supervisor.js';
+import { readLocalCredentials, secretPaths } from '../../src/stack/secrets.js';
+import { createSupervisor } from '../../src/stack/supervisor.js';
 import { replicasOnline, sentinelPrimary } from '../../src/stack/topology.js';
 import { httpCall } from '../helpers/http.js';
 import { waitFor } from '../helpers/servers.js';
 
 const SHOPCTL = join(fileURLToPath(new URL('.', import.meta.url)), '..', '..', 'src', 'admin', 'shopctl.js');
-
-t.test('plan of the cluster profile: 3 clustered nats-servers, a Redis primary and two replicas, 3 Sentinels, 3 workers, 2 gateways; no password on a command line', async (t) => {
-  const config = loadConfig({ SHOP_PROFILE: 'cluster' }, { dataDir: '/srv/shop' });
-  const credentials = completeCredentials(config);
-  const children = plan(config, { paths: secretPaths(config), credentials });
-  t.same(
-    children.map((c) => [c.name, c.role]),
-    [
-      ['nats-0', 'nats'],
-      ['nats-1', 'nats'],
-      ['nats-2', 'nats'],
-      ['redis-0', 'redis'],
-      ['redis-1', 'redis'],
-      ['redis-2', 'redis'],
-      ['sentinel-0', 'sentinel'],
-      ['sentinel-1', 'sentinel'],
-      ['sentinel-2', 'sentinel'],
-      ['worker-0', 'worker'],
-      ['worker-1', 'worker'],
-      ['worker-2', 'worker'],
-      ['gateway-0', 'gateway'],
-      ['gateway-1', 'gateway'],
-    ],
-  );
-  const byName = new Map(children.map((c) => [c.name, c]));
-  t.match(byName.get('nats-1')!.args.join(' '), /-c \/srv\/shop\/secrets\/nats-1\.conf -js -a 127\.0\.0\.1 -p 4231 -sd \/srv\/shop\/nats-1 .*-n shop-1/, 'each node its config, port, store and name');
-  t.same(byName.get('sentinel-2')!.args, ['/srv/shop/secrets/sentinel-2.conf', '--sentinel'], 'a Sentinel is redis-server --sentinel with its config');
-  t.same([byName.get('redis-1')!.port, byName.get('redis-2')!.port], [6391, 6392], 'the replicas on redisPort + 1 and + 2');
-  t.ok(byName.get('redis-0')!.prepare, 'a Redis server decides at each start whose replica it is');
-  const secrets = [...Object.values(credentials.nats), credentials.redis.password, credentials.redisReplica.password, credentials.redisSentinel.password, credentials.sentinel, credentials.natsRoute];
-  for (const child of children) t.notMatch(child.args.join(' '), new RegExp(secrets.join('|')), `no password in ${child.name}'s arguments`);
-  const worker = byName.get('worker-0')!.env;
-  t.equal(worker.SHOP_NATS_URL, 'nats://127.0.0.1:4230,nats://127.0.0.1:4231,nats://127.0.0.1:4232', 'workers know every NATS node');
-  t.equal(worker.SHOP_REDIS_SENTINELS, '127.0.0.1:26390,127.0.0.1:26391,127.0.0.1:26392', 'and find Redis through the Sentinels');
-  t.same([worker.SHOP_REDIS_SENTINEL_PASSWORD, worker.SHOP_REDIS_WAIT_REPLICAS, worker.SHOP_STREAM_REPLICAS], [credentials.sentinel, '1', '3']);
-  const gateway = byName.get('gateway-1')!.env;
-  t.same([gateway.SHOP_REDIS_PASSWORD, gateway.SHOP_REDIS_SENTINEL_PASSWORD], ['', ''], 'a gateway gets neither Redis nor Sentinel password');
-  const one = loadConfig({}, { dataDir: '/srv/shop' });
-  const ports = (c: Config) => [
-    ...Array.from({ length: c.natsNodes }, (_, i) => c.natsPort + i),
-    ...(c.natsNodes > 1 ? Array.from({ length: c.natsNodes }, (_, i) => c.natsClusterPort + i) : []),
-    ...Array.from({ length: 1 + c.redisReplicas }, (_, i) => c.redisPort + i),
-    ...Array.from({ length: c.sentinelNodes }, (_, i) => c.sentinelPort + i),
-    ...Array.from({ length: c.workerProcesses + c.gatewayProcesses }, (_, i) => c.adminPort + i),
-  ];
-  t.same(ports(config).filter((p) => ports(one).includes(p)), [], 'the one-node and the cluster stacks share no port but 8000');
-});
 
 t.test('SHOP_PROFILE=cluster under the supervisor: ready, a checkout, shopctl status; R3 streams, the replicas online, the Sentinels agree; stopped in order', async (t: Test) => {
   const dataDir = await mkdtemp(join(tmpdir(), 'shop-cluster-'));
