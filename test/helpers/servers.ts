@@ -23,10 +23,9 @@ import {
   stopChild,
   waitFor,
   type Child,
-  type WaitOptions,
 } from '../../src/stack/processes.js';
 
-export { freePort, pidAlive, waitFor, type WaitOptions } from '../../src/stack/processes.js';
+export { freePort, pidAlive, waitFor } from '../../src/stack/processes.js';
 
 /** How long a test server may take to answer after it was spawned. */
 const READY_DEADLINE_MS = 10_000;
