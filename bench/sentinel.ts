@@ -3,7 +3,7 @@
  * `down-after-milliseconds` can be without failing over a primary that is only slow. A group of its own (free ports,
  * temporary dirs, the test helpers): a primary, `replicas` replicas, 3 Sentinels; one client connected through the
  * Sentinels with the workers' options (src/transport/connect.ts) committing one batch after the other with the
- * commit script and `WAIT 1` (src/datapath/store.ts).
+ * commit script and `WAIT 1` (src/datapath/store-scripts.ts, script-runner.ts).
  *
  *   npm run build && node dist/bench/sentinel.js failover <down-after ms (1000)> <rounds per fault (3)> <replicas (2)>
  *     Per round, SIGKILL or SIGSTOP of the primary, held until the Sentinels promoted a replica: the commit gap (last
@@ -15,7 +15,9 @@
  *     failover happened). Run it beside the fault tests for the storm too.
  */
 import { spawn, type ChildProcess } from 'node:child_process';
-import { commitTogether, createPartitionStore, type BatchWrite } from '../src/datapath/store.js';
+import { commitTogether } from '../src/datapath/commit-group.js';
+import { createPartitionStore } from '../src/datapath/store.js';
+import type { BatchWrite } from '../src/datapath/store-scripts.js';
 import { connectRedis } from '../src/transport/connect.js';
 import { redisInfo, SENTINEL_FAILOVER_TIMEOUT_MS } from '../src/stack/topology.js';
 import { startRedisHA } from '../test/helpers/ha.js';

@@ -129,7 +129,7 @@ export function permissions(role: Role, { prefix, user }: { prefix: string; user
           ...api('CONSUMER.MSG.NEXT', commandStreams).map((s) => `${s}.*`), // pulls of the ordered consumers
           ...api('CONSUMER.INFO', commandStreams).map((s) => `${s}.*`), // an ordered consumer checking itself after missed heartbeats
           ...api('CONSUMER.DELETE', commandStreams).map((s) => `${s}.*`), // an ordered consumer deleting the one it replaces; a new owner those of earlier owners
-          ...api('CONSUMER.LIST', commandStreams), // a new owner finding the consumers earlier owners left (runner.ts dropOldConsumers)
+          ...api('CONSUMER.LIST', commandStreams), // a new owner finding the consumers earlier owners left (command-reader.ts dropOldConsumers)
           ...api('DIRECT.GET', kvStreams).map((s) => `${s}.>`), // kv.create() of a deleted key (the leader key) reads it first
           ...api('STREAM.MSG.GET', [...commandStreams, ...kvStreams]), // the same for a bucket made without direct get; a runner checking its consumer missed nothing
         ]),

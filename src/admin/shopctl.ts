@@ -10,7 +10,7 @@ import { Command, InvalidArgumentError } from 'commander';
 import type { NatsConnection } from 'nats';
 import { ConfigError, KINDS, loadConfig, type Config, type Kind } from '../config.js';
 import { connectNats } from '../transport/connect.js';
-import { adminRequest, type AdminRequest } from '../placement/controller.js';
+import { adminRequest, type AdminRequest } from '../placement/admin.js';
 import { readLocalCredentials, secretPaths } from '../stack/secrets.js';
 import { serverUrls, withServerAuth } from '../stack/supervisor.js';
 import { formatStatus, readStatus } from './status.js';

@@ -2,7 +2,7 @@
  * Leader election among controller candidates, the pure part: what a candidate knows and decides, as state + event →
  * new state + actions. The `leader` key of the control bucket names the leader; it is created when there is none,
  * updated by the leader on its own revision every interval, and taken over by an update on the last revision seen
- * once that revision has stood unchanged for a lease. The I/O shell (controller.ts) performs the writes this asks for
+ * once that revision has stood unchanged for a lease. The I/O shell (leadership.ts) performs the writes this asks for
  * and reports how they went; it reads the clock and passes the time in every event.
  */
 

@@ -1,10 +1,11 @@
 /**
  * A dynamic worker's decisions, the pure part: its lifecycle and lease (when it heartbeats, loses its lease, is
  * drained), and for each partition whether to take it, let it go, or wait. State + event → new state + actions, the
- * time passed in; worker.ts is the I/O shell that performs them (puts heartbeats, starts and stops runners).
+ * time passed in; the I/O shells perform them (lifecycle.ts the lifecycle's, putting heartbeats through heartbeats.ts;
+ * reconciler.ts each partition's, starting and stopping runners).
  */
 import { leaseAt, leaseStored, newLease, ranLate, type Lease, type LeaseLimits } from './liveness.js';
-import type { RunnerState } from '../datapath/runner.js';
+import type { RunnerState } from '../datapath/lifecycle.js';
 import type { Assignment } from './placement.js';
 
 /** Why a dynamic worker stopped on its own: shopctl drained it, or it lost its lease (its heartbeats failed too long). */

@@ -1,7 +1,7 @@
 /**
  * Who is alive, the pure part: the workers as heard from through their heartbeats (with the silence rule), and a
  * worker's own lease (self-fencing). State + event → new state; the time is always passed in. The I/O shells are
- * MembershipView (membership.ts: the pulses and the watch of the workers bucket) and the dynamic worker (worker.ts:
+ * MembershipView (membership.ts: the pulses and the watch of the workers bucket) and the dynamic worker (heartbeats.ts:
  * its pulses and puts).
  */
 import type { Heartbeat } from './placement.js';

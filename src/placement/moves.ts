@@ -2,7 +2,7 @@
  * The controller's placement decision, the pure part: from what it knows (the placement, pins, drains, who is alive),
  * which placement entries to write and which control keys to delete. balance() (placement.ts) picks the owners; this
  * adds the epochs, the previous owner, one move in flight per partition, and the epochs Redis reports as newer.
- * controller.ts performs the writes (each a CAS on the revision given here).
+ * placement-writer.ts performs the writes (each a CAS on the revision given here).
  */
 import type { Kind } from '../config.js';
 import { isAlive, liveMembers, type Liveness } from './liveness.js';

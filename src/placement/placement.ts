@@ -1,6 +1,6 @@
 /**
  * Dynamic placement, the pure part: the values kept in the NATS KV buckets and the balancing rule the controller
- * applies. No I/O here; src/placement/controller.ts and src/placement/worker.ts do it.
+ * applies. No I/O here; the controller (src/placement/controller.ts) and the dynamic worker (dynamic-worker.ts) do it.
  */
 import { Type, type Static, type TSchema } from '@sinclair/typebox';
 import { TypeCompiler } from '@sinclair/typebox/compiler';

@@ -1,7 +1,7 @@
 /**
  * News of a stream's new leader, from JetStream's own advisory (`$JS.EVENT.ADVISORY.STREAM.LEADER_ELECTED.<stream>`,
  * published by the new leader the moment it takes over). A partition's ordered consumer lived on the old leader
- * and a publish waiting for the old leader's acknowledgement waits in vain: both go again at once (runner.ts,
+ * and a publish waiting for the old leader's acknowledgement waits in vain: both go again at once (command-reader.ts,
  * shop-client.ts) instead of after their own timeouts (missed heartbeats, 1.5 s; the acknowledgement's wait, 2 s).
  *
  * Only a hint, never needed for correctness: a lost advisory leaves those timeouts to do the same, a few seconds

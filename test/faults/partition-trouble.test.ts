@@ -15,7 +15,7 @@ import { createLog } from '../../src/log.js';
 import { names } from '../../src/protocol.js';
 import { createShopClient } from '../../src/transport/shop-client.js';
 import type { RunnerMetrics } from '../../src/datapath/runner-metrics.js';
-import { durableCursor, durableAfterMs } from '../../src/datapath/runner.js';
+import { durableCursor, durableAfterMs } from '../../src/datapath/trimming.js';
 import { createPartitionStore } from '../../src/datapath/store.js';
 import { startWorker, type Worker } from '../../src/placement/worker.js';
 import { startRedis, startServers, testConfig, waitFor, type TestServer } from '../helpers/servers.js';

@@ -8,7 +8,7 @@ import { Redis } from 'ioredis';
 import { connect } from 'nats';
 import t from 'tap';
 import { encode } from '../../src/codec.js';
-import { FAULT_POISON_ID } from '../../src/datapath/batch-loop.js';
+import { FAULT_POISON_ID } from '../../src/datapath/batch-apply.js';
 import { createLog } from '../../src/log.js';
 import { names } from '../../src/protocol.js';
 import { createShopClient } from '../../src/transport/shop-client.js';

@@ -2,7 +2,7 @@ import { Redis } from 'ioredis';
 import t from 'tap';
 import { LEDGER } from '../../src/actors/saga.js';
 import { partitionOf } from '../../src/partitioning.js';
-import { partitionKeyTag } from '../../src/datapath/store.js';
+import { partitionKeyTag } from '../../src/datapath/store-scripts.js';
 import { pool } from '../helpers/pool.js';
 import { waitFor } from '../helpers/servers.js';
 import { startSystem, type System } from '../helpers/system.js';

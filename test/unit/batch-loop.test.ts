@@ -1,5 +1,5 @@
 /**
- * The batch loop alone, through its seam: partitions are fakes implementing Member over in-memory queues, and the
+ * The batch loop alone, through its seam: partitions are fakes implementing Participant over in-memory queues, and the
  * commit is a function the test settles by hand. What is checked: the next batch is applied while the previous one
  * commits, on top of its drafts; it commits only after that one did; when that one is refused or fails, the next
  * is thrown away and every message is applied again, in order, exactly once.
@@ -11,10 +11,13 @@ import { encode } from '../../src/codec.js';
 import { loadConfig, type Kind } from '../../src/config.js';
 import { createLog } from '../../src/log.js';
 import { BUNDLE_MAX } from '../../src/protocol.js';
-import { BatchLoop, type Committed, type Member, type StreamMessage, type Taken } from '../../src/datapath/batch-loop.js';
+import { BatchLoop } from '../../src/datapath/batch-loop.js';
+import type { Committed, Participant, StreamMessage, Taken } from '../../src/datapath/participant.js';
 import { decodeEntry, type OutboxEntry } from '../../src/datapath/outbox.js';
 import type { Tables } from '../../src/datapath/draft.js';
-import type { CommitResult, PartitionStore, PreparedBatch } from '../../src/datapath/store.js';
+import type { PreparedBatch } from '../../src/datapath/commit-group.js';
+import type { PartitionStore } from '../../src/datapath/store.js';
+import type { CommitResult } from '../../src/datapath/store-scripts.js';
 import { waitFor } from '../helpers/servers.js';
 
 const config = loadConfig({ SHOP_PROFILE: 'test' }, { partitions: 2 });
@@ -27,7 +30,7 @@ interface Call {
 }
 
 /** A partition over an in-memory queue; its "store" prepares a batch as a record the fake commit reads. */
-class FakeMember implements Member {
+class FakeParticipant implements Participant {
   readonly actor;
   readonly log = log;
   live: Tables;
@@ -137,7 +140,7 @@ function rig() {
 /** A rig with one stock partition holding the item x (stock 0); its actor throws `throws` on the item boom. */
 function rigWithX(throws?: unknown) {
   const { loop, calls } = rig();
-  const a = new FakeMember('stock', 0, throws);
+  const a = new FakeParticipant('stock', 0, throws);
   a.live.get('items')!.set('x', { stock: 0, price: 1 });
   return { loop, calls, a };
 }
@@ -146,23 +149,23 @@ const add = (id: string, amount: number) => ({ k: 'add', id, amount });
 
 t.test('the replies of a batch\'s partitions are stored as one outbox entry, in one partition\'s outbox, and sent by it once committed', async (t) => {
   const { loop, calls } = rig();
-  const members = [0, 1, 2].map((p) => new FakeMember('stock', p));
-  for (const m of members) loop.add(m);
+  const participants = [0, 1, 2].map((p) => new FakeParticipant('stock', p));
+  for (const m of participants) loop.add(m);
   // Queued together, after every partition joined the loop: one batch takes them all.
-  members.forEach((m, p) => {
+  participants.forEach((m, p) => {
     m.live.get('items')!.set('x', { stock: 0, price: 1 });
     m.push(1, add('x', p + 1));
     m.push(2, add('x', 10));
   });
   loop.wake();
-  await waitFor(() => calls.length === 1 && members.every((m) => m.queue.length === 0), { deadlineMs: 5000, what: 'the batch of the three partitions' });
+  await waitFor(() => calls.length === 1 && participants.every((m) => m.queue.length === 0), { deadlineMs: 5000, what: 'the batch of the three partitions' });
   t.equal(calls[0]!.parts.length, 3, 'one transaction of three partitions');
-  t.same(members.map((m) => m.owed.length), [1, 0, 0], 'one stored outbox entry, not one per partition');
-  t.equal(members[0]!.owed[0]!.replies.length, 6, 'holding every reply of the batch');
+  t.same(participants.map((m) => m.owed.length), [1, 0, 0], 'one stored outbox entry, not one per partition');
+  t.equal(participants[0]!.owed[0]!.replies.length, 6, 'holding every reply of the batch');
   calls[0]!.settle(['committed', 'committed', 'committed']);
-  await waitFor(() => members.every((m) => m.commits.length === 1), { deadlineMs: 5000, what: 'the commit' });
-  t.same(members.map((m) => m.commits[0]!.entry?.replies.length ?? 0), [6, 0, 0], 'the carrier sends them all');
-  t.same(members.map((m) => m.commits[0]!.field === ''), [false, true, true], 'and only it stores a field');
+  await waitFor(() => participants.every((m) => m.commits.length === 1), { deadlineMs: 5000, what: 'the commit' });
+  t.same(participants.map((m) => m.commits[0]!.entry?.replies.length ?? 0), [6, 0, 0], 'the carrier sends them all');
+  t.same(participants.map((m) => m.commits[0]!.field === ''), [false, true, true], 'and only it stores a field');
 });
 
 t.test('the next batch is applied while the previous one commits, on its drafts, and commits after it', async (t) => {
@@ -187,8 +190,8 @@ t.test('the next batch is applied while the previous one commits, on its drafts,
 
 t.test('a batch refused (one partition fenced): the batch applied on top of it is thrown away, every message applied again in order, once', async (t) => {
   const { loop, calls } = rig();
-  const a = new FakeMember('stock', 0);
-  const b = new FakeMember('stock', 1);
+  const a = new FakeParticipant('stock', 0);
+  const b = new FakeParticipant('stock', 1);
   for (const m of [a, b]) m.live.get('items')!.set('x', { stock: 0, price: 1 });
   loop.add(a);
   loop.add(b);
@@ -214,8 +217,8 @@ t.test('a batch refused (one partition fenced): the batch applied on top of it i
 
 t.test('a commit that fails (transport): its partitions restart; another partition\'s batch on top goes back to its queue', async (t) => {
   const { loop, calls } = rig();
-  const a = new FakeMember('stock', 0);
-  const b = new FakeMember('stock', 1);
+  const a = new FakeParticipant('stock', 0);
+  const b = new FakeParticipant('stock', 1);
   for (const m of [a, b]) m.live.get('items')!.set('x', { stock: 0, price: 1 });
   a.push(1, add('x', 1));
   loop.add(a);

@@ -1,0 +1,89 @@
+/**
+ * What a committed batch owes (src/datapath/batch-owed.ts), without Redis or NATS: each share's outbox entry and
+ * field, the batch's replies gathered into one entry, and parcel acknowledgements grouped by sender.
+ */
+import t from 'tap';
+import { actorOf } from '../../src/actors/index.js';
+import type { Actor } from '../../src/actors/types.js';
+import { decode } from '../../src/codec.js';
+import { bySender, gatherReplies, owedBy, type Owed, type Owing } from '../../src/datapath/batch-owed.js';
+import type { Sends } from '../../src/datapath/batch-share.js';
+import type { DeadLetter, OutboxEntry } from '../../src/datapath/outbox.js';
+
+const bytes = (s: string) => new TextEncoder().encode(s);
+
+function owing(over: Partial<Owing> = {}): Owing {
+  return { kind: 'order', partition: 3, actor: actorOf('order'), last: 40, local: 7, replies: [], dead: [], sends: new Map<string, Sends>(), ...over };
+}
+
+const entry = (e: Partial<OutboxEntry>): OutboxEntry => ({ replies: [], parcels: [], dead: [], ...e });
+const dead: DeadLetter = { seq: 1, reason: 'invalid', detail: 'x', data: bytes('x') };
+
+t.test('owedBy: a share that caused nothing owes nothing and stores no field', async (t) => {
+  t.same(owedBy(owing()), { field: '', entry: null });
+});
+
+t.test('owedBy: replies and dead letters are kept; the field is the cursor and local count after the batch', async (t) => {
+  const o = owedBy(owing({ replies: [['_INBOX.a', bytes('r')]], dead: [dead] }));
+  t.equal(o.field, '40.7');
+  t.same(o.entry?.replies, [['_INBOX.a', bytes('r')]]);
+  t.same(o.entry?.dead, [dead]);
+  t.same(o.entry?.parcels, []);
+});
+
+t.test('owedBy: commands for elsewhere become parcels per target, numbered after the share', async (t) => {
+  const sends = new Map<string, Sends>([
+    ['stock.1', { kind: 'stock', partition: 1, cmds: [{ k: 'a' }, { k: 'b' }] }],
+    ['payment.0', { kind: 'payment', partition: 0, cmds: [{ k: 'c' }] }],
+  ]);
+  const o = owedBy(owing({ sends }));
+  t.same(
+    o.entry?.parcels.map(([kind, partition, id, data]) => [kind, partition, id, decode(data)]),
+    [
+      ['stock', 1, 'order.3.40.7.0', [{ k: 'a' }, { k: 'b' }]],
+      ['payment', 0, 'order.3.40.7.1', [{ k: 'c' }]],
+    ],
+  );
+});
+
+t.test("owedBy: the actor's mergeOutgoing merges a target's commands before they are packed", async (t) => {
+  const actor = { ...actorOf('order'), mergeOutgoing: (cmds: unknown[]) => [{ merged: cmds.length }] } as Actor<unknown, unknown>;
+  const sends = new Map<string, Sends>([['stock.1', { kind: 'stock', partition: 1, cmds: [1, 2, 3] }]]);
+  t.same(decode(owedBy(owing({ actor, sends })).entry!.parcels[0]![3]), [{ merged: 3 }]);
+});
+
+t.test('gatherReplies: replies go to the entry stored anyway; the partitions with only replies then owe nothing', async (t) => {
+  const owed: Owed[] = [
+    { field: '1.0', entry: entry({ replies: [['a', bytes('1')]] }) },
+    { field: '', entry: null },
+    { field: '5.0', entry: entry({ replies: [['b', bytes('2')]], dead: [dead] }) },
+    { field: '9.0', entry: entry({ replies: [['c', bytes('3')]] }) },
+  ];
+  const gathered = gatherReplies(owed);
+  t.same(gathered.map((o) => o.field), ['', '', '5.0', '']);
+  t.same(gathered[2]!.entry!.replies.map(([to]) => to), ['b', 'a', 'c'], 'the carrier holds every reply');
+});
+
+t.test('gatherReplies: with only replies, the first entry carries them; with nothing owed, nothing changes', async (t) => {
+  const gathered = gatherReplies([
+    { field: '', entry: null },
+    { field: '2.0', entry: entry({ replies: [['a', bytes('1')]] }) },
+    { field: '3.0', entry: entry({ replies: [['b', bytes('2')]] }) },
+  ]);
+  t.same(gathered.map((o) => o.field), ['', '2.0', '']);
+  t.same(gathered[1]!.entry!.replies.map(([to]) => to), ['a', 'b']);
+  const none: Owed[] = [{ field: '', entry: null }];
+  t.equal(gatherReplies(none), none);
+});
+
+t.test('bySender: one list of ids per sender, in the order they were applied', async (t) => {
+  const grouped = bySender([
+    { id: 'p1', ackTo: 'w1', commands: bytes('') },
+    { id: 'p2', ackTo: 'w2', commands: bytes('') },
+    { id: 'p3', ackTo: 'w1', commands: bytes('') },
+  ]);
+  t.same([...grouped], [
+    ['w1', ['p1', 'p3']],
+    ['w2', ['p2']],
+  ]);
+});
