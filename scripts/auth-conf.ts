@@ -1,7 +1,7 @@
 /**
  * `npm run auth-conf`: writes the NATS users and permissions of src/auth.ts where deployments read them, so that the
  * two never drift: `nats/auth.conf`, and its copy in the NATS ConfigMap of deploy/k8s/nats.yaml (key `auth.conf`).
- * test/auth.test.ts and test/deploy.test.ts fail when either differs from what src/auth.ts generates.
+ * test/integration/auth.test.ts and test/unit/deploy.test.ts fail when either differs from what src/auth.ts generates.
  */
 import { readFileSync, writeFileSync } from 'node:fs';
 import { fileURLToPath } from 'node:url';

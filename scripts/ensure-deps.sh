@@ -1,10 +1,10 @@
 #!/usr/bin/env bash
 # Run before `npm start` and `npm test` (prestart/pretest): makes sure nats-server and redis-server
 # (the Debian packages) are installed and node_modules matches package-lock.json.
-# `ensure-deps.sh test` (npm test, .ci/run) also wants Debian's docker-compose: test/deploy.test.ts checks
+# `ensure-deps.sh test` (npm test, .ci/run) also wants Debian's docker-compose: test/unit/deploy.test.ts checks
 # deploy/docker-compose.yml with `docker-compose config`, which needs no container engine. `test` and `monitor`
-# (npm run monitor) want Debian's prometheus (2.42, with promtool): test/monitoring.test.ts runs `promtool` on the
-# alert rules, test/prometheus-live.test.ts scrapes a real stack with it.
+# (npm run monitor) want Debian's prometheus (2.42, with promtool): test/unit/monitoring.test.ts runs `promtool` on the
+# alert rules, test/integration/prometheus-live.test.ts scrapes a real stack with it.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
@@ -65,8 +65,8 @@ if [ "${1:-}" = test ] && ! have docker-compose; then
     echo "ensure-deps: docker-compose not found; installing the Debian package docker-compose" >&2
     apt_install --no-install-recommends docker-compose
   else
-    # The other tests need no docker-compose: they run, and test/deploy.test.ts fails with this command.
-    echo "ensure-deps: docker-compose not found; test/deploy.test.ts will fail until it is installed with:" >&2
+    # The other tests need no docker-compose: they run, and test/unit/deploy.test.ts fails with this command.
+    echo "ensure-deps: docker-compose not found; test/unit/deploy.test.ts will fail until it is installed with:" >&2
     echo 'sudo apt-get update && sudo apt-get install -y --no-install-recommends docker-compose'
   fi
 fi

@@ -2,7 +2,7 @@
  * Writes docs/settings.md, the settings reference, from the config schema: the members of `interface Config` in
  * src/config.ts (their doc comments and order), their checks there (the values each accepts), config/default.json
  * (the defaults) and the other config/*.json (the profiles' overrides). `npm run settings-doc` runs it;
- * test/settings-doc.test.ts fails while the committed file differs from what it would write.
+ * test/unit/docs.test.ts fails while the committed file differs from what it would write.
  *
  * Reads the TypeScript source with the compiler's parser (typescript is a devDependency): a development tool, never
  * loaded by the app.

@@ -1,7 +1,7 @@
 /**
  * Checks of deploy/: the Kubernetes manifests against the Kubernetes schemas (kubernetes-models) and what a reviewer
  * looks for, the Grafana dashboard against the metrics the code exports. Each check returns its problems as
- * sentences (empty: fine), so test/deploy.test.ts can show that every check finds a broken copy.
+ * sentences (empty: fine), so test/unit/deploy.test.ts can show that every check finds a broken copy.
  */
 import { readdirSync, readFileSync } from 'node:fs';
 import { join } from 'node:path';

@@ -466,7 +466,7 @@ export async function auditStorm(url: string, shop: Shop, requests: readonly Req
     else if (unknownOutcome(r)) e.unknown += r.amount;
     else violations.push(`${r.op} ${r.amount} to ${r.id} answered ${r.status} ${r.error}`); // a top-up is never refused
   }
-  for (const [id, order] of orders) {
+  for (const [, order] of orders) {
     if (!order.paid) continue;
     for (const [item, qty] of order.items) expectStock.get(item)!.low -= qty;
     expectCredit.get(order.user_id)!.low -= order.total_cost;

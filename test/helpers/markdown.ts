@@ -1,4 +1,4 @@
-/** Markdown as GitHub reads it, for the checks of links and headings (test/docs.test.ts, test/monitoring.test.ts). */
+/** Markdown as GitHub reads it, for the checks of links and headings (test/unit/docs.test.ts, test/unit/monitoring.test.ts). */
 
 /** The text without its fenced code blocks (a `#` line in a code block is no heading, a `](x)` no link). */
 export const withoutCode = (md: string): string => md.replace(/^```[\s\S]*?^```/gm, '');

@@ -23,7 +23,7 @@ import {
 import { freePort, natsAnswers, redisAnswers, waitFor, type WaitOptions } from '../../src/stack/probes.js';
 
 export { pidAlive } from '../../src/stack/processes.js';
-export { freePort, waitFor, type WaitOptions } from '../../src/stack/probes.js';
+export { freePort, waitFor } from '../../src/stack/probes.js';
 
 /** How long a test server may take to answer after it was spawned. */
 const READY_DEADLINE_MS = 10_000;
