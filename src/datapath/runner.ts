@@ -7,7 +7,7 @@ import { names, type Names } from '../protocol.js';
 import { Applied } from './applied.js';
 import type { BatchLoop } from './batch-loop.js';
 import { CommandReader } from './command-reader.js';
-import type { Committed, Inbound, Participant, StreamMessage, Taken } from './participant.js';
+import type { Committed, Inbound, Participant, Taken } from './participant.js';
 import type { Courier } from './courier.js';
 import type { Tables } from './draft.js';
 import { failedAgain, isActive, lifecycleStep, REFUSED_RECHECK_MS, retryPauseMs, type LifecycleAction, type LifecycleEvent, type RunnerState, type Trouble } from './lifecycle.js';

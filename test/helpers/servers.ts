@@ -20,7 +20,7 @@ import {
   stopChild,
   type Child,
 } from '../../src/stack/processes.js';
-import { freePort, natsAnswers, redisAnswers, waitFor, type WaitOptions } from '../../src/stack/probes.js';
+import { freePort, natsAnswers, redisAnswers, waitFor } from '../../src/stack/probes.js';
 
 export { pidAlive } from '../../src/stack/processes.js';
 export { freePort, waitFor } from '../../src/stack/probes.js';

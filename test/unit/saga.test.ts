@@ -152,7 +152,7 @@ t.test('checkout saga under reordering, duplicates and lost messages: conserved,
 
       const sold = new Map<string, number>();
       const charged = new Map<string, number>();
-      orders.forEach((o, i) => {
+      orders.forEach((_o, i) => {
         const id = `o${i}`;
         const order = readOrder(world.state('order', partitionOf(id, PARTITIONS)), id)!;
         if (order.saga) throw new Error(`order ${id} still has a saga in flight`);
