@@ -10,7 +10,7 @@
  * starts a fresh worker under a new id). On `drain` (shopctl) it gives everything away and `ended` resolves with
  * 'drained'. Every worker also runs a controller candidate (src/placement/controller.ts).
  *
- * The decisions are handoff.ts's (workerStep for the lifecycle and lease, slotStep per partition) and
+ * The decisions are handoff.ts's (workerStep for the lifecycle and lease, hostedStep per partition) and
  * worker-rules.ts's; this wires the parts that perform them: lifecycle.ts, heartbeats.ts, reconciler.ts,
  * placement-follower.ts and drain.ts.
  */

@@ -118,7 +118,7 @@ export function workerStep(s: WorkerState, event: WorkerEvent, limits: LeaseLimi
 // ---- one partition ------------------------------------------------------------------------------------
 
 /** What the worker knows of one partition. */
-export interface SlotView {
+export interface HostedView {
   /** This worker's id. */
   self: string;
   /** The placement entry, if any. */
@@ -137,7 +137,7 @@ export interface SlotView {
   serving: boolean;
 }
 
-export type SlotAction =
+export type HostedAction =
   /** Its runner was fenced by a newer owner: forget it. */
   | { do: 'forget' }
   /** Its runner stopped by itself (restarting after a failure, or refused): forget it if Redis holds a newer epoch. */
@@ -150,7 +150,7 @@ export type SlotAction =
   | { do: 'nothing' };
 
 /** The next step for one partition. After forget, check or stop the shell asks again: the next may be a start. */
-export function slotStep(v: SlotView, now: number, leaseMs: number): SlotAction {
+export function hostedStep(v: HostedView, now: number, leaseMs: number): HostedAction {
   const a = v.assigned;
   const want = v.serving && a && a.worker === v.self ? a.epoch : undefined;
   const r = v.runner;

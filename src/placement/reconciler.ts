@@ -1,5 +1,5 @@
 /**
- * The dynamic worker's reconciler: brings each partition of the kinds it hosts to what handoff.ts's slotStep decides
+ * The dynamic worker's reconciler: brings each partition of the kinds it hosts to what handoff.ts's hostedStep decides
  * (take it at the placement's epoch, let it go, or wait), one step at a time per partition. A failed start is
  * worker-rules.ts's afterFailedStart to decide.
  */
@@ -8,7 +8,7 @@ import type { Clock } from '../clock.js';
 import type { Config, Kind } from '../config.js';
 import type { PartitionRunner } from '../datapath/runner.js';
 import type { PartitionStore } from '../datapath/store.js';
-import { slotStep, type SlotView } from './handoff.js';
+import { hostedStep, type HostedView } from './handoff.js';
 import { placementKey, type Assignment, type Heartbeat } from './placement.js';
 import { newRunner, partitionStore, type Kit } from './worker-kit.js';
 import { afterFailedStart } from './worker-rules.js';
@@ -90,7 +90,7 @@ export function createReconciler(o: ReconcilerOptions): Reconciler {
     }
   }
 
-  const viewOf = (p: HostedPartition): SlotView => ({
+  const viewOf = (p: HostedPartition): HostedView => ({
     self,
     assigned: p.assigned,
     assignedAt: p.assignedAt,
@@ -103,7 +103,7 @@ export function createReconciler(o: ReconcilerOptions): Reconciler {
 
   async function step(p: HostedPartition): Promise<void> {
     for (;;) {
-      const action = slotStep(viewOf(p), clock.now(), config.workerLeaseMs);
+      const action = hostedStep(viewOf(p), clock.now(), config.workerLeaseMs);
       const r = p.runner;
       switch (action.do) {
         case 'forget':

@@ -5,7 +5,7 @@
  */
 import t from 'tap';
 import { electionStep, leads, newElection, type Election, type ElectionAction, type ElectionEvent } from '../../src/placement/election.js';
-import { draining, newWorker, serving, slotStep, workerStep, type SlotView, type WorkerAction, type WorkerEvent, type WorkerState } from '../../src/placement/handoff.js';
+import { draining, newWorker, serving, hostedStep, workerStep, type HostedView, type WorkerAction, type WorkerEvent, type WorkerState } from '../../src/placement/handoff.js';
 import { hear, isAlive, leaseAt, leaseStored, liveMembers, newLease, newLiveness, ranLate, type Liveness } from '../../src/placement/liveness.js';
 import { decidePlacement, type Placed, type PlacementView } from '../../src/placement/moves.js';
 import type { Heartbeat } from '../../src/placement/placement.js';
@@ -319,7 +319,7 @@ t.test('worker: drained by shopctl, it ends once it runs and is assigned nothing
 
 // ---- one partition's handoff --------------------------------------------------------------------------
 
-const slot = (more: Partial<SlotView> = {}): SlotView => ({
+const slot = (more: Partial<HostedView> = {}): HostedView => ({
   self: 'me',
   assigned: { worker: 'me', epoch: 5 },
   assignedAt: 0,
@@ -334,34 +334,34 @@ const slot = (more: Partial<SlotView> = {}): SlotView => ({
 t.test('handoff: take at the placement epoch; wait for a previous owner at most a lease; wait out a failed start and a stale epoch', async (t) => {
   const clock = new FakeClock();
   const at = clock.now();
-  t.same(slotStep(slot({ assignedAt: at }), at, LEASE_MS), { do: 'start', epoch: 5 });
+  t.same(hostedStep(slot({ assignedAt: at }), at, LEASE_MS), { do: 'start', epoch: 5 });
   const moved = slot({ assigned: { worker: 'me', epoch: 5, prev: 'other' }, assignedAt: at, prevHolds: true });
-  t.same(slotStep(moved, at, LEASE_MS), { do: 'wait', why: 'prev-holds' }, 'the previous owner still lists it');
+  t.same(hostedStep(moved, at, LEASE_MS), { do: 'wait', why: 'prev-holds' }, 'the previous owner still lists it');
   clock.advance(LEASE_MS - 1);
-  t.same(slotStep(moved, clock.now(), LEASE_MS), { do: 'wait', why: 'prev-holds' });
+  t.same(hostedStep(moved, clock.now(), LEASE_MS), { do: 'wait', why: 'prev-holds' });
   clock.advance(1);
-  t.same(slotStep(moved, clock.now(), LEASE_MS), { do: 'start', epoch: 5 }, 'a lease after the assignment was seen: taken anyway (the epoch fences it)');
-  t.same(slotStep({ ...moved, prevHolds: false }, at, LEASE_MS), { do: 'start', epoch: 5 }, 'let go: taken at once');
-  t.same(slotStep(slot({ retryAt: at + 10 }), at, LEASE_MS), { do: 'wait', why: 'backoff' });
-  t.same(slotStep(slot({ retryAt: at + 10 }), at + 10, LEASE_MS), { do: 'start', epoch: 5 });
-  t.same(slotStep(slot({ stale: 5 }), at, LEASE_MS), { do: 'wait', why: 'stale' }, 'Redis holds this epoch or newer: wait for the controller to raise it');
-  t.same(slotStep(slot({ stale: 4 }), at, LEASE_MS), { do: 'start', epoch: 5 });
-  t.same(slotStep(slot({ assigned: { worker: 'other', epoch: 5 } }), at, LEASE_MS), { do: 'nothing' });
-  t.same(slotStep(slot({ assigned: undefined }), at, LEASE_MS), { do: 'nothing' });
-  t.same(slotStep(slot({ serving: false }), at, LEASE_MS), { do: 'nothing' }, 'a worker that lost its lease or closes takes nothing');
+  t.same(hostedStep(moved, clock.now(), LEASE_MS), { do: 'start', epoch: 5 }, 'a lease after the assignment was seen: taken anyway (the epoch fences it)');
+  t.same(hostedStep({ ...moved, prevHolds: false }, at, LEASE_MS), { do: 'start', epoch: 5 }, 'let go: taken at once');
+  t.same(hostedStep(slot({ retryAt: at + 10 }), at, LEASE_MS), { do: 'wait', why: 'backoff' });
+  t.same(hostedStep(slot({ retryAt: at + 10 }), at + 10, LEASE_MS), { do: 'start', epoch: 5 });
+  t.same(hostedStep(slot({ stale: 5 }), at, LEASE_MS), { do: 'wait', why: 'stale' }, 'Redis holds this epoch or newer: wait for the controller to raise it');
+  t.same(hostedStep(slot({ stale: 4 }), at, LEASE_MS), { do: 'start', epoch: 5 });
+  t.same(hostedStep(slot({ assigned: { worker: 'other', epoch: 5 } }), at, LEASE_MS), { do: 'nothing' });
+  t.same(hostedStep(slot({ assigned: undefined }), at, LEASE_MS), { do: 'nothing' });
+  t.same(hostedStep(slot({ serving: false }), at, LEASE_MS), { do: 'nothing' }, 'a worker that lost its lease or closes takes nothing');
 });
 
 t.test('handoff: let go when placed elsewhere, at another epoch, or when no longer serving; forget fenced runners', async (t) => {
   const running = { state: 'running' as const, epoch: 5 };
-  t.same(slotStep(slot({ runner: running }), 0, LEASE_MS), { do: 'nothing' }, 'running where it should');
-  t.same(slotStep(slot({ runner: { state: 'restarting', epoch: 5 } }), 0, LEASE_MS), { do: 'nothing' }, 'restarting by itself at the right epoch: left to it');
-  t.same(slotStep(slot({ runner: running, assigned: { worker: 'other', epoch: 6 } }), 0, LEASE_MS), { do: 'stop' });
-  t.same(slotStep(slot({ runner: running, assigned: { worker: 'me', epoch: 6 } }), 0, LEASE_MS), { do: 'stop' }, 'a new epoch here too: stop, then start at it');
-  t.same(slotStep(slot({ runner: running, assigned: undefined }), 0, LEASE_MS), { do: 'stop' });
-  t.same(slotStep(slot({ runner: running, serving: false }), 0, LEASE_MS), { do: 'stop' });
-  t.same(slotStep(slot({ runner: { state: 'fenced', epoch: 5 } }), 0, LEASE_MS), { do: 'forget' });
-  t.same(slotStep(slot({ runner: { state: 'stopped', epoch: 5 } }), 0, LEASE_MS), { do: 'check' });
-  for (const state of ['idle', 'starting', 'stopping'] as const) t.same(slotStep(slot({ runner: { state, epoch: 4 }, serving: false }), 0, LEASE_MS), { do: 'wait', why: 'runner-busy' }, state);
+  t.same(hostedStep(slot({ runner: running }), 0, LEASE_MS), { do: 'nothing' }, 'running where it should');
+  t.same(hostedStep(slot({ runner: { state: 'restarting', epoch: 5 } }), 0, LEASE_MS), { do: 'nothing' }, 'restarting by itself at the right epoch: left to it');
+  t.same(hostedStep(slot({ runner: running, assigned: { worker: 'other', epoch: 6 } }), 0, LEASE_MS), { do: 'stop' });
+  t.same(hostedStep(slot({ runner: running, assigned: { worker: 'me', epoch: 6 } }), 0, LEASE_MS), { do: 'stop' }, 'a new epoch here too: stop, then start at it');
+  t.same(hostedStep(slot({ runner: running, assigned: undefined }), 0, LEASE_MS), { do: 'stop' });
+  t.same(hostedStep(slot({ runner: running, serving: false }), 0, LEASE_MS), { do: 'stop' });
+  t.same(hostedStep(slot({ runner: { state: 'fenced', epoch: 5 } }), 0, LEASE_MS), { do: 'forget' });
+  t.same(hostedStep(slot({ runner: { state: 'stopped', epoch: 5 } }), 0, LEASE_MS), { do: 'check' });
+  for (const state of ['idle', 'starting', 'stopping'] as const) t.same(hostedStep(slot({ runner: { state, epoch: 4 }, serving: false }), 0, LEASE_MS), { do: 'wait', why: 'runner-busy' }, state);
 });
 
 // ---- the controller's placement writes ------------------------------------------------------------------
