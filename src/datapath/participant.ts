@@ -1,7 +1,7 @@
 /**
  * The batch loop's contract with a partition (datapath/batch-loop.ts): what it takes from the partition's queues,
  * what it tells the partition once a batch commits, and the `Participant` interface the partition's runner
- * (datapath/runner.ts) implements. test/batch-loop.test.ts drives the loop with fake participants.
+ * (datapath/runner.ts) implements. test/unit/batch-loop.test.ts drives the loop with fake participants.
  */
 import type { MsgHdrs } from 'nats';
 import type { Actor } from '../actors/types.js';

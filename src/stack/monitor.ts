@@ -1,7 +1,7 @@
 /**
  * `npm run monitor`: Debian's Prometheus beside the local stack, scraping every worker's and gateway's admin port
  * with the shop's alert rules (deploy/monitoring/alerts.yml), its data under `<dataDir>/prometheus/`. The same
- * start serves the live test of the dashboard and the rules (test/prometheus-live.test.ts).
+ * start serves the live test of the dashboard and the rules (test/integration/prometheus-live.test.ts).
  */
 import { existsSync } from 'node:fs';
 import { mkdir, writeFile } from 'node:fs/promises';

@@ -30,7 +30,7 @@ export const NATS_MAX_PAYLOAD_DEFAULT_BYTES = 1024 * 1024;
  * so 384 bytes plus a 3-byte string header, and a quantity up to 2^53-1 (9 bytes as a float64), in a 1-byte
  * array header: 397 bytes a line, 397,000 for the lines; the user id, total, flags and keys add under 500 more.
  * Well below nats-server's default max_payload (1 MiB), which is why a batch can always be split down to replies
- * that fit (test/reads.test.ts encodes the largest order and checks this bound).
+ * that fit (test/integration/reads.test.ts encodes the largest order and checks this bound).
  */
 export const READ_REPLY_BYTES_MAX = 398_000;
 

@@ -1,5 +1,5 @@
 /**
- * The supervisor's plan (src/stack/plan.ts), the parts test/supervisor.test.ts and test/cluster-profile.test.ts do
+ * The supervisor's plan (src/stack/plan.ts), the parts test/integration/supervisor.test.ts and test/integration/cluster-profile.test.ts do
  * not look at: where each server keeps its data, and what a replicated Redis group's children prepare before a start.
  */
 import t from 'tap';
