@@ -9,7 +9,7 @@ import { untilJetStream } from '../datapath/streams.js';
 import type { Fault } from '../faults.js';
 import type { Log } from '../log.js';
 import type { Controller } from './controller.js';
-import type { Lifecycle } from './lifecycle.js';
+import type { Lifecycle } from './worker-lifecycle.js';
 import { GONE_PULSE, watchKv, type MembershipView, type Watch } from './membership.js';
 import { kvValues } from './placement.js';
 import { runnersOf, type HostedPartition, type Reconciler } from './reconciler.js';

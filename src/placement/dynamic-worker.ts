@@ -11,7 +11,7 @@
  * 'drained'. Every worker also runs a controller candidate (src/placement/controller.ts).
  *
  * The decisions are handoff.ts's (workerStep for the lifecycle and lease, hostedStep per partition) and
- * worker-rules.ts's; this wires the parts that perform them: lifecycle.ts, heartbeats.ts, reconciler.ts,
+ * worker-rules.ts's; this wires the parts that perform them: worker-lifecycle.ts, heartbeats.ts, reconciler.ts,
  * placement-follower.ts and drain.ts.
  */
 import type { Registry } from 'prom-client';
@@ -23,7 +23,7 @@ import { startController, type Controller } from './controller.js';
 import { closeDynamic, watchDrain, type Closing } from './drain.js';
 import { serving, type WorkerEnd } from './handoff.js';
 import { bindHeartbeatBucket, createHeartbeats } from './heartbeats.js';
-import { createLifecycle } from './lifecycle.js';
+import { createLifecycle } from './worker-lifecycle.js';
 import { MembershipView, openBuckets, watchKv, type Buckets, type Watch } from './membership.js';
 import { createPlacementFollower } from './placement-follower.js';
 import { placementKey } from './placement.js';

@@ -1,7 +1,7 @@
 /**
  * A dynamic worker's decisions, the pure part: its lifecycle and lease (when it heartbeats, loses its lease, is
  * drained), and for each partition whether to take it, let it go, or wait. State + event → new state + actions, the
- * time passed in; the I/O shells perform them (lifecycle.ts the lifecycle's, putting heartbeats through heartbeats.ts;
+ * time passed in; the I/O shells perform them (worker-lifecycle.ts the lifecycle's, putting heartbeats through heartbeats.ts;
  * reconciler.ts each partition's, starting and stopping runners).
  */
 import { leaseAt, leaseStored, newLease, ranLate, type Lease, type LeaseLimits } from './liveness.js';
