@@ -54,23 +54,30 @@ const CONSUMER_UNDELIVERED_MAX_MS = 5000;
  * How long a new consumer is on probation: each message it delivers is queued only once the stream's leader agrees
  * that it is the partition's next one. nats-server 2.9 places a new consumer on any of the stream's replicas, and a
  * consumer made while a replica was behind or catching up (after a node was lost, paused, cut off or restarted) was
- * seen to skip a command the leader had stored and acknowledged, and deliver the ones after it: the partition read
- * on past it, and its client waited for nothing until its deadline (the NATS fault tests' 503s, 1 to 110 a run).
+ * seen to skip a command the leader had stored and acknowledged and deliver the ones after it, or to deliver another
+ * command under the sequence the leader had given it (replicas whose sequences drifted): the partition read on past
+ * the command, and its client waited for nothing until its deadline (the NATS fault tests' 503s, 1 to 110 a run).
  */
 export const CONSUMER_PROBATION_MS = 10_000;
 
+/** A stream message as the consumer delivered it, or as the stream's leader holds it: its sequence and its bytes. */
+export interface Held {
+  seq: number;
+  data: Uint8Array;
+}
+
 /** What a consumer's delivery is, next to what the stream's leader holds after the last message queued. */
-export type Delivery = 'next' | 'skipped' | 'not-held';
+export type Delivery = 'next' | 'leader-first' | 'not-held';
 
 /**
- * `delivered`: the stream sequence the consumer delivered; `leaderNext`: the sequence of the partition's first
- * message after the last one queued, by the stream's leader (undefined: it holds none). `skipped`: the consumer passed
- * a message the leader holds (queue the leader's, make a new consumer); `not-held`: the consumer delivered one the
- * leader does not hold there (queue nothing, make a new consumer).
+ * `leaderNext`: the partition's first message after the last one queued, as the stream's leader holds it (undefined:
+ * none). `next`: the delivery is that message. `leader-first`: the leader holds another one at or before the
+ * delivery's sequence (the consumer skipped it, or its replica's sequences drifted and it holds other bytes there):
+ * queue the leader's, make a new consumer. `not-held`: the leader holds nothing there (queue nothing, make a new one).
  */
-export function delivery(delivered: number, leaderNext: number | undefined): Delivery {
-  if (leaderNext === delivered) return 'next';
-  return leaderNext !== undefined && leaderNext < delivered ? 'skipped' : 'not-held';
+export function delivery(delivered: Held, leaderNext: Held | undefined): Delivery {
+  if (!leaderNext || leaderNext.seq > delivered.seq) return 'not-held';
+  return leaderNext.seq === delivered.seq && Buffer.compare(leaderNext.data, delivered.data) === 0 ? 'next' : 'leader-first';
 }
 
 export interface CommandReaderDeps {
@@ -328,11 +335,11 @@ export class CommandReader {
   }
 
   /**
-   * Whether the stream's leader holds `delivered` as the partition's next message (see CONSUMER_PROBATION_MS); asks
-   * again until it answers or the consumer is replaced. When the consumer skipped one, queues the leader's copy of it;
-   * either way a consumer that disagrees is replaced (readWithoutConsumer reads on from the leader meanwhile).
+   * Whether the stream's leader holds `delivered` as the partition's next message, same sequence and same bytes (see
+   * CONSUMER_PROBATION_MS); asks again until it answers or the consumer is replaced. When the leader holds another
+   * one first, queues the leader's; either way a consumer that disagrees is replaced (readWithoutConsumer reads on).
    */
-  private async confirmed(messages: ConsumerMessages, delivered: number): Promise<boolean> {
+  private async confirmed(messages: ConsumerMessages, delivered: Held): Promise<boolean> {
     const jsm = (this.readerJsm ??= await this.deps.nc.jetstreamManager({ timeout: CONSUMER_API_TIMEOUT_MS, checkAPI: false }));
     while (messages === this.messages && this.active) {
       let next: StoredMsg | undefined;
@@ -345,10 +352,14 @@ export class CommandReader {
         }
       }
       if (messages !== this.messages) return false;
-      const verdict = delivery(delivered, next?.seq);
+      const verdict = delivery(delivered, next);
       if (verdict === 'next') return true;
-      if (verdict === 'skipped') this.push({ seq: next!.seq, data: next!.data, headers: next!.header });
-      this.replace(verdict === 'skipped' ? `skipped command ${next!.seq} (it delivered ${delivered} next)` : `delivered command ${delivered}, which its stream's leader does not hold after ${this.queuedSeq}`);
+      if (verdict === 'leader-first') this.push({ seq: next!.seq, data: next!.data, headers: next!.header });
+      this.replace(
+        verdict === 'leader-first'
+          ? `delivered command ${delivered.seq} where its stream's leader holds command ${next!.seq}${next!.seq === delivered.seq ? ' with other bytes' : ''} next`
+          : `delivered command ${delivered.seq}, which its stream's leader does not hold after ${this.queuedSeq}`,
+      );
       return false;
     }
     return false;
@@ -367,7 +378,7 @@ export class CommandReader {
       for await (const m of messages) {
         // A replaced consumer may still hand over what it had; the new one starts after the last message queued.
         if (messages !== this.messages || m.seq <= this.queuedSeq) continue;
-        if (Date.now() < probationUntil && !(await this.confirmed(messages, m.seq))) continue;
+        if (Date.now() < probationUntil && !(await this.confirmed(messages, m))) continue;
         if (messages !== this.messages || m.seq <= this.queuedSeq) continue;
         this.queuedSeq = m.seq;
         this.consumerHeardAt = this.deliveredAt = Date.now();

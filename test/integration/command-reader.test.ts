@@ -66,11 +66,13 @@ function reader(nc: NatsConnection, jsm: Awaited<ReturnType<NatsConnection['jets
   return new CommandReader({ nc, jsm, config: { queueMax: 1000, batchMax: 100, retryBackoffMs: 10 }, log: quiet, stream: STREAM, subject: SUBJECT, active: () => true, wake: () => {}, consume });
 }
 
-t.test('delivery: next, skipped or not held, by what the leader holds after the last message queued', async (t) => {
-  t.equal(delivery(7, 7), 'next');
-  t.equal(delivery(9, 7), 'skipped', 'the leader holds 7 before the 9 delivered');
-  t.equal(delivery(7, 9), 'not-held', 'the leader holds 9 next, not the 7 delivered');
-  t.equal(delivery(7, undefined), 'not-held', 'the leader holds nothing after the cursor');
+t.test('delivery: the next message, the leader\'s first, or one the leader does not hold there', async (t) => {
+  const m = (seq: number, text: string) => ({ seq, data: new TextEncoder().encode(text) });
+  t.equal(delivery(m(7, 'a'), m(7, 'a')), 'next');
+  t.equal(delivery(m(9, 'c'), m(7, 'a')), 'leader-first', 'the leader holds 7 before the 9 delivered');
+  t.equal(delivery(m(7, 'b'), m(7, 'a')), 'leader-first', 'the leader holds other bytes under 7');
+  t.equal(delivery(m(7, 'a'), m(9, 'c')), 'not-held', 'the leader holds 9 next, not the 7 delivered');
+  t.equal(delivery(m(7, 'a'), undefined), 'not-held', 'the leader holds nothing after the cursor');
 });
 
 t.test('a new consumer that skips a command: the reader queues it from the leader, and every other once, in order', async (t) => {
@@ -106,4 +108,20 @@ t.test('a new consumer that delivers a command the stream does not hold: it is n
   const queued = r.take(1000);
   t.same(queued.map((m) => m.seq), all.map((m) => m.seq), 'the stream\'s commands, in order, and not the stranger');
   t.notOk(queued.some((m) => new TextDecoder().decode(m.data) === 'not in the stream for this partition'), 'the stranger\'s bytes were not queued');
+});
+
+t.test('a new consumer whose replica holds other bytes under a sequence: the leader\'s command is queued', async (t) => {
+  const { nc, jsm, all } = await setUp(t);
+  const made: number[] = [];
+  const shifted = { seq: all[6]!.seq, data: new TextEncoder().encode('another command under the leader\'s sequence') };
+  const r = reader(nc, jsm, async (from) => {
+    made.push(from);
+    const rest = all.filter((m) => m.seq >= from);
+    return fakeConsumer(made.length === 1 ? rest.map((m) => (m.seq === shifted.seq ? shifted : m)) : rest);
+  });
+  t.teardown(() => r.stop());
+  await r.open(0);
+  await waitFor(async () => r.queued >= all.length, { deadlineMs: 10_000, what: `the reader to queue all ${all.length} commands` }).catch(() => {});
+  const queued = r.take(1000);
+  t.same(queued.map((m) => new TextDecoder().decode(m.data)), all.map((m) => new TextDecoder().decode(m.data)), 'the stream\'s commands as its leader holds them, in order');
 });
