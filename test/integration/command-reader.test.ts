@@ -3,11 +3,12 @@
  * fault tests saw a consumer made on a replica that was behind skip a command the stream's leader had stored and
  * acknowledged, and deliver the ones after it. A real nats-server holds the stream; the consumers are fakes that
  * deliver what the test says (the first skips one command, or delivers one the stream does not hold), and the
- * reader must queue every command of its partition, once, in stream order, and nothing else.
+ * reader must queue every command of its partition, once, in stream order, and nothing else. The pure check:
+ * test/unit/probation.test.ts.
  */
 import { connect, type ConsumerMessages, type NatsConnection } from 'nats';
 import t, { type Test } from 'tap';
-import { CommandReader, delivery } from '../../src/datapath/command-reader.js';
+import { CommandReader } from '../../src/datapath/command-reader.js';
 import { createLog } from '../../src/log.js';
 import { startNats, waitFor } from '../helpers/servers.js';
 
@@ -65,15 +66,6 @@ async function setUp(t: Test) {
 function reader(nc: NatsConnection, jsm: Awaited<ReturnType<NatsConnection['jetstreamManager']>>, consume: (from: number) => Promise<ConsumerMessages>) {
   return new CommandReader({ nc, jsm, config: { queueMax: 1000, batchMax: 100, retryBackoffMs: 10 }, log: quiet, stream: STREAM, subject: SUBJECT, active: () => true, wake: () => {}, consume });
 }
-
-t.test('delivery: the next message, the leader\'s first, or one the leader does not hold there', async (t) => {
-  const m = (seq: number, text: string) => ({ seq, data: new TextEncoder().encode(text) });
-  t.equal(delivery(m(7, 'a'), m(7, 'a')), 'next');
-  t.equal(delivery(m(9, 'c'), m(7, 'a')), 'leader-first', 'the leader holds 7 before the 9 delivered');
-  t.equal(delivery(m(7, 'b'), m(7, 'a')), 'leader-first', 'the leader holds other bytes under 7');
-  t.equal(delivery(m(7, 'a'), m(9, 'c')), 'not-held', 'the leader holds 9 next, not the 7 delivered');
-  t.equal(delivery(m(7, 'a'), undefined), 'not-held', 'the leader holds nothing after the cursor');
-});
 
 t.test('a new consumer that skips a command: the reader queues it from the leader, and every other once, in order', async (t) => {
   const { nc, jsm, all } = await setUp(t);
