@@ -285,8 +285,6 @@ export class CommandReader {
    * back, which starts after the last message queued either way.
    */
   private async readWithoutConsumer(): Promise<void> {
-    const stream = this.deps.stream;
-    const jsm = (this.readerJsm ??= await this.deps.nc.jetstreamManager({ timeout: CONSUMER_API_TIMEOUT_MS, checkAPI: false }));
     while (this.active && this.messages === null) {
       if (this.queue.length >= this.deps.config.queueMax) {
         await delay(DIRECT_READ_IDLE_MS);
@@ -294,7 +292,7 @@ export class CommandReader {
       }
       let stored;
       try {
-        stored = await jsm.streams.getMessage(stream, { seq: this.queuedSeq + 1, next_by_subj: this.subject } as unknown as { seq: number });
+        stored = await this.leaderNext();
       } catch {
         await delay(DIRECT_READ_IDLE_MS); // nothing after the cursor yet, or no leader to ask
         continue;
@@ -311,11 +309,10 @@ export class CommandReader {
    * one first, queues the leader's; either way a consumer that disagrees is replaced (readWithoutConsumer reads on).
    */
   private async confirmed(messages: ConsumerMessages, delivered: Held): Promise<boolean> {
-    const jsm = (this.readerJsm ??= await this.deps.nc.jetstreamManager({ timeout: CONSUMER_API_TIMEOUT_MS, checkAPI: false }));
     while (messages === this.messages && this.active) {
       let next: StoredMsg | undefined;
       try {
-        next = await jsm.streams.getMessage(this.deps.stream, { seq: this.queuedSeq + 1, next_by_subj: this.subject } as unknown as { seq: number });
+        next = await this.leaderNext();
       } catch (err) {
         if (!isNotFound(err)) {
           await delay(DIRECT_READ_IDLE_MS); // no leader to ask now: the delivery waits for one
@@ -334,6 +331,12 @@ export class CommandReader {
       return false;
     }
     return false;
+  }
+
+  /** The partition's first message after the last one queued, as the stream's leader holds it (a message get by subject). */
+  private async leaderNext(): Promise<StoredMsg> {
+    const jsm = (this.readerJsm ??= await this.deps.nc.jetstreamManager({ timeout: CONSUMER_API_TIMEOUT_MS, checkAPI: false }));
+    return jsm.streams.getMessage(this.deps.stream, { seq: this.queuedSeq + 1, next_by_subj: this.subject } as unknown as { seq: number });
   }
 
   /** Queues a message read from the stream's leader. */
