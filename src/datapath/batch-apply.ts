@@ -13,10 +13,10 @@ import { BUNDLE_MAX, STREAM_MESSAGE_BYTES_MAX, fail, type Reply } from '../proto
 import type { Share } from './batch-share.js';
 import { Delivery, type Sink } from './local-delivery.js';
 import type { Inbound, Participant, StreamMessage } from './participant.js';
+import { MSG_ID_HEADER } from './resequence.js';
 import type { DeadLetterReason } from './runner-metrics.js';
 
 /** The header JetStream de-duplicates publishes by. */
-const MSG_ID_HEADER = 'Nats-Msg-Id';
 
 /**
  * A batch ends early once it changes this many keys, or has applied commands for this long, and the loop lets the
@@ -115,10 +115,16 @@ export class BatchApplier {
 
   /** One stream message: a client's command, or a bundle of them. Returns the commands applied (dead letters count). */
   private applyStream(delivery: Delivery<Share>, share: Share, m: StreamMessage): number {
-    if (m.seq <= share.fromCursor) return 0; // already applied (a consumer reset can re-deliver)
-    share.last = m.seq;
+    // A message read again under a sequence at or below the cursor (resequence.ts): applied without moving the cursor,
+    // its commands numbered from the local count like a parcel's (their stream sequences were those of others).
+    const again = m.resequenced === true;
+    if (!again) {
+      if (m.seq <= share.fromCursor) return 0; // already applied (a consumer reset can re-deliver)
+      share.last = m.seq;
+    }
     const base = m.seq * BUNDLE_MAX;
-    const quarantined = share.participant.quarantined?.(m.seq);
+    const seqOf = (e: number) => (again ? share.nextLocal() : base + e);
+    const quarantined = again ? undefined : share.participant.quarantined?.(m.seq);
     if (quarantined !== undefined) {
       share.deadLetter(base, 'quarantined', quarantined, m.data.subarray(0, DEAD_LETTER_RAW_BYTES_MAX));
       return 1;
@@ -137,20 +143,20 @@ export class BatchApplier {
     try {
       message = decode(m.data, STREAM_MESSAGE_BYTES_MAX);
     } catch (err) {
-      share.deadLetter(base, 'undecodable', (err as Error).message, m.data);
+      share.deadLetter(again ? share.nextLocal() : base, 'undecodable', (err as Error).message, m.data);
       return 1;
     }
     const envelopes = Array.isArray(message) ? message : [message];
     if (envelopes.length === 0) {
-      share.deadLetter(base, 'invalid', 'an empty bundle: not one command', m.data);
+      share.deadLetter(again ? share.nextLocal() : base, 'invalid', 'an empty bundle: not one command', m.data);
       return 1;
     }
     if (envelopes.length > BUNDLE_MAX) {
-      share.deadLetter(base, 'oversized', `a bundle of ${envelopes.length} commands is over BUNDLE_MAX (${BUNDLE_MAX})`, m.data);
+      share.deadLetter(again ? share.nextLocal() : base, 'oversized', `a bundle of ${envelopes.length} commands is over BUNDLE_MAX (${BUNDLE_MAX})`, m.data);
       return 1;
     }
     for (let e = 0; e < envelopes.length; e++) {
-      const seq = base + e;
+      const seq = seqOf(e);
       const deadBefore = share.dead.length;
       try {
         this.applyEnvelope(delivery, share, envelopes[e], seq, envelopes.length > 1);

@@ -5,7 +5,16 @@ import type { Log } from '../log.js';
 import { nextLeader, type StreamLeaders } from '../transport/stream-leaders.js';
 import type { StreamMessage } from './participant.js';
 import { CONSUMER_PROBATION_MS, delivery, isNotFound, type Held } from './probation.js';
+import { divergedAfter, RecentReads, unread } from './resequence.js';
 
+/**
+ * How long a reader that found its stream's leader lacking messages it read looks again at those sequences for
+ * commands the leader stores there (resequence.ts): until the leader holds one of its commands past its cursor, and at most
+ * a request deadline, after which their gateways have answered 503 anyway.
+ */
+const RESEQUENCED_WATCH_MAX_MS = 30_000;
+/** How often it looks again meanwhile. */
+const RESEQUENCED_WATCH_INTERVAL_MS = 500;
 /** Longest a starting partition spends deleting the stream consumers earlier owners left (dropOldConsumers). */
 const CONSUMER_CLEANUP_MAX_MS = 1000;
 /**
@@ -65,6 +74,8 @@ export interface CommandReaderDeps {
   active: () => boolean;
   /** Something was queued: the batch loop may take it. */
   wake: () => void;
+  /** The stream sequence up to which the partition trimmed its commands (trimming.ts): no leader holds those. */
+  trimmed?: () => number;
   /** Makes the partition's consumer from stream sequence `from` (tests give one of their own). */
   consume?: (from: number) => Promise<ConsumerMessages>;
 }
@@ -87,6 +98,10 @@ export class CommandReader {
   private readerJsm: JetStreamManager | undefined;
   /** The JetStream client its consumers are made with (CONSUMER_API_TIMEOUT_MS). */
   private consumerJs: JetStreamClient | undefined;
+  /** The last messages queued (resequence.ts). */
+  private readonly recent = new RecentReads();
+  /** A look for commands under sequences already read runs (reread). */
+  private rereading = false;
   /** Replaces the consumer now (set while one runs; see watchConsumer). */
   private replaceConsumer: ((why: string) => void) | null = null;
 
@@ -132,6 +147,7 @@ export class CommandReader {
   /** Reads from the message after `cursor`: drops the consumers earlier owners left, and makes its own. */
   async open(cursor: number): Promise<void> {
     this.queuedSeq = cursor;
+    this.recent.clear();
     await this.dropOldConsumers();
     await this.openConsumer();
   }
@@ -231,6 +247,7 @@ export class CommandReader {
       messages.stop();
       this.messages = null;
       void this.readWithoutConsumer();
+      void this.reread();
       void (async () => {
         while (this.active && this.messages === null) {
           const leader = nextLeader(this.deps.leaders, this.deps.stream);
@@ -335,12 +352,67 @@ export class CommandReader {
 
   /** The partition's first message after the last one queued, as the stream's leader holds it (a message get by subject). */
   private async leaderNext(): Promise<StoredMsg> {
-    const jsm = (this.readerJsm ??= await this.deps.nc.jetstreamManager({ timeout: CONSUMER_API_TIMEOUT_MS, checkAPI: false }));
+    const jsm = await this.jsm();
     return jsm.streams.getMessage(this.deps.stream, { seq: this.queuedSeq + 1, next_by_subj: this.subject } as unknown as { seq: number });
+  }
+
+  /**
+   * Queues the commands the stream's leader holds under sequences this reader has read past (resequence.ts): asks
+   * whether the leader holds the last messages read; if not, reads on from the newest it holds alike up to the
+   * cursor, and again each RESEQUENCED_WATCH_INTERVAL_MS until it holds one of the partition's commands past the
+   * cursor (it may store them a moment after its election), at most RESEQUENCED_WATCH_MAX_MS.
+   */
+  private async reread(): Promise<void> {
+    if (this.rereading || !this.active) return;
+    this.rereading = true;
+    const upTo = this.queuedSeq;
+    const until = Date.now() + RESEQUENCED_WATCH_MAX_MS;
+    const get = async (seq: number, next: boolean): Promise<StoredMsg | undefined> => {
+      const jsm = await this.jsm();
+      const query = next ? { seq, next_by_subj: this.subject } : { seq };
+      return jsm.streams.getMessage(this.deps.stream, query as { seq: number }).catch((err: unknown) => {
+        if (isNotFound(err)) return undefined;
+        throw err;
+      });
+    };
+    try {
+      let from = -1;
+      while (this.active && Date.now() < until) {
+        try {
+          if (from < 0) {
+            const diverged = await divergedAfter(get, this.subject, this.recent.list, this.deps.trimmed?.() ?? 0);
+            if (diverged === undefined) return; // the leader holds what was read
+            from = diverged;
+          }
+          const { found, last, past } = await unread(get, from, upTo, this.recent.ids);
+          from = last;
+          if (found.length > 0) {
+            this.deps.log.warn(`the stream's leader holds commands under sequences this partition read past (it lacks ones read from the leader before it); applying them`, { seqs: found.map((m) => m.seq), cursor: upTo });
+            for (const m of found) {
+              this.recent.add(m.seq, m.header);
+              this.queue.push({ seq: m.seq, data: m.data, headers: m.header, resequenced: true });
+            }
+            this.deps.wake();
+          }
+          if (past) return;
+        } catch {
+          // no leader to ask now: again below
+        }
+        await delay(RESEQUENCED_WATCH_INTERVAL_MS);
+      }
+    } finally {
+      this.rereading = false;
+    }
+  }
+
+  /** The JetStream API of the direct reads (CONSUMER_API_TIMEOUT_MS). */
+  private async jsm(): Promise<JetStreamManager> {
+    return (this.readerJsm ??= await this.deps.nc.jetstreamManager({ timeout: CONSUMER_API_TIMEOUT_MS, checkAPI: false }));
   }
 
   /** Queues a message read from the stream's leader. */
   private push(m: StreamMessage): void {
+    this.recent.add(m.seq, m.headers);
     this.queuedSeq = m.seq;
     this.deliveredAt = Date.now();
     this.queue.push(m);
@@ -354,6 +426,7 @@ export class CommandReader {
         if (messages !== this.messages || m.seq <= this.queuedSeq) continue;
         if (Date.now() < probationUntil && !(await this.confirmed(messages, m))) continue;
         if (messages !== this.messages || m.seq <= this.queuedSeq) continue;
+        this.recent.add(m.seq, m.headers);
         this.queuedSeq = m.seq;
         this.consumerHeardAt = this.deliveredAt = Date.now();
         this.queue.push({ seq: m.seq, data: m.data, headers: m.headers, pending: m.info.pending });

@@ -30,6 +30,8 @@ export interface StreamMessage {
   data: Uint8Array;
   headers?: MsgHdrs | undefined;
   pending?: number | undefined;
+  /** Read again under a sequence at or below the cursor, where a new stream leader stored it (resequence.ts). */
+  resequenced?: true;
 }
 
 /** What a batch took from a partition's queues. */

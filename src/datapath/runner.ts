@@ -87,7 +87,7 @@ export class PartitionRunner implements Participant {
     const { nc, jsm, config, leaders } = deps;
     const active = () => this.active;
     const stream = this.names.stream(this.kind);
-    this.reader = new CommandReader({ nc, jsm, config, log: this.log, leaders, stream, subject: this.names.cmd(this.kind, this.partition), active, wake: () => deps.loop.wake() });
+    this.reader = new CommandReader({ nc, jsm, config, log: this.log, leaders, stream, subject: this.names.cmd(this.kind, this.partition), active, wake: () => deps.loop.wake(), trimmed: () => this.trimming.trimmedTo });
     this.applied = new Applied(config.duplicateWindowMs);
     this.poison = new PoisonWatch(deps.store, this.log);
     this.marks = new PartitionMarks({ nc, jsm, store: deps.store, stream, subject: this.names.mark(this.kind, this.partition), epoch: () => this._epoch });

@@ -50,7 +50,12 @@ export interface TrimmingDeps {
  */
 export class Trimming {
   private timer: NodeJS.Timeout | null = null;
-  private trimmedTo = 0;
+  private _trimmedTo = 0;
+
+  /** The stream sequence up to which the partition's commands are trimmed (purged). */
+  get trimmedTo(): number {
+    return this._trimmedTo;
+  }
   /** Stream messages applied since the last trim, and the trim ticks skipped since. */
   private untrimmed = 0;
   private skips = 0;
@@ -65,7 +70,7 @@ export class Trimming {
 
   /** Taken at `cursor` (loaded from Redis): nothing trimmed by this owner yet. */
   reset(cursor: number): void {
-    this.trimmedTo = 0;
+    this._trimmedTo = 0;
     this.untrimmed = 0;
     this.skips = 0;
     this.durable = 0;
@@ -98,7 +103,7 @@ export class Trimming {
     if (!this.deps.active()) return;
     ({ durable: this.durable, younger: this.commits } = durableCursor(this.commits, Date.now() - durableAfterMs(config.redisAppendfsync), this.durable));
     const upTo = this.durable;
-    if (upTo <= this.trimmedTo) return;
+    if (upTo <= this._trimmedTo) return;
     if (this.untrimmed < TRIM_MIN_MESSAGES && ++this.skips < TRIM_IDLE_INTERVALS) return;
     this.untrimmed = 0;
     this.skips = 0;
@@ -107,7 +112,7 @@ export class Trimming {
       // partition's commands and older marks up to upTo (`<kind>.*.<n>`), never the new mark, stored after them.
       await this.deps.mark(upTo);
       await jsm.streams.purge(names.stream(kind), { filter: names.partitionSubjects(kind, partition), seq: upTo + 1 });
-      this.trimmedTo = upTo;
+      this._trimmedTo = upTo;
     } catch (err) {
       log.warn('trim failed', { err });
     }

@@ -117,3 +117,41 @@ t.test('a new consumer whose replica holds other bytes under a sequence: the lea
   const queued = r.take(1000);
   t.same(queued.map((m) => new TextDecoder().decode(m.data)), all.map((m) => new TextDecoder().decode(m.data)), 'the stream\'s commands as its leader holds them, in order');
 });
+
+t.test('a new stream leader that lacks the last commands read stores others under their sequences: the reader queues those, once', async (t) => {
+  const nats = await startNats(t);
+  const nc = await connect({ servers: nats.url });
+  t.teardown(() => nc.close());
+  const jsm = await nc.jetstreamManager();
+  const js = nc.jetstream();
+  const text = new TextEncoder();
+  // The old leader's history: ten commands of the partition (ids old-0..9) among another partition's.
+  const history = async (mine: string[], more = 0) => {
+    await jsm.streams.delete(STREAM).catch(() => false);
+    await jsm.streams.add({ name: STREAM, subjects: ['reader.cmd.*'] });
+    for (const id of mine) {
+      await js.publish(SUBJECT, text.encode(id), { msgID: id });
+      await js.publish('reader.cmd.1', text.encode(`other ${id}`), { msgID: `other-${id}` });
+    }
+    for (let i = 0; i < more; i++) await js.publish('reader.cmd.1', text.encode(`later ${i}`));
+  };
+  const old = Array.from({ length: 10 }, (_, i) => `old-${i}`);
+  await history(old);
+  const r = new CommandReader({ nc, jsm, config: { queueMax: 1000, batchMax: 100, retryBackoffMs: 10 }, log: quiet, stream: STREAM, subject: SUBJECT, active: () => true, wake: () => {} });
+  t.teardown(() => r.stop());
+  await r.open(0);
+  await waitFor(async () => r.queued >= old.length, { deadlineMs: 10_000, what: 'the reader to queue the old leader\'s commands' });
+  const read = r.take(1000);
+  const cursor = read.at(-1)!.seq;
+  // The new leader holds the first six alike, lacks old-6..9, and stores four new commands under their sequences.
+  const fresh = ['new-0', 'new-1', 'new-2', 'new-3'];
+  await history([...old.slice(0, 6), ...fresh], 4);
+  r.replace('has a new stream leader (test)');
+  await waitFor(async () => r.queued >= fresh.length, { deadlineMs: 10_000, what: 'the reader to queue the new leader\'s commands under sequences it read past' }).catch(() => {});
+  const again = r.take(1000);
+  t.same(again.map((m) => new TextDecoder().decode(m.data)), fresh, 'the four new commands, in order, and none read before');
+  t.ok(again.every((m) => m.seq <= cursor && m.resequenced === true), 'each under a sequence at or below the cursor, marked as read again');
+  await js.publish(SUBJECT, text.encode('next'), { msgID: 'next' });
+  await waitFor(async () => r.queued >= 1, { deadlineMs: 10_000, what: 'the reader to read on after the cursor' });
+  t.same(r.take(1000).map((m) => [new TextDecoder().decode(m.data), m.resequenced]), [['next', undefined]], 'and reads on from the cursor as before');
+});

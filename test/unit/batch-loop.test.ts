@@ -258,6 +258,30 @@ t.test('a second copy of a stream message (the same Nats-Msg-Id, stored twice) i
   t.equal(a.cursor, 5);
 });
 
+t.test('a command read again under a sequence at or below the cursor (a new stream leader stored it there) is applied once, the cursor stays', async (t) => {
+  const { loop, calls, a } = rigWithX();
+  a.push(1, add('x', 3), 'g.1');
+  a.push(2, add('x', 5), 'g.2');
+  loop.add(a);
+  await waitFor(() => calls.length === 1, { deadlineMs: 5000, what: 'the first commit' });
+  calls[0]!.settle(['committed']);
+  await waitFor(() => a.commits.length === 1, { deadlineMs: 5000, what: 'the first batch to be committed' });
+  // The new leader holds another command under sequence 2, and a copy of g.1 under sequence 1.
+  a.push(2, add('x', 7), 'n.1');
+  a.push(1, add('x', 3), 'g.1');
+  for (const m of a.queue) m.resequenced = true;
+  a.push(3, add('x', 1), 'g.3');
+  loop.wake();
+  await waitFor(() => calls.length === 2, { deadlineMs: 5000, what: 'the second commit' });
+  t.same(calls[1]!.parts, [{ name: 'stock.0', cursor: 3 }], 'the cursor moves with the new message only');
+  calls[1]!.settle(['committed']);
+  await waitFor(() => a.commits.length === 2, { deadlineMs: 5000, what: 'the second batch to be committed' });
+  t.equal(a.stock('x'), 3 + 5 + 7 + 1, 'the command read again applied once; the copy of g.1 passed');
+  t.equal(a.local, 1, 'numbered from the local count, not under the sequence another command had');
+  t.same(a.commits[1]!.messageIds, ['n.1', 'g.3'], 'its message id is remembered like any other');
+  t.same(a.answered().filter((to) => to.endsWith('x.2')).length, 2, 'and it is answered');
+});
+
 t.test('a second copy applied while the batch holding the first is still committing is passed too (the pipelined batch looks below)', async (t) => {
   const { loop, calls, a } = rigWithX();
   a.push(1, add('x', 3), 'g.1');
