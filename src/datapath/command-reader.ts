@@ -15,6 +15,8 @@ import { divergedAfter, RecentReads, unread } from './resequence.js';
 const RESEQUENCED_WATCH_MAX_MS = 30_000;
 /** How often it looks again meanwhile. */
 const RESEQUENCED_WATCH_INTERVAL_MS = 500;
+/** Most such looks of one reader at once (one per replacement of its consumer). */
+const REREADS_MAX = 4;
 /** Longest a starting partition spends deleting the stream consumers earlier owners left (dropOldConsumers). */
 const CONSUMER_CLEANUP_MAX_MS = 1000;
 /**
@@ -100,8 +102,8 @@ export class CommandReader {
   private consumerJs: JetStreamClient | undefined;
   /** The last messages queued (resequence.ts). */
   private readonly recent = new RecentReads();
-  /** A look for commands under sequences already read runs (reread). */
-  private rereading = false;
+  /** Looks for commands under sequences already read that run (reread). */
+  private rereading = 0;
   /** Replaces the consumer now (set while one runs; see watchConsumer). */
   private replaceConsumer: ((why: string) => void) | null = null;
 
@@ -360,12 +362,16 @@ export class CommandReader {
    * Queues the commands the stream's leader holds under sequences this reader has read past (resequence.ts): asks
    * whether the leader holds the last messages read; if not, reads on from the newest it holds alike up to the
    * cursor, and again each RESEQUENCED_WATCH_INTERVAL_MS until it holds one of the partition's commands past the
-   * cursor (it may store them a moment after its election), at most RESEQUENCED_WATCH_MAX_MS.
+   * cursor (it may store them a moment after its election), at most RESEQUENCED_WATCH_MAX_MS. Compares the reads up
+   * to the cursor of when it was called: it may get an answer only once the stream has a leader again, and by then
+   * the reader may have read on from that leader (which holds those alike). Each replacement looks for itself, at
+   * most REREADS_MAX at once.
    */
   private async reread(): Promise<void> {
-    if (this.rereading || !this.active) return;
-    this.rereading = true;
+    if (this.rereading >= REREADS_MAX || !this.active) return;
+    this.rereading++;
     const upTo = this.queuedSeq;
+    const read = [...this.recent.list];
     const until = Date.now() + RESEQUENCED_WATCH_MAX_MS;
     const get = async (seq: number, next: boolean): Promise<StoredMsg | undefined> => {
       const jsm = await this.jsm();
@@ -380,7 +386,7 @@ export class CommandReader {
       while (this.active && Date.now() < until) {
         try {
           if (from < 0) {
-            const diverged = await divergedAfter(get, this.subject, this.recent.list, this.deps.trimmed?.() ?? 0);
+            const diverged = await divergedAfter(get, this.subject, read, this.deps.trimmed?.() ?? 0);
             if (diverged === undefined) return; // the leader holds what was read
             from = diverged;
           }
@@ -401,7 +407,7 @@ export class CommandReader {
         await delay(RESEQUENCED_WATCH_INTERVAL_MS);
       }
     } finally {
-      this.rereading = false;
+      this.rereading--;
     }
   }
 
