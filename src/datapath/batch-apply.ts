@@ -16,8 +16,6 @@ import type { Inbound, Participant, StreamMessage } from './participant.js';
 import { MSG_ID_HEADER } from './resequence.js';
 import type { DeadLetterReason } from './runner-metrics.js';
 
-/** The header JetStream de-duplicates publishes by. */
-
 /**
  * A batch ends early once it changes this many keys, or has applied commands for this long, and the loop lets the
  * event loop turn before the next one: a long stretch of synchronous work would delay the worker's heartbeats (and
@@ -124,6 +122,7 @@ export class BatchApplier {
     }
     const base = m.seq * BUNDLE_MAX;
     const seqOf = (e: number) => (again ? share.nextLocal() : base + e);
+    const wholeSeq = () => seqOf(0); // a dead letter of the whole message
     const quarantined = again ? undefined : share.participant.quarantined?.(m.seq);
     if (quarantined !== undefined) {
       share.deadLetter(base, 'quarantined', quarantined, m.data.subarray(0, DEAD_LETTER_RAW_BYTES_MAX));
@@ -143,16 +142,16 @@ export class BatchApplier {
     try {
       message = decode(m.data, STREAM_MESSAGE_BYTES_MAX);
     } catch (err) {
-      share.deadLetter(again ? share.nextLocal() : base, 'undecodable', (err as Error).message, m.data);
+      share.deadLetter(wholeSeq(), 'undecodable', (err as Error).message, m.data);
       return 1;
     }
     const envelopes = Array.isArray(message) ? message : [message];
     if (envelopes.length === 0) {
-      share.deadLetter(again ? share.nextLocal() : base, 'invalid', 'an empty bundle: not one command', m.data);
+      share.deadLetter(wholeSeq(), 'invalid', 'an empty bundle: not one command', m.data);
       return 1;
     }
     if (envelopes.length > BUNDLE_MAX) {
-      share.deadLetter(again ? share.nextLocal() : base, 'oversized', `a bundle of ${envelopes.length} commands is over BUNDLE_MAX (${BUNDLE_MAX})`, m.data);
+      share.deadLetter(wholeSeq(), 'oversized', `a bundle of ${envelopes.length} commands is over BUNDLE_MAX (${BUNDLE_MAX})`, m.data);
       return 1;
     }
     for (let e = 0; e < envelopes.length; e++) {

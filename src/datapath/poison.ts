@@ -61,7 +61,7 @@ export class PoisonWatch {
 
   /** The message first in line (`first`) is the one to take alone. */
   suspect(first: StreamMessage | undefined): boolean {
-    if (this.suspectSeq === 0) return false;
+    if (this.suspectSeq === 0 || first?.resequenced) return false; // one read again is not the message after the cursor
     if (first && first.seq > this.suspectSeq) this.suspectSeq = 0; // not in the stream any more (trimmed): nothing to take alone
     return first?.seq === this.suspectSeq;
   }
