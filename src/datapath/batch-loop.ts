@@ -33,6 +33,8 @@ const SETTLE_DEADLINE_MS = 10_000;
 
 export interface BatchLoopDeps extends CommitDeps {
   log: Log;
+  /** How long one batch may apply commands before the loop lets the event loop turn (BATCH_SLICE_MS). */
+  sliceMs?: number;
 }
 
 export class BatchLoop {
@@ -47,7 +49,7 @@ export class BatchLoop {
 
   constructor(private readonly deps: BatchLoopDeps) {
     const { replies, deadLetterStream } = names(deps.config.streamPrefix);
-    this.applier = new BatchApplier(deps.config, replies);
+    this.applier = new BatchApplier(deps.config, replies, deps.sliceMs);
     this.committer = new BatchCommitter(deps, deadLetterStream);
   }
 

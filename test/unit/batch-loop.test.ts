@@ -122,11 +122,13 @@ class FakeParticipant implements Participant {
 
 const names = `${config.streamPrefix ? config.streamPrefix + '.' : ''}_reply.`;
 
+/** `sliceMs`: long, so that a loaded machine does not cut the batch a test counts on (BATCH_SLICE_MS). */
 function rig() {
   const calls: Call[] = [];
   const loop = new BatchLoop({
     config,
     log,
+    sliceMs: 60_000,
     ack: () => {},
     commit: (batches) =>
       new Promise<CommitResult[]>((resolve, reject) => {
