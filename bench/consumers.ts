@@ -1,10 +1,10 @@
 /**
  * What nats-server spends per command with one consumer per partition, against one consumer for them all: the cost
  * under the shop's 64 partitions per kind (issue 20). A nats-server of its own (free port, temporary dir, the test
- * helpers); a fresh stream per run, like a kind's (`bench<n>.cmd.*`); 256 publishers in a closed loop storing `--messages` messages of
- * 60 bytes spread over `--partitions` subjects, as gateways do, while ordered pull consumers read them with the
- * shop's settings (command-reader.ts): one per subject, or one on the wildcard. Reported: the server's CPU (from
- * /proc) per message stored and delivered, each layout in turn, `--rounds` times.
+ * helpers); a fresh stream per run, like a kind's (`bench<n>.cmd.*`); 256 publishers in a closed loop storing
+ * `--messages` messages of 60 bytes spread over `--partitions` subjects, as gateways do, while ordered pull consumers
+ * read them with the shop's settings (command-reader.ts): one per subject, or one on the wildcard. Reported: the
+ * server's CPU (from /proc) in µs per message stored and delivered, each layout in turn, `--rounds` times.
  *
  *   npm run build && node dist/bench/consumers.js [--partitions 2,64] [--messages 60000] [--rounds 2]
  */
@@ -28,8 +28,8 @@ if (!counts.every((n) => Number.isInteger(n) && n > 0) || !(messages > 0) || !(r
 const ticksPerMs = clockTicksPerS() / 1000;
 const cpuMs = (pid: number) => parseStat(readFileSync(`/proc/${pid}/stat`, 'utf8'))!.ownTicks / ticksPerMs;
 
-/** One run: a fresh stream, the consumers, the messages; the server's CPU ms per message. */
 let runs = 0;
+/** One run: a fresh stream, the consumers, the messages; the server's CPU µs per message, and the run's seconds. */
 async function run(nc: NatsConnection, pid: number, partitions: number, wildcard: boolean): Promise<{ usPerMessage: number; seconds: number }> {
   const jsm = await nc.jetstreamManager();
   const stream = `BENCH${++runs}`;
