@@ -5,18 +5,8 @@ import type { Log } from '../log.js';
 import { nextLeader, type StreamLeaders } from '../transport/stream-leaders.js';
 import type { StreamMessage } from './participant.js';
 import { CONSUMER_PROBATION_MS, delivery, isNotFound, type Held } from './probation.js';
-import { divergedAfter, RecentReads, unread } from './resequence.js';
+import { Rereads } from './resequence.js';
 
-/**
- * How long a reader that found its stream's leader lacking messages it read looks again at those sequences for
- * commands the leader stores there (resequence.ts): until the leader holds one of its commands past its cursor, and at most
- * a request deadline, after which their gateways have answered 503 anyway.
- */
-const RESEQUENCED_WATCH_MAX_MS = 30_000;
-/** How often it looks again meanwhile. */
-const RESEQUENCED_WATCH_INTERVAL_MS = 500;
-/** Most such looks of one reader at once (one per replacement of its consumer). */
-const REREADS_MAX = 4;
 /** Longest a starting partition spends deleting the stream consumers earlier owners left (dropOldConsumers). */
 const CONSUMER_CLEANUP_MAX_MS = 1000;
 /**
@@ -100,14 +90,24 @@ export class CommandReader {
   private readerJsm: JetStreamManager | undefined;
   /** The JetStream client its consumers are made with (CONSUMER_API_TIMEOUT_MS). */
   private consumerJs: JetStreamClient | undefined;
-  /** The last messages queued (resequence.ts). */
-  private readonly recent = new RecentReads();
-  /** Looks for commands under sequences already read that run (reread). */
-  private rereading = 0;
+  /** The last messages queued, and the looks for commands under sequences already read (resequence.ts). */
+  private readonly rereads: Rereads;
   /** Replaces the consumer now (set while one runs; see watchConsumer). */
   private replaceConsumer: ((why: string) => void) | null = null;
 
-  constructor(private readonly deps: CommandReaderDeps) {}
+  constructor(private readonly deps: CommandReaderDeps) {
+    this.rereads = new Rereads({
+      get: (seq, next) => this.leaderGet(seq, next),
+      subject: deps.subject,
+      active: () => this.active,
+      trimmed: deps.trimmed,
+      queue: (found, cursor) => {
+        this.deps.log.warn(`the stream's leader holds commands under sequences this partition read past (it lacks ones read from the leader before it); applying them`, { seqs: found.map((m) => m.seq), cursor });
+        for (const m of found) this.queue.push({ seq: m.seq, data: m.data, headers: m.header, resequenced: true });
+        this.deps.wake();
+      },
+    });
+  }
 
   private get active(): boolean {
     return this.deps.active();
@@ -149,7 +149,7 @@ export class CommandReader {
   /** Reads from the message after `cursor`: drops the consumers earlier owners left, and makes its own. */
   async open(cursor: number): Promise<void> {
     this.queuedSeq = cursor;
-    this.recent.clear();
+    this.rereads.clear();
     await this.dropOldConsumers();
     await this.openConsumer();
   }
@@ -249,7 +249,7 @@ export class CommandReader {
       messages.stop();
       this.messages = null;
       void this.readWithoutConsumer();
-      void this.reread();
+      this.rereads.look(this.queuedSeq);
       void (async () => {
         while (this.active && this.messages === null) {
           const leader = nextLeader(this.deps.leaders, this.deps.stream);
@@ -309,10 +309,8 @@ export class CommandReader {
         await delay(DIRECT_READ_IDLE_MS);
         continue;
       }
-      let stored;
-      try {
-        stored = await this.leaderNext();
-      } catch {
+      const stored = await this.leaderGet(this.queuedSeq + 1, true).catch(() => undefined);
+      if (!stored) {
         await delay(DIRECT_READ_IDLE_MS); // nothing after the cursor yet, or no leader to ask
         continue;
       }
@@ -331,12 +329,10 @@ export class CommandReader {
     while (messages === this.messages && this.active) {
       let next: StoredMsg | undefined;
       try {
-        next = await this.leaderNext();
-      } catch (err) {
-        if (!isNotFound(err)) {
-          await delay(DIRECT_READ_IDLE_MS); // no leader to ask now: the delivery waits for one
-          continue;
-        }
+        next = await this.leaderGet(this.queuedSeq + 1, true);
+      } catch {
+        await delay(DIRECT_READ_IDLE_MS); // no leader to ask now: the delivery waits for one
+        continue;
       }
       if (messages !== this.messages) return false;
       const verdict = delivery(delivered, next);
@@ -352,63 +348,16 @@ export class CommandReader {
     return false;
   }
 
-  /** The partition's first message after the last one queued, as the stream's leader holds it (a message get by subject). */
-  private async leaderNext(): Promise<StoredMsg> {
-    const jsm = await this.jsm();
-    return jsm.streams.getMessage(this.deps.stream, { seq: this.queuedSeq + 1, next_by_subj: this.subject } as unknown as { seq: number });
-  }
-
   /**
-   * Queues the commands the stream's leader holds under sequences this reader has read past (resequence.ts): asks
-   * whether the leader holds the last messages read; if not, reads on from the newest it holds alike up to the
-   * cursor, and again each RESEQUENCED_WATCH_INTERVAL_MS until it holds one of the partition's commands past the
-   * cursor (it may store them a moment after its election), at most RESEQUENCED_WATCH_MAX_MS. Compares the reads up
-   * to the cursor of when it was called: it may get an answer only once the stream has a leader again, and by then
-   * the reader may have read on from that leader (which holds those alike). Each replacement looks for itself, at
-   * most REREADS_MAX at once.
+   * The stream leader's message at `seq`, or the partition's first at or after it (`next`, a message get by subject);
+   * undefined when it holds none. Throws when no leader answers.
    */
-  private async reread(): Promise<void> {
-    if (this.rereading >= REREADS_MAX || !this.active) return;
-    this.rereading++;
-    const upTo = this.queuedSeq;
-    const read = [...this.recent.list];
-    const until = Date.now() + RESEQUENCED_WATCH_MAX_MS;
-    const get = async (seq: number, next: boolean): Promise<StoredMsg | undefined> => {
-      const jsm = await this.jsm();
-      const query = next ? { seq, next_by_subj: this.subject } : { seq };
-      return jsm.streams.getMessage(this.deps.stream, query as { seq: number }).catch((err: unknown) => {
-        if (isNotFound(err)) return undefined;
-        throw err;
-      });
-    };
-    try {
-      let from = -1;
-      while (this.active && Date.now() < until) {
-        try {
-          if (from < 0) {
-            const diverged = await divergedAfter(get, this.subject, read, this.deps.trimmed?.() ?? 0);
-            if (diverged === undefined) return; // the leader holds what was read
-            from = diverged;
-          }
-          const { found, last, past } = await unread(get, from, upTo, this.recent.ids);
-          from = last;
-          if (found.length > 0) {
-            this.deps.log.warn(`the stream's leader holds commands under sequences this partition read past (it lacks ones read from the leader before it); applying them`, { seqs: found.map((m) => m.seq), cursor: upTo });
-            for (const m of found) {
-              this.recent.add(m.seq, m.header);
-              this.queue.push({ seq: m.seq, data: m.data, headers: m.header, resequenced: true });
-            }
-            this.deps.wake();
-          }
-          if (past) return;
-        } catch {
-          // no leader to ask now: again below
-        }
-        await delay(RESEQUENCED_WATCH_INTERVAL_MS);
-      }
-    } finally {
-      this.rereading--;
-    }
+  private async leaderGet(seq: number, next: boolean): Promise<StoredMsg | undefined> {
+    const query = next ? { seq, next_by_subj: this.subject } : { seq };
+    return (await this.jsm()).streams.getMessage(this.deps.stream, query as { seq: number }).catch((err: unknown) => {
+      if (isNotFound(err)) return undefined;
+      throw err;
+    });
   }
 
   /** The JetStream API of the direct reads (CONSUMER_API_TIMEOUT_MS). */
@@ -418,7 +367,7 @@ export class CommandReader {
 
   /** Queues a message read from the stream's leader. */
   private push(m: StreamMessage): void {
-    this.recent.add(m.seq, m.headers);
+    this.rereads.read(m.seq, m.headers);
     this.queuedSeq = m.seq;
     this.deliveredAt = Date.now();
     this.queue.push(m);
@@ -432,7 +381,7 @@ export class CommandReader {
         if (messages !== this.messages || m.seq <= this.queuedSeq) continue;
         if (Date.now() < probationUntil && !(await this.confirmed(messages, m))) continue;
         if (messages !== this.messages || m.seq <= this.queuedSeq) continue;
-        this.recent.add(m.seq, m.headers);
+        this.rereads.read(m.seq, m.headers);
         this.queuedSeq = m.seq;
         this.consumerHeardAt = this.deliveredAt = Date.now();
         this.queue.push({ seq: m.seq, data: m.data, headers: m.headers, pending: m.info.pending });

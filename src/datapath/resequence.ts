@@ -16,10 +16,21 @@
  * When the leader holds the newest message read, which is every time but after such an election, this costs one get.
  */
 import type { MsgHdrs, StoredMsg } from 'nats';
+import { setTimeout as delay } from 'node:timers/promises';
 
 export const MSG_ID_HEADER = 'Nats-Msg-Id';
 /** How many of the last messages read a reader remembers: more than a stream leader is seen to lose (28). */
 export const RECENT_READS_MAX = 128;
+/**
+ * How long a reader that found its stream's leader lacking messages it read looks again at those sequences for
+ * commands the leader stores there: until the leader holds one of its commands past its cursor, and at most a request
+ * deadline, after which their gateways have answered 503 anyway.
+ */
+const RESEQUENCED_WATCH_MAX_MS = 30_000;
+/** How often it looks again meanwhile. */
+const RESEQUENCED_WATCH_INTERVAL_MS = 500;
+/** Most looks of one reader at once (one per replacement of its consumer). */
+const REREADS_MAX = 4;
 
 /** Sequence and message id of the last messages a reader queued, oldest first. */
 export class RecentReads {
@@ -86,4 +97,80 @@ export async function unread(get: LeaderGet, from: number, upTo: number, read: R
     if (id && !read.has(id)) found.push(next);
   }
   return { found, last, past: true };
+}
+
+export interface RereadDeps {
+  get: LeaderGet;
+  subject: string;
+  /** The reader reads its stream: when not, the look ends. */
+  active: () => boolean;
+  /** Message ids of the messages the reader has read (never queued again). */
+  readIds: () => ReadonlySet<string>;
+  /** Queues what was found under sequences at or below `cursor`. */
+  queue: (found: StoredMsg[], cursor: number) => void;
+}
+
+/**
+ * A reader's part of this: remembers its last reads (`read`), and looks after each replacement of its consumer
+ * (`look`), at most REREADS_MAX at once.
+ */
+export class Rereads {
+  private readonly recent = new RecentReads();
+  private looking = 0;
+
+  constructor(private readonly deps: Omit<RereadDeps, 'readIds'> & { trimmed?: (() => number) | undefined }) {}
+
+  /** A message queued. */
+  read(seq: number, headers: MsgHdrs | undefined): void {
+    this.recent.add(seq, headers);
+  }
+
+  /** The reader starts again from a cursor: what it read before is not compared. */
+  clear(): void {
+    this.recent.clear();
+  }
+
+  /** Its consumer was replaced with the reader at `cursor`: one look (reread), comparing the reads of now. */
+  look(cursor: number): void {
+    if (this.looking >= REREADS_MAX || !this.deps.active()) return;
+    this.looking++;
+    const deps: RereadDeps = {
+      ...this.deps,
+      readIds: () => this.recent.ids,
+      queue: (found, at) => {
+        for (const m of found) this.recent.add(m.seq, m.header);
+        this.deps.queue(found, at);
+      },
+    };
+    void reread(deps, [...this.recent.list], cursor, this.deps.trimmed?.() ?? 0).finally(() => this.looking--);
+  }
+}
+
+/**
+ * One look, after a consumer was replaced: asks whether the leader holds `read` (the last messages read, up to
+ * `cursor`, those at or below `floor` trimmed) alike; if not, queues what it holds from the newest alike up to the
+ * cursor that was not read, and looks again each RESEQUENCED_WATCH_INTERVAL_MS until it holds one of the partition's
+ * commands past the cursor (a new leader may store them a moment after its election), at most
+ * RESEQUENCED_WATCH_MAX_MS. It compares the reads of when it began: it may get an answer only once the stream has a
+ * leader again, and by then the reader may have read on from that leader, which holds those alike.
+ */
+export async function reread(deps: RereadDeps, read: readonly { seq: number; id: string }[], cursor: number, floor: number): Promise<void> {
+  const until = Date.now() + RESEQUENCED_WATCH_MAX_MS;
+  let from = -1;
+  while (deps.active() && Date.now() < until) {
+    try {
+      if (from < 0) {
+        const diverged = await divergedAfter(deps.get, deps.subject, read, floor);
+        if (diverged === undefined) return; // the leader holds what was read
+        from = diverged;
+      }
+      const { found, last, past } = await unread(deps.get, from, cursor, deps.readIds());
+      from = last;
+      if (found.length > 0) deps.queue(found, cursor);
+      if (past) return;
+    } catch {
+      // no leader to ask now: again below
+    }
+    await delay(RESEQUENCED_WATCH_INTERVAL_MS);
+  }
 }

@@ -5,7 +5,8 @@
  */
 import type { StoredMsg } from 'nats';
 import t from 'tap';
-import { divergedAfter, RecentReads, RECENT_READS_MAX, unread, type LeaderGet } from '../../src/datapath/resequence.js';
+import { divergedAfter, RecentReads, RECENT_READS_MAX, Rereads, unread, type LeaderGet } from '../../src/datapath/resequence.js';
+import { waitFor } from '../helpers/servers.js';
 
 const MINE = 'shop.order.cmd.3';
 const msg = (seq: number, id: string | undefined, subject = MINE) => ({ seq, subject, data: new Uint8Array(), header: { get: (h: string) => (h === 'Nats-Msg-Id' && id ? id : '') } }) as unknown as StoredMsg;
@@ -64,4 +65,23 @@ t.test('RecentReads keeps the last RECENT_READS_MAX reads with an id', async (t)
   t.ok(r.ids.has(`m${1 + 3 * RECENT_READS_MAX}`) && !r.ids.has('m2'), 'the oldest forgotten');
   r.clear();
   t.same(r.list, []);
+});
+
+t.test('Rereads.look compares the reads of when it began: a stream without a leader answers after the reader read on from the new one', async (t) => {
+  const hdr = (id: string) => ({ get: (h: string) => (h === 'Nats-Msg-Id' ? id : '') }) as never;
+  // The new leader lacks c under 8, holds two new commands under 6 and 8, and the reader's next read, z, under 10.
+  const l = leader([msg(3, 'a'), msg(5, 'b'), msg(6, 'n1'), msg(8, 'x'), msg(10, 'z')]);
+  let leaderless = true;
+  const get: LeaderGet = async (seq, next) => {
+    if (leaderless) throw new Error('no leader');
+    return l.get(seq, next);
+  };
+  const queued: number[][] = [];
+  const rereads = new Rereads({ get, subject: MINE, active: () => true, queue: (found) => queued.push(found.map((m) => m.seq)) });
+  for (const [seq, id] of [[3, 'a'], [5, 'b'], [8, 'c']] as const) rereads.read(seq, hdr(id));
+  rereads.look(8); // the consumer replaced while the stream has no leader
+  rereads.read(10, hdr('z')); // the reader reads on from the new leader before the look gets an answer
+  leaderless = false;
+  await waitFor(() => queued.length > 0, { deadlineMs: 5000, what: 'the look to queue what the new leader holds under 6 and 8' });
+  t.same(queued, [[6, 8]], 'n1 and x, the commands the new leader holds under sequences read past');
 });
