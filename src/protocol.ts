@@ -78,6 +78,9 @@ export function names(prefix: string): Names {
   };
 }
 
+/** The header JetStream de-duplicates publishes by; a partition also remembers the ids it applied (resequence.ts). */
+export const MSG_ID_HEADER = 'Nats-Msg-Id';
+
 /** Headers of a dead-letter copy (datapath/outbox.ts writes them, shopctl dead-letters reads them). */
 export const DEAD_LETTER_HEADERS = { partition: 'Shop-Partition', seq: 'Shop-Seq', reason: 'Shop-Reason', detail: 'Shop-Detail' } as const;
 

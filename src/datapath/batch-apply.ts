@@ -9,11 +9,10 @@ import { decode, encode } from '../codec.js';
 import type { Config, Kind } from '../config.js';
 import { faultLog, type Fault } from '../faults.js';
 import { BATCH_INIT_CHUNK } from '../partitioning.js';
-import { BUNDLE_MAX, STREAM_MESSAGE_BYTES_MAX, fail, type Reply } from '../protocol.js';
+import { BUNDLE_MAX, MSG_ID_HEADER, STREAM_MESSAGE_BYTES_MAX, fail, type Reply } from '../protocol.js';
 import type { Share } from './batch-share.js';
 import { Delivery, type Sink } from './local-delivery.js';
 import type { Inbound, Participant, StreamMessage } from './participant.js';
-import { MSG_ID_HEADER } from './resequence.js';
 import type { DeadLetterReason } from './runner-metrics.js';
 
 /**
@@ -22,7 +21,7 @@ import type { DeadLetterReason } from './runner-metrics.js';
  * so cost it its lease), its replies and its reads.
  */
 const BATCH_KEYS_MAX = 5_000;
-export const BATCH_SLICE_MS = 10;
+const BATCH_SLICE_MS = 10;
 /** Longest reply subject a client command may name. */
 const REPLY_SUBJECT_MAX_CHARS = 256;
 

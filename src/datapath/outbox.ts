@@ -15,7 +15,7 @@ import { headers as natsHeaders, type NatsConnection } from 'nats';
 import { setTimeout as delay } from 'node:timers/promises';
 import { decode, encode } from '../codec.js';
 import type { Log } from '../log.js';
-import { DEAD_LETTER_HEADERS } from '../protocol.js';
+import { DEAD_LETTER_HEADERS, MSG_ID_HEADER } from '../protocol.js';
 import type { Courier, Parcel } from './courier.js';
 import { ACK_WAIT_MS, pubAck, type Mux } from '../transport/mux.js';
 
@@ -175,7 +175,7 @@ export class PartitionOutbox {
   private async storeDeadLetter(dead: DeadLetter): Promise<boolean> {
     const { nc, log, deadLetterSubject, name } = this.deps;
     const h = natsHeaders();
-    h.set('Nats-Msg-Id', `dl.${name}.${dead.seq}`);
+    h.set(MSG_ID_HEADER, `dl.${name}.${dead.seq}`);
     h.set(DEAD_LETTER_HEADERS.partition, name);
     h.set(DEAD_LETTER_HEADERS.seq, String(dead.seq));
     h.set(DEAD_LETTER_HEADERS.reason, dead.reason);

@@ -17,8 +17,8 @@
  */
 import type { MsgHdrs, StoredMsg } from 'nats';
 import { setTimeout as delay } from 'node:timers/promises';
+import { MSG_ID_HEADER } from '../protocol.js';
 
-export const MSG_ID_HEADER = 'Nats-Msg-Id';
 /** How many of the last messages read a reader remembers: more than a stream leader is seen to lose (28). */
 export const RECENT_READS_MAX = 128;
 /**

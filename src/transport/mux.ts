@@ -3,6 +3,7 @@ import { TypeCompiler } from '@sinclair/typebox/compiler';
 import { headers as natsHeaders, type Msg, type MsgHdrs, type NatsConnection, type Subscription } from 'nats';
 import { decode, encode } from '../codec.js';
 import { preview, type Fault } from '../faults.js';
+import { MSG_ID_HEADER } from '../protocol.js';
 
 /** How often waiters are checked against their deadlines. */
 const SWEEP_INTERVAL_MS = 25;
@@ -292,7 +293,7 @@ export class Mux {
           continue;
         }
         const h = natsHeaders();
-        h.set('Nats-Msg-Id', msgId);
+        h.set(MSG_ID_HEADER, msgId);
         this.nc.publish(subject, data, reply === undefined ? { headers: h } : { reply, headers: h });
       } catch (err) {
         // Refused by the client (e.g. over max_payload): the caller hears it as the answer's failure.
