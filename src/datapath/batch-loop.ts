@@ -113,6 +113,14 @@ export class BatchLoop {
           if (takers.length === 0) continue; // woken for nothing to take (an outbox finished): keep waiting
         }
       }
+      // A partition's first take since it started counts as an attempt at the message after its cursor once it is
+      // recorded in Redis (not before: an owner that loses the partition before it takes anything took nothing).
+      const starting = takers.filter((m) => m.mustRecordStart?.());
+      if (starting.length > 0) {
+        await Promise.all(starting.map((m) => m.recordStart!()));
+        takers = takers.filter((m) => m.ready());
+        if (takers.length === 0) continue;
+      }
       // A partition whose first message failed to commit over several starts: that message goes in a batch alone,
       // once the attempt is recorded in Redis (so that if it takes the worker down again, the next start passes it).
       let alone = false;

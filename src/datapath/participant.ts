@@ -98,7 +98,13 @@ export interface Participant {
    */
   failed(err: unknown, fault?: boolean): void;
   /**
-   * Poison accounting (datapath/poison.ts). The message first in line has failed to commit over several starts: it
+   * Poison accounting (datapath/poison.ts). A partition's first take of stream messages since it started is recorded
+   * in Redis before it is applied (`recordStart()`, which fences or fails the participant itself).
+   */
+  mustRecordStart?(): boolean;
+  recordStart?(): Promise<void>;
+  /**
+   * The message first in line has failed to commit over several starts: it
    * must be applied in a batch of its own, after `takeAlone()` has recorded the attempt (false: the partition is lost).
    */
   suspect?(): boolean;

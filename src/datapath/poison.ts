@@ -6,9 +6,18 @@ import type { Attempts, PartitionStore } from './store.js';
 /**
  * Poison accounting: starts at one cursor (counted in Redis, datapath/store.ts `attempt`) after which the message
  * at cursor + 1 is taken in a batch alone; and attempts of it alone after which it is quarantined, passed as a dead
- * letter without being decoded. A start by the same runner after a failure it saw itself (Redis or NATS away) does
- * not count, a start by another process (this one died, or the partition moved) or after a batch that threw does.
- * So a message that kills its worker takes its partition down twice at most: once in a batch, once alone.
+ * letter without being decoded. What counts is a process that took the message and did not come back:
+ * - a start is recorded when its runner first takes a message from its stream, before applying it, not when it
+ *   starts (an owner that loses the partition before it reads anything took nothing);
+ * - a commit that moves the cursor counts its owner as one start at the new cursor (it goes on to take the next
+ *   message, and may die of it);
+ * - an owner that leaves alive (fenced by a newer one, or stopped) withdraws what it counted, as long as no later
+ *   owner has counted since: it did not die of the message;
+ * - a start by the same runner after a failure it saw itself (Redis or NATS away) does not count, a start by another
+ *   process (this one died) or after a batch that threw does.
+ * So a message that kills its worker takes its partition down twice at most: once in a batch, once alone; and a
+ * partition that changes hands quickly, its owners fenced before they commit, does not turn a good message into a
+ * dead letter.
  */
 export const POISON_STARTS_MAX = 2;
 export const POISON_SOLOS_MAX = 1;
@@ -32,6 +41,10 @@ export class PoisonWatch {
   private readonly token = randomUUID();
   /** Its last batch threw: its next start counts although this runner saw the failure. */
   private faulted = false;
+  /** Started, and its start not recorded yet: its first take of a stream message records it (record). */
+  private unrecorded = false;
+  /** What this runner counted, to withdraw when it leaves alive: at which cursor, under which token ('' for a commit's). */
+  private counted: { cursor: number; token: string } | null = null;
   /** The stream message to take alone (0: none), and the one to quarantine, with why. */
   private suspectSeq = 0;
   private quarantine: { seq: number; why: string } | null = null;
@@ -46,17 +59,36 @@ export class PoisonWatch {
     this.faulted = true;
   }
 
-  /** Records a start at `cursor` against the message after it, and decides from the count how to take it; false when fenced. */
-  async started(epoch: number, cursor: number): Promise<boolean> {
+  /** The runner (re)started: its start is recorded when it first takes a stream message. */
+  started(): void {
+    this.unrecorded = true;
+    this.suspectSeq = 0;
+    this.quarantine = null;
+  }
+
+  /** With `queued` stream messages in line: must the start be recorded before any is taken? */
+  mustRecord(queued: number): boolean {
+    return this.unrecorded && queued > 0;
+  }
+
+  /** Records the start at `cursor` against the message after it, and decides from the count how to take it; false when fenced. */
+  async record(epoch: number, cursor: number): Promise<boolean> {
     const attempts = await this.store.attempt(epoch, cursor, this.token, this.faulted ? 'fault' : 'start');
-    this.faulted = false;
     if (!attempts) return false;
+    this.faulted = false;
+    this.unrecorded = false;
+    this.counted = { cursor, token: this.token };
     const verdict = poisonVerdict(cursor, attempts);
     this.suspectSeq = verdict.take === 'alone' ? verdict.seq : 0;
     this.quarantine = verdict.take === 'quarantined' ? { seq: verdict.seq, why: verdict.why } : null;
     if (verdict.take === 'quarantined') this.log.error(`passing ${verdict.why}`, { seq: verdict.seq, ...attempts });
     else if (verdict.take === 'alone') this.log.warn('the message after the cursor was not committed by the last starts: it is taken alone', { seq: verdict.seq, ...attempts });
     return true;
+  }
+
+  /** A commit moved the cursor: Redis counts this runner as one start at it (store-scripts.ts COMMIT_LUA). */
+  moved(cursor: number): void {
+    this.counted = { cursor, token: '' };
   }
 
   /** The message first in line (`first`) is the one to take alone. */
@@ -75,5 +107,20 @@ export class PoisonWatch {
 
   quarantined(seq: number): string | undefined {
     return this.quarantine?.seq === seq ? this.quarantine.why : undefined;
+  }
+
+  /**
+   * The runner let go alive at `cursor` (fenced, or stopped): it withdraws what it counted there, unless a later owner
+   * counted since. Not fenced by the epoch (a fenced runner is the one that must withdraw), but only ever its own count.
+   */
+  async left(cursor: number): Promise<void> {
+    const counted = this.counted;
+    this.counted = null;
+    if (counted?.cursor !== cursor) return;
+    try {
+      await this.store.withdraw(cursor, counted.token);
+    } catch (err) {
+      this.log.debug('could not withdraw the attempt of a runner that let go (Redis away): it stays counted', { err: (err as Error).message });
+    }
   }
 }

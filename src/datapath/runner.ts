@@ -210,7 +210,7 @@ export class PartitionRunner implements Participant {
     const refused = await this.marks.check(this._cursor, loaded.mark);
     if (refused) return this.refuse(refused.error, refused.details);
     if (this._state !== 'starting') throw new Error('stopped while starting');
-    if (!(await this.poison.started(this._epoch, this._cursor))) throw new StaleEpochError(this._epoch, await this.store.epoch());
+    this.poison.started();
     const abandoned = () => !this.active && this._state !== 'stopping'; // the next owner re-sends it
     this.outbox = openOwnerOutbox({ ...this.deps, names: this.names, kind: this.kind, log: this.log, abandoned, wake: () => this.deps.loop.wake() }, loaded.outbox);
 
@@ -261,6 +261,7 @@ export class PartitionRunner implements Participant {
     if (!release) return;
     await this.perform(release);
     this.transition({ kind: 'released' });
+    void this.poison.left(this._cursor); // not awaited: a Redis away must not hold up a handover
   }
 
   private async release(): Promise<void> {
@@ -296,6 +297,18 @@ export class PartitionRunner implements Participant {
 
   accepts(): boolean {
     return this._state === 'running';
+  }
+
+  mustRecordStart(): boolean {
+    return this._state === 'running' && this.poison.mustRecord(this.reader.queued);
+  }
+
+  async recordStart(): Promise<void> {
+    try {
+      if (!(await this.poison.record(this._epoch, this._cursor))) this.fenced();
+    } catch (err) {
+      this.failed(err);
+    }
   }
 
   suspect(): boolean {
@@ -346,6 +359,7 @@ export class PartitionRunner implements Participant {
 
   committed(c: Committed): void {
     c.draft.publish();
+    if (c.cursor !== this._cursor) this.poison.moved(c.cursor);
     this.trimming.committed(c.cursor, c.streamMessages);
     this._cursor = c.cursor;
     this._local = c.local;
@@ -359,7 +373,7 @@ export class PartitionRunner implements Participant {
     const drop = this.transition({ kind: 'fence' });
     if (!drop) return;
     this.log.warn('fenced: a newer owner holds the partition; dropping it', { epoch: this._epoch });
-    void this.perform(drop);
+    void this.perform(drop).then(() => this.poison.left(this._cursor));
   }
 
   failed(err: unknown, fault?: boolean): void {

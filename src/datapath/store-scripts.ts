@@ -205,7 +205,8 @@ return 1
  * KEYS: meta. ARGV: epoch, cursor, token, what. The record is `cursor:starts:solos:token:last` in the meta hash's
  * `attempts`; a commit that moves the cursor writes `cursor:1:0::start` (its owner attempts the next message, and
  * nobody's start matches the empty token). The same runner starting again at the same cursor after a failure it saw
- * survived its last attempt: that one does not count, and if it was an attempt alone, it is taken back.
+ * survived its last attempt: that one does not count, and if it was an attempt alone, it is taken back. A runner that
+ * lets go alive withdraws its count (WITHDRAW_LUA; the record's `last` is then `left`).
  */
 export const ATTEMPT_LUA = `
 if redis.call('HGET', KEYS[1], 'epoch') ~= ARGV[1] then return false end
@@ -225,4 +226,21 @@ else
 end
 redis.call('HSET', KEYS[1], 'attempts', ARGV[2] .. ':' .. starts .. ':' .. solos .. ':' .. ARGV[3] .. ':' .. last)
 return {starts, solos}
+`;
+
+/**
+ * Withdraws the count of a runner that let go alive (PartitionStore.withdraw): KEYS: meta. ARGV: cursor, token (''
+ * for the start a commit counted). Only when the record is still at that cursor and its last writer is that token;
+ * not fenced by the epoch. Returns 1 when withdrawn.
+ */
+export const WITHDRAW_LUA = `
+local rec = redis.call('HGET', KEYS[1], 'attempts')
+if not rec then return 0 end
+local c, s, o, t, l = string.match(rec, '^(%d+):(%d+):(%d+):([^:]*):(%a*)$')
+if c ~= ARGV[1] or t ~= ARGV[2] or l == 'left' then return 0 end
+local starts, solos = tonumber(s), tonumber(o)
+if starts > 0 then starts = starts - 1 end
+if l == 'solo' and solos > 0 then solos = solos - 1 end
+redis.call('HSET', KEYS[1], 'attempts', c .. ':' .. starts .. ':' .. solos .. ':' .. t .. ':left')
+return 1
 `;

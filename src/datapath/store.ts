@@ -10,7 +10,7 @@ import { commitGroupOf, type PreparedBatch } from './commit-group.js';
 import type { Tables } from './draft.js';
 import { compareFields } from './outbox.js';
 import { scriptRunner, type ReplicationSettings, type ScriptFn } from './script-runner.js';
-import { ACQUIRE_LUA, ATTEMPT_LUA, commitArgs, partitionKeys, RECORD_MARK_LUA, type BatchWrite, type PartitionKeys } from './store-scripts.js';
+import { ACQUIRE_LUA, ATTEMPT_LUA, commitArgs, partitionKeys, RECORD_MARK_LUA, WITHDRAW_LUA, type BatchWrite, type PartitionKeys } from './store-scripts.js';
 
 /** The partition is held at a newer epoch than the one asked for: this process must not own it. */
 export class StaleEpochError extends Error {
@@ -65,6 +65,11 @@ export interface PartitionStore {
    * counts at this cursor, or null when a newer epoch holds the partition.
    */
   attempt(epoch: number, cursor: number, token: string, what: 'start' | 'fault' | 'solo'): Promise<Attempts | null>;
+  /**
+   * Withdraws the start (and attempt alone) last counted at `cursor` under `token` ('' for the one a commit counts):
+   * its runner let go alive. Nothing when another runner counted since. Not fenced: see WITHDRAW_LUA.
+   */
+  withdraw(cursor: number, token: string): Promise<boolean>;
 }
 
 /** Attempts at the message after a cursor that did not commit it: starts, and starts that took it alone. */
@@ -176,6 +181,10 @@ export function createPartitionStore(
     async attempt(epoch, cursor, token, what) {
       const counts = (await redis.eval(ATTEMPT_LUA, 1, keys.meta, String(epoch), String(cursor), token, what)) as [number, number] | null;
       return counts ? { starts: counts[0], solos: counts[1] } : null;
+    },
+
+    async withdraw(cursor, token) {
+      return (await redis.eval(WITHDRAW_LUA, 1, keys.meta, String(cursor), token)) === 1;
     },
   };
 }

@@ -9,6 +9,7 @@ import { connect } from 'nats';
 import t from 'tap';
 import { encode } from '../../src/codec.js';
 import { FAULT_POISON_ID } from '../../src/datapath/batch-apply.js';
+import { PoisonWatch } from '../../src/datapath/poison.js';
 import { createLog } from '../../src/log.js';
 import { names } from '../../src/protocol.js';
 import { createShopClient } from '../../src/transport/shop-client.js';
@@ -81,4 +82,58 @@ t.test('the attempt record: who counts, who does not, and a commit that moves th
   t.equal(await store.commit({ epoch, commits: 1, cursor: 5, local: 0, changes: new Map(), outboxField: '', outbox: null, cleared: [] }), true);
   t.same(await at(5, 'C', 'start'), { starts: 2, solos: 0 }, 'a commit that moves the cursor starts over, counting its owner as one start');
   t.equal(await store.attempt(epoch - 1, 5, 'D', 'start'), null, 'an older epoch records nothing');
+});
+
+t.test('a partition that changes hands again and again before its owners commit: no good message becomes a dead letter', async (t) => {
+  // As in the split brain of split-brain.test.ts, where order-0 changed hands 14 times in a second and its stream
+  // message 88 was passed as a poison. Each owner here raises the epoch (fencing the one before), loads, starts
+  // its reads; every other one gets as far as taking the message (and alone, when the count says so) before the next
+  // one fences it. Each lets go alive: fenced at its commit, or told to stop.
+  const { redis: server } = await startServers(t);
+  const redis = new Redis(server.url);
+  t.teardown(() => redis.disconnect());
+  const store = createPartitionStore(redis, 'poison-moves:', 'stock', 0, ['items']);
+  const log = createLog('test', 'error');
+  const first = { seq: 6, data: new Uint8Array() };
+  let epoch = await store.acquire();
+  t.equal(await store.commit({ epoch, commits: 1, cursor: 5, local: 0, changes: new Map(), outboxField: '', outbox: null, cleared: [] }), true, 'an owner commits up to 5');
+  const committer = new PoisonWatch(store, log);
+  committer.moved(5);
+  for (let owner = 1; owner <= 8; owner++) {
+    epoch = await store.acquire(); // the next owner fences the one before
+    const watch = new PoisonWatch(store, log);
+    watch.started();
+    if (owner % 2 === 0) {
+      t.equal(watch.mustRecord(1), true, `owner ${owner} records its start before it takes the message`);
+      t.equal(await watch.record(epoch, 5), true);
+      t.equal(watch.quarantined(6), undefined, `owner ${owner} does not take the message for a poison`);
+      if (watch.suspect(first)) t.equal(await watch.takeAlone(epoch), true, `owner ${owner} takes it alone`);
+    } else {
+      t.equal(watch.mustRecord(0), false, `owner ${owner} has nothing in line: nothing to record`);
+    }
+    if (owner === 3) await committer.left(5); // the committer is told to stop late: others counted since, it withdraws nothing
+    await watch.left(5);
+  }
+  const last = new PoisonWatch(store, log);
+  last.started();
+  t.equal(await last.record(epoch, 5), true);
+  t.equal(last.quarantined(6), undefined, 'the next owner applies the message, not passes it');
+  t.equal(last.suspect(first), true, 'alone: the committer, which could not withdraw, and this owner count');
+  t.same(await store.attempt(epoch, 5, 'other', 'start'), { starts: 3, solos: 0 }, 'counted: the committer, the last owner, and this one');
+});
+
+t.test('an owner that dies counts, one that leaves alive withdraws only its own count', async (t) => {
+  const { redis: server } = await startServers(t);
+  const redis = new Redis(server.url);
+  t.teardown(() => redis.disconnect());
+  const store = createPartitionStore(redis, 'poison-withdraw:', 'stock', 0, ['items']);
+  const epoch = await store.acquire();
+  t.same(await store.attempt(epoch, 0, 'A', 'start'), { starts: 1, solos: 0 });
+  t.same(await store.attempt(epoch, 0, 'B', 'start'), { starts: 2, solos: 0 }, 'A died: B counts');
+  t.equal(await store.withdraw(0, 'A'), false, 'A cannot withdraw once B counted');
+  t.same(await store.attempt(epoch, 0, 'B', 'solo'), { starts: 2, solos: 1 });
+  t.equal(await store.withdraw(0, 'B'), true, 'B let go alive after its attempt alone');
+  t.equal(await store.withdraw(0, 'B'), false, 'once');
+  t.same(await store.attempt(epoch, 0, 'C', 'start'), { starts: 2, solos: 0 }, 'B withdrew its start and its attempt alone');
+  t.equal(await store.withdraw(1, 'C'), false, 'not at another cursor');
 });

@@ -381,3 +381,47 @@ t.test('a bundle of batchInit commands (millions of keys in one batch) is refuse
   t.same([created(0), created(10)], [0, 0], 'those of the bundle did not');
   t.same(a.answered().sort(), [`${names}x.2`, `${names}x.b0`, `${names}x.b1`, `${names}x.b2`], 'every client is answered');
 });
+
+t.test('a partition\'s first take since its start is recorded before anything of it is applied; one fenced there applies nothing, the others go on', async (t) => {
+  const { loop, calls } = rig();
+  const events: string[] = [];
+  /** A partition just started: its start is recorded (poison accounting) when it first has stream messages to take. */
+  class Starting extends FakeParticipant {
+    unrecorded = true;
+    recording: ((ok: boolean) => void) | null = null;
+    mustRecordStart = () => this.state === 'running' && this.unrecorded && this.queue.length > 0;
+    recordStart = () =>
+      new Promise<void>((resolve) => {
+        events.push(`record ${this.partition}`);
+        this.recording = (ok) => {
+          this.unrecorded = false;
+          if (!ok) this.fenced();
+          resolve();
+        };
+      });
+    override take(max: number): Taken {
+      events.push(`take ${this.partition}`);
+      return super.take(max);
+    }
+  }
+  const [a, b] = [new Starting('stock', 0), new Starting('stock', 1)];
+  for (const m of [a, b]) {
+    m.live.get('items')!.set('x', { stock: 0, price: 1 });
+    loop.add(m);
+  }
+  a.push(1, add('x', 1));
+  b.push(1, add('x', 2));
+  loop.wake();
+  await waitFor(() => a.recording !== null && b.recording !== null, { deadlineMs: 5000, what: 'both starts being recorded' });
+  t.same(events, ['record 0', 'record 1'], 'recorded together, nothing taken before');
+  b.recording!(false); // a newer owner holds partition 1
+  a.recording!(true);
+  await waitFor(() => calls.length === 1, { deadlineMs: 5000, what: 'the commit' });
+  t.same(calls[0]!.parts, [{ name: 'stock.0', cursor: 1 }], 'only the partition whose start was recorded applied');
+  t.same(events, ['record 0', 'record 1', 'take 0'], 'the fenced one took nothing');
+  calls[0]!.settle(['committed']);
+  a.push(2, add('x', 1));
+  loop.wake();
+  await waitFor(() => calls.length === 2, { deadlineMs: 5000, what: 'the next commit' });
+  t.equal(events.filter((e) => e === 'record 0').length, 1, 'recorded once per start');
+});
