@@ -141,6 +141,14 @@ function tellReaper(message: { op: 'add' | 'del'; pid?: number; dir?: string }):
   reaper.stdin?.write(JSON.stringify(message) + '\n');
 }
 
+/**
+ * Registers a process this one spawned by other means (the tests' workers and gateways) with the reaper: SIGTERMed,
+ * then SIGKILLed, if this process dies without stopping it (`register` false once it has exited).
+ */
+export function reapOnExit(pid: number, register = true): void {
+  tellReaper({ op: register ? 'add' : 'del', pid });
+}
+
 /** Registers a temp dir that the reaper removes if this process dies without removing it. */
 export function reapDirOnExit(dir: string, register = true): void {
   tellReaper({ op: register ? 'add' : 'del', dir });

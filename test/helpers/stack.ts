@@ -2,6 +2,7 @@ import { spawn, type ChildProcess } from 'node:child_process';
 import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { envName, type Config } from '../../src/config.js';
+import { reapOnExit } from '../../src/stack/processes.js';
 
 const MAIN = join(dirname(fileURLToPath(import.meta.url)), '..', '..', 'src', 'main.js');
 
@@ -32,7 +33,13 @@ export function spawnRole(role: 'worker' | 'gateway', config: Config, extraEnv: 
   const exited = new Promise<string>((resolve) => child.on('exit', (code, signal) => resolve(signal ?? String(code))));
   const killOnExit = () => child.kill('SIGKILL');
   process.on('exit', killOnExit);
-  child.on('exit', () => process.off('exit', killOnExit));
+  // Killed from outside, this process has no 'exit' event: the reaper (src/stack/processes.ts) stops the child then.
+  const pid = child.pid;
+  if (pid !== undefined) reapOnExit(pid);
+  child.on('exit', () => {
+    process.off('exit', killOnExit);
+    if (pid !== undefined) reapOnExit(pid, false);
+  });
   return {
     process: child,
     exited,

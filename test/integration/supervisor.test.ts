@@ -211,3 +211,20 @@ t.test('restart pauses run on the injected clock: a crashing child waits 100, 20
   clock.advance(10_000);
   t.same(supervisor.pids(), {}, 'and nothing is launched after the stop');
 });
+
+t.test('a test process killed from outside (SIGKILL) leaves none of the workers its helpers spawned', async (t) => {
+  // A fault test killed by `pkill` once left four workers running for an hour, trying to reach servers that were gone.
+  const proc = spawn(process.execPath, [fileURLToPath(new URL('../fixtures/spawn-worker.js', import.meta.url))], { stdio: ['ignore', 'pipe', 'inherit'] });
+  t.teardown(() => proc.kill('SIGKILL'));
+  let out = '';
+  proc.stdout!.on('data', (d: Buffer) => (out += d.toString()));
+  await waitFor(() => /^\d+\n/.test(out), { deadlineMs: 10_000, what: 'the fixture to spawn its worker' });
+  const pid = Number(out.trim());
+  t.teardown(() => {
+    if (pidAlive(pid)) process.kill(pid, 'SIGKILL');
+  });
+  t.ok(pidAlive(pid), 'the worker runs');
+  proc.kill('SIGKILL');
+  await waitFor(() => !pidAlive(pid), { deadlineMs: 10_000, what: `the worker (pid ${pid}) to be gone` });
+  t.notOk(pidAlive(pid), 'the worker is gone with the test process');
+});
