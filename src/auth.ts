@@ -13,7 +13,8 @@
  *   Pdeadletter.<kind>.<n>   dead letters, stream S DEADLETTER
  *   P_shop.admin             admin requests (shopctl -> the leading controller in a worker)
  *   P_shop.resend            a gateway that reconnected asks the workers for the answers it may have missed
- *   P_shop.pulse.<worker>    a worker's heartbeat on core NATS: liveness without a JetStream leader (membership.ts)
+ *   P_shop.pulse.<worker>    a worker's heartbeat on core NATS: liveness without a JetStream leader (membership.ts);
+ *                            gateways hear which partitions it runs (transport/owners.ts)
  *   P_shop.pulse.<worker>.probe   answered by that worker while its process lives (the leader asks when pulses are late)
  *   $KV.<bucket>.>           the buckets S SHOP_WORKERS, S SHOP_PLACEMENT, S SHOP_CONTROL (streams KV_<bucket>)
  *   $JS.EVENT.ADVISORY.STREAM.LEADER_ELECTED.S <kind>   a command stream's new leader (transport/stream-leaders.ts)
@@ -94,8 +95,9 @@ export function permissions(role: Role, { prefix, user }: { prefix: string; user
           `$JS.API.DIRECT.GET.${n.kvStream('SHOP_CONTROL')}.$KV.${n.stream('SHOP_CONTROL')}.layout`,
         ],
         // Its own replies: command outcomes, stream acknowledgements, read answers (transport/mux.ts); the layout's
-        // answer; news of a command stream's new leader (transport/stream-leaders.ts).
-        subscribe: [ownReplies, ownInbox, ...leaderNews(n)],
+        // answer; news of a command stream's new leader (transport/stream-leaders.ts); the workers' pulses, which say
+        // who runs which partition (transport/owners.ts: a bundle per owner).
+        subscribe: [ownReplies, ownInbox, ...leaderNews(n), n.subject('_shop.pulse.*')],
       };
     case 'worker': {
       const streams = [...COMMAND_STREAMS, DEADLETTER_STREAM].map(n.stream);

@@ -132,6 +132,13 @@ export interface Config {
   /** Most commands and reads one gateway process waits on at once; past it a request is answered 503 at once (backpressure). */
   gatewayInflightMax: number;
   /**
+   * How a gateway bundles the commands of one event-loop turn into stream messages. 'owner': one per kind and worker
+   * that runs their partitions, as the workers' pulses tell (a worker applies each command on its own partition, in
+   * one batch; one that no longer runs it answers so, and the gateway sends the command to its partition); so a
+   * worker gets as few stream messages at 64 partitions as at 2. 'partition': one per partition.
+   */
+  gatewayBundles: 'owner' | 'partition';
+  /**
    * Largest n a batch_init request (stock, payment or orders) may ask for; a larger one is answered 400 too_large.
    * It bounds what one request makes the workers create (and hold in memory), not the gateway's work: that is
    * bounded by a window of commands in flight whatever n is. The default is ten times the largest load measured
@@ -293,6 +300,7 @@ const checks: Record<keyof Config, Check> = {
   batchMax: int(1, 100_000),
   queueMax: int(1, 1_000_000),
   gatewayInflightMax: int(1, 10_000_000),
+  gatewayBundles: oneOf('owner', 'partition'),
   batchInitMax: int(0),
   requestDeadlineMs: int(1, 3_600_000),
   readDeadlineMs: int(1, 3_600_000),

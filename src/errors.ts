@@ -22,6 +22,10 @@ export const ERRORS = {
   bad_request: { status: 400, message: 'The request is not one this server understands (a malformed or unknown query); check that client and server run the same version.' },
   route_not_found: { status: 404, message: 'No such route. See docs/api.md for the routes this server answers.' },
   method_not_allowed: { status: 405, message: 'This route exists but not for this method. See docs/api.md.' },
+  elsewhere: {
+    status: 503,
+    message: 'The command reached a worker that does not own its partition (it moved meanwhile), and changed nothing there; the gateway sends it on to the partition itself, so a client should never see this. Retry.',
+  },
   unavailable: { status: 503, message: 'The owner of this key did not answer in time; the request may still take effect. Retry later.' },
   internal: { status: 500, message: 'Internal error; the request was not applied. This is a bug: please report it with the server log.' },
 } as const satisfies Record<string, { status: number; message: string }>;

@@ -114,6 +114,12 @@ export interface CommandEnvelope<C = unknown> {
   c: C;
   /** reply subject */
   r?: string;
+  /**
+   * The partition the command is for, when the stream message travels on another partition of the same owner (a
+   * gateway's bundle per owning worker, transport/bundles.ts): the owner applies it there within the same batch, or,
+   * not owning it (any more), answers `elsewhere` and changes nothing.
+   */
+  p?: number;
 }
 
 /**

@@ -49,6 +49,9 @@ function copyOf(value: unknown): Uint8Array {
   }
 }
 
+/** The share of a partition this worker runs and that takes commands now; undefined for any other. */
+type Route = (kind: Kind, partition: number) => Share | undefined;
+
 export class BatchApplier {
   /** Where the next batch starts taking messages (round robin over the participants). */
   private next = 0;
@@ -78,10 +81,12 @@ export class BatchApplier {
   ): void {
     const { config } = this;
     const began = performance.now();
-    const delivery = new Delivery<Share>(config.partitions, (kind, partition) => {
+    // The share of a partition this worker runs and that takes commands now, for a command applied within the batch.
+    const route: Route = (kind, partition) => {
       const target = local(kind, partition);
       return target?.accepts() ? shareOf(target) : undefined;
-    }, this.sink);
+    };
+    const delivery = new Delivery<Share>(config.partitions, route, this.sink);
     let applied = 0;
     let keysCheckedAt = 0;
     const full = () => {
@@ -103,7 +108,7 @@ export class BatchApplier {
         taken.parcels = [];
       }
       let s = 0;
-      for (; s < taken.stream.length && !full(); s++) applied += this.applyStream(delivery, p, taken.stream[s]!);
+      for (; s < taken.stream.length && !full(); s++) applied += this.applyStream(delivery, route, p, taken.stream[s]!);
       let q = 0;
       for (; q < taken.parcels.length && !full(); q++) applied += this.applyParcel(delivery, p, taken.parcels[q]!);
       p.taken.stream.push(...(s === taken.stream.length ? taken.stream : taken.stream.slice(0, s)));
@@ -113,7 +118,7 @@ export class BatchApplier {
   }
 
   /** One stream message: a client's command, or a bundle of them. Returns the commands applied (dead letters count). */
-  private applyStream(delivery: Delivery<Share>, share: Share, m: StreamMessage): number {
+  private applyStream(delivery: Delivery<Share>, route: Route, share: Share, m: StreamMessage): number {
     // A message read again under a sequence at or below the cursor (resequence.ts): applied without moving the cursor,
     // its commands numbered from the local count like a parcel's (their stream sequences were those of others).
     const again = m.resequenced === true;
@@ -159,7 +164,7 @@ export class BatchApplier {
       const seq = seqOf(e);
       const deadBefore = share.dead.length;
       try {
-        this.applyEnvelope(delivery, share, envelopes[e], seq, envelopes.length > 1);
+        this.applyEnvelope(delivery, route, share, envelopes[e], seq, envelopes.length > 1);
       } catch (err) {
         // Isolation: whatever one command does, it is one dead letter and the batch goes on (issue 19).
         this.poisoned(share, seq, 'while being checked or applied', err, deadBefore, m.data);
@@ -169,13 +174,17 @@ export class BatchApplier {
     return envelopes.length;
   }
 
-  private applyEnvelope(delivery: Delivery<Share>, share: Share, value: unknown, seq: number, inBundle: boolean): void {
-    const envelope = value as { c?: unknown; r?: unknown } | null;
+  private applyEnvelope(delivery: Delivery<Share>, route: Route, share: Share, value: unknown, seq: number, inBundle: boolean): void {
+    const envelope = value as { c?: unknown; r?: unknown; p?: unknown } | null;
     const replyTo = typeof envelope === 'object' && envelope !== null ? envelope.r : undefined;
     if (typeof envelope !== 'object' || envelope === null || Array.isArray(envelope) || !('c' in envelope)) {
-      share.deadLetter(seq, 'invalid', 'not a command envelope {c, r?}', copyOf(envelope));
+      share.deadLetter(seq, 'invalid', 'not a command envelope {c, r?, p?}', copyOf(envelope));
     } else if (replyTo !== undefined && !this.replySubject(replyTo)) {
       share.deadLetter(seq, 'invalid', `reply subject ${describe(replyTo)} is not a reply inbox`, copyOf(envelope));
+    } else if (envelope.p !== undefined && !(Number.isSafeInteger(envelope.p) && (envelope.p as number) >= 0 && (envelope.p as number) < this.config.partitions)) {
+      const detail = `partition ${describe(envelope.p)} is not one of the ${this.config.partitions} partitions of ${share.kind}`;
+      share.deadLetter(seq, 'invalid', detail, copyOf(envelope));
+      if (replyTo !== undefined) share.replies.push([replyTo as string, encode(fail('invalid_command', detail))]);
     } else if (!this.check(share, 'client', envelope.c, seq, envelope, replyTo as string | undefined)) {
       // refused: a dead letter already
     } else if (inBundle && (envelope.c as { k: string }).k === 'batchInit') {
@@ -186,8 +195,22 @@ export class BatchApplier {
       if (replyTo !== undefined) share.replies.push([replyTo as string, encode(fail('invalid_command', detail))]);
     } else {
       if (this.config.faultKillAfter === 'poison' && (envelope.c as { id?: unknown }).id === FAULT_POISON_ID) process.kill(process.pid, 'SIGKILL');
-      delivery.deliver(share, envelope.c, seq, replyTo as string | undefined);
+      if (envelope.p === undefined || envelope.p === share.partition) delivery.deliver(share, envelope.c, seq, replyTo as string | undefined);
+      else this.forward(delivery, route, share, envelope.p as number, envelope.c, replyTo as string | undefined);
     }
+  }
+
+  /**
+   * A command for another partition of the kind, travelling in this one's stream message (a gateway's bundle per
+   * owning worker, transport/bundles.ts). When this worker runs that partition it is applied there, in this batch
+   * (one transaction with the carrier's cursor: exactly once), numbered from that partition's local count (the
+   * stream sequence is the carrier's, and the carrier may apply the message again under another); else it is
+   * answered `elsewhere` and changes nothing: the gateway sends it to the partition's own subject.
+   */
+  private forward(delivery: Delivery<Share>, route: Route, share: Share, partition: number, cmd: unknown, replyTo: string | undefined): void {
+    const target = route(share.kind, partition);
+    if (target) return delivery.deliver(target, cmd, target.nextLocal(), replyTo);
+    if (replyTo !== undefined) share.replies.push([replyTo, encode(fail('elsewhere', `${share.kind}.${partition} is not served by this worker now`))]);
   }
 
   /**

@@ -2,19 +2,18 @@
  * Dynamic placement, the pure part: the values kept in the NATS KV buckets and the balancing rule the controller
  * applies. No I/O here; the controller (src/placement/controller.ts) and the dynamic worker (dynamic-worker.ts) do it.
  */
-import { Type, type Static, type TSchema } from '@sinclair/typebox';
-import { TypeCompiler } from '@sinclair/typebox/compiler';
+import { Type, type Static } from '@sinclair/typebox';
 import { KINDS, type Kind } from '../config.js';
-import { preview, type Fault } from '../faults.js';
+import { decodeHeartbeat } from '../heartbeat.js';
+import { jsonDecoder } from '../json-value.js';
 import { fnv1a } from '../partitioning.js';
 
-const text = new TextDecoder();
+export type { Held, Heartbeat } from '../heartbeat.js';
+export { JSON_VALUE_BYTES_MAX as KV_VALUE_BYTES_MAX, type JsonDecoder as KvDecoder } from '../json-value.js';
 
 // The values kept in the KV buckets. Each is defined once, as a schema; its type is derived from it, and every value
 // read from a bucket is checked against it (kvValues below): anybody with access to NATS can put anything there,
 // and a value of the wrong shape must be ignored where it is read, not crash whoever reads it.
-
-const KindSchema = Type.Union(KINDS.map((k) => Type.Literal(k)));
 
 /** What the placement bucket holds under `<kind>.<partition>`. */
 const AssignmentSchema = Type.Object({
@@ -29,44 +28,6 @@ const AssignmentSchema = Type.Object({
 });
 export type Assignment = Static<typeof AssignmentSchema>;
 
-/** One partition as a worker reports it in its heartbeat. */
-const HeldSchema = Type.Object({
-  k: KindSchema,
-  p: Type.Integer({ minimum: 0 }),
-  /** Epoch it runs at. */
-  e: Type.Integer({ minimum: 0 }),
-  /** Commands waiting for it (runner.lag()). */
-  lag: Type.Number({ minimum: 0 }),
-  /** Held but not serving: restarting after failures, or refusing a stream behind its cursor; with the attempts so far. */
-  t: Type.Optional(Type.Union([Type.Literal('restarting'), Type.Literal('refused')])),
-  n: Type.Optional(Type.Integer({ minimum: 0 })),
-});
-export type Held = Static<typeof HeldSchema>;
-
-/** What a worker says every heartbeat: as a pulse on core NATS, and under its id in the workers bucket. */
-const HeartbeatSchema = Type.Object({
-  id: Type.String({ minLength: 1 }),
-  /**
-   * Its number among this worker's heartbeats, counting up: the same heartbeat arrives twice (pulse and bucket), and
-   * one delayed on a path must not undo a newer one heard on the other (say, list a partition the worker let go).
-   */
-  seq: Type.Optional(Type.Integer({ minimum: 0 })),
-  /** When the worker sent it, on its own clock: its lease counts from the newest one it hears back. */
-  at: Type.Optional(Type.Number()),
-  pid: Type.Integer({ minimum: 0 }),
-  host: Type.String(),
-  kinds: Type.Array(KindSchema),
-  /** Its admin HTTP port (0 when it has none). */
-  adminPort: Type.Integer({ minimum: 0, maximum: 65535 }),
-  /** It is leaving (SIGTERM or shopctl drain): give it nothing, move what it holds. */
-  draining: Type.Boolean(),
-  /** Partitions it runs now (a runner that is not stopped or fenced). */
-  held: Type.Array(HeldSchema),
-  /** Placement entries it could not take because Redis holds a newer epoch: `<kind>.<partition>` -> stored epoch. */
-  stale: Type.Record(Type.String(), Type.Integer({ minimum: 0 })),
-});
-export type Heartbeat = Static<typeof HeartbeatSchema>;
-
 /** The control bucket's `leader`: the leading controller candidate, and when it last renewed (epoch ms). */
 const LeaderSchema = Type.Object({ id: Type.String({ minLength: 1 }), at: Type.Number() });
 export type Leader = Static<typeof LeaderSchema>;
@@ -79,41 +40,13 @@ export type Pin = Static<typeof PinSchema>;
 const DrainSchema = Type.Object({ at: Type.Number() });
 export type Drain = Static<typeof DrainSchema>;
 
-/** Reads a KV value: the value if it has its schema's shape, else undefined (reported to `fault` when given). */
-export type KvDecoder<T> = (bytes: Uint8Array, fault?: Fault, key?: string) => T | undefined;
-
-/** Most bytes of a KV value the shop reads (every one it writes is a small JSON object): checked before parsing. */
-export const KV_VALUE_BYTES_MAX = 64 * 1024;
-
-function kvDecoder<S extends TSchema>(schema: S, what: string): KvDecoder<Static<S>> {
-  const check = TypeCompiler.Compile(schema);
-  const kind = `an invalid ${what} in a KV bucket (treated as absent)`;
-  return (bytes, fault, key) => {
-    if (bytes.length > KV_VALUE_BYTES_MAX) {
-      fault?.(kind, { key, why: `${bytes.length} bytes, over KV_VALUE_BYTES_MAX (${KV_VALUE_BYTES_MAX})`, ...preview(bytes) });
-      return undefined;
-    }
-    let value: unknown;
-    try {
-      value = JSON.parse(text.decode(bytes));
-    } catch {
-      fault?.(kind, { key, why: 'not JSON', ...preview(bytes) });
-      return undefined;
-    }
-    if (check.Check(value)) return value;
-    const first = check.Errors(value).First();
-    fault?.(kind, { key, why: first ? `${first.path || '/'}: ${first.message}` : 'wrong shape', ...preview(bytes) });
-    return undefined;
-  };
-}
-
 /** The one decoder of each kind of KV value: every read of a bucket goes through these. */
 export const kvValues = {
-  heartbeat: kvDecoder(HeartbeatSchema, 'heartbeat'),
-  assignment: kvDecoder(AssignmentSchema, 'placement'),
-  leader: kvDecoder(LeaderSchema, 'leader'),
-  pin: kvDecoder(PinSchema, 'pin'),
-  drain: kvDecoder(DrainSchema, 'drain'),
+  heartbeat: decodeHeartbeat,
+  assignment: jsonDecoder(AssignmentSchema, 'placement'),
+  leader: jsonDecoder(LeaderSchema, 'leader'),
+  pin: jsonDecoder(PinSchema, 'pin'),
+  drain: jsonDecoder(DrainSchema, 'drain'),
 } as const;
 
 export function placementKey(kind: Kind, partition: number): string {
@@ -127,6 +60,7 @@ export function parsePlacementKey(key: string): { kind: Kind; partition: number 
 }
 
 const utf8 = new TextEncoder();
+const text = new TextDecoder();
 export const toBytes = (value: unknown): Uint8Array => utf8.encode(JSON.stringify(value));
 /** For messages checked by their reader (admin requests and replies); KV values go through kvValues. */
 export const fromBytes = <T>(bytes: Uint8Array): T => JSON.parse(text.decode(bytes)) as T;

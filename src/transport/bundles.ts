@@ -1,13 +1,19 @@
 /**
- * A gateway's commands to one partition within one event-loop turn leave as one stream message (a bundle): one
- * publish, one acknowledgement and one delivery instead of one each. Each command keeps its own reply subject.
+ * A gateway's commands leave as few stream messages as possible (bundles): one publish, one acknowledgement and one
+ * delivery instead of one each. Within one event-loop turn, the commands of a kind go together per worker that owns
+ * their partitions (as its pulses tell, owners.ts): the bundle travels on the subject of the first one's partition
+ * (the carrier), each other command naming its own partition (`p`), and the owner applies each on its partition in
+ * one batch. Commands whose owner is not known go together per partition, as do those sent again to their own
+ * partition after an `elsewhere`. Each command keeps its own reply subject.
  */
 import { BUNDLE_MAX, bundleRanges, type CommandEnvelope } from '../protocol.js';
 import type { Mux } from './mux.js';
 import type { Store } from './publish.js';
 
 interface Bundle {
+  /** The carrier: the subject it travels on, and that subject's partition. */
   subject: string;
+  partition: number;
   /** The stream that stores it (its kind's). */
   stream: string;
   envelopes: CommandEnvelope[];
@@ -19,7 +25,9 @@ interface Bundle {
 
 /** One command: where it goes, and the waiter (`token`) its outcome settles. */
 export interface BundledCommand {
+  /** Its partition's command subject, and the partition. */
   subject: string;
+  partition: number;
   stream: string;
   envelope: CommandEnvelope;
   token: string;
@@ -28,10 +36,10 @@ export interface BundledCommand {
 
 export interface Bundles {
   /**
-   * Adds a command to its partition's bundle of this turn, sent with the mux's flush (or at once when full).
-   * `alone`: sent at once as a stream message of its own.
+   * Adds a command to its bundle of this turn, sent with the mux's flush (or at once when full): its owner's
+   * (`owner`, a worker id) or, without one, its partition's. `alone`: sent at once as a stream message of its own.
    */
-  add(command: BundledCommand, alone: boolean): void;
+  add(command: BundledCommand, alone: boolean, owner?: string): void;
   /** Sends every open bundle: called with the mux's flush, in the same socket write as everything else. */
   flush(): void;
 }
@@ -55,17 +63,20 @@ export function createBundles({ id, mux, store }: { id: string; mux: Mux; store:
   }
 
   return {
-    add({ subject, stream, envelope, token, deadline }, alone) {
-      if (alone) return send({ subject, stream, envelopes: [envelope], tokens: [token], deadline });
-      let bundle = open.get(subject);
+    add({ subject, partition, stream, envelope, token, deadline }, alone, owner) {
+      if (alone) return send({ subject, partition, stream, envelopes: [envelope], tokens: [token], deadline });
+      // A worker id has no dot or space, a subject has a dot: the two kinds of key never meet.
+      const key = owner === undefined ? subject : `${stream} ${owner}`;
+      let bundle = open.get(key);
       if (!bundle) {
-        open.set(subject, (bundle = { subject, stream, envelopes: [], tokens: [], deadline }));
+        open.set(key, (bundle = { subject, partition, stream, envelopes: [], tokens: [], deadline }));
         mux.requestFlush();
       }
+      if (partition !== bundle.partition) envelope.p = partition;
       bundle.envelopes.push(envelope);
       bundle.tokens.push(token);
       if (bundle.envelopes.length >= BUNDLE_MAX) {
-        open.delete(subject);
+        open.delete(key);
         send(bundle);
       }
     },

@@ -5,11 +5,12 @@ import type { Config, Kind } from '../config.js';
 import { ShopError } from '../errors.js';
 import { faultLog, preview, type Fault } from '../faults.js';
 import type { Log } from '../log.js';
-import { isReply, names, type Reply } from '../protocol.js';
-import { createBundles } from './bundles.js';
+import { isReply, names, type CommandEnvelope, type Reply } from '../protocol.js';
+import { createBundles, type BundledCommand } from './bundles.js';
 import { Mux, MUX_TIMEOUT, NOT_AN_ANSWER, type Parse } from './mux.js';
 import { createPublisher } from './publish.js';
 import { createReadBatches } from './read-batches.js';
+import { watchOwners } from './owners.js';
 import { askForLostAnswers } from './resend.js';
 import { watchStreamLeaders } from './stream-leaders.js';
 
@@ -55,6 +56,24 @@ function commandReply(fault: Fault): Parse<Reply> {
   };
 }
 
+/**
+ * A command's check when it may travel on another partition of its owner (bundles.ts): an `elsewhere` (the worker it
+ * reached does not run its partition now, and changed nothing) is not its outcome; the first one sends it again to
+ * its partition's own subject, under the same reply subject, and any copy of it after that is dropped, so that it is
+ * sent again once at most.
+ */
+function carriedReply(check: Parse<Reply>, envelope: CommandEnvelope, sendOwn: () => void): Parse<Reply> {
+  let sentOwn = false;
+  return (msg) => {
+    const reply = check(msg);
+    if (reply === NOT_AN_ANSWER || reply.ok || reply.code !== 'elsewhere') return reply;
+    if (envelope.p === undefined || sentOwn) return NOT_AN_ANSWER; // not carried (a worker's bug), or a copy
+    sentOwn = true;
+    sendOwn();
+    return NOT_AN_ANSWER;
+  };
+}
+
 const overloaded = () => new ShopError('unavailable', 'this gateway has gatewayInflightMax requests in flight; retry later');
 
 /**
@@ -77,6 +96,8 @@ export function createShopClient({ nc, config, log }: { nc: NatsConnection; conf
   const leaders = watchStreamLeaders(nc, config.kinds.map((k) => n.stream(k)));
   const store = createPublisher({ mux, leaders, fault, refused, retryBackoffMs: config.retryBackoffMs });
   const bundles = createBundles({ id, mux, store });
+  // Who runs which partition, from the workers' pulses: one bundle per owner and turn (bundles.ts).
+  const owners = config.gatewayBundles === 'owner' ? watchOwners({ nc, subject: n.pulses, freshMs: config.workerLeaseMs, fault }) : undefined;
   const reads = createReadBatches({ mux, fault, log, retryBackoffMs: config.retryBackoffMs });
   // The turn's bundles and read batches leave with the mux's flush, in the same socket write as everything else.
   mux.onFlush(() => {
@@ -90,8 +111,20 @@ export function createShopClient({ nc, config, log }: { nc: NatsConnection; conf
       if (mux.pending() >= config.gatewayInflightMax) return Promise.reject(overloaded());
       const token = mux.token();
       const deadline = Date.now() + config.requestDeadlineMs;
-      const outcome = mux.wait(token, deadline, replyCheck);
-      bundles.add({ subject: n.cmd(kind, partition), stream: n.stream(kind), envelope: { c: cmd, r: mux.subject(token) }, token, deadline }, opts?.alone === true);
+      const command: BundledCommand = { subject: n.cmd(kind, partition), partition, stream: n.stream(kind), envelope: { c: cmd, r: mux.subject(token) }, token, deadline };
+      const alone = opts?.alone === true;
+      const owner = alone ? undefined : owners?.of(kind, partition);
+      if (owner === undefined) {
+        const outcome = mux.wait(token, deadline, replyCheck);
+        bundles.add(command, alone);
+        return settle(outcome);
+      }
+      const sendOwn = () => {
+        owners!.forget(kind, partition, owner);
+        bundles.add({ ...command, envelope: { c: cmd, r: command.envelope.r! } }, false);
+      };
+      const outcome = mux.wait(token, deadline, carriedReply(replyCheck, command.envelope, sendOwn));
+      bundles.add(command, false, owner);
       return settle(outcome);
     },
 
@@ -104,6 +137,7 @@ export function createShopClient({ nc, config, log }: { nc: NatsConnection; conf
 
     async close(): Promise<void> {
       leaders.close();
+      owners?.close();
       mux.close(new ShopError('unavailable', 'gateway shutting down'));
     },
   };

@@ -110,6 +110,8 @@ t.test('NATS: no way in without a password, and each role only what it needs', a
   await refusesSubscribe(t, gateway, `${n.replies}${users.gateway2.user}.>`, "a gateway cannot hear another gateway's replies");
   await refusesSubscribe(t, gateway, `${n.replies}>`, 'nor everyone\'s');
   await refusesSubscribe(t, gateway, n.cmd('stock', 0), 'nor the commands');
+  await refusesPublish(t, gateway, n.pulse('worker-0'), 'nor pulse in the name of a worker (it hears the pulses: who runs which partition)');
+  await refusesSubscribe(t, gateway, `${n.pulse('worker-0')}.probe`, "nor hear a worker's probes");
 
   // A worker creates its streams and purges them, but deletes nothing.
   const wjsm = await worker.jetstreamManager();

@@ -425,3 +425,54 @@ t.test('a partition\'s first take since its start is recorded before anything of
   await waitFor(() => calls.length === 2, { deadlineMs: 5000, what: 'the next commit' });
   t.equal(events.filter((e) => e === 'record 0').length, 1, 'recorded once per start');
 });
+
+/** Every reply the partition's batches stored, as [reply subject, decoded reply]. */
+const repliesOf = (m: FakeParticipant) => m.owed.flatMap((e) => e.replies.map(([to, data]) => [to, new Packr({ useRecords: false }).unpack(data)]));
+
+t.test('a bundle for several partitions of one worker, carried by one of them: each command applied to its own partition, once, in one transaction with the carrier\'s cursor', async (t) => {
+  const { loop, calls } = rig();
+  const [a, b] = [new FakeParticipant('stock', 0), new FakeParticipant('stock', 1)];
+  for (const m of [a, b]) {
+    m.live.get('items')!.set('x', { stock: 0, price: 1 });
+    loop.add(m);
+  }
+  const bundle = [
+    { c: add('x', 1), r: `${names}x.a1` },
+    { c: add('x', 10), r: `${names}x.b10`, p: 1 },
+    { c: add('x', 100), r: `${names}x.b100`, p: 1 },
+    { c: add('x', 1000), r: `${names}x.a1000`, p: 0 },
+  ];
+  a.pushRaw(7, encode(bundle), 'gw.1');
+  loop.wake();
+  await waitFor(() => calls.length === 1, { deadlineMs: 5000, what: 'the commit' });
+  t.same(calls[0]!.parts.map((p) => p.name).sort(), ['stock.0', 'stock.1'], 'the carrier and the partition it carried for, in one transaction');
+  calls[0]!.settle(['committed', 'committed']);
+  await waitFor(() => a.commits.length === 1 && b.commits.length === 1, { deadlineMs: 5000, what: 'both to hear of the commit' });
+  t.equal(a.stock('x'), 1001, 'the carrier\'s own commands (with and without p)');
+  t.equal(b.stock('x'), 110, 'the carried ones, on their partition');
+  t.same([a.cursor, b.cursor], [7, 0], 'the carrier\'s cursor moved; the other partition\'s stream was not read');
+  t.same([a.local, b.local], [0, 2], 'the carried commands are numbered from their partition\'s local count');
+  const replies = [...repliesOf(a), ...repliesOf(b)].sort((x, y) => String(x[0]).localeCompare(String(y[0])));
+  t.same(replies.map(([to]) => to), ['a1', 'a1000', 'b10', 'b100'].map((s) => `${names}x.${s}`), 'every command answered');
+  t.ok(replies.every(([, r]) => (r as { ok: boolean }).ok), 'each with its outcome');
+});
+
+t.test('a command carried for a partition this worker does not run (moved, or not started): answered elsewhere, nothing changed; a partition out of range is a dead letter', async (t) => {
+  const { loop, calls, a } = rigWithX();
+  loop.add(a);
+  a.pushRaw(3, encode([
+    { c: add('x', 1), r: `${names}x.own` },
+    { c: add('x', 5), r: `${names}x.away`, p: 1 },
+    { c: add('x', 7), r: `${names}x.bad`, p: 2 },
+    { c: add('x', 9), r: `${names}x.neg`, p: -1 },
+  ]));
+  loop.wake();
+  await commitAll(calls, () => a.cursor === 3, 'the batch to be committed');
+  t.equal(a.stock('x'), 1, 'only the carrier\'s own command applied');
+  const replies = new Map(repliesOf(a) as [string, { ok: boolean; code?: string }][]);
+  t.equal(replies.get(`${names}x.own`)?.ok, true);
+  t.equal(replies.get(`${names}x.away`)?.code, 'elsewhere', 'the one for partition 1: elsewhere (the gateway sends it there)');
+  t.equal(replies.get(`${names}x.bad`)?.code, 'invalid_command', 'partition 2 of 2: refused');
+  t.equal(replies.get(`${names}x.neg`)?.code, 'invalid_command', 'partition -1: refused');
+  t.same(a.deadLetters().map((d) => [d.seq, d.reason]), [[3 * BUNDLE_MAX + 2, 'invalid'], [3 * BUNDLE_MAX + 3, 'invalid']], 'the two out of range are dead letters; elsewhere is not one');
+});
