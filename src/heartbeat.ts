@@ -40,6 +40,12 @@ const HeartbeatSchema = Type.Object({
   adminPort: Type.Integer({ minimum: 0, maximum: 65535 }),
   /** It is leaving (SIGTERM or shopctl drain): give it nothing, move what it holds. */
   draining: Type.Boolean(),
+  /**
+   * It applies a command carried in another partition's bundle on the partition the command names, or answers
+   * `elsewhere` (batch-apply.ts): gateways bundle per owner only for workers that say so, so that a worker of an
+   * older version, which would apply such a command to the carrier's partition, never gets one.
+   */
+  carries: Type.Optional(Type.Boolean()),
   /** Partitions it runs now (a runner that is not stopped or fenced). */
   held: Type.Array(HeldSchema),
   /** Placement entries it could not take because Redis holds a newer epoch: `<kind>.<partition>` -> stored epoch. */

@@ -196,7 +196,7 @@ export class BatchApplier {
     } else {
       if (this.config.faultKillAfter === 'poison' && (envelope.c as { id?: unknown }).id === FAULT_POISON_ID) process.kill(process.pid, 'SIGKILL');
       if (envelope.p === undefined || envelope.p === share.partition) delivery.deliver(share, envelope.c, seq, replyTo as string | undefined);
-      else this.forward(delivery, route, share, envelope.p as number, envelope.c, replyTo as string | undefined);
+      else this.forward(delivery, route, share, seq, envelope.p as number, envelope.c, replyTo as string | undefined);
     }
   }
 
@@ -207,10 +207,13 @@ export class BatchApplier {
    * stream sequence is the carrier's, and the carrier may apply the message again under another); else it is
    * answered `elsewhere` and changes nothing: the gateway sends it to the partition's own subject.
    */
-  private forward(delivery: Delivery<Share>, route: Route, share: Share, partition: number, cmd: unknown, replyTo: string | undefined): void {
+  private forward(delivery: Delivery<Share>, route: Route, share: Share, seq: number, partition: number, cmd: unknown, replyTo: string | undefined): void {
     const target = route(share.kind, partition);
     if (target) return delivery.deliver(target, cmd, target.nextLocal(), replyTo);
-    if (replyTo !== undefined) share.replies.push([replyTo, encode(fail('elsewhere', `${share.kind}.${partition} is not served by this worker now`))]);
+    const detail = `${share.kind}.${partition} is not served by this worker now`;
+    if (replyTo !== undefined) share.replies.push([replyTo, encode(fail('elsewhere', detail))]);
+    // Nobody waits to send it to its partition (a gateway always names a reply subject): kept as a dead letter.
+    else share.deadLetter(seq, 'invalid', `${detail}, and the command names no reply subject to say so`, copyOf({ c: cmd, p: partition }), cmd);
   }
 
   /**

@@ -72,6 +72,7 @@ export function createHeartbeats(o: HeartbeatOptions): Heartbeats {
     kinds: [...config.kinds],
     adminPort: o.adminPort,
     draining: draining(o.state()),
+    carries: true,
     held: o
       .runners()
       .filter((r) => r.state !== 'fenced')

@@ -98,6 +98,9 @@ export function createShopClient({ nc, config, log }: { nc: NatsConnection; conf
   const bundles = createBundles({ id, mux, store });
   // Who runs which partition, from the workers' pulses: one bundle per owner and turn (bundles.ts).
   const owners = config.gatewayBundles === 'owner' ? watchOwners({ nc, subject: n.pulses, freshMs: config.workerLeaseMs, fault }) : undefined;
+  // A command carried to a worker that no longer ran its partition (moved, starting) is sent to the partition itself:
+  // normal around a move, said once a minute.
+  const sentOn = faultLog(log, undefined, undefined, 'sent on');
   const reads = createReadBatches({ mux, fault, log, retryBackoffMs: config.retryBackoffMs });
   // The turn's bundles and read batches leave with the mux's flush, in the same socket write as everything else.
   mux.onFlush(() => {
@@ -120,6 +123,7 @@ export function createShopClient({ nc, config, log }: { nc: NatsConnection; conf
         return settle(outcome);
       }
       const sendOwn = () => {
+        sentOn('a command carried to a worker that does not run its partition now: sent to the partition itself', { kind, partition, worker: owner });
         owners!.forget(kind, partition, owner);
         bundles.add({ ...command, envelope: { c: cmd, r: command.envelope.r! } }, false);
       };

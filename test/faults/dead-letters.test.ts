@@ -60,6 +60,8 @@ function garbage(kind: Kind, inboxes: string): [Uint8Array, DeadLetterReason][] 
     [encode({ c: kind === 'order' ? { k: 'batchInit', from: 0, to: 1e6, nItems: 1, nUsers: 1, price: 1, seed: 1 } : { ...valid, amount: 2 ** 53 } }), 'invalid'],
     [encode({ c: valid, r: '$KV.SHOP_PLACEMENT.order.0' }), 'invalid'], // a reply subject no worker may publish to
     [encode({ c: valid, r: `${inboxes}x.*` }), 'invalid'],
+    // The partition a carried command is for (a gateway's bundle per owner): past the kind's partitions, or no number.
+    ...[2 ** 20, -1, 0.5, '0', null].map((p): [Uint8Array, DeadLetterReason] => [encode({ c: valid, p }), 'invalid']),
     [encode(Array.from({ length: BUNDLE_MAX + 1 }, () => ({ c: valid }))), 'oversized'],
     [bytes(64), 'undecodable'],
     // Issue 19's crafted messages: each used to hold the event loop for seconds, or to throw out of the batch.

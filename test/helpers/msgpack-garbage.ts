@@ -49,6 +49,7 @@ export function crafted(): [string, Uint8Array][] {
     ['a BigInt in k', big.pack({ c: { k: 2n ** 70n, id: 'x', amount: 1 } })],
     ['a BigInt in r', big.pack({ c: { k: 'add', id: 'x', amount: 1 }, r: 2n ** 70n })],
     ['a BigInt in amount', big.pack({ c: { k: 'add', id: 'x', amount: 2n ** 70n } })],
+    ['a BigInt in p (the partition a carried command is for)', big.pack({ c: { k: 'add', id: 'x', amount: 1 }, p: 2n ** 70n })],
     ['an int64 of 2^53 in amount', Uint8Array.from([0x81, 0xa1, 0x63, 0x83, 0xa1, 0x6b, 0xa3, 0x61, 0x64, 0x64, 0xa2, 0x69, 0x64, 0xa1, 0x78, 0xa6, 0x61, 0x6d, 0x6f, 0x75, 0x6e, 0x74, 0xcf, 0, 0x20, 0, 0, 0, 0, 0, 0])],
   ];
 }

@@ -48,7 +48,7 @@ t.test('bundles per owner: one stream message per worker and turn; elsewhere sen
     { k: 'stock', p: 5, e: 2, lag: 0 },
     { k: 'stock', p: 6, e: 1, lag: 0, t: 'restarting', n: 1 },
   ];
-  const pulse = { id: 'worker-a', seq: 1, at: Date.now(), pid: 1, host: 'h', kinds: ['stock'], adminPort: 0, draining: false, held, stale: {} };
+  const pulse = { id: 'worker-a', seq: 1, at: Date.now(), pid: 1, host: 'h', kinds: ['stock'], adminPort: 0, draining: false, carries: true, held, stale: {} };
   nc.publish(n.pulse('worker-a'), new Uint8Array()); // an empty pulse: ignored
   nc.publish(n.pulse('worker-a'), new TextEncoder().encode(JSON.stringify(pulse)));
   await nc.flush(); // the client shares this connection: its subscription has the pulse once the flush returns

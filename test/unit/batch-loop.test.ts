@@ -476,3 +476,14 @@ t.test('a command carried for a partition this worker does not run (moved, or no
   t.equal(replies.get(`${names}x.neg`)?.code, 'invalid_command', 'partition -1: refused');
   t.same(a.deadLetters().map((d) => [d.seq, d.reason]), [[3 * BUNDLE_MAX + 2, 'invalid'], [3 * BUNDLE_MAX + 3, 'invalid']], 'the two out of range are dead letters; elsewhere is not one');
 });
+
+t.test('a command carried for a partition this worker does not run, with no reply subject: nobody would send it on, so it is a dead letter', async (t) => {
+  const { loop, calls, a } = rigWithX();
+  loop.add(a);
+  a.pushRaw(4, encode([{ c: add('x', 1) }, { c: add('x', 5), p: 1 }]));
+  loop.wake();
+  await commitAll(calls, () => a.cursor === 4, 'the batch to be committed');
+  t.equal(a.stock('x'), 1);
+  t.same(a.deadLetters().map((d) => [d.seq, d.reason]), [[4 * BUNDLE_MAX + 1, 'invalid']], 'the carried one is a dead letter');
+  t.match(a.deadLetters()[0]!.detail, /stock\.1 is not served by this worker now, and the command names no reply subject/);
+});
