@@ -9,7 +9,6 @@ import { jsonDecoder } from '../json-value.js';
 import { fnv1a } from '../partitioning.js';
 
 export type { Held, Heartbeat } from '../heartbeat.js';
-export { JSON_VALUE_BYTES_MAX as KV_VALUE_BYTES_MAX, type JsonDecoder as KvDecoder } from '../json-value.js';
 
 // The values kept in the KV buckets. Each is defined once, as a schema; its type is derived from it, and every value
 // read from a bucket is checked against it (kvValues below): anybody with access to NATS can put anything there,
