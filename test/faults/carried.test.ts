@@ -11,28 +11,38 @@ import { partitionOf } from '../../src/partitioning.js';
 import { names, type CommandEnvelope } from '../../src/protocol.js';
 import { decode } from '../../src/codec.js';
 import { createShopClient } from '../../src/transport/shop-client.js';
+import type { Heartbeat } from '../../src/heartbeat.js';
 import { startCluster } from '../helpers/cluster.js';
+import { waitFor } from '../helpers/servers.js';
 
 const ATTEMPTS = 5;
 
 t.test('a command carried to a worker that does not run its partition is applied once, on its partition, by the worker that does', async (t) => {
   const c = await startCluster(t, { workerProcesses: 2, partitions: 8 });
   for (const i of [0, 1]) c.spawnWorker(i);
-  const settled = await c.waitSettled('two workers to share the partitions');
+  await c.waitSettled('two workers to share the partitions');
   const n = names(c.config.streamPrefix);
-  const [a, b] = [...settled.workers.values()].map((w) => w.heartbeat);
-  const runs = (hb: typeof a, p: number) => hb!.held.some((h) => h.k === 'stock' && h.p === p);
-  const partitionOn = (hb: typeof a) => [...Array(c.config.partitions).keys()].find((p) => runs(hb, p))!;
-  const p = partitionOn(a);
-  const q = partitionOn(b);
-  t.ok(p !== undefined && q !== undefined, `stock.${p} runs on ${a!.id}, stock.${q} on ${b!.id}`);
+  // Settled may come before the controller has balanced: wait until each worker runs a stock partition.
+  const stockOf = (hb: Heartbeat) => hb.held.filter((h) => h.k === 'stock' && h.t === undefined).map((h) => h.p);
+  let a: Heartbeat | undefined;
+  let b: Heartbeat | undefined;
+  await waitFor(
+    async () => {
+      [a, b] = [...(await c.status()).workers.values()].map((w) => w.heartbeat);
+      return a !== undefined && b !== undefined && stockOf(a).length > 0 && stockOf(b).length > 0;
+    },
+    { deadlineMs: 30_000, what: 'each of the two workers to run a stock partition' },
+  );
+  const [p, q] = [stockOf(a!)[0]!, stockOf(b!)[0]!];
+  t.pass(`stock.${p} runs on ${a!.id}, stock.${q} on ${b!.id}`);
 
-  // An item on each of the two partitions.
+  // An item on each of the two partitions (ids are uuids: one in 8 lands on a given partition).
   const itemOn = async (partition: number): Promise<string> => {
-    for (;;) {
+    for (let tries = 0; tries < 500; tries++) {
       const id = (await c.call('POST', '/stock/item/create/1')).body.item_id as string;
       if (partitionOf(id, c.config.partitions) === partition) return id;
     }
+    throw new Error(`no item created on stock.${partition} in 500 tries`);
   };
   const [onP, onQ] = [await itemOn(p), await itemOn(q)];
 
