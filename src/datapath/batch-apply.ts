@@ -182,17 +182,14 @@ export class BatchApplier {
     } else if (replyTo !== undefined && !this.replySubject(replyTo)) {
       share.deadLetter(seq, 'invalid', `reply subject ${describe(replyTo)} is not a reply inbox`, copyOf(envelope));
     } else if (envelope.p !== undefined && !(Number.isSafeInteger(envelope.p) && (envelope.p as number) >= 0 && (envelope.p as number) < this.config.partitions)) {
-      const detail = `partition ${describe(envelope.p)} is not one of the ${this.config.partitions} partitions of ${share.kind}`;
-      share.deadLetter(seq, 'invalid', detail, copyOf(envelope));
-      if (replyTo !== undefined) share.replies.push([replyTo as string, encode(fail('invalid_command', detail))]);
+      this.refuse(share, seq, 'invalid', `partition ${describe(envelope.p)} is not one of the ${this.config.partitions} partitions of ${share.kind}`, envelope, replyTo as string | undefined);
     } else if (!this.check(share, 'client', envelope.c, seq, envelope, replyTo as string | undefined)) {
       // refused: a dead letter already
     } else if (inBundle && (envelope.c as { k: string }).k === 'batchInit') {
       // The key budget of a batch: a batchInit writes up to BATCH_INIT_CHUNK keys, and a batch is cut only between
       // messages, so one bundle of them would be one batch of millions of keys (seconds without a heartbeat).
       const detail = `a batchInit travels alone in its stream message (it writes up to ${BATCH_INIT_CHUNK} keys); this one came in a bundle of several commands`;
-      share.deadLetter(seq, 'oversized', detail, copyOf(envelope), envelope.c);
-      if (replyTo !== undefined) share.replies.push([replyTo as string, encode(fail('invalid_command', detail))]);
+      this.refuse(share, seq, 'oversized', detail, envelope, replyTo as string | undefined, envelope.c);
     } else {
       if (this.config.faultKillAfter === 'poison' && (envelope.c as { id?: unknown }).id === FAULT_POISON_ID) process.kill(process.pid, 'SIGKILL');
       if (envelope.p === undefined || envelope.p === share.partition) delivery.deliver(share, envelope.c, seq, replyTo as string | undefined);
@@ -265,9 +262,17 @@ export class BatchApplier {
   private check(share: Share, door: Door, cmd: unknown, seq: number, original: unknown, replyTo: ReplyTo | undefined): boolean {
     const verdict = checkCommand(share.kind, door, cmd);
     if (verdict.ok) return true;
-    share.deadLetter(seq, verdict.reason, verdict.detail, copyOf(original), cmd);
-    if (replyTo !== undefined) share.replies.push([replyTo, encode(fail('invalid_command', verdict.detail))]);
+    this.refuse(share, seq, verdict.reason, verdict.detail, original, replyTo, cmd);
     return false;
+  }
+
+  /**
+   * A command refused at the boundary: one dead letter holding `original` (and naming the order `cmd` is about, where
+   * it names one), and its waiter, if any, hears why as `invalid_command`.
+   */
+  private refuse(share: Share, seq: number, reason: DeadLetterReason, detail: string, original: unknown, replyTo: ReplyTo | undefined, cmd?: unknown): void {
+    share.deadLetter(seq, reason, detail, copyOf(original), cmd);
+    if (replyTo !== undefined) share.replies.push([replyTo, encode(fail('invalid_command', detail))]);
   }
 
   /** A reply subject a client command may name: one of the reply inboxes, nothing else a worker may publish to. */
