@@ -24,10 +24,11 @@ export class OwnerClaims {
 
   heard(hb: Heartbeat, now: number): void {
     const held: string[] = [];
+    // A worker leaving, or one that would not apply a carried command where it belongs (an older version), claims
+    // nothing; nor does a partition held but not serving: commands go to the partition itself.
+    const claiming = !hb.draining && hb.carries === true;
     for (const h of hb.held) {
-      // Held but not serving, or leaving, or a worker that would not apply a carried command where it belongs (an
-      // older version): commands go to the partition itself.
-      if (h.t !== undefined || hb.draining || hb.carries !== true) continue;
+      if (!claiming || h.t !== undefined) continue;
       const key = `${h.k}.${h.p}`;
       const claim = this.claims.get(key);
       if (claim && claim.worker !== hb.id && claim.epoch > h.e) continue; // a newer owner claimed it already
