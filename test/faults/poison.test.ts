@@ -6,14 +6,14 @@
  */
 import { Redis } from 'ioredis';
 import { connect } from 'nats';
-import t from 'tap';
+import t, { type Test } from 'tap';
 import { encode } from '../../src/codec.js';
 import { FAULT_POISON_ID } from '../../src/datapath/batch-apply.js';
 import { PoisonWatch } from '../../src/datapath/poison.js';
 import { createLog } from '../../src/log.js';
 import { names } from '../../src/protocol.js';
 import { createShopClient } from '../../src/transport/shop-client.js';
-import { createPartitionStore } from '../../src/datapath/store.js';
+import { createPartitionStore, type PartitionStore } from '../../src/datapath/store.js';
 import { startServers, testConfig, waitFor } from '../helpers/servers.js';
 import { spawnRole, type Child } from '../helpers/stack.js';
 
@@ -64,11 +64,16 @@ t.test('a message that kills its worker: taken alone on the next start, quaranti
   t.equal((await jsm.streams.info(n.stream('stock'))).state.consumer_count, 1, 'the consumers of the two dead workers were deleted on takeover');
 });
 
-t.test('the attempt record: who counts, who does not, and a commit that moves the cursor starts it over', async (t) => {
+/** A partition's store on a redis-server of its own (stopped, and the connection closed, in teardown). */
+async function storeOnRedis(t: Test, prefix: string): Promise<PartitionStore> {
   const { redis: server } = await startServers(t);
   const redis = new Redis(server.url);
   t.teardown(() => redis.disconnect());
-  const store = createPartitionStore(redis, 'poison-test:', 'stock', 0, ['items']);
+  return createPartitionStore(redis, prefix, 'stock', 0, ['items']);
+}
+
+t.test('the attempt record: who counts, who does not, and a commit that moves the cursor starts it over', async (t) => {
+  const store = await storeOnRedis(t, 'poison-test:');
   const epoch = await store.acquire();
   const at = (cursor: number, token: string, what: 'start' | 'fault' | 'solo') => store.attempt(epoch, cursor, token, what);
   t.same(await at(0, 'A', 'start'), { starts: 1, solos: 0 }, 'a first start');
@@ -89,10 +94,7 @@ t.test('a partition that changes hands again and again before its owners commit:
   // message 88 was passed as a poison. Each owner here raises the epoch (fencing the one before), loads, starts
   // its reads; every other one gets as far as taking the message (and alone, when the count says so) before the next
   // one fences it. Each lets go alive: fenced at its commit, or told to stop.
-  const { redis: server } = await startServers(t);
-  const redis = new Redis(server.url);
-  t.teardown(() => redis.disconnect());
-  const store = createPartitionStore(redis, 'poison-moves:', 'stock', 0, ['items']);
+  const store = await storeOnRedis(t, 'poison-moves:');
   const log = createLog('test', 'error');
   const first = { seq: 6, data: new Uint8Array() };
   let epoch = await store.acquire();
@@ -123,10 +125,7 @@ t.test('a partition that changes hands again and again before its owners commit:
 });
 
 t.test('an owner that dies counts, one that leaves alive withdraws only its own count', async (t) => {
-  const { redis: server } = await startServers(t);
-  const redis = new Redis(server.url);
-  t.teardown(() => redis.disconnect());
-  const store = createPartitionStore(redis, 'poison-withdraw:', 'stock', 0, ['items']);
+  const store = await storeOnRedis(t, 'poison-withdraw:');
   const epoch = await store.acquire();
   t.same(await store.attempt(epoch, 0, 'A', 'start'), { starts: 1, solos: 0 });
   t.same(await store.attempt(epoch, 0, 'B', 'start'), { starts: 2, solos: 0 }, 'A died: B counts');
