@@ -97,6 +97,7 @@ export class BatchLoop {
    * and it is committed only once that one is (or thrown away and applied again, if it was not). One commit in
    * flight at a time, so a worker's cycle is the longer of applying and committing, not their sum: with many
    * partitions per batch, or sagas crossing workers, a commit is long and the loop used to wait it out idle.
+   * What arrives while that commit is out joins the next batch before it is sent (group commit).
    */
   private async loop(): Promise<void> {
     let inflight: InFlight | null = null;
@@ -155,6 +156,17 @@ export class BatchLoop {
           // (Else every batch of a busy worker would hold on to all those before it: a chain that grows while the
           // loop never idles, and that every read of a draft walks.)
           for (const p of next?.values() ?? []) p.detach();
+          // What arrived while that commit was out joins the batch about to be committed (group commit): else the
+          // batch applied at the first wake went out with the one message that woke it, and every other commit of a
+          // worker whose partitions wait on each other (sagas across workers) carried next to nothing.
+          if (next && !alone) {
+            const more = [...this.participants.values()].filter((m) => m.ready() && !m.mustRecordStart?.() && !m.suspect?.());
+            if (more.length > 0) {
+              applying = true;
+              this.apply(more, undefined, next, false);
+              applying = false;
+            }
+          }
         }
         if (next) {
           inflight = this.committer.start(next);

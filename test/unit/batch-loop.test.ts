@@ -190,6 +190,32 @@ t.test('the next batch is applied while the previous one commits, on its drafts,
   t.equal(a.stock('x'), 11, 'built on the first: 1 + 10');
 });
 
+t.test('what arrives after the next batch was applied, while the commit below it is out, joins that batch: one commit, not one per arrival', async (t) => {
+  const { loop, calls } = rig();
+  const a = new FakeParticipant('stock', 0);
+  const b = new FakeParticipant('stock', 1);
+  for (const m of [a, b]) m.live.get('items')!.set('x', { stock: 0, price: 1 });
+  a.push(1, add('x', 1));
+  loop.add(a);
+  loop.add(b);
+  await waitFor(() => calls.length === 1, { deadlineMs: 5000, what: 'the first commit' });
+  a.push(2, add('x', 10));
+  loop.wake();
+  await waitFor(() => a.queue.length === 0, { deadlineMs: 5000, what: 'the next batch to be applied at the first wake' });
+  // The commit is still out: what comes now waits for it, and then goes with the batch applied at the first wake.
+  a.push(3, add('x', 100));
+  b.push(1, add('x', 5));
+  loop.wake();
+  calls[0]!.settle(['committed', 'committed']);
+  await waitFor(() => calls.length === 2, { deadlineMs: 5000, what: 'the second commit' });
+  t.same(calls[1]!.parts, [{ name: 'stock.0', cursor: 3 }, { name: 'stock.1', cursor: 1 }], 'the second commit holds everything that was queued when the first returned');
+  t.same([a.queue.length, b.queue.length], [0, 0], 'nothing left for a third');
+  calls[1]!.settle(['committed', 'committed']);
+  await waitFor(() => a.commits.length === 2 && b.commits.length === 1, { deadlineMs: 5000, what: 'the second batch to be committed' });
+  t.same([a.stock('x'), b.stock('x')], [111, 5], 'each command applied once, in order');
+  t.equal(calls.length, 2, 'two commits in all');
+});
+
 t.test('a batch refused (one partition fenced): the batch applied on top of it is thrown away, every message applied again in order, once', async (t) => {
   const { loop, calls } = rig();
   const a = new FakeParticipant('stock', 0);
