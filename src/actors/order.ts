@@ -122,29 +122,59 @@ function userHere(next: () => number, nUsers: number, ctx: ApplyContext, listed:
   return listed.length > 0 ? listed[Math.floor(next() * listed.length)]! : any();
 }
 
-/** Starts the checkout: one reserve per stock partition with all its lines, one debit to the user's payment partition. */
-function begin(order: Order, id: string, ctx: ApplyContext): { saga: Saga; send: Outgoing[] } {
-  const ref: SagaRef = { saga: `${id}#${ctx.seq}`, order: id, from: ctx.partition };
+/**
+ * A checkout's holds: one reserve per stock partition with all its lines, one debit to the user's payment partition.
+ * The same every time for the same saga (an order's lines cannot change while its saga runs), so the running saga
+ * can send them again from the order alone.
+ */
+function holds(order: Order, ref: SagaRef, partitions: number): Outgoing[] {
   const perPartition = new Map<number, Map<string, number>>();
   for (const [item, quantity] of order.items) {
-    const p = partitionOf(item, ctx.partitions);
+    const p = partitionOf(item, partitions);
     let lines = perPartition.get(p);
     if (!lines) perPartition.set(p, (lines = new Map()));
     lines.set(item, (lines.get(item) ?? 0) + quantity);
   }
-  const parts: PartStatus[] = [];
   const send: Outgoing[] = [];
   for (const [p, lines] of perPartition) {
-    parts.push({ part: partOf('stock', p), st: 'pending' });
     const cmd: ReserveCmd = { k: 'reserve', ...ref, lines: [...lines] };
     send.push({ kind: 'stock', partition: p, cmd });
   }
-  const pay = partitionOf(order.user, ctx.partitions);
-  parts.push({ part: partOf('payment', pay), st: 'pending' });
   const debit: DebitCmd = { k: 'debit', ...ref, user: order.user, amount: order.total };
-  send.push({ kind: 'payment', partition: pay, cmd: debit });
+  send.push({ kind: 'payment', partition: partitionOf(order.user, partitions), cmd: debit });
+  return send;
+}
+
+/** Starts the checkout: sends its holds, each participant pending. */
+function begin(order: Order, id: string, ctx: ApplyContext): { saga: Saga; send: Outgoing[] } {
+  const ref: SagaRef = { saga: `${id}#${ctx.seq}`, order: id, from: ctx.partition };
+  const send = holds(order, ref, ctx.partitions);
+  const parts = send.map((out): PartStatus => ({ part: partOf(out.kind, out.partition), st: 'pending' }));
   return { saga: { id: ref.saga, parts, waiters: ctx.replyTo ? [ctx.replyTo] : [] }, send };
 }
+
+/**
+ * What an order's running saga waits for, sent again until it comes: the hold of each participant that has not
+ * answered, the release of each that holds and must give back. Nothing once the saga has ended.
+ */
+function sagaOwes(id: string, stored: unknown, ctx: { partition: number; partitions: number }): Outgoing[] {
+  const order = loadOrder(stored as StoredOrder);
+  const saga = order.saga;
+  if (!saga) return [];
+  const ref: SagaRef = { saga: saga.id, order: id, from: ctx.partition };
+  const waiting = new Map(saga.parts.map((p) => [p.part, p.st]));
+  const send: Outgoing[] = [];
+  for (const out of holds(order, ref, ctx.partitions)) if (waiting.get(partOf(out.kind, out.partition)) === 'pending') send.push(out);
+  for (const p of saga.parts) if (p.st === 'releasing') send.push(toPart(p.part, releaseOf(ref)));
+  return send;
+}
+
+/**
+ * A running saga's messages go again after a second without an answer, doubling up to 8 s, and at once when a new
+ * owner takes the partition: the courier neither stores nor acknowledges them (docs/architecture.md, "Exactly once").
+ */
+const SAGA_REMIND_FIRST_MS = 1000;
+const SAGA_REMIND_MAX_MS = 8000;
 
 function toPart(part: Part, cmd: unknown): Outgoing {
   const { kind, partition } = parsePart(part);
@@ -164,8 +194,11 @@ function onAnswer(state: StateView, answer: SagaAnswer, ctx: ApplyContext): Effe
     // ended. A copy of an answer the paying saga counted is recognised by its `at` and ignored: that hold is the
     // sale itself. Any other successful hold is given back, exactly that one (by its `at`); for a hold already
     // given back or forgotten, the release finds nothing to undo.
+    // Whatever else the participant holds for a saga that has ended is settled (the sale, a refusal, a hold given
+    // back): it may forget it. The participant sends its answer until it does, so a lost forget is sent again too.
     const counted = order?.paidBy?.saga === msg.saga && order.paidBy.ats.some(([part, at]) => part === msg.part && at === msg.at);
-    return msg.phase === 'hold' && msg.ok && !counted ? { send: [toPart(msg.part, releaseOf(ref, msg.at))] } : {};
+    if (msg.phase === 'hold' && msg.ok && !counted) return { send: [toPart(msg.part, releaseOf(ref, msg.at))] };
+    return { send: [toPart(msg.part, { k: 'forget', sagas: [[msg.saga, msg.at]] } satisfies ForgetCmd)] };
   }
   const i = current.parts.findIndex((p) => p.part === msg.part);
   const was = current.parts[i];
@@ -215,6 +248,7 @@ export const order: Actor<OrderCmd, OrderQuery> = {
   kind: 'order',
   tables: [ORDERS],
   mergeOutgoing: mergeForgets,
+  reminders: { table: ORDERS, firstMs: SAGA_REMIND_FIRST_MS, maxMs: SAGA_REMIND_MAX_MS, startMs: 0, owes: (stored) => typeof stored === 'object' && stored !== null && (stored as Order).saga !== undefined, owed: sagaOwes },
 
   apply(state: StateView, cmd: OrderCmd, ctx: ApplyContext): Effects {
     switch (cmd.k) {

@@ -1,6 +1,6 @@
 import { fail, ok, type Reply } from '../protocol.js';
 import type { DebitCmd, PaymentCmd } from './commands.js';
-import { forget, heldBySagas, hold, LEDGER, partOf, release, type HoldResult } from './saga.js';
+import { forget, heldBySagas, hold, LEDGER, ledgerReminders, partOf, release, type HoldResult } from './saga.js';
 import { ownShare } from '../partitioning.js';
 import type { Actor, ApplyContext, Effects, ReadView, StateView } from './types.js';
 
@@ -47,6 +47,7 @@ function refund(state: StateView, { user: id, amount }: Debit): void {
 
 export const payment: Actor<PaymentCmd, PaymentQuery> = {
   kind: 'payment',
+  reminders: ledgerReminders('payment'),
   tables: [USERS, LEDGER],
 
   apply(state: StateView, cmd: PaymentCmd, ctx: ApplyContext): Effects {

@@ -1,7 +1,9 @@
 import type { Kind } from '../config.js';
 import type { ErrorCode } from '../errors.js';
 import type { ForgetCmd, ReleaseCmd, SagaAnswer } from './commands.js';
-import type { ApplyContext, Outgoing, StateView } from './types.js';
+import { partitionOf } from '../partitioning.js';
+import { ID_MAX_CHARS } from '../protocol.js';
+import type { ApplyContext, Outgoing, Reminders, StateView } from './types.js';
 
 /**
  * The checkout saga's messages and the participant side of it (stock and payment partitions).
@@ -87,8 +89,48 @@ export function release<H>(state: StateView, cmd: ReleaseCmd, part: Part, ctx: A
     if (entry?.s === 'held') undo(entry.held);
     if (entry?.s !== 'released') state.set(LEDGER, cmd.saga, { s: 'released', at } satisfies LedgerEntry<H>);
   }
-  return answer(cmd, part, 'release', { ok: true, at });
+  // A release of one hold (`at`) names that hold in its answer, whatever entry the saga has now: the coordinator of a
+  // saga that has ended forgets the entry an answer names, and must not forget a later hold this release did not undo.
+  return answer(cmd, part, 'release', { ok: true, at: cmd.at ?? at });
 }
+
+/**
+ * A ledger entry's answer goes again this long after it was made, doubling up to the max: long enough that a saga
+ * running normally has forgotten it by then (the coordinator re-sends what it waits for itself, much sooner).
+ */
+const LEDGER_REMIND_FIRST_MS = 10_000;
+const LEDGER_REMIND_MAX_MS = 60_000;
+
+/** The order a saga is about: its id is `<order id>#<command number>`. */
+export function orderOfSaga(saga: string): string {
+  const at = saga.lastIndexOf('#');
+  return at < 0 ? saga : saga.slice(0, at);
+}
+
+/**
+ * What a participant's ledger entry owes its coordinator: the answer it holds, the same every time (a release's for a
+ * tombstone, the hold's otherwise). Sent again until the coordinator forgets the entry, which it does for every saga
+ * that has ended (order.ts, onAnswer): so an answer lost, a forget lost, or a hold applied anew after its saga ended
+ * cannot leave an entry, nor what it holds, behind. The coordinator is the order's partition.
+ */
+export function ledgerOwes(part: Part, saga: string, entry: LedgerEntry<unknown>, partitions: number): Outgoing[] {
+  const order = orderOfSaga(saga);
+  if (order.length === 0 || order.length > ID_MAX_CHARS) return []; // no coordinator could take the answer
+  const ref: SagaRef = { saga, order, from: partitionOf(order, partitions) };
+  if (entry.s === 'released') return [answer(ref, part, 'release', { ok: true, at: entry.at })];
+  if (entry.s === 'held') return [answer(ref, part, 'hold', { ok: true, at: entry.at })];
+  return [answer(ref, part, 'hold', { ok: false, at: entry.at, code: entry.code, detail: entry.detail })];
+}
+
+/** A participant's reminders: its ledger's answers, sent again while nothing forgets them (they rarely need to be). */
+export const ledgerReminders = (kind: Kind): Reminders => ({
+  table: LEDGER,
+  firstMs: LEDGER_REMIND_FIRST_MS,
+  maxMs: LEDGER_REMIND_MAX_MS,
+  startMs: LEDGER_REMIND_FIRST_MS,
+  owes: () => true,
+  owed: (saga, entry, ctx) => ledgerOwes(partOf(kind, ctx.partition), saga, entry as LedgerEntry<unknown>, ctx.partitions),
+});
 
 /** The sagas have ended: what they hold is final (or was given back); their entries are no longer needed. */
 export function forget(state: StateView, cmd: ForgetCmd): void {

@@ -1,7 +1,7 @@
 import { ownShare } from '../partitioning.js';
 import { fail, ok, type Reply } from '../protocol.js';
 import type { ReserveCmd, StockCmd } from './commands.js';
-import { forget, heldBySagas, hold, LEDGER, partOf, release, type HoldResult } from './saga.js';
+import { forget, heldBySagas, hold, LEDGER, ledgerReminders, partOf, release, type HoldResult } from './saga.js';
 import type { Actor, ApplyContext, Effects, ReadView, StateView } from './types.js';
 
 export type { ReserveCmd, StockCmd };
@@ -56,6 +56,7 @@ function giveBack(state: StateView, lines: ReserveCmd['lines']): void {
 
 export const stock: Actor<StockCmd, StockQuery> = {
   kind: 'stock',
+  reminders: ledgerReminders('stock'),
   tables: [ITEMS, LEDGER],
 
   apply(state: StateView, cmd: StockCmd, ctx: ApplyContext): Effects {

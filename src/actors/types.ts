@@ -47,6 +47,26 @@ export interface Effects {
 }
 
 /**
+ * What a partition's committed state says it owes other partitions, until the state changes: a coordinator's running
+ * sagas owe their holds and releases, a participant's ledger owes each saga its answer. The partition's runner sends it
+ * again from the committed state (datapath/reminders.ts), so saga messages are neither stored in the outbox nor
+ * acknowledged: one that is lost is made again from the state that made it.
+ */
+export interface Reminders {
+  /** The table whose entries owe messages. */
+  table: string;
+  /** How long after a commit that sent them they are sent again, doubling with each time up to `maxMs`. */
+  firstMs: number;
+  maxMs: number;
+  /** How long after the partition is taken (its state loaded) they are first sent again. */
+  startMs: number;
+  /** Whether an entry of this value may owe anything (cheap: checked for every entry a commit changes). */
+  owes(value: unknown): boolean;
+  /** What this entry owes now: nothing once its saga has moved on. */
+  owed(key: string, value: unknown, ctx: { partition: number; partitions: number }): Outgoing[];
+}
+
+/**
  * An actor kind: pure logic over its partition's state. No I/O, no clock, no randomness: the
  * same commands on the same state give the same effects, which is what makes replay after a crash exact.
  */
@@ -61,4 +81,6 @@ export interface Actor<Cmd = never, Query = never> {
    * merge several into one. The receiver must end in the same state from the result as from the list.
    */
   mergeOutgoing?(cmds: unknown[]): unknown[];
+  /** The saga messages its state owes (order, stock, payment). */
+  reminders?: Reminders;
 }

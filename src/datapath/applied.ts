@@ -27,7 +27,7 @@ export class Applied {
 
   /** A batch committed these parcels and stream messages (by id), at `now`; the oldest beyond the bounds are forgotten. */
   committed(parcelIds: readonly string[], messageIds: readonly string[], now: number): void {
-    for (const id of parcelIds) this.parcels.add(id);
+    for (const id of parcelIds) if (id !== '') this.parcels.add(id);
     for (const id of messageIds) this.messages.set(id, now);
     const keepAfter = now - this.duplicateWindowMs;
     for (const [id, at] of this.messages) {

@@ -224,7 +224,7 @@ export class BatchApplier {
 
   /** One parcel of saga commands from a partition of another worker. */
   private applyParcel(delivery: Delivery<Share>, share: Share, inbound: Inbound): number {
-    if (share.participant.seen(inbound.id)) {
+    if (inbound.id !== '' && share.participant.seen(inbound.id)) {
       share.repeats.push(inbound);
       return 0;
     }

@@ -1,7 +1,7 @@
 /**
  * Committing one batch: sends the shares that write to Redis as one transaction (store.ts prepares each, the commit
  * group sends them), then tells each participant what became of its share, counts and logs what the batch did, and
- * acknowledges the parcels it applied.
+ * acknowledges the parcels of older workers it applied.
  */
 import type { Config } from '../config.js';
 import { faultLog, type Fault } from '../faults.js';
@@ -17,7 +17,7 @@ import type { CommitResult } from './store-scripts.js';
 export interface CommitDeps {
   config: Config;
   metrics?: RunnerMetrics | undefined;
-  /** Acknowledges parcels applied by a committed batch (the courier). */
+  /** Acknowledges older workers' parcels applied by a committed batch (the courier). */
   ack(to: string, ids: string[]): void;
   /** Commits the prepared batches as one transaction: commit-group.ts's commitTogether (tests pass their own). */
   commit?: (batches: readonly PreparedBatch[]) => Promise<CommitResult[]>;
@@ -131,8 +131,11 @@ export class BatchCommitter {
         this.logDead(p, d);
       }
     }
-    if (this.deps.config.faultKillAfter === 'commit' && owed.some((o) => o.entry && (o.entry.replies.length > 0 || o.entry.parcels.length > 0))) process.kill(process.pid, 'SIGKILL');
-    shares.forEach((p, i) => p.participant.committed({ draft: p.draft, cursor: p.last, local: p.local, field: owed[i]!.field, entry: owed[i]!.entry, parcels: p.parcels.map((x) => x.id), streamMessages: p.taken.stream.length, messageIds: p.messageIds }));
+    if (this.deps.config.faultKillAfter === 'commit' && owed.some((o) => (o.entry && o.entry.replies.length > 0) || o.parcels.length > 0)) process.kill(process.pid, 'SIGKILL');
+    shares.forEach((p, i) => {
+      const { field, entry, parcels } = owed[i]!;
+      p.participant.committed({ draft: p.draft, cursor: p.last, local: p.local, field, entry, sends: parcels, parcels: p.parcels.map((x) => x.id), streamMessages: p.taken.stream.length, messageIds: p.messageIds });
+    });
     this.acknowledge(shares.flatMap((p) => p.parcels));
     return true;
   }

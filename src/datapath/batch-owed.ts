@@ -1,32 +1,54 @@
 /**
- * What a committed batch owes, decided without I/O: each share's outbox entry and the field it is stored under,
- * the batch's replies gathered into one entry, and the acknowledgements of the parcels it applied, one per sender.
+ * What a committed batch owes, decided without I/O: each share's outbox entry and the field it is stored under, the
+ * batch's replies gathered into one entry, the saga messages its shares send elsewhere (not stored: the partitions'
+ * state sends them again, datapath/reminders.ts), and the acknowledgements of older workers' parcels it applied.
  */
+import type { Outgoing } from '../actors/types.js';
+import type { Kind } from '../config.js';
+import type { Parcel } from './courier.js';
 import { emptyEntry, owesNothing, packCommands, type OutboxEntry } from './outbox.js';
-import type { Share } from './batch-share.js';
+import type { Share, Sends } from './batch-share.js';
 import type { Inbound } from './participant.js';
 
-/** What a partition's share of a batch owes once committed: its outbox entry and the field it is stored under. */
+/** What a partition's share of a batch owes once committed: its outbox entry and the field it is stored under, and its saga messages. */
 export interface Owed {
   field: string;
   entry: OutboxEntry | null;
+  parcels: Parcel[];
 }
 
 /** What owedBy reads of a share. */
 export type Owing = Pick<Share, 'kind' | 'partition' | 'actor' | 'last' | 'local' | 'replies' | 'dead' | 'sends'>;
 
-/** What a share owes once committed: replies, parcels with ids fixed by the batch, dead letters. */
+/** Commands for partitions elsewhere as parcels: per partition, merged by the sender's actor, as few as fit. */
+export function parcelsOf(sends: Iterable<Sends>, merge: ((cmds: unknown[]) => unknown[]) | undefined): Parcel[] {
+  const parcels: Parcel[] = [];
+  for (const { kind, partition, cmds } of sends) {
+    for (const data of packCommands(merge ? merge(cmds) : cmds)) parcels.push([kind, partition, '', data]);
+  }
+  return parcels;
+}
+
+/** The same, from a list of outgoing commands in the order they were made. */
+export function parcelsOfOutgoing(out: readonly Outgoing[], merge: ((cmds: unknown[]) => unknown[]) | undefined): Parcel[] {
+  const sends = new Map<string, { kind: Kind; partition: number; cmds: unknown[] }>();
+  for (const o of out) {
+    const k = `${o.kind}.${o.partition}`;
+    let s = sends.get(k);
+    if (!s) sends.set(k, (s = { kind: o.kind, partition: o.partition, cmds: [] }));
+    s.cmds.push(o.cmd);
+  }
+  return parcelsOf(sends.values(), merge);
+}
+
+/** What a share owes once committed: replies and dead letters in its outbox entry, and its saga messages. */
 export function owedBy(share: Owing): Owed {
   const entry = emptyEntry();
   entry.replies = share.replies;
   entry.dead = share.dead;
-  const merge = share.actor.mergeOutgoing;
-  let i = 0;
-  for (const { kind, partition, cmds } of share.sends.values()) {
-    for (const data of packCommands(merge ? merge(cmds) : cmds)) entry.parcels.push([kind, partition, `${share.kind}.${share.partition}.${share.last}.${share.local}.${i++}`, data]);
-  }
-  if (owesNothing(entry)) return { field: '', entry: null };
-  return { field: `${share.last}.${share.local}`, entry };
+  const parcels = parcelsOf(share.sends.values(), share.actor.mergeOutgoing);
+  if (owesNothing(entry)) return { field: '', entry: null, parcels };
+  return { field: `${share.last}.${share.local}`, entry, parcels };
 }
 
 const onlyReplies = (e: OutboxEntry) => e.parcels.length === 0 && e.dead.length === 0;
@@ -34,7 +56,7 @@ const onlyReplies = (e: OutboxEntry) => e.parcels.length === 0 && e.dead.length 
 /**
  * The replies of a batch travel in one stored outbox entry, not in one per partition (issue 20: every order
  * partition of a batch wrote an entry of replies and deleted it again, the largest fixed cost of a partition). They go
- * to an entry that is stored anyway (one with parcels or dead letters), else to the first partition's; the other
+ * to an entry that is stored anyway (one with dead letters), else to the first partition's; the other
  * partitions then owe nothing. Any owner can send a reply (it is a gateway's inbox and bytes), so whoever re-sends
  * the carrying entry after a crash answers every waiter of the batch: the guarantee that a client waiting across a
  * crash gets the committed outcome holds as before, because the batch commits as one transaction.
@@ -45,14 +67,18 @@ export function gatherReplies(owed: Owed[]): Owed[] {
   return owed.map((o) => {
     if (o === carrier || !o.entry || !onlyReplies(o.entry)) return o;
     carrier.entry!.replies.push(...o.entry.replies);
-    return { field: '', entry: null };
+    return { field: '', entry: null, parcels: o.parcels };
   });
 }
 
-/** The ids of applied parcels by the subject their sender is acknowledged on, in order: one acknowledgement per sender. */
+/**
+ * The ids of applied parcels by the subject their sender is acknowledged on, in order: one acknowledgement per sender.
+ * Only parcels with an id ask for one (an older worker's).
+ */
 export function bySender(parcels: readonly Inbound[]): Map<string, string[]> {
   const senders = new Map<string, string[]>();
   for (const { id, ackTo } of parcels) {
+    if (id === '') continue;
     let ids = senders.get(ackTo);
     if (!ids) senders.set(ackTo, (ids = []));
     ids.push(id);

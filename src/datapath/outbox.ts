@@ -3,13 +3,14 @@
  * the field `<cursor>.<local count>`, sent after the commit, and deleted once it has all arrived.
  *
  * - replies: answers to waiting clients, on core NATS (fire and forget: a lost one is the client's deadline);
- * - parcels: saga messages to partitions of other workers, on core NATS through the courier, each re-sent until the
- *   receiving worker has applied and committed it and says so (datapath/courier.ts);
  * - dead letters: copies of messages the partition could not apply, for the dead-letter stream (JetStream).
  *
- * An entry is done when every parcel is acknowledged and every dead letter stored. Done fields are deleted by the
- * partition's next commit, or after OUTBOX_CLEAR_IDLE_MS without one. A crash before that re-sends the entry from
- * Redis on takeover: receivers absorb copies (the saga's ledger), JetStream drops dead-letter copies by message id.
+ * Saga messages are not in it: the partitions' state sends them again (datapath/reminders.ts). An entry stored by an
+ * older version may hold `parcels`: they are sent once, and the state that made them sends them again if need be.
+ *
+ * An entry is done when every dead letter is stored. Done fields are deleted by the partition's next commit, or after
+ * OUTBOX_CLEAR_IDLE_MS without one. A crash before that re-sends the entry from Redis on takeover: JetStream drops
+ * dead-letter copies by message id, and a reply sent twice is taken once.
  */
 import { headers as natsHeaders, type NatsConnection } from 'nats';
 import { setTimeout as delay } from 'node:timers/promises';
@@ -32,6 +33,7 @@ export interface DeadLetter {
 export interface OutboxEntry {
   /** [subject, data] */
   replies: [string, Uint8Array][];
+  /** Saga messages, in entries stored by an older version only. */
   parcels: Parcel[];
   dead: DeadLetter[];
 }
@@ -87,7 +89,7 @@ export interface PartitionOutboxDeps {
   /** True once this owner has let go for good: what is unsent then stays in Redis for the next owner. */
   abandoned(): boolean;
   retryBackoffMs: number;
-  /** An entry is done (every parcel acknowledged, every dead letter stored). */
+  /** An entry is done (every dead letter stored). */
   onDone?(): void;
 }
 
@@ -106,16 +108,14 @@ export class PartitionOutbox {
     return this.inflight;
   }
 
-  /** Sends a committed entry; replies at once, parcels and dead letters until they arrive or this owner lets go. */
+  /** Sends a committed entry; replies (and an older version's parcels) at once, dead letters until stored or this owner lets go. */
   send(field: string, entry: OutboxEntry): void {
     const { mux, courier } = this.deps;
     for (const [subject, data] of entry.replies) mux.reply(subject, data);
-    if (entry.parcels.length === 0 && entry.dead.length === 0) return this.finished(field);
+    if (entry.parcels.length > 0) courier.post(entry.parcels);
+    if (entry.dead.length === 0) return this.finished(field);
     this.inflight++;
-    const arrivals: Promise<boolean>[] = [];
-    if (entry.parcels.length > 0) arrivals.push(courier.deliver(entry.parcels, this.deps.abandoned));
-    for (const dead of entry.dead) arrivals.push(this.storeDeadLetter(dead));
-    void Promise.all(arrivals).then((arrived) => {
+    void Promise.all(entry.dead.map((dead) => this.storeDeadLetter(dead))).then((arrived) => {
       this.inflight--;
       if (arrived.every(Boolean)) {
         this.finished(field);

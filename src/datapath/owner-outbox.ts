@@ -10,11 +10,9 @@ import type { PartitionStore } from './store.js';
 /** Longest a runner that lets go waits for its outbox to finish sending. */
 const OUTBOX_DRAIN_MAX_MS = 5000;
 /**
- * Most committed batches whose outbox is still being delivered before the batch loop stops taking this partition's
- * clients' commands. Parcels from other partitions are taken whatever the outbox holds: they are what lets the
- * other side's outbox drain (an answer acknowledged releases the hold that sent it), and refusing them while one's
- * own parcels wait for the other side to take them was a cycle that stalled every checkout (seen with 4 workers
- * and 64 partitions). What they add to the outbox is bounded by the sagas in flight.
+ * Most committed batches whose outbox is still being delivered (dead letters not yet stored) before the batch loop
+ * stops taking this partition's clients' commands. Saga parcels from other partitions are taken whatever the outbox
+ * holds (they may be what the other side waits for).
  */
 const OUTBOX_BATCHES_INFLIGHT_MAX = 64;
 
@@ -26,7 +24,7 @@ export interface OwnerOutboxDeps {
   names: Names;
   kind: Kind;
   partition: number;
-  config: Pick<Config, 'retryBackoffMs' | 'faultKillAfter'>;
+  config: Pick<Config, 'retryBackoffMs'>;
   log: Log;
   /** The runner let go of the partition without stopping: the next owner re-sends what is left. */
   abandoned: () => boolean;
@@ -47,10 +45,7 @@ export function openOwnerOutbox(deps: OwnerOutboxDeps, left: readonly [string, U
     clear: (fields) => store.clearOutbox(fields),
     abandoned: deps.abandoned,
     retryBackoffMs: config.retryBackoffMs,
-    onDone: () => {
-      if (config.faultKillAfter === 'send') process.kill(process.pid, 'SIGKILL');
-      deps.wake();
-    },
+    onDone: () => deps.wake(),
   });
   for (const [field, bytes] of left) outbox.send(field, decodeEntry(bytes));
   return outbox;

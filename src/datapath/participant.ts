@@ -8,13 +8,14 @@ import type { Actor } from '../actors/types.js';
 import type { Kind } from '../config.js';
 import type { Log } from '../log.js';
 import type { Draft, Tables } from './draft.js';
+import type { Parcel } from './courier.js';
 import type { OutboxEntry } from './outbox.js';
 import type { PartitionStore } from './store.js';
 
 /** A saga parcel from another worker, waiting in a partition's queue. */
 export interface Inbound {
   id: string;
-  /** Where to acknowledge it once its batch is committed. */
+  /** Where to acknowledge it once its batch is committed, if it has an id (an older worker's parcel). */
   ackTo: string;
   /** msgpack array of saga commands */
   commands: Uint8Array;
@@ -50,7 +51,9 @@ export interface Committed {
   /** The outbox entry the batch stored, and its field; null when it owes nothing. */
   field: string;
   entry: OutboxEntry | null;
-  /** Ids of the parcels it applied. */
+  /** Saga messages for partitions elsewhere, to send now (not stored: the partitions' state sends them again). */
+  sends: Parcel[];
+  /** Ids of the parcels it applied ('' for those that have none). */
   parcels: string[];
   /** Stream messages it applied (or passed as dead letters). */
   streamMessages: number;
@@ -82,7 +85,7 @@ export interface Participant {
   take(max: number): Taken;
   /** Messages taken but not applied (a batch cut short, or withheld): first in line again. */
   giveBack(taken: Taken): void;
-  /** A parcel this partition has applied and committed already. */
+  /** A parcel (with an id) this partition has applied and committed already. */
   seen(parcelId: string): boolean;
   /** A stream message with this id (Nats-Msg-Id) was applied and committed lately: a second copy of it. */
   seenMessage(messageId: string): boolean;

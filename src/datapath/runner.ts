@@ -18,6 +18,8 @@ import type { PartitionOutbox } from './outbox.js';
 import { closeOwnerOutbox, openOwnerOutbox, roomInOutbox } from './owner-outbox.js';
 import { PartitionMarks } from './partition-marks.js';
 import { PoisonWatch } from './poison.js';
+import { parcelsOfOutgoing } from './batch-owed.js';
+import { PartitionReminders } from './reminders.js';
 import { serveReads } from '../transport/reads.js';
 import { StaleEpochError, type PartitionStore } from './store.js';
 import { Trimming } from './trimming.js';
@@ -69,6 +71,8 @@ export class PartitionRunner implements Participant {
   private parcels: Inbound[] = [];
   private reads: Subscription | null = null;
   private outbox: PartitionOutbox | null = null;
+  /** What its committed state owes other partitions, sent again when due while it runs (reminders.ts). */
+  private reminders: PartitionReminders | null = null;
   private readonly marks: PartitionMarks;
   private readonly trimming: Trimming;
   /** Taken by its owner and not stopped since: a failing partition keeps trying while this holds. */
@@ -152,6 +156,7 @@ export class PartitionRunner implements Participant {
           this.deps.loop.add(this);
           break;
         case 'drop':
+          this.forgetReminders();
           this.reader.clear();
           this.parcels = [];
           this._live = new Map();
@@ -213,6 +218,7 @@ export class PartitionRunner implements Participant {
     this.poison.started();
     const abandoned = () => !this.active && this._state !== 'stopping'; // the next owner re-sends it
     this.outbox = openOwnerOutbox({ ...this.deps, names: this.names, kind: this.kind, log: this.log, abandoned, wake: () => this.deps.loop.wake() }, loaded.outbox);
+    this.remindFromHere();
 
     // Reads are answered from the committed view (transport/reads.ts: batches, checks, size).
     this.reads = serveReads({ nc, subject: this.names.get(this.kind, this.partition), answer: (query) => actor.query(this.view, query), log: this.log });
@@ -264,7 +270,28 @@ export class PartitionRunner implements Participant {
     void this.poison.left(this._cursor); // not awaited: a Redis away must not hold up a handover
   }
 
+  /** Sends again, when due, what the loaded state owes (a running saga's holds, a ledger's answers); swept by the courier. */
+  private remindFromHere(): void {
+    const { actor, courier, config } = this.deps;
+    const r = actor.reminders;
+    if (!r) return;
+    const table = r.table;
+    const reminders = new PartitionReminders(r, { partition: this.partition, partitions: config.partitions }, () => this._live.get(table), (out) => {
+      if (this._state === 'running') courier.post(parcelsOfOutgoing(out, actor.mergeOutgoing));
+    });
+    reminders.loaded(Date.now());
+    this.forgetReminders();
+    this.reminders = reminders;
+    courier.track(reminders);
+  }
+
+  private forgetReminders(): void {
+    if (this.reminders) this.deps.courier.untrack(this.reminders);
+    this.reminders = null;
+  }
+
   private async release(): Promise<void> {
+    this.forgetReminders();
     this.trimming.stop();
     this.reads?.unsubscribe();
     this.reads = null;
@@ -365,8 +392,17 @@ export class PartitionRunner implements Participant {
     this._local = c.local;
     this._commitCount++;
     this.trouble = undefined;
-    this.applied.committed(c.parcels, c.messageIds, Date.now());
+    const now = Date.now();
+    this.applied.committed(c.parcels, c.messageIds, now);
     if (c.entry) this.outbox?.send(c.field, c.entry);
+    const { courier, actor, config } = this.deps;
+    if (actor.reminders) this.reminders?.committed(c.draft.batch.get(actor.reminders.table), now);
+    if (c.sends.length > 0) {
+      courier.post(c.sends);
+      // The saga-crash tests: the worker dies once its saga messages have left (after the mux's flush, queued before
+      // this), before any answer is applied.
+      if (config.faultKillAfter === 'send') setImmediate(() => void this.deps.nc.flush().then(() => process.kill(process.pid, 'SIGKILL')));
+    }
   }
 
   fenced(): void {

@@ -281,8 +281,63 @@ t.test('a paid order is kept as a flat string with the saga that paid it, and it
   t.same(order.apply(state, held('payment:0', -7), ctx(5)).replies, [{ to: 'r', reply: { ok: true, v: { paid: true } } }]);
   t.equal(state.get('orders', 'o'), `1|6|u|i:2|${saga}|stock:0=40,payment:0=-7`, 'paid, with the ledger entry of each part');
   t.same(order.query(state, { k: 'find', id: 'o' }), { ok: true, v: { paid: true, items: [['i', 2]], user: 'u', total: 6 } });
-  t.same(order.apply(state, held('stock:0', 40), ctx(6)), {}, 'a late copy of a counted answer is ignored');
+  t.same(order.apply(state, held('stock:0', 40), ctx(6)).send, [{ kind: 'stock', partition: 0, cmd: { k: 'forget', sagas: [[saga, 40]] } }], 'a late copy of a counted answer: its entry (the sale) may be forgotten');
   t.same(order.apply(state, held('stock:0', 41), ctx(7)).send, [{ kind: 'stock', partition: 0, cmd: { k: 'release', saga, order: 'o', from: 0, at: 41 } }], 'a hold applied anew after the saga ended is given back');
+  t.equal(state.get('orders', 'o'), `1|6|u|i:2|${saga}|stock:0=40,payment:0=-7`, 'neither changes the order');
+});
+
+t.test('an ended saga: every answer that is not a hold to give back is answered with a forget of exactly that entry', async (t) => {
+  const { order } = await import('../../src/actors/order.js');
+  const state = memoryState(order.tables);
+  order.apply(state, { k: 'create', id: 'o', user: 'u' }, ctx(1));
+  order.apply(state, { k: 'addItem', id: 'o', item: 'i', quantity: 1, price: 3 }, ctx(2));
+  const saga = 'o#99'; // not the order's saga: none runs
+  const answer = (over: object) => ({ k: 'answer', saga, order: 'o', part: 'payment:0', phase: 'hold', ok: true, at: 5, ...over }) as const;
+  const forget = [{ kind: 'payment', partition: 0, cmd: { k: 'forget', sagas: [[saga, 5]] } }];
+  t.same(order.apply(state, answer({ ok: false, code: 'insufficient_credit' }), ctx(3)).send, forget, 'a refusal');
+  t.same(order.apply(state, answer({ phase: 'release' }), ctx(4)).send, forget, 'a hold given back (its tombstone)');
+  t.same(order.apply(state, { k: 'answer', saga: 'x#1', order: 'nobody', part: 'stock:1', phase: 'release', ok: true, at: -2 }, ctx(5)).send, [{ kind: 'stock', partition: 1, cmd: { k: 'forget', sagas: [['x#1', -2]] } }], 'an order that does not exist');
+  t.same(order.apply(state, answer({}), ctx(6)).send, [{ kind: 'payment', partition: 0, cmd: { k: 'release', saga, order: 'o', from: 0, at: 5 } }], 'a hold nobody counted is given back first');
+});
+
+t.test("a running saga owes, from the order alone, the holds not yet answered and the releases not yet confirmed; an ended one nothing", async (t) => {
+  const { order } = await import('../../src/actors/order.js');
+  const { partitionOf } = await import('../../src/partitioning.js');
+  const state = memoryState(order.tables);
+  const partitions = 4;
+  const at = (seq: number) => ({ partition: 2, partitions, seq });
+  order.apply(state, { k: 'create', id: 'o', user: 'u' }, at(1));
+  for (const item of ['a', 'b', 'c']) order.apply(state, { k: 'addItem', id: 'o', item, quantity: 1, price: 2 }, at(2));
+  const begun = order.apply(state, { k: 'checkout', id: 'o' }, { ...at(3), replyTo: 'r' });
+  const owed = () => order.reminders!.owed('o', state.get('orders', 'o'), { partition: 2, partitions });
+  t.ok(order.reminders!.owes(state.get('orders', 'o')), 'an order with a saga running may owe');
+  t.same(owed(), begun.send, 'before any answer: every hold, the same as the checkout sent');
+  const saga = (begun.send![0]!.cmd as { saga: string }).saga;
+  const payment = `payment:${partitionOf('u', partitions)}` as const;
+  order.apply(state, { k: 'answer', saga, order: 'o', part: payment, phase: 'hold', ok: true, at: 9 }, at(4));
+  t.same(owed(), begun.send!.filter((o) => o.kind === 'stock'), 'the debit answered: the reserves only');
+  const stockParts = begun.send!.filter((o) => o.kind === 'stock').map((o) => `stock:${o.partition}` as const);
+  order.apply(state, { k: 'answer', saga, order: 'o', part: stockParts[0]!, phase: 'hold', ok: false, at: 3, code: 'insufficient_stock' }, at(5));
+  const left = owed();
+  t.same(left.map((o) => (o.cmd as { k: string }).k).sort(), [...stockParts.slice(1).map(() => 'reserve'), 'release'].sort(), 'refused: the unanswered reserves still go, and the debit is released');
+  t.same(left.find((o) => (o.cmd as { k: string }).k === 'release'), { kind: 'payment', partition: partitionOf('u', partitions), cmd: { k: 'release', saga, order: 'o', from: 2 } });
+  for (const part of stockParts.slice(1)) order.apply(state, { k: 'answer', saga, order: 'o', part, phase: 'hold', ok: false, at: 1, code: 'insufficient_stock' }, at(6));
+  order.apply(state, { k: 'answer', saga, order: 'o', part: payment, phase: 'release', ok: true, at: 9 }, at(7));
+  t.notOk(order.reminders!.owes(state.get('orders', 'o')), 'ended: nothing more');
+  t.same(owed(), []);
+});
+
+t.test("a participant's ledger owes its coordinator the answer it holds, the same every time", async (t) => {
+  const { stock } = await import('../../src/actors/stock.js');
+  const { partitionOf } = await import('../../src/partitioning.js');
+  const r = stock.reminders!;
+  const ctx5 = { partition: 5, partitions: 8 };
+  const ref = { saga: 'ord-1#12', order: 'ord-1', part: 'stock:5', from: partitionOf('ord-1', 8) };
+  t.same(r.owed('ord-1#12', { s: 'held', at: 3, held: [['i', 1]] }, ctx5), [{ kind: 'order', partition: ref.from, cmd: { k: 'answer', saga: ref.saga, order: ref.order, part: ref.part, phase: 'hold', ok: true, at: 3 } }]);
+  t.same(r.owed('ord-1#12', { s: 'rejected', at: 4, code: 'insufficient_stock', detail: 'd' }, ctx5), [{ kind: 'order', partition: ref.from, cmd: { k: 'answer', saga: ref.saga, order: ref.order, part: ref.part, phase: 'hold', ok: false, at: 4, code: 'insufficient_stock', detail: 'd' } }]);
+  t.same(r.owed('ord-1#12', { s: 'released', at: 5 }, ctx5), [{ kind: 'order', partition: ref.from, cmd: { k: 'answer', saga: ref.saga, order: ref.order, part: ref.part, phase: 'release', ok: true, at: 5 } }]);
+  t.same((r.owed('a#b#7', { s: 'released', at: 5 }, ctx5)[0]!.cmd as { order: string }).order, 'a#b', 'the order is the saga id up to its last #');
+  t.same(r.owed('#7', { s: 'released', at: 5 }, ctx5), [], 'a saga id that names no order: nobody to answer');
 });
 
 t.test("a worker's warm-up runs whole sagas on scratch state: every checkout paid, or refused and compensated", async (t) => {

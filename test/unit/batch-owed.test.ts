@@ -1,12 +1,13 @@
 /**
  * What a committed batch owes (src/datapath/batch-owed.ts), without Redis or NATS: each share's outbox entry and
- * field, the batch's replies gathered into one entry, and parcel acknowledgements grouped by sender.
+ * field, its saga messages (never stored), the batch's replies gathered into one entry, and acknowledgements of older
+ * workers' parcels grouped by sender.
  */
 import t from 'tap';
 import { actorOf } from '../../src/actors/index.js';
 import type { Actor } from '../../src/actors/types.js';
 import { decode } from '../../src/codec.js';
-import { bySender, gatherReplies, owedBy, type Owed, type Owing } from '../../src/datapath/batch-owed.js';
+import { bySender, gatherReplies, owedBy, parcelsOfOutgoing, type Owed, type Owing } from '../../src/datapath/batch-owed.js';
 import type { Sends } from '../../src/datapath/batch-share.js';
 import type { DeadLetter, OutboxEntry } from '../../src/datapath/outbox.js';
 
@@ -20,7 +21,7 @@ const entry = (e: Partial<OutboxEntry>): OutboxEntry => ({ replies: [], parcels:
 const dead: DeadLetter = { seq: 1, reason: 'invalid', detail: 'x', data: bytes('x') };
 
 t.test('owedBy: a share that caused nothing owes nothing and stores no field', async (t) => {
-  t.same(owedBy(owing()), { field: '', entry: null });
+  t.same(owedBy(owing()), { field: '', entry: null, parcels: [] });
 });
 
 t.test('owedBy: replies and dead letters are kept; the field is the cursor and local count after the batch', async (t) => {
@@ -31,17 +32,40 @@ t.test('owedBy: replies and dead letters are kept; the field is the cursor and l
   t.same(o.entry?.parcels, []);
 });
 
-t.test('owedBy: commands for elsewhere become parcels per target, numbered after the share', async (t) => {
+t.test('owedBy: commands for elsewhere become parcels per target, without ids, and stay out of the stored entry', async (t) => {
   const sends = new Map<string, Sends>([
     ['stock.1', { kind: 'stock', partition: 1, cmds: [{ k: 'a' }, { k: 'b' }] }],
     ['payment.0', { kind: 'payment', partition: 0, cmds: [{ k: 'c' }] }],
   ]);
   const o = owedBy(owing({ sends }));
   t.same(
-    o.entry?.parcels.map(([kind, partition, id, data]) => [kind, partition, id, decode(data)]),
+    o.parcels.map(([kind, partition, id, data]) => [kind, partition, id, decode(data)]),
     [
-      ['stock', 1, 'order.3.40.7.0', [{ k: 'a' }, { k: 'b' }]],
-      ['payment', 0, 'order.3.40.7.1', [{ k: 'c' }]],
+      ['stock', 1, '', [{ k: 'a' }, { k: 'b' }]],
+      ['payment', 0, '', [{ k: 'c' }]],
+    ],
+  );
+  t.same([o.field, o.entry], ['', null], 'a share that only sends saga messages stores nothing');
+  const withReply = owedBy(owing({ sends, replies: [['_INBOX.a', bytes('r')]] }));
+  t.same(withReply.entry?.parcels, [], 'nor does one with a reply store them');
+  t.equal(withReply.parcels.length, 2);
+});
+
+t.test('parcelsOfOutgoing: outgoing commands grouped per target in the order made, merged, like a share\'s', async (t) => {
+  const merge = (cmds: unknown[]) => [{ merged: cmds }];
+  const parcels = parcelsOfOutgoing(
+    [
+      { kind: 'stock', partition: 2, cmd: 1 },
+      { kind: 'payment', partition: 0, cmd: 2 },
+      { kind: 'stock', partition: 2, cmd: 3 },
+    ],
+    merge,
+  );
+  t.same(
+    parcels.map(([kind, partition, id, data]) => [kind, partition, id, decode(data)]),
+    [
+      ['stock', 2, '', [{ merged: [1, 3] }]],
+      ['payment', 0, '', [{ merged: [2] }]],
     ],
   );
 });
@@ -49,15 +73,15 @@ t.test('owedBy: commands for elsewhere become parcels per target, numbered after
 t.test("owedBy: the actor's mergeOutgoing merges a target's commands before they are packed", async (t) => {
   const actor = { ...actorOf('order'), mergeOutgoing: (cmds: unknown[]) => [{ merged: cmds.length }] } as Actor<unknown, unknown>;
   const sends = new Map<string, Sends>([['stock.1', { kind: 'stock', partition: 1, cmds: [1, 2, 3] }]]);
-  t.same(decode(owedBy(owing({ actor, sends })).entry!.parcels[0]![3]), [{ merged: 3 }]);
+  t.same(decode(owedBy(owing({ actor, sends })).parcels[0]![3]), [{ merged: 3 }]);
 });
 
 t.test('gatherReplies: replies go to the entry stored anyway; the partitions with only replies then owe nothing', async (t) => {
   const owed: Owed[] = [
-    { field: '1.0', entry: entry({ replies: [['a', bytes('1')]] }) },
-    { field: '', entry: null },
-    { field: '5.0', entry: entry({ replies: [['b', bytes('2')]], dead: [dead] }) },
-    { field: '9.0', entry: entry({ replies: [['c', bytes('3')]] }) },
+    { field: '1.0', entry: entry({ replies: [['a', bytes('1')]] }), parcels: [] },
+    { field: '', entry: null, parcels: [] },
+    { field: '5.0', entry: entry({ replies: [['b', bytes('2')]], dead: [dead] }), parcels: [] },
+    { field: '9.0', entry: entry({ replies: [['c', bytes('3')]] }), parcels: [] },
   ];
   const gathered = gatherReplies(owed);
   t.same(gathered.map((o) => o.field), ['', '', '5.0', '']);
@@ -66,20 +90,21 @@ t.test('gatherReplies: replies go to the entry stored anyway; the partitions wit
 
 t.test('gatherReplies: with only replies, the first entry carries them; with nothing owed, nothing changes', async (t) => {
   const gathered = gatherReplies([
-    { field: '', entry: null },
-    { field: '2.0', entry: entry({ replies: [['a', bytes('1')]] }) },
-    { field: '3.0', entry: entry({ replies: [['b', bytes('2')]] }) },
+    { field: '', entry: null, parcels: [] },
+    { field: '2.0', entry: entry({ replies: [['a', bytes('1')]] }), parcels: [] },
+    { field: '3.0', entry: entry({ replies: [['b', bytes('2')]] }), parcels: [] },
   ]);
   t.same(gathered.map((o) => o.field), ['', '2.0', '']);
   t.same(gathered[1]!.entry!.replies.map(([to]) => to), ['a', 'b']);
-  const none: Owed[] = [{ field: '', entry: null }];
+  const none: Owed[] = [{ field: '', entry: null, parcels: [] }];
   t.equal(gatherReplies(none), none);
 });
 
-t.test('bySender: one list of ids per sender, in the order they were applied', async (t) => {
+t.test('bySender: one list of ids per sender, in the order they were applied; parcels without an id ask for none', async (t) => {
   const grouped = bySender([
     { id: 'p1', ackTo: 'w1', commands: bytes('') },
     { id: 'p2', ackTo: 'w2', commands: bytes('') },
+    { id: '', ackTo: 'w3', commands: bytes('') },
     { id: 'p3', ackTo: 'w1', commands: bytes('') },
   ]);
   t.same([...grouped], [

@@ -11,11 +11,13 @@ import { partitionOf } from '../../src/partitioning.js';
 import type { Reply } from '../../src/protocol.js';
 
 /**
- * The whole checkout protocol on pure actors, over a network that delivers messages in any order, delivers some of
- * them twice (applied, and the acknowledgement lost: the sender sends it again) and loses some (never applied: the
- * sender's committed outbox still holds it and it is sent again later, after any number of other messages). That is every way the courier and the streams can fail a message short of losing the sender's commit.
- * When every message has been delivered, stock and credit must be conserved, every waiting checkout answered with
- * the committed outcome, and no participant may still hold anything.
+ * The whole checkout protocol on pure actors, over a network that delivers saga messages in any order, delivers some
+ * of them twice and loses some for good (the courier neither stores nor acknowledges them), while every partition's
+ * reminders (the actors' `reminders`: what a running saga waits for, what a ledger entry answers) send again what
+ * the committed state still owes, at any moment and whenever nothing else is in flight. That is every way the
+ * courier, a crash after a commit (what it sent is lost, the state that sent it stays) and a new owner (it re-sends
+ * from the loaded state) can fail a message. When nothing is in flight and nothing is owed any more, stock and credit
+ * must be conserved, every waiting checkout answered with the committed outcome, and every ledger empty.
  */
 
 const PARTITIONS = 3;
@@ -38,6 +40,20 @@ class World {
   private readonly seqs = new Map<string, number>();
   readonly replies = new Map<number, Reply[]>();
   private out: Msg[] = [];
+
+  /** What every partition's committed state owes, as its reminders would send it now. */
+  owed(): Msg[] {
+    const out: Msg[] = [];
+    for (const kind of KINDS) {
+      const r = ACTORS[kind].reminders!;
+      for (let partition = 0; partition < PARTITIONS; partition++) {
+        for (const [key, value] of this.state(kind, partition).tables.get(r.table)!) {
+          if (r.owes(value)) for (const o of r.owed(key, value, { partition, partitions: PARTITIONS })) out.push({ kind: o.kind, partition: o.partition, cmd: o.cmd });
+        }
+      }
+    }
+    return out;
+  }
   private readonly delivery = new Delivery<Box>(PARTITIONS, () => undefined, {
     reply: (_box, to, reply) => this.answer(to, reply),
     send: (_box, o) => void this.out.push({ kind: o.kind, partition: o.partition, cmd: o.cmd }),
@@ -87,18 +103,20 @@ const setup = fc.record({
   ),
   checkouts: fc.array(fc.nat(), { minLength: 1, maxLength: 8 }),
   /** Per step: which message in flight, and what happens to it (see FATE). */
-  schedule: fc.array(fc.tuple(fc.nat(), fc.integer({ min: 0, max: 5 })), { maxLength: 400 }),
+  schedule: fc.array(fc.tuple(fc.nat(), fc.integer({ min: 0, max: 6 })), { maxLength: 400 }),
 });
 
 /** What a step of the schedule does with the message it picks (other values: delivered once). */
-const FATE = { duplicated: 2, lost: 3, resendLost: 4 } as const;
+const FATE = { duplicated: 2, lost: 3, remind: 4, late: 5 } as const;
 /** Most copies and losses per run, so that every run ends. */
 const FAULTS_MAX = 60;
 
-t.test('checkout saga under reordering, duplicates and lost messages: conserved, all-or-nothing, every waiter answered', async (t) => {
+t.test('checkout saga under reordering, duplicates and messages lost for good, with state-driven re-sends: conserved, all-or-nothing, every waiter answered, every ledger emptied', async (t) => {
   let paidRuns = 0;
   let refusedRuns = 0;
   let lossRuns = 0;
+  let remindRuns = 0;
+  let lateRuns = 0;
   fc.assert(
     fc.property(setup, ({ stock, prices, credit, orders, checkouts, schedule }) => {
       const world = new World();
@@ -122,32 +140,46 @@ t.test('checkout saga under reordering, duplicates and lost messages: conserved,
         const id = `o${c % orders.length}`;
         return { kind: 'order', partition: partitionOf(id, PARTITIONS), cmd: { k: 'checkout', id }, replyTo: `client.${q}` };
       });
-      // Messages lost on the way: not applied, still owed by their sender (its committed outbox, or the stream).
-      const owed: Msg[] = [];
       let dups = 0;
       let losses = 0;
-      for (let step = 0; network.length > 0 || owed.length > 0; step++) {
+      let reminded = 0;
+      let late = 0;
+      /** Every saga message delivered so far: a copy of any of them may turn up again, however late. */
+      const past: Msg[] = [];
+      for (let step = 0; ; step++) {
         if (step > 20_000) throw new Error('the saga did not settle');
         const [pick, fate] = schedule[step] ?? [0, 0];
-        // The sender's resend (its timer, or the receiver announcing it is up): everything still owed goes again. With
-        // nothing else left in flight it must come: a sender re-sends until it hears an acknowledgement.
-        if (fate === FATE.resendLost || network.length === 0) network.push(...owed.splice(0));
+        // The partitions' reminders: at any moment, and always when nothing else is in flight (a sender's timer).
+        if (fate === FATE.remind || network.length === 0) {
+          const owed = world.owed();
+          if (owed.length > 0) reminded++;
+          network.push(...owed);
+          if (network.length === 0) break; // nothing in flight, nothing owed: settled
+        }
         const [msg] = network.splice(pick % network.length, 1);
-        // Lost: a saga message only. A client's command is read from its stream in order from the cursor, so one that
-        // is not applied comes again before any later command of its partition, never after them.
+        // Lost for good: a saga message only. A client's command is read from its stream in order from the cursor, so
+        // one that is not applied comes again before any later command of its partition, never after them.
         if (fate === FATE.lost && losses < FAULTS_MAX && !msg!.replyTo) {
-          owed.push(msg!);
           losses++;
           continue;
         }
-        // Applied, and its acknowledgement lost: the sender delivers a copy again later. Not a client's checkout: its
-        // stream message is applied once (the cursor and the message id), and each of its copies would be one more waiter.
+        // Delivered twice. Not a client's checkout: its stream message is applied once (the cursor and the message
+        // id), and each of its copies would be one more waiter.
         if (fate === FATE.duplicated && dups < FAULTS_MAX && !msg!.replyTo) {
           network.push(msg!);
           dups++;
         }
+        // A copy of a message delivered long ago (held up in a connection that was cut, sent by an owner that had
+        // lost its partition without knowing it) turns up now, after whatever has happened since.
+        if (fate === FATE.late && late < FAULTS_MAX && past.length > 0) {
+          network.push(past[pick % past.length]!);
+          late++;
+        }
+        if (!msg!.replyTo) past.push(msg!);
         network.push(...world.deliver(msg!));
       }
+      if (reminded > 0) remindRuns++;
+      if (late > 0) lateRuns++;
       if (losses > 0) lossRuns++;
 
       const sold = new Map<string, number>();
@@ -177,9 +209,7 @@ t.test('checkout saga under reordering, duplicates and lost messages: conserved,
         if (now + (charged.get(id) ?? 0) !== initial) throw new Error(`user ${id}: ${now} left + ${charged.get(id) ?? 0} charged != ${initial}`);
       });
       for (const [name, s] of world.states) {
-        for (const [saga, entry] of s.tables.get('ledger') ?? []) {
-          if ((entry as LedgerEntry<unknown>).s === 'held') throw new Error(`${name} still holds saga ${saga}`);
-        }
+        for (const [saga, entry] of s.tables.get('ledger') ?? []) throw new Error(`${name} still has the ledger entry ${JSON.stringify(entry as LedgerEntry<unknown>)} of saga ${saga}`);
       }
       if (sold.size > 0) paidRuns++;
       if ([...world.replies.values()].some((r) => r[0] && !r[0].ok)) refusedRuns++;
@@ -188,7 +218,9 @@ t.test('checkout saga under reordering, duplicates and lost messages: conserved,
   );
   t.ok(paidRuns > 20, `runs where some checkout paid: ${paidRuns}`);
   t.ok(refusedRuns > 20, `runs where some checkout was refused: ${refusedRuns}`);
-  t.ok(lossRuns > 1000, `runs where some message was lost and sent again: ${lossRuns}`);
+  t.ok(lossRuns > 1000, `runs where some message was lost: ${lossRuns}`);
+  t.ok(remindRuns > 1000, `runs where a reminder sent something again: ${remindRuns}`);
+  t.ok(lateRuns > 1000, `runs where a copy of an old message turned up late: ${lateRuns}`);
 });
 
 t.test('a release that overtakes its hold leaves a tombstone: the late hold takes nothing', async (t) => {
@@ -260,4 +292,50 @@ t.test('a top-up that could overflow what a running saga gives back is refused; 
   t.same(world.state('payment', userP).get('users', 'u'), MAX, 'refunded to exactly 2^53-1');
   t.match(world.replies.get(0), [{ ok: false, code: 'insufficient_stock' }], 'the client hears the refusal');
   t.same(readOrder(world.state('order', orderP), 'o')?.saga, undefined, 'the saga has ended');
+});
+
+/** Delivers everything in flight, and what the partitions' reminders send, until nothing is in flight or owed. */
+function settle(world: World, msgs: Msg[]): void {
+  const network = [...msgs];
+  for (let n = 0; n < 10_000; n++) {
+    if (network.length === 0) network.push(...world.owed());
+    const msg = network.shift();
+    if (!msg) return;
+    network.push(...world.deliver(msg));
+  }
+  throw new Error('did not settle');
+}
+
+t.test('a release of one hold, arriving when a later hold of the same saga is in the ledger, names the hold it was for: the later one is given back, not forgotten', async (t) => {
+  const world = new World();
+  const item = '0';
+  const stockP = partitionOf(item, PARTITIONS);
+  const orderP = partitionOf('o', PARTITIONS);
+  world.deliver({ kind: 'stock', partition: stockP, cmd: { k: 'create', id: item, price: 1 } });
+  world.deliver({ kind: 'stock', partition: stockP, cmd: { k: 'add', id: item, amount: 5 } });
+  world.deliver({ kind: 'payment', partition: partitionOf('u', PARTITIONS), cmd: { k: 'create', id: 'u' } });
+  world.deliver({ kind: 'payment', partition: partitionOf('u', PARTITIONS), cmd: { k: 'addFunds', id: 'u', amount: 10 } });
+  world.deliver({ kind: 'order', partition: orderP, cmd: { k: 'create', id: 'o', user: 'u' } });
+  world.deliver({ kind: 'order', partition: orderP, cmd: { k: 'addItem', id: 'o', item, quantity: 1, price: 1 } });
+  const holds = world.deliver({ kind: 'order', partition: orderP, cmd: { k: 'checkout', id: 'o' }, replyTo: 'client.0' });
+  const reserve = holds.find((m) => m.kind === 'stock')!;
+  settle(world, holds);
+  t.match(world.replies.get(0), [{ ok: true }], 'paid');
+  const units = () => world.state('stock', stockP).get<{ stock: number }>('items', item)!.stock;
+  t.equal(units(), 4);
+
+  // A copy of the reserve, late: applied anew, given back (the release kept for later, as if duplicated), forgotten.
+  const [answer1] = world.deliver(reserve);
+  const [release1] = world.deliver(answer1!);
+  t.match(release1!.cmd, { k: 'release', at: (answer1!.cmd as { at: number }).at });
+  settle(world, world.deliver(release1!));
+  t.equal(units(), 4, 'the late copy took nothing for good');
+  // Another late copy: applied anew, holds a unit; then the duplicate of the first release arrives.
+  world.deliver(reserve);
+  t.equal(units(), 3, 'the second late copy holds a unit');
+  const [released] = world.deliver(release1!);
+  t.match(released!.cmd, { k: 'answer', phase: 'release', at: (release1!.cmd as { at: number }).at }, 'the answer names the hold the release was for');
+  settle(world, [released!]);
+  t.equal(units(), 4, 'the unit the second copy held is back: nothing lost, nothing sold twice');
+  t.same([...world.state('stock', stockP).tables.get('ledger')!], [], 'and the ledger is empty');
 });
