@@ -248,7 +248,7 @@ export const order: Actor<OrderCmd, OrderQuery> = {
   kind: 'order',
   tables: [ORDERS],
   mergeOutgoing: mergeForgets,
-  reminders: { table: ORDERS, firstMs: SAGA_REMIND_FIRST_MS, maxMs: SAGA_REMIND_MAX_MS, startMs: 0, owes: (stored) => typeof stored === 'object' && stored !== null && (stored as Order).saga !== undefined, owed: sagaOwes },
+  reminders: { table: ORDERS, firstMs: SAGA_REMIND_FIRST_MS, maxMs: SAGA_REMIND_MAX_MS, startMs: 0, hurried: true, owes: (stored) => typeof stored === 'object' && stored !== null && (stored as Order).saga !== undefined, owed: sagaOwes },
 
   apply(state: StateView, cmd: OrderCmd, ctx: ApplyContext): Effects {
     switch (cmd.k) {

@@ -128,6 +128,7 @@ export const ledgerReminders = (kind: Kind): Reminders => ({
   firstMs: LEDGER_REMIND_FIRST_MS,
   maxMs: LEDGER_REMIND_MAX_MS,
   startMs: LEDGER_REMIND_FIRST_MS,
+  hurried: false,
   owes: () => true,
   owed: (saga, entry, ctx) => ledgerOwes(partOf(kind, ctx.partition), saga, entry as LedgerEntry<unknown>, ctx.partitions),
 });

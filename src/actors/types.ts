@@ -60,6 +60,12 @@ export interface Reminders {
   maxMs: number;
   /** How long after the partition is taken (its state loaded) they are first sent again. */
   startMs: number;
+  /**
+   * Sent again at once when a partition moves, a worker comes up or the connection moved (what was sent meanwhile may
+   * be lost): a coordinator's; a participant's answers wait for their turn, since the coordinator's re-sent holds
+   * bring them sooner anyway.
+   */
+  hurried: boolean;
   /** Whether an entry of this value may owe anything (cheap: checked for every entry a commit changes). */
   owes(value: unknown): boolean;
   /** What this entry owes now: nothing once its saga has moved on. */

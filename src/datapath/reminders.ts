@@ -72,7 +72,9 @@ export class PartitionReminders implements Reminding {
     if (out) this.send(out);
   }
 
+  /** Everything due now, for reminders that are `hurried` (a coordinator's); others keep their time. */
   soon(): void {
+    if (!this.r.hurried) return;
     for (const d of this.due.values()) d.at = 0;
   }
 }

@@ -154,6 +154,7 @@ export class PartitionRunner implements Participant {
         case 'serve':
           this.trimming.start();
           this.deps.loop.add(this);
+          if (this.reminders) this.deps.courier.track(this.reminders);
           break;
         case 'drop':
           this.forgetReminders();
@@ -270,19 +271,16 @@ export class PartitionRunner implements Participant {
     void this.poison.left(this._cursor); // not awaited: a Redis away must not hold up a handover
   }
 
-  /** Sends again, when due, what the loaded state owes (a running saga's holds, a ledger's answers); swept by the courier. */
+  /** Sends again, when due, what the loaded state owes (a running saga's holds, a ledger's answers); swept by the courier once it serves. */
   private remindFromHere(): void {
     const { actor, courier, config } = this.deps;
     const r = actor.reminders;
     if (!r) return;
     const table = r.table;
-    const reminders = new PartitionReminders(r, { partition: this.partition, partitions: config.partitions }, () => this._live.get(table), (out) => {
-      if (this._state === 'running') courier.post(parcelsOfOutgoing(out, actor.mergeOutgoing));
-    });
+    const reminders = new PartitionReminders(r, { partition: this.partition, partitions: config.partitions }, () => this._live.get(table), (out) => courier.post(parcelsOfOutgoing(out, actor.mergeOutgoing)));
     reminders.loaded(Date.now());
     this.forgetReminders();
     this.reminders = reminders;
-    courier.track(reminders);
   }
 
   private forgetReminders(): void {
@@ -308,7 +306,7 @@ export class PartitionRunner implements Participant {
     return isActive(this._state);
   }
 
-  /** A saga parcel from a partition of another worker; false when this runner does not take it now (not acknowledged then: it comes again). */
+  /** A saga parcel from a partition of another worker; false when this runner does not take it now (dropped: its sender's state sends it again). */
   deliverParcel(inbound: Inbound): boolean {
     if (!this.active || this.parcels.length >= this.deps.config.queueMax) return false;
     this.parcels.push(inbound);

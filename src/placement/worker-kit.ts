@@ -151,7 +151,7 @@ export function openKit(opts: WorkerOptions, id: string, log: Log, js: Kit['js']
     locate: (kind, partition) => locate(kind, partition),
     onParcel: (kind, partition, parcelId, commands, ackTo) => {
       const inbound: Inbound = { id: parcelId, ackTo, commands };
-      runnerOf(kind, partition)?.deliverParcel(inbound); // not taken here: not acknowledged, so it comes again
+      runnerOf(kind, partition)?.deliverParcel(inbound); // not taken here: dropped, and its sender's state sends it again
     },
     log,
   });

@@ -7,7 +7,7 @@ import type { Outgoing, Reminders } from '../../src/actors/types.js';
 import { PartitionReminders } from '../../src/datapath/reminders.js';
 
 /** Entries are numbers: an entry owes `value` messages, and may owe while its value is positive. */
-function rig(startMs = 0) {
+function rig(startMs = 0, hurried = true) {
   const table = new Map<string, unknown>();
   const sent: string[] = [];
   const r: Reminders = {
@@ -15,6 +15,7 @@ function rig(startMs = 0) {
     firstMs: 100,
     maxMs: 400,
     startMs,
+    hurried,
     owes: (v) => (v as number) > 0,
     owed: (key, v) => Array.from({ length: v as number }, (_, i): Outgoing => ({ kind: 'order', partition: 0, cmd: `${key}${i}` })),
   };
@@ -73,4 +74,15 @@ t.test('a partition taken anew: every loaded entry that may owe is due startMs l
   reminders.soon();
   reminders.remind(1);
   t.same(sent, ['a0', 'c0']);
+});
+
+t.test('reminders that are not hurried (a ledger\'s) keep their time when a partition moves', async (t) => {
+  const { table, sent, reminders } = rig(1000, false);
+  table.set('a', 1);
+  reminders.loaded(0);
+  reminders.soon();
+  reminders.remind(1);
+  t.same(sent, []);
+  reminders.remind(1000);
+  t.same(sent, ['a0']);
 });
