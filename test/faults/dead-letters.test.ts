@@ -14,6 +14,7 @@ import { BUNDLE_MAX, names, STREAM_MESSAGE_BYTES_MAX } from '../../src/protocol.
 import { createShopClient } from '../../src/transport/shop-client.js';
 import type { DeadLetterReason, RunnerMetrics } from '../../src/datapath/runner-metrics.js';
 import { startWorker } from '../../src/placement/worker.js';
+import { partitionKeys } from '../../src/datapath/store-scripts.js';
 import { formatDeadLetters, purgeDeadLetters, readDeadLetters } from '../../src/admin/dead-letters.js';
 import { seededRandom } from '../../src/actors/random.js';
 import { captureLog } from '../helpers/logs.js';
@@ -222,4 +223,36 @@ t.test('a parcel that comes again is applied once and acknowledged again', async
     await waitFor(() => acks.filter((id) => id === 'same-parcel').length === copy, { deadlineMs: 10_000, what: `acknowledgement ${copy}` });
   }
   t.same(await client.query('stock', 0, { k: 'find', id: 'x' }), { ok: true, v: { stock: 7, price: 1 } }, 'three copies, one reservation');
+});
+
+t.test('a reserve crafted on the bus for an order that does not exist: the stock is given back and the ledger entry forgotten, across workers', async (t) => {
+  const { nats, redis } = await startServers(t);
+  // Stock and order partitions in two workers (one id, static placement: each takes the parcels of its own kinds).
+  const config = testConfig(nats, redis, { partitions: 1, workerProcesses: 1 });
+  const nc = await connect({ servers: config.natsUrl });
+  const r = new Redis(config.redisUrl, { maxRetriesPerRequest: null });
+  const stockWorker = await startWorker({ nc, redis: r, config: { ...config, kinds: ['stock'] }, log });
+  const orderWorker = await startWorker({ nc, redis: r, config: { ...config, kinds: ['order'] }, log });
+  const client = createShopClient({ nc, config, log });
+  t.teardown(async () => {
+    await client.close();
+    await stockWorker.close();
+    await orderWorker.close();
+    await nc.close();
+    r.disconnect();
+  });
+  const n = names(config.streamPrefix);
+  await client.command('stock', 0, { k: 'create', id: 'x', price: 1 });
+  await client.command('stock', 0, { k: 'add', id: 'x', amount: 10 });
+  const keys = partitionKeys(config.redisPrefix, 'stock', 0);
+  const ledger = keys.table('ledger');
+  /** Saga commands the stock partition has applied and committed (its count of commands from within the workers). */
+  const sagaCommands = async () => Number((await r.hget(keys.meta, 'local')) ?? 0);
+  const units = async () => ((await client.query('stock', 0, { k: 'find', id: 'x' })) as { v: { stock: number } }).v.stock;
+  nc.publish(n.saga(stockWorker.id), encode(['', 'stock', 0, '', encode([{ k: 'reserve', saga: 'ghost#1', order: 'ghost', from: 0, lines: [['x', 3]] }])]));
+  // The hold's answer reaches a coordinator that runs no such saga: it gives the hold back (a release), and then
+  // forgets the tombstone (a forget): three saga commands applied at the stock partition.
+  await waitFor(async () => (await sagaCommands()) >= 3 && (await r.hlen(ledger)) === 0, { deadlineMs: 10_000, what: 'the reserve, its release and the forget of its tombstone' });
+  t.equal(await units(), 10, 'nothing taken');
+  t.equal(await r.hlen(ledger), 0, 'no entry left behind (the protocol before left a tombstone for ever)');
 });
