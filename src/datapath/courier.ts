@@ -6,8 +6,9 @@
  *   `locate` (the placement this worker follows). A parcel for a partition nobody runs now is dropped.
  * - In: a parcel for a partition this worker runs is handed to it (`onParcel`) and applied with its next batch.
  * - Again: what a partition's committed state still owes (a running saga's holds and releases, a ledger's answers) is
- *   sent again by its reminders (datapath/reminders.ts), which the courier sweeps every SWEEP_INTERVAL_MS and hurries
- *   when a partition moves, a worker comes up, or this worker's connection moved (what was sent meanwhile may be lost).
+ *   sent again by its reminders (datapath/reminders.ts), which the courier sweeps every SWEEP_INTERVAL_MS and hurries:
+ *   what is owed to a partition that moves, and every running saga's requests when a worker comes up or this
+ *   worker's connection moved (what was sent meanwhile may be lost).
  *
  * So a saga message is delivered at least once while its sender's state owes it, and the saga's ledger makes every
  * copy after the first change nothing (docs/architecture.md, "Exactly once, step by step"). JetStream carries only
@@ -33,8 +34,8 @@ const MESSAGE_BYTES_MAX = 512 * 1024;
 /** What a partition's state still owes elsewhere, sent again when due (datapath/reminders.ts). */
 export interface Reminding {
   remind(now: number): void;
-  /** Everything it owes goes at the next sweep. */
-  soon(): void;
+  /** What it owes `target` goes at the next sweep; without a target, everything (a coordinator's). */
+  soon(target?: { kind: Kind; partition: number }): void;
 }
 
 export interface CourierOptions {
@@ -113,9 +114,12 @@ export class Courier {
     this.reminding.delete(r);
   }
 
-  /** A partition moved: what this worker's partitions owe goes at the next sweep rather than when next due. */
-  moved(_kind: Kind, _partition: number): void {
-    this.hurry();
+  /**
+   * A partition moved, or its new owner now runs it: what this worker's partitions owe it goes at the next sweep
+   * rather than when next due (a participant's answer sent to the old owner was lost, for one).
+   */
+  moved(kind: Kind, partition: number): void {
+    for (const r of this.reminding) r.soon({ kind, partition });
   }
 
   /**

@@ -9,10 +9,12 @@
  * way, or sent by an owner that crashed before it left, is made again by whoever holds the state. A new owner starts
  * with every entry of its loaded state that may owe, due `startMs` after it took the partition.
  *
- * The courier sweeps the reminders of every partition its worker runs (datapath/courier.ts) and hurries them when a
- * partition moves or a worker comes up (`soon`).
+ * The courier sweeps the reminders of every partition its worker runs (datapath/courier.ts) and hurries them (`soon`):
+ * what is owed to a partition that moved, or whose new owner now runs it; and a coordinator's, all of them, when a
+ * worker comes up or this worker's connection moved.
  */
 import type { Outgoing, Reminders } from '../actors/types.js';
+import type { Kind } from '../config.js';
 import type { Reminding } from './courier.js';
 
 interface Due {
@@ -72,9 +74,21 @@ export class PartitionReminders implements Reminding {
     if (out) this.send(out);
   }
 
-  /** Everything due now, for reminders that are `hurried` (a coordinator's); others keep their time. */
-  soon(): void {
-    if (!this.r.hurried) return;
-    for (const d of this.due.values()) d.at = 0;
+  /**
+   * Due now: with a `target` (a partition that moved, or whose new owner now runs it), every entry that owes that
+   * partition something; without, everything, for reminders that are `hurried` (a coordinator's; a ledger's keep
+   * their time).
+   */
+  soon(target?: { kind: Kind; partition: number }): void {
+    if (!target) {
+      if (this.r.hurried) for (const d of this.due.values()) d.at = 0;
+      return;
+    }
+    const table = this.table();
+    for (const [key, d] of this.due) {
+      const value = table?.get(key);
+      if (value === undefined || !this.r.owes(value)) continue;
+      if (this.r.owed(key, value, this.ctx).some((o) => o.kind === target.kind && o.partition === target.partition)) d.at = 0;
+    }
   }
 }

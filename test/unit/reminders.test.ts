@@ -86,3 +86,16 @@ t.test('reminders that are not hurried (a ledger\'s) keep their time when a part
   reminders.remind(1000);
   t.same(sent, ['a0']);
 });
+
+t.test('a partition that moved: what any entry owes it is due now, a ledger\'s too; the rest keeps its time', async (t) => {
+  const table = new Map<string, unknown>([['a', 1], ['b', 2]]);
+  const sent: string[] = [];
+  // Entry a owes stock 1, entry b owes stock 2.
+  const r: Reminders = { table: 't', firstMs: 100, maxMs: 400, startMs: 1000, hurried: false, owes: () => true, owed: (key, v) => [{ kind: 'stock', partition: v as number, cmd: key }] };
+  const reminders = new PartitionReminders(r, { partition: 0, partitions: 4 }, () => table, (out) => sent.push(...out.map((o) => o.cmd as string)));
+  reminders.loaded(0);
+  reminders.soon({ kind: 'stock', partition: 2 });
+  reminders.soon({ kind: 'order', partition: 1 });
+  reminders.remind(1);
+  t.same(sent, ['b'], 'only what is owed to stock 2');
+});
