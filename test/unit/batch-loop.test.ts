@@ -149,6 +149,19 @@ function rigWithX(throws?: unknown) {
 
 const add = (id: string, amount: number) => ({ k: 'add', id, amount });
 
+/** Two stock partitions holding x (stock 0), in a loop whose first commit (a's add of 1) is out. */
+async function twoWithACommitOut() {
+  const { loop, calls } = rig();
+  const a = new FakeParticipant('stock', 0);
+  const b = new FakeParticipant('stock', 1);
+  for (const m of [a, b]) m.live.get('items')!.set('x', { stock: 0, price: 1 });
+  a.push(1, add('x', 1));
+  loop.add(a);
+  loop.add(b);
+  await waitFor(() => calls.length === 1, { deadlineMs: 5000, what: 'the first commit' });
+  return { loop, calls, a, b };
+}
+
 t.test('the replies of a batch\'s partitions are stored as one outbox entry, in one partition\'s outbox, and sent by it once committed', async (t) => {
   const { loop, calls } = rig();
   const participants = [0, 1, 2].map((p) => new FakeParticipant('stock', p));
@@ -191,14 +204,7 @@ t.test('the next batch is applied while the previous one commits, on its drafts,
 });
 
 t.test('what arrives after the next batch was applied, while the commit below it is out, joins that batch: one commit, not one per arrival', async (t) => {
-  const { loop, calls } = rig();
-  const a = new FakeParticipant('stock', 0);
-  const b = new FakeParticipant('stock', 1);
-  for (const m of [a, b]) m.live.get('items')!.set('x', { stock: 0, price: 1 });
-  a.push(1, add('x', 1));
-  loop.add(a);
-  loop.add(b);
-  await waitFor(() => calls.length === 1, { deadlineMs: 5000, what: 'the first commit' });
+  const { loop, calls, a, b } = await twoWithACommitOut();
   a.push(2, add('x', 10));
   loop.wake();
   await waitFor(() => a.queue.length === 0, { deadlineMs: 5000, what: 'the next batch to be applied at the first wake' });
@@ -244,14 +250,7 @@ t.test('a batch refused (one partition fenced): the batch applied on top of it i
 });
 
 t.test('a commit that fails (transport): its partitions restart; another partition\'s batch on top goes back to its queue', async (t) => {
-  const { loop, calls } = rig();
-  const a = new FakeParticipant('stock', 0);
-  const b = new FakeParticipant('stock', 1);
-  for (const m of [a, b]) m.live.get('items')!.set('x', { stock: 0, price: 1 });
-  a.push(1, add('x', 1));
-  loop.add(a);
-  loop.add(b);
-  await waitFor(() => calls.length === 1, { deadlineMs: 5000, what: 'the first commit' });
+  const { loop, calls, a, b } = await twoWithACommitOut();
   b.push(1, add('x', 5));
   loop.wake();
   await waitFor(() => b.queue.length === 0, { deadlineMs: 5000, what: 'the second batch to be applied' });
