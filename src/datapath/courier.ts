@@ -34,8 +34,8 @@ const MESSAGE_BYTES_MAX = 512 * 1024;
 /** What a partition's state still owes elsewhere, sent again when due (datapath/reminders.ts). */
 export interface Reminding {
   remind(now: number): void;
-  /** What it owes `target` goes at the next sweep; without a target, everything (a coordinator's). */
-  soon(target?: { kind: Kind; partition: number }): void;
+  /** What it owes any of `targets` (`kind.partition`) goes at the next sweep; without targets, everything (a coordinator's). */
+  soon(targets?: ReadonlySet<string>): void;
 }
 
 export interface CourierOptions {
@@ -58,6 +58,8 @@ export class Courier {
   /** Acknowledgements to send at the end of this turn, by subject (parcels of older workers). */
   private readonly acks = new Map<string, string[]>();
   private readonly reminding = new Set<Reminding>();
+  /** Partitions that moved since the last sweep (`kind.partition`): what is owed to them goes at the next one. */
+  private readonly movedSince = new Set<string>();
   private readonly subs: Subscription[];
   private readonly sweep: NodeJS.Timeout;
   /** Where an older worker would acknowledge this one's parcels: named in every message, listened to by nobody. */
@@ -119,7 +121,7 @@ export class Courier {
    * rather than when next due (a participant's answer sent to the old owner was lost, for one).
    */
   moved(kind: Kind, partition: number): void {
-    for (const r of this.reminding) r.soon({ kind, partition });
+    this.movedSince.add(`${kind}.${partition}`);
   }
 
   /**
@@ -152,8 +154,12 @@ export class Courier {
   }
 
   private remindAll(now: number): void {
+    // A failover moves many partitions at once: what is owed to any of them is looked for once per sweep.
+    const moved = this.movedSince.size > 0 ? new Set(this.movedSince) : undefined;
+    this.movedSince.clear();
     for (const r of this.reminding) {
       try {
+        if (moved) r.soon(moved);
         r.remind(now);
       } catch (err) {
         this.o.log.error('sending what a partition owes failed', { err });

@@ -14,7 +14,6 @@
  * worker comes up or this worker's connection moved.
  */
 import type { Outgoing, Reminders } from '../actors/types.js';
-import type { Kind } from '../config.js';
 import type { Reminding } from './courier.js';
 
 interface Due {
@@ -75,12 +74,12 @@ export class PartitionReminders implements Reminding {
   }
 
   /**
-   * Due now: with a `target` (a partition that moved, or whose new owner now runs it), every entry that owes that
-   * partition something; without, everything, for reminders that are `hurried` (a coordinator's; a ledger's keep
-   * their time).
+   * Due now: with `targets` (partitions that moved, or whose new owner now runs them, as `kind.partition`), every
+   * entry that owes one of them something; without, everything, for reminders that are `hurried` (a coordinator's; a
+   * ledger's keep their time).
    */
-  soon(target?: { kind: Kind; partition: number }): void {
-    if (!target) {
+  soon(targets?: ReadonlySet<string>): void {
+    if (!targets) {
       if (this.r.hurried) for (const d of this.due.values()) d.at = 0;
       return;
     }
@@ -88,7 +87,7 @@ export class PartitionReminders implements Reminding {
     for (const [key, d] of this.due) {
       const value = table?.get(key);
       if (value === undefined || !this.r.owes(value)) continue;
-      if (this.r.owed(key, value, this.ctx).some((o) => o.kind === target.kind && o.partition === target.partition)) d.at = 0;
+      if (this.r.owed(key, value, this.ctx).some((o) => targets.has(`${o.kind}.${o.partition}`))) d.at = 0;
     }
   }
 }
