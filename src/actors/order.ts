@@ -190,12 +190,12 @@ function onAnswer(state: StateView, answer: SagaAnswer, ctx: ApplyContext): Effe
   const order = readOrder(state, msg.order);
   const current = order?.saga;
   if (!order || !current || current.id !== msg.saga) {
-    // Not the running saga: a late copy of an answer, or the answer to a copy of a hold re-sent after the saga
-    // ended. A copy of an answer the paying saga counted is recognised by its `at` and ignored: that hold is the
-    // sale itself. Any other successful hold is given back, exactly that one (by its `at`); for a hold already
-    // given back or forgotten, the release finds nothing to undo.
-    // Whatever else the participant holds for a saga that has ended is settled (the sale, a refusal, a hold given
-    // back): it may forget it. The participant sends its answer until it does, so a lost forget is sent again too.
+    // Not the running saga: a late copy of an answer, the answer to a copy of a hold re-sent after the saga ended, or
+    // a participant's reminder. A successful hold that the paying saga did not count (by its `at`) is given back,
+    // exactly that one; for a hold already given back or forgotten, the release finds nothing to undo. Whatever else
+    // the participant holds for a saga that has ended is settled (the sale, which `paidBy` counted; a refusal; a hold
+    // given back): it may forget that entry. The participant sends its answer until it does, so a lost forget is
+    // sent again too.
     const counted = order?.paidBy?.saga === msg.saga && order.paidBy.ats.some(([part, at]) => part === msg.part && at === msg.at);
     if (msg.phase === 'hold' && msg.ok && !counted) return { send: [toPart(msg.part, releaseOf(ref, msg.at))] };
     return { send: [toPart(msg.part, { k: 'forget', sagas: [[msg.saga, msg.at]] } satisfies ForgetCmd)] };
