@@ -4,10 +4,9 @@
  * state sends them again, datapath/reminders.ts), and the acknowledgements of older workers' parcels it applied.
  */
 import type { Outgoing } from '../actors/types.js';
-import type { Kind } from '../config.js';
 import type { Parcel } from './courier.js';
 import { emptyEntry, owesNothing, packCommands, type OutboxEntry } from './outbox.js';
-import type { Share, Sends } from './batch-share.js';
+import { addSend, type Share, type Sends } from './batch-share.js';
 import type { Inbound } from './participant.js';
 
 /** What a partition's share of a batch owes once committed: its outbox entry and the field it is stored under, and its saga messages. */
@@ -31,13 +30,8 @@ export function parcelsOf(sends: Iterable<Sends>, merge: ((cmds: unknown[]) => u
 
 /** The same, from a list of outgoing commands in the order they were made. */
 export function parcelsOfOutgoing(out: readonly Outgoing[], merge: ((cmds: unknown[]) => unknown[]) | undefined): Parcel[] {
-  const sends = new Map<string, { kind: Kind; partition: number; cmds: unknown[] }>();
-  for (const o of out) {
-    const k = `${o.kind}.${o.partition}`;
-    let s = sends.get(k);
-    if (!s) sends.set(k, (s = { kind: o.kind, partition: o.partition, cmds: [] }));
-    s.cmds.push(o.cmd);
-  }
+  const sends = new Map<string, Sends>();
+  for (const o of out) addSend(sends, o);
   return parcelsOf(sends.values(), merge);
 }
 

@@ -19,6 +19,14 @@ export interface Sends {
   cmds: unknown[];
 }
 
+/** Adds a command to the commands for its target partition (keyed `kind.partition`), after those made before it. */
+export function addSend(sends: Map<string, Sends>, out: Outgoing): void {
+  const k = participantKey(out.kind, out.partition);
+  let target = sends.get(k);
+  if (!target) sends.set(k, (target = { kind: out.kind, partition: out.partition, cmds: [] }));
+  target.cmds.push(out.cmd);
+}
+
 export class Share implements Box {
   readonly draft: Draft;
   readonly taken: Taken = { stream: [], parcels: [] };
@@ -98,10 +106,7 @@ export class Share implements Box {
   }
   /** A command for a partition elsewhere. */
   send(out: Outgoing): void {
-    const k = participantKey(out.kind, out.partition);
-    let target = this.sends.get(k);
-    if (!target) this.sends.set(k, (target = { kind: out.kind, partition: out.partition, cmds: [] }));
-    target.cmds.push(out.cmd);
+    addSend(this.sends, out);
   }
   /** A saga this share decided: '' for paid, else the refusal's code. */
   decided(code: string): void {

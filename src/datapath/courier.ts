@@ -34,7 +34,7 @@ const MESSAGE_BYTES_MAX = 512 * 1024;
 /** What a partition's state still owes elsewhere, sent again when due (datapath/reminders.ts). */
 export interface Reminding {
   remind(now: number): void;
-  /** What it owes any of `targets` (`kind.partition`) goes at the next sweep; without targets, everything (a coordinator's). */
+  /** What it owes any of `targets` (`kind.partition`, participantKey's form) goes at the next sweep; without targets, everything (a coordinator's). */
   soon(targets?: ReadonlySet<string>): void;
 }
 

@@ -15,6 +15,7 @@
  */
 import type { Outgoing, Reminders } from '../actors/types.js';
 import type { Reminding } from './courier.js';
+import { participantKey } from './participant.js';
 
 interface Due {
   at: number;
@@ -87,7 +88,7 @@ export class PartitionReminders implements Reminding {
     for (const [key, d] of this.due) {
       const value = table?.get(key);
       if (value === undefined || !this.r.owes(value)) continue;
-      if (this.r.owed(key, value, this.ctx).some((o) => targets.has(`${o.kind}.${o.partition}`))) d.at = 0;
+      if (this.r.owed(key, value, this.ctx).some((o) => targets.has(participantKey(o.kind, o.partition)))) d.at = 0;
     }
   }
 }
