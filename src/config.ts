@@ -202,8 +202,12 @@ export interface Config {
    */
   serverAuth: boolean;
   /**
-   * The AOF fsync policy of the redis-server the supervisor starts. `everysec`: a power loss can lose about the last
-   * second or two of commits; `always` fsyncs every commit, at a cost in throughput.
+   * The AOF fsync policy of the redis-server the supervisor starts. `always` (the default): Redis writes and fsyncs
+   * each event-loop turn's commits before it answers them, so neither a crash of redis-server nor a power loss loses
+   * an acknowledged commit. `everysec`: while its background fsync runs (a slow or busy disk), Redis 7.0 answers
+   * writes without writing them at all for up to 2–3 s, so a crash of redis-server then loses acknowledged commits,
+   * and a power loss the last second or more. `no`: written before the answer (a crash of redis-server loses
+   * nothing), flushed by the kernel (a power loss can lose the last 30 s).
    */
   redisAppendfsync: 'always' | 'everysec' | 'no';
   /** First pause before the supervisor restarts a crashed child; it doubles up to 10 s (reset after 10 s of uptime). */

@@ -12,12 +12,14 @@ const TRIM_MIN_MESSAGES = 256;
 const TRIM_IDLE_INTERVALS = 12;
 
 /**
- * How long after a commit Redis may still lose it on a crash of its machine, by its appendfsync policy: the stream
- * is never trimmed past a cursor younger than this (the commands would be needed again). `no` leaves flushing to the
- * kernel, which writes dirty pages back within about 30 s.
+ * How long after a commit Redis may still lose it, by its appendfsync policy: the stream is never trimmed past a
+ * cursor younger than this (the commands would be needed again). `everysec`: Redis 7.0 postpones writing the AOF
+ * while a background fsync is under way, for up to two whole seconds of its clock (so almost 3 s), and answers
+ * meanwhile: a crash of redis-server alone loses those (test/faults/redis-disk.test.ts), a power loss up to a second
+ * more. `no` leaves flushing to the kernel, which writes dirty pages back within about 30 s.
  */
 export function durableAfterMs(appendfsync: Config['redisAppendfsync']): number {
-  return appendfsync === 'always' ? 0 : appendfsync === 'everysec' ? 2_000 : 35_000;
+  return appendfsync === 'always' ? 0 : appendfsync === 'everysec' ? 4_000 : 35_000;
 }
 
 /**

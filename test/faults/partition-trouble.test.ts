@@ -146,7 +146,7 @@ t.test('trimming purges only what Redis has surely made durable', async (t) => {
   t.same(durableCursor([[100, 5], [200, 9], [300, 12]], 250, 3), { durable: 9, younger: [[300, 12]] }, 'the newest commit old enough');
   t.same(durableCursor([[100, 5]], 50, 3), { durable: 3, younger: [[100, 5]] }, 'none old enough: what was durable stays');
   t.same(durableCursor([], 50, 3), { durable: 3, younger: [] });
-  t.same([durableAfterMs('always'), durableAfterMs('everysec'), durableAfterMs('no')], [0, 2000, 35_000], 'the wait follows the appendfsync policy');
+  t.same([durableAfterMs('always'), durableAfterMs('everysec'), durableAfterMs('no')], [0, 4000, 35_000], 'the wait follows the appendfsync policy');
 
   // With appendfsync always every commit is on disk when it returns: the applied commands go at the next trim.
   const { config, nc, client, start } = await setup(t, { redisAppendfsync: 'always', trimIntervalMs: 100 });

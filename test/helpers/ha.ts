@@ -29,7 +29,7 @@ import {
   sentinelReady,
 } from '../../src/stack/topology.js';
 import type { NetLab } from './netns.js';
-import { freePort, startServer, testNatsAuthorization, waitFor, type TestServer, type TestUsers } from './servers.js';
+import { DEFAULT_APPENDFSYNC, freePort, startServer, testNatsAuthorization, waitFor, type TestServer, type TestUsers } from './servers.js';
 
 /** How long a cluster may take to elect its JetStream meta leader, or replicas and Sentinels to find each other. */
 const CLUSTER_READY_DEADLINE_MS = 30_000;
@@ -226,7 +226,7 @@ export async function startRedisHA(
           setup: (dir) => writeFile(join(dir, 'users.acl'), redisAcl({ user: worker.user, password: worker.password, keyPrefix: '', replica, sentinel: sentinelLogin }), { mode: 0o600 }),
           async args(p, dir) {
             const conf = join(dir, 'redis.conf');
-            await writeFile(conf, redisNodeConf({ port: p, dir, appendfsync: 'everysec', pidFile: join(dir, 'redis.pid'), aclFile: join(dir, 'users.acl'), replica }), { mode: 0o600 });
+            await writeFile(conf, redisNodeConf({ port: p, dir, appendfsync: DEFAULT_APPENDFSYNC, pidFile: join(dir, 'redis.pid'), aclFile: join(dir, 'users.acl'), replica }), { mode: 0o600 });
             // The first start: node 0 is the primary. Later: whatever the Sentinels say now.
             const primary = i === 0 && !started ? p : await primaryNow(sentinelPorts);
             return primary === p ? [conf] : [conf, '--replicaof', '127.0.0.1', String(primary)];

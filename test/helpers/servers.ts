@@ -154,12 +154,15 @@ const NATS: ServerKind = {
   answers: (port) => natsAnswers(port),
 };
 
+/** The AOF fsync policy the shop runs its Redis with by default: the test servers run it too. */
+export const DEFAULT_APPENDFSYNC = loadConfig({}).redisAppendfsync;
+
 const REDIS: ServerKind = {
   what: 'redis-server',
   stopSignal: 'SIGTERM',
   scheme: 'redis',
   binary: 'redis-server',
-  args: (port, dir) => redisArgs({ port, dir, appendfsync: 'everysec' }),
+  args: (port, dir) => redisArgs({ port, dir, appendfsync: DEFAULT_APPENDFSYNC }),
   answers: (port) => redisAnswers(port),
 };
 
@@ -219,7 +222,7 @@ function redisKind(users?: TestUsers): ServerKind {
   return {
     ...REDIS,
     setup: (dir) => writeFile(acl(dir), redisAcl({ user, password, keyPrefix: '' }), { mode: 0o600 }),
-    args: (port, dir) => redisArgs({ port, dir, appendfsync: 'everysec', aclFile: acl(dir) }),
+    args: (port, dir) => redisArgs({ port, dir, appendfsync: DEFAULT_APPENDFSYNC, aclFile: acl(dir) }),
     answers: (port) => redisAnswers(port, { auth: { user, password } }),
   };
 }
@@ -233,7 +236,7 @@ export function startNats(t?: Test, users?: TestUsers, prefix?: string): Promise
 }
 
 /**
- * A redis-server with AOF (everysec) on a free port and a fresh dir; restart() keeps the data. Stopped in `t`'s
+ * A redis-server with AOF (the shop's default fsync policy) on a free port and a fresh dir; restart() keeps the data. Stopped in `t`'s
  * teardown. With `users`, only users.redis may log in.
  */
 export function startRedis(t?: Test, users?: TestUsers): Promise<TestServer> {
