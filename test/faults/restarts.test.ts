@@ -23,7 +23,7 @@ import { names } from '../../src/protocol.js';
 import { freePort, freePortRange } from '../../src/stack/probes.js';
 import { readLocalCredentials } from '../../src/stack/secrets.js';
 import { createSupervisor, type Supervisor } from '../../src/stack/supervisor.js';
-import { liveReplicas } from '../../src/stack/topology.js';
+import { liveReplicas, redisInfo } from '../../src/stack/topology.js';
 import { seedShop } from '../helpers/cluster.js';
 import { auditStorm, FAULT_SHOP, startStorm, type Req, type Storm } from '../helpers/faults.js';
 import { httpCall } from '../helpers/http.js';
@@ -181,6 +181,14 @@ t.test('the cluster profile: the Redis primary SIGKILLed and restarted from its 
     () => true,
     () => false,
   );
+  if (!asReplica) {
+    // What each node says, and what the stack said about Redis: a failing run's diagnosis.
+    for (const port of [s.config.redisPort, s.config.redisPort + 1]) {
+      const info = await redisInfo(port, 'replication', login).then((m) => [...m].map(([k, v]) => `${k}=${v}`).join(' '), (err: Error) => err.message);
+      t.comment(`redis on ${port}: ${info}`);
+    }
+    t.comment(s.current.output.filter((l) => /redis|sentinel/i.test(l)).slice(-30).join('\n'));
+  }
   t.ok(asReplica, 'the old primary came back as a replica of the promoted one');
   t.ok(s.current.output.some((l) => /the Sentinels promote a replica before it starts again/.test(l)), 'the supervisor had the Sentinels promote its replica first');
   await round(t, () => s.current, s.all, 'the whole cluster stack stopped and started again', coldRestart(t, s));

@@ -214,16 +214,20 @@ function natsKind(users?: TestUsers, prefix = ANY_PREFIX): ServerKind {
   };
 }
 
-/** With `users`: the default user off, the worker's ACL user of src/auth.ts (any key prefix). */
-function redisKind(users?: TestUsers): ServerKind {
-  if (!users) return REDIS;
+/**
+ * With `users`: the default user off, the worker's ACL user of src/auth.ts (any key prefix). `appendfsync`: the AOF
+ * fsync policy (default: the shop's).
+ */
+function redisKind(users?: TestUsers, appendfsync: Config['redisAppendfsync'] = DEFAULT_APPENDFSYNC): ServerKind {
+  if (!users && appendfsync === DEFAULT_APPENDFSYNC) return REDIS;
   const acl = (dir: string) => join(dir, 'users.acl');
-  const { user, password } = users.redis;
   return {
     ...REDIS,
-    setup: (dir) => writeFile(acl(dir), redisAcl({ user, password, keyPrefix: '' }), { mode: 0o600 }),
-    args: (port, dir) => redisArgs({ port, dir, appendfsync: DEFAULT_APPENDFSYNC, aclFile: acl(dir) }),
-    answers: (port) => redisAnswers(port, { auth: { user, password } }),
+    args: (port, dir) => redisArgs({ port, dir, appendfsync, aclFile: users ? acl(dir) : undefined }),
+    ...(users && {
+      setup: (dir: string) => writeFile(acl(dir), redisAcl({ user: users.redis.user, password: users.redis.password, keyPrefix: '' }), { mode: 0o600 }),
+      answers: (port: number) => redisAnswers(port, { auth: { user: users.redis.user, password: users.redis.password } }),
+    }),
   };
 }
 
@@ -236,11 +240,11 @@ export function startNats(t?: Test, users?: TestUsers, prefix?: string): Promise
 }
 
 /**
- * A redis-server with AOF (the shop's default fsync policy) on a free port and a fresh dir; restart() keeps the data. Stopped in `t`'s
- * teardown. With `users`, only users.redis may log in.
+ * A redis-server with AOF (`appendfsync`: the shop's default fsync policy unless given) on a free port and a fresh
+ * dir; restart() keeps the data. Stopped in `t`'s teardown. With `users`, only users.redis may log in.
  */
-export function startRedis(t?: Test, users?: TestUsers): Promise<TestServer> {
-  return startServer(redisKind(users), t);
+export function startRedis(t?: Test, users?: TestUsers, appendfsync?: Config['redisAppendfsync']): Promise<TestServer> {
+  return startServer(redisKind(users, appendfsync), t);
 }
 
 /** Both servers, started in parallel. */
