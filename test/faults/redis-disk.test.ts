@@ -15,7 +15,7 @@ import { createPartitionStore } from '../../src/datapath/store.js';
 import { DEFAULT_APPENDFSYNC, randomToken, startRedis, waitFor } from '../helpers/servers.js';
 import { stallAofFsync, freezerAvailable } from '../helpers/disk.js';
 
-const skip = freezerAvailable() ? false : 'no cgroup v1 freezer here (/sys/fs/cgroup/freezer)';
+const skip = freezerAvailable() ? false : 'needs root and the cgroup v1 freezer (/sys/fs/cgroup/freezer)';
 const COMMITS = 20;
 
 /** One field of INFO persistence, as a number. */

@@ -10,9 +10,9 @@ import { randomToken, waitFor } from './servers.js';
 
 const FREEZER = '/sys/fs/cgroup/freezer';
 
-/** Whether this machine has the cgroup v1 freezer (and so threads can be frozen one by one). */
+/** Whether this machine has the cgroup v1 freezer (threads can be frozen one by one) and we may use it (root). */
 export function freezerAvailable(): boolean {
-  return existsSync(join(FREEZER, 'tasks'));
+  return process.getuid?.() === 0 && existsSync(join(FREEZER, 'tasks'));
 }
 
 /** The id of `pid`'s thread named `name`. */
