@@ -141,7 +141,7 @@ class Load implements LoadRun {
     };
     if (warmupMs > 0) this.warmupTimer = setTimeout(measure, warmupMs);
     else measure();
-    if (o.durationMs !== undefined) this.durationTimer = setTimeout(() => this.stop('duration'), warmupMs + o.durationMs);
+    if (o.durationMs !== undefined) this.stopAt(this.t0 + warmupMs + o.durationMs);
     const m = o.model;
     if (m.kind === 'closed') {
       for (let w = 0; w < m.concurrency && !this.stopping; w++) {
@@ -159,6 +159,14 @@ class Load implements LoadRun {
       this.pump();
     }
     this.finishIfIdle();
+  }
+
+  /**
+   * Stops the run at `endAt` (performance.now()), never before: Node runs timers by the event loop's cached
+   * millisecond clock, so one can fire up to about a millisecond early; it is then armed again for what is left.
+   */
+  private stopAt(endAt: number): void {
+    this.durationTimer = setTimeout(() => (performance.now() >= endAt ? this.stop('duration') : this.stopAt(endAt)), Math.max(0, Math.ceil(endAt - performance.now())));
   }
 
   private newExchange(): Exchange {
