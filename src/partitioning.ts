@@ -1,3 +1,5 @@
+import type { Kind } from './config.js';
+
 /** FNV-1a 32-bit over the UTF-16 code units of the id: stable across processes, versions and restarts. */
 export function fnv1a(id: string): number {
   let h = 0x811c9dc5;
@@ -7,6 +9,12 @@ export function fnv1a(id: string): number {
   }
   return h >>> 0;
 }
+
+/**
+ * A partition's name across kinds, `kind.partition`: how the batch loop keys its participants, a share the commands
+ * it sends elsewhere, and the courier and the reminders the partitions that moved.
+ */
+export const participantKey = (kind: Kind, partition: number) => `${kind}.${partition}`;
 
 export function partitionOf(id: string, partitions: number): number {
   return fnv1a(id) % partitions;

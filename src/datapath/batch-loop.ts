@@ -26,7 +26,8 @@ import { names } from '../protocol.js';
 import { BatchApplier } from './batch-apply.js';
 import { BatchCommitter, type CommitDeps, type InFlight } from './batch-commit.js';
 import { Share } from './batch-share.js';
-import { participantKey, type Participant } from './participant.js';
+import { participantKey } from '../partitioning.js';
+import type { Participant } from './participant.js';
 
 /** Longest a partition that lets go waits for the batches in hand that involve it (settled()). */
 const SETTLE_DEADLINE_MS = 10_000;

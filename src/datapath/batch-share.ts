@@ -9,7 +9,8 @@ import { ID_MAX_CHARS } from '../protocol.js';
 import { Draft } from './draft.js';
 import type { Box } from './local-delivery.js';
 import type { DeadLetter } from './outbox.js';
-import { participantKey, type Inbound, type Participant, type Taken } from './participant.js';
+import { participantKey } from '../partitioning.js';
+import type { Inbound, Participant, Taken } from './participant.js';
 import type { DeadLetterReason } from './runner-metrics.js';
 
 /** Commands a share sends to one partition elsewhere, in order. */

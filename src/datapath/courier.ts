@@ -20,6 +20,7 @@ import { KINDS, type Kind } from '../config.js';
 import { decode, encode } from '../codec.js';
 import { faultLog, type Fault } from '../faults.js';
 import type { Log } from '../log.js';
+import { participantKey } from '../partitioning.js';
 import type { Names } from '../protocol.js';
 import type { Mux } from '../transport/mux.js';
 
@@ -34,7 +35,7 @@ const MESSAGE_BYTES_MAX = 512 * 1024;
 /** What a partition's state still owes elsewhere, sent again when due (datapath/reminders.ts). */
 export interface Reminding {
   remind(now: number): void;
-  /** What it owes any of `targets` (`kind.partition`, participantKey's form) goes at the next sweep; without targets, everything (a coordinator's). */
+  /** What it owes any of `targets` (participantKey) goes at the next sweep; without targets, everything (a coordinator's). */
   soon(targets?: ReadonlySet<string>): void;
 }
 
@@ -121,7 +122,7 @@ export class Courier {
    * rather than when next due (a participant's answer sent to the old owner was lost, for one).
    */
   moved(kind: Kind, partition: number): void {
-    this.movedSince.add(`${kind}.${partition}`);
+    this.movedSince.add(participantKey(kind, partition));
   }
 
   /**

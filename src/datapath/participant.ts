@@ -115,6 +115,3 @@ export interface Participant {
   /** Why the stream message `seq` is to be passed undecoded, as a dead letter; undefined for any other. */
   quarantined?(seq: number): string | undefined;
 }
-
-/** How the loop keys a participant (and a share keys the commands it sends elsewhere): `kind.partition`. */
-export const participantKey = (kind: Kind, partition: number) => `${kind}.${partition}`;

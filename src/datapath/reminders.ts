@@ -15,7 +15,7 @@
  */
 import type { Outgoing, Reminders } from '../actors/types.js';
 import type { Reminding } from './courier.js';
-import { participantKey } from './participant.js';
+import { participantKey } from '../partitioning.js';
 
 interface Due {
   at: number;
