@@ -34,9 +34,10 @@ const MESSAGE_BYTES_MAX = 512 * 1024;
 
 /** What a partition's state still owes elsewhere, sent again when due (datapath/reminders.ts). */
 export interface Reminding {
-  remind(now: number): void;
-  /** What it owes any of `targets` (participantKey) goes at the next sweep; without targets, everything (a coordinator's). */
-  soon(targets?: ReadonlySet<string>): void;
+  /** Sends what is due, and what is owed to any of the partitions that `moved` (participantKey) whenever due. */
+  remind(now: number, moved?: ReadonlySet<string>): void;
+  /** Everything it owes goes at the next sweep (a coordinator's; others keep their time). */
+  soon(): void;
 }
 
 export interface CourierOptions {
@@ -160,8 +161,7 @@ export class Courier {
     this.movedSince.clear();
     for (const r of this.reminding) {
       try {
-        if (moved) r.soon(moved);
-        r.remind(now);
+        r.remind(now, moved);
       } catch (err) {
         this.o.log.error('sending what a partition owes failed', { err });
       }

@@ -9,9 +9,9 @@
  * way, or sent by an owner that crashed before it left, is made again by whoever holds the state. A new owner starts
  * with every entry of its loaded state that may owe, due `startMs` after it took the partition.
  *
- * The courier sweeps the reminders of every partition its worker runs (datapath/courier.ts) and hurries them (`soon`):
- * what is owed to a partition that moved, or whose new owner now runs it; and a coordinator's, all of them, when a
- * worker comes up or this worker's connection moved.
+ * The courier sweeps the reminders of every partition its worker runs (datapath/courier.ts) and hurries them: what
+ * is owed to a partition that moved, or whose new owner now runs it (`remind`'s `moved`); and a coordinator's, all of
+ * them, when a worker comes up or this worker's connection moved (`soon`).
  */
 import type { Outgoing, Reminders } from '../actors/types.js';
 import type { Reminding } from './courier.js';
@@ -55,14 +55,19 @@ export class PartitionReminders implements Reminding {
     }
   }
 
-  /** Sends what is due, from the committed state; an entry that owes nothing any more is dropped. */
-  remind(now: number): void {
+  /**
+   * Sends what is due, from the committed state; an entry that owes nothing any more is dropped. With `moved`
+   * (partitions that moved, or whose new owner now runs them, as participantKey): an entry that owes one of them
+   * something is due now, whatever its time, a ledger's too.
+   */
+  remind(now: number, moved?: ReadonlySet<string>): void {
     let out: Outgoing[] | undefined;
     const table = this.table();
     for (const [key, d] of this.due) {
-      if (d.at > now) continue;
+      if (d.at > now && !moved) continue;
       const value = table?.get(key);
       const owed = value === undefined || !this.r.owes(value) ? [] : this.r.owed(key, value, this.ctx);
+      if (d.at > now && !owed.some((o) => moved!.has(participantKey(o.kind, o.partition)))) continue;
       if (owed.length === 0) {
         this.due.delete(key);
         continue;
@@ -74,21 +79,9 @@ export class PartitionReminders implements Reminding {
     if (out) this.send(out);
   }
 
-  /**
-   * Due now: with `targets` (partitions that moved, or whose new owner now runs them, as `kind.partition`), every
-   * entry that owes one of them something; without, everything, for reminders that are `hurried` (a coordinator's; a
-   * ledger's keep their time).
-   */
-  soon(targets?: ReadonlySet<string>): void {
-    if (!targets) {
-      if (this.r.hurried) for (const d of this.due.values()) d.at = 0;
-      return;
-    }
-    const table = this.table();
-    for (const [key, d] of this.due) {
-      const value = table?.get(key);
-      if (value === undefined || !this.r.owes(value)) continue;
-      if (this.r.owed(key, value, this.ctx).some((o) => targets.has(participantKey(o.kind, o.partition)))) d.at = 0;
-    }
+  /** Everything due now, for reminders that are `hurried` (a coordinator's); others keep their time. */
+  soon(): void {
+    if (!this.r.hurried) return;
+    for (const d of this.due.values()) d.at = 0;
   }
 }

@@ -94,7 +94,6 @@ t.test('a partition that moved: what any entry owes it is due now, a ledger\'s t
   const r: Reminders = { table: 't', firstMs: 100, maxMs: 400, startMs: 1000, hurried: false, owes: () => true, owed: (key, v) => [{ kind: 'stock', partition: v as number, cmd: key }] };
   const reminders = new PartitionReminders(r, { partition: 0, partitions: 4 }, () => table, (out) => sent.push(...out.map((o) => o.cmd as string)));
   reminders.loaded(0);
-  reminders.soon(new Set(['stock.2', 'order.1']));
-  reminders.remind(1);
+  reminders.remind(1, new Set(['stock.2', 'order.1']));
   t.same(sent, ['b'], 'only what is owed to stock 2');
 });
