@@ -45,7 +45,7 @@ async function stackConfig(dataDir: string, cluster: boolean): Promise<Config> {
   const settings: Partial<Record<keyof Config, unknown>> = {
     dataDir,
     natsPort: await freePortRange(cluster ? 3 : 1),
-    redisPort: await freePortRange(cluster ? 2 : 1),
+    redisPort: await freePortRange(cluster ? 3 : 1),
     httpPort: await freePort(),
     httpHost: '127.0.0.1',
     adminPort: 0,
