@@ -23,7 +23,7 @@ import { names } from '../../src/protocol.js';
 import { freePort, freePortRange } from '../../src/stack/probes.js';
 import { readLocalCredentials } from '../../src/stack/secrets.js';
 import { createSupervisor, type Supervisor } from '../../src/stack/supervisor.js';
-import { liveReplicas, redisInfo } from '../../src/stack/topology.js';
+import { liveReplicas, portsFrom, redisInfo } from '../../src/stack/topology.js';
 import { seedShop } from '../helpers/cluster.js';
 import { auditStorm, FAULT_SHOP, startStorm, type Req, type Storm } from '../helpers/faults.js';
 import { httpCall } from '../helpers/http.js';
@@ -183,7 +183,7 @@ t.test('the cluster profile: the Redis primary SIGKILLed and restarted from its 
   );
   if (!asReplica) {
     // What each node says, and what the stack said about Redis: a failing run's diagnosis.
-    for (const port of [s.config.redisPort, s.config.redisPort + 1]) {
+    for (const port of portsFrom(s.config.redisPort, 1 + s.config.redisReplicas)) {
       const info = await redisInfo(port, 'replication', login).then((m) => [...m].map(([k, v]) => `${k}=${v}`).join(' '), (err: Error) => err.message);
       t.comment(`redis on ${port}: ${info}`);
     }
