@@ -34,10 +34,12 @@ export function partitionKeys(prefix: string, kind: Kind, partition: number): Pa
  * Redis as one script call. A transaction is one or more partitions' batches that must be written together (a
  * worker's batch that delivered saga messages between its partitions): if any of its partitions has a newer epoch,
  * none of its batches is written. Transactions of one call do not affect each other.
- * KEYS: per batch: meta, outbox, then one hash per table.
- * ARGV: one argument per transaction, a msgpack array of batches, each a msgpack array of strings (packArgs) read
- *       with Redis's cmsgpack: key count, epoch, commits, cursor, local count, outbox field ('' for none), outbox
- *       value, clear count, cleared fields..., then per table: set count, (key, value)..., delete count, key...
+ * KEYS: per batch: meta, outbox, then the hash of each table the batch changes (not the others: a partition's batch
+ *       usually changes one of its tables, and every key costs the client and the script).
+ * ARGV: one argument per transaction, a msgpack array of batches, each a msgpack array (packArgs) read with Redis's
+ *       cmsgpack: key count, epoch, commits, cursor, local count, outbox field ('' for none), outbox value, clear
+ *       count, cleared fields..., then per table key: set count, (key, value)..., delete count, key... The counts are
+ *       msgpack integers (a Lua number without a strtod), everything else strings.
  * `commits` is the partition's count of commits after this one: Redis must hold one less (meta field `n`), or the
  * batch is not written. Fewer: Redis lost commits it had acknowledged (restarted from files that miss them, a
  * replica that never had them); more: this batch or another owner's was written already.
@@ -130,43 +132,58 @@ export interface BatchWrite {
   cleared: string[];
 }
 
-/**
- * The argument of one batch for COMMIT_LUA, for a partition whose actor has `tables` (its keys: meta, outbox, then
- * one per table, in this order).
- */
-export function commitArgs(tables: readonly string[], { epoch, commits, cursor, local, changes, outboxField, outbox, cleared }: BatchWrite): Buffer {
-  const args: (string | Uint8Array)[] = [String(2 + tables.length), String(epoch), String(commits), String(cursor), String(local), outboxField, outbox ?? '', String(cleared.length), ...cleared];
-  for (const name of tables) {
-    const changed = changes.get(name);
-    const dels: string[] = [];
-    const countAt = args.push('') - 1;
-    let sets = 0;
-    if (changed) {
-      for (const [k, v] of changed) {
-        if (v === undefined) dels.push(k);
-        else args.push(k, encode(v)), sets++;
-      }
-    }
-    args[countAt] = String(sets);
-    args.push(String(dels.length));
-    for (const d of dels) args.push(d);
-  }
-  return packArgs(args);
+/** A table of a partition: its name (what Changes are keyed by) and its Redis key. */
+export interface TableKey {
+  name: string;
+  key: string;
 }
 
 /**
- * Packs strings and byte strings as one msgpack array of str32 (Redis's cmsgpack has no bin type; its str is any
- * bytes). One argument per batch instead of one per key and value: the client's cost per argument is what
- * dominated a commit, not Redis's.
+ * The keys and the argument of one batch for COMMIT_LUA: meta, outbox, then only the tables the batch changes (in
+ * the partition's order), each with its sets and deletes.
  */
-function packArgs(items: (string | Uint8Array)[]): Buffer {
+export function commitArgs(meta: string, outboxKey: string, tables: readonly TableKey[], { epoch, commits, cursor, local, changes, outboxField, outbox, cleared }: BatchWrite): { keys: string[]; args: Buffer } {
+  const keys = [meta, outboxKey];
+  const args: (string | Uint8Array | number)[] = [0, String(epoch), String(commits), String(cursor), String(local), outboxField, outbox ?? '', cleared.length];
+  for (const c of cleared) args.push(c);
+  for (const { name, key } of tables) {
+    const changed = changes.get(name);
+    if (!changed || changed.size === 0) continue;
+    keys.push(key);
+    const dels: string[] = [];
+    const countAt = args.push(0) - 1;
+    let sets = 0;
+    for (const [k, v] of changed) {
+      if (v === undefined) dels.push(k);
+      else args.push(k, encode(v)), sets++;
+    }
+    args[countAt] = sets;
+    args.push(dels.length);
+    for (const d of dels) args.push(d);
+  }
+  args[0] = keys.length;
+  return { keys, args: packArgs(args) };
+}
+
+/**
+ * Packs strings, byte strings and counts as one msgpack array: strings as str32 (Redis's cmsgpack has no bin type;
+ * its str is any bytes), counts (non-negative integers below 2^32) as uint32. One argument per batch instead of one
+ * per key and value: the client's cost per argument is what dominated a commit, not Redis's.
+ */
+export function packArgs(items: (string | Uint8Array | number)[]): Buffer {
   let size = 5;
-  for (const it of items) size += 5 + (typeof it === 'string' ? Buffer.byteLength(it) : it.length);
+  for (const it of items) size += 5 + (typeof it === 'number' ? 0 : typeof it === 'string' ? Buffer.byteLength(it) : it.length);
   const out = Buffer.allocUnsafe(size);
   out[0] = 0xdd;
   out.writeUInt32BE(items.length, 1);
   let at = 5;
   for (const it of items) {
+    if (typeof it === 'number') {
+      out[at] = 0xce;
+      out.writeUInt32BE(it, at + 1);
+      at += 5;
+      continue;
+    }
     out[at] = 0xdb;
     const len = typeof it === 'string' ? out.write(it, at + 5) : (out.set(it, at + 5), it.length);
     out.writeUInt32BE(len, at + 1);

@@ -139,13 +139,13 @@ export function createPartitionStore(
   replication: ReplicationSettings = { waitReplicas: 0, waitTimeoutMs: 1000 },
 ): PartitionStore {
   const keys = partitionKeys(prefix, kind, partition);
-  const tableKeys = tables.map(keys.table);
+  const tableKeys = tables.map((name) => ({ name, key: keys.table(name) }));
   const group = commitGroupOf(redis, replication);
   let acquireFn = acquires.get(redis);
   if (!acquireFn) acquires.set(redis, (acquireFn = scriptRunner<number>(redis, ACQUIRE_LUA, replication)));
   const acquireScript = acquireFn;
 
-  const prepare = (write: BatchWrite): PreparedBatch => ({ group, keys: [keys.meta, keys.outbox, ...tableKeys], args: commitArgs(tables, write) });
+  const prepare = (write: BatchWrite): PreparedBatch => ({ group, ...commitArgs(keys.meta, keys.outbox, tableKeys, write) });
 
   return {
     keys,
