@@ -50,7 +50,7 @@ export function createWorkerMetrics(sample: () => PartitionSample[], extra?: Run
   collectDefaultMetrics({ register: registry });
   if (shape) shapeMetrics(registry, shape);
   const commands = new Counter({ name: 'shop_commands_total', help: 'Commands applied and committed, by actor kind', labelNames: ['kind'], registers: [registry] });
-  const batchSize = new Histogram({ name: 'shop_batch_commands', help: 'Commands per committed batch (one Redis commit each)', labelNames: ['kind'], buckets: BATCH_BUCKETS, registers: [registry] });
+  const batchSize = new Histogram({ name: 'shop_batch_commands', help: 'Commands per partition batch committed (the partitions of a worker that commit together share one Redis script call)', labelNames: ['kind'], buckets: BATCH_BUCKETS, registers: [registry] });
   const commit = new Histogram({ name: 'shop_commit_duration_seconds', help: 'Latency of one batch commit to Redis', labelNames: ['kind'], buckets: COMMIT_BUCKETS_S, registers: [registry] });
   const lastCommit = new Gauge({ name: 'shop_last_commit_timestamp_seconds', help: 'Wall-clock time of the last successful commit of this process', registers: [registry] });
   const sagas = new Counter({ name: 'shop_saga_outcomes_total', help: 'Checkouts decided by this process: paid, or refused with a code', labelNames: ['outcome'], registers: [registry] });
