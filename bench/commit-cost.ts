@@ -110,7 +110,8 @@ try {
   out(`commit-cost: ${ENTRIES} entries per commit, ${COMMITS} commits per row, appendfsync ${APPENDFSYNC}; microseconds per commit`);
   out('partitions  entries each   client   script   redis-server');
   for (const r of rows) out(`${String(r.spread).padStart(10)}  ${String(ENTRIES / r.spread).padStart(12)}  ${r.clientUs.toFixed(0).padStart(7)}  ${r.scriptUs.toFixed(0).padStart(7)}  ${r.redisUs.toFixed(0).padStart(13)}`);
-  for (const [label, key] of [['client', 'clientUs'], ['script', 'scriptUs'], ['redis-server', 'redisUs']] as const) {
+  // A line needs two spreads at least (--entries 1 gives one: the cost of a commit of one entry).
+  for (const [label, key] of rows.length < 2 ? [] : ([['client', 'clientUs'], ['script', 'scriptUs'], ['redis-server', 'redisUs']] as const)) {
     const { a, b } = fit(rows.map((r) => [r.spread, r[key]]));
     out(`${label.padEnd(13)} ${a.toFixed(0).padStart(6)} us per commit + ${b.toFixed(2).padStart(6)} us per partition in it`);
   }
