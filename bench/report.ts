@@ -7,6 +7,7 @@ import { mkdir, writeFile } from 'node:fs/promises';
 import { cpus, release, totalmem } from 'node:os';
 import { join } from 'node:path';
 import { verdict, type AuditResult } from './audit.js';
+import type { CommitFigures } from './commit-counts.js';
 import type { StopReason } from './engine.js';
 import type { BenchOptions } from './options.js';
 import type { StatsSummary } from './stats.js';
@@ -51,6 +52,8 @@ export interface Report {
     okPerS: number;
   };
   audit: (AuditResult & { verdict: string; readMs: number }) | { skipped: string };
+  /** With --start: the commits and partition batches a request made (bench/commit-counts.ts). */
+  commits?: CommitFigures;
 }
 
 /** bench/out/2025-05-01T12-30-05-checkout-fresh: sortable, no characters a shell or Windows dislikes. */
@@ -125,6 +128,16 @@ export function renderMarkdown(r: Report): string {
   lines.push('### Responses', '', table(['HTTP status', 'count'], Object.entries(l.byStatus).map(([s, n]) => [s === '0' ? 'no response' : s, n])), '');
   if (Object.keys(l.byCode).length > 0) {
     lines.push(table(['error code', 'count'], Object.entries(l.byCode).map(([c, n]) => [c, n])), '');
+  }
+  if (r.commits) {
+    lines.push(
+      '### Redis commits',
+      '',
+      table(['commits per request', 'partition batches per request'], [[r.commits.commitsPerRequest, r.commits.partitionBatchesPerRequest]]),
+      '',
+      'From Redis INFO commandstats before and after the load: calls of the commit script (one per group commit) and its reads of a partition\'s meta (one per partition batch).',
+      '',
+    );
   }
   lines.push('## Audit', '');
   if ('skipped' in r.audit) {

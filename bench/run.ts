@@ -10,6 +10,7 @@ import { mkdir } from 'node:fs/promises';
 import type { Client, Dispatcher } from 'undici';
 import { join, relative, resolve } from 'node:path';
 import { auditConservation, verdict } from './audit.js';
+import { commitFigures } from './commit-counts.js';
 import { startLoad, type LoadModel, type LoadRun } from './engine.js';
 import { createConnections, readAuditInput, runSetup, warmConnections } from './http.js';
 import { HelpShown, parseInvocation, SCALE, UsageError, type BenchOptions, type Invocation } from './options.js';
@@ -139,6 +140,8 @@ async function main(argv: string[]): Promise<number> {
     const stats = new Stats(scenario.kinds);
     const scale = progressScale(o, scenario);
     let lastFigures = { rps: 0, p99Ms: 0, errors: 0 };
+    // Redis's counts around the load (bench/commit-counts.ts): read before it starts and once it is over.
+    const countsBefore = stack ? await stack.commitCounts().catch(noCounts) : undefined;
     note(`load: ${o.scenario}, ${modelText}${o.warmupMs ? `, ${o.warmupMs / 1000} s warm-up` : ''}${o.durationMs !== undefined ? `, for ${o.durationMs / 1000} s` : ''}${o.requests !== undefined ? `, at most ${o.requests} requests` : ''}`);
     const t0 = performance.now();
     run = startLoad({
@@ -161,8 +164,11 @@ async function main(argv: string[]): Promise<number> {
     progress.update(scale.value(run, performance.now() - t0), lastFigures);
     progress.stop();
 
+    const countsAfter = countsBefore && stack ? await stack.commitCounts().catch(noCounts) : undefined;
     const summary = stats.summary();
     const elapsedS = result.elapsedMs / 1000;
+    // A warm-up's requests are in Redis's counts and not in the summary's: no figures then.
+    const commits = countsBefore && countsAfter && !o.warmupMs ? commitFigures(countsBefore, countsAfter, summary.completed) : undefined;
     const report: Report = {
       scenario: o.scenario,
       command: ['npm run bench --', ...argv.map(shellQuote)].join(' '),
@@ -181,6 +187,7 @@ async function main(argv: string[]): Promise<number> {
         okPerS: round(summary.ok / elapsedS, 1),
       },
       audit: { skipped: 'not run' },
+      ...(commits ? { commits } : {}),
     };
     printSummary(report);
 
@@ -239,7 +246,14 @@ function printSummary(r: Report): void {
   }
   out.push(`status: ${Object.entries(l.byStatus).map(([s, n]) => `${s === '0' ? 'no response' : s} x${n}`).join(', ') || 'none'}`);
   if (Object.keys(l.byCode).length > 0) out.push(`codes: ${Object.entries(l.byCode).map(([c, n]) => `${c} x${n}`).join(', ')}`);
+  if (r.commits) out.push(`redis: ${r.commits.commitsPerRequest} commits and ${r.commits.partitionBatchesPerRequest} partition batches per request`);
   process.stdout.write(out.join('\n') + '\n');
+}
+
+/** Redis's counts could not be read: said, and the run goes on without them. */
+function noCounts(err: unknown): undefined {
+  note(`redis: no commit counts (${err instanceof Error ? err.message : String(err)})`);
+  return undefined;
 }
 
 main(process.argv.slice(2)).then(

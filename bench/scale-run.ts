@@ -136,10 +136,11 @@ function runLine(r: ScaleRun): string {
   const head = `[r${r.round} ${r.label}]`;
   if (!f) return `${head} no figures: ${r.error ?? `exit ${r.exitCode}`}`;
   const cpu = f.cpu ? `, CPU ${fmt(f.cpu.msPerCheckout.total, 3)} ms/checkout (${fmt(f.cpu.cores.total, 2)} cores)` : '';
+  const commits = f.commits ? `, ${fmt(f.commits.partitionBatchesPerRequest, 2)} partition batches/checkout` : '';
   const stopped = f.stoppedBy === 'exhausted' ? '' : ` (stopped: ${f.stoppedBy})`;
   return (
     `${head} ${fmt(f.checkoutsPerS, 0)} checkouts/s${stopped}, p50 ${fmt(f.p50Ms, 1)} ms, p99 ${fmt(f.p99Ms, 1)} ms, stall ${fmt(f.stallS, 1)} s, ` +
-    `503 x${f.answered503}${cpu}; audit ${f.audit.split(':')[0]}${r.error ? `; ${r.error}` : ''}`
+    `503 x${f.answered503}${cpu}${commits}; audit ${f.audit.split(':')[0]}${r.error ? `; ${r.error}` : ''}`
   );
 }
 

@@ -5,6 +5,7 @@
  */
 import { configLabel, type ScaleConfig, type ScaleOptions } from './options.js';
 import { PROCESS_CLASSES, type CpuDelta, type ProcessClass } from './proc.js';
+import type { CommitFigures } from './commit-counts.js';
 import { mdTable, type Machine, type Report } from './report.js';
 import { round, type TimelinePoint } from './stats.js';
 
@@ -48,6 +49,8 @@ export interface RunFigures {
   /** exhausted: every order was checked out; interrupted: Ctrl-C cut the load short (its figures are of a part). */
   stoppedBy: string;
   cpu?: CpuFigures;
+  /** Redis's commits and partition batches per checkout (bench/commit-counts.ts). */
+  commits?: CommitFigures;
 }
 
 export interface ScaleRun {
@@ -95,7 +98,7 @@ export function cpuFigures(delta: CpuDelta, checkouts: number): CpuFigures {
 }
 
 /** One run's figures from its checkout-fresh report (`deadlineMs`: the system's requestDeadlineMs). */
-export function runFigures(report: Pick<Report, 'load' | 'audit'>, cpu: CpuFigures | undefined, deadlineMs: number): RunFigures {
+export function runFigures(report: Pick<Report, 'load' | 'audit' | 'commits'>, cpu: CpuFigures | undefined, deadlineMs: number): RunFigures {
   const l = report.load;
   const status = (s: string) => l.byStatus[s] ?? 0;
   return {
@@ -110,6 +113,7 @@ export function runFigures(report: Pick<Report, 'load' | 'audit'>, cpu: CpuFigur
     audit: 'skipped' in report.audit ? `skipped: ${report.audit.skipped}` : report.audit.verdict,
     stoppedBy: l.stoppedBy,
     ...(cpu ? { cpu } : {}),
+    ...(report.commits ? { commits: report.commits } : {}),
   };
 }
 
@@ -132,6 +136,7 @@ const medianRecord = <K extends string>(keys: readonly K[], records: readonly Re
 export function medianFigures(runs: readonly RunFigures[]): RunFigures | undefined {
   if (runs.length === 0) return undefined;
   const withCpu = runs.flatMap((r) => (r.cpu ? [r.cpu] : []));
+  const withCommits = runs.flatMap((r) => (r.commits ? [r.commits] : []));
   const words = runs.map((r) => r.audit.split(':')[0] ?? r.audit);
   const stops = [...new Set(runs.map((r) => r.stoppedBy))];
   const f = (get: (r: RunFigures) => number, digits = 3) => medianOf(runs, get, digits);
@@ -156,6 +161,9 @@ export function medianFigures(runs: readonly RunFigures[]): RunFigures | undefin
             ended: Math.max(...withCpu.map((c) => c.ended)),
           },
         }
+      : {}),
+    ...(withCommits.length > 0
+      ? { commits: { commitsPerRequest: medianOf(withCommits, (c) => c.commitsPerRequest, 5), partitionBatchesPerRequest: medianOf(withCommits, (c) => c.partitionBatchesPerRequest, 5) } }
       : {}),
   };
 }
@@ -285,6 +293,17 @@ export function cpuTable(summaries: readonly ConfigSummary[]): Table {
   };
 }
 
+/** Per configuration: Redis's commits and partition batches per checkout, and checkouts per commit. */
+export function commitsTable(summaries: readonly ConfigSummary[]): Table {
+  return {
+    head: ['config', 'commits/checkout', 'partition batches/checkout', 'checkouts/commit'],
+    rows: summaries.map((s) => {
+      const c = s.median?.commits;
+      return [s.label, fmt(c?.commitsPerRequest, 3), fmt(c?.partitionBatchesPerRequest, 2), c && c.commitsPerRequest > 0 ? fmt(1 / c.commitsPerRequest, 0) : '-'];
+    }),
+  };
+}
+
 export function ratiosTable(ratios: readonly Ratio[]): Table {
   return {
     head: ['ratio', 'configs', 'checkouts/s', 'p99', 'CPU ms/checkout', 'cores'],
@@ -326,6 +345,7 @@ export function textTable({ head, rows }: Table): string {
 /** Aligned tables for stdout at the end of a scale run. */
 export function renderSummary(r: Pick<ScaleReport, 'configs' | 'ratios'>): string {
   const parts = ['scale: medians per configuration (workers x partitions per kind)', textTable(resultsTable(r.configs)), '', 'CPU ms per checkout by process during the load (cores used)', textTable(cpuTable(r.configs))];
+  if (r.configs.some((c) => c.median?.commits)) parts.push('', 'Redis commits during the load', textTable(commitsTable(r.configs)));
   if (r.ratios.length > 0) parts.push('', 'ratios of the medians', textTable(ratiosTable(r.ratios)));
   return parts.join('\n') + '\n';
 }
@@ -363,6 +383,13 @@ export function renderScaleMarkdown(r: ScaleReport, reportLink: (dir: string) =>
     'generator+supervisor is the bench process of the run: the load generator, with the supervisor in-process; other is the ' +
       'supervisor\'s reaper and anything else below it. A process that ended within the window (the runs table\'s ended) ' +
       'left its CPU to its parent, which then also counts what it used before the window.',
+    '',
+    '## Redis commits',
+    '',
+    md(commitsTable(r.configs)),
+    '',
+    'From Redis INFO commandstats before and after each run\'s load: calls of the commit script (one per group commit of a worker) ' +
+      'and its reads of a partition\'s meta (one per partition batch in a commit; what a partition costs in a commit whatever it writes). - : not read.',
     '',
     '## Ratios',
     '',

@@ -12,7 +12,9 @@ import { loadConfig } from '../src/config.js';
 import { createLog } from '../src/log.js';
 import { reapDirOnExit } from '../src/stack/processes.js';
 import { freePort, freePortRange, waitFor } from '../src/stack/probes.js';
+import { readLocalCredentials } from '../src/stack/secrets.js';
 import { createSupervisor } from '../src/stack/supervisor.js';
+import { readCommitCounts, type CommitCounts } from './commit-counts.js';
 import { call } from './http.js';
 
 /** How long the workers may take to own their partitions after the gateway listens. */
@@ -25,6 +27,8 @@ export interface Stack {
   stop(): Promise<void>;
   /** SIGKILL to everything at once (a second Ctrl-C). */
   kill(): void;
+  /** Redis's counts of commits and partition batches so far (bench/commit-counts.ts), from the primary it started with. */
+  commitCounts(): Promise<CommitCounts>;
 }
 
 export async function startStack(logFile: string, note: (line: string) => void): Promise<Stack> {
@@ -90,5 +94,9 @@ export async function startStack(logFile: string, note: (line: string) => void):
     throw err;
   }
   note(`start: ready in ${Math.round(performance.now() - t)} ms`);
-  return { url, dataDir, stop, kill: () => supervisor.kill() };
+  const commitCounts = () => {
+    const login = readLocalCredentials(config)?.redis;
+    return login ? readCommitCounts(config.redisPort, login) : Promise.reject(new Error(`no credentials in ${dataDir}`));
+  };
+  return { url, dataDir, stop, kill: () => supervisor.kill(), commitCounts };
 }

@@ -3,11 +3,13 @@ import { mkdirSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import t from 'tap';
+import { commitFigures, parseCommandStats } from '../../bench/commit-counts.js';
 import { DEFAULT_SCALE_CONFIGS, HelpShown, parseConfigs, parseInvocation, parseOptions, SCALE_DEFAULT_ORDERS, UsageError, type ScaleOptions } from '../../bench/options.js';
 import { classifyProcess, cpuDelta, parseCmdline, parseStat, snapshotTree, treeOf, type ProcStat, type TreeProcess, type TreeSnapshot } from '../../bench/proc.js';
 import type { Report } from '../../bench/report.js';
 import { childArgs, childEnv, inheritedEnv } from '../../bench/scale-run.js';
 import {
+  commitsTable,
   cpuFigures,
   median,
   medianFigures,
@@ -257,6 +259,21 @@ t.test('run figures: from the run\'s report', async (t) => {
 
   const audited = fakeReport({ audit: { pass: true, verdict: 'PASS: 60000 orders read', readMs: 100 } as unknown as Report['audit'] });
   t.equal(runFigures(audited, undefined, 30_000).audit, 'PASS: 60000 orders read');
+  t.notOk('commits' in f, 'no commit counts in the report: none in the figures');
+  const commits = { commitsPerRequest: 0.012, partitionBatchesPerRequest: 1.58 };
+  t.same(runFigures({ ...fakeReport({}), commits }, undefined, 30_000).commits, commits, "the report's commit counts");
+});
+
+t.test("commit counts: Redis's INFO commandstats, and per request between two readings", async (t) => {
+  const info = (evalsha: number, hmget: number) =>
+    `# Commandstats\r\ncmdstat_hset:calls=9,usec=90,usec_per_call=10.00,rejected_calls=0,failed_calls=0\r\n` +
+    `cmdstat_evalsha:calls=${evalsha},usec=1,usec_per_call=1.00,rejected_calls=0,failed_calls=0\r\n` +
+    `cmdstat_hmget:calls=${hmget},usec=1,usec_per_call=1.00,rejected_calls=0,failed_calls=0\r\ncmdstat_eval:calls=77,usec=1\r\n`;
+  t.same(parseCommandStats(info(5, 40)), { scriptCalls: 5, metaReads: 40 }, 'EVALSHA and HMGET calls; EVAL (other scripts, a first call) not counted');
+  t.same(parseCommandStats('# Commandstats\r\ncmdstat_ping:calls=3,usec=1\r\n'), { scriptCalls: 0, metaReads: 0 }, 'a command never called is 0');
+  t.same(commitFigures(parseCommandStats(info(5, 40)), parseCommandStats(info(1205, 94_840)), 60_000), { commitsPerRequest: 0.02, partitionBatchesPerRequest: 1.58 });
+  t.same(commitFigures({ scriptCalls: 0, metaReads: 0 }, { scriptCalls: 706, metaReads: 94_631 }, 60_000), { commitsPerRequest: 0.01177, partitionBatchesPerRequest: 1.57718 }, 'to five decimals');
+  t.equal(commitFigures({ scriptCalls: 0, metaReads: 0 }, { scriptCalls: 3, metaReads: 9 }, 0), undefined, 'no requests, no figures');
 });
 
 t.test('median: odd, even, unsorted', async (t) => {
@@ -292,6 +309,9 @@ t.test('medians over rounds: figure by figure', async (t) => {
   t.equal(medianFigures([figures(1, 1), { ...figures(2, 2), stoppedBy: 'interrupted' }])!.stoppedBy, 'exhausted, interrupted', 'a cut-short run shows');
   t.equal(medianFigures([]), undefined);
   t.notOk('cpu' in medianFigures([figures(1, 1)])!, 'no CPU figures: none in the median');
+  t.notOk('commits' in medianFigures([figures(1, 1)])!, 'no commit counts: none in the median');
+  const counted = (c: number, b: number) => ({ ...figures(1, 1), commits: { commitsPerRequest: c, partitionBatchesPerRequest: b } });
+  t.same(medianFigures([counted(0.01, 1.5), counted(0.03, 1.7), figures(1, 1), counted(0.02, 1.6)])!.commits, { commitsPerRequest: 0.02, partitionBatchesPerRequest: 1.6 }, 'the median of the runs that counted');
 });
 
 const run = (label: string, round: number, f?: RunFigures): ScaleRun => {
@@ -335,6 +355,14 @@ t.test('tables: the summary and the report', async (t) => {
     'the CPU table: each role, then the total; ms per checkout and (cores)',
   );
 
+  t.notMatch(text, /Redis commits/, 'no commit counts: no table of them');
+  const withCommits = summarizeConfigs(configs, [
+    run('1x8', 1, { ...figures(4000, 80), commits: { commitsPerRequest: 0.0125, partitionBatchesPerRequest: 0.6 } }),
+    run('2x8', 1, figures(5000, 60)),
+  ]);
+  t.same(commitsTable(withCommits).rows, [['1x8', '0.013', '0.60', '80'], ['2x8', '-', '-', '-']], 'per checkout, and checkouts per commit');
+  t.match(renderSummary({ configs: withCommits, ratios: [] }), /Redis commits during the load\nconfig\s+commits\/checkout\s+partition batches\/checkout\s+checkouts\/commit\n1x8\s+0\.013\s+0\.60\s+80\n/);
+
   const report: ScaleReport = {
     scenario: 'scale',
     command: 'npm run bench -- scale --configs 1x8,2x8',
@@ -355,6 +383,7 @@ t.test('tables: the summary and the report', async (t) => {
   t.match(md, /\| 1x8 \| 1 \| 8 \| 1 \(\+1 failed\) \|/);
   t.match(md, /\| 2 \| 1x8 \| - \| .* no figures: could not start \|/, 'the failed run is listed');
   t.match(md, /r1-1x8\/run/, 'each run links its own report');
+  t.match(md, /## Redis commits\n\n\| config \| commits\/checkout \| partition batches\/checkout \| checkouts\/commit \|/);
 });
 
 t.test('textTable: text left, figures right', async (t) => {

@@ -1,0 +1,49 @@
+/**
+ * How many commits and partition batches a request made: Redis's own counters (INFO commandstats) before and after
+ * a run's load, on the stack the run started. The commit script (src/datapath/store-scripts.ts COMMIT_LUA) is called
+ * once per group commit (EVALSHA, once its first call on the connection, an EVAL, has loaded it: in the run's setup)
+ * and reads each partition's meta once per partition batch (HMGET); nothing else calls either while a load runs
+ * (test/integration/commit-counts.test.ts holds the script to it). A partition batch
+ * is what a partition costs in a commit whatever it writes (docs/perf/scale-out.md): at 64 partitions per kind a
+ * checkout makes many more of them than at 2.
+ */
+import { Redis } from 'ioredis';
+
+/** Redis's counts so far. */
+export interface CommitCounts {
+  /** EVALSHA calls: of the commit script (and of the acquire script, which a steady load does not call): group commits. */
+  scriptCalls: number;
+  /** Reads of a partition's meta by the commit script: partition batches. */
+  metaReads: number;
+}
+
+/** Per request of a load (a checkout, in checkout-fresh). */
+export interface CommitFigures {
+  commitsPerRequest: number;
+  partitionBatchesPerRequest: number;
+}
+
+/** The counts in an `INFO commandstats` reply (0 for a command not called yet). */
+export function parseCommandStats(info: string): CommitCounts {
+  const calls = (command: string) => Number(new RegExp(`^cmdstat_${command}:calls=(\\d+)`, 'm').exec(info)?.[1] ?? 0);
+  return { scriptCalls: calls('evalsha'), metaReads: calls('hmget') };
+}
+
+/** What `requests` made between two readings; undefined without requests. */
+export function commitFigures(before: CommitCounts, after: CommitCounts, requests: number): CommitFigures | undefined {
+  if (requests <= 0) return undefined;
+  // Five decimals: a commit is shared by about a hundred checkouts, and checkouts per commit is read from this.
+  const per = (n: number) => Math.round((n / requests) * 1e5) / 1e5;
+  return { commitsPerRequest: per(after.scriptCalls - before.scriptCalls), partitionBatchesPerRequest: per(after.metaReads - before.metaReads) };
+}
+
+/** Reads the counts as `login` (the workers' Redis user may read INFO). */
+export async function readCommitCounts(port: number, login: { user: string; password: string }): Promise<CommitCounts> {
+  const redis = new Redis({ port, host: '127.0.0.1', username: login.user, password: login.password, lazyConnect: true, maxRetriesPerRequest: 1, enableOfflineQueue: false });
+  try {
+    await redis.connect();
+    return parseCommandStats(await redis.info('commandstats'));
+  } finally {
+    redis.disconnect();
+  }
+}
