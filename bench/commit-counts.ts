@@ -7,7 +7,8 @@
  * is what a partition costs in a commit whatever it writes (docs/perf/scale-out.md): at 64 partitions per kind a
  * checkout makes many more of them than at 2.
  */
-import { Redis } from 'ioredis';
+import type { RedisLogin } from '../src/auth.js';
+import { redisInfo } from '../src/stack/topology.js';
 
 /** Redis's counts so far. */
 export interface CommitCounts {
@@ -23,9 +24,9 @@ export interface CommitFigures {
   partitionBatchesPerRequest: number;
 }
 
-/** The counts in an `INFO commandstats` reply (0 for a command not called yet). */
-export function parseCommandStats(info: string): CommitCounts {
-  const calls = (command: string) => Number(new RegExp(`^cmdstat_${command}:calls=(\\d+)`, 'm').exec(info)?.[1] ?? 0);
+/** The counts in `INFO commandstats` as a map of its lines (topology.ts redisInfo); 0 for a command not called yet. */
+export function commitCountsOf(stats: ReadonlyMap<string, string>): CommitCounts {
+  const calls = (command: string) => Number(/^calls=(\d+)/.exec(stats.get(`cmdstat_${command}`) ?? '')?.[1] ?? 0);
   return { scriptCalls: calls('evalsha'), metaReads: calls('hmget') };
 }
 
@@ -38,12 +39,6 @@ export function commitFigures(before: CommitCounts, after: CommitCounts, request
 }
 
 /** Reads the counts as `login` (the workers' Redis user may read INFO). */
-export async function readCommitCounts(port: number, login: { user: string; password: string }): Promise<CommitCounts> {
-  const redis = new Redis({ port, host: '127.0.0.1', username: login.user, password: login.password, lazyConnect: true, maxRetriesPerRequest: 1, enableOfflineQueue: false });
-  try {
-    await redis.connect();
-    return parseCommandStats(await redis.info('commandstats'));
-  } finally {
-    redis.disconnect();
-  }
+export async function readCommitCounts(port: number, login: RedisLogin): Promise<CommitCounts> {
+  return commitCountsOf(await redisInfo(port, 'commandstats', login));
 }

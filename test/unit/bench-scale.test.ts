@@ -3,7 +3,7 @@ import { mkdirSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import t from 'tap';
-import { commitFigures, parseCommandStats } from '../../bench/commit-counts.js';
+import { commitCountsOf, commitFigures } from '../../bench/commit-counts.js';
 import { DEFAULT_SCALE_CONFIGS, HelpShown, parseConfigs, parseInvocation, parseOptions, SCALE_DEFAULT_ORDERS, UsageError, type ScaleOptions } from '../../bench/options.js';
 import { classifyProcess, cpuDelta, parseCmdline, parseStat, snapshotTree, treeOf, type ProcStat, type TreeProcess, type TreeSnapshot } from '../../bench/proc.js';
 import type { Report } from '../../bench/report.js';
@@ -265,13 +265,16 @@ t.test('run figures: from the run\'s report', async (t) => {
 });
 
 t.test("commit counts: Redis's INFO commandstats, and per request between two readings", async (t) => {
-  const info = (evalsha: number, hmget: number) =>
-    `# Commandstats\r\ncmdstat_hset:calls=9,usec=90,usec_per_call=10.00,rejected_calls=0,failed_calls=0\r\n` +
-    `cmdstat_evalsha:calls=${evalsha},usec=1,usec_per_call=1.00,rejected_calls=0,failed_calls=0\r\n` +
-    `cmdstat_hmget:calls=${hmget},usec=1,usec_per_call=1.00,rejected_calls=0,failed_calls=0\r\ncmdstat_eval:calls=77,usec=1\r\n`;
-  t.same(parseCommandStats(info(5, 40)), { scriptCalls: 5, metaReads: 40 }, 'EVALSHA and HMGET calls; EVAL (other scripts, a first call) not counted');
-  t.same(parseCommandStats('# Commandstats\r\ncmdstat_ping:calls=3,usec=1\r\n'), { scriptCalls: 0, metaReads: 0 }, 'a command never called is 0');
-  t.same(commitFigures(parseCommandStats(info(5, 40)), parseCommandStats(info(1205, 94_840)), 60_000), { commitsPerRequest: 0.02, partitionBatchesPerRequest: 1.58 });
+  const stats = (evalsha: number, hmget: number) =>
+    new Map([
+      ['cmdstat_hset', 'calls=9,usec=90,usec_per_call=10.00,rejected_calls=0,failed_calls=0'],
+      ['cmdstat_evalsha', `calls=${evalsha},usec=1,usec_per_call=1.00,rejected_calls=0,failed_calls=0`],
+      ['cmdstat_hmget', `calls=${hmget},usec=1,usec_per_call=1.00,rejected_calls=0,failed_calls=0`],
+      ['cmdstat_eval', 'calls=77,usec=1'],
+    ]);
+  t.same(commitCountsOf(stats(5, 40)), { scriptCalls: 5, metaReads: 40 }, 'EVALSHA and HMGET calls; EVAL (other scripts, a first call) not counted');
+  t.same(commitCountsOf(new Map([['cmdstat_ping', 'calls=3,usec=1']])), { scriptCalls: 0, metaReads: 0 }, 'a command never called is 0');
+  t.same(commitFigures(commitCountsOf(stats(5, 40)), commitCountsOf(stats(1205, 94_840)), 60_000), { commitsPerRequest: 0.02, partitionBatchesPerRequest: 1.58 });
   t.same(commitFigures({ scriptCalls: 0, metaReads: 0 }, { scriptCalls: 706, metaReads: 94_631 }, 60_000), { commitsPerRequest: 0.01177, partitionBatchesPerRequest: 1.57718 }, 'to five decimals');
   t.equal(commitFigures({ scriptCalls: 0, metaReads: 0 }, { scriptCalls: 3, metaReads: 9 }, 0), undefined, 'no requests, no figures');
 });
