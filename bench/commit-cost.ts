@@ -23,6 +23,8 @@ import { commitTogether } from '../src/datapath/commit-group.js';
 import { createPartitionStore, type PartitionStore } from '../src/datapath/store.js';
 import { freePort, redisAnswers, waitFor } from '../src/stack/probes.js';
 import { findBinary, redisArgs, spawnChild, stopChild } from '../src/stack/processes.js';
+import { clockTicksPerS, parseStat } from './proc.js';
+import { leastSquares } from './stats.js';
 
 const { values } = parseArgs({
   options: {
@@ -42,27 +44,19 @@ const SPREADS = Array.from({ length: Math.min(ENTRIES, 128) }, (_, i) => i + 1).
 /** Keys each partition writes, in turn: the entries are overwritten, so Redis's hashes keep their size. */
 const KEYS_PER_PARTITION = 1000;
 const TABLES = ['items', 'ledger'];
-const CLK_TCK = 100;
+const TICKS_PER_S = clockTicksPerS();
 
 /** redis-server's CPU so far, in microseconds (utime + stime of /proc/<pid>/stat). */
 function redisCpuUs(pid: number): number {
-  const fields = readFileSync(`/proc/${pid}/stat`, 'utf8').split(') ')[1]!.split(' ');
-  return ((Number(fields[11]) + Number(fields[12])) / CLK_TCK) * 1e6;
+  const stat = parseStat(readFileSync(`/proc/${pid}/stat`, 'utf8'));
+  if (!stat) throw new Error(`cannot read /proc/${pid}/stat`);
+  return (stat.ownTicks / TICKS_PER_S) * 1e6;
 }
 
 /** The commit script's calls and microseconds so far, as Redis counts them. */
 async function scriptStats(redis: Redis): Promise<{ calls: number; us: number }> {
   const m = /cmdstat_evalsha:calls=(\d+),usec=(\d+)/.exec(await redis.info('commandstats'));
   return { calls: Number(m?.[1] ?? 0), us: Number(m?.[2] ?? 0) };
-}
-
-/** Least squares y = a + b·x. */
-function fit(points: [number, number][]): { a: number; b: number } {
-  const n = points.length;
-  const mx = points.reduce((s, [x]) => s + x, 0) / n;
-  const my = points.reduce((s, [, y]) => s + y, 0) / n;
-  const b = points.reduce((s, [x, y]) => s + (x - mx) * (y - my), 0) / points.reduce((s, [x]) => s + (x - mx) ** 2, 0);
-  return { a: my - b * mx, b };
 }
 
 const dir = mkdtempSync(join(tmpdir(), 'shop-commit-cost-'));
@@ -112,8 +106,8 @@ try {
   for (const r of rows) out(`${String(r.spread).padStart(10)}  ${String(ENTRIES / r.spread).padStart(12)}  ${r.clientUs.toFixed(0).padStart(7)}  ${r.scriptUs.toFixed(0).padStart(7)}  ${r.redisUs.toFixed(0).padStart(13)}`);
   // A line needs two spreads at least (--entries 1 gives one: the cost of a commit of one entry).
   for (const [label, key] of rows.length < 2 ? [] : ([['client', 'clientUs'], ['script', 'scriptUs'], ['redis-server', 'redisUs']] as const)) {
-    const { a, b } = fit(rows.map((r) => [r.spread, r[key]]));
-    out(`${label.padEnd(13)} ${a.toFixed(0).padStart(6)} us per commit + ${b.toFixed(2).padStart(6)} us per partition in it`);
+    const { intercept, slope } = leastSquares(rows.map((r) => [r.spread, r[key]]));
+    out(`${label.padEnd(13)} ${intercept.toFixed(0).padStart(6)} us per commit + ${slope.toFixed(2).padStart(6)} us per partition in it`);
   }
 } finally {
   redis.disconnect();

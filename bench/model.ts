@@ -23,6 +23,7 @@ import { readFile } from 'node:fs/promises';
 import { fileURLToPath } from 'node:url';
 import type { ConfigSummary, ScaleReport } from './scale.js';
 import { fmt, textTable } from './scale.js';
+import { leastSquares } from './stats.js';
 
 /** The process kinds whose cost the model follows. */
 export const MODEL_KINDS = ['worker', 'gateway', 'nats', 'redis'] as const;
@@ -66,15 +67,10 @@ export interface ModelRow {
   cores: Record<ModelKind, number> & { total: number };
 }
 
-/** Least-squares line through (x, y) points; a single point gives a flat line. */
+/** Least-squares line through (hops, ms) points; a single point gives a flat line. */
 function fitLine(points: readonly [number, number][]): KindCost {
-  const n = points.length;
-  const mx = points.reduce((s, [x]) => s + x, 0) / n;
-  const my = points.reduce((s, [, y]) => s + y, 0) / n;
-  const sxx = points.reduce((s, [x]) => s + (x - mx) ** 2, 0);
-  const sxy = points.reduce((s, [x, y]) => s + (x - mx) * (y - my), 0);
-  const perHop = sxx > 0 ? sxy / sxx : 0;
-  return { local: my - perHop * mx, perHop };
+  const { intercept, slope } = leastSquares(points);
+  return { local: intercept, perHop: slope };
 }
 
 /**
