@@ -248,6 +248,9 @@ export const order: Actor<OrderCmd, OrderQuery> = {
   kind: 'order',
   tables: [ORDERS],
   mergeOutgoing: mergeForgets,
+  // A forget only lets a participant drop a ledger entry of a saga that has ended: one that waits, or is lost, leaves
+  // the entry a little longer (its answer, re-sent after 10 s, brings the forget again). Sent late, many in one.
+  deferrable: (cmd) => (cmd as { k?: unknown }).k === 'forget',
   reminders: { table: ORDERS, firstMs: SAGA_REMIND_FIRST_MS, maxMs: SAGA_REMIND_MAX_MS, startMs: 0, hurried: true, owes: (stored) => typeof stored === 'object' && stored !== null && (stored as Order).saga !== undefined, owed: sagaOwes },
 
   apply(state: StateView, cmd: OrderCmd, ctx: ApplyContext): Effects {

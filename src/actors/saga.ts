@@ -155,9 +155,16 @@ export function heldBySagas<H>(state: StateView, amounts: (held: H) => Iterable<
 }
 
 /**
- * The commands one coordinator batch sends to one participant partition, with all their forgets as one, after the
- * other commands: a third of a checkout's commands were forgets, each applied (and bundled, decoded, dispatched) on
- * its own. Moving a forget later is always safe: an entry kept a little longer only answers a late copy.
+ * Most sagas in one merged forget: at the longest saga id (ID_MAX_CHARS + 24) about 170 KiB, inside one parcel
+ * (PARCEL_BYTES_MAX), which packCommands cannot split below a command.
+ */
+export const FORGET_MERGED_MAX = 1024;
+
+/**
+ * The commands for one participant partition, with all their forgets as one (or as few as FORGET_MERGED_MAX allows),
+ * after the other commands: a third of a checkout's commands were forgets, each applied (and bundled, decoded,
+ * dispatched) on its own. Moving a forget later is always safe: an entry kept a little longer only answers a late
+ * copy. The forgets a worker keeps back (order.ts's `deferrable`) are merged the same way, across its batches.
  */
 export function mergeForgets(cmds: unknown[]): unknown[] {
   const others: unknown[] = [];
@@ -167,6 +174,6 @@ export function mergeForgets(cmds: unknown[]): unknown[] {
     else others.push(cmd);
   }
   if (sagas.length === 0) return cmds;
-  others.push({ k: 'forget', sagas } satisfies ForgetCmd);
+  for (let i = 0; i < sagas.length; i += FORGET_MERGED_MAX) others.push({ k: 'forget', sagas: sagas.slice(i, i + FORGET_MERGED_MAX) } satisfies ForgetCmd);
   return others;
 }

@@ -87,6 +87,14 @@ export interface Actor<Cmd = never, Query = never> {
    * merge several into one. The receiver must end in the same state from the result as from the list.
    */
   mergeOutgoing?(cmds: unknown[]): unknown[];
+  /**
+   * A command that may leave late (a coordinator's forget): the worker keeps it until it sends that partition
+   * something else, or its next sweep (datapath/courier.ts), and merges it there with others of the kind, from any
+   * batch and any partition of the actor (`mergeOutgoing`). Only for a command whose loss the protocol repairs on its
+   * own and whose order relative to the others does not matter; one for a partition of the same worker is applied in
+   * the batch only when that partition is in the batch anyway.
+   */
+  deferrable?(cmd: unknown): boolean;
   /** The saga messages its state owes (order, stock, payment). */
   reminders?: Reminders;
 }

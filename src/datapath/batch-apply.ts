@@ -49,8 +49,11 @@ function copyOf(value: unknown): Uint8Array {
   }
 }
 
-/** The share of a partition this worker runs and that takes commands now; undefined for any other. */
-type Route = (kind: Kind, partition: number) => Share | undefined;
+/**
+ * The share of a partition this worker runs and that takes commands now; undefined for any other, and (`joined`)
+ * for one that has no share in the batch yet.
+ */
+type Route = (kind: Kind, partition: number, joined?: boolean) => Share | undefined;
 
 export class BatchApplier {
   /** Where the next batch starts taking messages (round robin over the participants). */
@@ -82,9 +85,10 @@ export class BatchApplier {
     const { config } = this;
     const began = performance.now();
     // The share of a partition this worker runs and that takes commands now, for a command applied within the batch.
-    const route: Route = (kind, partition) => {
+    const route: Route = (kind, partition, joined) => {
       const target = local(kind, partition);
-      return target?.accepts() ? shareOf(target) : undefined;
+      if (!target?.accepts() || (joined && !shares.has(target))) return undefined;
+      return shareOf(target);
     };
     const delivery = new Delivery<Share>(config.partitions, route, this.sink);
     let applied = 0;

@@ -133,8 +133,8 @@ export class BatchCommitter {
     }
     if (this.deps.config.faultKillAfter === 'commit' && owed.some((o) => (o.entry && o.entry.replies.length > 0) || o.parcels.length > 0)) process.kill(process.pid, 'SIGKILL');
     shares.forEach((p, i) => {
-      const { field, entry, parcels } = owed[i]!;
-      p.participant.committed({ draft: p.draft, cursor: p.last, local: p.local, field, entry, sends: parcels, parcels: p.parcels.map((x) => x.id), streamMessages: p.taken.stream.length, messageIds: p.messageIds });
+      const { field, entry, parcels, later } = owed[i]!;
+      p.participant.committed({ draft: p.draft, cursor: p.last, local: p.local, field, entry, sends: parcels, later, parcels: p.parcels.map((x) => x.id), streamMessages: p.taken.stream.length, messageIds: p.messageIds });
     });
     this.acknowledge(shares.flatMap((p) => p.parcels));
     return true;

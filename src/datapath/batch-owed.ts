@@ -9,11 +9,15 @@ import { emptyEntry, owesNothing, packCommands, type OutboxEntry } from './outbo
 import { addSend, type Share, type Sends } from './batch-share.js';
 import type { Inbound } from './participant.js';
 
-/** What a partition's share of a batch owes once committed: its outbox entry and the field it is stored under, and its saga messages. */
+/**
+ * What a partition's share of a batch owes once committed: its outbox entry and the field it is stored under, its saga
+ * messages, and those that may leave later (the actor's `deferrable`: forgets), which the courier sends with others.
+ */
 export interface Owed {
   field: string;
   entry: OutboxEntry | null;
   parcels: Parcel[];
+  later: Outgoing[];
 }
 
 /** What owedBy reads of a share. */
@@ -35,14 +39,31 @@ export function parcelsOfOutgoing(out: readonly Outgoing[], merge: ((cmds: unkno
   return parcelsOf(sends.values(), merge);
 }
 
+/** The commands to send now, and those the actor lets leave later (`deferrable`), apart. */
+function splitLater(sends: Map<string, Sends>, deferrable: ((cmd: unknown) => boolean) | undefined): { now: Iterable<Sends>; later: Outgoing[] } {
+  if (!deferrable) return { now: sends.values(), later: [] };
+  const now: Sends[] = [];
+  const later: Outgoing[] = [];
+  for (const s of sends.values()) {
+    const cmds = s.cmds.filter((cmd) => {
+      if (!deferrable(cmd)) return true;
+      later.push({ kind: s.kind, partition: s.partition, cmd });
+      return false;
+    });
+    if (cmds.length > 0) now.push(cmds.length === s.cmds.length ? s : { ...s, cmds });
+  }
+  return { now, later };
+}
+
 /** What a share owes once committed: replies and dead letters in its outbox entry, and its saga messages. */
 export function owedBy(share: Owing): Owed {
   const entry = emptyEntry();
   entry.replies = share.replies;
   entry.dead = share.dead;
-  const parcels = parcelsOf(share.sends.values(), share.actor.mergeOutgoing);
-  if (owesNothing(entry)) return { field: '', entry: null, parcels };
-  return { field: `${share.last}.${share.local}`, entry, parcels };
+  const { now, later } = splitLater(share.sends, share.actor.deferrable);
+  const parcels = parcelsOf(now, share.actor.mergeOutgoing);
+  if (owesNothing(entry)) return { field: '', entry: null, parcels, later };
+  return { field: `${share.last}.${share.local}`, entry, parcels, later };
 }
 
 const onlyReplies = (e: OutboxEntry) => e.parcels.length === 0 && e.dead.length === 0;
@@ -61,7 +82,7 @@ export function gatherReplies(owed: Owed[]): Owed[] {
   return owed.map((o) => {
     if (o === carrier || !o.entry || !onlyReplies(o.entry)) return o;
     carrier.entry!.replies.push(...o.entry.replies);
-    return { field: '', entry: null, parcels: o.parcels };
+    return { field: '', entry: null, parcels: o.parcels, later: o.later };
   });
 }
 

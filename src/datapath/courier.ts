@@ -5,6 +5,8 @@
  *   message per destination worker (`_saga.<worker>`: every parcel for any partition that worker runs), found with
  *   `locate` (the placement this worker follows). A parcel for a partition nobody runs now is dropped.
  * - In: a parcel for a partition this worker runs is handed to it (`onParcel`) and applied with its next batch.
+ * - Later: commands that may wait (a coordinator's forgets, the actor's `deferrable`) are kept per partition and go
+ *   with the next parcel for it, or at the next sweep, many merged into one (datapath/later.ts).
  * - Again: what a partition's committed state still owes (a running saga's holds and releases, a ledger's answers) is
  *   sent again by its reminders (datapath/reminders.ts), which the courier sweeps every SWEEP_INTERVAL_MS and hurries:
  *   what is owed to a partition that moves, and every running saga's requests when a worker comes up or this
@@ -23,6 +25,7 @@ import type { Log } from '../log.js';
 import { participantKey } from '../partitioning.js';
 import type { Names } from '../protocol.js';
 import type { Mux } from '../transport/mux.js';
+import type { Outgoing } from '../actors/types.js';
 
 /** A saga message for a partition elsewhere: its kind and number, an id ('' : none, not acknowledged), its commands (msgpack array). */
 export type Parcel = [kind: Kind, partition: number, id: string, commands: Uint8Array];
@@ -40,6 +43,14 @@ export interface Reminding {
   soon(): void;
 }
 
+/** Where the courier keeps commands that may leave late, per partition (datapath/later.ts's Later). */
+export interface Keeper {
+  readonly size: number;
+  add(out: readonly Outgoing[], merge: ((cmds: unknown[]) => unknown[]) | undefined): void;
+  take(kind: Kind, partition: number): Parcel[];
+  takeAll(): Parcel[];
+}
+
 export interface CourierOptions {
   nc: NatsConnection;
   /** Publishes coalesced per event-loop turn. */
@@ -51,6 +62,8 @@ export interface CourierOptions {
   locate(kind: Kind, partition: number): string | undefined;
   /** A parcel for a partition of this worker; `ackTo` is where to acknowledge it once committed, when it has an id. */
   onParcel(kind: Kind, partition: number, id: string, commands: Uint8Array, ackTo: string): void;
+  /** Keeps the commands that may leave late (`later`). */
+  kept: Keeper;
   log: Log;
 }
 
@@ -98,6 +111,15 @@ export class Courier {
       list.push(parcel);
     }
     this.o.mux.requestFlush();
+  }
+
+  /**
+   * Commands of a committed batch that may leave late (the actor's `deferrable`), merged with `merge`: they go with
+   * the next parcel for their partition, or at the next sweep (datapath/later.ts).
+   */
+  later(out: readonly Outgoing[], merge: ((cmds: unknown[]) => unknown[]) | undefined): void {
+    if (this.closed) return;
+    this.o.kept.add(out, merge);
   }
 
   /** Acknowledges parcels of an older worker that a committed batch applied. */
@@ -156,6 +178,7 @@ export class Courier {
   }
 
   private remindAll(now: number): void {
+    if (this.o.kept.size > 0) this.post(this.o.kept.takeAll());
     // A failover moves many partitions at once: what is owed to any of them is looked for once per sweep.
     const moved = this.movedSince.size > 0 ? new Set(this.movedSince) : undefined;
     this.movedSince.clear();
@@ -172,6 +195,13 @@ export class Courier {
   private flush(): void {
     if (this.closed) return;
     const { mux, names } = this.o;
+    if (this.o.kept.size > 0) {
+      // What is kept for a partition that a parcel goes to now goes along with it.
+      for (const list of this.outgoing.values()) {
+        const sent = list.length;
+        for (let i = 0; i < sent; i++) list.push(...this.o.kept.take(list[i]![0], list[i]![1]));
+      }
+    }
     for (const [worker, list] of this.outgoing) {
       let items: unknown[] = [this.ackSubject];
       let bytes = 0;

@@ -1,7 +1,8 @@
 /**
  * The in-memory delivery: applies a command to a partition's draft with the actor's pure logic, and routes what
  * the command causes. A command for a partition that `route` finds here is applied at once, in the same pass, and
- * so is whatever that causes in turn, until the sagas rest; a command for anywhere else goes to `sink.send`.
+ * so is whatever that causes in turn, until the sagas rest; a command for anywhere else goes to `sink.send`, and so
+ * does one the actor may defer (a forget) for a partition not yet in the pass: the worker sends it later, with others.
  *
  * The batch loop (datapath/batch-loop.ts: saga messages between the partitions of one worker), the warm-up
  * (datapath/warm-up.ts) and the saga property test all deliver through this one piece, so what the test proves about
@@ -41,8 +42,11 @@ export class Delivery<B extends Box> {
 
   constructor(
     private readonly partitions: number,
-    /** The box of a partition delivered here, or undefined: the command leaves through `sink.send`. */
-    private readonly route: (kind: Kind, partition: number) => B | undefined,
+    /**
+     * The box of a partition delivered here, or undefined: the command leaves through `sink.send`. `joined`: only a
+     * box that is in the pass already (for a command the actor may defer, which is not worth a box of its own).
+     */
+    private readonly route: (kind: Kind, partition: number, joined: boolean) => B | undefined,
     private readonly sink: Sink<B>,
   ) {}
 
@@ -77,7 +81,7 @@ export class Delivery<B extends Box> {
     }
     if (!effects.send) return;
     for (const out of effects.send) {
-      const to = this.route(out.kind, out.partition);
+      const to = this.route(out.kind, out.partition, box.actor.deferrable?.(out.cmd) === true);
       if (to) this.queue.push([to, out.cmd]);
       else this.sink.send(box, out);
     }

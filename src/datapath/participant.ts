@@ -4,7 +4,7 @@
  * (datapath/runner.ts) implements. test/unit/batch-loop.test.ts drives the loop with fake participants.
  */
 import type { MsgHdrs } from 'nats';
-import type { Actor } from '../actors/types.js';
+import type { Actor, Outgoing } from '../actors/types.js';
 import type { Kind } from '../config.js';
 import type { Log } from '../log.js';
 import type { Draft, Tables } from './draft.js';
@@ -53,6 +53,8 @@ export interface Committed {
   entry: OutboxEntry | null;
   /** Saga messages for partitions elsewhere, to send now (not stored: the partitions' state sends them again). */
   sends: Parcel[];
+  /** Those that may leave later (the actor's `deferrable`), merged by the courier with others for the same partition. */
+  later: Outgoing[];
   /** Ids of the parcels it applied ('' for those that have none). */
   parcels: string[];
   /** Stream messages it applied (or passed as dead letters). */

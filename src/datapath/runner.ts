@@ -395,6 +395,7 @@ export class PartitionRunner implements Participant {
     if (c.entry) this.outbox?.send(c.field, c.entry);
     const { courier, actor, config } = this.deps;
     if (actor.reminders) this.reminders?.committed(c.draft.batch.get(actor.reminders.table), now);
+    if (c.later.length > 0) courier.later(c.later, actor.mergeOutgoing);
     if (c.sends.length > 0) {
       courier.post(c.sends);
       // The saga-crash tests: the worker dies once its saga messages have left (after the mux's flush, queued before

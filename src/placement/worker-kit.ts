@@ -14,6 +14,7 @@ import type { Config, Kind } from '../config.js';
 import { BatchLoop } from '../datapath/batch-loop.js';
 import type { Inbound } from '../datapath/participant.js';
 import { Courier } from '../datapath/courier.js';
+import { Later } from '../datapath/later.js';
 import type { RunnerMetrics } from '../datapath/runner-metrics.js';
 import { PartitionRunner } from '../datapath/runner.js';
 import { createPartitionStore, type PartitionStore } from '../datapath/store.js';
@@ -153,6 +154,7 @@ export function openKit(opts: WorkerOptions, id: string, log: Log, js: Kit['js']
       const inbound: Inbound = { id: parcelId, ackTo, commands };
       runnerOf(kind, partition)?.deliverParcel(inbound); // not taken here: dropped, and its sender's state sends it again
     },
+    kept: new Later(),
     log,
   });
   const loop = new BatchLoop({ config, log, metrics, ack: (to, ids) => courier.ack(to, ids) });

@@ -138,5 +138,16 @@ t.test('checkout through HTTP', async (t) => {
     // The subtests above ran ~1,100 sagas, many at once: their forgets left in batches of many.
     await waitFor(async () => (await held()) === 0, { deadlineMs: 10_000, what: 'empty saga ledgers' });
     t.equal(await held(), 0);
+
+    // Forgets wait in their worker's courier and leave with its next sweep (datapath/later.ts). Each entry's answer
+    // goes again only 10 s after it was made, and brings its forget again: a deadline of half that tells forgets sent
+    // from ones lost and repaired.
+    const items: string[] = [];
+    while (new Set(items.map((i) => partitionOf(i, sys.config.partitions))).size < sys.config.partitions) items.push(await newItem(sys, 1, 100));
+    const orders = await pool(items, 8, async (item) => newOrder(sys, await newUser(sys, 10), [[item, 1], [items[0]!, 1]]));
+    const answers = await pool(orders, 8, (o) => sys.call('POST', `/orders/checkout/${o}`));
+    t.ok(answers.every((a) => a.status === 200), `${orders.length} checkouts across the partitions of both workers`);
+    await waitFor(async () => (await held()) === 0, { deadlineMs: 5_000, what: 'the checkouts\' ledger entries forgotten, each by a forget sent, not by one brought by its answer sent again' });
+    t.equal(await held(), 0);
   });
 });

@@ -224,6 +224,11 @@ t.test("a batch's forgets to one partition become one command, after its other c
   t.same(merged, [release, { k: 'forget', sagas: [['a', 1], ['c', 3], ['d', 9]] }]);
   const alone = [release];
   t.equal(mergeForgets(alone), alone, 'nothing to merge: the list itself');
+  const { FORGET_MERGED_MAX } = await import('../../src/actors/saga.js');
+  const many = Array.from({ length: FORGET_MERGED_MAX + 2 }, (_, i) => ({ k: 'forget', sagas: [[`s${i}`, i]] }));
+  const chunks = mergeForgets(many) as { sagas: unknown[] }[];
+  t.same(chunks.map((c) => c.sagas.length), [FORGET_MERGED_MAX, 2], 'many forgets (a sweep\'s worth, kept back): as few commands as fit in a parcel');
+  t.same(chunks.flatMap((c) => c.sagas), many.flatMap((c) => c.sagas), 'every saga, once, in order');
 
   // Entries of ended sagas go; one whose `at` differs (a hold of the same saga applied anew later) stays.
   const ctx: ApplyContext = { partition: 0, partitions: 1, seq: 1 };

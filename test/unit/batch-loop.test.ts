@@ -11,8 +11,9 @@ import { encode } from '../../src/codec.js';
 import { loadConfig, type Kind } from '../../src/config.js';
 import { createLog } from '../../src/log.js';
 import { BUNDLE_MAX } from '../../src/protocol.js';
+import { drawIn } from '../../src/partitioning.js';
 import { BatchLoop } from '../../src/datapath/batch-loop.js';
-import type { Committed, Participant, StreamMessage, Taken } from '../../src/datapath/participant.js';
+import type { Committed, Inbound, Participant, StreamMessage, Taken } from '../../src/datapath/participant.js';
 import { decodeEntry, type OutboxEntry } from '../../src/datapath/outbox.js';
 import type { Tables } from '../../src/datapath/draft.js';
 import type { PreparedBatch } from '../../src/datapath/commit-group.js';
@@ -40,6 +41,8 @@ class FakeParticipant implements Participant {
   commitCount = 0;
   state: 'running' | 'fenced' | 'failed' = 'running';
   queue: StreamMessage[] = [];
+  /** Saga parcels from other workers, taken with the stream messages. */
+  inbound: Inbound[] = [];
   readonly commits: Committed[] = [];
   readonly store: PartitionStore;
 
@@ -86,14 +89,20 @@ class FakeParticipant implements Participant {
   /** Reply subjects answered and dead letters stored, over every batch prepared. */
   answered = () => this.owed.flatMap((e) => e.replies.map(([to]) => to));
   deadLetters = () => this.owed.flatMap((e) => e.dead);
-  ready = () => this.state === 'running' && this.queue.length > 0;
+  /** A parcel of saga commands from a partition of another worker. */
+  pushParcel(cmds: unknown[]): void {
+    this.inbound.push({ id: '', ackTo: '', commands: encode(cmds) });
+  }
+  ready = () => this.state === 'running' && (this.queue.length > 0 || this.inbound.length > 0);
   accepts = () => this.state === 'running';
   take(max: number): Taken {
     const stream = this.queue.splice(0, max);
-    return { stream, parcels: [] };
+    return { stream, parcels: this.inbound.splice(0) };
   }
   giveBack(taken: Taken): void {
-    if (this.state === 'running') this.queue.unshift(...taken.stream);
+    if (this.state !== 'running') return;
+    this.queue.unshift(...taken.stream);
+    this.inbound.unshift(...taken.parcels);
   }
   seen = () => false;
   seenMessage = (id: string) => this.messageIds.has(id);
@@ -511,4 +520,49 @@ t.test('a command carried for a partition this worker does not run, with no repl
   t.equal(a.stock('x'), 1);
   t.same(a.deadLetters().map((d) => [d.seq, d.reason]), [[4 * BUNDLE_MAX + 1, 'invalid']], 'the carried one is a dead letter');
   t.match(a.deadLetters()[0]!.detail, /stock\.1 is not served by this worker now, and the command names no reply subject/);
+});
+
+/** An id of the kind's partition `p` of 2. */
+const idIn = (p: number, prefix: string) => drawIn(p, 2, (() => { let i = 0; return () => `${prefix}${i++}`; })());
+
+t.test('a saga that ends after a participant of this worker left the batch: its forgets wait (the courier sends them later, merged); one still in the batch is applied there', async (t) => {
+  const { loop, calls } = rig();
+  const order = new FakeParticipant('order', 0);
+  const payment = new FakeParticipant('payment', 0);
+  const user = idIn(0, 'u');
+  const item = idIn(1, 'i'); // on stock partition 1, which this worker does not run
+  payment.live.get('users')!.set(user, 10);
+  order.live.get('orders')!.set('o1', { user, items: [[item, 1]], total: 3, paid: false });
+  order.live.get('orders')!.set('o2', { user, items: [], total: 0, paid: false });
+  loop.add(order);
+  loop.add(payment);
+  order.push(1, { k: 'checkout', id: 'o1' });
+  loop.wake();
+  await commitAll(calls, () => order.cursor === 1, 'the checkout');
+  t.equal(payment.live.get('users')!.get(user), 7, 'the debit, on this worker, was applied with the checkout');
+  const reserve = order.commits.flatMap((c) => c.sends).map((p) => p[1]);
+  t.same(reserve, [1], 'the reserve left for stock partition 1');
+  const saga = (order.live.get('orders')!.get('o1') as { saga: { id: string } }).saga.id;
+  const paymentCommits = payment.commits.length;
+
+  // Stock partition 1 answers from its worker: the saga ends in a batch the payment partition is not in.
+  order.pushParcel([{ k: 'answer', saga, order: 'o1', part: 'stock:1', phase: 'hold', ok: true, at: 5 }]);
+  loop.wake();
+  await commitAll(calls, () => order.commits.length === 2, 'the answer');
+  const ended = order.commits[1]!;
+  t.same(ended.sends, [], 'no forget leaves at once');
+  t.same(ended.later.map((o) => [o.kind, o.partition, o.cmd]).sort(), [
+    ['payment', 0, { k: 'forget', sagas: [[saga, -1]] }],
+    ['stock', 1, { k: 'forget', sagas: [[saga, 5]] }],
+  ], 'both forgets wait: the one for the partition elsewhere, and the one for this worker\'s payment partition');
+  t.equal(payment.commits.length, paymentCommits, 'the payment partition was not made part of the batch for its forget');
+  t.ok(payment.live.get('ledger')!.has(saga), 'its ledger entry stays until the forget comes');
+
+  // A saga all on this worker: the forget for a partition in the batch is applied there, and nothing waits.
+  order.live.get('orders')!.set('o2', { user, items: [], total: 0, paid: false });
+  order.push(2, { k: 'checkout', id: 'o2' });
+  loop.wake();
+  await commitAll(calls, () => order.cursor === 2, 'the local checkout');
+  t.same(order.commits.at(-1)!.later, [], 'nothing waits');
+  t.notOk([...payment.live.get('ledger')!.keys()].some((k) => k.startsWith('o2#')), 'its forget was applied in the batch');
 });

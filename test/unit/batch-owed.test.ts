@@ -10,6 +10,7 @@ import { decode } from '../../src/codec.js';
 import { bySender, gatherReplies, owedBy, parcelsOfOutgoing, type Owed, type Owing } from '../../src/datapath/batch-owed.js';
 import type { Sends } from '../../src/datapath/batch-share.js';
 import type { DeadLetter, OutboxEntry } from '../../src/datapath/outbox.js';
+import { Later } from '../../src/datapath/later.js';
 
 const bytes = (s: string) => new TextEncoder().encode(s);
 
@@ -21,7 +22,7 @@ const entry = (e: Partial<OutboxEntry>): OutboxEntry => ({ replies: [], parcels:
 const dead: DeadLetter = { seq: 1, reason: 'invalid', detail: 'x', data: bytes('x') };
 
 t.test('owedBy: a share that caused nothing owes nothing and stores no field', async (t) => {
-  t.same(owedBy(owing()), { field: '', entry: null, parcels: [] });
+  t.same(owedBy(owing()), { field: '', entry: null, parcels: [], later: [] });
 });
 
 t.test('owedBy: replies and dead letters are kept; the field is the cursor and local count after the batch', async (t) => {
@@ -76,12 +77,47 @@ t.test("owedBy: the actor's mergeOutgoing merges a target's commands before they
   t.same(decode(owedBy(owing({ actor, sends })).parcels[0]![3]), [{ merged: 3 }]);
 });
 
+t.test("owedBy: commands the actor may defer (order's forgets) wait apart, the others leave as parcels in their order", async (t) => {
+  const release = { k: 'release', saga: 'b', order: 'o', from: 3 };
+  const forget = (saga: string) => ({ k: 'forget', sagas: [[saga, 1]] });
+  const sends = new Map<string, Sends>([
+    ['stock.1', { kind: 'stock', partition: 1, cmds: [forget('a'), release, forget('c')] }],
+    ['payment.0', { kind: 'payment', partition: 0, cmds: [forget('d')] }],
+  ]);
+  const o = owedBy(owing({ sends }));
+  t.same(o.parcels.map(([kind, partition, , data]) => [kind, partition, decode(data)]), [['stock', 1, [release]]], 'the release leaves now');
+  t.same(o.later, [
+    { kind: 'stock', partition: 1, cmd: forget('a') },
+    { kind: 'stock', partition: 1, cmd: forget('c') },
+    { kind: 'payment', partition: 0, cmd: forget('d') },
+  ]);
+  const stock = owedBy(owing({ kind: 'stock', actor: actorOf('stock'), sends: new Map([['order.3', { kind: 'order', partition: 3, cmds: [forget('x')] }]]) }));
+  t.same([stock.parcels.length, stock.later], [1, []], 'an actor that defers nothing sends everything now');
+});
+
+t.test('Later: kept commands go per partition, merged across batches by their actor, each once', async (t) => {
+  const later = new Later();
+  const { mergeForgets } = await import('../../src/actors/saga.js');
+  const forget = (saga: string) => ({ k: 'forget', sagas: [[saga, 1]] });
+  later.add([{ kind: 'stock', partition: 1, cmd: forget('a') }, { kind: 'payment', partition: 0, cmd: forget('b') }], mergeForgets);
+  later.add([{ kind: 'stock', partition: 1, cmd: forget('c') }], mergeForgets);
+  t.equal(later.size, 2, 'two partitions wait');
+  t.same(later.take('stock', 2), [], 'nothing for a partition nothing was kept for');
+  const stock = later.take('stock', 1);
+  t.same(stock.map(([kind, partition, id, data]) => [kind, partition, id, decode(data)]), [['stock', 1, '', [{ k: 'forget', sagas: [['a', 1], ['c', 1]] }]]], 'one parcel, one forget of both batches');
+  t.same(later.take('stock', 1), [], 'taken once');
+  later.add([{ kind: 'order', partition: 4, cmd: 'x' }], undefined);
+  const all = later.takeAll();
+  t.same(all.map(([kind, partition, , data]) => [kind, partition, decode(data)]), [['payment', 0, [forget('b')]], ['order', 4, ['x']]], 'the rest at the sweep, unmerged where the actor does not merge');
+  t.equal(later.size, 0);
+});
+
 t.test('gatherReplies: replies go to the entry stored anyway; the partitions with only replies then owe nothing', async (t) => {
   const owed: Owed[] = [
-    { field: '1.0', entry: entry({ replies: [['a', bytes('1')]] }), parcels: [] },
-    { field: '', entry: null, parcels: [] },
-    { field: '5.0', entry: entry({ replies: [['b', bytes('2')]], dead: [dead] }), parcels: [] },
-    { field: '9.0', entry: entry({ replies: [['c', bytes('3')]] }), parcels: [] },
+    { field: '1.0', entry: entry({ replies: [['a', bytes('1')]] }), parcels: [], later: [] },
+    { field: '', entry: null, parcels: [], later: [] },
+    { field: '5.0', entry: entry({ replies: [['b', bytes('2')]], dead: [dead] }), parcels: [], later: [] },
+    { field: '9.0', entry: entry({ replies: [['c', bytes('3')]] }), parcels: [], later: [] },
   ];
   const gathered = gatherReplies(owed);
   t.same(gathered.map((o) => o.field), ['', '', '5.0', '']);
@@ -90,13 +126,13 @@ t.test('gatherReplies: replies go to the entry stored anyway; the partitions wit
 
 t.test('gatherReplies: with only replies, the first entry carries them; with nothing owed, nothing changes', async (t) => {
   const gathered = gatherReplies([
-    { field: '', entry: null, parcels: [] },
-    { field: '2.0', entry: entry({ replies: [['a', bytes('1')]] }), parcels: [] },
-    { field: '3.0', entry: entry({ replies: [['b', bytes('2')]] }), parcels: [] },
+    { field: '', entry: null, parcels: [], later: [] },
+    { field: '2.0', entry: entry({ replies: [['a', bytes('1')]] }), parcels: [], later: [] },
+    { field: '3.0', entry: entry({ replies: [['b', bytes('2')]] }), parcels: [], later: [] },
   ]);
   t.same(gathered.map((o) => o.field), ['', '2.0', '']);
   t.same(gathered[1]!.entry!.replies.map(([to]) => to), ['a', 'b']);
-  const none: Owed[] = [{ field: '', entry: null, parcels: [] }];
+  const none: Owed[] = [{ field: '', entry: null, parcels: [], later: [] }];
   t.equal(gatherReplies(none), none);
 });
 
