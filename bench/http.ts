@@ -4,7 +4,7 @@
  */
 import { Client, Pool, type Dispatcher } from 'undici';
 import type { AuditInput, OrderView } from './audit.js';
-import type { AuditPlan, SetupStep } from './scenarios.js';
+import { PRIME_ITEMS, PRIME_ORDERS, PRIME_STOCK, type AuditPlan, type SetupStep } from './scenarios.js';
 
 /** batch_init of 100,000 records is one request that may take a while on a loaded machine. */
 export const SETUP_TIMEOUT_MS = 600_000;
@@ -80,6 +80,35 @@ export async function warmConnections(d: Dispatcher, connections: number, timeou
   await mapLimit(connections, connections, () => call(d, 'GET', '/stock/find/bench-warm-up', timeoutMs).catch(() => undefined));
   return Math.round(performance.now() - t);
 }
+
+/**
+ * The saga primer's entities (bench/scenarios.ts, sagaPrimer): one user without credit, PRIME_ITEMS items with stock,
+ * PRIME_ORDERS orders of two different items each, drawn with `random`. Returns the orders' ids.
+ */
+export async function primeOrders(d: Dispatcher, timeoutMs: number, random: () => number): Promise<string[]> {
+  const post = async (path: string, id?: string): Promise<string> => {
+    const reply = await call(d, 'POST', path, timeoutMs);
+    const made = id === undefined ? '' : (reply.body as Record<string, unknown> | null)?.[id];
+    if (reply.status !== 200 || typeof made !== 'string') throw new Error(`prime: POST ${path} answered ${reply.status} ${JSON.stringify(reply.body)}`);
+    return made;
+  };
+  const user = await post('/payment/create_user', 'user_id');
+  const items = await mapLimit(PRIME_ITEMS, PRIME_CONCURRENCY, async () => {
+    const item = await post('/stock/item/create/1', 'item_id');
+    await post(`/stock/add/${item}/${PRIME_STOCK}`);
+    return item;
+  });
+  return mapLimit(PRIME_ORDERS, PRIME_CONCURRENCY, async () => {
+    const order = await post(`/orders/create/${user}`, 'order_id');
+    const a = Math.floor(random() * items.length);
+    const b = (a + 1 + Math.floor(random() * (items.length - 1))) % items.length;
+    for (const item of [items[a]!, items[b]!]) await post(`/orders/addItem/${order}/${item}/1`);
+    return order;
+  });
+}
+
+/** Requests in flight while the primer makes its entities. */
+const PRIME_CONCURRENCY = 64;
 
 /** fn(0..count-1) with at most `concurrency` calls in flight; results by index. */
 export async function mapLimit<T>(count: number, concurrency: number, fn: (i: number) => Promise<T>): Promise<T[]> {

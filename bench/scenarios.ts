@@ -57,10 +57,43 @@ export interface Scenario {
  * in the system changes that a client could see (the checkouts do pass through the order stream and a commit).
  * They bring the code on both sides out of V8's interpreter: the generator's load loop and HTTP client, and the
  * system's HTTP, command and reply paths. Without them the first half second of a run measures the JIT (at about
- * half the rate and twice the latency; docs/perf/README.md). The saga's own code is warmed by the worker at start
- * (src/datapath/warm-up.ts), never by these.
+ * half the rate and twice the latency; docs/perf/README.md). The actors' code is warmed by the worker at start
+ * (src/datapath/warm-up.ts); the saga's messages between workers by the saga primer (below).
  */
 export const PRIME_REQUESTS = 20_000;
+
+/**
+ * The saga primer's own entities, made before it runs (bench/http.ts, primeOrders): one user without credit,
+ * PRIME_ITEMS items with PRIME_STOCK units each (about twice the 64 partitions of a kind, so most hold one), and
+ * PRIME_ORDERS orders of that user, of two of those items each. Nothing the run measures or audits.
+ */
+export const PRIME_ITEMS = 128;
+export const PRIME_STOCK = 1_000;
+export const PRIME_ORDERS = 512;
+/** Checkouts the saga primer sends, round robin over its orders. */
+export const PRIME_SAGAS = 8_192;
+
+/**
+ * Checkouts of the primer's own orders, each refused: the user has no credit, so the debit is refused and every
+ * reserve held is given back before the 400 (insufficient_credit) comes, and no stock or credit changes. Each one is a
+ * whole saga, reserves, holds, answers, releases and forgets, across workers when there are several: without it each
+ * worker process compiled that code during the measured load (at 4 workers, 9 % of the machine's CPU over a 20 s
+ * run, docs/perf/scale-out.md), which a shop that runs for hours does not pay.
+ */
+export function sagaPrimer(o: BenchOptions, orders: readonly string[]): Scenario {
+  let n = 0;
+  return {
+    name: o.scenario,
+    kinds: ['prime'],
+    setup: [],
+    total: PRIME_SAGAS,
+    next: () => ({ method: 'POST', path: '/orders/checkout/' + orders[n++ % orders.length]!, kind: 0, ref: -1, ctx: undefined }),
+    wantsBody: () => false,
+    isExpected: (_op, status, code) => status === 400 && code === 'insufficient_credit',
+    onResult: () => {},
+    audit: undefined,
+  };
+}
 
 export function primer(o: BenchOptions): Scenario {
   let n = 0;

@@ -4,7 +4,7 @@ import type { Dispatcher } from 'undici';
 import { ANSWERED_2XX, ANSWERED_4XX, auditConservation, OrderOutcomes, SENT, UNDECIDED, verdict, type AuditInput, type OrderView } from '../../bench/audit.js';
 import { startLoad } from '../../bench/engine.js';
 import { HelpShown, LARGE_AMOUNT, parseDuration, parseOptions, parseRate, UsageError, type BenchOptions } from '../../bench/options.js';
-import { createScenario, MIX, primer, PRIME_REQUESTS, type Op } from '../../bench/scenarios.js';
+import { createScenario, MIX, primer, PRIME_REQUESTS, PRIME_SAGAS, sagaPrimer, type Op } from '../../bench/scenarios.js';
 import { Stats } from '../../bench/stats.js';
 import { escapeXml, niceTicks, renderChart } from '../../bench/svg.js';
 
@@ -42,6 +42,16 @@ t.test('the primer: reads of a missing item and checkouts of a missing order, wh
   t.ok(ops.every((op) => scenario.isExpected(op, 400, 'not_found')), 'not_found is the answer they want');
   t.notOk(scenario.isExpected(ops[1]!, 200, undefined), 'a checkout that succeeded would be an error: it changed something');
   t.same([scenario.setup, scenario.audit, scenario.total], [[], undefined, PRIME_REQUESTS]);
+});
+
+t.test('the saga primer: checkouts of its own orders, round robin; only insufficient_credit is the answer it wants', async (t) => {
+  const scenario = sagaPrimer(parse('checkout-fresh'), ['a', 'b', 'c']);
+  const ops = Array.from({ length: 4 }, () => scenario.next()!);
+  t.same(ops.map((op) => `${op.method} ${op.path}`), ['POST /orders/checkout/a', 'POST /orders/checkout/b', 'POST /orders/checkout/c', 'POST /orders/checkout/a']);
+  t.ok(scenario.isExpected(ops[0]!, 400, 'insufficient_credit'), 'refused for want of credit: nothing changed');
+  t.notOk(scenario.isExpected(ops[0]!, 400, 'insufficient_stock'), 'refused for want of stock: something else took it, an error');
+  t.notOk(scenario.isExpected(ops[0]!, 200, undefined), 'paid: it changed something, an error');
+  t.same([scenario.setup, scenario.audit, scenario.total], [[], undefined, PRIME_SAGAS]);
 });
 
 t.test('options: durations, rates, counts', async (t) => {
