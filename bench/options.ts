@@ -33,7 +33,7 @@ export interface BenchOptions {
   durationMs: number | undefined;
   /** Load sent before the measurement starts (not in the statistics; the duration counts after it). */
   warmupMs: number;
-  /** Send PRIME_REQUESTS requests that change nothing before the run (see bench/scenarios.ts, primer). */
+  /** Send PRIME_REQUESTS requests that change nothing and PRIME_SAGAS refused checkouts before the run (bench/scenarios.ts, primer and sagaPrimer). */
   prime: boolean;
   /** Stop after issuing this many requests. */
   requests: number | undefined;
@@ -218,7 +218,7 @@ export function createProgram(): Command {
     .addOption(new Option('-c, --connections <n>', 'closed loop: requests in flight at once; in every model the connections of the pool').default(DEFAULT_CONNECTIONS).argParser(count(1, 100_000)))
     .addOption(new Option('-d, --duration <time>', 'stop after this long: 30, 30s, 500ms, 2m (default: reads, mixed 30s; wdm-stress 60s; checkout-fresh, contention: until every order is checked out)').argParser(parseDuration))
     .addOption(new Option('-w, --warmup <time>', 'send load this long before measuring (JIT, caches, connections); not in the figures, the audit still counts it').default(0, '0').argParser(parseDurationOrZero))
-    .option('--no-prime', 'skip the 20,000 requests that change nothing (reads of a missing item, checkouts of a missing order) sent before the run, unmeasured, to bring the generator\'s and the system\'s code out of the interpreter')
+    .option('--no-prime', 'skip what is sent before the run, unmeasured, to bring the generator\'s and the system\'s code out of the interpreter: 20,000 requests that change nothing (reads of a missing item, checkouts of a missing order) and 8,192 refused checkouts of orders of its own (whole sagas, across workers when there are several; no stock or credit changes)')
     .addOption(new Option('-n, --requests <n>', 'stop after issuing this many requests').argParser(count(1)))
     .addOption(new Option('-r, --rate <r/s>', 'open loop at this rate (2000, 2000/s, 2k/s); latency counts from the intended send time').argParser(parseRate))
     .addOption(new Option('--max-outstanding <n>', 'open loop: most requests in flight; a request due past it is dropped and counted').default(DEFAULT_MAX_OUTSTANDING).argParser(count(1)))
