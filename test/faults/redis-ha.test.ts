@@ -114,8 +114,11 @@ t.test('a connection through the Sentinels follows their +switch-master at once:
   t.teardown(() => watcher.disconnect());
   await watcher.subscribe('+switch-master');
   let switchedAt = 0;
+  /** Every +switch-master: when, and the primary it names (`<name> <old ip> <old port> <new ip> <new port>`). */
+  const switches: [at: number, primary: string][] = [];
   watcher.on('message', (_channel: string, text: string) => {
     switchedAt ||= performance.now();
+    switches.push([performance.now(), text.split(' ').slice(3).join(':')]);
     note(`+switch-master ${text}`);
   });
   /** performance.now() of every write answered ok; one write in flight at a time, as a partition commits. */
@@ -159,9 +162,12 @@ t.test('a connection through the Sentinels follows their +switch-master at once:
     t.ok(followedMs < 1000, `${how} of the primary: the first write answered ${followedMs} ms after +switch-master (under 1 s)`);
     // The leader announces the switch again at the failover's end (once the other replica follows the new primary,
     // up to a second or two later), and the other Sentinels announce it too: none of that drops the new connection.
+    // One connection per primary announced: on a loaded machine the Sentinels once failed the new primary over too
+    // (the second +switch-master named another address, 2.2 s after the first), which rightly takes a connection.
     await new Promise((resolve) => setTimeout(resolve, 3000));
     const made = readyAt.filter((at) => at > faultAt).length;
-    t.equal(made, 1, `${how}: one connection made from the fault until 3 s after +switch-master (repeated announcements do not drop it)`, made === 1 ? {} : { events: events.filter(([at]) => at >= faultAt - 100).map(([at, what]) => `${Math.round(at - faultAt)} ms: ${what}`) });
+    const primaries = new Set(switches.filter(([at]) => at > faultAt).map(([, primary]) => primary)).size;
+    t.equal(made, primaries, `${how}: one connection per primary announced (${primaries}) from the fault until 3 s after +switch-master (repeated announcements do not drop it)`, made === primaries ? {} : { events: events.filter(([at]) => at >= faultAt - 100).map(([at, what]) => `${Math.round(at - faultAt)} ms: ${what}`) });
     if (how === 'SIGKILL') await old.restart();
     else old.resume();
     await ha.waitPrimary(old);
