@@ -62,6 +62,12 @@ export interface Scenario {
  */
 export const PRIME_REQUESTS = 20_000;
 
+export function primer(o: BenchOptions): Scenario {
+  let n = 0;
+  const next = (): Op => (n++ % 2 === 0 ? { method: 'GET', path: '/stock/find/bench-warm-up', kind: 0, ref: -1, ctx: undefined } : { method: 'POST', path: '/orders/checkout/bench-warm-up', kind: 0, ref: -1, ctx: undefined });
+  return priming(o, PRIME_REQUESTS, next, (status) => status === 400);
+}
+
 /**
  * The saga primer's own entities, made before it runs (bench/http.ts, primeOrders): one user without credit,
  * PRIME_ITEMS items with PRIME_STOCK units each (about twice the 64 partitions of a kind, so most hold one), and
@@ -82,29 +88,20 @@ export const PRIME_SAGAS = 8_192;
  */
 export function sagaPrimer(o: BenchOptions, orders: readonly string[]): Scenario {
   let n = 0;
-  return {
-    name: o.scenario,
-    kinds: ['prime'],
-    setup: [],
-    total: PRIME_SAGAS,
-    next: () => ({ method: 'POST', path: '/orders/checkout/' + orders[n++ % orders.length]!, kind: 0, ref: -1, ctx: undefined }),
-    wantsBody: () => false,
-    isExpected: (_op, status, code) => status === 400 && code === 'insufficient_credit',
-    onResult: () => {},
-    audit: undefined,
-  };
+  const checkout = (): Op => ({ method: 'POST', path: '/orders/checkout/' + orders[n++ % orders.length]!, kind: 0, ref: -1, ctx: undefined });
+  return priming(o, PRIME_SAGAS, checkout, (status, code) => status === 400 && code === 'insufficient_credit');
 }
 
-export function primer(o: BenchOptions): Scenario {
-  let n = 0;
+/** A primer's scenario: `total` requests from `next`, unmeasured, no setup, no audit; `expected` says which answers it wants. */
+function priming(o: BenchOptions, total: number, next: () => Op, expected: (status: number, code: string | undefined) => boolean): Scenario {
   return {
     name: o.scenario,
     kinds: ['prime'],
     setup: [],
-    total: PRIME_REQUESTS,
-    next: () => (n++ % 2 === 0 ? { method: 'GET', path: '/stock/find/bench-warm-up', kind: 0, ref: -1, ctx: undefined } : { method: 'POST', path: '/orders/checkout/bench-warm-up', kind: 0, ref: -1, ctx: undefined }),
+    total,
+    next,
     wantsBody: () => false,
-    isExpected: (_op, status) => status === 400,
+    isExpected: (_op, status, code) => expected(status, code),
     onResult: () => {},
     audit: undefined,
   };
