@@ -23,6 +23,8 @@ import { commitTogether } from '../src/datapath/commit-group.js';
 import { createPartitionStore, type PartitionStore } from '../src/datapath/store.js';
 import { freePort, redisAnswers, waitFor } from '../src/stack/probes.js';
 import { findBinary, redisArgs, spawnChild, stopChild } from '../src/stack/processes.js';
+import { parseInfo } from '../src/stack/topology.js';
+import { commandStat } from './commit-counts.js';
 import { clockTicksPerS, parseStat } from './proc.js';
 import { leastSquares } from './stats.js';
 
@@ -53,10 +55,9 @@ function redisCpuUs(pid: number): number {
   return (stat.ownTicks / TICKS_PER_S) * 1e6;
 }
 
-/** The commit script's calls and microseconds so far, as Redis counts them. */
-async function scriptStats(redis: Redis): Promise<{ calls: number; us: number }> {
-  const m = /cmdstat_evalsha:calls=(\d+),usec=(\d+)/.exec(await redis.info('commandstats'));
-  return { calls: Number(m?.[1] ?? 0), us: Number(m?.[2] ?? 0) };
+/** The commit script's calls and microseconds so far, as Redis counts them (on the bench's own connection). */
+async function scriptStats(redis: Redis): Promise<{ calls: number; usec: number }> {
+  return commandStat(parseInfo(await redis.info('commandstats')), 'evalsha');
 }
 
 const dir = mkdtempSync(join(tmpdir(), 'shop-commit-cost-'));
@@ -97,7 +98,7 @@ try {
     const r1 = redisCpuUs(pid);
     const s1 = await scriptStats(redis);
     const cpu = process.cpuUsage(cpu0);
-    rows.push({ spread, clientUs: (cpu.user + cpu.system) / COMMITS, scriptUs: (s1.us - s0.us) / (s1.calls - s0.calls), redisUs: (r1 - r0) / COMMITS });
+    rows.push({ spread, clientUs: (cpu.user + cpu.system) / COMMITS, scriptUs: (s1.usec - s0.usec) / (s1.calls - s0.calls), redisUs: (r1 - r0) / COMMITS });
   }
 
   const out = (s: string) => process.stdout.write(s + '\n');

@@ -161,7 +161,11 @@ async function withClient<T>(port: number, login: { user?: string; password: str
 
 /** `INFO <section>` as a map of its `key:value` lines. */
 export async function redisInfo(port: number, section: string, login?: RedisLogin): Promise<Map<string, string>> {
-  const text = await withClient(port, login, (c) => c.info(section));
+  return parseInfo(await withClient(port, login, (c) => c.info(section)));
+}
+
+/** The text of an `INFO` reply as a map of its `key:value` lines. */
+export function parseInfo(text: string): Map<string, string> {
   return new Map(
     text
       .split('\r\n')
