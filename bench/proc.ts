@@ -1,7 +1,7 @@
 /**
  * CPU time of a process tree from Linux's /proc: a snapshot of every process below a root (by ppid), each
- * classified by role (nats, redis, worker, gateway, the bench process itself), and the CPU between two
- * snapshots per role. The parsing, classification and arithmetic are pure; `snapshotTree` reads /proc (or a
+ * classified by role (nats, redis, worker, gateway, the bench process itself), and the CPU and context switches
+ * between two snapshots per role. The parsing, classification and arithmetic are pure; `snapshotTree` reads /proc (or a
  * directory laid out like it, for tests).
  */
 import { execFileSync } from 'node:child_process';
@@ -74,9 +74,31 @@ export function classifyProcess(p: { comm: string; argv: readonly string[] }, is
   return 'other';
 }
 
-/** One process of a snapshot: its stat, its role. */
+/**
+ * Context switches of a thread or a process: `voluntary` when it waited (for a socket, a lock, a timer) and was
+ * woken again, `involuntary` when the scheduler took the CPU from it while it could still run (another process's
+ * turn on a busy machine).
+ */
+export interface Switches {
+  voluntary: number;
+  involuntary: number;
+}
+
+/** The two context switch counters of a /proc/<pid>/task/<tid>/status file; undefined if either is missing. */
+export function parseSwitches(text: string): Switches | undefined {
+  const field = (name: string) => {
+    const m = new RegExp(`^${name}:\\s*(\\d+)\\s*$`, 'm').exec(text);
+    return m ? Number(m[1]) : undefined;
+  };
+  const voluntary = field('voluntary_ctxt_switches');
+  const involuntary = field('nonvoluntary_ctxt_switches');
+  return voluntary === undefined || involuntary === undefined ? undefined : { voluntary, involuntary };
+}
+
+/** One process of a snapshot: its stat, its role, and the context switches of its threads alive at the time. */
 export interface TreeProcess extends ProcStat {
   class: ProcessClass;
+  switches?: Switches;
 }
 
 export interface TreeSnapshot {
@@ -127,9 +149,32 @@ export function snapshotTree(rootPid: number, procDir = '/proc', nowMs: () => nu
   }
   const processes = treeOf(stats, rootPid).map((s) => {
     const argv = parseCmdline(readOrUndefined(join(procDir, String(s.pid), 'cmdline')) ?? '');
-    return { ...s, class: classifyProcess({ comm: s.comm, argv }, s.pid === rootPid) };
+    const switches = threadSwitches(join(procDir, String(s.pid)));
+    return { ...s, class: classifyProcess({ comm: s.comm, argv }, s.pid === rootPid), ...(switches ? { switches } : {}) };
   });
   return { atMs, processes };
+}
+
+/**
+ * The context switches of every thread of the process at `dir` (/proc/<pid>/status counts its first thread only;
+ * nats-server and redis-server do their work on others). Undefined if the process is gone or has no task list.
+ */
+function threadSwitches(dir: string): Switches | undefined {
+  let tids: string[];
+  try {
+    tids = readdirSync(join(dir, 'task'));
+  } catch {
+    return undefined;
+  }
+  const sum: Switches = { voluntary: 0, involuntary: 0 };
+  for (const tid of tids) {
+    const text = readOrUndefined(join(dir, 'task', tid, 'status'));
+    const s = text === undefined ? undefined : parseSwitches(text);
+    if (!s) continue; // the thread ended between the listing and the read
+    sum.voluntary += s.voluntary;
+    sum.involuntary += s.involuntary;
+  }
+  return sum;
 }
 
 /** Whether this machine has a /proc to read CPU times from. */
@@ -153,6 +198,8 @@ export interface CpuDelta {
   wallS: number;
   /** CPU used between the snapshots, per role. */
   msByClass: Record<ProcessClass, number>;
+  /** Context switches between the snapshots, per role (counted like the CPU; see cpuDelta). */
+  switchesByClass: Record<ProcessClass, Switches>;
   totalMs: number;
   /** Processes per role in the second snapshot. */
   processesByClass: Record<ProcessClass, number>;
@@ -167,22 +214,27 @@ const zeroByClass = (): Record<ProcessClass, number> => Object.fromEntries(PROCE
  * children that ended and were waited for in between (so a Redis fork that starts and ends in the window is
  * Redis' CPU); one that started in between counts from zero. One that ended in between adds nothing itself:
  * its time reaches its parent's reaped time, which then also carries what it used before the first snapshot
- * (`ended` says when that happened).
+ * (`ended` says when that happened). Context switches the same way, except that nothing reaps them: those of a
+ * process or a thread that ended in between are lost (a thread's are taken from its process's sum, floored at 0).
  */
 export function cpuDelta(before: TreeSnapshot, after: TreeSnapshot, ticksPerS: number): CpuDelta {
   const key = (p: ProcStat) => `${p.pid}@${p.startTicks}`;
   const earlier = new Map(before.processes.map((p) => [key(p), p]));
   const msByClass = zeroByClass();
   const processesByClass = zeroByClass();
+  const switchesByClass = Object.fromEntries(PROCESS_CLASSES.map((c) => [c, { voluntary: 0, involuntary: 0 }])) as Record<ProcessClass, Switches>;
   const msPerTick = 1000 / ticksPerS;
   for (const p of after.processes) {
     const was = earlier.get(key(p));
     const ticks = p.ownTicks + p.reapedTicks - (was ? was.ownTicks + was.reapedTicks : 0);
     msByClass[p.class] += Math.max(0, ticks) * msPerTick;
     processesByClass[p.class]++;
+    const sum = switchesByClass[p.class];
+    sum.voluntary += Math.max(0, (p.switches?.voluntary ?? 0) - (was?.switches?.voluntary ?? 0));
+    sum.involuntary += Math.max(0, (p.switches?.involuntary ?? 0) - (was?.switches?.involuntary ?? 0));
   }
   const later = new Set(after.processes.map(key));
   const ended = before.processes.filter((p) => !later.has(key(p))).length;
   const totalMs = PROCESS_CLASSES.reduce((sum, c) => sum + msByClass[c], 0);
-  return { wallS: (after.atMs - before.atMs) / 1000, msByClass, totalMs, processesByClass, ended };
+  return { wallS: (after.atMs - before.atMs) / 1000, msByClass, switchesByClass, totalMs, processesByClass, ended };
 }

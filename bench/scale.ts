@@ -4,7 +4,7 @@
  * configurations, and the tables of bench/out/<timestamp>-scale/. The runs themselves: bench/scale-run.ts.
  */
 import { configLabel, type ScaleConfig, type ScaleOptions } from './options.js';
-import { PROCESS_CLASSES, type CpuDelta, type ProcessClass } from './proc.js';
+import { PROCESS_CLASSES, type CpuDelta, type ProcessClass, type Switches } from './proc.js';
 import type { CommitFigures } from './commit-counts.js';
 import { mdTable, type Machine, type Report } from './report.js';
 import { round, type TimelinePoint } from './stats.js';
@@ -20,6 +20,11 @@ export interface CpuFigures {
   msPerCheckout: Record<CpuColumn, number>;
   /** CPU seconds per wall second: how many cores each role kept busy. */
   cores: Record<CpuColumn, number>;
+  /**
+   * Context switches per checkout completed in the window, of every thread of each role: how often its processes
+   * slept and woke (voluntary) or were taken off a busy CPU (involuntary). What a process more costs on few cores.
+   */
+  switchesPerCheckout: Record<CpuColumn, Switches>;
   /** Processes per role at the end of the window. */
   processes: Record<ProcessClass, number>;
   /** Processes that ended within the window; above 0 something crashed or restarted (or Redis forked). */
@@ -88,10 +93,16 @@ export function stallSeconds(timeline: readonly Pick<TimelinePoint, 'okPerS' | '
 export function cpuFigures(delta: CpuDelta, checkouts: number): CpuFigures {
   const ms = (c: CpuColumn) => (c === 'total' ? delta.totalMs : delta.msByClass[c]);
   const by = (f: (c: CpuColumn) => number) => Object.fromEntries(CPU_COLUMNS.map((c) => [c, f(c)])) as Record<CpuColumn, number>;
+  const switches = (c: CpuColumn, k: keyof Switches) =>
+    c === 'total' ? PROCESS_CLASSES.reduce((sum, p) => sum + delta.switchesByClass[p][k], 0) : delta.switchesByClass[c][k];
+  const perCheckout = (n: number) => (checkouts > 0 ? round(n / checkouts, 4) : 0);
   return {
     windowS: round(delta.wallS, 3),
-    msPerCheckout: by((c) => (checkouts > 0 ? round(ms(c) / checkouts, 4) : 0)),
+    msPerCheckout: by((c) => perCheckout(ms(c))),
     cores: by((c) => (delta.wallS > 0 ? round(ms(c) / 1000 / delta.wallS, 3) : 0)),
+    switchesPerCheckout: Object.fromEntries(
+      CPU_COLUMNS.map((c) => [c, { voluntary: perCheckout(switches(c, 'voluntary')), involuntary: perCheckout(switches(c, 'involuntary')) }]),
+    ) as Record<CpuColumn, Switches>,
     processes: { ...delta.processesByClass },
     ended: delta.ended,
   };
@@ -157,6 +168,12 @@ export function medianFigures(runs: readonly RunFigures[]): RunFigures | undefin
             windowS: medianOf(withCpu, (c) => c.windowS),
             msPerCheckout: medianRecord(CPU_COLUMNS, withCpu.map((c) => c.msPerCheckout), 4),
             cores: medianRecord(CPU_COLUMNS, withCpu.map((c) => c.cores), 3),
+            switchesPerCheckout: Object.fromEntries(
+              CPU_COLUMNS.map((c) => [
+                c,
+                { voluntary: medianOf(withCpu, (f) => f.switchesPerCheckout[c].voluntary, 4), involuntary: medianOf(withCpu, (f) => f.switchesPerCheckout[c].involuntary, 4) },
+              ]),
+            ) as Record<CpuColumn, Switches>,
             processes: medianRecord(PROCESS_CLASSES, withCpu.map((c) => c.processes), 1),
             ended: Math.max(...withCpu.map((c) => c.ended)),
           },
@@ -293,6 +310,17 @@ export function cpuTable(summaries: readonly ConfigSummary[]): Table {
   };
 }
 
+/** Per configuration and role: context switches per checkout, voluntary + involuntary. */
+export function switchesTable(summaries: readonly ConfigSummary[]): Table {
+  return {
+    head: ['config', ...CPU_COLUMNS],
+    rows: summaries.map((s) => {
+      const sw = s.median?.cpu?.switchesPerCheckout;
+      return [s.label, ...CPU_COLUMNS.map((c) => (sw ? `${fmt(sw[c].voluntary, 3)} + ${fmt(sw[c].involuntary, 3)}` : '-'))];
+    }),
+  };
+}
+
 /** Per configuration: Redis's commits and partition batches per checkout, and checkouts per commit. */
 export function commitsTable(summaries: readonly ConfigSummary[]): Table {
   return {
@@ -337,7 +365,7 @@ export function runsTable(runs: readonly ScaleRun[], reportLink: (dir: string) =
 /** Columns padded for a terminal: a column of figures (and its heading) to the right, any other to the left. */
 export function textTable({ head, rows }: Table): string {
   const widths = head.map((h, i) => Math.max(h.length, ...rows.map((r) => (r[i] ?? '').length)));
-  const figures = head.map((_, i) => rows.length > 0 && rows.every((r) => /^[-\d,.]+( \([-\d,.]+\))?$/.test(r[i] ?? '')));
+  const figures = head.map((_, i) => rows.length > 0 && rows.every((r) => /^[-\d,.]+( \([-\d,.]+\)| \+ [-\d,.]+)?$/.test(r[i] ?? '')));
   const line = (cells: string[]) => cells.map((c, i) => (figures[i] ? c.padStart(widths[i]!) : c.padEnd(widths[i]!))).join('  ').trimEnd();
   return [line(head), ...rows.map(line)].join('\n');
 }
@@ -345,6 +373,7 @@ export function textTable({ head, rows }: Table): string {
 /** Aligned tables for stdout at the end of a scale run. */
 export function renderSummary(r: Pick<ScaleReport, 'configs' | 'ratios'>): string {
   const parts = ['scale: medians per configuration (workers x partitions per kind)', textTable(resultsTable(r.configs)), '', 'CPU ms per checkout by process during the load (cores used)', textTable(cpuTable(r.configs))];
+  if (r.configs.some((c) => c.median?.cpu)) parts.push('', 'context switches per checkout by process during the load (voluntary + involuntary)', textTable(switchesTable(r.configs)));
   if (r.configs.some((c) => c.median?.commits)) parts.push('', 'Redis commits during the load', textTable(commitsTable(r.configs)));
   if (r.ratios.length > 0) parts.push('', 'ratios of the medians', textTable(ratiosTable(r.ratios)));
   return parts.join('\n') + '\n';
@@ -383,6 +412,14 @@ export function renderScaleMarkdown(r: ScaleReport, reportLink: (dir: string) =>
     'generator+supervisor is the bench process of the run: the load generator, with the supervisor in-process; other is the ' +
       'supervisor\'s reaper and anything else below it. A process that ended within the window (the runs table\'s ended) ' +
       'left its CPU to its parent, which then also counts what it used before the window.',
+    '',
+    '## Context switches by process',
+    '',
+    md(switchesTable(r.configs)),
+    '',
+    'Per checkout, of every thread of each kind of process (/proc/<pid>/task/*/status), voluntary (it slept and was woken: a socket, ' +
+      'a timer) + involuntary (the scheduler took the CPU from it while it could run: another process\'s turn). Those of a process or thread ' +
+      'that ended within the window are not counted.',
     '',
     '## Redis commits',
     '',

@@ -5,7 +5,7 @@ import { join } from 'node:path';
 import t from 'tap';
 import { commitCountsOf, commitFigures } from '../../bench/commit-counts.js';
 import { DEFAULT_SCALE_CONFIGS, HelpShown, parseConfigs, parseInvocation, parseOptions, SCALE_DEFAULT_ORDERS, UsageError, type ScaleOptions } from '../../bench/options.js';
-import { classifyProcess, cpuDelta, parseCmdline, parseStat, snapshotTree, treeOf, type ProcStat, type TreeProcess, type TreeSnapshot } from '../../bench/proc.js';
+import { classifyProcess, cpuDelta, parseCmdline, parseStat, parseSwitches, snapshotTree, treeOf, type ProcStat, type TreeProcess, type TreeSnapshot } from '../../bench/proc.js';
 import type { Report } from '../../bench/report.js';
 import { childArgs, childEnv, inheritedEnv } from '../../bench/scale-run.js';
 import {
@@ -18,6 +18,7 @@ import {
   renderSummary,
   runFigures,
   schedule,
+  switchesTable,
   stallSeconds,
   summarizeConfigs,
   textTable,
@@ -116,6 +117,17 @@ t.test('proc: a stat line, whatever its comm holds', async (t) => {
   t.same(parseCmdline('a\0\0b\0'), ['a', '', 'b'], 'an empty argument is kept');
 });
 
+// /proc/<pid>/task/<tid>/status, cut to the lines around the two this module reads.
+const statusText = (voluntary: number, involuntary: number) =>
+  `Name:\tnode\nState:\tS (sleeping)\nThreads:\t11\nvoluntary_ctxt_switches:\t${voluntary}\nnonvoluntary_ctxt_switches:\t${involuntary}\n`;
+
+t.test('proc: context switches from a status file', async (t) => {
+  t.same(parseSwitches(statusText(1234, 56)), { voluntary: 1234, involuntary: 56 });
+  t.equal(parseSwitches('Name:\tnode\nvoluntary_ctxt_switches:\t3\n'), undefined, 'one counter missing');
+  t.equal(parseSwitches(''), undefined);
+  t.equal(parseSwitches('voluntary_ctxt_switches:\tmany\nnonvoluntary_ctxt_switches:\t1\n'), undefined, 'not a number');
+});
+
 t.test('proc: each process of the tree by role', async (t) => {
   const c = (comm: string, argv: string[], root = false) => classifyProcess({ comm, argv }, root);
   t.equal(c('nats-server', ['nats-server', '-js', '-p', '4222']), 'nats');
@@ -157,6 +169,15 @@ t.test('proc: snapshotTree reads a /proc-like directory', async (t) => {
   proc(503, statLine(503, 'node', 500, 300, 50), '/usr/bin/node\0/w/dist/src/main.js\0worker\0');
   proc(504, statLine(504, 'node', 500, 80, 20), '/usr/bin/node\0/w/dist/src/main.js\0gateway\0');
   proc(900, statLine(900, 'node', 1, 5000, 0), '/usr/bin/node\0/w/dist/src/main.js\0worker\0');
+  const task = (pid: number, tid: number, status?: string) => {
+    mkdirSync(join(dir, String(pid), 'task', String(tid)), { recursive: true });
+    if (status !== undefined) writeFileSync(join(dir, String(pid), 'task', String(tid), 'status'), status);
+  };
+  task(501, 501, statusText(2, 0)); // nats-server: its first thread sleeps, the others work
+  task(501, 510, statusText(700, 30));
+  task(501, 511, statusText(300, 20));
+  task(503, 503, statusText(90, 9));
+  task(503, 520); // a thread that ended between the listing and the read
   mkdirSync(join(dir, '600')); // ended between the listing and the read: no stat
   mkdirSync(join(dir, 'self'));
   writeFileSync(join(dir, 'uptime'), '1 1');
@@ -165,6 +186,10 @@ t.test('proc: snapshotTree reads a /proc-like directory', async (t) => {
   t.equal(snap.atMs, 1234);
   const byPid = Object.fromEntries(snap.processes.map((p) => [p.pid, [p.class, p.ownTicks]]));
   t.same(byPid, { 500: ['generator+supervisor', 120], 501: ['nats', 40], 502: ['redis', 45], 503: ['worker', 350], 504: ['gateway', 100] }, 'another tree\'s worker (900) is not this run\'s');
+  const switches = Object.fromEntries(snap.processes.map((p) => [p.pid, p.switches]));
+  t.same(switches[501], { voluntary: 1002, involuntary: 50 }, 'summed over every thread, not the first only');
+  t.same(switches[503], { voluntary: 90, involuntary: 9 }, 'a thread gone before its status was read adds nothing');
+  t.equal(switches[502], undefined, 'no task list: none');
 });
 
 const proc = (pid: number, cls: TreeProcess['class'], ownTicks: number, extra: Partial<TreeProcess> = {}): TreeProcess => ({ pid, ppid: 1, comm: cls, class: cls, ownTicks, reapedTicks: 0, startTicks: 100, ...extra });
@@ -195,6 +220,27 @@ t.test('proc: CPU between two snapshots, per role', async (t) => {
   t.equal(d.ended, 2, 'the crashed worker and the process whose pid was reused');
   t.equal(cpuDelta(before, after, 1000).msByClass.worker, 325, 'ticks per second as getconf says');
   t.equal(cpuDelta(before, before, 100).totalMs, 0);
+});
+
+t.test('proc: context switches between two snapshots, per role', async (t) => {
+  const sw = (voluntary: number, involuntary: number) => ({ switches: { voluntary, involuntary } });
+  const before = snapshot(0, [proc(2, 'worker', 0, sw(100, 10)), proc(3, 'worker', 0, sw(50, 5)), proc(4, 'nats', 0, sw(1000, 0)), proc(5, 'gateway', 0, sw(10, 1))]);
+  const after = snapshot(1_000, [
+    proc(2, 'worker', 0, sw(160, 40)),
+    proc(3, 'worker', 0, sw(40, 8)), // a thread ended and took its counts with it: voluntary floored at 0
+    proc(6, 'worker', 0, sw(7, 1)), // started within the window: all of its own
+    proc(4, 'nats', 0, sw(1900, 12)),
+    proc(5, 'gateway', 0), // unreadable this time
+  ]);
+  const d = cpuDelta(before, after, 100);
+  t.same(d.switchesByClass.worker, { voluntary: 60 + 0 + 7, involuntary: 30 + 3 + 1 });
+  t.same(d.switchesByClass.nats, { voluntary: 900, involuntary: 12 });
+  t.same(d.switchesByClass.gateway, { voluntary: 0, involuntary: 0 }, 'nothing read, nothing counted (not a negative count)');
+  t.same(d.switchesByClass.redis, { voluntary: 0, involuntary: 0 });
+  const f = cpuFigures(d, 1_000);
+  t.same(f.switchesPerCheckout.worker, { voluntary: 0.067, involuntary: 0.034 });
+  t.same(f.switchesPerCheckout.total, { voluntary: 0.967, involuntary: 0.046 }, 'every role summed');
+  t.same(cpuFigures(d, 0).switchesPerCheckout.total, { voluntary: 0, involuntary: 0 }, 'no checkouts: no division by zero');
 });
 
 t.test('CPU figures: per checkout and cores, from the delta', async (t) => {
@@ -356,6 +402,24 @@ t.test('tables: the summary and the report', async (t) => {
     text,
     /\bworker\s+gateway\s+nats\s+redis\s+generator\+supervisor\s+other\s+total\n1x8\s+0\.150 \(1\.50\)\s+0\.000 \(0\.00\)(\s+0\.000 \(0\.00\)){4}\s+0\.150 \(1\.50\)\n/,
     'the CPU table: each role, then the total; ms per checkout and (cores)',
+  );
+
+  t.match(
+    text,
+    /context switches per checkout by process during the load \(voluntary \+ involuntary\)\nconfig\s+worker\s+gateway.*\n1x8\s+0\.000 \+ 0\.000\s/,
+    'the context switch table',
+  );
+  const switching = summarizeConfigs(configs, [
+    run('1x8', 1, figures(4000, 80)),
+    run('2x8', 1, {
+      ...figures(5000, 60, 'PASS', 12_000),
+      cpu: cpuFigures(cpuDelta(snapshot(0, [proc(1, 'worker', 0, { switches: { voluntary: 0, involuntary: 0 } })]), snapshot(6_000, [proc(1, 'worker', 1_200, { switches: { voluntary: 30_000, involuntary: 6_000 } })]), 100), 60_000),
+    }),
+  ]);
+  t.same(
+    switchesTable(switching).rows,
+    [['1x8', '-', '-', '-', '-', '-', '-', '-'], ['2x8', '0.500 + 0.100', '0.000 + 0.000', '0.000 + 0.000', '0.000 + 0.000', '0.000 + 0.000', '0.000 + 0.000', '0.500 + 0.100']],
+    'per checkout, voluntary + involuntary; - without CPU figures',
   );
 
   t.notMatch(text, /Redis commits/, 'no commit counts: no table of them');
