@@ -4,6 +4,7 @@
  * anything; supervisor.ts performs the plan, and redis-primary.ts performs a child's `prepare` step.
  */
 import { existsSync } from 'node:fs';
+import { availableParallelism } from 'node:os';
 import { dirname, join, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { ConfigError, envName, type Config } from '../config.js';
@@ -126,6 +127,17 @@ export const serverName = (spec: ChildSpec) => (spec.name === spec.role ? spec.c
 /** Whether the supervisor starts servers that require credentials (generated under `<dataDir>/secrets/`). */
 export const withServerAuth = (config: Config) => config.startServers && config.serverAuth;
 
+/**
+ * The environment of a nats-server the stack starts: Go's scheduler on half the machine's cores (at least one), unless
+ * the supervisor's own environment sets GOMAXPROCS (children inherit it). The local stack shares its machine with Redis,
+ * the workers and the gateways; on all the cores nats-server's threads wake each other for every burst of messages,
+ * and on two cores one thread costs it a tenth to a third less CPU per checkout for the same work
+ * (docs/perf/scale-out.md).
+ */
+export function natsEnv(inherited: NodeJS.ProcessEnv = process.env, cores = availableParallelism()): Record<string, string> {
+  return inherited.GOMAXPROCS ? {} : { GOMAXPROCS: String(Math.max(1, Math.floor(cores / 2))) };
+}
+
 /** The nats-servers' part of plan(): one node, or a JetStream cluster whose routes log in with a generated password. */
 function natsNodes(config: Config, p: DataPaths, auth: LocalSecrets | undefined): ChildSpec[] {
   const cluster = config.natsNodes > 1;
@@ -138,7 +150,7 @@ function natsNodes(config: Config, p: DataPaths, auth: LocalSecrets | undefined)
       command: 'nats-server',
       // -n: every node of a JetStream cluster needs a name of its own (the flag overrides the config's).
       args: [...natsArgs({ port: n.port, storeDir: n.dir, configFile, pidFile: n.pidFile }), ...(cluster ? ['-n', `shop-${i}`] : [])],
-      env: {},
+      env: natsEnv(),
       port: n.port,
       pidFile: n.pidFile,
     };
@@ -210,11 +222,11 @@ function appProcesses(config: Config, auth: LocalSecrets | undefined, logFormat:
 }
 
 /**
- * Every child of the stack, in start order. Pure apart from resolving paths. With server auth, `secrets` are
- * the local stack's (localSecrets): the servers run with the generated configs, and each child gets its own
- * user and password in SHOP_* variables (a gateway neither the workers' password nor Redis's). `logFormat` is the
- * workers' and gateways' (SHOP_LOG_FORMAT): a child's stderr is a pipe to the supervisor, so 'auto' there would
- * always mean JSON, even when the supervisor shows the lines on a terminal.
+ * Every child of the stack, in start order. Pure apart from resolving paths and nats-server's GOMAXPROCS (natsEnv).
+ * With server auth, `secrets` are the local stack's (localSecrets): the servers run with the generated configs, and
+ * each child gets its own user and password in SHOP_* variables (a gateway neither the workers' password nor
+ * Redis's). `logFormat` is the workers' and gateways' (SHOP_LOG_FORMAT): a child's stderr is a pipe to the
+ * supervisor, so 'auto' there would always mean JSON, even when the supervisor shows the lines on a terminal.
  */
 export function plan(config: Config, secrets?: LocalSecrets, logFormat: 'json' | 'pretty' = resolveLogFormat(config.logFormat)): ChildSpec[] {
   if (withServerAuth(config) && !secrets) throw new Error('plan: servers with auth (serverAuth) need the local secrets (localSecrets(config))');

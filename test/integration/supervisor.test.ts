@@ -10,7 +10,7 @@ import { fileURLToPath } from 'node:url';
 import t, { type Test } from 'tap';
 import { loadConfig, type Config } from '../../src/config.js';
 import { createLog } from '../../src/log.js';
-import { type ChildSpec } from '../../src/stack/plan.js';
+import { natsEnv, type ChildSpec } from '../../src/stack/plan.js';
 import { readLocalCredentials, secretPaths } from '../../src/stack/secrets.js';
 import { createSupervisor } from '../../src/stack/supervisor.js';
 import { FakeClock } from '../helpers/clock.js';
@@ -40,6 +40,8 @@ t.test('the server part: nats and redis answer, data survives a stop and start, 
   t.ok(existsSync(join(dataDir, 'nats')) && existsSync(join(dataDir, 'redis')), 'data dirs created');
   const pids = first.pids();
   t.same(Object.keys(pids).sort(), ['nats', 'redis']);
+  const natsEnviron = readFileSync(`/proc/${pids.nats}/environ`, 'utf8').split('\0');
+  t.ok(natsEnviron.includes(`GOMAXPROCS=${process.env.GOMAXPROCS ?? natsEnv().GOMAXPROCS}`), "nats-server runs Go's scheduler on half the cores (or the GOMAXPROCS it inherits)");
 
   // The credentials of the first start, private to this user.
   const paths = secretPaths(config);

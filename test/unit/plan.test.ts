@@ -4,7 +4,7 @@
  */
 import t from 'tap';
 import { loadConfig } from '../../src/config.js';
-import { dataPaths, plan, serverName } from '../../src/stack/plan.js';
+import { dataPaths, natsEnv, plan, serverName } from '../../src/stack/plan.js';
 import { completeCredentials, secretPaths } from '../../src/stack/secrets.js';
 
 t.test('a one-node stack keeps its data in nats/ and redis/, a pid file beside each', async (t) => {
@@ -34,4 +34,16 @@ t.test('a replicated Redis group: each server and Sentinel prepares its start, a
   t.same(group.map(serverName), ['redis-server (redis-0)', 'redis-server (redis-1)', 'redis-server (sentinel-0)']);
   t.equal(serverName(children.find((c) => c.role === 'nats')!), 'nats-server', 'a lone server is named by its command');
   t.throws(() => plan(loadConfig({}, { redisReplicas: 1, serverAuth: false })), /setting redisReplicas \(SHOP_REDIS_REPLICAS\) needs serverAuth/);
+});
+
+t.test("nats-server's Go scheduler gets half the cores, unless the environment already says", async (t) => {
+  t.same(natsEnv({}, 2), { GOMAXPROCS: '1' }, 'two cores: one');
+  t.same(natsEnv({}, 1), { GOMAXPROCS: '1' }, 'one core: still one');
+  t.same(natsEnv({}, 8), { GOMAXPROCS: '4' });
+  t.same(natsEnv({}, 7), { GOMAXPROCS: '3' }, 'rounded down');
+  t.same(natsEnv({ GOMAXPROCS: '6' }, 2), {}, "the user's own (inherited by the child) wins");
+  const config = loadConfig({}, { dataDir: '/srv/shop', natsNodes: 3 });
+  const nats = plan(config, { paths: secretPaths(config), credentials: completeCredentials(config) }).filter((c) => c.role === 'nats');
+  t.equal(nats.length, 3);
+  for (const node of nats) t.same(node.env, natsEnv(), `${node.name}: every node of a cluster alike`);
 });
