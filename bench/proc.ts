@@ -1,8 +1,8 @@
 /**
  * CPU time of a process tree from Linux's /proc: a snapshot of every process below a root (by ppid), each
  * classified by role (nats, redis, worker, gateway, the bench process itself), and the CPU and context switches
- * between two snapshots per role. The parsing, classification and arithmetic are pure; `snapshotTree` reads /proc (or a
- * directory laid out like it, for tests).
+ * between two snapshots per role. The parsing, classification and arithmetic are pure; `snapshotTree` reads /proc
+ * (or a directory laid out like it, for tests).
  */
 import { execFileSync } from 'node:child_process';
 import { readdirSync, readFileSync } from 'node:fs';

@@ -128,10 +128,10 @@ export const serverName = (spec: ChildSpec) => (spec.name === spec.role ? spec.c
 export const withServerAuth = (config: Config) => config.startServers && config.serverAuth;
 
 /**
- * The environment of a nats-server the stack starts: Go's scheduler on half the machine's cores (at least one), unless
- * the supervisor's own environment sets GOMAXPROCS (children inherit it). The local stack shares its machine with Redis,
- * the workers and the gateways; on all the cores nats-server's threads wake each other for every burst of messages,
- * and on two cores one thread costs it a tenth to a third less CPU per checkout for the same work
+ * The environment of a nats-server the stack starts: Go's scheduler on half the machine's cores (at least one),
+ * unless the supervisor's own environment sets GOMAXPROCS (children inherit it). The local stack shares its machine
+ * with Redis, the workers and the gateways; on all the cores nats-server's threads wake each other for every burst of
+ * messages, and on two cores one thread costs it a tenth to a third less CPU per checkout for the same work
  * (docs/perf/scale-out.md).
  */
 export function natsEnv(inherited: NodeJS.ProcessEnv = process.env, cores = availableParallelism()): Record<string, string> {
