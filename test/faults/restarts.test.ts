@@ -25,7 +25,7 @@ import { readLocalCredentials } from '../../src/stack/secrets.js';
 import { createSupervisor, type Supervisor } from '../../src/stack/supervisor.js';
 import { liveReplicas, portsFrom, redisInfo } from '../../src/stack/topology.js';
 import { seedShop } from '../helpers/cluster.js';
-import { auditStorm, FAULT_SHOP, startStorm, type Req, type Storm } from '../helpers/faults.js';
+import { auditSettled, FAULT_SHOP, startStorm, type Req, type Storm } from '../helpers/faults.js';
 import { httpCall } from '../helpers/http.js';
 import { waitFor } from '../helpers/servers.js';
 
@@ -130,7 +130,7 @@ async function round(t: Test, stack: () => Stack, all: Req[], what: string, faul
     throw err;
   }
   all.push(...(await storm.stop()));
-  const audit = await auditStorm(stack().url, FAULT_SHOP, all);
+  const audit = await auditSettled(t, stack().url, FAULT_SHOP, all);
   t.comment(`${what}: ${audit.requests} requests so far (${audit.paid} checkouts answered paid, ${audit.refused} refused, ${audit.unknown} of unknown outcome)`);
   t.same(audit.violations, [], `after ${what}: nothing lost or invented per item and per user, every order answered 2xx is paid`);
 }
