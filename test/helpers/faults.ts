@@ -459,8 +459,8 @@ export async function auditSettled(t: Test, url: string, shop: Shop, requests: r
     },
     { what: 'the units and credit short after the storm to come back', deadlineMs: settleMs, intervalMs: 1000 },
   ).catch(() => undefined); // still short: the caller's assertion shows what
-  const comeBack = audit.violations.length === 0 ? `came back ${Math.round(performance.now() - started)} ms after the storm` : `not all back after ${settleMs} ms`;
-  t.comment(`short right after the storm (${first.length}), held by sagas that had answered; ${comeBack}: ${first.slice(0, 3).join('; ')}${first.length > 3 ? '; …' : ''}`);
+  const comeBack = audit.violations.length === 0 ? `all back ${Math.round(performance.now() - started)} ms after the storm (held, not lost)` : `still short after ${settleMs} ms`;
+  t.comment(`short right after the storm (${first.length}), ${comeBack}: ${first.slice(0, 3).join('; ')}${first.length > 3 ? '; …' : ''}`);
   return audit;
 }
 
