@@ -2,7 +2,9 @@ import { Redis } from 'ioredis';
 import { connect } from 'nats';
 import type { Registry } from 'prom-client';
 import type { Test } from 'tap';
+import { LEDGER } from '../../src/actors/saga.js';
 import type { Config } from '../../src/config.js';
+import { partitionKeyTag } from '../../src/datapath/store-scripts.js';
 import { createGateway } from '../../src/http/gateway.js';
 import { createLog } from '../../src/log.js';
 import { startWorker } from '../../src/placement/worker.js';
@@ -53,4 +55,15 @@ export async function startSystem(t: Test, { workers = 2, overrides = {} }: { wo
     gatewayRegistry: gateway.registry,
     call: (method, path) => httpCall(url, method, path),
   };
+}
+
+/**
+ * How many saga ledger entries every stock and payment partition of `config` holds in Redis right now (0 once every
+ * saga has ended and its forgets have arrived). Its Redis connection is closed in `t`'s teardown.
+ */
+export function ledgerEntries(t: Test, config: Pick<Config, 'redisUrl' | 'redisPrefix' | 'partitions'>): () => Promise<number> {
+  const redis = new Redis(config.redisUrl);
+  t.teardown(() => redis.quit());
+  const keys = (['stock', 'payment'] as const).flatMap((kind) => Array.from({ length: config.partitions }, (_, p) => `${partitionKeyTag(config.redisPrefix, kind, p)}:t:${LEDGER}`));
+  return async () => (await Promise.all(keys.map((k) => redis.hlen(k)))).reduce((a, b) => a + b, 0);
 }

@@ -4,7 +4,6 @@
  * it is over the primer's items hold all their stock, its user no credit, its orders are unpaid, and no saga
  * ledger entry is left. So the primer runs whole sagas across workers and changes nothing a run measures.
  */
-import { Redis } from 'ioredis';
 import t from 'tap';
 import { startLoad } from '../../bench/engine.js';
 import { createConnections, primeOrders } from '../../bench/http.js';
@@ -12,12 +11,10 @@ import { parseOptions } from '../../bench/options.js';
 import { PRIME_ORDERS, PRIME_STOCK, sagaPrimer } from '../../bench/scenarios.js';
 import { Stats } from '../../bench/stats.js';
 import { seededRandom } from '../../src/actors/random.js';
-import { LEDGER } from '../../src/actors/saga.js';
 import { partitionOf } from '../../src/partitioning.js';
-import { partitionKeyTag } from '../../src/datapath/store-scripts.js';
 import { pool } from '../helpers/pool.js';
 import { waitFor } from '../helpers/servers.js';
-import { startSystem } from '../helpers/system.js';
+import { ledgerEntries, startSystem } from '../helpers/system.js';
 
 t.test('the saga primer: refused checkouts of its own orders, across workers, that leave every amount as it was', async (t) => {
   const sys = await startSystem(t, { workers: 2 });
@@ -45,8 +42,6 @@ t.test('the saga primer: refused checkouts of its own orders, across workers, th
   t.ok(stocks.every((s) => s === PRIME_STOCK), 'every unit held by a refused checkout was given back');
   t.equal(((await sys.call('GET', `/payment/find_user/${views[0]!.user_id}`)).body as { credit: number }).credit, 0, 'the user still has no credit');
 
-  const redis = new Redis(sys.config.redisUrl);
-  t.teardown(() => redis.quit());
-  const keys = (['stock', 'payment'] as const).flatMap((kind) => Array.from({ length: sys.config.partitions }, (_, p) => `${partitionKeyTag(sys.config.redisPrefix, kind, p)}:t:${LEDGER}`));
-  await waitFor(async () => (await Promise.all(keys.map((k) => redis.hlen(k)))).every((n) => n === 0), { deadlineMs: 10_000, what: 'every ledger entry forgotten' });
+  const held = ledgerEntries(t, sys.config);
+  await waitFor(async () => (await held()) === 0, { deadlineMs: 10_000, what: 'every ledger entry forgotten' });
 });

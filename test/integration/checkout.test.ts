@@ -1,11 +1,8 @@
-import { Redis } from 'ioredis';
 import t from 'tap';
-import { LEDGER } from '../../src/actors/saga.js';
 import { partitionOf } from '../../src/partitioning.js';
-import { partitionKeyTag } from '../../src/datapath/store-scripts.js';
 import { pool } from '../helpers/pool.js';
 import { waitFor } from '../helpers/servers.js';
-import { startSystem, type System } from '../helpers/system.js';
+import { ledgerEntries, startSystem, type System } from '../helpers/system.js';
 
 async function newItem(sys: System, price: number, stock: number): Promise<string> {
   const id = (await sys.call('POST', `/stock/item/create/${price}`)).body.item_id as string;
@@ -131,10 +128,7 @@ t.test('checkout through HTTP', async (t) => {
   });
 
   t.test('once every checkout has ended, no participant keeps a ledger entry (the forgets, merged per batch, all arrive)', async (t) => {
-    const redis = new Redis(sys.config.redisUrl);
-    t.teardown(() => redis.quit());
-    const keys = (['stock', 'payment'] as const).flatMap((kind) => Array.from({ length: sys.config.partitions }, (_, p) => `${partitionKeyTag(sys.config.redisPrefix, kind, p)}:t:${LEDGER}`));
-    const held = async () => (await Promise.all(keys.map((k) => redis.hlen(k)))).reduce((a, b) => a + b, 0);
+    const held = ledgerEntries(t, sys.config);
     // The subtests above ran ~1,100 sagas, many at once: their forgets left in batches of many.
     await waitFor(async () => (await held()) === 0, { deadlineMs: 10_000, what: 'empty saga ledgers' });
     t.equal(await held(), 0);
