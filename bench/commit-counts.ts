@@ -24,13 +24,16 @@ export interface CommitFigures {
   partitionBatchesPerRequest: number;
 }
 
-/** One command's calls and microseconds in `INFO commandstats` as a map of its lines (topology.ts redisInfo, parseInfo); 0 for a command not called yet. */
+/**
+ * One command's calls and microseconds in `INFO commandstats`, read as a map of its lines (topology.ts redisInfo,
+ * parseInfo); 0 for a command not called yet.
+ */
 export function commandStat(stats: ReadonlyMap<string, string>, command: string): { calls: number; usec: number } {
   const m = /^calls=(\d+)(?:,usec=(\d+))?/.exec(stats.get(`cmdstat_${command}`) ?? '');
   return { calls: Number(m?.[1] ?? 0), usec: Number(m?.[2] ?? 0) };
 }
 
-/** The counts in `INFO commandstats` as a map of its lines. */
+/** The commit script's calls and its reads of a partition's meta (`HMGET`), from `INFO commandstats` as a map of its lines. */
 export function commitCountsOf(stats: ReadonlyMap<string, string>): CommitCounts {
   return { scriptCalls: commandStat(stats, 'evalsha').calls, metaReads: commandStat(stats, 'hmget').calls };
 }
